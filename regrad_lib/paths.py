@@ -1,0 +1,122 @@
+"""Every artifact path of the project, in one place (design.md "Layout").
+
+Two roots:
+- the *repository* root holds code, configs, notebooks and the bundled ``data/sample``;
+- the *work* root holds generated artifacts (indexes, models, augmented data, outputs, banks, results,
+  executed notebooks). It is the repository root unless ``REGRAD_WORK`` names another folder, which is how
+  tests keep their artifacts out of the checkout.
+
+User-facing path parameters are repo-root-relative strings; :func:`resolve` turns them into absolute paths,
+so nothing depends on the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def repo_root() -> Path:
+    """The checkout: code, configs, notebooks, bundled sample."""
+    return _REPO
+
+
+def work_root() -> Path:
+    """Where generated artifacts go (``REGRAD_WORK`` or the repository root)."""
+    env = os.environ.get("REGRAD_WORK")
+    return Path(env).expanduser().resolve() if env else _REPO
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A user path: absolute stays, relative is taken from the repository root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (_REPO / p)
+
+
+def relative(path: str | os.PathLike) -> str:
+    """A path as users write it: repo-relative where possible (for logs and manifests)."""
+    p = Path(path).resolve()
+    for root in (work_root(), _REPO):
+        try:
+            return str(p.relative_to(root))
+        except ValueError:
+            continue
+    return str(p)
+
+
+# --- inputs ---------------------------------------------------------------------------------------------
+
+def configs_dir() -> Path:
+    return _REPO / "configs"
+
+
+def preset_dir(preset: str) -> Path:
+    return configs_dir() / preset
+
+
+def notebooks_dir() -> Path:
+    return _REPO / "notebooks"
+
+
+def sample_dir() -> Path:
+    """The bundled mini-Wikipedia and question sets."""
+    return _REPO / "data" / "sample"
+
+
+def sample_corpus() -> Path:
+    return sample_dir() / "psgs_w100.tsv"
+
+
+def data_dir(dataset: str) -> Path:
+    """Where a user puts a real dataset: ``data/<dataset>/``."""
+    return _REPO / "data" / dataset
+
+
+# --- generated artifacts ----------------------------------------------------------------------------------
+
+def models_dir() -> Path:
+    return work_root() / "models"
+
+
+def model_dir(name: str) -> Path:
+    return models_dir() / name
+
+
+def index_dir(name: str) -> Path:
+    """Embedded BM25 index ``indexes/<name>/``."""
+    return work_root() / "indexes" / name
+
+
+def augmented_dir(dataset: str) -> Path:
+    return work_root() / "data" / "augmented" / dataset
+
+
+def augmented_file(dataset: str, name: str) -> Path:
+    """02_augment output ``data/augmented/<dataset>/<name>.json`` (name: dev, train_all, train_<n>)."""
+    return augmented_dir(dataset) / f"{name}.json"
+
+
+def output_dir(run: str) -> Path:
+    """03_train output ``outputs/<run>/``."""
+    return work_root() / "outputs" / run
+
+
+def bank_dir(topk: int, run: str, dataset: str, split: str) -> Path:
+    """04_encode output, the Gradient Bank ``offline/<topk>/<run>/<dataset>/<split>_all``."""
+    return work_root() / "offline" / str(topk) / run / dataset / f"{split}_all"
+
+
+def results_dir(run: str) -> Path:
+    """05_evaluate output ``results/<run>/``."""
+    return work_root() / "results" / run
+
+
+def figures_dir(run: str) -> Path:
+    return results_dir(run) / "figures"
+
+
+def executed_notebooks_dir(run: str) -> Path:
+    """papermill's executed copies ``runs/<run>/``."""
+    return work_root() / "runs" / run
