@@ -1,0 +1,185 @@
+"""Streaming, constant-memory readers for passage corpora.
+
+Formats, picked by file suffix (``.gz`` on top of either is read through gzip):
+
+- ``.tsv``: DPR ``psgs_w100.tsv``: a header row ``id\\ttext\\ttitle``, then one passage per row, tab-separated,
+  csv quoting (a field holding ``"`` is quoted, inner quotes doubled).
+- ``.jsonl``: one JSON object per line with ``_id`` (BEIR) or ``id``, ``text`` and optionally ``title``.
+
+Bad rows (wrong field count, empty id, bad JSON, blank lines) are skipped, counted and logged with their line
+numbers (the first few). When the stream ends, the bad rows are checked against a tolerance: too many raise
+:class:`CorpusFormatError` (rule in :func:`too_many_bad`). A wrong TSV header raises at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterator
+
+from . import paths
+
+log = logging.getLogger(__name__)
+
+TSV_HEADER = ("id", "text", "title")
+MIN_BAD_TOLERATED = 10  # this many bad rows are always tolerated, whatever the corpus size
+_SHOWN_BAD = 5  # bad rows logged (and named in the error) one by one
+
+csv.field_size_limit(2**31 - 1)
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One retrievable passage; ``id`` is the corpus's own id, as a string."""
+
+    id: str
+    title: str
+    text: str
+
+
+class CorpusFormatError(ValueError):
+    """A corpus file with a wrong header or too many bad rows; the message names the file and the lines."""
+
+
+def too_many_bad(bad: int, rows: int, max_bad_fraction: float) -> bool:
+    """True when ``bad`` of ``rows`` data rows exceed both ``MIN_BAD_TOLERATED`` and ``max_bad_fraction * rows``.
+
+    A few broken rows in a 21M-passage dump are tolerated; a file that is mostly broken (wrong format, wrong
+    delimiter) is not. A file with rows but no good passage at all is always too many.
+    """
+    if rows and bad == rows:
+        return True
+    return bad > max(MIN_BAD_TOLERATED, max_bad_fraction * rows)
+
+
+def read(path: str | os.PathLike, max_bad_fraction: float = 0.001) -> Iterator[Passage]:
+    """Stream the passages of ``path`` (``.tsv`` DPR or ``.jsonl``, optionally ``.gz``), skipping bad rows.
+
+    A missing file or unknown suffix raises at once; a bad header on the first ``next``; too many bad rows
+    when the stream ends (after the good passages were yielded).
+    """
+    path = paths.resolve(path)
+    kind = _kind(path)
+    if not 0 <= max_bad_fraction <= 1:
+        raise ValueError(f"max_bad_fraction={max_bad_fraction} must be within [0, 1]")
+    return _stream(path, kind, max_bad_fraction)
+
+
+def _stream(path: Path, kind: str, max_bad_fraction: float) -> Iterator[Passage]:
+    bad: list[int] = []
+    rows = 0
+    with _open(path) as f:
+        rows_iter = _tsv_rows(path, f) if kind == "tsv" else _jsonl_rows(f)
+        for line, passage, reason in rows_iter:
+            rows += 1
+            if passage is None:
+                bad.append(line)
+                if len(bad) <= _SHOWN_BAD:
+                    log.warning("%s: line %d skipped: %s", paths.relative(path), line, reason)
+                continue
+            yield passage
+    if bad:
+        log.warning("%s: %d of %d rows skipped as bad (first at lines %s)", paths.relative(path), len(bad), rows,
+                    ", ".join(map(str, bad[:_SHOWN_BAD])))
+    if too_many_bad(len(bad), rows, max_bad_fraction):
+        raise CorpusFormatError(
+            f"{paths.relative(path)}: {len(bad)} of {rows} rows are bad (first at lines "
+            f"{', '.join(map(str, bad[:_SHOWN_BAD]))}), more than allowed (max({MIN_BAD_TOLERATED}, "
+            f"max_bad_fraction={max_bad_fraction} x rows)). Check that the file is a {_FORMAT_HELP[kind]}, "
+            "or raise max_bad_fraction")
+
+
+def count(path: str | os.PathLike) -> int:
+    """Number of data rows (lines, minus the TSV header), counted without parsing."""
+    path = paths.resolve(path)
+    kind = _kind(path)
+    lines, last = 0, b"\n"
+    with _open_binary(path) as f:
+        while chunk := f.read(1 << 20):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    if last != b"\n":
+        lines += 1  # a last line without newline
+    return max(0, lines - 1) if kind == "tsv" else lines
+
+
+# --- internals ------------------------------------------------------------------------------------------------
+
+_FORMAT_HELP = {
+    "tsv": "DPR passage TSV (header 'id<TAB>text<TAB>title', 3 tab-separated fields per row)",
+    "jsonl": "JSON-lines corpus (one {\"_id\" or \"id\", \"title\", \"text\"} object per line)",
+}
+
+_Row = tuple[int, "Passage | None", str]
+
+
+def _kind(path: Path) -> str:
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    if name.endswith(".tsv"):
+        kind = "tsv"
+    elif name.endswith(".jsonl"):
+        kind = "jsonl"
+    else:
+        raise ValueError(f"{path}: unknown corpus format; expected a .tsv (DPR psgs_w100 layout) or .jsonl "
+                         "file, optionally .gz")
+    if not path.is_file():
+        raise FileNotFoundError(f"Corpus {path} not found: the bundled one is data/sample/psgs_w100.tsv; the full "
+                                "DPR psgs_w100.tsv goes under data/ (README.md, section 'Real data')")
+    return kind
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
+
+
+def _open(path: Path) -> IO[str]:
+    return io.TextIOWrapper(_open_binary(path), encoding="utf-8", newline="")
+
+
+def _tsv_rows(path: Path, f: IO[str]) -> Iterator[_Row]:
+    reader = csv.reader(f, delimiter="\t")
+    header = next(reader, None)
+    if header is None:
+        return
+    if tuple(h.strip() for h in header) != TSV_HEADER:
+        raise CorpusFormatError(f"{paths.relative(path)}: line 1: header is {header!r}; expected "
+                                f"{list(TSV_HEADER)} (DPR psgs_w100.tsv layout: id, text, title)")
+    for row in reader:
+        line = reader.line_num  # the last physical line of this row
+        if len(row) != 3:
+            yield line, None, f"expected 3 tab-separated fields (id, text, title), got {len(row)}"
+        elif not row[0].strip():
+            yield line, None, "empty id"
+        else:
+            yield line, Passage(row[0].strip(), row[2], row[1]), ""
+
+
+def _jsonl_rows(f: IO[str]) -> Iterator[_Row]:
+    for line, raw in enumerate(f, 1):
+        if not raw.strip():
+            yield line, None, "blank line"
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            yield line, None, f"not valid JSON ({e.msg}, column {e.colno})"
+            continue
+        if not isinstance(obj, dict):
+            yield line, None, f"expected a JSON object, got {type(obj).__name__}"
+            continue
+        pid = obj.get("_id", obj.get("id"))
+        text, title = obj.get("text"), obj.get("title", "")
+        if pid is None or not str(pid).strip():
+            yield line, None, "missing or empty '_id'/'id'"
+        elif not isinstance(text, str):
+            yield line, None, f"field 'text' must be a string, got {type(text).__name__}"
+        elif not isinstance(title, str):
+            yield line, None, f"field 'title' must be a string, got {type(title).__name__}"
+        else:
+            yield line, Passage(str(pid).strip(), title, text), ""
