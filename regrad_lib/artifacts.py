@@ -38,6 +38,25 @@ def atomic_path(target: str | os.PathLike, overwrite: bool = True) -> Iterator[P
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; on success it replaces ``target`` in one rename."""
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
 def write_text(target: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
     with atomic_path(target, overwrite) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -1,0 +1,270 @@
+"""Typed configuration: the four JSON files of a preset, validated, unknown keys rejected.
+
+A preset is a folder ``configs/<preset>/`` holding ``peft_config.json``, ``learner_config.json``,
+``train_args.json`` and ``generation_config.json`` (the seed's schema). A *variant* folder may instead hold a
+``variant.json``: ``{"base": "<preset>", "learner": {...}, "train": {...}, ...}``, a small diff on top of a preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from . import artifacts, paths
+
+AlphaMode = Literal["fix", "same", "tie", "full"]
+Precision = Literal["bf16", "fp16", "no"]
+Scheduler = Literal["linear", "cosine"]
+OnNonFinite = Literal["error", "skip"]
+
+FILES = {"peft": "peft_config.json", "learner": "learner_config.json", "train": "train_args.json",
+         "generation": "generation_config.json"}
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is wrong; the message names the file and key."""
+
+
+def _check_literal(obj: Any, name: str, allowed: tuple) -> None:
+    value = getattr(obj, name)
+    if value not in allowed:
+        raise ConfigError(f"{type(obj).__name__}.{name} = {value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _check_positive(obj: Any, *names: str, allow_zero: bool = False) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ConfigError(f"{type(obj).__name__}.{name} = {value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+@dataclass
+class PeftConfig:
+    """LoRA layout (peft's LoraConfig schema): where the fast weights phi live."""
+    r: int = 16
+    lora_alpha: float = 32
+    lora_dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
+    layers_to_transform: list[int] | None = None
+    layers_pattern: str | None = None
+    bias: Literal["none"] = "none"
+    task_type: Literal["CAUSAL_LM"] = "CAUSAL_LM"
+    init_lora_weights: bool = True
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "r", "lora_alpha")
+        if self.lora_dropout != 0.0:
+            raise ConfigError(f"PeftConfig.lora_dropout = {self.lora_dropout!r}: only 0.0 is supported "
+                              "(the inner gradient step must be deterministic)")
+        _check_literal(self, "bias", ("none",))
+        if not self.target_modules:
+            raise ConfigError("PeftConfig.target_modules is empty; name at least one linear layer, e.g. 'up_proj'")
+
+    @property
+    def scaling(self) -> float:
+        return self.lora_alpha / self.r
+
+
+@dataclass
+class LearnerConfig:
+    """The meta-learner: which model, how the inner step is taken (method.md equations 1-3)."""
+    model_name_or_path: str = "tiny-llama"
+    alpha_mode: AlphaMode = "tie"
+    init_alpha: float = 1e-2
+    outer_loss: bool = True          # False: ablation, outer objective is the plain LM loss of the task text
+    first_order: bool = False        # True: inner gradients without create_graph (no second-order terms)
+    blind_context: bool = True       # True: prompt holds only the question (ReGrad); False: ReGrad + ICL
+    max_context_len: int = 1536      # passage tokens in training
+    bank_context_len: int = 2048     # passage tokens when building the bank
+    max_prompt_len: int = 2048       # question (+ passages) tokens
+    gamma: float = 1.0               # inference-time scale; training always uses 1
+
+    def __post_init__(self) -> None:
+        _check_literal(self, "alpha_mode", get_args(AlphaMode))
+        _check_positive(self, "init_alpha", "max_context_len", "bank_context_len", "max_prompt_len")
+        _check_positive(self, "gamma", allow_zero=True)
+
+
+@dataclass
+class TrainArgs:
+    """Meta-training (defaults: the public configuration, method.md)."""
+    learning_rate: float = 4e-4
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    meta_batch_size: int = 16        # tasks per optimizer step
+    tasks_per_forward: int = 4       # tasks batched in one forward/backward (memory knob, same result)
+    num_train_epochs: int = 1
+    max_steps: int | None = None     # stop after this many optimizer steps (None: epochs decide)
+    lr_scheduler_type: Scheduler = "linear"
+    warmup_ratio: float = 0.1
+    warmup_start_factor: float = 0.01
+    eta_min: float = 1e-6
+    max_grad_norm: float = 0.5
+    mixed_precision: Precision = "bf16"
+    topk: int = 3
+    validation_size: int = 300       # tasks held out of the training file for checkpoint selection
+    eval_steps: int = 1000
+    save_steps: int = 1000
+    logging_steps: int = 1
+    seed: int = 42
+    on_nonfinite: OnNonFinite = "error"
+    max_train_tasks: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_literal(self, "lr_scheduler_type", get_args(Scheduler))
+        _check_literal(self, "mixed_precision", get_args(Precision))
+        _check_literal(self, "on_nonfinite", get_args(OnNonFinite))
+        _check_positive(self, "learning_rate", "meta_batch_size", "tasks_per_forward", "num_train_epochs",
+                        "max_grad_norm", "topk", "eval_steps", "save_steps", "logging_steps", "max_steps",
+                        "max_train_tasks")
+        _check_positive(self, "weight_decay", "eta_min", "validation_size", allow_zero=True)
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"TrainArgs.warmup_ratio = {self.warmup_ratio!r} must be in [0, 1)")
+        if not 0.0 < self.warmup_start_factor <= 1.0:
+            raise ConfigError(f"TrainArgs.warmup_start_factor = {self.warmup_start_factor!r} must be in (0, 1]")
+
+
+@dataclass
+class GenerationConfig:
+    """Greedy decoding, stop at the first newline (method.md equation 4)."""
+    max_new_tokens: int = 20
+    do_sample: Literal[False] = False
+    stop: str = "\n"
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.do_sample is not False:
+            raise ConfigError("GenerationConfig.do_sample must be false: ReGrad decodes greedily")
+        _check_positive(self, "max_new_tokens", "batch_size")
+
+
+_SECTIONS = {"peft": PeftConfig, "learner": LearnerConfig, "train": TrainArgs, "generation": GenerationConfig}
+
+
+def _coerce(cls: type, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key, value in data.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean: {close[0]}?" if close else ""
+            raise ConfigError(f"{where}: unknown key '{key}'.{hint} Known keys: {sorted(known)}")
+        _check_type(value, hints[key], f"{where}: key '{key}'")
+    try:
+        return cls(**data)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _check_type(value: Any, hint: Any, where: str) -> None:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        return  # checked in __post_init__ with the allowed values listed
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        for item in value:
+            _check_type(item, args[0], where)
+        return
+    if args and type(None) in args:  # Optional[...]
+        if value is None:
+            return
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(value, inner[0], where)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return
+    if hint in (int, str, bool) and (type(value) is hint):
+        return
+    if hint in (int, float, str, bool):
+        raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
+
+
+@dataclass
+class Preset:
+    """The four configs of a run."""
+    name: str
+    peft: PeftConfig
+    learner: LearnerConfig
+    train: TrainArgs
+    generation: GenerationConfig
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **{k: asdict(getattr(self, k)) for k in _SECTIONS}}
+
+    def save(self, folder: str | Path) -> None:
+        """Write the four config files (the seed's file names) into ``folder``."""
+        for section, filename in FILES.items():
+            artifacts.write_json(Path(folder) / filename, asdict(getattr(self, section)))
+
+    def replace(self, **sections: dict) -> "Preset":
+        """A copy with some fields changed: ``preset.replace(train={"max_steps": 3})``."""
+        return _apply(self, sections, "overrides")
+
+
+def _apply(preset: Preset, diff: dict, where: str) -> Preset:
+    out = {}
+    for section in _SECTIONS:
+        current = asdict(getattr(preset, section))
+        change = diff.get(section) or {}
+        if not isinstance(change, dict):
+            raise ConfigError(f"{where}: section '{section}' must be an object")
+        current.update(change)
+        out[section] = _coerce(_SECTIONS[section], current, f"{where} [{section}]")
+    unknown = set(diff) - set(_SECTIONS) - {"base", "name"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; allowed: {sorted(_SECTIONS)}")
+    return dataclasses.replace(preset, **out)
+
+
+def available_presets() -> list[str]:
+    root = paths.configs_dir()
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def _preset_folder(name_or_dir: str | Path) -> Path:
+    candidate = paths.resolve(name_or_dir)
+    if candidate.is_dir() and any((candidate / f).exists() for f in (*FILES.values(), "variant.json")):
+        return candidate
+    folder = paths.preset_dir(str(name_or_dir))
+    if folder.is_dir():
+        return folder
+    known = available_presets()
+    close = difflib.get_close_matches(str(name_or_dir), known, n=1)
+    hint = f" Did you mean: {close[0]}?" if close else ""
+    raise ConfigError(f"Unknown preset '{name_or_dir}'.{hint} Known presets: {known} (folders under configs/), "
+                      "or pass a folder holding the four config files")
+
+
+def load_preset(name_or_dir: str | Path, overrides: dict | None = None) -> Preset:
+    """A preset by name (``configs/<name>``) or folder, with an optional ``{section: {key: value}}`` diff."""
+    folder = _preset_folder(name_or_dir)
+    variant = folder / "variant.json"
+    if variant.exists():
+        diff = artifacts.read_json(variant)
+        if "base" not in diff:
+            raise ConfigError(f"{variant}: missing key 'base' (the preset this variant changes)")
+        preset = _apply(load_preset(diff["base"]), diff, str(variant))
+        preset = dataclasses.replace(preset, name=folder.name)
+    else:
+        sections = {}
+        for section, filename in FILES.items():
+            path = folder / filename
+            if not path.exists():
+                raise ConfigError(f"{path} not found: a preset folder needs {list(FILES.values())}")
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+            sections[section] = _coerce(_SECTIONS[section], data, str(path))
+        preset = Preset(name=folder.name, **sections)
+    return _apply(preset, overrides, "overrides") if overrides else preset

@@ -1,0 +1,98 @@
+"""The meta-learner: base model + LoRA fast weights ``phi`` + step sizes ``alpha``, saved as safetensors.
+
+``Learner.create(preset)`` starts a fresh one (03_train); ``Learner.from_run(run)`` reopens a trained one from
+``outputs/<run>/`` (04_encode, 05_evaluate). Base weights are bf16 on a GPU when the preset trains in bf16 and
+fp32 otherwise; the same policy holds for training, the bank and inference (no silent switch to fp16).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import artifacts, config, lora, modeling, paths
+from .regrad import StepSizes, Weights
+
+log = logging.getLogger(__name__)
+
+META_STATE = "meta_state.safetensors"
+
+
+def model_dtype(preset: config.Preset, device: str | torch.device) -> torch.dtype:
+    """bf16/fp16 base weights on an accelerator when the preset trains in that precision; else fp32."""
+    if torch.device(device).type == "cpu" or preset.train.mixed_precision == "no":
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[preset.train.mixed_precision]
+
+
+@dataclass
+class Learner:
+    model: torch.nn.Module
+    tokenizer: object
+    preset: config.Preset
+    phi: Weights
+    alpha: StepSizes
+    device: torch.device
+
+    @classmethod
+    def create(cls, preset: config.Preset, device: str = "cpu", seed: int | None = None) -> "Learner":
+        model, tokenizer = modeling.load(preset.learner.model_name_or_path, device=device,
+                                         dtype=model_dtype(preset, device))
+        lora.attach(model, preset.peft, seed=preset.train.seed if seed is None else seed)
+        phi = lora.parameters(model)
+        alpha = StepSizes(phi, preset.learner.alpha_mode, preset.learner.init_alpha).to(device)
+        return cls(model, tokenizer, preset, phi, alpha, torch.device(device))
+
+    @classmethod
+    def from_run(cls, run: str, device: str = "cpu") -> "Learner":
+        """The trained learner of ``outputs/<run>/`` (its four configs and ``meta_state.safetensors``)."""
+        folder = paths.output_dir(run)
+        state = folder / META_STATE
+        if not state.exists():
+            raise FileNotFoundError(f"{paths.relative(state)} not found: it is written by 03_train (run={run!r})")
+        learner = cls.create(config.load_preset(folder), device)
+        learner.load_state(state)
+        return learner
+
+    # --- state -----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {f"phi.{n}": p.detach().float().contiguous().cpu() for n, p in self.phi.items()}
+        out.update({f"alpha.{k}": v.detach().float().contiguous().cpu() for k, v in self.alpha.values.items()})
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        with artifacts.atomic_path(path) as tmp:
+            save_file(self.state_dict(), str(tmp), metadata={"alpha_mode": self.alpha.mode,
+                                                             "layout_hash": self.layout_hash()})
+        return Path(path)
+
+    def load_state(self, path: str | Path) -> None:
+        tensors = load_file(str(path))
+        lora.load_into(self.model, {k[4:]: v for k, v in tensors.items() if k.startswith("phi.")})
+        alpha = {k[6:]: v for k, v in tensors.items() if k.startswith("alpha.")}
+        if set(alpha) != set(self.alpha.values):
+            raise ValueError(f"{path}: step sizes {sorted(alpha)[:3]} do not match alpha_mode "
+                             f"{self.alpha.mode!r} of the run's learner_config.json")
+        with torch.no_grad():
+            for k, v in alpha.items():
+                self.alpha.values[k].copy_(v)
+
+    def layout_hash(self) -> str:
+        return lora.layout_hash(self.phi)
+
+    def meta_hash(self) -> str:
+        """A hash of the meta weights (phi and alpha) the bank's gradients depend on."""
+        h = hashlib.sha256()
+        for k, v in sorted(self.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def autocast(self):
+        from .regrad import autocast
+        return autocast(self.device, self.preset.train.mixed_precision if self.device.type != "cpu" else "no")

@@ -1,0 +1,184 @@
+"""LoRA on selected linear layers, with weights that can be swapped in per call — shared or per example.
+
+ReGrad needs three things plain adapters do not give together:
+- functional weights: the adapted ``phi'`` is a differentiable function of ``phi`` and ``alpha``;
+- per-example weights: every question (or every training task) has its own adapted LoRA, and a batch of
+  questions runs in ONE forward with batched low-rank matmuls (``A`` of shape ``[batch, r, in]``);
+- per-example gradients: the gradient w.r.t. such a per-example weight tensor is exactly each example's own
+  gradient, so one backward gives every passage's gradient (the Gradient Bank's hot loop).
+
+Names follow the module path, e.g. ``model.layers.8.mlp.gate_proj.lora_A`` (A: ``[r, in]``, B: ``[out, r]``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import re
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .config import PeftConfig
+
+Weights = dict[str, torch.Tensor]
+
+
+class LoRALinear(nn.Module):
+    """``y = W x + scaling * B A x``; A and B can be overridden by per-call tensors (2-D shared or 3-D per row)."""
+
+    def __init__(self, base: nn.Linear, r: int, scaling: float):
+        super().__init__()
+        self.base = base
+        self.scaling = scaling
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, dtype=torch.float32))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, dtype=torch.float32))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # peft's default initialisation
+        self.override: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.enabled = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if not self.enabled:
+            return y
+        a, b = self.override if self.override is not None else (self.lora_A, self.lora_B)
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        a, b = a.to(dtype), b.to(dtype)
+        if a.dim() == 2:
+            delta = (x.to(dtype) @ a.transpose(0, 1)) @ b.transpose(0, 1)
+        else:  # one LoRA per row of the batch: batched low-rank matmuls, no weight copies
+            if a.shape[0] != x.shape[0]:
+                raise ValueError(f"per-example LoRA weights for {a.shape[0]} rows, but the batch has {x.shape[0]}")
+            delta = torch.bmm(torch.bmm(x.to(dtype), a.transpose(1, 2)), b.transpose(1, 2))
+        return y + (delta * self.scaling).to(y.dtype)
+
+
+def _layer_index(name: str) -> int | None:
+    match = re.search(r"\.layers\.(\d+)\.", name)
+    return int(match.group(1)) if match else None
+
+
+def attach(model: nn.Module, peft: PeftConfig, seed: int = 0) -> list[str]:
+    """Wrap the target linear layers of ``model`` in :class:`LoRALinear`; returns the wrapped module names.
+
+    The base model is frozen; only ``lora_A``/``lora_B`` are parameters that require grad.
+    """
+    model.requires_grad_(False)
+    layers = set(peft.layers_to_transform) if peft.layers_to_transform is not None else None
+    targets = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or name.split(".")[-1] not in peft.target_modules:
+            continue
+        if layers is not None and _layer_index(name + ".") not in layers:
+            continue
+        targets.append(name)
+    if not targets:
+        raise ValueError(f"No linear layer matches target_modules={peft.target_modules} and "
+                         f"layers_to_transform={peft.layers_to_transform}; check the preset's peft_config.json")
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        base = getattr(parent, child)
+        wrapped = LoRALinear(base, peft.r, peft.scaling).to(base.weight.device)
+        setattr(parent, child, wrapped)
+    torch.random.set_rng_state(generator_state)
+    return targets
+
+
+def modules(model: nn.Module) -> dict[str, LoRALinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def parameters(model: nn.Module) -> Weights:
+    """phi: the live LoRA parameters, in layout order (module order, A then B)."""
+    out = {}
+    for name, m in modules(model).items():
+        out[f"{name}.lora_A"] = m.lora_A
+        out[f"{name}.lora_B"] = m.lora_B
+    if not out:
+        raise ValueError("the model has no LoRA layers: call lora.attach(model, preset.peft) first")
+    return out
+
+
+def layout(weights: Weights) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of each LoRA tensor, in order; the last ``ndim`` dims of per-row tensors are kept."""
+    out = []
+    for name, t in weights.items():
+        shape = tuple(t.shape[-2:])
+        out.append((name, shape))
+    return out
+
+
+def layout_hash(weights: Weights) -> str:
+    text = json.dumps([[n, list(s)] for n, s in layout(weights)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def numel(weights: Weights) -> int:
+    return sum(math.prod(shape) for _, shape in layout(weights))
+
+
+def flatten(weights: Weights) -> torch.Tensor:
+    """One vector (per row for per-row tensors) in layout order."""
+    first = next(iter(weights.values()))
+    lead = first.shape[:-2]
+    return torch.cat([t.reshape(*lead, -1) for t in weights.values()], dim=-1)
+
+
+def unflatten(vector: torch.Tensor, shapes: list[tuple[str, tuple[int, ...]]]) -> Weights:
+    out, offset = {}, 0
+    lead = vector.shape[:-1]
+    for name, shape in shapes:
+        n = math.prod(shape)
+        out[name] = vector[..., offset:offset + n].reshape(*lead, *shape)
+        offset += n
+    if offset != vector.shape[-1]:
+        raise ValueError(f"vector of {vector.shape[-1]} values does not match a layout of {offset}")
+    return out
+
+
+@contextlib.contextmanager
+def use(model: nn.Module, weights: Weights) -> Iterator[None]:
+    """Run ``model`` with these LoRA weights (tensors of ``[r, in]``/``[out, r]`` or per-row ``[n, ...]``)."""
+    mods = modules(model)
+    missing = {f"{n}.lora_A" for n in mods} - set(weights)
+    if missing:
+        raise KeyError(f"LoRA weights missing for {sorted(missing)[:3]}...")
+    try:
+        for name, m in mods.items():
+            m.override = (weights[f"{name}.lora_A"], weights[f"{name}.lora_B"])
+        yield
+    finally:
+        for m in mods.values():
+            m.override = None
+
+
+@contextlib.contextmanager
+def disabled(model: nn.Module) -> Iterator[None]:
+    """Run the base model: every LoRA branch off (closed-book and RAG baselines)."""
+    mods = list(modules(model).values())
+    try:
+        for m in mods:
+            m.enabled = False
+        yield
+    finally:
+        for m in mods:
+            m.enabled = True
+
+
+def load_into(model: nn.Module, weights: Weights) -> None:
+    """Copy saved LoRA values into the live parameters (shapes checked)."""
+    live = parameters(model)
+    if set(live) != set(weights):
+        raise ValueError(f"saved LoRA tensors do not match the model: missing {sorted(set(live) - set(weights))[:3]}, "
+                         f"unexpected {sorted(set(weights) - set(live))[:3]}")
+    with torch.no_grad():
+        for name, p in live.items():
+            if p.shape != weights[name].shape:
+                raise ValueError(f"LoRA tensor {name}: saved shape {tuple(weights[name].shape)} != {tuple(p.shape)}")
+            p.copy_(weights[name])

@@ -1,0 +1,74 @@
+"""ReGrad tasks: a question, its gold answer and its retrieved passages, turned into token batches.
+
+One place builds the batches that training (meta tasks), encoding (passages) and evaluation (online gradients,
+answer NLL) all use, so the three can never format or truncate differently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from . import prompts
+from .config import LearnerConfig
+from .regrad import TaskBatch, TokenBatch, collate
+
+
+@dataclass(frozen=True)
+class Task:
+    """One question with its gold answers and top-k passages (an augmented record)."""
+    test_id: int
+    question: str
+    answers: tuple[str, ...]
+    passages: tuple[tuple[str, str], ...] = ()          # (title, text)
+    passage_ids: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def answer(self) -> str:
+        """The training target: the first gold alias (method.md notation)."""
+        return self.answers[0]
+
+
+def from_record(record: dict, topk: int, where: str = "record") -> Task:
+    """A task from one augmented record (``data/augmented/<dataset>/<name>.json``), keeping the top ``topk``."""
+    for key in ("test_id", "question", "answers", "passages", "passage_ids"):
+        if key not in record:
+            raise ValueError(f"{where}: missing field '{key}' (augmented records are written by 02_augment)")
+    if not record["answers"]:
+        raise ValueError(f"{where}: field 'answers' is empty")
+    if len(record["passages"]) < topk:
+        raise ValueError(f"{where}: {len(record['passages'])} passages but topk={topk}; re-run 02_augment with "
+                         f"topk >= {topk}")
+    titles = record.get("titles") or [""] * len(record["passages"])
+    return Task(test_id=int(record["test_id"]), question=record["question"], answers=tuple(record["answers"]),
+                passages=tuple(zip(titles[:topk], record["passages"][:topk])),
+                passage_ids=tuple(str(i) for i in record["passage_ids"][:topk]))
+
+
+def passage_batch(tokenizer, passages: Sequence[tuple[str, str]], max_len: int) -> TokenBatch:
+    """Passages as one right-padded LM batch (equation 1's inputs)."""
+    return collate([prompts.passage_example(tokenizer, t, x, max_len) for t, x in passages], tokenizer.pad_token_id)
+
+
+def qa_batch(tokenizer, tasks: Sequence[Task], cfg: LearnerConfig, *, with_context: bool | None = None,
+             full_text_loss: bool = False) -> TokenBatch:
+    """Prompt + first gold answer per task; loss on the answer tokens only (unless ``full_text_loss``)."""
+    with_context = (not cfg.blind_context) if with_context is None else with_context
+    examples = [prompts.qa_example(tokenizer, t.question, t.answer, t.passages if with_context else None,
+                                   cfg.max_prompt_len, full_text_loss) for t in tasks]
+    return collate(examples, tokenizer.pad_token_id)
+
+
+def task_batch(tokenizer, tasks: Sequence[Task], cfg: LearnerConfig, *, passage_len: int | None = None,
+               with_context: bool | None = None) -> TaskBatch:
+    """Meta tasks: every task's passages (grouped) and its QA example, for :func:`regrad.meta_losses`."""
+    passages = [p for t in tasks for p in t.passages]
+    if not passages:
+        raise ValueError("these tasks have no passages: ReGrad needs the retrieved passages of each question")
+    group = torch.tensor([i for i, t in enumerate(tasks) for _ in t.passages], dtype=torch.long)
+    return TaskBatch(passage_batch(tokenizer, passages, passage_len or cfg.max_context_len), group,
+                     qa_batch(tokenizer, tasks, cfg, with_context=with_context,
+                              full_text_loss=not cfg.outer_loss))
