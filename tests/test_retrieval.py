@@ -1,0 +1,162 @@
+"""Embedded BM25 (tantivy): exact top-k, analysis, escaping, manifest checks, resumable builds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from regrad_lib import corpus, paths, retrieval
+from regrad_lib.retrieval import Hit, RetrievalError
+
+PASSAGES = [
+    ("1", "Dogs", "Running dogs chase the cat around the garden."),
+    ("2", "Cats", "A cat sleeps on the sofa all day."),
+    ("3", "Paris", "Paris is the capital and most populous city of France."),
+    ("4", "Berlin", "Berlin is the capital of Germany."),
+    ("5", "Rivers", "The Seine flows through Paris; the Spree flows through Berlin."),
+    ("6", "The", "The of and a an to in."),
+]
+
+
+def write_tsv(path, rows):
+    path.write_text("id\ttext\ttitle\n" + "".join(f"{i}\t{text}\t{title}\n" for i, title, text in rows))
+    return path
+
+
+@pytest.fixture()
+def work(tmp_path, monkeypatch):
+    monkeypatch.setenv("REGRAD_WORK", str(tmp_path / "work"))
+    return tmp_path
+
+
+@pytest.fixture()
+def small(work):
+    return write_tsv(work / "small.tsv", PASSAGES)
+
+
+def ids(hits):
+    return [h.passage_id for h in hits]
+
+
+def test_exact_top_k(small):
+    r = retrieval.build(small, "small")
+    assert r.count() == 6
+    [capital, dogs] = r.search(["capital of Germany", "dog running"], k=2)
+    assert ids(capital) == ["4", "3"]                  # Germany decides between the two capitals
+    assert capital[0] == Hit("4", "Berlin", "Berlin is the capital of Germany.", capital[0].score)
+    assert capital[0].score > capital[1].score > 0
+    assert ids(dogs) == ["1"]                          # only one passage holds run/dog
+    assert [len(h) for h in r.search(["Paris Berlin"], k=3)] == [3]
+
+
+def test_title_counts_and_best_field_wins(small):
+    r = retrieval.build(small, "small")
+    # "Paris" is the title of 3 and in the text of 3 and 5: the title+text passage comes first
+    assert ids(r.search(["Paris"], k=2)[0]) == ["3", "5"]
+
+
+def test_stemming_and_stop_words(small):
+    r = retrieval.build(small, "small")
+    assert r.terms("The running dogs") == ["run", "dog"]
+    assert r.search(["the of and a"], k=3) == [[]]     # only stop words: nothing to match, no error
+    assert ids(r.search(["runs"], k=1)[0]) == ["1"]
+
+
+@pytest.mark.parametrize("query", ['"unbalanced', "title:Paris AND (", "a:b:c ) ( ] [ ^2 ~ * ? \\ / -",
+                                   "Berlin OR NOT", "", "   "])
+def test_query_syntax_is_plain_text(small, query):
+    r = retrieval.build(small, "small")
+    assert isinstance(r.search([query], k=3)[0], list)
+
+
+def test_query_cut_to_256_tokens(small):
+    r = retrieval.build(small, "small")
+    long = " ".join(["sofa"] * 256 + ["Germany"])
+    assert r.terms(long) == ["sofa"] * 256
+    assert ids(r.search([long], k=1)[0]) == ["2"]
+
+
+def test_search_threads_same_answers(small):
+    one = retrieval.build(small, "small")
+    many = retrieval.open("small", search_threads=2)
+    queries = ["capital", "cat", "river Seine", "dogs"] * 5
+    assert many.search(queries, 2) == one.search(queries, 2)
+
+
+def test_reopen_and_manifest(small):
+    retrieval.build(small, "small")
+    manifest = json.loads((paths.index_dir("small") / retrieval.MANIFEST).read_text())
+    assert manifest["count"] == 6 and manifest["corpus"]["size"] == small.stat().st_size
+    assert retrieval.build(small, "small").count() == 6       # complete: reopened, not rebuilt
+    assert retrieval.open("small").describe()["count"] == 6
+
+
+def test_other_corpus_needs_rebuild(small, work):
+    retrieval.build(small, "small")
+    other = write_tsv(work / "other.tsv", PASSAGES[:3])
+    with pytest.raises(RetrievalError, match="rebuild=True"):
+        retrieval.build(other, "small")
+    assert retrieval.build(other, "small", rebuild=True).count() == 3
+
+
+def test_missing_index(work):
+    with pytest.raises(RetrievalError, match=r"indexes/nothing not found.*01_index"):
+        retrieval.open("nothing")
+
+
+def test_count_mismatch_refused(small):
+    retrieval.build(small, "small")
+    path = paths.index_dir("small") / retrieval.MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["count"] = 7
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(RetrievalError, match="holds 6 passages but its manifest says 7"):
+        retrieval.open("small")
+
+
+def test_corrupted_index_refused(small):
+    retrieval.build(small, "small")
+    (paths.index_dir("small") / "meta.json").write_text("{ not json")
+    with pytest.raises(RetrievalError, match="corrupted.*rebuild=True"):
+        retrieval.open("small")
+
+
+def test_interrupted_build_is_refused_then_resumed(work, monkeypatch, caplog):
+    rows = [(str(i), f"T{i}", f"word{i} common text number {i}") for i in range(100)]
+    path = write_tsv(work / "big.tsv", rows)
+    real_read = corpus.read
+
+    def dying_read(p, *a, **kw):
+        for n, passage in enumerate(real_read(p, *a, **kw)):
+            if n == 45:
+                raise KeyboardInterrupt
+            yield passage
+
+    monkeypatch.setattr(corpus, "read", dying_read)
+    with pytest.raises(KeyboardInterrupt):
+        retrieval.build(path, "big", commit_every=20)
+    with pytest.raises(RetrievalError, match="incomplete.*resume"):
+        retrieval.open("big")
+
+    state = json.loads((paths.index_dir("big") / retrieval.BUILD_STATE).read_text())
+    assert state["corpus"]["size"] == path.stat().st_size
+    monkeypatch.setattr(corpus, "read", real_read)
+    with caplog.at_level("INFO", logger="regrad_lib.retrieval"):
+        r = retrieval.build(path, "big", commit_every=20)
+    assert "after 40 committed passages" in caplog.text      # the last commit before the interruption
+    assert r.count() == 100                                  # no duplicates, nothing missing
+    assert [ids(h) for h in r.search(["word39", "word44", "word99"], k=1)] == [["39"], ["44"], ["99"]]
+    assert not (paths.index_dir("big") / retrieval.BUILD_STATE).exists()
+
+
+def test_bad_arguments(small):
+    with pytest.raises(ValueError, match="Unknown retrieval backend 'tantivi'.*Did you mean: tantivy"):
+        retrieval.open("small", backend="tantivi")
+    with pytest.raises(TypeError, match=r"Unknown option\(s\) \['treads'\].*threads"):
+        retrieval.build(small, "small", treads=2)
+    with pytest.raises(FileNotFoundError, match="nope.tsv not found"):
+        retrieval.build("nope.tsv", "small")
+    r = retrieval.build(small, "small")
+    with pytest.raises(TypeError, match="list of queries"):
+        r.search("capital", 3)
