@@ -1,0 +1,163 @@
+"""Run the numbered notebooks headlessly with papermill: ``python -m regrad_lib.pipeline --run NAME ...``.
+
+Each notebook is executed into ``runs/<run>/<notebook>.ipynb`` with the shared parameters it declares
+(run, preset, datasets, ...) plus any ``-p key value``. The runner stops at the first failing notebook and
+says which notebook and cell failed and where the executed copy is. ``--prepare-only`` writes parameterised
+copies without executing them (the test suite runs nbval on those).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import paths
+
+log = logging.getLogger(__name__)
+
+NOTEBOOKS = ("01_index", "02_augment", "03_train", "04_encode", "05_evaluate", "06_analyze")
+
+
+class PipelineError(RuntimeError):
+    """A notebook failed; the message names the notebook, the cell and the executed copy."""
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    source: Path
+
+
+def select_steps(spec: str = "01-06") -> list[Step]:
+    """``"01-06"``, ``"03"``, ``"01,02,05"`` or ``"04-"`` → the notebooks to run, in order."""
+    numbers = [n.split("_")[0] for n in NOTEBOOKS]
+    chosen: list[str] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if "-" in part:
+            lo, _, hi = part.partition("-")
+            lo, hi = lo or numbers[0], hi or numbers[-1]
+            if lo not in numbers or hi not in numbers:
+                raise ValueError(f"--steps {spec!r}: unknown step in {part!r}; steps are {numbers}")
+            chosen += numbers[numbers.index(lo):numbers.index(hi) + 1]
+        elif part in numbers:
+            chosen.append(part)
+        else:
+            raise ValueError(f"--steps {spec!r}: unknown step {part!r}; steps are {numbers}")
+    return [Step(n, paths.notebooks_dir() / f"{n}.ipynb") for n in NOTEBOOKS if n.split("_")[0] in chosen]
+
+
+def parse_value(text: str) -> Any:
+    """``-p`` values: JSON literals (numbers, true/false/null, lists) where they parse, else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {"True": True, "False": False, "None": None}.get(text, text)
+
+
+def declared_parameters(notebook: Path) -> set[str]:
+    import papermill
+
+    return set(papermill.inspect_notebook(str(notebook)))
+
+
+def parameters_for(step: Step, shared: dict[str, Any]) -> dict[str, Any]:
+    """The shared parameters this notebook declares in its ``parameters`` cell."""
+    declared = declared_parameters(step.source)
+    return {k: v for k, v in shared.items() if k in declared}
+
+
+def _failure_message(step: Step, output: Path, error: Exception) -> str:
+    cell = ""
+    try:
+        import nbformat
+
+        nb = nbformat.read(str(output), as_version=4)
+        for i, c in enumerate(nb.cells):
+            if c.cell_type == "code" and any(o.get("output_type") == "error" for o in c.get("outputs", [])):
+                first_line = (c.source.splitlines() or [""])[0]
+                cell = f" in cell {i} ({first_line[:80]!r})"
+                break
+    except (OSError, ValueError) as e:  # the copy may not exist if the kernel never started
+        cell = f" (executed copy unreadable: {e})"
+    reason = getattr(error, "ename", type(error).__name__) + ": " + str(getattr(error, "evalue", error))
+    return f"{step.name} failed{cell}: {reason.strip().splitlines()[0] if reason.strip() else reason}\n" \
+           f"Executed copy: {paths.relative(output)}"
+
+
+def run(run_name: str, shared: dict[str, Any], steps: str = "01-06", out_dir: Path | None = None,
+        prepare_only: bool = False, kernel: str | None = None) -> list[Path]:
+    """Execute (or only parameterise) the chosen notebooks in order; returns the executed copies."""
+    import papermill
+
+    out_dir = out_dir or paths.executed_notebooks_dir(run_name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shared = {"run": run_name, **shared}
+    chosen = select_steps(steps)
+    declared_anywhere = set().union(*(declared_parameters(s.source) for s in chosen))
+    unknown = set(shared) - declared_anywhere - {"run"}
+    if unknown:
+        raise ValueError(f"parameter(s) {sorted(unknown)} are declared by none of the notebooks {[s.name for s in chosen]}; "
+                         f"known: {sorted(declared_anywhere)}")
+    outputs = []
+    for step in chosen:
+        output = out_dir / f"{step.name}.ipynb"
+        params = parameters_for(step, shared)
+        log.info("%s %s → %s  %s", "preparing" if prepare_only else "running", step.name, paths.relative(output),
+                 json.dumps(params))
+        started = time.perf_counter()
+        try:
+            papermill.execute_notebook(str(step.source), str(output), parameters=params, prepare_only=prepare_only,
+                                       kernel_name=kernel, cwd=str(paths.repo_root()), progress_bar=False,
+                                       log_output=False)
+        except papermill.PapermillExecutionError as e:
+            raise PipelineError(_failure_message(step, output, e)) from None
+        if not prepare_only:
+            log.info("%s done in %.0f s", step.name, time.perf_counter() - started)
+        outputs.append(output)
+    return outputs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m regrad_lib.pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="run name: outputs/<run>, results/<run>, runs/<run>")
+    parser.add_argument("--preset", help="config preset (configs/<preset>), e.g. smollm2-135m-instruct")
+    parser.add_argument("--datasets", help="comma-separated evaluation datasets, e.g. popqa,hotpotqa")
+    parser.add_argument("--train-datasets", help="comma-separated training datasets")
+    parser.add_argument("--steps", default="01-06", help="which notebooks: 01-06, 03-05, 05 ... (default all)")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                        help="any notebook parameter; JSON values (3, true, null, [1,2]) or plain strings")
+    parser.add_argument("--prepare-only", action="store_true", help="write parameterised copies, do not execute")
+    parser.add_argument("--out", help="folder for the executed copies (default runs/<run>)")
+    parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebooks' own)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    shared: dict[str, Any] = {}
+    if args.preset:
+        shared["preset"] = args.preset
+    if args.datasets:
+        shared["datasets"] = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    if args.train_datasets:
+        shared["train_datasets"] = [d.strip() for d in args.train_datasets.split(",") if d.strip()]
+    for key, value in args.parameter:
+        shared[key] = parse_value(value)
+    started = time.perf_counter()
+    try:
+        outputs = run(args.run, shared, args.steps, Path(args.out).resolve() if args.out else None,
+                      args.prepare_only, args.kernel)
+    except (PipelineError, ValueError, FileNotFoundError) as e:
+        log.error("%s", e)
+        return 1
+    log.info("%d notebook(s) %s in %.0f s: %s", len(outputs), "prepared" if args.prepare_only else "executed",
+             time.perf_counter() - started, paths.relative(outputs[-1].parent) if outputs else "-")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
