@@ -1,0 +1,65 @@
+import json
+
+import nbformat
+import pytest
+
+from regrad_lib import paths, pipeline
+
+
+def test_select_steps():
+    assert [s.name for s in pipeline.select_steps("01-06")] == list(pipeline.NOTEBOOKS)
+    assert [s.name for s in pipeline.select_steps("03-04")] == ["03_train", "04_encode"]
+    assert [s.name for s in pipeline.select_steps("05,01")] == ["01_index", "05_evaluate"]
+    assert [s.name for s in pipeline.select_steps("05-")] == ["05_evaluate", "06_analyze"]
+    with pytest.raises(ValueError, match="unknown step"):
+        pipeline.select_steps("07")
+
+
+@pytest.mark.parametrize("text,value", [("3", 3), ("0.5", 0.5), ("true", True), ("None", None), ("[1, 2]", [1, 2]),
+                                        ("popqa", "popqa"), ("cuda", "cuda")])
+def test_parse_value(text, value):
+    assert pipeline.parse_value(text) == value
+
+
+def _notebook(path, body):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('run = "x"  # run\nvalue = 1  # a number')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# test"), params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+
+
+@pytest.fixture()
+def fake_notebooks(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "NOTEBOOKS", ("01_ok", "02_fail", "03_never"))
+    monkeypatch.setattr(paths, "notebooks_dir", lambda: tmp_path / "nb")
+    (tmp_path / "nb").mkdir()
+    _notebook(tmp_path / "nb" / "01_ok.ipynb", "assert value == 7\nprint(run)")
+    _notebook(tmp_path / "nb" / "02_fail.ipynb", "raise ValueError(f'bad value {value}')")
+    _notebook(tmp_path / "nb" / "03_never.ipynb", "pass")
+    return tmp_path
+
+
+def test_runner_passes_parameters_and_stops_at_the_first_failure(fake_notebooks):
+    out = fake_notebooks / "out"
+    with pytest.raises(pipeline.PipelineError) as e:
+        pipeline.run("r1", {"value": 7}, "01-03", out_dir=out)
+    message = str(e.value)
+    assert "02_fail failed in cell" in message and "ValueError: bad value 7" in message
+    assert str(out / "02_fail.ipynb") in message or "02_fail.ipynb" in message
+    executed = nbformat.read(str(out / "01_ok.ipynb"), as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert 'run = "r1"' in injected[0].source and "value = 7" in injected[0].source
+    assert not (out / "03_never.ipynb").exists()
+
+
+def test_unknown_parameter_is_refused(fake_notebooks):
+    with pytest.raises(ValueError, match="declared by none"):
+        pipeline.run("r1", {"valeu": 7}, "01", out_dir=fake_notebooks / "out", prepare_only=True)
+
+
+def test_main_reports_failure_with_exit_code(fake_notebooks, caplog):
+    assert pipeline.main(["--run", "r2", "--steps", "01", "-p", "value", "7", "--out", str(fake_notebooks / "o")]) == 0
+    assert pipeline.main(["--run", "r2", "--steps", "02", "--out", str(fake_notebooks / "o")]) == 1
+    assert "02_fail failed" in caplog.text
