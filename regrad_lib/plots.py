@@ -12,14 +12,17 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import matplotlib
 from matplotlib.figure import Figure
 
+from .analysis import METHODS, BankSize, Missing, PairedDifference, Score, ScoreTable
 from .artifacts import atomic_path
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DPI = 120
 _STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
@@ -140,3 +143,141 @@ def histogram(values: Iterable[float], title: str, xlabel: str, bins: int = 30) 
 
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# --- 06_analyze figures -----------------------------------------------------------------------------------
+
+def publish(make: Callable[[T], Figure], data: T | Missing, path: str | os.PathLike) -> Figure | Missing:
+    """``make(data)`` saved as a PNG at ``path`` and returned for inline display; a Missing note passes through."""
+    if isinstance(data, Missing):
+        log.warning("%s skipped: %s", Path(path).name, data.message)
+        return data
+    fig = make(data)
+    save_figure(fig, path)
+    return fig
+
+
+@_styled
+def score_table(table: ScoreTable) -> Figure:
+    """The datasets × methods EM/F1 table drawn as a figure (for the PNG; notebooks also show it as HTML)."""
+    header, rows = table.header(), table.rows() or [["(no rows)"] + [""] * (len(table.header()) - 1)]
+    fig = _figure(max(4.0, 0.85 * len(header) + 1.0), 0.35 * (len(rows) + 1) + 0.6)
+    ax = fig.subplots()
+    ax.axis("off")
+    t = ax.table(cellText=rows, colLabels=[h.replace(" ", "\n") for h in header], loc="center", cellLoc="center")
+    t.auto_set_font_size(False)
+    t.set_fontsize(8)
+    t.scale(1.0, 1.5)
+    ax.set_title("EM / F1 (×100) by dataset and method")
+    return fig
+
+
+@_styled
+def f1_bars(rows: Sequence[Score], metric: str = "f1") -> Figure:
+    """Grouped bars: one group per dataset, one bar per method (``metric``: f1 or em)."""
+    datasets = list(dict.fromkeys(r.dataset for r in rows))
+    methods = [m for m in METHODS if any(r.method == m for r in rows)] + \
+        list(dict.fromkeys(r.method for r in rows if r.method not in METHODS))
+    value = {(r.dataset, r.method): getattr(r, metric) for r in rows}
+    fig = _figure(max(5.0, 1.2 * len(datasets) * max(1, len(methods)) / 3 + 2), 3.6)
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(methods))
+    for j, m in enumerate(methods):
+        xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(datasets))]
+        ax.bar(xs, [value.get((d, m), math.nan) for d in datasets], width, label=m, color=f"C{j % 10}")
+    ax.set_xticks(range(len(datasets)), datasets)
+    ax.set_title(f"{metric.upper()} by dataset and method")
+    ax.set_ylabel(f"{metric.upper()} (×100)")
+    ax.set_xlabel("dataset")
+    ax.grid(axis="y", alpha=0.3)
+    if methods:
+        fig.legend(ncols=min(4, len(methods)), loc="outside lower center", frameon=False)
+    return fig
+
+
+@_styled
+def sweep_curve(rows: Sequence[Score], vary: str = "gamma") -> Figure:
+    """F1 against ``vary`` (gamma or topk), one line per dataset (rows from :func:`analysis.sweep`)."""
+    fig = _figure(5.2, 3.4)
+    ax = fig.subplots()
+    for i, d in enumerate(dict.fromkeys(r.dataset for r in rows)):
+        pts = sorted((getattr(r, vary), r.f1) for r in rows if r.dataset == d)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, lw=1, color=f"C{i % 10}", label=d)
+    methods = sorted({r.method for r in rows})
+    ax.set_title(f"F1 vs {vary} ({', '.join(methods)})")
+    ax.set_xlabel(vary)
+    ax.set_ylabel("F1 (×100)")
+    ax.grid(alpha=0.3)
+    if rows:
+        ax.legend(loc="best")
+    return fig
+
+
+def gamma_sweep(rows: Sequence[Score]) -> Figure:
+    """F1 vs gamma for regrad, one line per dataset."""
+    return sweep_curve(rows, "gamma")
+
+
+def topk_sweep(rows: Sequence[Score]) -> Figure:
+    """F1 vs top-k for regrad, one line per dataset."""
+    return sweep_curve(rows, "topk")
+
+
+@_styled
+def bank_bytes(sizes: Sequence[BankSize]) -> Figure:
+    """Bytes per passage of each Gradient Bank, one bar per dataset/dtype, labelled in KiB/MiB."""
+    fig = _figure(max(4.0, 0.9 * len(sizes) + 2), 3.4)
+    ax = fig.subplots()
+    labels = [f"{s.dataset}\n{s.dtype}" for s in sizes]
+    values = [s.bytes_per_passage for s in sizes]
+    bars = ax.bar(range(len(sizes)), values, color=[f"C{i % 10}" for i in range(len(sizes))])
+    ax.bar_label(bars, labels=[_human(v) for v in values], fontsize=7)
+    ax.set_xticks(range(len(sizes)), labels)
+    ax.set_title("Gradient Bank: bytes per passage")
+    ax.set_ylabel("bytes per passage")
+    ax.set_xlabel("dataset / storage dtype")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+@_styled
+def paired_differences(diffs: Sequence[PairedDifference]) -> Figure:
+    """Mean paired answer-NLL difference ± SE per dataset, one bar per pair, share lower annotated."""
+    datasets = list(dict.fromkeys(d.dataset for d in diffs))
+    pairs = list(dict.fromkeys(d.label for d in diffs))
+    by = {(d.dataset, d.label): d for d in diffs}
+    fig = _figure(max(5.0, 1.3 * len(datasets) + 2.5), 3.8)
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(pairs))
+    labelled: set[str] = set()
+    for j, p in enumerate(pairs):
+        for i, ds in enumerate(datasets):
+            d = by.get((ds, p))
+            if d is None:
+                continue
+            x = i + (j - (len(pairs) - 1) / 2) * width
+            ax.bar([x], [d.mean], width, yerr=[0 if math.isnan(d.se) else d.se], capsize=3,
+                   color=f"C{j % 10}", label=None if p in labelled else p)
+            labelled.add(p)
+            ax.text(x, 0.98, f"{100 * d.share_lower:.0f}% lower\nn={d.n}", transform=ax.get_xaxis_transform(),
+                    ha="center", va="top", fontsize=7)  # a row along the top, clear of bars and error bars
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(datasets)), datasets)
+    ax.set_title("Paired answer-NLL difference (negative: regrad better)")
+    ax.set_ylabel("mean Δ NLL ± SE (nats)")
+    ax.set_xlabel("dataset")
+    ax.margins(y=0.35)
+    ax.grid(axis="y", alpha=0.3)
+    if pairs:
+        fig.legend(ncols=len(pairs), loc="outside lower center", frameon=False)
+    return fig
+
+
+def _human(n: float) -> str:
+    if not _finite(n):
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"

@@ -1,0 +1,398 @@
+"""Reading a run's results for 06_analyze: score table, sweeps, paired answer-NLL differences, training log, bank sizes.
+
+Inputs (written by 05_evaluate, 03_train and 04_encode; see design.md "Layout"):
+``results/<run>/summary.csv``, ``results/<run>/sweeps.csv``, ``results/<run>/<dataset>/<method>.predictions.jsonl``,
+``outputs/<run>/training_log.jsonl``, ``outputs/<run>/meta_state.safetensors`` and the bank manifests
+``offline/<topk>/<run>/<dataset>/<split>_all/manifest.json``. Plain ``csv``/``json``; no pandas.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence, TypeVar
+
+from . import paths
+from .artifacts import read_json
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+METHODS = ("closed_book", "rag", "regrad", "regrad_icl", "regrad_online", "shift", "no_update")
+SUMMARY_FIELDS = ("dataset", "method", "em", "f1", "precision", "recall", "nll", "n")
+SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "em", "f1", "precision", "recall", "nll", "n")
+PAIRS = (("regrad", "shift"), ("regrad", "no_update"))
+
+
+# --- where things are -------------------------------------------------------------------------------------
+
+def summary_file(run: str) -> Path:
+    return paths.results_dir(run) / "summary.csv"
+
+
+def sweeps_file(run: str) -> Path:
+    return paths.results_dir(run) / "sweeps.csv"
+
+
+def predictions_file(run: str, dataset: str, method: str) -> Path:
+    return paths.results_dir(run) / dataset / f"{method}.predictions.jsonl"
+
+
+def training_log_file(run: str) -> Path:
+    return paths.output_dir(run) / "training_log.jsonl"
+
+
+def meta_state_file(run: str) -> Path:
+    return paths.output_dir(run) / "meta_state.safetensors"
+
+
+# --- missing optional inputs ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Missing:
+    """What a notebook section shows instead of a figure when its input is absent."""
+
+    message: str
+
+    def __str__(self) -> str:
+        return f"not available: {self.message}"
+
+    __repr__ = __str__
+
+    def _repr_markdown_(self) -> str:
+        return f"**Not available:** {self.message}"
+
+
+def optional(read: Callable[..., T], *args, **kwargs) -> T | Missing:
+    """``read(*args, **kwargs)``, or a :class:`Missing` note carrying its FileNotFoundError message."""
+    try:
+        return read(*args, **kwargs)
+    except FileNotFoundError as e:
+        log.warning("%s", e)
+        return Missing(str(e.args[0]) if e.args else str(e))
+
+
+# --- summary and sweeps -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Score:
+    """One row of summary.csv or sweeps.csv (scores ×100; nll = mean gold-answer NLL in nats)."""
+
+    dataset: str
+    method: str
+    em: float
+    f1: float
+    precision: float
+    recall: float
+    nll: float
+    n: int
+    gamma: float | None = None
+    topk: int | None = None
+
+
+def _number(path: Path, line: int, name: str, value: str, kind=float):
+    if value is None or value.strip() in ("", "nan", "NaN", "None", "null"):
+        if kind is int:
+            raise ValueError(f"{paths.relative(path)} line {line}: field {name!r} is empty; it must be an integer")
+        return math.nan
+    try:
+        return kind(float(value)) if kind is int else kind(value)
+    except ValueError:
+        raise ValueError(f"{paths.relative(path)} line {line}: field {name!r} = {value!r} is not a number; "
+                         f"re-run 05_evaluate to rewrite the file") from None
+
+
+def _read_scores(path: Path, fields: Sequence[str], writer: str) -> list[Score]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by {writer}")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in fields if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{paths.relative(path)}: header {reader.fieldnames} lacks {missing}; "
+                             f"expected {','.join(fields)}")
+        rows = []
+        for line, r in enumerate(reader, start=2):
+            extra = {}
+            if "gamma" in fields:
+                extra = {"gamma": _number(path, line, "gamma", r["gamma"]),
+                         "topk": _number(path, line, "topk", r["topk"], int)}
+            rows.append(Score(dataset=r["dataset"], method=r["method"],
+                              **{k: _number(path, line, k, r[k]) for k in ("em", "f1", "precision", "recall", "nll")},
+                              n=_number(path, line, "n", r["n"], int), **extra))
+    return rows
+
+
+def read_summary(run: str) -> list[Score]:
+    """``results/<run>/summary.csv`` as typed rows; a missing file is an error naming 05_evaluate."""
+    return _read_scores(summary_file(run), SUMMARY_FIELDS, f"05_evaluate (run={run!r}); run it first")
+
+
+def read_sweeps(run: str) -> list[Score]:
+    """``results/<run>/sweeps.csv`` (gamma / top-k sweeps of 05_evaluate); FileNotFoundError when absent."""
+    return _read_scores(sweeps_file(run), SWEEP_FIELDS,
+                        f"05_evaluate when it runs a gamma or top-k sweep (run={run!r})")
+
+
+def _ordered(names: Iterable[str], order: Sequence[str]) -> list[str]:
+    names = list(dict.fromkeys(names))
+    return [n for n in order if n in names] + [n for n in names if n not in order]
+
+
+@dataclass
+class ScoreTable:
+    """Datasets × methods, EM and F1 (×100); shown inline as an HTML/markdown table."""
+
+    datasets: list[str]
+    methods: list[str]
+    em: dict[tuple[str, str], float] = field(default_factory=dict)
+    f1: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def header(self) -> list[str]:
+        return ["dataset"] + [f"{m} {k}" for m in self.methods for k in ("EM", "F1")]
+
+    def rows(self) -> list[list[str]]:
+        """One row per dataset: EM and F1 of each method, one decimal; '–' where a method was not run."""
+        def cell(table, d, m):
+            v = table.get((d, m))
+            return "–" if v is None or not math.isfinite(v) else f"{v:.1f}"
+        return [[d] + [cell(t, d, m) for m in self.methods for t in (self.em, self.f1)] for d in self.datasets]
+
+    def to_markdown(self) -> str:
+        lines = ["| " + " | ".join(self.header()) + " |", "|" + "---|" * len(self.header())]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in self.rows()])
+
+    _repr_markdown_ = to_markdown
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
+def score_table(rows: Sequence[Score], datasets: Sequence[str] | None = None,
+                methods: Sequence[str] | None = None) -> ScoreTable:
+    """Pivot summary rows into datasets × methods (methods in :data:`METHODS` order, then any others)."""
+    ds = list(datasets) if datasets else _ordered((r.dataset for r in rows), ())
+    ms = list(methods) if methods else _ordered((r.method for r in rows), METHODS)
+    table = ScoreTable(ds, ms)
+    for r in rows:
+        if r.dataset in ds and r.method in ms:
+            table.em[(r.dataset, r.method)] = r.em
+            table.f1[(r.dataset, r.method)] = r.f1
+    return table
+
+
+def sweep(rows: Sequence[Score] | Missing, vary: str, method: str = "regrad", **fixed) -> list[Score] | Missing:
+    """The sweep rows of ``method`` where ``vary`` (gamma or topk) takes 2+ values in a dataset, other params fixed.
+
+    Returns a :class:`Missing` note when there is no such sweep (or no sweeps.csv at all).
+    """
+    if isinstance(rows, Missing):
+        return rows
+    if vary not in ("gamma", "topk"):
+        raise ValueError(f"vary={vary!r}: choose 'gamma' or 'topk'")
+    picked = [r for r in rows if r.method == method
+              and all(getattr(r, k) == v for k, v in fixed.items() if v is not None)]
+    values: dict[str, set] = {}
+    for r in picked:
+        values.setdefault(r.dataset, set()).add(getattr(r, vary))
+    keep = {d for d, v in values.items() if len(v) >= 2}
+    out = sorted((r for r in picked if r.dataset in keep), key=lambda r: (r.dataset, getattr(r, vary)))
+    if not out:
+        where = ", ".join(f"{k}={v}" for k, v in fixed.items() if v is not None)
+        return Missing(f"sweeps.csv has no {vary} sweep for method {method!r}" + (f" at {where}" if where else ""))
+    return out
+
+
+# --- paired answer-NLL differences --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Per-question ``nll_a - nll_b`` matched by test_id: mean, standard error (sample std / √n), share a lower."""
+
+    dataset: str
+    method_a: str
+    method_b: str
+    mean: float
+    se: float
+    share_lower: float
+    n_lower: int
+    n: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.method_a} − {self.method_b}"
+
+    def __str__(self) -> str:
+        return (f"{self.dataset}: {self.label} = {self.mean:+.4f} ± {self.se:.4f} nats, "
+                f"lower on {self.n_lower} of {self.n} ({100 * self.share_lower:.0f}%)")
+
+
+def read_predictions(run: str, dataset: str, method: str) -> list[dict]:
+    """Rows of ``results/<run>/<dataset>/<method>.predictions.jsonl``."""
+    path = predictions_file(run, dataset, method)
+    if not path.is_file():
+        raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 05_evaluate "
+                                f"(run={run!r}, dataset={dataset!r}, method={method!r})")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                rows.append(json.loads(text))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{paths.relative(path)} line {line}: not valid JSON ({e.msg})") from e
+    return rows
+
+
+def _answer_nll(run: str, dataset: str, method: str) -> dict[str, float]:
+    path = predictions_file(run, dataset, method)
+    out: dict[str, float] = {}
+    for i, r in enumerate(read_predictions(run, dataset, method), start=1):
+        if "test_id" not in r or "answer_nll" not in r:
+            raise ValueError(f"{paths.relative(path)} line {i}: row lacks 'test_id' or 'answer_nll' "
+                             f"(keys {sorted(r)}); re-run 05_evaluate")
+        tid = str(r["test_id"])
+        if tid in out:
+            raise ValueError(f"{paths.relative(path)} line {i}: duplicate test_id {tid!r}")
+        v = r["answer_nll"]
+        out[tid] = float(v) if isinstance(v, (int, float)) else math.nan
+    return out
+
+
+def paired_difference(nll_a: dict[str, float], nll_b: dict[str, float], dataset: str = "",
+                      method_a: str = "a", method_b: str = "b") -> PairedDifference:
+    """Paired statistics of ``nll_a[id] - nll_b[id]`` over the test_ids both have with finite values."""
+    diffs = [nll_a[k] - nll_b[k] for k in nll_a if k in nll_b and math.isfinite(nll_a[k]) and math.isfinite(nll_b[k])]
+    n = len(diffs)
+    if n == 0:
+        raise ValueError(f"{dataset}: {method_a} and {method_b} share no test_id with a finite answer_nll")
+    mean = sum(diffs) / n
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else math.nan
+    lower = sum(d < 0 for d in diffs)
+    unmatched = len(set(nll_a) ^ set(nll_b))
+    if unmatched:
+        log.warning("%s: %d test_id(s) appear in only one of %s / %s; compared %d", dataset, unmatched,
+                    method_a, method_b, n)
+    return PairedDifference(dataset, method_a, method_b, mean, se, lower / n, lower, n)
+
+
+def paired_nll_differences(run: str, dataset: str, method_a: str = "regrad",
+                           method_b: str = "shift") -> PairedDifference:
+    """Mean, SE and share-lower of ``answer_nll[method_a] - answer_nll[method_b]`` per question of ``dataset``."""
+    return paired_difference(_answer_nll(run, dataset, method_a), _answer_nll(run, dataset, method_b),
+                             dataset, method_a, method_b)
+
+
+def paired_table(run: str, datasets: Sequence[str],
+                 pairs: Sequence[tuple[str, str]] = PAIRS) -> list[PairedDifference] | Missing:
+    """Every available (dataset, pair) of :func:`paired_nll_differences`; skipped ones are logged."""
+    out, skipped = [], []
+    for dataset in datasets:
+        for a, b in pairs:
+            try:
+                out.append(paired_nll_differences(run, dataset, a, b))
+            except FileNotFoundError as e:
+                skipped.append(str(e).split(":")[0])
+                log.warning("paired %s − %s on %s skipped: %s", a, b, dataset, e)
+    if not out:
+        return Missing(f"no prediction files to pair ({', '.join(skipped[:3])}{' …' if len(skipped) > 3 else ''}); "
+                       f"05_evaluate writes them with the methods {sorted({m for p in pairs for m in p})}")
+    return out
+
+
+# --- training log and step sizes --------------------------------------------------------------------------
+
+def read_training_log(run: str) -> list[dict]:
+    """Rows of ``outputs/<run>/training_log.jsonl`` (each with ``kind`` and ``step``)."""
+    path = training_log_file(run)
+    if not path.is_file():
+        raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 03_train (run={run!r})")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{paths.relative(path)} line {line}: not valid JSON ({e.msg})") from e
+            if "kind" not in row or "step" not in row:
+                raise ValueError(f"{paths.relative(path)} line {line}: row lacks 'kind' or 'step' (keys {sorted(row)})")
+            rows.append(row)
+    return rows
+
+
+def read_alpha(run: str) -> dict[str, float]:
+    """Step size per LoRA tensor from ``meta_state.safetensors`` (``alpha.*``; per-element values averaged)."""
+    path = meta_state_file(run)
+    if not path.is_file():
+        raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 03_train (run={run!r})")
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            if key.startswith("alpha."):
+                out[key[len("alpha."):].replace("__", ".")] = float(f.get_tensor(key).float().mean())
+    if not out:
+        raise ValueError(f"{paths.relative(path)} holds no 'alpha.*' tensors; is it a meta_state file of 03_train?")
+    return out
+
+
+# --- bank sizes ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BankSize:
+    """On-disk size of one Gradient Bank: shard bytes / passage count."""
+
+    dataset: str
+    dtype: str
+    count: int
+    bytes: int
+    path: Path
+
+    @property
+    def bytes_per_passage(self) -> float:
+        return self.bytes / self.count if self.count else math.nan
+
+
+def _manifest_field(manifest: dict, path: Path, *names: str):
+    for name in names:
+        if name in manifest:
+            return manifest[name]
+    raise ValueError(f"{paths.relative(path)}: manifest lacks {names[0]!r} (keys {sorted(manifest)})")
+
+
+def bank_size(topk: int, run: str, dataset: str, split: str) -> BankSize:
+    """Read a bank's manifest (dtype, count) and sum its safetensors shard sizes on disk."""
+    folder = paths.bank_dir(topk, run, dataset, split)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{paths.relative(manifest_path)} not found: it is written by 04_encode "
+                                f"(run={run!r}, dataset={dataset!r}, split={split!r}, topk={topk})")
+    manifest = read_json(manifest_path)
+    dtype = str(_manifest_field(manifest, manifest_path, "dtype", "storage_dtype"))
+    count = int(_manifest_field(manifest, manifest_path, "count", "passage_count", "n"))
+    size = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+    return BankSize(dataset, dtype, count, size, folder)
+
+
+def bank_sizes(topk: int, run: str, datasets: Sequence[str], split: str) -> list[BankSize] | Missing:
+    """:func:`bank_size` of every dataset that has a bank; a :class:`Missing` note when none has."""
+    out, missing = [], []
+    for dataset in datasets:
+        try:
+            out.append(bank_size(topk, run, dataset, split))
+        except FileNotFoundError as e:
+            missing.append(dataset)
+            log.warning("%s", e)
+    if not out:
+        return Missing(f"no Gradient Bank under {paths.relative(paths.bank_dir(topk, run, 'x', split).parent.parent)}"
+                       f" for {', '.join(missing)}: 04_encode writes them")
+    return out

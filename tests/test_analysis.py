@@ -1,0 +1,195 @@
+"""analysis: summary/sweeps readers, score table, paired answer-NLL differences (hand-computed), log, alpha, bank sizes."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from regrad_lib import analysis, paths
+from regrad_lib.artifacts import write_json, write_jsonl, write_text
+
+SUMMARY = """dataset,method,em,f1,precision,recall,nll,n
+popqa,closed_book,2.0,5.0,6.0,7.0,3.1,3
+popqa,rag,10.0,20.0,21.0,22.0,2.0,3
+popqa,regrad,4.0,8.5,9.0,9.5,2.9,3
+popqa,shift,2.0,6.0,6.5,7.0,3.0,3
+popqa,no_update,2.0,5.5,6.0,6.5,3.05,3
+hotpotqa,closed_book,1.0,3.0,3.0,3.0,4.0,2
+hotpotqa,regrad,2.0,4.0,4.0,4.0,3.8,2
+"""
+
+SWEEPS = """dataset,method,gamma,topk,em,f1,precision,recall,nll,n
+popqa,regrad,0.5,3,3,7,7,7,3.0,3
+popqa,regrad,1.0,3,4,8.5,9,9.5,2.9,3
+popqa,regrad,2.0,3,1,4,4,4,3.5,3
+hotpotqa,regrad,0.5,3,1,2,2,2,4,2
+hotpotqa,regrad,1.0,3,2,4,4,4,3.8,2
+popqa,regrad,1.0,1,2,5,5,5,3.2,3
+popqa,rag,1.0,3,10,20,21,22,2.0,3
+"""
+
+# answer_nll per test_id: regrad, shift, no_update (popqa)
+NLL = {"regrad": {"q1": 1.0, "q2": 2.0, "q3": 3.0, "q4": 0.5},
+       "shift": {"q1": 1.5, "q2": 1.5, "q3": 4.0},           # q4 unmatched
+       "no_update": {"q1": 1.0, "q2": 2.5, "q3": 3.5, "q4": 1.5}}
+
+
+def write_run(run: str, datasets=("popqa",), sweeps: bool = True, log: bool = True, bank: bool = True) -> None:
+    """A small synthetic run: summary.csv, sweeps.csv, predictions, training log, meta state, a bank."""
+    write_text(analysis.summary_file(run), SUMMARY)
+    if sweeps:
+        write_text(analysis.sweeps_file(run), SWEEPS)
+    for dataset in datasets:
+        for method, nll in NLL.items():
+            write_jsonl(analysis.predictions_file(run, dataset, method),
+                        [{"test_id": k, "question": f"Q {k}?", "answers": ["x"], "prediction": "y",
+                          "passage_ids": ["1", "2", "3"], "answer_nll": v} for k, v in nll.items()])
+    names = ["model.layers.0.self_attn.q_proj.lora_A", "model.layers.0.self_attn.q_proj.lora_B",
+             "model.layers.1.mlp.gate_proj.lora_A", "model.layers.1.mlp.gate_proj.lora_B"]
+    if log:
+        rows = [{"kind": "train", "step": s, "loss": 3.0 - 0.2 * s, "lr": 1e-4, "grad_norm": 1.0, "tasks_seen": 4 * s,
+                 "epoch": 0, "alpha": {n: 0.01 * (i + 1) for i, n in enumerate(names)}, "skipped_nonfinite": 0,
+                 "elapsed_s": s} for s in range(1, 6)]
+        rows.insert(3, {"kind": "eval", "step": 3, "eval_loss": 2.5, "eval_em": 0.0, "eval_f1": 4.0, "n": 3,
+                        "best": True})
+        rows.append({"kind": "eval", "step": 5, "eval_loss": 2.6, "eval_em": 0.0, "eval_f1": 3.0, "n": 3,
+                     "best": False})
+        write_jsonl(analysis.training_log_file(run), rows)
+        state = {f"alpha.{n.replace('.', '__')}": torch.tensor(0.01 * (i + 1)) for i, n in enumerate(names)}
+        state["phi.x"] = torch.zeros(2)
+        paths.output_dir(run).mkdir(parents=True, exist_ok=True)
+        save_file(state, str(analysis.meta_state_file(run)))
+    if bank:
+        for dataset, dtype in zip(datasets, ("bfloat16", "float32")):
+            folder = paths.bank_dir(3, run, dataset, "dev")
+            write_json(folder / "manifest.json", {"dtype": dtype, "count": 4, "model": "tiny"})
+            (folder / "shard-00000.safetensors").write_bytes(b"\0" * 1000)
+            (folder / "shard-00001.safetensors").write_bytes(b"\0" * 24)
+
+
+@pytest.fixture()
+def run(tmp_path, monkeypatch):
+    monkeypatch.setenv("REGRAD_WORK", str(tmp_path))
+    write_run("r", datasets=("popqa", "hotpotqa"))
+    return "r"
+
+
+def test_read_summary_types_and_missing(run, tmp_path):
+    rows = analysis.read_summary(run)
+    assert len(rows) == 7 and rows[0] == analysis.Score("popqa", "closed_book", 2.0, 5.0, 6.0, 7.0, 3.1, 3)
+    with pytest.raises(FileNotFoundError, match=r"results/other/summary.csv not found: .*05_evaluate"):
+        analysis.read_summary("other")
+
+
+def test_read_summary_bad_value_names_line_and_field(run):
+    write_text(analysis.summary_file(run), "dataset,method,em,f1,precision,recall,nll,n\npopqa,rag,1,abc,1,1,1,3\n")
+    with pytest.raises(ValueError, match=r"summary.csv line 2: field 'f1' = 'abc'"):
+        analysis.read_summary(run)
+    write_text(analysis.summary_file(run), "dataset,method,em,f1\npopqa,rag,1,2\n")
+    with pytest.raises(ValueError, match=r"lacks \['precision', 'recall', 'nll', 'n'\]"):
+        analysis.read_summary(run)
+
+
+def test_empty_nll_is_nan(run):
+    write_text(analysis.summary_file(run), "dataset,method,em,f1,precision,recall,nll,n\npopqa,rag,1,2,3,4,,3\n")
+    assert math.isnan(analysis.read_summary(run)[0].nll)
+
+
+def test_score_table_pivot_and_order(run):
+    table = analysis.score_table(analysis.read_summary(run))
+    assert table.datasets == ["popqa", "hotpotqa"]
+    assert table.methods == ["closed_book", "rag", "regrad", "shift", "no_update"]
+    assert table.header()[:3] == ["dataset", "closed_book EM", "closed_book F1"]
+    assert table.rows()[0][:5] == ["popqa", "2.0", "5.0", "10.0", "20.0"]
+    assert table.rows()[1][3:5] == ["–", "–"]  # no rag on hotpotqa
+    md = table.to_markdown().splitlines()
+    assert len(md) == 4 and md[2].startswith("| popqa | 2.0 | 5.0 |")
+    sub = analysis.score_table(analysis.read_summary(run), datasets=["hotpotqa"], methods=["regrad"])
+    assert sub.rows() == [["hotpotqa", "2.0", "4.0"]]
+
+
+def test_sweeps_and_sweep_selection(run):
+    rows = analysis.read_sweeps(run)
+    assert rows[0].gamma == 0.5 and rows[0].topk == 3
+    gamma = analysis.sweep(rows, "gamma", topk=3)
+    assert [(r.dataset, r.gamma) for r in gamma] == [("hotpotqa", 0.5), ("hotpotqa", 1.0), ("popqa", 0.5),
+                                                     ("popqa", 1.0), ("popqa", 2.0)]
+    topk = analysis.sweep(rows, "topk", gamma=1.0)
+    assert [(r.dataset, r.topk) for r in topk] == [("popqa", 1), ("popqa", 3)]
+    assert isinstance(analysis.sweep(rows, "topk", gamma=0.5), analysis.Missing)
+    with pytest.raises(ValueError, match="vary='lr'"):
+        analysis.sweep(rows, "lr")
+
+
+def test_missing_sweeps_is_a_note(run):
+    analysis.sweeps_file(run).unlink()
+    got = analysis.optional(analysis.read_sweeps, run)
+    assert isinstance(got, analysis.Missing) and "results/r/sweeps.csv not found" in got.message
+    assert "sweep" in got._repr_markdown_()
+    assert analysis.sweep(got, "gamma") is got
+
+
+def test_paired_differences_hand_computed(run):
+    d = analysis.paired_nll_differences(run, "popqa", "regrad", "shift")
+    # matched q1..q3: diffs -0.5, +0.5, -1.0 -> mean -1/3; sample var = ((-1/6)^2+(5/6)^2+(-2/3)^2)/2 = 7/12
+    assert d.n == 3 and d.n_lower == 2
+    assert d.mean == pytest.approx(-1 / 3)
+    assert d.se == pytest.approx(math.sqrt(7 / 12 / 3))
+    assert d.share_lower == pytest.approx(2 / 3)
+    e = analysis.paired_nll_differences(run, "popqa", "regrad", "no_update")
+    # diffs 0, -0.5, -0.5, -1.0 -> mean -0.5; var = (0.25+0+0+0.25)/3 = 1/6; a tie (0) is not "lower"
+    assert (e.n, e.n_lower) == (4, 3)
+    assert e.mean == pytest.approx(-0.5) and e.se == pytest.approx(math.sqrt(1 / 6 / 4))
+    assert "lower on 3 of 4 (75%)" in str(e)
+
+
+def test_paired_difference_edge_cases():
+    one = analysis.paired_difference({"a": 1.0}, {"a": 2.0})
+    assert one.n == 1 and one.mean == -1.0 and math.isnan(one.se)
+    nan = analysis.paired_difference({"a": 1.0, "b": math.nan}, {"a": 2.0, "b": 1.0})
+    assert nan.n == 1
+    with pytest.raises(ValueError, match="share no test_id"):
+        analysis.paired_difference({"a": 1.0}, {"b": 1.0}, "popqa", "regrad", "shift")
+
+
+def test_paired_table_skips_missing_and_checks_rows(run):
+    table = analysis.paired_table(run, ["popqa", "hotpotqa", "nq"])
+    assert [(d.dataset, d.method_b) for d in table] == [("popqa", "shift"), ("popqa", "no_update"),
+                                                        ("hotpotqa", "shift"), ("hotpotqa", "no_update")]
+    assert isinstance(analysis.paired_table(run, ["nq"]), analysis.Missing)
+    write_jsonl(analysis.predictions_file(run, "popqa", "shift"), [{"test_id": "q1", "answer_nll": 1.0}] * 2)
+    with pytest.raises(ValueError, match="duplicate test_id 'q1'"):
+        analysis.paired_nll_differences(run, "popqa")
+    write_text(analysis.predictions_file(run, "popqa", "shift"), '{"test_id": "q1"}\n')
+    with pytest.raises(ValueError, match="shift.predictions.jsonl line 1: row lacks"):
+        analysis.paired_nll_differences(run, "popqa")
+
+
+def test_training_log_and_alpha(run):
+    rows = analysis.read_training_log(run)
+    assert len(rows) == 7 and sum(r["kind"] == "eval" for r in rows) == 2
+    alpha = analysis.read_alpha(run)
+    assert alpha == pytest.approx({"model.layers.0.self_attn.q_proj.lora_A": 0.01,
+                                   "model.layers.0.self_attn.q_proj.lora_B": 0.02,
+                                   "model.layers.1.mlp.gate_proj.lora_A": 0.03,
+                                   "model.layers.1.mlp.gate_proj.lora_B": 0.04})
+    with analysis.training_log_file(run).open("a") as f:
+        f.write(json.dumps({"step": 9}) + "\n")
+    with pytest.raises(ValueError, match="line 8: row lacks 'kind'"):
+        analysis.read_training_log(run)
+    with pytest.raises(FileNotFoundError, match="outputs/none/training_log.jsonl not found: .*03_train"):
+        analysis.read_training_log("none")
+
+
+def test_bank_sizes(run):
+    sizes = analysis.bank_sizes(3, run, ["popqa", "hotpotqa", "nq"], "dev")
+    assert [(s.dataset, s.dtype, s.count, s.bytes) for s in sizes] == [("popqa", "bfloat16", 4, 1024),
+                                                                       ("hotpotqa", "float32", 4, 1024)]
+    assert sizes[0].bytes_per_passage == 256
+    missing = analysis.bank_sizes(5, run, ["popqa"], "dev")
+    assert isinstance(missing, analysis.Missing) and "offline/5/r" in missing.message
+    write_json(paths.bank_dir(3, run, "popqa", "dev") / "manifest.json", {"model": "tiny"})
+    with pytest.raises(ValueError, match="manifest lacks 'dtype'"):
+        analysis.bank_size(3, run, "popqa", "dev")

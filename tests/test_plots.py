@@ -1,0 +1,113 @@
+"""plots: every function returns a Figure with the expected bars/lines; save_figure and publish write PNGs."""
+
+import math
+
+import pytest
+from matplotlib.figure import Figure
+
+from regrad_lib import analysis, plots
+from test_analysis import write_run
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture()
+def run(tmp_path, monkeypatch):
+    monkeypatch.setenv("REGRAD_WORK", str(tmp_path))
+    write_run("r", datasets=("popqa", "hotpotqa"))
+    return "r"
+
+
+def _bars(ax):
+    return [p for p in ax.patches if p.get_height() == p.get_height()]  # NaN-height bars excluded
+
+
+def test_save_figure_writes_png(tmp_path):
+    fig = plots.histogram([1, 2, 2, 3], "t", "x")
+    out = plots.save_figure(fig, tmp_path / "deep" / "er" / "hist")
+    assert out == tmp_path / "deep" / "er" / "hist.png"
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    assert [p.name for p in out.parent.iterdir()] == ["hist.png"]  # no temporary left behind
+
+
+def test_histogram_bins_and_labels():
+    fig = plots.histogram([0.1, 0.2, math.nan, 0.3, float("inf")], "Gradient norms", "norm", bins=5)
+    ax = fig.axes[0]
+    assert isinstance(fig, Figure) and len(ax.patches) == 5
+    assert sum(p.get_height() for p in ax.patches) == 3
+    assert (ax.get_title(), ax.get_xlabel()) == ("Gradient norms", "norm")
+    assert isinstance(plots.histogram([], "empty", "x"), Figure)
+
+
+def test_training_curves_panels(run):
+    rows = analysis.read_training_log(run)
+    fig = plots.training_curves(rows)
+    loss_ax, eval_ax, f1_ax = fig.axes
+    assert len(loss_ax.lines) == 1 and list(loss_ax.lines[0].get_xdata()) == [1, 2, 3, 4, 5]
+    assert list(eval_ax.lines[0].get_ydata()) == [2.5, 2.6]
+    assert list(f1_ax.lines[0].get_ydata()) == [4.0, 3.0] and len(f1_ax.lines) == 2  # + best marker
+    only_train = plots.training_curves([r for r in rows if r["kind"] == "train"])
+    assert len(only_train.axes) == 1 and only_train.axes[0].get_xlabel() == "step"
+
+
+def test_alpha_per_tensor_short_names(run):
+    fig = plots.alpha_per_tensor(analysis.read_alpha(run))
+    ax = fig.axes[0]
+    assert len(ax.patches) == 4
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["L0.q.A", "L0.q.B", "L1.gate.A", "L1.gate.B"]
+    assert plots.short_tensor_name("alpha.model__layers__15__mlp__down_proj__lora_B") == "L15.down.B"
+    assert plots.short_tensor_name("all") == "all"
+
+
+def test_score_table_figure(run):
+    table = analysis.score_table(analysis.read_summary(run))
+    fig = plots.score_table(table)
+    mpl_table = fig.axes[0].tables[0]
+    cells = mpl_table.get_celld()
+    assert max(r for r, _ in cells) == 2 and max(c for _, c in cells) == 10  # 2 datasets; 1 + 5 methods × 2
+    assert cells[(1, 0)].get_text().get_text() == "popqa"
+
+
+def test_f1_bars_groups(run):
+    rows = analysis.read_summary(run)
+    fig = plots.f1_bars(rows)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 2 * 5 and len(_bars(ax)) == 7  # 5 methods × 2 datasets, 7 measured
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["closed_book", "rag", "regrad", "shift",
+                                                                   "no_update"]
+
+
+def test_sweep_curves(run):
+    sweeps = analysis.read_sweeps(run)
+    gamma = plots.gamma_sweep(analysis.sweep(sweeps, "gamma", topk=3))
+    lines = gamma.axes[0].lines
+    assert len(lines) == 2 and list(lines[1].get_xdata()) == [0.5, 1.0, 2.0]
+    assert list(lines[1].get_ydata()) == [7.0, 8.5, 4.0]
+    topk = plots.topk_sweep(analysis.sweep(sweeps, "topk", gamma=1.0))
+    assert len(topk.axes[0].lines) == 1 and topk.axes[0].get_xlabel() == "topk"
+
+
+def test_bank_bytes(run):
+    fig = plots.bank_bytes(analysis.bank_sizes(3, run, ["popqa", "hotpotqa"], "dev"))
+    ax = fig.axes[0]
+    assert [p.get_height() for p in ax.patches] == [256, 256]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["popqa\nbfloat16", "hotpotqa\nfloat32"]
+
+
+def test_paired_differences_figure(run):
+    diffs = analysis.paired_table(run, ["popqa", "hotpotqa"])
+    fig = plots.paired_differences(diffs)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 4
+    assert sorted(p.get_height() for p in ax.patches) == pytest.approx(sorted([-1 / 3, -0.5] * 2))
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["regrad − shift", "regrad − no_update"]
+    notes = [t.get_text() for t in ax.texts]
+    assert "67% lower\nn=3" in notes and "75% lower\nn=4" in notes
+
+
+def test_publish_saves_or_passes_missing(run, tmp_path):
+    fig = plots.publish(plots.f1_bars, analysis.read_summary(run), tmp_path / "fig" / "f1.png")
+    assert isinstance(fig, Figure) and (tmp_path / "fig" / "f1.png").read_bytes()[:8] == PNG_MAGIC
+    note = analysis.Missing("nothing here")
+    assert plots.publish(plots.gamma_sweep, note, tmp_path / "fig" / "gamma.png") is note
+    assert not (tmp_path / "fig" / "gamma.png").exists()
