@@ -1,0 +1,397 @@
+"""05_evaluate: ReGrad and its baselines through one harness (method.md "Baselines", equation 4).
+
+Every method uses the same prompts (:func:`prompts.prompt_ids`), the same batched greedy decoding with the
+newline stop rule (:mod:`regrad_lib.generation`) and the same answer extraction; only the weights and whether
+the passages sit in the prompt differ:
+
+============== ============ ================ ===========================================================
+method         weights      passages in      LoRA weights of question ``q``
+============== ============ ================ ===========================================================
+closed_book    base model   no               none (``lora.disabled``)
+rag            base model   prompt           none
+regrad         meta LoRA    no               ``phi - gamma·alpha ⊙ Σ g_d`` from the Gradient Bank (eq. 2)
+regrad_icl     meta LoRA    prompt           same, for a model meta-trained with ``blind_context = false``
+regrad_online  meta LoRA    no               same, gradients computed on the fly (no bank)
+shift          meta LoRA    no               gradients of question ``q-1``'s passages (question 0: the last's)
+no_update      meta LoRA    no               ``phi`` (gamma = 0)
+============== ============ ================ ===========================================================
+
+A batch of questions runs with per-row adapted weights ``[batch, ...]`` (batched low-rank matmuls), never one
+question at a time with weights copied in and out. Each row also gets ``answer_nll``: the mean token NLL of the
+first gold answer (label `` answer\\n``) under that method's weights and prompt.
+
+Outputs (all atomic, results of a finished method are kept unless ``overwrite``): ``results/<run>/<dataset>/
+<method>.predictions.jsonl`` and ``<method>.metrics.json``, ``results/<run>/summary.csv`` and ``sweeps.csv``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from . import artifacts, generation, lora, metrics, paths, prompts, regrad, tasks
+from .learner import Learner
+
+log = logging.getLogger(__name__)
+
+METHODS = ("closed_book", "rag", "regrad", "regrad_icl", "regrad_online", "shift", "no_update")
+SUMMARY_FIELDS = ("dataset", "method", "em", "f1", "precision", "recall", "nll", "n")
+SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "em", "f1", "precision", "recall", "nll", "n")
+Source = Literal["none", "phi", "bank", "online"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """How a method answers: base model or meta LoRA, passages in the prompt, where the gradients come from."""
+    base: bool
+    context: bool
+    source: Source
+    shift: bool = False
+
+
+SPECS = {
+    "closed_book": MethodSpec(base=True, context=False, source="none"),
+    "rag": MethodSpec(base=True, context=True, source="none"),
+    "regrad": MethodSpec(base=False, context=False, source="bank"),
+    "regrad_icl": MethodSpec(base=False, context=True, source="bank"),
+    "regrad_online": MethodSpec(base=False, context=False, source="online"),
+    "shift": MethodSpec(base=False, context=False, source="bank", shift=True),
+    "no_update": MethodSpec(base=False, context=False, source="phi"),
+}
+
+
+def check_methods(methods: Sequence[str]) -> list[str]:
+    """The method names, validated (a typo names the allowed ones)."""
+    if isinstance(methods, str):
+        methods = [methods]
+    bad = [m for m in methods if m not in SPECS]
+    if bad:
+        raise ValueError(f"Unknown method(s) {bad}; choose from {list(METHODS)}")
+    return list(methods)
+
+
+def needs_bank(methods: Sequence[str]) -> bool:
+    return any(SPECS[m].source == "bank" for m in check_methods(methods))
+
+
+# --- the harness ------------------------------------------------------------------------------------------
+
+def _prompt(learner: Learner, task: tasks.Task, context: bool) -> list[int]:
+    return prompts.prompt_ids(learner.tokenizer, task.question, task.passages if context else None,
+                              learner.preset.learner.max_prompt_len)
+
+
+def _online_gradients(learner: Learner, batch: Sequence[tasks.Task]) -> dict[str, torch.Tensor]:
+    """Each task's ``Σ_d g_d`` (equation 2's sum) from one padded forward/backward over all their passages."""
+    cfg = learner.preset.learner
+    passages = [p for t in batch for p in t.passages]
+    group = torch.tensor([i for i, t in enumerate(batch) for _ in t.passages], dtype=torch.long)
+    tokens = tasks.passage_batch(learner.tokenizer, passages, cfg.bank_context_len).to(learner.device)
+    with learner.autocast():
+        grads, _ = regrad.group_gradients(learner.model, learner.phi, tokens, group.to(learner.device), len(batch))
+    return {n: g.detach() for n, g in grads.items()}
+
+
+def _weights(spec: MethodSpec, learner: Learner, batch: Sequence[tasks.Task], pids: Sequence[Sequence[str]],
+             bank, gamma: float) -> dict[str, torch.Tensor] | None:
+    """The LoRA weights of a batch: None (base model), ``phi`` (shared) or per-row ``phi'_q`` (equation 2)."""
+    if spec.base:
+        return None
+    phi = {n: p.detach() for n, p in learner.phi.items()}
+    if spec.source == "phi":
+        return phi
+    if spec.source == "online":
+        grads = _online_gradients(learner, batch)
+    else:
+        grads = bank.sum_many([list(p) for p in pids], learner.device)
+    with torch.no_grad():
+        grads = {n: g.to(device=learner.device, dtype=phi[n].dtype) for n, g in grads.items()}
+        return {n: w.detach() for n, w in regrad.apply_update(phi, grads, learner.alpha, gamma).items()}
+
+
+def _answer_nll(learner: Learner, spec: MethodSpec, batch: Sequence[tasks.Task], weights) -> list[float]:
+    """Mean token NLL of each task's first gold answer under these weights and this prompt (``L_ans``)."""
+    tokens = tasks.qa_batch(learner.tokenizer, batch, learner.preset.learner, with_context=spec.context)
+    tokens = tokens.to(learner.device)
+    context = lora.disabled(learner.model) if weights is None else lora.use(learner.model, weights)
+    with torch.no_grad(), learner.autocast(), context:
+        return regrad.token_losses(learner.model, tokens).float().tolist()
+
+
+def _slice_rows(weights, index: Sequence[int]):
+    if weights is None or next(iter(weights.values())).dim() == 2:
+        return weights
+    rows = torch.tensor(list(index), device=next(iter(weights.values())).device)
+    return {n: w.index_select(0, rows) for n, w in weights.items()}
+
+
+def _run(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, bank=None, gamma: float = 1.0,
+         topk: int = 3, batch_size: int | None = None, nll: bool = True, desc: str = "evaluate") -> list[dict]:
+    if spec.source == "bank" and bank is None:
+        raise ValueError("this method reads gradients from a Gradient Bank: pass bank= (bank.open_bank(topk, run, "
+                         "dataset, split, learner=learner), written by 04_encode)")
+    items = [tasks.Task(t.test_id, t.question, t.answers, t.passages[:topk], t.passage_ids[:topk]) for t in items]
+    if spec.source in ("bank", "online") and any(not t.passages for t in items):
+        raise ValueError("ReGrad methods need each question's retrieved passages; some tasks have none")
+    pids = [list(t.passage_ids) for t in items]
+    if spec.shift:      # question i takes question i-1's passages; question 0 the last question's
+        pids = pids[-1:] + pids[:-1]
+        if spec.source == "online":
+            raise ValueError("shift reads its gradients from the bank")
+    used = pids if spec.source in ("bank", "online") else [list(t.passage_ids) if spec.context else [] for t in items]
+    batch_size = batch_size or learner.preset.generation.batch_size
+    prompt_ids = [_prompt(learner, t, spec.context) for t in items]
+    order = sorted(range(len(items)), key=lambda i: -len(prompt_ids[i]))   # little padding per batch
+    rows: list[dict | None] = [None] * len(items)
+    model, tok = learner.model, learner.tokenizer
+    max_new = learner.preset.generation.max_new_tokens
+    with tqdm(total=len(items), desc=desc, unit="question") as bar:
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            batch = [items[i] for i in index]
+            weights = _weights(spec, learner, batch, [pids[i] for i in index], bank, gamma)
+            with learner.autocast(), (lora.disabled(model) if spec.base else contextlib.nullcontext()):
+                out = generation.generate(model, tok, [prompt_ids[i] for i in index], max_new_tokens=max_new,
+                                          weights=weights)
+            losses = _answer_nll(learner, spec, batch, weights) if nll else [math.nan] * len(batch)
+            for i, task, gen, loss in zip(index, batch, out, losses):
+                rows[i] = {"test_id": task.test_id, "question": task.question, "answers": list(task.answers),
+                           "prediction": gen.answer, "generated": gen.text, "passage_ids": used[i],
+                           "answer_nll": loss}
+            bar.update(len(batch))
+    return rows  # type: ignore[return-value]
+
+
+def run_method(method: str, learner: Learner, items: Sequence[tasks.Task], *, bank=None, gamma: float = 1.0,
+               topk: int = 3, batch_size: int | None = None) -> list[dict]:
+    """Answer every task with ``method``; one prediction row per task, in the input order.
+
+    Rows: test_id, question, answers (gold), prediction, generated (raw new text), passage_ids (the passages
+    whose text or gradients were used), answer_nll. ``bank``: an object with ``sum_many(pid_lists, device)``
+    (a :class:`regrad_lib.bank.GradientBank`) for regrad, regrad_icl and shift. ``no_update`` ignores ``gamma``.
+    """
+    spec = SPECS[check_methods([method])[0]]
+    if method == "regrad_icl" and learner.preset.learner.blind_context:
+        log.warning("regrad_icl on a learner meta-trained with blind_context=true: it never saw passages in "
+                    "its prompt during meta-training")
+    return _run(spec, learner, items, bank=bank, gamma=0.0 if method == "no_update" else gamma, topk=topk,
+                batch_size=batch_size, desc=method)
+
+
+def predict_online(learner: Learner, items: Sequence[tasks.Task], *, gamma: float = 1.0,
+                   batch_size: int | None = None) -> list[str]:
+    """Predictions with on-the-fly gradients (no bank), for training's validation F1.
+
+    The prompt follows the learner's ``blind_context`` (question only, or with its passages as in training).
+    """
+    spec = MethodSpec(base=False, context=not learner.preset.learner.blind_context, source="online")
+    topk = max((len(t.passages) for t in items), default=0)
+    rows = _run(spec, learner, items, gamma=gamma, topk=topk, batch_size=batch_size, nll=False, desc="validate")
+    return [r["prediction"] for r in rows]
+
+
+def score_rows(rows: Sequence[dict]) -> dict:
+    """EM/F1/precision/recall ×100 (:func:`metrics.aggregate`), mean answer NLL and n of prediction rows."""
+    out = metrics.aggregate(metrics.score(r["prediction"], r["answers"]) for r in rows)
+    finite = [r["answer_nll"] for r in rows if r["answer_nll"] is not None and math.isfinite(r["answer_nll"])]
+    out["nll"] = sum(finite) / len(finite) if finite else math.nan
+    return out
+
+
+# --- runs on disk ------------------------------------------------------------------------------------------
+
+def load_tasks(dataset: str, split: str = "dev", topk: int = 3, limit: int | None = None) -> list[tasks.Task]:
+    """Tasks of ``data/augmented/<dataset>/<split>.json`` (written by 02_augment), the first ``limit`` of them."""
+    path = paths.augmented_file(dataset, split)
+    if not path.exists():
+        raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 02_augment "
+                                f"(dataset={dataset!r}, split={split!r})")
+    records = artifacts.read_json(path)
+    if not isinstance(records, list):
+        raise ValueError(f"{paths.relative(path)}: expected a JSON list of records, got {type(records).__name__}")
+    records = records if limit is None else records[:limit]
+    return [tasks.from_record(r, topk, where=f"{paths.relative(path)} record {i}") for i, r in enumerate(records)]
+
+
+def method_files(run: str, dataset: str, method: str) -> tuple:
+    folder = paths.results_dir(run) / dataset
+    return folder / f"{method}.predictions.jsonl", folder / f"{method}.metrics.json"
+
+
+def _settings(method: str, split: str, topk: int, gamma: float, limit: int | None) -> dict:
+    spec = SPECS[method]
+    return {"split": split, "limit": limit, "topk": topk if spec.context or spec.source != "none" else None,
+            "gamma": None if spec.source in ("none", "phi") else gamma}
+
+
+class _LearnerOnce:
+    """Loads ``Learner.from_run(run, device)`` on first use only (nothing to compute: nothing loaded)."""
+
+    def __init__(self, run: str, device: str, learner: Learner | None = None):
+        self.run, self.device, self.learner = run, device, learner
+
+    def __call__(self) -> Learner:
+        if self.learner is None:
+            self.learner = Learner.from_run(self.run, self.device)
+        return self.learner
+
+
+def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "dev", topk: int = 3,
+             gamma: float = 1.0, limit: int | None = None, device: str = "cpu", overwrite: bool = False,
+             learner: Learner | Callable[[], Learner] | None = None, bank=None) -> dict[str, dict]:
+    """Evaluate ``methods`` on one dataset: ``{method: metrics}``; writes predictions, metrics and summary.csv.
+
+    A method whose ``metrics.json`` already exists with the same settings is kept (``status: "kept"``), so a
+    crashed evaluation resumes method by method; ``overwrite=True`` recomputes it. ``learner``/``bank`` reuse
+    objects already loaded (default: ``Learner.from_run(run, device)`` and the bank of 04_encode).
+    """
+    methods = check_methods(methods)
+    get_learner = learner if callable(learner) and not isinstance(learner, Learner) else \
+        _LearnerOnce(run, device, learner)
+    out: dict[str, dict] = {}
+    todo = []
+    for method in methods:
+        _, metrics_file = method_files(run, dataset, method)
+        if metrics_file.exists() and not overwrite:
+            saved = artifacts.read_json(metrics_file)
+            wanted = _settings(method, split, topk, gamma, limit)
+            found = {k: saved.get(k) for k in wanted}
+            if found != wanted:
+                raise FileExistsError(f"{paths.relative(metrics_file)} was computed with {found}, not {wanted}: "
+                                      "pass overwrite=True (05_evaluate: overwrite = True) to recompute it")
+            log.info("%s/%s: kept the existing results (overwrite=False)", dataset, method)
+            out[method] = {**saved, "status": "kept"}
+        else:
+            todo.append(method)
+    if todo:
+        items = load_tasks(dataset, split, topk, limit)
+        current = get_learner()
+        if bank is None and needs_bank(todo):
+            from . import bank as bank_module
+            bank = bank_module.open_bank(topk, run, dataset, split, learner=current)
+        for method in todo:
+            rows = run_method(method, current, items, bank=bank if SPECS[method].source == "bank" else None,
+                              gamma=gamma, topk=topk)
+            out[method] = _write_method(run, dataset, method, rows, current, split, topk, gamma, limit)
+    merge_csv(paths.results_dir(run) / "summary.csv", SUMMARY_FIELDS,
+              [{"dataset": dataset, "method": m, **{k: out[m][k] for k in SUMMARY_FIELDS[2:]}} for m in methods],
+              key=("dataset", "method"))
+    return out
+
+
+def _write_method(run, dataset, method, rows, learner, split, topk, gamma, limit) -> dict:
+    predictions_file, metrics_file = method_files(run, dataset, method)
+    scores = score_rows(rows)
+    config = {"run": run, "dataset": dataset, "method": method, "preset": learner.preset.to_dict(),
+              "meta_hash": learner.meta_hash(), "device": str(learner.device)}
+    result = {**scores, **_settings(method, split, topk, gamma, limit), "method": method, "dataset": dataset,
+              "provenance": artifacts.provenance(config)}
+    artifacts.write_jsonl(predictions_file, rows)
+    artifacts.write_json(metrics_file, result)   # last: its presence marks the method as done
+    log.info("%s/%s: EM %.1f F1 %.1f NLL %.3f (n=%d)", dataset, method, scores["em"], scores["f1"], scores["nll"],
+             scores["n"])
+    return {**result, "status": "computed"}
+
+
+def evaluate_all(run: str, datasets: Sequence[str], methods: Sequence[str], *, device: str = "cpu",
+                 **kwargs) -> list[dict]:
+    """:func:`evaluate` for every dataset, loading the learner at most once; summary.csv rows of these datasets."""
+    get_learner = _LearnerOnce(run, device)
+    for dataset in datasets:
+        evaluate(run, dataset, methods, device=device, learner=get_learner, **kwargs)
+    return [r for r in summary(run) if r["dataset"] in set(datasets)]
+
+
+def summary(run: str) -> list[dict]:
+    """Rows of ``results/<run>/summary.csv`` (numbers as floats, n as int)."""
+    return read_csv(paths.results_dir(run) / "summary.csv")
+
+
+def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0), topks: Sequence[int] = (3,),
+          method: str = "regrad", split: str = "dev", limit: int | None = None, device: str = "cpu",
+          overwrite: bool = False, learner: Learner | Callable[[], Learner] | None = None) -> list[dict]:
+    """Scores of ``method`` for every (gamma, topk); rows merged into ``results/<run>/sweeps.csv``, returned.
+
+    Points already in sweeps.csv are kept unless ``overwrite``. Each top-k reads its own bank
+    (``offline/<topk>/<run>/<dataset>/<split>_all``).
+    """
+    check_methods([method])
+    get_learner = learner if callable(learner) and not isinstance(learner, Learner) else \
+        _LearnerOnce(run, device, learner)
+    file = paths.results_dir(run) / "sweeps.csv"
+    done = {(r["dataset"], r["method"], float(r["gamma"]), int(r["topk"])) for r in read_csv(file)} \
+        if file.exists() and not overwrite else set()
+    new = []
+    for topk in topks:
+        points = [float(g) for g in gammas if (dataset, method, float(g), int(topk)) not in done]
+        if not points:
+            continue
+        current = get_learner()
+        items = load_tasks(dataset, split, topk, limit)
+        store = None
+        if SPECS[method].source == "bank":
+            from . import bank as bank_module
+            store = bank_module.open_bank(topk, run, dataset, split, learner=current)
+        for gamma in points:
+            rows = run_method(method, current, items, bank=store, gamma=gamma, topk=topk)
+            new.append({"dataset": dataset, "method": method, "gamma": gamma, "topk": int(topk), **score_rows(rows)})
+    if new:
+        merge_csv(file, SWEEP_FIELDS, new, key=("dataset", "method", "gamma", "topk"))
+    wanted = {(float(g), int(k)) for g in gammas for k in topks}
+    return [r for r in read_csv(file) if r["dataset"] == dataset and r["method"] == method
+            and (r["gamma"], r["topk"]) in wanted] if file.exists() else []
+
+
+def sweep_all(run: str, datasets: Sequence[str], *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0),
+              topks: Sequence[int] = (3,), device: str = "cpu", **kwargs) -> list[dict]:
+    """:func:`sweep` for every dataset, loading the learner at most once (nothing when ``gammas`` is empty)."""
+    get_learner = _LearnerOnce(run, device)
+    return [row for dataset in datasets
+            for row in sweep(run, dataset, gammas=gammas, topks=topks, device=device, learner=get_learner, **kwargs)]
+
+
+# --- CSV tables -----------------------------------------------------------------------------------------------
+
+def read_csv(file: Path) -> list[dict]:
+    """Rows of summary.csv / sweeps.csv: dataset and method as str, n and topk as int, the rest as float."""
+    if not file.exists():
+        raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 05_evaluate")
+    with file.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    kinds = {"dataset": str, "method": str, "n": int, "topk": int}
+    return [{k: kinds.get(k, float)(v) for k, v in r.items()} for r in rows]
+
+
+def merge_csv(file: Path, fields: Sequence[str], rows: Sequence[dict], key: Sequence[str]) -> Path:
+    """Insert or replace ``rows`` (matched on ``key``) in a CSV with header ``fields``; atomic, sorted by key."""
+    old = read_csv(file) if file.exists() else []
+    merged = {tuple(r[k] for k in key): r for r in old}
+    merged.update({tuple(r[k] for k in key): r for r in rows})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for k in sorted(merged):
+        writer.writerow({f: _cell(merged[k][f]) for f in fields})
+    return artifacts.write_text(file, text.getvalue())
+
+
+def _cell(value):
+    return round(value, 4) if isinstance(value, float) and math.isfinite(value) else value
+
+
+def table(rows: Sequence[dict], fields: Sequence[str] = SUMMARY_FIELDS) -> str:
+    """A fixed-width text table of summary or sweep rows, for the notebook."""
+    cells = [[str(f) for f in fields]] + [[f"{r[f]:.2f}" if isinstance(r[f], float) else str(r[f]) for f in fields]
+                                          for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(fields))]
+    return "\n".join("  ".join(c[i].rjust(widths[i]) if i > 1 else c[i].ljust(widths[i]) for i in range(len(fields)))
+                     for c in cells)

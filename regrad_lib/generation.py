@@ -1,0 +1,132 @@
+"""Batched greedy decoding with per-row LoRA weights and the newline stop rule (method.md equation 4).
+
+Every question of a batch can carry its own adapted LoRA weights ``phi'_q`` (per-row tensors
+``[batch, r, in]`` / ``[batch, out, r]``, batched low-rank matmuls in :class:`regrad_lib.lora.LoRALinear`), so
+a batch of questions is decoded in one loop: prompts LEFT-padded, one prefill forward, then one token per step
+with the KV cache. A row is finished once its text, leading whitespace skipped, holds a newline (or it emitted
+an end-of-sequence token); finished rows leave the batch (their cache rows and LoRA rows are dropped), and the
+loop ends when every row is finished or after ``max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from . import lora, prompts
+
+Weights = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One decoded row: the new token ids (stop token included, end-of-sequence excluded), text and answer."""
+    token_ids: tuple[int, ...]
+    text: str
+    answer: str
+
+
+def stop_reached(text: str) -> bool:
+    """The stop rule: a newline after the first non-whitespace character (equation 4, leading whitespace skipped)."""
+    return "\n" in text.lstrip()
+
+
+def eos_ids(model: nn.Module, tokenizer) -> set[int]:
+    """End-of-sequence ids of the tokenizer and the model's generation config."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    cfg = getattr(model, "generation_config", None)
+    extra = getattr(cfg, "eos_token_id", None) if cfg is not None else None
+    if extra is not None:
+        ids.update(extra if isinstance(extra, (list, tuple)) else [extra])
+    return ids
+
+
+def _left_pad(prompt_ids: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for i, p in enumerate(prompt_ids):
+        if not p:
+            raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
+        ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        mask[i, width - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _check_weights(weights: Weights | None, rows: int) -> bool:
+    """True when ``weights`` are per row (3-D); checks that they have one row per prompt."""
+    if weights is None:
+        return False
+    first = next(iter(weights.values()))
+    if first.dim() == 2:
+        return False
+    if first.shape[0] != rows:
+        raise ValueError(f"per-row LoRA weights for {first.shape[0]} rows, but {rows} prompts were given")
+    return True
+
+
+@torch.no_grad()
+def greedy(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
+           weights: Weights | None = None) -> list[list[int]]:
+    """Greedy new tokens for every prompt, decoded together; ``weights`` shared (2-D) or one row per prompt (3-D).
+
+    ``weights=None`` runs the model as it is (its live LoRA, or the base model inside ``lora.disabled``).
+    """
+    n = len(prompt_ids)
+    if n == 0:
+        return []
+    per_row = _check_weights(weights, n)
+    device = next(model.parameters()).device
+    ids, mask = _left_pad(prompt_ids, tokenizer.pad_token_id, device)
+    stops = eos_ids(model, tokenizer)
+    out: list[list[int]] = [[] for _ in range(n)]
+    active = torch.arange(n, device=device)        # original row of each batch row
+    rows = weights
+    position = (mask.cumsum(1) - 1).clamp_min(0)
+    cache = None
+    step_ids, step_pos = ids, position
+    for _ in range(max_new_tokens):
+        context = lora.use(model, rows) if rows is not None else contextlib.nullcontext()
+        with context:
+            result = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, cache=cache,
+                           use_cache=True, logits_to_keep=1)
+        cache = result.cache
+        next_ids = result.logits[:, -1].argmax(dim=-1)
+        keep = []
+        for j, (row, token) in enumerate(zip(active.tolist(), next_ids.tolist())):
+            if token in stops:
+                continue
+            out[row].append(token)
+            if stop_reached(tokenizer.decode(out[row], skip_special_tokens=True)):
+                continue
+            keep.append(j)
+        if not keep:
+            break
+        if len(keep) < len(active):           # drop finished rows: cache, mask, LoRA rows
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            active, mask, next_ids = active[index], mask[index], next_ids[index]
+            step_pos = step_pos[index]
+            if per_row:
+                rows = {name: w.index_select(0, active) for name, w in weights.items()}
+        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+        step_ids = next_ids[:, None]
+        step_pos = step_pos[:, -1:] + 1
+    return out
+
+
+def decode(tokenizer, token_ids: Sequence[int]) -> Generation:
+    """Text of the new tokens and the answer extracted from it (:func:`prompts.extract_answer`)."""
+    text = tokenizer.decode(list(token_ids), skip_special_tokens=True)
+    return Generation(tuple(token_ids), text, prompts.extract_answer(text))
+
+
+def generate(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
+             weights: Weights | None = None) -> list[Generation]:
+    """:func:`greedy` then :func:`decode` for every prompt."""
+    return [decode(tokenizer, t) for t in greedy(model, tokenizer, prompt_ids, max_new_tokens=max_new_tokens,
+                                                 weights=weights)]
