@@ -1,0 +1,202 @@
+"""04_encode: fill the Gradient Bank with the gradient of every retrieved passage (method.md equation 1).
+
+For the top-k passages of each record of an augmented file (``data/augmented/<dataset>/<split>.json``,
+records ``start:end``), deduplicated by passage id, compute ``g_d = dL_LM(d; phi)/dphi`` with the run's trained
+meta weights, in length-sorted batches: one forward and one backward per batch gives every passage's own
+gradient (:func:`regrad.per_passage_gradients`), never a one-passage loop. Passages are formatted and truncated
+by :func:`tasks.passage_batch` (the same function training uses, cut at ``bank_context_len``), under the
+learner's autocast (the same dtype policy as training; no switch to fp16). Ids already in the bank are skipped,
+so an interrupted encode resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from . import artifacts, bank, config, lora, paths, prompts, regrad, tasks
+from .learner import META_STATE, Learner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Passage:
+    pid: str
+    title: str
+    text: str
+
+
+def passages(dataset: str, split: str, topk: int = 3, start: int = 0, end: int | None = None) -> list[Passage]:
+    """The distinct top-``topk`` passages of records ``start:end`` of ``data/augmented/<dataset>/<split>.json``."""
+    file = paths.augmented_file(dataset, split)
+    if not file.exists():
+        raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 02_augment "
+                                f"(dataset={dataset!r}, split={split!r})")
+    records = artifacts.read_json(file)
+    if not isinstance(records, list):
+        raise ValueError(f"{paths.relative(file)}: expected a JSON list of records, got {type(records).__name__}")
+    chosen = records[start:end]
+    if not chosen:
+        raise ValueError(f"{paths.relative(file)} has {len(records)} records; start={start}, end={end} selects none")
+    seen: dict[str, Passage] = {}
+    for i, record in enumerate(chosen, start):
+        task = tasks.from_record(record, topk, where=f"{paths.relative(file)} record {i}")
+        for pid, (title, text) in zip(task.passage_ids, task.passages):
+            passage = Passage(pid, title or "", text)
+            if pid in seen and seen[pid] != passage:
+                raise ValueError(f"{paths.relative(file)} record {i}: passage id {pid!r} has another title or text "
+                                 "than in an earlier record; passage ids must name one passage (re-run 02_augment)")
+            seen[pid] = passage
+    return list(seen.values())
+
+
+def gradient_batches(learner: Learner, items: Sequence[Passage], batch_size: int,
+                     max_len: int | None = None) -> Iterator[tuple[list[str], torch.Tensor]]:
+    """(ids, ``[n, D]`` fp32 flat gradients) per length-sorted batch, longest first; one forward/backward each."""
+    tok = learner.tokenizer
+    max_len = max_len or learner.preset.learner.bank_context_len
+    lengths = [len(prompts.passage_example(tok, p.title, p.text, max_len).input_ids) for p in items]
+    for p, n in zip(items, lengths):
+        if n < 2:
+            raise ValueError(f"passage {p.pid!r} has {n} token(s): no next-token loss can be taken; drop it from "
+                             "the corpus or re-run 02_augment")
+    order = sorted(range(len(items)), key=lambda i: -lengths[i])
+    for b in range(0, len(order), batch_size):
+        chunk = [items[i] for i in order[b:b + batch_size]]
+        batch = tasks.passage_batch(tok, [(p.title, p.text) for p in chunk], max_len).to(learner.device)
+        with learner.autocast():
+            grads, _ = regrad.per_passage_gradients(learner.model, learner.phi, batch)
+        yield [p.pid for p in chunk], lora.flatten(grads)
+
+
+def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0, end: int | None = None,
+           dtype: str = "bf16", batch_size: int = 8, device: str = "cpu", overwrite: bool = False,
+           learner: Learner | None = None, shard_bytes: int = bank.DEFAULT_SHARD_BYTES) -> Path:
+    """Encode the passages of one augmented file into ``offline/<topk>/<run>/<dataset>/<split>_all``; its path.
+
+    - ``run``: the trained learner ``outputs/<run>/`` (``Learner.from_run(run, device)``); pass ``learner`` to
+      reuse one already loaded (it must be that run's; ``device`` is then ignored).
+    - ``topk``, ``start``, ``end``: the top-k passages of records ``start:end`` (``end=None``: to the last).
+    - ``dtype``: storage dtype, ``"bf16"`` (default), ``"fp16"`` or ``"fp32"``; gradients are computed in fp32
+      LoRA weights under the preset's autocast either way.
+    - ``batch_size``: passages per forward/backward.
+    - ``overwrite``: rebuild the bank from scratch; otherwise ids already there are skipped (resume), and a bank
+      made with other meta weights, layout, model or dtype is refused.
+    - ``shard_bytes``: the size of one shard file (at most 2 GB).
+    """
+    bank.storage_dtype(dtype)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    items = passages(dataset, split, topk, start, end)
+    learner = learner or Learner.from_run(run, device)
+    source = {"run": run, "dataset": dataset, "split": split, "topk": topk, "start": start, "end": end,
+              "batch_size": batch_size, "device": str(learner.device),
+              "precision": learner.preset.train.mixed_precision if learner.device.type != "cpu" else "no",
+              "bank_context_len": learner.preset.learner.bank_context_len}
+    writer = bank.BankWriter.open(paths.bank_dir(topk, run, dataset, split), bank.header_for(learner, dtype, **source),
+                                  overwrite=overwrite, shard_bytes=shard_bytes, config=learner.preset.to_dict())
+    done = writer.ids()
+    todo = [p for p in items if p.pid not in done]
+    log.info("%s/%s: %d distinct passages, %d in the bank, %d to encode", dataset, split, len(items),
+             len(items) - len(todo), len(todo))
+    with tqdm(total=len(todo), desc=f"encode {dataset}/{split}", unit="passage") as bar:
+        for ids, vectors in gradient_batches(learner, todo, batch_size):
+            writer.append(ids, vectors.to(bank.storage_dtype(dtype)))
+            bar.update(len(ids))
+    return writer.close()
+
+
+# --- the notebook's helpers -------------------------------------------------------------------------------
+
+@dataclass
+class EncodeSettings:
+    """04_encode's parameters, validated before anything is computed."""
+    run: str
+    datasets: list[str]
+    split: str = "dev"
+    topk: int = 3
+    start: int = 0
+    limit: int | None = None
+    dtype: str = "bf16"
+    batch_size: int = 8
+    device: str = "cpu"
+    overwrite: bool = False
+    preset: str | None = None          # informational: the run's saved configs are authoritative
+    missing: list[str] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.datasets, str):
+            self.datasets = [self.datasets]
+        if not self.datasets:
+            raise ValueError("datasets is empty: name at least one, e.g. ['popqa']")
+        bank.storage_dtype(self.dtype)
+        for name in ("topk", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.start < 0 or (self.limit is not None and self.limit < 1):
+            raise ValueError(f"start={self.start} must be >= 0 and limit={self.limit} None or >= 1")
+        state = paths.output_dir(self.run) / META_STATE
+        if not state.exists():
+            raise FileNotFoundError(f"{paths.relative(state)} not found: it is written by 03_train (run={self.run!r})")
+        for dataset in self.datasets:
+            file = paths.augmented_file(dataset, self.split)
+            if not file.exists():
+                raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 02_augment "
+                                        f"(dataset={dataset!r}, split={self.split!r})")
+
+    @property
+    def end(self) -> int | None:
+        return None if self.limit is None else self.start + self.limit
+
+    def learner(self) -> Learner:
+        """The run's trained learner; warns when ``preset`` names another model than the run was trained with."""
+        learner = Learner.from_run(self.run, self.device)
+        if self.preset and self.preset in config.available_presets():
+            wanted = config.load_preset(self.preset).learner.model_name_or_path
+            if wanted != learner.preset.learner.model_name_or_path:
+                log.warning("preset %r uses model %r but run %r was trained with %r; the run's configs are used",
+                            self.preset, wanted, self.run, learner.preset.learner.model_name_or_path)
+        return learner
+
+
+def encode_all(settings: EncodeSettings, learner: Learner | None = None) -> dict[str, Path]:
+    """:func:`encode` for each dataset of ``settings`` with one loaded learner: ``{dataset: bank folder}``."""
+    learner = learner or settings.learner()
+    return {d: encode(settings.run, d, settings.split, topk=settings.topk, start=settings.start, end=settings.end,
+                      dtype=settings.dtype, batch_size=settings.batch_size, overwrite=settings.overwrite,
+                      learner=learner) for d in settings.datasets}
+
+
+def stats(banks: dict[str, Path]) -> list[dict]:
+    """One row per bank: entries, shards, storage dtype, bytes on disk, bytes per passage."""
+    rows = []
+    for dataset, path in banks.items():
+        with bank.GradientBank.open(path) as b:
+            rows.append({"dataset": dataset, "bank": paths.relative(path), "entries": len(b),
+                         "shards": len(b.manifest["shards"]), "dtype": b.manifest["dtype"],
+                         "bytes_on_disk": b.bytes_on_disk(), "bytes_per_passage": b.bytes_per_passage})
+    return rows
+
+
+def gradient_norms(banks: dict[str, Path]) -> list[float]:
+    """The L2 norm of every stored gradient of these banks (one value per passage)."""
+    out: list[float] = []
+    for path in banks.values():
+        with bank.GradientBank.open(path) as b:
+            out.extend(b.norms().values())
+    return out
+
+
+def verify_all(banks: dict[str, Path], learner: Learner | None = None) -> dict[str, dict]:
+    """``GradientBank.verify()`` of each bank (checked against ``learner``'s weights when given)."""
+    out = {}
+    for dataset, path in banks.items():
+        with bank.GradientBank.open(path, learner=learner) as b:
+            out[dataset] = b.verify()
+    return out

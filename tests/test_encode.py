@@ -1,0 +1,196 @@
+"""04_encode end to end on the tiny model: batched per-passage gradients into the bank, resume, refusals."""
+
+import csv
+import itertools
+
+import pytest
+import torch
+
+from regrad_lib import artifacts, bank, config, encode, lora, paths, regrad, tasks
+from regrad_lib.learner import META_STATE, Learner
+
+
+def _corpus(n):
+    with paths.sample_corpus().open(encoding="utf-8", newline="") as f:
+        rows = csv.reader(f, delimiter="\t")
+        next(rows)
+        return [r for r in itertools.islice(rows, n)]
+
+
+def _records(n_records=5, topk=3):
+    """Records whose top-k overlap (passage i+1 and i+2 are shared with the next records)."""
+    rows = _corpus(n_records + topk)
+    out = []
+    for q in range(n_records):
+        hits = rows[q:q + topk + 1]   # one more than topk: encode must keep only the top k
+        out.append({"test_id": q, "question": f"question {q}?", "answers": [f"answer {q}"],
+                    "passages": [h[1] for h in hits], "passage_ids": [h[0] for h in hits],
+                    "titles": [h[2] for h in hits], "scores": [1.0] * len(hits)})
+    return out
+
+
+def _make_run(run, seed=0):
+    """A 'trained' tiny run: fresh learner with non-zero B (so every tensor has a gradient), saved as 03_train does."""
+    preset = config.load_preset("tiny")
+    learner = Learner.create(preset)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in learner.phi.items():
+            if name.endswith("lora_B"):
+                p.normal_(0, 0.05)
+    folder = paths.output_dir(run)
+    folder.mkdir(parents=True, exist_ok=True)
+    preset.save(folder)
+    learner.save(folder / META_STATE)
+    return Learner.from_run(run)
+
+
+@pytest.fixture(scope="module")
+def learner():
+    return _make_run("enc-test")
+
+
+@pytest.fixture()
+def dataset(request):
+    name = f"ds-{request.node.name.replace('[', '-').replace(']', '')}"
+    artifacts.write_json(paths.augmented_file(name, "dev"), _records())
+    return name
+
+
+def test_passages_are_top_k_and_deduplicated(dataset):
+    items = encode.passages(dataset, "dev", topk=3)
+    ids = [p.pid for p in items]
+    records = _records()
+    assert len(ids) == len(set(ids)) == 5 + 3 - 1
+    assert ids == list(dict.fromkeys(i for r in records for i in r["passage_ids"][:3]))
+    assert [p.pid for p in encode.passages(dataset, "dev", topk=2, start=1, end=3)] == ids[1:4]
+
+
+def test_round_trip_equals_computed_gradients_fp32_and_bf16(learner, dataset):
+    items = encode.passages(dataset, "dev")
+    computed = {pid: vec[i] for ids, vec in encode.gradient_batches(learner, items, 4) for i, pid in enumerate(ids)}
+    for dtype in ("fp32", "bf16"):
+        path = encode.encode("enc-test", dataset, "dev", dtype=dtype, batch_size=4, learner=learner, overwrite=True)
+        assert path == paths.bank_dir(3, "enc-test", dataset, "dev")
+        b = bank.GradientBank.open(path, learner=learner)
+        assert sorted(b.ids()) == sorted(computed) and b.manifest["dtype"] == dtype
+        for pid, g in computed.items():
+            got = lora.flatten(b.get(pid))
+            if dtype == "fp32":
+                assert torch.equal(got, g)
+            else:
+                assert torch.equal(got, g.to(torch.bfloat16).float())
+                assert ((got - g).abs() <= g.abs() * 2 ** -8).all()
+        assert float(torch.stack(list(computed.values())).abs().max()) > 0
+
+
+def test_bank_equals_one_by_one_gradients(learner, dataset):
+    path = encode.encode("enc-test", dataset, "dev", dtype="fp32", batch_size=8, learner=learner)
+    b = bank.GradientBank.open(path)
+    cut = learner.preset.learner.bank_context_len
+    for p in encode.passages(dataset, "dev"):
+        one = regrad.summed_gradient(learner.model, learner.phi, tasks.passage_batch(learner.tokenizer,
+                                                                                     [(p.title, p.text)], cut))
+        got = b.get(p.pid)
+        for n in one:
+            torch.testing.assert_close(got[n], one[n], rtol=1e-4, atol=1e-7)
+
+
+def test_sum_matches_the_summed_gradient_of_a_question(learner, dataset):
+    path = encode.encode("enc-test", dataset, "dev", dtype="fp32", learner=learner)
+    b = bank.GradientBank.open(path)
+    task = tasks.from_record(_records()[2], 3)
+    direct = regrad.summed_gradient(learner.model, learner.phi,
+                                    tasks.passage_batch(learner.tokenizer, task.passages, 64))
+    got = b.sum(list(task.passage_ids))
+    many = b.sum_many([list(task.passage_ids), list(task.passage_ids[:1])])
+    for n in direct:
+        torch.testing.assert_close(got[n], direct[n], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(many[n][0], got[n], rtol=1e-6, atol=1e-8)
+
+
+def test_resume_after_interruption_gives_the_same_bank(learner, dataset, monkeypatch):
+    row = lora.numel(learner.phi) * 4
+    whole = encode.encode("enc-test", dataset, "dev", dtype="fp32", batch_size=2, learner=learner,
+                          shard_bytes=2 * row)
+    reference = bank.GradientBank.open(whole)
+    expected = {p: reference.rows([p])[0] for p in reference.ids()}
+
+    real, calls = bank.BankWriter._write_shard, []
+
+    def dies_after_first_shard(self, n):
+        if calls:
+            raise RuntimeError("killed")
+        calls.append(n)
+        real(self, n)
+
+    monkeypatch.setattr(bank.BankWriter, "_write_shard", dies_after_first_shard)
+    with pytest.raises(RuntimeError, match="killed"):
+        encode.encode("enc-test", dataset, "dev", dtype="fp32", batch_size=2, learner=learner, shard_bytes=2 * row,
+                      overwrite=True)
+    monkeypatch.setattr(bank.BankWriter, "_write_shard", real)
+    assert len(bank.GradientBank.open(whole)) == 2
+
+    resumed = encode.encode("enc-test", dataset, "dev", dtype="fp32", batch_size=2, learner=learner,
+                            shard_bytes=2 * row)
+    b = bank.GradientBank.open(resumed, learner=learner)
+    assert sorted(b.ids()) == sorted(expected) and b.verify()["entries"] == len(expected)
+    for p, g in expected.items():
+        torch.testing.assert_close(b.rows([p])[0], g, rtol=1e-4, atol=1e-7)
+
+
+def test_resume_extends_a_bank_with_new_records_only(learner, dataset, monkeypatch):
+    encode.encode("enc-test", dataset, "dev", end=2, learner=learner, overwrite=True)
+    assert len(bank.open_bank(3, "enc-test", dataset, "dev")) == 4
+    seen = []
+    real = encode.gradient_batches
+    monkeypatch.setattr(encode, "gradient_batches", lambda lr, items, bs: seen.extend(items) or real(lr, items, bs))
+    encode.encode("enc-test", dataset, "dev", learner=learner)
+    assert len(seen) == 3 and len(bank.open_bank(3, "enc-test", dataset, "dev")) == 7
+
+
+def test_bank_of_other_meta_weights_is_refused(learner, dataset):
+    path = encode.encode("enc-test", dataset, "dev", end=1, learner=learner, overwrite=True)
+    other = _make_run("enc-other", seed=1)
+    with pytest.raises(bank.BankMismatchError) as err:
+        bank.GradientBank.open(path, learner=other)
+    assert learner.meta_hash() in str(err.value) and other.meta_hash() in str(err.value)
+    with pytest.raises(bank.BankMismatchError, match="overwrite=True"):
+        encode.encode("enc-test", dataset, "dev", end=1, learner=other)
+
+
+def test_missing_id_error_names_how_to_fill_it(learner, dataset):
+    path = encode.encode("enc-test", dataset, "dev", end=1, learner=learner, overwrite=True)
+    with pytest.raises(KeyError, match=f"'999'.*04_encode.*dataset='{dataset}', split='dev'"):
+        bank.GradientBank.open(path).get("999")
+
+
+def test_input_errors(learner, dataset):
+    with pytest.raises(FileNotFoundError, match="02_augment"):
+        encode.passages("no-such-dataset", "dev")
+    with pytest.raises(ValueError, match="selects none"):
+        encode.passages(dataset, "dev", start=50)
+    with pytest.raises(ValueError, match="topk=5"):
+        encode.passages(dataset, "dev", topk=5)
+    records = _records()
+    records[1]["passages"][1] = "another text"
+    artifacts.write_json(paths.augmented_file(dataset, "conflict"), records)
+    with pytest.raises(ValueError, match="record 1: passage id"):
+        encode.passages(dataset, "conflict")
+    with pytest.raises(ValueError, match="bf8"):
+        encode.encode("enc-test", dataset, "dev", dtype="bf8", learner=learner)
+
+
+def test_notebook_helpers(learner, dataset):
+    with pytest.raises(FileNotFoundError, match="03_train"):
+        encode.EncodeSettings(run="never-trained", datasets=[dataset])
+    with pytest.raises(FileNotFoundError, match="02_augment"):
+        encode.EncodeSettings(run="enc-test", datasets=["missing"])
+    settings = encode.EncodeSettings(run="enc-test", datasets=dataset, start=1, limit=2, dtype="fp16", overwrite=True)
+    assert settings.datasets == [dataset] and settings.end == 3
+    banks = encode.encode_all(settings, learner)
+    table = encode.stats(banks)
+    assert table[0]["entries"] == 4 and table[0]["bytes_per_passage"] == 2 * lora.numel(learner.phi)
+    norms = encode.gradient_norms(banks)
+    assert len(norms) == 4 and min(norms) > 0
+    assert encode.verify_all(banks, learner)[dataset]["entries"] == 4
