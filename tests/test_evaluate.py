@@ -1,0 +1,165 @@
+"""Evaluation methods: one harness, exact batching, shift, online == bank, answer NLL, outputs and resume."""
+
+import json
+
+import pytest
+import torch
+
+from regrad_lib import artifacts, config, encode, evaluate, lora, paths, regrad, tasks
+from regrad_lib.learner import META_STATE, Learner
+
+PASSAGES = [("Paris", "Paris is the capital and most populous city of France."),
+            ("Nile", "The Nile is a major north-flowing river in northeastern Africa."),
+            ("Kyoto", "Kyoto is a city on the island of Honshu in Japan."),
+            ("Ada Lovelace", "Ada Lovelace was an English mathematician and writer, chiefly known for her work."),
+            ("Everest", "Mount Everest is Earth's highest mountain above sea level, in the Himalayas.")]
+RUN, DATASET = "evaltest", "popqa"
+
+
+def _records(n=7):
+    out = []
+    for i in range(n):
+        picks = [(i + j) % len(PASSAGES) for j in range(3)]
+        out.append({"test_id": 100 + i, "question": f"Which place {'is ' * i}named {PASSAGES[picks[0]][0]}?",
+                    "answers": [PASSAGES[picks[0]][0], "alias"], "passages": [PASSAGES[p][1] for p in picks],
+                    "titles": [PASSAGES[p][0] for p in picks], "passage_ids": [f"p{p}" for p in picks],
+                    "scores": [3.0, 2.0, 1.0]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model_dir):
+    """A saved 'trained' run (random non-zero B, large alpha), a dev file and its fp32 Gradient Bank."""
+    preset = config.load_preset("tiny")
+    learner = Learner.create(preset, "cpu")
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in learner.phi.items():
+            if name.endswith("lora_B"):
+                p.normal_(0, 0.2)
+        for v in learner.alpha.values.values():
+            v.fill_(0.5)
+    folder = paths.output_dir(RUN)
+    preset.save(folder)
+    learner.save(folder / META_STATE)
+    artifacts.write_json(paths.augmented_file(DATASET, "dev"), _records())
+    encode.encode(RUN, DATASET, "dev", dtype="fp32", batch_size=4, learner=learner, overwrite=True)
+    from regrad_lib import bank
+    return learner, evaluate.load_tasks(DATASET), bank.open_bank(3, RUN, DATASET, "dev", learner=learner)
+
+
+def test_online_equals_bank(run):
+    learner, items, bank = run
+    regrad_rows = evaluate.run_method("regrad", learner, items, bank=bank)
+    online_rows = evaluate.run_method("regrad_online", learner, items)
+    assert [r["prediction"] for r in regrad_rows] == [r["prediction"] for r in online_rows]
+    assert [r["generated"] for r in regrad_rows] == [r["generated"] for r in online_rows]
+    for a, b in zip(regrad_rows, online_rows):
+        assert a["answer_nll"] == pytest.approx(b["answer_nll"], rel=1e-5)
+        assert a["passage_ids"] == b["passage_ids"] == [str(p) for p in items[regrad_rows.index(a)].passage_ids]
+    # the gradients do change the answers' likelihood
+    plain = evaluate.run_method("no_update", learner, items)
+    assert any(abs(a["answer_nll"] - b["answer_nll"]) > 1e-3 for a, b in zip(regrad_rows, plain))
+    assert evaluate.predict_online(learner, items, batch_size=3) == [r["prediction"] for r in online_rows]
+
+
+def test_batched_equals_one_question_at_a_time(run):
+    learner, items, bank = run
+    for method in ("regrad", "rag", "no_update"):
+        batched = evaluate.run_method(method, learner, items, bank=bank, batch_size=4)
+        single = evaluate.run_method(method, learner, items, bank=bank, batch_size=1)
+        assert [r["generated"] for r in batched] == [r["generated"] for r in single], method
+        assert [r["answer_nll"] for r in batched] == pytest.approx([r["answer_nll"] for r in single], rel=1e-5)
+        assert [r["test_id"] for r in batched] == [t.test_id for t in items]    # input order kept
+
+
+def test_answer_nll_matches_equation_2_by_hand(run):
+    """Row 2 of regrad: phi' = phi - alpha * (sum of its passages' gradients), loss on ' answer\\n' only."""
+    learner, items, bank = run
+    rows = evaluate.run_method("regrad", learner, items, bank=bank, gamma=2.0)
+    task, cfg = items[2], learner.preset.learner
+    passages = tasks.passage_batch(learner.tokenizer, task.passages, cfg.bank_context_len)
+    grad = regrad.summed_gradient(learner.model, learner.phi, passages)
+    adapted = {n: (p - 2.0 * learner.alpha[n] * grad[n]).detach() for n, p in learner.phi.items()}
+    with torch.no_grad(), lora.use(learner.model, adapted):
+        want = regrad.token_losses(learner.model, tasks.qa_batch(learner.tokenizer, [task], cfg)).item()
+    assert rows[2]["answer_nll"] == pytest.approx(want, rel=1e-5)
+    with torch.no_grad(), lora.disabled(learner.model):
+        base = regrad.token_losses(learner.model, tasks.qa_batch(learner.tokenizer, [task], cfg)).item()
+    assert evaluate.run_method("closed_book", learner, items)[2]["answer_nll"] == pytest.approx(base, rel=1e-6)
+
+
+def test_shift_uses_previous_question_gradients(run):
+    learner, items, bank = run
+    shifted = evaluate.run_method("shift", learner, items, bank=bank)
+    assert shifted[0]["passage_ids"] == list(items[-1].passage_ids)
+    assert [r["passage_ids"] for r in shifted[1:]] == [list(t.passage_ids) for t in items[:-1]]
+    moved = [tasks.Task(t.test_id, t.question, t.answers, t.passages, items[i - 1].passage_ids)
+             for i, t in enumerate(items)]
+    want = evaluate.run_method("regrad", learner, moved, bank=bank)
+    assert [r["generated"] for r in shifted] == [r["generated"] for r in want]
+    assert [r["answer_nll"] for r in shifted] == pytest.approx([r["answer_nll"] for r in want], rel=1e-6)
+    own = evaluate.run_method("regrad", learner, items, bank=bank)
+    assert [r["answer_nll"] for r in shifted] != pytest.approx([r["answer_nll"] for r in own], rel=1e-4)
+
+
+def test_no_update_is_gamma_zero_and_prompts_differ(run):
+    learner, items, bank = run
+    a = evaluate.run_method("no_update", learner, items)
+    b = evaluate.run_method("regrad", learner, items, bank=bank, gamma=0.0)
+    assert [r["generated"] for r in a] == [r["generated"] for r in b]
+    assert a[0]["passage_ids"] == [] and b[0]["passage_ids"] == list(items[0].passage_ids)
+    closed, rag = (evaluate.run_method(m, learner, items) for m in ("closed_book", "rag"))
+    assert [r["answer_nll"] for r in closed] != pytest.approx([r["answer_nll"] for r in rag], rel=1e-4)
+
+
+def test_errors(run):
+    learner, items, _ = run
+    with pytest.raises(ValueError, match="Unknown method.*choose from"):
+        evaluate.run_method("regard", learner, items)
+    with pytest.raises(ValueError, match="Gradient Bank"):
+        evaluate.run_method("regrad", learner, items)
+    with pytest.raises(FileNotFoundError, match="written by 02_augment"):
+        evaluate.load_tasks("hotpotqa", "dev")
+
+
+def test_evaluate_writes_resumes_and_overwrites(run):
+    learner, items, _ = run
+    methods = ["closed_book", "regrad", "shift", "no_update"]
+    out = evaluate.evaluate(RUN, DATASET, methods, limit=5, learner=learner)
+    assert {m: r["status"] for m, r in out.items()} == dict.fromkeys(methods, "computed")
+    predictions, metrics_file = evaluate.method_files(RUN, DATASET, "regrad")
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert len(rows) == 5 and set(rows[0]) >= {"test_id", "question", "answers", "prediction", "passage_ids",
+                                                "answer_nll"}
+    saved = artifacts.read_json(metrics_file)
+    assert saved["n"] == 5 and saved["gamma"] == 1.0 and saved["topk"] == 3
+    assert saved["provenance"]["config"]["preset"]["name"] == "tiny"
+    assert saved["nll"] == pytest.approx(sum(r["answer_nll"] for r in rows) / 5)
+    summary_file = paths.results_dir(RUN) / "summary.csv"
+    lines = summary_file.read_text().splitlines()
+    assert lines[0] == "dataset,method,em,f1,precision,recall,nll,n" and len(lines) == 5
+
+    before = metrics_file.stat().st_mtime_ns
+    again = evaluate.evaluate(RUN, DATASET, ["regrad", "rag"], limit=5, learner=lambda: learner)
+    assert again["regrad"]["status"] == "kept" and again["rag"]["status"] == "computed"
+    assert metrics_file.stat().st_mtime_ns == before
+    assert {r["method"] for r in evaluate.summary(RUN)} == {*methods, "rag"}
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        evaluate.evaluate(RUN, DATASET, ["regrad"], limit=5, gamma=2.0, learner=learner)
+    redone = evaluate.evaluate(RUN, DATASET, ["regrad"], limit=5, gamma=2.0, learner=learner, overwrite=True)
+    assert redone["regrad"]["status"] == "computed" and artifacts.read_json(metrics_file)["gamma"] == 2.0
+    assert len(summary_file.read_text().splitlines()) == 6   # updated in place, not appended
+
+
+def test_sweep(run):
+    learner, _, _ = run
+    rows = evaluate.sweep(RUN, DATASET, gammas=(0.0, 1.0), limit=4, learner=learner)
+    assert [(r["gamma"], r["topk"], r["n"]) for r in rows] == [(0.0, 3, 4), (1.0, 3, 4)]
+    text = (paths.results_dir(RUN) / "sweeps.csv").read_text().splitlines()
+    assert text[0] == "dataset,method,gamma,topk,em,f1,precision,recall,nll,n"
+    # gamma 0 is the meta-trained LoRA without update
+    plain = evaluate.score_rows(evaluate.run_method("no_update", learner, evaluate.load_tasks(DATASET, limit=4)))
+    assert rows[0]["nll"] == pytest.approx(plain["nll"], abs=1e-4)
+    assert evaluate.sweep(RUN, DATASET, gammas=(0.0, 1.0), limit=4, learner=lambda: pytest.fail("reloaded")) == rows
+    assert evaluate.sweep_all(RUN, [DATASET], gammas=[]) == []

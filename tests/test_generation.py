@@ -1,0 +1,99 @@
+"""Batched greedy decoding: equal to Hugging Face's one-prompt-at-a-time generate, token for token."""
+
+import copy
+
+import pytest
+import torch
+
+from regrad_lib import config, generation, lora, prompts
+
+QUESTIONS = ["What is the capital of France?", "Who wrote it?",
+             "Where is the Nile river, the longest river of Africa, located today?", "Kyoto?"]
+MAX_NEW = 12
+
+
+@pytest.fixture(scope="module")
+def setup(tiny):
+    """A float64 tiny model with LoRA (B non-zero) and a boosted newline token, so rows stop at different steps."""
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    lora.attach(model, config.load_preset("tiny").peft)
+    model.double()
+    phi = {n: p.detach() for n, p in lora.parameters(model).items()}
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in lora.parameters(model).items():
+            if name.endswith("lora_B"):
+                p.normal_(0, 0.5)
+        newline = tok("\n", add_special_tokens=False)["input_ids"]
+        assert len(newline) == 1
+        model.get_input_embeddings().weight[newline[0]] *= 3.0   # tied: newline becomes a likely next token
+    per_row = {n: torch.stack([p + 0.3 * torch.randn_like(p) for _ in QUESTIONS]) for n, p in phi.items()}
+    prompt_ids = [prompts.prompt_ids(tok, q) for q in QUESTIONS]
+    assert len({len(p) for p in prompt_ids}) == len(QUESTIONS)   # different lengths: real left padding
+    return model, tok, phi, per_row, prompt_ids
+
+
+def _reference(model, tok, prompt, weights):
+    """One prompt, no padding, ``model.generate``; cut where :func:`generation.greedy` must stop."""
+    stops = generation.eos_ids(model, tok)
+    context = lora.use(model, weights) if weights is not None else lora.disabled(model)
+    with context:
+        ids = torch.tensor([prompt])
+        full = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_NEW, do_sample=False,
+                              eos_token_id=sorted(stops), pad_token_id=tok.pad_token_id)[0, len(prompt):].tolist()
+    out = []
+    for token in full:
+        if token in stops:
+            break
+        out.append(token)
+        if generation.stop_reached(tok.decode(out, skip_special_tokens=True)):
+            break
+    return out
+
+
+def test_stop_rule():
+    assert not generation.stop_reached("")
+    assert not generation.stop_reached("\n")            # a newline before the answer is skipped
+    assert not generation.stop_reached(" \n \n Paris")
+    assert generation.stop_reached("\n Paris\n")
+    assert generation.stop_reached("Paris\nMore")
+
+
+def test_batched_equals_one_at_a_time_shared_weights(setup):
+    model, tok, phi, _, prompt_ids = setup
+    got = generation.greedy(model, tok, prompt_ids, max_new_tokens=MAX_NEW, weights=phi)
+    want = [_reference(model, tok, p, phi) for p in prompt_ids]
+    assert got == want
+    lengths = {len(g) for g in got}
+    assert len(lengths) > 1 and min(lengths) < MAX_NEW     # rows finished at different steps (pruning path)
+    assert any(generation.stop_reached(tok.decode(g)) for g in got)
+
+
+def test_batched_equals_one_at_a_time_per_row_weights(setup):
+    model, tok, _, per_row, prompt_ids = setup
+    got = generation.greedy(model, tok, prompt_ids, max_new_tokens=MAX_NEW, weights=per_row)
+    want = [_reference(model, tok, p, {n: w[i] for n, w in per_row.items()}) for i, p in enumerate(prompt_ids)]
+    assert got == want
+    shared = generation.greedy(model, tok, prompt_ids, max_new_tokens=MAX_NEW,
+                               weights={n: w[0] for n, w in per_row.items()})
+    assert got != shared    # the per-row weights do change what is generated
+
+
+def test_base_model_and_answers(setup):
+    model, tok, _, _, prompt_ids = setup
+    with lora.disabled(model):
+        got = generation.generate(model, tok, prompt_ids, max_new_tokens=MAX_NEW)
+    want = [_reference(model, tok, p, None) for p in prompt_ids]
+    assert [list(g.token_ids) for g in got] == want
+    for g in got:
+        assert g.text == tok.decode(list(g.token_ids), skip_special_tokens=True)
+        assert g.answer == prompts.extract_answer(g.text)
+        assert "\n" not in g.answer
+
+
+def test_per_row_weights_must_match_prompts(setup):
+    model, tok, _, per_row, prompt_ids = setup
+    with pytest.raises(ValueError, match="per-row LoRA weights for 4 rows, but 2 prompts"):
+        generation.greedy(model, tok, prompt_ids[:2], max_new_tokens=2, weights=per_row)
+    assert generation.greedy(model, tok, [], max_new_tokens=2) == []
