@@ -20,6 +20,7 @@ AlphaMode = Literal["fix", "same", "tie", "full"]
 Precision = Literal["bf16", "fp16", "no"]
 Scheduler = Literal["linear", "cosine"]
 OnNonFinite = Literal["error", "skip"]
+BestMetric = Literal["f1", "loss"]
 
 FILES = {"peft": "peft_config.json", "learner": "learner_config.json", "train": "train_args.json",
          "generation": "generation_config.json"}
@@ -112,6 +113,7 @@ class TrainArgs:
     topk: int = 3
     validation_size: int = 300       # tasks held out of the training file for checkpoint selection
     eval_steps: int = 1000
+    metric_for_best_model: BestMetric = "f1"   # validation F1 (higher) or validation meta loss (lower)
     save_steps: int = 1000
     logging_steps: int = 1
     seed: int = 42
@@ -122,6 +124,7 @@ class TrainArgs:
         _check_literal(self, "lr_scheduler_type", get_args(Scheduler))
         _check_literal(self, "mixed_precision", get_args(Precision))
         _check_literal(self, "on_nonfinite", get_args(OnNonFinite))
+        _check_literal(self, "metric_for_best_model", get_args(BestMetric))
         _check_positive(self, "learning_rate", "meta_batch_size", "tasks_per_forward", "num_train_epochs",
                         "max_grad_norm", "topk", "eval_steps", "save_steps", "logging_steps", "max_steps",
                         "max_train_tasks")

@@ -117,7 +117,8 @@ def group_gradients(model: nn.Module, phi: Weights, batch: TokenBatch, group_of_
     """
     expanded = _expand(phi, groups, differentiable=create_graph)
     identity = groups == len(batch) and bool((group_of_row == torch.arange(groups, device=group_of_row.device)).all())
-    rows = expanded if identity else {n: e.index_select(0, group_of_row) for n, e in expanded.items()}
+    with torch.enable_grad():  # also under an outer no_grad (evaluation): the gather must stay differentiable
+        rows = expanded if identity else {n: e.index_select(0, group_of_row) for n, e in expanded.items()}
     with torch.enable_grad(), lora.use(model, rows):
         losses = token_losses(model, batch)
         grads = torch.autograd.grad(losses.sum(), list(expanded.values()), create_graph=create_graph)

@@ -1,0 +1,111 @@
+"""Resumable meta-training checkpoints: weights, optimizer, schedule, data order and RNG, without pickle.
+
+``outputs/<run>/checkpoint/`` holds two files, written together (one atomic folder rename):
+- ``state.safetensors``: ``phi.*`` and ``alpha.*`` (the :class:`~regrad_lib.learner.Learner` layout, so
+  ``learner.load_state`` reads it), every optimizer state tensor as ``optim.<param index>.<name>``, and the
+  torch RNG states as ``rng.torch`` / ``rng.cuda.<i>`` (uint8);
+- ``trainer_state.json``: the step, data order, scheduler position, best score, the optimizer's non-tensor
+  state and ``param_groups``, and Python's RNG state.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import artifacts, paths
+
+log = logging.getLogger(__name__)
+
+FOLDER = "checkpoint"
+TENSORS = "state.safetensors"
+STATE = "trainer_state.json"
+
+
+def folder(run_dir: str | Path) -> Path:
+    return Path(run_dir) / FOLDER
+
+
+def exists(run_dir: str | Path) -> bool:
+    ckpt = folder(run_dir)
+    return (ckpt / TENSORS).is_file() and (ckpt / STATE).is_file()
+
+
+def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """The optimizer's state dict as (tensors for safetensors, everything else for JSON)."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entry in sd["state"].items():
+        scalars[str(index)] = {}
+        for name, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{index}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[str(index)][name] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"state": scalars, "param_groups": groups}
+
+
+def _optimizer_join(tensors: dict[str, torch.Tensor], saved: dict) -> dict:
+    state: dict[int, dict] = {int(i): dict(entry) for i, entry in saved["state"].items()}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in saved["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    out = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return out
+
+
+def _python_rng() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def save(run_dir: str | Path, learner, optimizer: torch.optim.Optimizer, trainer_state: dict) -> Path:
+    """Write ``checkpoint/`` for resuming after the step ``trainer_state["step"]`` (atomic: all or nothing)."""
+    tensors = dict(learner.state_dict())
+    optim_tensors, optim_json = _optimizer_split(optimizer)
+    tensors.update(optim_tensors)
+    tensors.update(_rng_tensors())
+    state = {**trainer_state, "optimizer": optim_json, "python_rng": _python_rng(),
+             "layout_hash": learner.layout_hash()}
+    target = folder(run_dir)
+    with artifacts.atomic_dir(target) as tmp:
+        save_file(tensors, str(tmp / TENSORS), metadata={"step": str(trainer_state.get("step"))})
+        artifacts.write_json(tmp / STATE, state)
+    log.debug("checkpoint at step %s: %s", trainer_state.get("step"), paths.relative(target))
+    return target
+
+
+def load(run_dir: str | Path, learner, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore weights, optimizer and RNG from ``checkpoint/``; returns the trainer state (step, order, ...)."""
+    ckpt = folder(run_dir)
+    if not exists(run_dir):
+        raise FileNotFoundError(f"{paths.relative(ckpt)} has no {TENSORS} + {STATE}: nothing to resume; "
+                                "start the run again with overwrite=True")
+    state = artifacts.read_json(ckpt / STATE)
+    if state.get("layout_hash") != learner.layout_hash():
+        raise ValueError(f"{paths.relative(ckpt / STATE)}: LoRA layout {state.get('layout_hash')} differs from the "
+                         f"preset's {learner.layout_hash()}; the run's peft_config changed: use overwrite=True")
+    tensors = load_file(str(ckpt / TENSORS))
+    learner.load_state(ckpt / TENSORS)
+    optimizer.load_state_dict(_optimizer_join(tensors, state.pop("optimizer")))
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")),
+                                        key=lambda k: int(k.rsplit(".", 1)[1]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = state.pop("python_rng")
+    random.setstate((version, tuple(internal), gauss))
+    return state

@@ -1,0 +1,389 @@
+"""03_train: meta-learn the LoRA initialisation ``phi`` and step sizes ``alpha`` (method.md equation 3).
+
+Reads ``data/augmented/<dataset>/<train_file>.json`` for every training dataset (written by 02_augment) and
+writes ``outputs/<run>/``: the four configs, ``meta_state.safetensors`` (the best on the validation slice),
+``training_log.jsonl`` (one JSON row per train step or evaluation, ``kind`` "train"/"eval"), ``provenance.json``,
+``train_request.json``, ``checkpoint/`` (resume) and, last, ``train_summary.json`` (the run is finished).
+
+The validation slice for checkpoint selection is held out of the *training* tasks (seeded), never the dev
+file that 05_evaluate reports (method.md, "Known flaws").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from . import artifacts, checkpoint, config, metrics, paths, regrad
+from . import tasks as tasks_mod
+from .learner import META_STATE, Learner
+from .tasks import Task
+
+log = logging.getLogger(__name__)
+
+LOG = "training_log.jsonl"
+SUMMARY = "train_summary.json"
+REQUEST = "train_request.json"
+# Train args that may change between an interrupted run and its resumption (they do not change the math).
+RESUMABLE_CHANGES = {"eval_steps", "save_steps", "logging_steps", "on_nonfinite"}
+
+
+class NonFiniteError(FloatingPointError):
+    """A meta step produced a NaN/inf loss or gradient; the message names the step and the tasks."""
+
+
+# --- data ------------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainData:
+    """The shuffled training tasks and the held-out validation slice."""
+    train: list[Task]
+    validation: list[Task]
+
+    def fingerprint(self) -> str:
+        ids = [[[t.extra.get("dataset"), t.test_id, t.question] for t in part] for part in (self.train, self.validation)]
+        return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+
+
+def load_tasks(train_datasets: Sequence[str], train_file: str, topk: int) -> list[Task]:
+    """Every record of ``data/augmented/<dataset>/<train_file>.json`` as a :class:`Task` (dataset in ``extra``)."""
+    if isinstance(train_datasets, str):
+        raise TypeError(f"train_datasets={train_datasets!r}: give a list of dataset names, e.g. [{train_datasets!r}]")
+    if not train_datasets:
+        raise ValueError("train_datasets is empty: name at least one dataset, e.g. ['popqa', 'hotpotqa']")
+    out = []
+    for dataset in train_datasets:
+        path = paths.augmented_file(dataset, train_file)
+        where = paths.relative(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{where} not found: it is written by 02_augment (dataset={dataset!r}, "
+                                    f"split='train'); run 02_augment with train_datasets including {dataset!r}")
+        records = artifacts.read_json(path)
+        if not isinstance(records, list):
+            raise ValueError(f"{where}: expected a JSON list of augmented records, got {type(records).__name__}")
+        for i, record in enumerate(records):
+            task = tasks_mod.from_record(record, topk, where=f"{where}: record {i}")
+            out.append(dataclasses.replace(task, extra={"dataset": dataset}))
+    return out
+
+
+def split_tasks(all_tasks: list[Task], validation_size: int, seed: int,
+                max_train_tasks: int | None = None) -> TrainData:
+    """Mix and shuffle (seeded); the first ``validation_size`` are the validation slice, then ``max_train_tasks``."""
+    if validation_size >= len(all_tasks):
+        raise ValueError(f"validation_size={validation_size} but only {len(all_tasks)} training tasks: lower "
+                         "train_args validation_size or augment more training questions")
+    order = list(range(len(all_tasks)))
+    random.Random(seed).shuffle(order)
+    validation = [all_tasks[i] for i in order[:validation_size]]
+    train = [all_tasks[i] for i in order[validation_size:]]
+    return TrainData(train[:max_train_tasks] if max_train_tasks else train, validation)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The task order of one epoch (reproducible from the seed and the epoch number)."""
+    order = list(range(n))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return order
+
+
+def describe(tasks: Sequence[Task], limit: int = 8) -> str:
+    shown = [f"{t.extra.get('dataset', '?')}:{t.test_id} {t.question[:60]!r}" for t in tasks[:limit]]
+    return "; ".join(shown) + (f"; ... ({len(tasks) - limit} more)" if len(tasks) > limit else "")
+
+
+# --- schedule ----------------------------------------------------------------------------------------------
+
+def learning_rate(step: int, args: config.TrainArgs, total_steps: int) -> float:
+    """The lr of optimizer step ``step`` (0-based), as torch's SequentialLR of the public code computes it:
+    LinearLR from ``warmup_start_factor`` over ``int(warmup_ratio * total_steps)`` steps, then a linear decay
+    to 0 or a cosine decay to ``eta_min`` over the remaining steps."""
+    warmup = int(args.warmup_ratio * total_steps)
+    base = args.learning_rate
+    if step < warmup:
+        return base * (args.warmup_start_factor + (1.0 - args.warmup_start_factor) * step / warmup)
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    if args.lr_scheduler_type == "linear":
+        return base * (1.0 - progress)
+    return args.eta_min + (base - args.eta_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def total_steps(n_train: int, args: config.TrainArgs) -> tuple[int, int]:
+    """(optimizer steps in all, steps per epoch); the last meta batch of an epoch may be smaller."""
+    per_epoch = math.ceil(n_train / args.meta_batch_size)
+    return (args.max_steps or per_epoch * args.num_train_epochs), per_epoch
+
+
+# --- one meta step and one evaluation ---------------------------------------------------------------------
+
+def _chunks(items: list, size: int):
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def meta_step(learner: Learner, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], batch: list[Task],
+              lr: float) -> tuple[float, float, str | None]:
+    """One optimizer step over ``batch``: (mean meta loss, grad norm before clipping, None or what was non-finite).
+
+    The batch is computed in chunks of ``tasks_per_forward`` tasks (one batched forward/backward each, gradients
+    accumulated); a non-finite loss or gradient leaves the weights untouched.
+    """
+    args, cfg = learner.preset.train, learner.preset.learner
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for chunk in _chunks(batch, args.tasks_per_forward):
+        tb = tasks_mod.task_batch(learner.tokenizer, chunk, cfg).to(learner.device)
+        with learner.autocast():
+            losses = regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb, first_order=cfg.first_order)
+        values = losses.detach().float().cpu().tolist()
+        bad = [t for t, v in zip(chunk, values) if not math.isfinite(v)]
+        if bad:
+            return math.nan, math.nan, f"meta loss of {describe(bad)}"
+        (losses.sum() / len(batch)).backward()
+        total += sum(values)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm))
+    if not math.isfinite(grad_norm):
+        return total / len(batch), grad_norm, f"gradient (norm {grad_norm}) of the batch {describe(batch)}"
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    return total / len(batch), grad_norm, None
+
+
+def _predictor():
+    """``regrad_lib.evaluate.predict_online`` when that module exists (it is written by another module)."""
+    if importlib.util.find_spec("regrad_lib.evaluate") is None:
+        return None
+    from .evaluate import predict_online
+    return predict_online
+
+
+def evaluate(learner: Learner, validation: list[Task]) -> dict:
+    """Validation meta loss (answer NLL after the inner step) and, when available, EM/F1 of generated answers."""
+    losses = []
+    for chunk in _chunks(validation, learner.preset.train.tasks_per_forward):
+        tb = tasks_mod.task_batch(learner.tokenizer, chunk, learner.preset.learner).to(learner.device)
+        with torch.no_grad(), learner.autocast():  # the inner gradient still runs (enable_grad inside)
+            losses += regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb,
+                                         first_order=True).float().cpu().tolist()
+    out = {"eval_loss": _finite(sum(losses) / len(losses)), "eval_em": None, "eval_f1": None, "n": len(validation)}
+    predict = _predictor()
+    if predict is not None:
+        predictions = predict(learner, validation, gamma=1.0)
+        scores = metrics.aggregate(metrics.score(p, list(t.answers)) for p, t in zip(predictions, validation))
+        out.update(eval_em=scores["em"], eval_f1=scores["f1"])
+    return out
+
+
+def _better(row: dict, best: dict | None, metric: str) -> bool:
+    """F1 higher (ties broken by lower loss) or loss lower; a missing F1 falls back to the loss."""
+    def key(r):
+        loss = r["eval_loss"] if r["eval_loss"] is not None else math.inf
+        return (-r["eval_f1"], loss) if metric == "f1" and r["eval_f1"] is not None else (loss,)
+    return best is None or key(row) < key(best)
+
+
+# --- artifacts -----------------------------------------------------------------------------------------
+
+def read_log(run: str) -> list[dict]:
+    """The rows of ``outputs/<run>/training_log.jsonl`` (for the plots)."""
+    path = paths.output_dir(run) / LOG
+    if not path.is_file():
+        raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 03_train (run={run!r})")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _append(path: Path, row: dict) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _request(preset: config.Preset, train_datasets: Sequence[str], train_file: str) -> dict:
+    return {"train_datasets": list(train_datasets), "train_file": train_file,
+            "preset": {k: v for k, v in preset.to_dict().items() if k != "name"}}
+
+
+def _check_resumable(folder: Path, request: dict) -> None:
+    saved = artifacts.read_json(folder / REQUEST)
+    diffs = [k for k in ("train_datasets", "train_file") if saved.get(k) != request[k]]
+    for section, values in request["preset"].items():
+        old = saved["preset"].get(section, {})
+        diffs += [f"{section}.{k}" for k, v in values.items() if old.get(k) != v
+                  and not (section == "generation" or (section == "train" and k in RESUMABLE_CHANGES))]
+    if diffs:
+        raise ValueError(f"{paths.relative(folder)} holds an unfinished run with other settings ({', '.join(diffs)}); "
+                         "use the same settings to resume it, overwrite=True to start again, or another run name")
+
+
+def _prepare_folder(folder: Path, request: dict, overwrite: bool, resume: bool) -> bool:
+    """Make ``folder`` ready; True when an unfinished run will be resumed from its checkpoint."""
+    if (folder / SUMMARY).exists() and not overwrite:
+        raise FileExistsError(f"{paths.relative(folder)} is a finished training run ({SUMMARY}); pass "
+                              "overwrite=True to train it again, or choose another run name")
+    if folder.exists() and any(folder.iterdir()):
+        if overwrite:
+            log.info("overwrite=True: removing %s", paths.relative(folder))
+            shutil.rmtree(folder)
+        elif resume and checkpoint.exists(folder) and (folder / REQUEST).exists():
+            _check_resumable(folder, request)
+            return True
+        elif checkpoint.exists(folder):
+            raise FileExistsError(f"{paths.relative(folder)} holds an unfinished run: resume=True continues it, "
+                                  "overwrite=True starts again")
+        else:  # interrupted before its first checkpoint: nothing worth keeping
+            shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+# --- the training loop ---------------------------------------------------------------------------------
+
+def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], *, train_file: str = "train_all",
+          device: str = "cpu", limit: int | None = None, overwrite: bool = False, resume: bool = True) -> dict:
+    """Meta-train on the augmented training tasks; returns the summary (also ``train_summary.json``).
+
+    ``limit`` caps the training tasks (``train_args.max_train_tasks``). An unfinished run resumes from its
+    checkpoint at the next step; a finished run is refused unless ``overwrite=True``.
+    """
+    if isinstance(preset, str):
+        preset = config.load_preset(preset)
+    if limit is not None:
+        preset = preset.replace(train={"max_train_tasks": limit})
+    args = preset.train
+    folder = paths.output_dir(run)
+    request = _request(preset, train_datasets, train_file)
+    data = split_tasks(load_tasks(train_datasets, train_file, args.topk), args.validation_size, args.seed,
+                       args.max_train_tasks)
+    resuming = _prepare_folder(folder, request, overwrite, resume)
+
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    learner = Learner.create(preset, device)
+    params = [*learner.phi.values(), *(p for p in learner.alpha.parameters() if p.requires_grad)]
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  eps=args.adam_epsilon, weight_decay=args.weight_decay)
+    n_steps, per_epoch = total_steps(len(data.train), args)
+    log_path = folder / LOG
+
+    if resuming:
+        state = checkpoint.load(folder, learner, optimizer)
+        if state["data_fingerprint"] != data.fingerprint():
+            raise ValueError(f"{paths.relative(folder)}: the training tasks changed since the checkpoint (other "
+                             f"augmented files?); restore them, or pass overwrite=True to start again")
+        rows = [r for r in read_log(run) if r["step"] <= state["step"]]
+        artifacts.write_jsonl(log_path, rows)
+        log.info("resuming %s after step %d of %d", paths.relative(folder), state["step"], n_steps)
+    else:
+        preset.save(folder)
+        artifacts.write_json(folder / REQUEST, request)
+        artifacts.write_provenance(folder, preset.to_dict())
+        log_path.write_text("", encoding="utf-8")
+        state = {"step": 0, "tasks_seen": 0, "skipped_nonfinite": 0, "elapsed_s": 0.0, "best": None,
+                 "order_epoch": None, "order": [], "data_fingerprint": data.fingerprint(), "total_steps": n_steps}
+    if args.validation_size == 0:
+        log.warning("validation_size=0: no validation slice, the final weights are kept as %s", META_STATE)
+    elif args.metric_for_best_model == "f1" and _predictor() is None:
+        log.warning("regrad_lib.evaluate.predict_online is not available: checkpoints are selected on the "
+                    "validation meta loss instead of F1")
+    log.info("meta-training %s: %d train tasks, %d validation tasks, %d steps of %d tasks", run, len(data.train),
+             len(data.validation), n_steps, args.meta_batch_size)
+
+    started = time.perf_counter()
+
+    def elapsed() -> float:
+        return round(state["elapsed_s"] + time.perf_counter() - started, 3)
+
+    def run_eval(step: int) -> None:
+        row = {"kind": "eval", "step": step, **evaluate(learner, data.validation)}
+        row["best"] = _better(row, state["best"], args.metric_for_best_model)
+        if row["best"]:
+            state["best"] = {k: row[k] for k in ("step", "eval_loss", "eval_em", "eval_f1")}
+            learner.save(folder / META_STATE)
+        _append(log_path, row)
+        log.info("step %d: validation loss %s, F1 %s%s", step, row["eval_loss"], row["eval_f1"],
+                 " (best)" if row["best"] else "")
+
+    def save_checkpoint() -> None:
+        checkpoint.save(folder, learner, optimizer, {**state, "elapsed_s": elapsed(), "total_steps": n_steps})
+
+    if not resuming and data.validation:
+        run_eval(0)
+    recent: list[float] = []
+    bar = tqdm(total=n_steps, initial=state["step"], desc="meta-train", unit="step")
+    try:
+        while state["step"] < n_steps:
+            step = state["step"]
+            epoch, position = divmod(step, per_epoch)
+            if state["order_epoch"] != epoch:
+                state["order"], state["order_epoch"] = epoch_order(len(data.train), args.seed, epoch), epoch
+            index = state["order"][position * args.meta_batch_size:(position + 1) * args.meta_batch_size]
+            batch = [data.train[i] for i in index]
+            lr = learning_rate(step, args, n_steps)
+            loss, grad_norm, problem = meta_step(learner, optimizer, params, batch, lr)
+            if problem is not None:
+                message = f"step {step + 1}: non-finite {problem}"
+                if args.on_nonfinite == "error":
+                    raise NonFiniteError(message + ". Lower the learning rate, check these records, or set "
+                                         "train_args on_nonfinite='skip' to skip such steps")
+                state["skipped_nonfinite"] += 1
+                log.warning("%s: step skipped (%d skipped so far)", message, state["skipped_nonfinite"])
+            state["step"], state["tasks_seen"] = step + 1, state["tasks_seen"] + len(batch)
+            if problem is None:
+                recent = (recent + [loss])[-10:]
+                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
+            bar.update(1)
+            if problem is not None or state["step"] % args.logging_steps == 0 or state["step"] == n_steps:
+                _append(log_path, {
+                    "kind": "train", "step": state["step"], "loss": _finite(loss) if problem is None else None,
+                    "lr": lr, "grad_norm": _finite(grad_norm), "tasks_seen": state["tasks_seen"],
+                    "epoch": round(state["step"] / per_epoch, 4),
+                    "alpha": {n: float(v) for n, v in learner.alpha.tensors().items()},
+                    "skipped": problem is not None, "skipped_nonfinite": state["skipped_nonfinite"],
+                    "elapsed_s": elapsed()})
+            if data.validation and (state["step"] % args.eval_steps == 0 or state["step"] == n_steps):
+                run_eval(state["step"])
+            if state["step"] % args.save_steps == 0 or state["step"] == n_steps:
+                save_checkpoint()
+    except KeyboardInterrupt:
+        save_checkpoint()
+        log.warning("interrupted: checkpoint saved after step %d; call train() again to resume", state["step"])
+        raise
+    finally:
+        bar.close()
+
+    if not data.validation:
+        learner.save(folder / META_STATE)
+    summary = _summary(run, preset, train_datasets, train_file, data, state, read_log(run), elapsed())
+    artifacts.write_json(folder / SUMMARY, summary)
+    log.info("meta-training done: %s", summary)
+    return summary
+
+
+def _summary(run, preset, train_datasets, train_file, data, state, rows, wall) -> dict:
+    train_rows = [r for r in rows if r["kind"] == "train" and r["loss"] is not None]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    return {"run": run, "preset": preset.name, "train_datasets": list(train_datasets), "train_file": train_file,
+            "steps": state["step"], "tasks": state["tasks_seen"], "train_tasks": len(data.train),
+            "validation_tasks": len(data.validation),
+            "first_loss": train_rows[0]["loss"] if train_rows else None,
+            "last_loss": train_rows[-1]["loss"] if train_rows else None,
+            "first_eval": evals[0] if evals else None, "last_eval": evals[-1] if evals else None,
+            "best_eval": state["best"], "metric_for_best_model": preset.train.metric_for_best_model,
+            "skipped_nonfinite": state["skipped_nonfinite"], "wall_s": wall,
+            "tasks_per_s": round(state["tasks_seen"] / wall, 4) if wall else None}

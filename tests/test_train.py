@@ -1,0 +1,233 @@
+"""Meta-training (regrad_lib.train): artifacts, log schema, learning, resume, non-finite handling, schedules."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from regrad_lib import artifacts, checkpoint, config, paths, regrad, train
+from regrad_lib.learner import META_STATE, Learner
+
+CITIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Egypt", "Cairo"), ("Peru", "Lima"),
+          ("Kenya", "Nairobi"), ("Chile", "Santiago"), ("Spain", "Madrid"), ("Norway", "Oslo"), ("Cuba", "Havana")]
+
+
+def _records(pairs, offset=0):
+    return [{"test_id": offset + i, "question": f"What is the capital of {country}?", "answers": [city],
+             "passages": [f"{city} is the capital and largest city of {country}.",
+                          f"{country} is a country. Its government sits in {city}.",
+                          f"The history of {city} goes back many centuries."],
+             "passage_ids": [str(100 + 3 * i), str(101 + 3 * i), str(102 + 3 * i)],
+             "titles": [city, country, city], "scores": [3.0, 2.0, 1.0]} for i, (country, city) in enumerate(pairs)]
+
+
+@pytest.fixture(scope="module")
+def data(tiny_model_dir):
+    """Two small augmented training files (`train_all`) and one with four tasks repeated (`train_rep`)."""
+    artifacts.write_json(paths.augmented_file("popqa", "train_all"), _records(CITIES[:6]))
+    artifacts.write_json(paths.augmented_file("hotpotqa", "train_all"), _records(CITIES[6:], offset=6))
+    artifacts.write_json(paths.augmented_file("popqa", "train_rep"), _records(CITIES[:4]) * 3)
+    return ["popqa", "hotpotqa"]
+
+
+def _preset(**train_args):
+    base = {"max_steps": 3, "meta_batch_size": 2, "tasks_per_forward": 2, "validation_size": 2, "eval_steps": 2,
+            "save_steps": 2, "warmup_ratio": 0.0}
+    return config.load_preset("tiny", {"train": {**base, **train_args}})
+
+
+def _train_losses(rows):
+    return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+
+def test_short_run_writes_every_artifact_with_the_log_schema(data):
+    summary = train.train("basic", _preset(), data)
+    folder = paths.output_dir("basic")
+    for name in ("peft_config.json", "learner_config.json", "train_args.json", "generation_config.json", META_STATE,
+                 train.LOG, "provenance.json", train.SUMMARY, "checkpoint/state.safetensors",
+                 "checkpoint/trainer_state.json"):
+        assert (folder / name).is_file(), name
+    assert summary["steps"] == 3 and summary["tasks"] == 6
+    assert summary["train_tasks"] == 8 and summary["validation_tasks"] == 2
+    assert math.isfinite(summary["first_loss"]) and math.isfinite(summary["last_loss"])
+    rows = train.read_log("basic")
+    assert all(r["kind"] in ("train", "eval") and isinstance(r["step"], int) for r in rows)
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    eval_rows = [r for r in rows if r["kind"] == "eval"]
+    assert [r["step"] for r in train_rows] == [1, 2, 3]
+    assert [r["step"] for r in eval_rows] == [0, 2, 3]
+    for r in train_rows:
+        assert {"loss", "lr", "grad_norm", "tasks_seen", "epoch", "alpha", "skipped_nonfinite", "elapsed_s"} <= set(r)
+        assert len(r["alpha"]) == 12 and all(isinstance(v, float) for v in r["alpha"].values())
+        assert r["skipped_nonfinite"] == 0 and r["grad_norm"] > 0
+    for r in eval_rows:
+        assert {"eval_loss", "eval_em", "eval_f1", "n", "best"} <= set(r) and r["n"] == 2
+        assert (r["eval_f1"] is not None) == (train._predictor() is not None)
+    assert sum(r["best"] for r in eval_rows) >= 1 and eval_rows[0]["best"]
+    # the saved meta state is the best evaluation's: re-evaluating it reproduces that loss
+    best = [r for r in eval_rows if r["best"]][-1]
+    learner = Learner.from_run("basic")
+    assert learner.meta_hash() != Learner.create(_preset()).meta_hash() or best["step"] == 0
+    tasks = train.split_tasks(train.load_tasks(data, "train_all", 3), 2, 42).validation
+    assert train.evaluate(learner, tasks)["eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-5)
+    assert config.load_preset(folder).train.max_steps == 3
+
+
+def test_finished_run_is_not_overwritten_unless_asked(data):
+    train.train("again", _preset(max_steps=1), data)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        train.train("again", _preset(max_steps=1), data)
+    summary = train.train("again", _preset(max_steps=2), data, overwrite=True)
+    assert summary["steps"] == 2
+
+
+def test_missing_augmented_file_names_the_notebook(data):
+    with pytest.raises(FileNotFoundError, match=r"nosuch/train_all.json not found.*02_augment.*dataset='nosuch'"):
+        train.train("missing", _preset(), ["popqa", "nosuch"])
+
+
+def test_meta_loss_decreases_on_a_repeated_task_set(data):
+    preset = _preset(max_steps=8, meta_batch_size=4, tasks_per_forward=4, validation_size=0, learning_rate=1e-2,
+                     max_grad_norm=10.0)
+    summary = train.train("learns", preset, ["popqa"], train_file="train_rep", limit=4)
+    losses = list(_train_losses(train.read_log("learns")).values())
+    assert len(losses) == 8
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert losses[-1] < losses[0] - 0.3, losses
+    assert summary["last_loss"] == losses[-1]
+
+
+def test_resume_gives_the_same_next_step_loss(data, monkeypatch):
+    preset = _preset(max_steps=4, save_steps=2, learning_rate=5e-3)
+    train.train("straight", preset, data)
+    reference = train.read_log("straight")
+
+    calls = {"n": 0}
+    original = train.meta_step
+
+    def crash_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "meta_step", crash_on_third)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train.train("resumed", preset, data)
+    assert artifacts.read_json(checkpoint.folder(paths.output_dir("resumed")) / checkpoint.STATE)["step"] == 2
+    monkeypatch.setattr(train, "meta_step", original)
+    train.train("resumed", preset, data)
+    resumed = train.read_log("resumed")
+    strip = [{k: v for k, v in r.items() if k != "elapsed_s"} for r in reference]
+    assert [r["step"] for r in resumed] == [r["step"] for r in reference]
+    for step, loss in _train_losses(reference).items():
+        assert abs(_train_losses(resumed)[step] - loss) < 1e-6, step
+    assert [{k: v for k, v in r.items() if k != "elapsed_s"} for r in resumed][-1] == pytest.approx(strip[-1])
+
+
+def test_keyboard_interrupt_saves_a_checkpoint_and_resumes(data, monkeypatch):
+    preset = _preset(max_steps=3, save_steps=100, eval_steps=100)
+    original, calls = train.meta_step, {"n": 0}
+
+    def interrupt_on_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "meta_step", interrupt_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        train.train("interrupted", preset, data)
+    monkeypatch.setattr(train, "meta_step", original)
+    with pytest.raises(FileExistsError, match="unfinished run"):
+        train.train("interrupted", preset, data, resume=False)
+    with pytest.raises(ValueError, match=r"other settings \(train.learning_rate\)"):
+        train.train("interrupted", _preset(max_steps=3, save_steps=100, eval_steps=100, learning_rate=0.5), data)
+    summary = train.train("interrupted", preset, data)
+    assert summary["steps"] == 3 and [r["step"] for r in train.read_log("interrupted") if r["kind"] == "train"] == [1, 2, 3]
+
+
+def _poison(monkeypatch, bad_steps, where="loss"):
+    """Make the training meta loss (or its gradient) non-finite on the given 1-based training calls."""
+    original, calls = regrad.meta_losses, {"n": 0}
+
+    def wrapped(model, phi, alpha, tasks, *, first_order=False):
+        losses = original(model, phi, alpha, tasks, first_order=first_order)
+        if first_order:  # the validation pass
+            return losses
+        calls["n"] += 1
+        if calls["n"] not in bad_steps:
+            return losses
+        if where == "loss":
+            return losses * float("nan")
+        return losses + _nan_grad(next(iter(phi.values())))
+
+    monkeypatch.setattr(regrad, "meta_losses", wrapped)
+
+
+def _nan_grad(tensor):
+    """Zero in value, NaN in its gradient w.r.t. ``tensor`` (the unselected branch of a where)."""
+    return torch.where(torch.tensor(True), torch.zeros(()), torch.sqrt(-tensor.abs().sum() - 1))
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_tasks(data, monkeypatch):
+    _poison(monkeypatch, {2})
+    with pytest.raises(train.NonFiniteError, match=r"step 2: non-finite meta loss of (popqa|hotpotqa):\d+ 'What is"):
+        train.train("nan_error", _preset(), data)
+
+
+def test_nonfinite_gradient_stops(data, monkeypatch):
+    _poison(monkeypatch, {1}, where="grad")
+    with pytest.raises(train.NonFiniteError, match=r"step 1: non-finite gradient"):
+        train.train("nan_grad", _preset(), data)
+
+
+def test_skip_mode_counts_skipped_steps_and_never_trains_on_nan(data, monkeypatch):
+    _poison(monkeypatch, {1, 3})
+    summary = train.train("nan_skip", _preset(max_steps=4, on_nonfinite="skip"), data)
+    rows = [r for r in train.read_log("nan_skip") if r["kind"] == "train"]
+    assert [r["skipped"] for r in rows] == [True, False, True, False]
+    assert [r["skipped_nonfinite"] for r in rows] == [1, 1, 2, 2]
+    assert rows[0]["loss"] is None and rows[1]["loss"] is not None
+    assert summary["skipped_nonfinite"] == 2
+    learner = Learner.from_run("nan_skip")
+    assert all(torch.isfinite(p).all() for p in learner.phi.values())
+
+
+def test_first_order_and_fixed_alpha_train(data):
+    preset = _preset(max_steps=1, validation_size=0).replace(learner={"first_order": True, "alpha_mode": "fix"})
+    summary = train.train("fixed", preset, data)
+    assert summary["steps"] == 1 and math.isfinite(summary["last_loss"])
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_schedule_matches_torch_and_its_end_points(kind):
+    args = config.TrainArgs(learning_rate=4e-4, lr_scheduler_type=kind, warmup_ratio=0.1, warmup_start_factor=0.01,
+                            eta_min=1e-6)
+    total, warmup = 50, 5
+    assert train.learning_rate(0, args, total) == pytest.approx(4e-6)
+    assert train.learning_rate(warmup, args, total) == pytest.approx(4e-4)
+    assert train.learning_rate(total, args, total) == pytest.approx(0.0 if kind == "linear" else 1e-6)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=4e-4)
+    warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.01, end_factor=1.0, total_iters=warmup)
+    main = (torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.0, total_iters=total - warmup)
+            if kind == "linear" else torch.optim.lr_scheduler.CosineAnnealingLR(opt, total - warmup, eta_min=1e-6))
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, [warm, main], milestones=[warmup])
+    for step in range(total):
+        assert train.learning_rate(step, args, total) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6), step
+        opt.step()
+        sched.step()
+
+
+def test_validation_slice_is_seeded_and_disjoint(data):
+    all_tasks = train.load_tasks(data, "train_all", 3)
+    a = train.split_tasks(all_tasks, 3, seed=42)
+    b = train.split_tasks(all_tasks, 3, seed=42)
+    assert a.fingerprint() == b.fingerprint()
+    assert not {id(t) for t in a.validation} & {id(t) for t in a.train}
+    assert len(a.train) + len(a.validation) == len(all_tasks) == 10
+    assert train.split_tasks(all_tasks, 3, seed=1).fingerprint() != a.fingerprint()
+    with pytest.raises(ValueError, match="validation_size=10"):
+        train.split_tasks(all_tasks, 10, seed=42)
+    json.dumps([t.extra for t in all_tasks])
