@@ -77,6 +77,43 @@ def optional(read: Callable[..., T], *args, **kwargs) -> T | Missing:
         return Missing(str(e.args[0]) if e.args else str(e))
 
 
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """06_analyze's parameters, checked: which run, datasets, bank top-k and split."""
+
+    run: str
+    datasets: tuple[str, ...]
+    topk: int = 3
+    split: str = "dev"
+
+    def __post_init__(self):
+        if not isinstance(self.run, str) or not self.run.strip():
+            raise ValueError(f"run={self.run!r}: give the run name used by 03_train and 05_evaluate, e.g. 'demo'")
+        if isinstance(self.datasets, str) or not self.datasets or \
+                not all(isinstance(d, str) and d for d in self.datasets):
+            raise ValueError(f"datasets={self.datasets!r}: give a non-empty list of dataset names, e.g. ['popqa']")
+        object.__setattr__(self, "datasets", tuple(self.datasets))
+        if isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 1:
+            raise ValueError(f"topk={self.topk!r}: a positive integer (the bank's offline/<topk>/ folder)")
+        if not isinstance(self.split, str) or not self.split:
+            raise ValueError(f"split={self.split!r}: the evaluated split, e.g. 'dev'")
+
+
+class _Markdown:
+    """Inline display of ``header()`` / ``rows()`` as a markdown table."""
+
+    def to_markdown(self) -> str:
+        header = self.header()
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in self.rows()])
+
+    def _repr_markdown_(self) -> str:
+        return self.to_markdown()
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
 # --- summary and sweeps -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -128,9 +165,15 @@ def _read_scores(path: Path, fields: Sequence[str], writer: str) -> list[Score]:
     return rows
 
 
-def read_summary(run: str) -> list[Score]:
-    """``results/<run>/summary.csv`` as typed rows; a missing file is an error naming 05_evaluate."""
-    return _read_scores(summary_file(run), SUMMARY_FIELDS, f"05_evaluate (run={run!r}); run it first")
+def read_summary(run: str, datasets: Sequence[str] | None = None) -> list[Score]:
+    """``results/<run>/summary.csv`` as typed rows (only ``datasets`` if given); missing file: names 05_evaluate."""
+    rows = _read_scores(summary_file(run), SUMMARY_FIELDS, f"05_evaluate (run={run!r}); run it first")
+    if datasets is None:
+        return rows
+    absent = [d for d in datasets if all(r.dataset != d for r in rows)]
+    if absent:
+        log.warning("%s has no rows for %s", paths.relative(summary_file(run)), absent)
+    return [r for r in rows if r.dataset in datasets]
 
 
 def read_sweeps(run: str) -> list[Score]:
@@ -145,7 +188,7 @@ def _ordered(names: Iterable[str], order: Sequence[str]) -> list[str]:
 
 
 @dataclass
-class ScoreTable:
+class ScoreTable(_Markdown):
     """Datasets × methods, EM and F1 (×100); shown inline as an HTML/markdown table."""
 
     datasets: list[str]
@@ -162,15 +205,6 @@ class ScoreTable:
             v = table.get((d, m))
             return "–" if v is None or not math.isfinite(v) else f"{v:.1f}"
         return [[d] + [cell(t, d, m) for m in self.methods for t in (self.em, self.f1)] for d in self.datasets]
-
-    def to_markdown(self) -> str:
-        lines = ["| " + " | ".join(self.header()) + " |", "|" + "---|" * len(self.header())]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in self.rows()])
-
-    _repr_markdown_ = to_markdown
-
-    def __str__(self) -> str:
-        return self.to_markdown()
 
 
 def score_table(rows: Sequence[Score], datasets: Sequence[str] | None = None,
@@ -232,22 +266,25 @@ class PairedDifference:
                 f"lower on {self.n_lower} of {self.n} ({100 * self.share_lower:.0f}%)")
 
 
-def read_predictions(run: str, dataset: str, method: str) -> list[dict]:
-    """Rows of ``results/<run>/<dataset>/<method>.predictions.jsonl``."""
-    path = predictions_file(run, dataset, method)
+def _read_jsonl(path: Path, writer: str) -> list[dict]:
     if not path.is_file():
-        raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 05_evaluate "
-                                f"(run={run!r}, dataset={dataset!r}, method={method!r})")
+        raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by {writer}")
     rows = []
     with path.open(encoding="utf-8") as f:
         for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
             try:
-                rows.append(json.loads(text))
+                row = json.loads(text) if text.strip() else None
             except json.JSONDecodeError as e:
                 raise ValueError(f"{paths.relative(path)} line {line}: not valid JSON ({e.msg})") from e
+            if row is not None:
+                rows.append(row)
     return rows
+
+
+def read_predictions(run: str, dataset: str, method: str) -> list[dict]:
+    """Rows of ``results/<run>/<dataset>/<method>.predictions.jsonl``."""
+    return _read_jsonl(predictions_file(run, dataset, method),
+                       f"05_evaluate (run={run!r}, dataset={dataset!r}, method={method!r})")
 
 
 def _answer_nll(run: str, dataset: str, method: str) -> dict[str, float]:
@@ -255,11 +292,11 @@ def _answer_nll(run: str, dataset: str, method: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for i, r in enumerate(read_predictions(run, dataset, method), start=1):
         if "test_id" not in r or "answer_nll" not in r:
-            raise ValueError(f"{paths.relative(path)} line {i}: row lacks 'test_id' or 'answer_nll' "
+            raise ValueError(f"{paths.relative(path)} row {i}: lacks 'test_id' or 'answer_nll' "
                              f"(keys {sorted(r)}); re-run 05_evaluate")
         tid = str(r["test_id"])
         if tid in out:
-            raise ValueError(f"{paths.relative(path)} line {i}: duplicate test_id {tid!r}")
+            raise ValueError(f"{paths.relative(path)} row {i}: duplicate test_id {tid!r}")
         v = r["answer_nll"]
         out[tid] = float(v) if isinstance(v, (int, float)) else math.nan
     return out
@@ -289,8 +326,31 @@ def paired_nll_differences(run: str, dataset: str, method_a: str = "regrad",
                              dataset, method_a, method_b)
 
 
+@dataclass
+class PairedTable(_Markdown):
+    """The paired differences of a run, iterable; shown inline as a markdown table."""
+
+    diffs: list[PairedDifference]
+
+    def __iter__(self):
+        return iter(self.diffs)
+
+    def __len__(self) -> int:
+        return len(self.diffs)
+
+    def __getitem__(self, i: int) -> PairedDifference:
+        return self.diffs[i]
+
+    def header(self) -> list[str]:
+        return ["dataset", "difference", "mean (nats)", "SE", "a lower", "n"]
+
+    def rows(self) -> list[list[str]]:
+        return [[d.dataset, d.label, f"{d.mean:+.4f}", f"{d.se:.4f}", f"{d.n_lower} ({100 * d.share_lower:.0f}%)",
+                 str(d.n)] for d in self.diffs]
+
+
 def paired_table(run: str, datasets: Sequence[str],
-                 pairs: Sequence[tuple[str, str]] = PAIRS) -> list[PairedDifference] | Missing:
+                 pairs: Sequence[tuple[str, str]] = PAIRS) -> PairedTable | Missing:
     """Every available (dataset, pair) of :func:`paired_nll_differences`; skipped ones are logged."""
     out, skipped = [], []
     for dataset in datasets:
@@ -303,7 +363,7 @@ def paired_table(run: str, datasets: Sequence[str],
     if not out:
         return Missing(f"no prediction files to pair ({', '.join(skipped[:3])}{' …' if len(skipped) > 3 else ''}); "
                        f"05_evaluate writes them with the methods {sorted({m for p in pairs for m in p})}")
-    return out
+    return PairedTable(out)
 
 
 # --- training log and step sizes --------------------------------------------------------------------------
@@ -311,20 +371,10 @@ def paired_table(run: str, datasets: Sequence[str],
 def read_training_log(run: str) -> list[dict]:
     """Rows of ``outputs/<run>/training_log.jsonl`` (each with ``kind`` and ``step``)."""
     path = training_log_file(run)
-    if not path.is_file():
-        raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 03_train (run={run!r})")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{paths.relative(path)} line {line}: not valid JSON ({e.msg})") from e
-            if "kind" not in row or "step" not in row:
-                raise ValueError(f"{paths.relative(path)} line {line}: row lacks 'kind' or 'step' (keys {sorted(row)})")
-            rows.append(row)
+    rows = _read_jsonl(path, f"03_train (run={run!r})")
+    for i, row in enumerate(rows, start=1):
+        if "kind" not in row or "step" not in row:
+            raise ValueError(f"{paths.relative(path)} row {i}: lacks 'kind' or 'step' (keys {sorted(row)})")
     return rows
 
 

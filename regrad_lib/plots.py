@@ -7,6 +7,7 @@ backend and nothing is ever shown from here; Jupyter displays a returned Figure 
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import math
 import os
@@ -27,6 +28,26 @@ T = TypeVar("T")
 DPI = 120
 _STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
           "xtick.labelsize": 8, "ytick.labelsize": 8}
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def _show_inline_in_jupyter() -> None:
+    """Let IPython display a returned Figure as a PNG even though pyplot (and its inline backend) is never used."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "display_formatter"):
+        shell.display_formatter.formatters["image/png"].for_type(Figure, _png)
+
+
+_show_inline_in_jupyter()
 
 
 def _styled(fn):
@@ -241,8 +262,9 @@ def bank_bytes(sizes: Sequence[BankSize]) -> Figure:
 
 
 @_styled
-def paired_differences(diffs: Sequence[PairedDifference]) -> Figure:
+def paired_differences(diffs: Iterable[PairedDifference]) -> Figure:
     """Mean paired answer-NLL difference ± SE per dataset, one bar per pair, share lower annotated."""
+    diffs = list(diffs)
     datasets = list(dict.fromkeys(d.dataset for d in diffs))
     pairs = list(dict.fromkeys(d.label for d in diffs))
     by = {(d.dataset, d.label): d for d in diffs}

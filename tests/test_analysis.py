@@ -163,7 +163,7 @@ def test_paired_table_skips_missing_and_checks_rows(run):
     with pytest.raises(ValueError, match="duplicate test_id 'q1'"):
         analysis.paired_nll_differences(run, "popqa")
     write_text(analysis.predictions_file(run, "popqa", "shift"), '{"test_id": "q1"}\n')
-    with pytest.raises(ValueError, match="shift.predictions.jsonl line 1: row lacks"):
+    with pytest.raises(ValueError, match="shift.predictions.jsonl row 1: lacks"):
         analysis.paired_nll_differences(run, "popqa")
 
 
@@ -177,7 +177,7 @@ def test_training_log_and_alpha(run):
                                    "model.layers.1.mlp.gate_proj.lora_B": 0.04})
     with analysis.training_log_file(run).open("a") as f:
         f.write(json.dumps({"step": 9}) + "\n")
-    with pytest.raises(ValueError, match="line 8: row lacks 'kind'"):
+    with pytest.raises(ValueError, match="row 8: lacks .kind."):
         analysis.read_training_log(run)
     with pytest.raises(FileNotFoundError, match="outputs/none/training_log.jsonl not found: .*03_train"):
         analysis.read_training_log("none")
@@ -193,3 +193,21 @@ def test_bank_sizes(run):
     write_json(paths.bank_dir(3, run, "popqa", "dev") / "manifest.json", {"model": "tiny"})
     with pytest.raises(ValueError, match="manifest lacks 'dtype'"):
         analysis.bank_size(3, run, "popqa", "dev")
+
+
+def test_paired_table_markdown_and_config(run):
+    table = analysis.paired_table(run, ["popqa"])
+    assert len(table) == 2 and table[1].method_b == "no_update"
+    assert table.rows()[1] == ["popqa", "regrad − no_update", "-0.5000", "0.2041", "3 (75%)", "4"]
+    assert table.to_markdown().splitlines()[0].startswith("| dataset | difference |")
+    cfg = analysis.AnalyzeConfig(run="demo", datasets=["popqa"], topk=3, split="dev")
+    assert cfg.datasets == ("popqa",)
+    for bad in ({"datasets": "popqa"}, {"datasets": []}, {"topk": 0}, {"topk": True}, {"run": ""}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            analysis.AnalyzeConfig(**{"run": "demo", "datasets": ["popqa"], **bad})
+
+
+def test_read_summary_selects_datasets(run, caplog):
+    rows = analysis.read_summary(run, datasets=["hotpotqa", "nq"])
+    assert {r.dataset for r in rows} == {"hotpotqa"} and len(rows) == 2
+    assert "no rows for ['nq']" in caplog.text

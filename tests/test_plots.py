@@ -111,3 +111,19 @@ def test_publish_saves_or_passes_missing(run, tmp_path):
     note = analysis.Missing("nothing here")
     assert plots.publish(plots.gamma_sweep, note, tmp_path / "fig" / "gamma.png") is note
     assert not (tmp_path / "fig" / "gamma.png").exists()
+
+
+def test_figures_render_inline_as_png(monkeypatch):
+    registered = {}
+
+    class Formatter:
+        def for_type(self, cls, fn):
+            registered[cls] = fn
+
+    class Shell:
+        display_formatter = type("DF", (), {"formatters": {"image/png": Formatter()}})()
+
+    import IPython
+    monkeypatch.setattr(IPython, "get_ipython", lambda: Shell())
+    plots._show_inline_in_jupyter()
+    assert registered[Figure](plots.histogram([1.0], "t", "x"))[:8] == PNG_MAGIC
