@@ -29,9 +29,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
@@ -39,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import artifacts, generation, lora, metrics, paths, prompts, regrad, tasks
-from .learner import Learner
+from .learner import META_STATE, Learner
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +91,6 @@ def _prompt(learner: Learner, task: tasks.Task, context: bool) -> list[int]:
                               learner.preset.learner.max_prompt_len)
 
 
-def _online_gradients(learner: Learner, batch: Sequence[tasks.Task]) -> dict[str, torch.Tensor]:
-    """Each task's ``Σ_d g_d`` (equation 2's sum) from one padded forward/backward over all their passages."""
-    cfg = learner.preset.learner
-    passages = [p for t in batch for p in t.passages]
-    group = torch.tensor([i for i, t in enumerate(batch) for _ in t.passages], dtype=torch.long)
-    tokens = tasks.passage_batch(learner.tokenizer, passages, cfg.bank_context_len).to(learner.device)
-    with learner.autocast():
-        grads, _ = regrad.group_gradients(learner.model, learner.phi, tokens, group.to(learner.device), len(batch))
-    return {n: g.detach() for n, g in grads.items()}
-
-
 def _weights(spec: MethodSpec, learner: Learner, batch: Sequence[tasks.Task], pids: Sequence[Sequence[str]],
              bank, gamma: float) -> dict[str, torch.Tensor] | None:
     """The LoRA weights of a batch: None (base model), ``phi`` (shared) or per-row ``phi'_q`` (equation 2)."""
@@ -110,28 +100,12 @@ def _weights(spec: MethodSpec, learner: Learner, batch: Sequence[tasks.Task], pi
     if spec.source == "phi":
         return phi
     if spec.source == "online":
-        grads = _online_gradients(learner, batch)
+        grads = generation.online_gradients(learner, batch)
     else:
         grads = bank.sum_many([list(p) for p in pids], learner.device)
     with torch.no_grad():
         grads = {n: g.to(device=learner.device, dtype=phi[n].dtype) for n, g in grads.items()}
         return {n: w.detach() for n, w in regrad.apply_update(phi, grads, learner.alpha, gamma).items()}
-
-
-def _answer_nll(learner: Learner, spec: MethodSpec, batch: Sequence[tasks.Task], weights) -> list[float]:
-    """Mean token NLL of each task's first gold answer under these weights and this prompt (``L_ans``)."""
-    tokens = tasks.qa_batch(learner.tokenizer, batch, learner.preset.learner, with_context=spec.context)
-    tokens = tokens.to(learner.device)
-    context = lora.disabled(learner.model) if weights is None else lora.use(learner.model, weights)
-    with torch.no_grad(), learner.autocast(), context:
-        return regrad.token_losses(learner.model, tokens).float().tolist()
-
-
-def _slice_rows(weights, index: Sequence[int]):
-    if weights is None or next(iter(weights.values())).dim() == 2:
-        return weights
-    rows = torch.tensor(list(index), device=next(iter(weights.values())).device)
-    return {n: w.index_select(0, rows) for n, w in weights.items()}
 
 
 def _run(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, bank=None, gamma: float = 1.0,
@@ -145,8 +119,6 @@ def _run(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, ban
     pids = [list(t.passage_ids) for t in items]
     if spec.shift:      # question i takes question i-1's passages; question 0 the last question's
         pids = pids[-1:] + pids[:-1]
-        if spec.source == "online":
-            raise ValueError("shift reads its gradients from the bank")
     used = pids if spec.source in ("bank", "online") else [list(t.passage_ids) if spec.context else [] for t in items]
     batch_size = batch_size or learner.preset.generation.batch_size
     prompt_ids = [_prompt(learner, t, spec.context) for t in items]
@@ -162,7 +134,7 @@ def _run(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, ban
             with learner.autocast(), (lora.disabled(model) if spec.base else contextlib.nullcontext()):
                 out = generation.generate(model, tok, [prompt_ids[i] for i in index], max_new_tokens=max_new,
                                           weights=weights)
-            losses = _answer_nll(learner, spec, batch, weights) if nll else [math.nan] * len(batch)
+            losses = generation.answer_nll(learner, batch, weights, spec.context) if nll else [math.nan] * len(batch)
             for i, task, gen, loss in zip(index, batch, out, losses):
                 rows[i] = {"test_id": task.test_id, "question": task.question, "answers": list(task.answers),
                            "prediction": gen.answer, "generated": gen.text, "passage_ids": used[i],
@@ -245,6 +217,15 @@ class _LearnerOnce:
         return self.learner
 
 
+def _finished(run: str, dataset: str, method: str, settings: dict) -> dict | None:
+    """Scores of a finished :func:`evaluate` of ``method`` with exactly these settings, else None."""
+    file = method_files(run, dataset, method)[1]
+    saved = artifacts.read_json(file) if file.exists() else {}
+    if not saved or any(saved.get(k) != v for k, v in settings.items()):
+        return None
+    return {k: saved[k] for k in ("em", "f1", "precision", "recall", "nll", "n")}
+
+
 def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "dev", topk: int = 3,
              gamma: float = 1.0, limit: int | None = None, device: str = "cpu", overwrite: bool = False,
              learner: Learner | Callable[[], Learner] | None = None, bank=None) -> dict[str, dict]:
@@ -255,8 +236,7 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
     objects already loaded (default: ``Learner.from_run(run, device)`` and the bank of 04_encode).
     """
     methods = check_methods(methods)
-    get_learner = learner if callable(learner) and not isinstance(learner, Learner) else \
-        _LearnerOnce(run, device, learner)
+    get_learner = _loader(run, device, learner)
     out: dict[str, dict] = {}
     todo = []
     for method in methods:
@@ -302,10 +282,14 @@ def _write_method(run, dataset, method, rows, learner, split, topk, gamma, limit
     return {**result, "status": "computed"}
 
 
+def _loader(run: str, device: str, learner) -> Callable[[], Learner]:
+    return learner if callable(learner) and not isinstance(learner, Learner) else _LearnerOnce(run, device, learner)
+
+
 def evaluate_all(run: str, datasets: Sequence[str], methods: Sequence[str], *, device: str = "cpu",
-                 **kwargs) -> list[dict]:
+                 learner: Learner | Callable[[], Learner] | None = None, **kwargs) -> list[dict]:
     """:func:`evaluate` for every dataset, loading the learner at most once; summary.csv rows of these datasets."""
-    get_learner = _LearnerOnce(run, device)
+    get_learner = _loader(run, device, learner)
     for dataset in datasets:
         evaluate(run, dataset, methods, device=device, learner=get_learner, **kwargs)
     return [r for r in summary(run) if r["dataset"] in set(datasets)]
@@ -325,25 +309,24 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
     (``offline/<topk>/<run>/<dataset>/<split>_all``).
     """
     check_methods([method])
-    get_learner = learner if callable(learner) and not isinstance(learner, Learner) else \
-        _LearnerOnce(run, device, learner)
+    get_learner = _loader(run, device, learner)
     file = paths.results_dir(run) / "sweeps.csv"
     done = {(r["dataset"], r["method"], float(r["gamma"]), int(r["topk"])) for r in read_csv(file)} \
         if file.exists() and not overwrite else set()
     new = []
     for topk in topks:
         points = [float(g) for g in gammas if (dataset, method, float(g), int(topk)) not in done]
-        if not points:
-            continue
-        current = get_learner()
-        items = load_tasks(dataset, split, topk, limit)
-        store = None
-        if SPECS[method].source == "bank":
-            from . import bank as bank_module
-            store = bank_module.open_bank(topk, run, dataset, split, learner=current)
-        for gamma in points:
-            rows = run_method(method, current, items, bank=store, gamma=gamma, topk=topk)
-            new.append({"dataset": dataset, "method": method, "gamma": gamma, "topk": int(topk), **score_rows(rows)})
+        reused = {g: _finished(run, dataset, method, _settings(method, split, topk, g, limit)) for g in points}
+        todo = [g for g in points if reused[g] is None]
+        if todo:
+            current, store = get_learner(), None
+            items = load_tasks(dataset, split, topk, limit)
+            if SPECS[method].source == "bank":
+                from . import bank as bank_module
+                store = bank_module.open_bank(topk, run, dataset, split, learner=current)
+            for gamma in todo:
+                reused[gamma] = score_rows(run_method(method, current, items, bank=store, gamma=gamma, topk=topk))
+        new += [{"dataset": dataset, "method": method, "gamma": g, "topk": int(topk), **reused[g]} for g in points]
     if new:
         merge_csv(file, SWEEP_FIELDS, new, key=("dataset", "method", "gamma", "topk"))
     wanted = {(float(g), int(k)) for g in gammas for k in topks}
@@ -352,11 +335,71 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
 
 
 def sweep_all(run: str, datasets: Sequence[str], *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0),
-              topks: Sequence[int] = (3,), device: str = "cpu", **kwargs) -> list[dict]:
+              topks: Sequence[int] = (3,), device: str = "cpu", learner: Learner | Callable[[], Learner] | None = None,
+              **kwargs) -> list[dict]:
     """:func:`sweep` for every dataset, loading the learner at most once (nothing when ``gammas`` is empty)."""
-    get_learner = _LearnerOnce(run, device)
+    get_learner = _loader(run, device, learner)
     return [row for dataset in datasets
             for row in sweep(run, dataset, gammas=gammas, topks=topks, device=device, learner=get_learner, **kwargs)]
+
+
+# --- the notebook's helpers ------------------------------------------------------------------------------------
+
+@dataclass
+class EvaluateSettings:
+    """05_evaluate's parameters, validated before anything is computed; ``learner`` loads the run once, lazily."""
+    run: str
+    datasets: list[str]
+    methods: list[str]
+    split: str = "dev"
+    topk: int = 3
+    gamma: float = 1.0
+    gammas: list[float] = field(default_factory=list)
+    limit: int | None = None
+    device: str = "cpu"
+    overwrite: bool = False
+    preset: str | None = None          # informational: the run's saved configs are authoritative
+
+    def __post_init__(self) -> None:
+        self.datasets = [self.datasets] if isinstance(self.datasets, str) else list(self.datasets)
+        self.methods = check_methods(self.methods)
+        if not self.datasets or not self.methods:
+            raise ValueError(f"datasets={self.datasets} and methods={self.methods} must name at least one each")
+        if self.topk < 1 or self.gamma < 0 or any(g < 0 for g in self.gammas):
+            raise ValueError(f"topk={self.topk} must be >= 1, gamma={self.gamma} and gammas={self.gammas} >= 0")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit={self.limit} must be None (every question) or >= 1")
+        state = paths.output_dir(self.run) / META_STATE
+        if any(not SPECS[m].base for m in self.methods) or self.gammas:
+            if not state.exists():
+                raise FileNotFoundError(f"{paths.relative(state)} not found: it is written by 03_train "
+                                        f"(run={self.run!r})")
+        for dataset in self.datasets:
+            file = paths.augmented_file(dataset, self.split)
+            if not file.exists():
+                raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 02_augment "
+                                        f"(dataset={dataset!r}, split={self.split!r})")
+            bank_folder = paths.bank_dir(self.topk, self.run, dataset, self.split)
+            if (needs_bank(self.methods) or self.gammas) and not bank_folder.is_dir():
+                raise FileNotFoundError(f"{paths.relative(bank_folder)} not found: the Gradient Bank is written by "
+                                        f"04_encode (run={self.run!r}, dataset={dataset!r}, topk={self.topk})")
+        self.learner = _LearnerOnce(self.run, self.device)
+
+
+def predictions(run: str, dataset: str, method: str) -> list[dict]:
+    """Rows of ``results/<run>/<dataset>/<method>.predictions.jsonl``."""
+    file = method_files(run, dataset, method)[0]
+    if not file.exists():
+        raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 05_evaluate")
+    return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def examples(run: str, dataset: str, methods: Sequence[str], n: int = 5) -> list[dict]:
+    """The first ``n`` questions with their gold answers and every method's prediction, side by side."""
+    by_method = {m: predictions(run, dataset, m)[:n] for m in check_methods(methods)}
+    first = next(iter(by_method.values()))
+    return [{"question": r["question"], "gold": r["answers"][0], **{m: rows[i]["prediction"]
+             for m, rows in by_method.items()}} for i, r in enumerate(first)]
 
 
 # --- CSV tables -----------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Batched greedy decoding with per-row LoRA weights and the newline stop rule (method.md equation 4).
+"""Answering a batch of questions: greedy decoding with per-row LoRA weights and the newline stop rule
+(method.md equation 4), on-the-fly passage gradients, and the gold answer's NLL.
 
 Every question of a batch can carry its own adapted LoRA weights ``phi'_q`` (per-row tensors
 ``[batch, r, in]`` / ``[batch, out, r]``, batched low-rank matmuls in :class:`regrad_lib.lora.LoRALinear`), so
@@ -17,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from . import lora, prompts
+from . import lora, prompts, regrad, tasks
 
 Weights = dict[str, torch.Tensor]
 
@@ -130,3 +131,26 @@ def generate(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], *
     """:func:`greedy` then :func:`decode` for every prompt."""
     return [decode(tokenizer, t) for t in greedy(model, tokenizer, prompt_ids, max_new_tokens=max_new_tokens,
                                                  weights=weights)]
+
+
+def online_gradients(learner, batch: Sequence[tasks.Task]) -> Weights:
+    """Each task's ``Σ_d g_d`` (equation 2's sum) from one padded forward/backward over all their passages.
+
+    Passages are cut at ``bank_context_len``, as in the Gradient Bank, so this equals the bank's sums.
+    """
+    passages = [p for t in batch for p in t.passages]
+    group = torch.tensor([i for i, t in enumerate(batch) for _ in t.passages], dtype=torch.long)
+    tokens = tasks.passage_batch(learner.tokenizer, passages, learner.preset.learner.bank_context_len)
+    with learner.autocast():
+        grads, _ = regrad.group_gradients(learner.model, learner.phi, tokens.to(learner.device),
+                                          group.to(learner.device), len(batch))
+    return {n: g.detach() for n, g in grads.items()}
+
+
+def answer_nll(learner, batch: Sequence[tasks.Task], weights: Weights | None, context: bool) -> list[float]:
+    """Mean token NLL of each task's first gold answer (`` answer\\n``, ``L_ans``) under ``weights``
+    (None: the base model) and the prompt with or without its passages."""
+    tokens = tasks.qa_batch(learner.tokenizer, batch, learner.preset.learner, with_context=context)
+    use = lora.disabled(learner.model) if weights is None else lora.use(learner.model, weights)
+    with torch.no_grad(), learner.autocast(), use:
+        return regrad.token_losses(learner.model, tokens.to(learner.device)).float().tolist()
