@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
 
 from . import paths
-from .artifacts import read_json
 
 log = logging.getLogger(__name__)
 
@@ -399,38 +398,22 @@ def read_alpha(run: str) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class BankSize:
-    """On-disk size of one Gradient Bank: shard bytes / passage count."""
+    """One Gradient Bank's size: stored bytes per passage (numel × dtype size) and bytes on disk."""
 
     dataset: str
     dtype: str
     count: int
-    bytes: int
+    bytes_per_passage: int
+    bytes_on_disk: int
     path: Path
-
-    @property
-    def bytes_per_passage(self) -> float:
-        return self.bytes / self.count if self.count else math.nan
-
-
-def _manifest_field(manifest: dict, path: Path, *names: str):
-    for name in names:
-        if name in manifest:
-            return manifest[name]
-    raise ValueError(f"{paths.relative(path)}: manifest lacks {names[0]!r} (keys {sorted(manifest)})")
 
 
 def bank_size(topk: int, run: str, dataset: str, split: str) -> BankSize:
-    """Read a bank's manifest (dtype, count) and sum its safetensors shard sizes on disk."""
-    folder = paths.bank_dir(topk, run, dataset, split)
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{paths.relative(manifest_path)} not found: it is written by 04_encode "
-                                f"(run={run!r}, dataset={dataset!r}, split={split!r}, topk={topk})")
-    manifest = read_json(manifest_path)
-    dtype = str(_manifest_field(manifest, manifest_path, "dtype", "storage_dtype"))
-    count = int(_manifest_field(manifest, manifest_path, "count", "passage_count", "n"))
-    size = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
-    return BankSize(dataset, dtype, count, size, folder)
+    """Size facts of the bank ``offline/<topk>/<run>/<dataset>/<split>_all`` (via :mod:`regrad_lib.bank`)."""
+    from . import bank
+
+    with bank.open_bank(topk, run, dataset, split) as b:
+        return BankSize(dataset, str(b.manifest["dtype"]), len(b), b.bytes_per_passage, b.bytes_on_disk(), b.path)
 
 
 def bank_sizes(topk: int, run: str, datasets: Sequence[str], split: str) -> list[BankSize] | Missing:

@@ -107,17 +107,17 @@ def training_curves(log_rows: Sequence[dict]) -> Figure:
         ev = axes[1]
         steps = [r["step"] for r in evals]
         if any(_finite(r.get("eval_loss")) for r in evals):
-            ev.plot(steps, [r.get("eval_loss", math.nan) for r in evals], "o-", lw=1, ms=3, color="C1",
+            ev.plot(steps, [_num(r.get("eval_loss")) for r in evals], "o-", lw=1, ms=3, color="C1",
                     label="eval loss")
             ev.set_ylabel("eval loss")
         if any(_finite(r.get("eval_f1")) for r in evals):
             tw = ev.twinx()
-            tw.plot(steps, [r.get("eval_f1", math.nan) for r in evals], "s--", lw=1, ms=3, color="C2",
+            tw.plot(steps, [_num(r.get("eval_f1")) for r in evals], "s--", lw=1, ms=3, color="C2",
                     label="eval F1")
             tw.set_ylabel("eval F1")
             best = [r for r in evals if r.get("best")]
             if best:
-                tw.plot([best[-1]["step"]], [best[-1].get("eval_f1", math.nan)], "*", ms=10, color="C3",
+                tw.plot([best[-1]["step"]], [_num(best[-1].get("eval_f1"))], "*", ms=10, color="C3",
                         label="best")
             handles = ev.get_legend_handles_labels()[0] + tw.get_legend_handles_labels()[0]
             ev.legend(handles=handles, loc="best")
@@ -160,6 +160,11 @@ def histogram(values: Iterable[float], title: str, xlabel: str, bins: int = 30) 
     ax.set_ylabel("count")
     ax.grid(axis="y", alpha=0.3)
     return fig
+
+
+def _num(v) -> float:
+    """A log value as a float; None (a non-finite value the trainer logged as null) becomes NaN."""
+    return float(v) if _finite(v) else math.nan
 
 
 def _finite(v) -> bool:

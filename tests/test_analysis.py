@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 from regrad_lib import analysis, paths
-from regrad_lib.artifacts import write_json, write_jsonl, write_text
+from regrad_lib import bank as gradient_bank
+from regrad_lib.artifacts import write_jsonl, write_text
 
 SUMMARY = """dataset,method,em,f1,precision,recall,nll,n
 popqa,closed_book,2.0,5.0,6.0,7.0,3.1,3
@@ -62,11 +63,14 @@ def write_run(run: str, datasets=("popqa",), sweeps: bool = True, log: bool = Tr
         paths.output_dir(run).mkdir(parents=True, exist_ok=True)
         save_file(state, str(analysis.meta_state_file(run)))
     if bank:
-        for dataset, dtype in zip(datasets, ("bfloat16", "float32")):
-            folder = paths.bank_dir(3, run, dataset, "dev")
-            write_json(folder / "manifest.json", {"dtype": dtype, "count": 4, "model": "tiny"})
-            (folder / "shard-00000.safetensors").write_bytes(b"\0" * 1000)
-            (folder / "shard-00001.safetensors").write_bytes(b"\0" * 24)
+        phi = {"m.0.lora_A": torch.zeros(2, 3), "m.0.lora_B": torch.zeros(4, 2)}  # 14 numbers per passage
+        for dataset, dtype in zip(datasets, ("bf16", "fp32")):
+            head = gradient_bank.header(model="tiny-llama", model_id="tiny-llama", model_revision=None,
+                                        preset="tiny", phi=phi, meta_hash="m", dtype=dtype)
+            writer = gradient_bank.BankWriter.open(paths.bank_dir(3, run, dataset, "dev"), head,
+                                                   shard_bytes=2 * 14 * 4)
+            writer.append([f"p{i}" for i in range(4)], torch.ones(4, 14))
+            writer.close()
 
 
 @pytest.fixture()
@@ -185,14 +189,12 @@ def test_training_log_and_alpha(run):
 
 def test_bank_sizes(run):
     sizes = analysis.bank_sizes(3, run, ["popqa", "hotpotqa", "nq"], "dev")
-    assert [(s.dataset, s.dtype, s.count, s.bytes) for s in sizes] == [("popqa", "bfloat16", 4, 1024),
-                                                                       ("hotpotqa", "float32", 4, 1024)]
-    assert sizes[0].bytes_per_passage == 256
+    assert [(s.dataset, s.dtype, s.count, s.bytes_per_passage) for s in sizes] == [("popqa", "bf16", 4, 28),
+                                                                                   ("hotpotqa", "fp32", 4, 56)]
+    folder = paths.bank_dir(3, run, "popqa", "dev")
+    assert sizes[0].bytes_on_disk == sum(f.stat().st_size for f in folder.iterdir()) and sizes[0].path == folder
     missing = analysis.bank_sizes(5, run, ["popqa"], "dev")
     assert isinstance(missing, analysis.Missing) and "offline/5/r" in missing.message
-    write_json(paths.bank_dir(3, run, "popqa", "dev") / "manifest.json", {"model": "tiny"})
-    with pytest.raises(ValueError, match="manifest lacks 'dtype'"):
-        analysis.bank_size(3, run, "popqa", "dev")
 
 
 def test_paired_table_markdown_and_config(run):

@@ -90,8 +90,9 @@ def test_sweep_curves(run):
 def test_bank_bytes(run):
     fig = plots.bank_bytes(analysis.bank_sizes(3, run, ["popqa", "hotpotqa"], "dev"))
     ax = fig.axes[0]
-    assert [p.get_height() for p in ax.patches] == [256, 256]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["popqa\nbfloat16", "hotpotqa\nfloat32"]
+    assert [p.get_height() for p in ax.patches] == [28, 56]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["popqa\nbf16", "hotpotqa\nfp32"]
+    assert [t.get_text() for t in ax.texts] == ["28 B", "56 B"]
 
 
 def test_paired_differences_figure(run):
@@ -127,3 +128,13 @@ def test_figures_render_inline_as_png(monkeypatch):
     monkeypatch.setattr(IPython, "get_ipython", lambda: Shell())
     plots._show_inline_in_jupyter()
     assert registered[Figure](plots.histogram([1.0], "t", "x"))[:8] == PNG_MAGIC
+
+
+def test_training_curves_tolerate_null_values():
+    rows = [{"kind": "train", "step": 1, "loss": None}, {"kind": "train", "step": 2, "loss": 2.0},
+            {"kind": "eval", "step": 2, "eval_loss": None, "eval_em": None, "eval_f1": None, "n": 3, "best": True},
+            {"kind": "eval", "step": 4, "eval_loss": 1.5, "eval_em": None, "eval_f1": None, "n": 3, "best": False}]
+    fig = plots.training_curves(rows)
+    assert list(fig.axes[0].lines[0].get_xdata()) == [2]
+    assert len(fig.axes) == 2  # no F1 axis: every eval_f1 is null
+    assert math.isnan(fig.axes[1].lines[0].get_ydata()[0])
