@@ -225,6 +225,7 @@ def recall_figure(rows: list[dict]):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows) + 1), 3))
+    plt.close(fig)   # closed: a notebook shows the returned figure once, not twice
     labels = [f"{r['dataset']}\n({r['kind']})" for r in rows]
     ax.bar(labels, [r["any_hit"] for r in rows], label="any gold in top k")
     ax.bar(labels, [r["all_hit"] for r in rows], width=0.4, label="all gold in top k")

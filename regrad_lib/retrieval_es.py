@@ -191,8 +191,8 @@ def build(corpus_path: Path, name: str, **options) -> "EsRetriever":
         if meta.get("corpus") is not None and not same_corpus(meta.get("corpus"), signature):
             raise RetrievalError(f"Elasticsearch index {name!r} was built from {meta.get('corpus')}, not "
                                  f"{signature}: pass rebuild=True or choose another name")
-        if meta.get("count") == expected:
-            log.info("Elasticsearch index %r is complete (%d passages); reopening it", name, expected)
+        if meta.get("count") is not None:   # recorded only when a build finished and passed the count check
+            log.info("Elasticsearch index %r is complete (%d passages); reopening it", name, meta["count"])
             return open(name, **options)
         client.indices.refresh(index=name)
         start = max(0, client.count(index=name)["count"] - 10 * opts.chunk_size)  # ids make re-sends idempotent
