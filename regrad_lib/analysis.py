@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
@@ -261,7 +262,7 @@ class PairedDifference:
         return f"{self.method_a} − {self.method_b}"
 
     def __str__(self) -> str:
-        return (f"{self.dataset}: {self.label} = {self.mean:+.4f} ± {self.se:.4f} nats, "
+        return (f"{self.dataset}: {self.label} = {self.mean:+.4g} ± {self.se:.2g} nats, "
                 f"lower on {self.n_lower} of {self.n} ({100 * self.share_lower:.0f}%)")
 
 
@@ -344,7 +345,7 @@ class PairedTable(_Markdown):
         return ["dataset", "difference", "mean (nats)", "SE", "a lower", "n"]
 
     def rows(self) -> list[list[str]]:
-        return [[d.dataset, d.label, f"{d.mean:+.4f}", f"{d.se:.4f}", f"{d.n_lower} ({100 * d.share_lower:.0f}%)",
+        return [[d.dataset, d.label, f"{d.mean:+.4g}", f"{d.se:.4g}", f"{d.n_lower} ({100 * d.share_lower:.0f}%)",
                  str(d.n)] for d in self.diffs]
 
 
@@ -391,7 +392,8 @@ def read_alpha(run: str) -> dict[str, float]:
                 out[key[len("alpha."):].replace("__", ".")] = float(f.get_tensor(key).float().mean())
     if not out:
         raise ValueError(f"{paths.relative(path)} holds no 'alpha.*' tensors; is it a meta_state file of 03_train?")
-    return out
+    natural = lambda name: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]  # noqa: E731
+    return {name: out[name] for name in sorted(out, key=natural)}
 
 
 # --- bank sizes ------------------------------------------------------------------------------------------

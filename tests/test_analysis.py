@@ -1,4 +1,4 @@
-"""analysis: summary/sweeps readers, score table, paired answer-NLL differences (hand-computed), log, alpha, bank sizes."""
+"""analysis: readers, score table, paired answer-NLL differences (hand-computed), training log, alpha, bank sizes."""
 
 import json
 import math
@@ -47,8 +47,8 @@ def write_run(run: str, datasets=("popqa",), sweeps: bool = True, log: bool = Tr
             write_jsonl(analysis.predictions_file(run, dataset, method),
                         [{"test_id": k, "question": f"Q {k}?", "answers": ["x"], "prediction": "y",
                           "passage_ids": ["1", "2", "3"], "answer_nll": v} for k, v in nll.items()])
-    names = ["model.layers.0.self_attn.q_proj.lora_A", "model.layers.0.self_attn.q_proj.lora_B",
-             "model.layers.1.mlp.gate_proj.lora_A", "model.layers.1.mlp.gate_proj.lora_B"]
+    names = ["model.layers.2.self_attn.q_proj.lora_A", "model.layers.2.self_attn.q_proj.lora_B",
+             "model.layers.10.mlp.gate_proj.lora_A", "model.layers.10.mlp.gate_proj.lora_B"]
     if log:
         rows = [{"kind": "train", "step": s, "loss": 3.0 - 0.2 * s, "lr": 1e-4, "grad_norm": 1.0, "tasks_seen": 4 * s,
                  "epoch": 0, "alpha": {n: 0.01 * (i + 1) for i, n in enumerate(names)}, "skipped_nonfinite": 0,
@@ -175,10 +175,11 @@ def test_training_log_and_alpha(run):
     rows = analysis.read_training_log(run)
     assert len(rows) == 7 and sum(r["kind"] == "eval" for r in rows) == 2
     alpha = analysis.read_alpha(run)
-    assert alpha == pytest.approx({"model.layers.0.self_attn.q_proj.lora_A": 0.01,
-                                   "model.layers.0.self_attn.q_proj.lora_B": 0.02,
-                                   "model.layers.1.mlp.gate_proj.lora_A": 0.03,
-                                   "model.layers.1.mlp.gate_proj.lora_B": 0.04})
+    assert alpha == pytest.approx({"model.layers.2.self_attn.q_proj.lora_A": 0.01,
+                                   "model.layers.2.self_attn.q_proj.lora_B": 0.02,
+                                   "model.layers.10.mlp.gate_proj.lora_A": 0.03,
+                                   "model.layers.10.mlp.gate_proj.lora_B": 0.04})
+    assert list(alpha)[1:3] == ["model.layers.2.self_attn.q_proj.lora_B", "model.layers.10.mlp.gate_proj.lora_A"]
     with analysis.training_log_file(run).open("a") as f:
         f.write(json.dumps({"step": 9}) + "\n")
     with pytest.raises(ValueError, match="row 8: lacks .kind."):
@@ -200,7 +201,7 @@ def test_bank_sizes(run):
 def test_paired_table_markdown_and_config(run):
     table = analysis.paired_table(run, ["popqa"])
     assert len(table) == 2 and table[1].method_b == "no_update"
-    assert table.rows()[1] == ["popqa", "regrad − no_update", "-0.5000", "0.2041", "3 (75%)", "4"]
+    assert table.rows()[1] == ["popqa", "regrad − no_update", "-0.5", "0.2041", "3 (75%)", "4"]
     assert table.to_markdown().splitlines()[0].startswith("| dataset | difference |")
     cfg = analysis.AnalyzeConfig(run="demo", datasets=["popqa"], topk=3, split="dev")
     assert cfg.datasets == ("popqa",)

@@ -54,7 +54,7 @@ def test_alpha_per_tensor_short_names(run):
     fig = plots.alpha_per_tensor(analysis.read_alpha(run))
     ax = fig.axes[0]
     assert len(ax.patches) == 4
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["L0.q.A", "L0.q.B", "L1.gate.A", "L1.gate.B"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["L2.q.A", "L2.q.B", "L10.gate.A", "L10.gate.B"]
     assert plots.short_tensor_name("alpha.model__layers__15__mlp__down_proj__lora_B") == "L15.down.B"
     assert plots.short_tensor_name("all") == "all"
 
