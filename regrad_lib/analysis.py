@@ -189,7 +189,7 @@ def _ordered(names: Iterable[str], order: Sequence[str]) -> list[str]:
 
 @dataclass
 class ScoreTable(_Markdown):
-    """Datasets × methods, EM and F1 (×100); shown inline as an HTML/markdown table."""
+    """Datasets × methods, EM and F1 (×100); shown inline as a markdown table."""
 
     datasets: list[str]
     methods: list[str]
