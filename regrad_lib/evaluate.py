@@ -369,11 +369,9 @@ class EvaluateSettings:
             raise ValueError(f"topk={self.topk} must be >= 1, gamma={self.gamma} and gammas={self.gammas} >= 0")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit={self.limit} must be None (every question) or >= 1")
-        state = paths.output_dir(self.run) / META_STATE
-        if any(not SPECS[m].base for m in self.methods) or self.gammas:
-            if not state.exists():
-                raise FileNotFoundError(f"{paths.relative(state)} not found: it is written by 03_train "
-                                        f"(run={self.run!r})")
+        state = paths.output_dir(self.run) / META_STATE    # every method needs the run (its model and configs)
+        if not state.exists():
+            raise FileNotFoundError(f"{paths.relative(state)} not found: it is written by 03_train (run={self.run!r})")
         for dataset in self.datasets:
             file = paths.augmented_file(dataset, self.split)
             if not file.exists():

@@ -163,3 +163,17 @@ def test_sweep(run):
     assert rows[0]["nll"] == pytest.approx(plain["nll"], abs=1e-4)
     assert evaluate.sweep(RUN, DATASET, gammas=(0.0, 1.0), limit=4, learner=lambda: pytest.fail("reloaded")) == rows
     assert evaluate.sweep_all(RUN, [DATASET], gammas=[]) == []
+
+
+def test_settings_and_examples(run):
+    with pytest.raises(ValueError, match="Unknown method"):
+        evaluate.EvaluateSettings(run=RUN, datasets=[DATASET], methods=["closed-book"])
+    with pytest.raises(FileNotFoundError, match="written by 03_train"):
+        evaluate.EvaluateSettings(run="no-such-run", datasets=[DATASET], methods=["closed_book"])
+    with pytest.raises(FileNotFoundError, match="written by 04_encode"):
+        evaluate.EvaluateSettings(run=RUN, datasets=[DATASET], methods=["regrad"], topk=2)
+    settings = evaluate.EvaluateSettings(run=RUN, datasets=DATASET, methods=["closed_book", "regrad"])
+    assert settings.datasets == [DATASET]
+    evaluate.evaluate(RUN, DATASET, ["closed_book", "regrad"], limit=5, learner=run[0], overwrite=True)
+    rows = evaluate.examples(RUN, DATASET, ["closed_book", "regrad"], n=2)
+    assert [set(r) for r in rows] == [{"question", "gold", "closed_book", "regrad"}] * 2
