@@ -113,7 +113,7 @@ class TrainArgs:
     topk: int = 3
     validation_size: int = 300       # tasks held out of the training file for checkpoint selection
     eval_steps: int = 1000
-    metric_for_best_model: BestMetric = "f1"   # validation F1 (higher) or validation meta loss (lower)
+    metric_for_best_model: BestMetric = "f1"   # validation F1 (higher; generates answers) or meta loss (lower)
     save_steps: int = 1000
     logging_steps: int = 1
     seed: int = 42

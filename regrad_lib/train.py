@@ -137,32 +137,50 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
+def chunk_losses(learner: Learner, tb: regrad.TaskBatch) -> torch.Tensor:
+    """Per-task meta losses of one chunk (one batched forward of every passage and QA row; equation 3)."""
+    with learner.autocast():
+        return regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb,
+                                  first_order=learner.preset.learner.first_order)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], max_grad_norm: float,
+                   lr: float) -> float:
+    """Clip the accumulated gradient over phi + alpha and step at ``lr``; returns the norm before clipping.
+
+    A non-finite norm is returned without stepping (the weights stay as they were).
+    """
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    if math.isfinite(grad_norm):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+    return grad_norm
+
+
 def meta_step(learner: Learner, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], batch: list[Task],
               lr: float) -> tuple[float, float, str | None]:
     """One optimizer step over ``batch``: (mean meta loss, grad norm before clipping, None or what was non-finite).
 
     The batch is computed in chunks of ``tasks_per_forward`` tasks (one batched forward/backward each, gradients
-    accumulated); a non-finite loss or gradient leaves the weights untouched.
+    accumulated; the step's loss is the mean over its tasks); a non-finite loss or gradient leaves the weights
+    untouched.
     """
-    args, cfg = learner.preset.train, learner.preset.learner
+    args = learner.preset.train
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for chunk in _chunks(batch, args.tasks_per_forward):
-        tb = tasks_mod.task_batch(learner.tokenizer, chunk, cfg).to(learner.device)
-        with learner.autocast():
-            losses = regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb, first_order=cfg.first_order)
+        losses = chunk_losses(learner, tasks_mod.task_batch(learner.tokenizer, chunk, learner.preset.learner)
+                              .to(learner.device))
         values = losses.detach().float().cpu().tolist()
         bad = [t for t, v in zip(chunk, values) if not math.isfinite(v)]
         if bad:
             return math.nan, math.nan, f"meta loss of {describe(bad)}"
         (losses.sum() / len(batch)).backward()
         total += sum(values)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm))
+    grad_norm = optimizer_step(optimizer, params, args.max_grad_norm, lr)
     if not math.isfinite(grad_norm):
         return total / len(batch), grad_norm, f"gradient (norm {grad_norm}) of the batch {describe(batch)}"
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.step()
     return total / len(batch), grad_norm, None
 
 
@@ -174,8 +192,9 @@ def _predictor():
     return predict_online
 
 
-def evaluate(learner: Learner, validation: list[Task]) -> dict:
-    """Validation meta loss (answer NLL after the inner step) and, when available, EM/F1 of generated answers."""
+def evaluate(learner: Learner, validation: list[Task], generate: bool = True) -> dict:
+    """Validation meta loss (answer NLL after the inner step) and, with ``generate`` and when the evaluate module
+    is there, EM/F1 of the generated answers (gamma 1)."""
     losses = []
     for chunk in _chunks(validation, learner.preset.train.tasks_per_forward):
         tb = tasks_mod.task_batch(learner.tokenizer, chunk, learner.preset.learner).to(learner.device)
@@ -183,7 +202,7 @@ def evaluate(learner: Learner, validation: list[Task]) -> dict:
             losses += regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb,
                                          first_order=True).float().cpu().tolist()
     out = {"eval_loss": _finite(sum(losses) / len(losses)), "eval_em": None, "eval_f1": None, "n": len(validation)}
-    predict = _predictor()
+    predict = _predictor() if generate else None
     if predict is not None:
         predictions = predict(learner, validation, gamma=1.0)
         scores = metrics.aggregate(metrics.score(p, list(t.answers)) for p, t in zip(predictions, validation))
@@ -197,6 +216,28 @@ def _better(row: dict, best: dict | None, metric: str) -> bool:
         loss = r["eval_loss"] if r["eval_loss"] is not None else math.inf
         return (-r["eval_f1"], loss) if metric == "f1" and r["eval_f1"] is not None else (loss,)
     return best is None or key(row) < key(best)
+
+
+# --- notebook helpers --------------------------------------------------------------------------------
+
+def configure(preset: str, *, blind_context: bool | None = None, seed: int | None = None,
+              max_steps: int | None = None, limit: int | None = None) -> config.Preset:
+    """03_train's validated preset: ``preset`` with the notebook's parameters applied (None keeps the preset's)."""
+    learner = {"blind_context": blind_context}
+    train_ = {"seed": seed, "max_steps": max_steps, "max_train_tasks": limit}
+    return config.load_preset(preset, {"learner": {k: v for k, v in learner.items() if v is not None},
+                                       "train": {k: v for k, v in train_.items() if v is not None}})
+
+
+def learned_alpha(run: str) -> dict[str, float]:
+    """The selected step sizes of ``outputs/<run>/meta_state.safetensors``, per LoRA tensor (mean for ``full``)."""
+    from safetensors.torch import load_file
+
+    path = paths.output_dir(run) / META_STATE
+    if not path.is_file():
+        raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 03_train (run={run!r})")
+    return {k[len("alpha."):].replace("__", "."): float(v.float().mean())
+            for k, v in load_file(str(path)).items() if k.startswith("alpha.")}
 
 
 # --- artifacts -----------------------------------------------------------------------------------------
@@ -310,7 +351,8 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
         return round(state["elapsed_s"] + time.perf_counter() - started, 3)
 
     def run_eval(step: int) -> None:
-        row = {"kind": "eval", "step": step, **evaluate(learner, data.validation)}
+        row = {"kind": "eval", "step": step,
+               **evaluate(learner, data.validation, generate=args.metric_for_best_model == "f1")}
         row["best"] = _better(row, state["best"], args.metric_for_best_model)
         if row["best"]:
             state["best"] = {k: row[k] for k in ("step", "eval_loss", "eval_em", "eval_f1")}

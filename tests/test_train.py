@@ -72,6 +72,16 @@ def test_short_run_writes_every_artifact_with_the_log_schema(data):
     tasks = train.split_tasks(train.load_tasks(data, "train_all", 3), 2, 42).validation
     assert train.evaluate(learner, tasks)["eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-5)
     assert config.load_preset(folder).train.max_steps == 3
+    alpha = train.learned_alpha("basic")
+    assert len(alpha) == 12 and all(math.isfinite(v) and v > 0 for v in alpha.values())
+
+
+def test_configure_applies_only_given_parameters():
+    base = config.load_preset("smollm2-135m-instruct")
+    same = train.configure("smollm2-135m-instruct")
+    assert same.to_dict() == base.to_dict()
+    cfg = train.configure("tiny", blind_context=False, seed=7, max_steps=5, limit=10)
+    assert (cfg.learner.blind_context, cfg.train.seed, cfg.train.max_steps, cfg.train.max_train_tasks) == (False, 7, 5, 10)
 
 
 def test_finished_run_is_not_overwritten_unless_asked(data):
