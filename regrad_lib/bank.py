@@ -21,13 +21,14 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save as save_bytes
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from . import artifacts, lora, paths
 
@@ -187,7 +188,7 @@ class GradientBank:
             try:
                 handle = safe_open(str(file), framework="pt")
                 tensor = handle.get_slice(TENSOR)
-            except Exception as e:  # safetensors raises its own error types for damaged headers
+            except (SafetensorError, OSError, ValueError, RuntimeError) as e:  # a damaged header
                 raise BankError(f"shard {paths.relative(file)} cannot be read ({type(e).__name__}: {e}); it is "
                                 f"corrupted: re-run 04_encode for {_where(self.path)} with overwrite=True") from e
             rows = self.manifest["shards"][s]["rows"]
@@ -231,23 +232,22 @@ class GradientBank:
         """``Σ_{d in pids} g_d`` (equation 2's sum) as the LoRA dict, fp32 on ``device``; reads only those rows."""
         if not pids:
             raise ValueError("bank.sum needs at least one passage id")
-        total = self.rows(pids).to(device).float().sum(dim=0)
-        return lora.unflatten(total, self.layout)
+        return {n: g[0] for n, g in self.sum_many([pids], device).items()}
 
     def sum_many(self, groups: Sequence[Sequence[str]], device: str | torch.device = "cpu") -> Weights:
         """One summed gradient per group (question): ``{name: [len(groups), *shape]}``, fp32 on ``device``.
 
-        Each distinct passage is read once; an empty group gives a zero gradient.
+        Each distinct passage is read once; entries are added in the order given; an empty group gives zeros.
         """
         unique = list(dict.fromkeys(str(p) for g in groups for p in g))
         index = {p: i for i, p in enumerate(unique)}
-        total = torch.zeros((len(groups), self.numel), dtype=torch.float32, device=device)
-        if unique:
-            rows = self.rows(unique).to(device).float()
-            group = torch.tensor([q for q, g in enumerate(groups) for _ in g], dtype=torch.long, device=device)
-            member = torch.tensor([index[str(p)] for g in groups for p in g], dtype=torch.long, device=device)
-            total.index_add_(0, group, rows.index_select(0, member))
-        return lora.unflatten(total, self.layout)
+        total = {n: torch.zeros((len(groups), *shape), dtype=torch.float32, device=device) for n, shape in self.layout}
+        stored = self.rows(unique).to(device) if unique else None
+        for q, group in enumerate(groups):
+            for p in group:
+                for n, g in lora.unflatten(stored[index[str(p)]], self.layout).items():
+                    total[n][q].add_(g)   # fp32 += storage dtype: exact widening, no fp32 copy of the rows
+        return total
 
     def iter_blocks(self, block_rows: int = 256) -> Iterator[tuple[list[str], torch.Tensor]]:
         """Every entry, shard by shard, in blocks of at most ``block_rows``: (ids, ``[n, D]`` storage dtype)."""
@@ -301,18 +301,27 @@ class GradientBank:
 
 # --- writing --------------------------------------------------------------------------------------------
 
-@dataclass
 class BankWriter:
-    """Appends gradients to a bank (new or resumed) in shards of at most ``shard_bytes``. Use :meth:`open`."""
-    path: Path
-    manifest: dict
-    rows_per_shard: int
-    _ids: list[str]
-    _rows: list[torch.Tensor]
+    """Appends gradients to a bank (new or resumed) in shards of at most ``shard_bytes``. Use :meth:`open`.
+
+    Full shards are written by one background thread while the caller computes the next batches (at most one
+    shard waits); a failed write is raised by the next :meth:`append` or by :meth:`close`. Rows not yet in a
+    written shard are lost when the process dies, and recomputed by a resumed encode.
+    """
+
+    def __init__(self, path: Path, manifest: dict, rows_per_shard: int, background: bool = True):
+        self.path, self.manifest, self.rows_per_shard = path, manifest, rows_per_shard
+        self.dtype = storage_dtype(manifest["dtype"])
+        self._known = {p for s in manifest["shards"] for p in s["ids"]}
+        self._ids: list[str] = []
+        self._chunks: list[torch.Tensor] = []
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="bank-writer") if background else None
+        self._pending: Future | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike, head: dict, *, overwrite: bool = False,
-             shard_bytes: int = DEFAULT_SHARD_BYTES, config: dict | None = None) -> "BankWriter":
+             shard_bytes: int = DEFAULT_SHARD_BYTES, config: dict | None = None,
+             background: bool = True) -> "BankWriter":
         """Start a bank at ``path`` or resume the one there (its identity must equal ``head``; else refused)."""
         path = paths.resolve(path)
         if not 0 < shard_bytes <= MAX_SHARD_BYTES:
@@ -338,53 +347,114 @@ class BankWriter:
                 stray.unlink()
         manifest.setdefault("requests", []).append({**head.get("source", {}), "started": time.strftime("%FT%T%z")})
         row_bytes = manifest["numel"] * storage_dtype(manifest["dtype"]).itemsize
-        return cls(path, manifest, max(1, shard_bytes // row_bytes), [], [])
+        return cls(path, manifest, max(1, shard_bytes // row_bytes), background)
 
     def ids(self) -> set[str]:
-        """Passage ids already stored or buffered."""
-        return {p for s in self.manifest["shards"] for p in s["ids"]} | set(self._ids)
+        """Passage ids already stored, being written or buffered."""
+        return set(self._known)
 
     def append(self, ids: Sequence[str], vectors: torch.Tensor) -> None:
-        """Add ``[len(ids), D]`` gradients (cast to the storage dtype); writes every full shard at once."""
+        """Add ``[len(ids), D]`` gradients (on any device; cast to the storage dtype there, then copied to the CPU)."""
+        ids = [str(p) for p in ids]
         if vectors.shape != (len(ids), self.manifest["numel"]):
             raise ValueError(f"gradients of shape {tuple(vectors.shape)} for {len(ids)} ids; expected "
                              f"[{len(ids)}, {self.manifest['numel']}]")
-        stored = vectors.detach().to("cpu", storage_dtype(self.manifest["dtype"]))
-        finite = torch.isfinite(stored).all(dim=1)
-        if not bool(finite.all()):
-            bad = [p for p, ok in zip(ids, finite.tolist()) if not ok]
-            raise ValueError(f"non-finite gradients for passages {bad[:5]} (in {self.manifest['dtype']}): check the "
-                             "run's meta weights; with dtype='fp16' large values overflow, use bf16 or fp32")
-        self._ids.extend(str(p) for p in ids)
-        self._rows.extend(stored.unbind(0))
+        twice = [p for p in ids if p in self._known] + [p for p, k in Counter(ids).items() if k > 1]
+        if twice:
+            raise ValueError(f"passage ids {twice[:5]} are already in {paths.relative(self.path)}: one entry per id")
+        vectors = vectors.detach()
+        if len(ids):
+            limit = torch.finfo(self.dtype).max        # NaN fails both comparisons; inf and overflow fail one
+            ok = (vectors.amax(dim=1) <= limit) & (vectors.amin(dim=1) >= -limit)
+            if not bool(ok.all()):
+                bad = [p for p, good in zip(ids, ok.tolist()) if not good]
+                raise ValueError(f"non-finite gradients for passages {bad[:5]} (in {self.manifest['dtype']}): check "
+                                 "the run's meta weights; with dtype='fp16' large values overflow, use bf16 or fp32")
+        stored = vectors.to(self.dtype).to("cpu")
+        self._known.update(ids)
+        self._ids.extend(ids)
+        self._chunks.append(stored)
         while len(self._ids) >= self.rows_per_shard:
-            self._write_shard(self.rows_per_shard)
+            self._submit(self.rows_per_shard)
 
-    def flush(self) -> None:
-        """Write whatever is buffered as one (smaller) shard."""
-        if self._ids:
-            self._write_shard(len(self._ids))
+    def _submit(self, n: int) -> None:
+        ids, chunks, taken = self._ids[:n], [], 0
+        while taken < n:
+            chunk = self._chunks.pop(0)
+            if taken + len(chunk) > n:
+                self._chunks.insert(0, chunk[n - taken:])
+                chunk = chunk[:n - taken]
+            chunks.append(chunk)
+            taken += len(chunk)
+        del self._ids[:n]
+        self._wait()
+        if self._pool is None:
+            self._write_shard(ids, chunks)
+        else:
+            self._pending = self._pool.submit(self._write_shard, ids, chunks)
 
-    def _write_shard(self, n: int) -> None:
-        ids, rows = self._ids[:n], torch.stack(self._rows[:n])
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _write_shard(self, ids: list[str], chunks: list[torch.Tensor]) -> None:
+        rows = torch.cat(chunks) if len(chunks) > 1 else chunks[0].contiguous()
         shards = self.manifest["shards"]
         name = f"shard-{len(shards):05d}.safetensors"
-        data = save_bytes({TENSOR: rows.contiguous()}, metadata={"format": FORMAT, "dtype": self.manifest["dtype"]})
         with artifacts.atomic_path(self.path / name) as tmp:
-            tmp.write_bytes(data)
-        shards.append({"file": name, "rows": n, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                       "ids": ids})
-        self.manifest["count"] += n
+            save_file({TENSOR: rows}, str(tmp), metadata={"format": FORMAT, "dtype": self.manifest["dtype"]})
+            digest, size = _file_digest(tmp, rows)
+        shards.append({"file": name, "rows": len(ids), "bytes": size, "sha256": digest, "ids": ids})
+        self.manifest["count"] += len(ids)
         artifacts.write_json(self.path / MANIFEST, self.manifest, indent=1)
-        del self._ids[:n], self._rows[:n]
-        log.debug("wrote %s (%d rows)", name, n)
+        log.debug("wrote %s (%d rows)", name, len(ids))
+
+    def flush(self) -> None:
+        """Write whatever is buffered as one (smaller) shard and wait for the writes."""
+        if self._ids:
+            self._submit(len(self._ids))
+        self._wait()
 
     def close(self) -> Path:
-        """Flush the buffer; the bank folder."""
-        self.flush()
+        """Flush the buffer, stop the writer thread; the bank folder."""
+        try:
+            self.flush()
+        finally:
+            self.abandon()
         if not (self.path / MANIFEST).exists():
             raise BankError(f"nothing was written to {paths.relative(self.path)}: no gradients were appended")
         return self.path
+
+    def abandon(self) -> None:
+        """Drop the buffered rows (a resume recomputes them); the shard being written is finished first."""
+        self._ids, self._chunks = [], []
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "BankWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abandon()
+
+
+def _file_digest(file: Path, rows: torch.Tensor) -> tuple[str, int]:
+    """sha256 and size of a just-written one-tensor safetensors file: its header read back + the rows in memory."""
+    with file.open("rb") as f:
+        prefix = f.read(8)
+        head = f.read(int.from_bytes(prefix, "little"))
+    data = rows.view(torch.uint8).numpy() if rows.numel() else b""
+    size = file.stat().st_size
+    if size != 8 + len(head) + rows.numel() * rows.element_size():
+        raise BankError(f"{file}: {size} bytes written, expected {8 + len(head)} + the tensor's bytes (disk full?)")
+    h = hashlib.sha256(prefix)
+    h.update(head)
+    h.update(data)
+    return h.hexdigest(), size
 
 
 def open_bank(topk: int, run: str, dataset: str, split: str, **checks) -> GradientBank:

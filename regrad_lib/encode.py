@@ -99,17 +99,18 @@ def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0,
               "batch_size": batch_size, "device": str(learner.device),
               "precision": learner.preset.train.mixed_precision if learner.device.type != "cpu" else "no",
               "bank_context_len": learner.preset.learner.bank_context_len}
-    writer = bank.BankWriter.open(paths.bank_dir(topk, run, dataset, split), bank.header_for(learner, dtype, **source),
-                                  overwrite=overwrite, shard_bytes=shard_bytes, config=learner.preset.to_dict())
-    done = writer.ids()
-    todo = [p for p in items if p.pid not in done]
-    log.info("%s/%s: %d distinct passages, %d in the bank, %d to encode", dataset, split, len(items),
-             len(items) - len(todo), len(todo))
-    with tqdm(total=len(todo), desc=f"encode {dataset}/{split}", unit="passage") as bar:
-        for ids, vectors in gradient_batches(learner, todo, batch_size):
-            writer.append(ids, vectors.to(bank.storage_dtype(dtype)))
-            bar.update(len(ids))
-    return writer.close()
+    target = paths.bank_dir(topk, run, dataset, split)
+    with bank.BankWriter.open(target, bank.header_for(learner, dtype, **source), overwrite=overwrite,
+                              shard_bytes=shard_bytes, config=learner.preset.to_dict()) as writer:
+        done = writer.ids()
+        todo = [p for p in items if p.pid not in done]
+        log.info("%s/%s: %d distinct passages, %d in the bank, %d to encode", dataset, split, len(items),
+                 len(items) - len(todo), len(todo))
+        with tqdm(total=len(todo), desc=f"encode {dataset}/{split}", unit="passage") as bar:
+            for ids, vectors in gradient_batches(learner, todo, batch_size):
+                writer.append(ids, vectors)   # cast to the storage dtype on the device, shards written behind
+                bar.update(len(ids))
+    return target
 
 
 # --- the notebook's helpers -------------------------------------------------------------------------------

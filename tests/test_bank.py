@@ -144,21 +144,23 @@ def test_non_finite_values_are_refused_when_written(folder):
         bank.BankWriter.open(folder.parent / "x", _head("fp16")).append(["a"], big)
 
 
-def test_interrupted_write_leaves_a_consistent_resumable_bank(folder, monkeypatch):
+@pytest.mark.parametrize("background", [True, False])
+def test_interrupted_write_leaves_a_consistent_resumable_bank(folder, monkeypatch, background):
     ids, vectors = [f"p{i}" for i in range(8)], _vectors(8)
     real = bank.BankWriter._write_shard
     calls = []
 
-    def flaky(self, n):
-        calls.append(n)
+    def flaky(self, *args):
+        calls.append(args)
         if len(calls) == 2:
             raise KeyboardInterrupt("power cut")
-        real(self, n)
+        real(self, *args)
 
     monkeypatch.setattr(bank.BankWriter, "_write_shard", flaky)
-    writer = bank.BankWriter.open(folder, _head(), shard_bytes=3 * D * 4)
+    writer = bank.BankWriter.open(folder, _head(), shard_bytes=3 * D * 4, background=background)
     with pytest.raises(KeyboardInterrupt):
         writer.append(ids, vectors)
+        writer.close()
     monkeypatch.setattr(bank.BankWriter, "_write_shard", real)
     partial = bank.GradientBank.open(folder)
     assert partial.ids() == ids[:3] and partial.verify()["entries"] == 3
@@ -172,6 +174,25 @@ def test_interrupted_write_leaves_a_consistent_resumable_bank(folder, monkeypatc
     assert b.ids() == ids and b.verify()["entries"] == 8
     assert torch.equal(b.rows(ids), vectors)
     assert len(b.manifest["requests"]) == 2
+
+
+def test_duplicate_ids_are_refused(folder):
+    writer = bank.BankWriter.open(folder, _head())
+    with pytest.raises(ValueError, match="'a'"):
+        writer.append(["a", "a"], _vectors(2))
+    writer.append(["a"], _vectors(1))
+    with pytest.raises(ValueError, match="already in"):
+        writer.append(["a"], _vectors(1))
+    writer.close()
+
+
+def test_shard_checksum_is_the_file_sha256(folder):
+    import hashlib
+    _write(folder, list("abcde"), _vectors(5), dtype="bf16", rows_per_shard=2)
+    manifest = bank.GradientBank.open(folder).manifest
+    for shard in manifest["shards"]:
+        data = (folder / shard["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == shard["sha256"] and len(data) == shard["bytes"]
 
 
 def test_stray_files_of_a_crash_are_removed_on_resume(folder):

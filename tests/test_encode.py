@@ -118,11 +118,11 @@ def test_resume_after_interruption_gives_the_same_bank(learner, dataset, monkeyp
 
     real, calls = bank.BankWriter._write_shard, []
 
-    def dies_after_first_shard(self, n):
+    def dies_after_first_shard(self, *args):
         if calls:
             raise RuntimeError("killed")
-        calls.append(n)
-        real(self, n)
+        calls.append(args)
+        real(self, *args)
 
     monkeypatch.setattr(bank.BankWriter, "_write_shard", dies_after_first_shard)
     with pytest.raises(RuntimeError, match="killed"):

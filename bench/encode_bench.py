@@ -1,0 +1,293 @@
+"""Gradient Bank encoding speed and size (issue 5): prints one JSON line per measurement.
+
+Per model, with passages of ``--seq-len`` (150) tokens:
+- ``one_by_one``: one passage per forward/backward (:func:`regrad.per_passage_gradients` on a batch of 1, then
+  flatten, cast to the bf16 storage dtype, copy to the CPU): how the reference encodes;
+- ``batched``: ``B`` passages per forward/backward, same steps (per-example LoRA gradients from one pass);
+- ``encode`` (CPU presets): the whole :func:`encode.encode` into a fresh bank (read the augmented file,
+  tokenise, length-sort, batch, gradients, shard writes, manifest);
+- ``to_bank`` (``llama-1b-random``): batched gradients appended to a :class:`bank.BankWriter` (shard writes);
+- ``bank_bytes``: bytes per stored passage by dtype, from the layout and measured on disk, for each model and
+  for the Llama-3.2-1B preset's layout (3,932,160 values); ``bank_read``: ``sum`` of 3 and ``sum_many`` of
+  32×3 entries from a bank of 1B-layout rows.
+
+Models: ``tiny`` and ``smollm2-135m-instruct`` (the presets of the same names; passages from the bundled
+mini-Wikipedia) on the CPU; ``llama-1b-random``: a randomly initialised Llama of Llama-3.2-1B-Instruct's shape
+(the dimensions of ../shared/bench/ref_bench.py) with the public 1B LoRA preset, bf16 base weights and bf16
+autocast on a GPU (our dtype policy), random 150-token passages, LoRA B ~ N(0, 0.01) as ref_bench does.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/encode_bench.py                      # CPU: tiny + smollm2
+    .venv/bin/python bench/encode_bench.py --device cuda --model llama-1b-random  # GPU; then, same session:
+    python ../shared/bench/ref_bench.py --device cuda --only encode               # reference passages/s
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from regrad_lib import artifacts, bank, config, lora, paths, regrad  # noqa: E402
+
+# meta-llama/Llama-3.2-1B-Instruct's dimensions (as in ../shared/bench/ref_bench.py), no weights
+LLAMA32_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                  num_attention_heads=32, num_key_value_heads=8, head_dim=64, hidden_act="silu",
+                  max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
+                  rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+                  tie_word_embeddings=True, bos_token_id=128000, eos_token_id=[128001, 128008, 128009])
+PRESET_1B = "llama-3.2-1b-instruct"
+
+
+def emit(**row) -> None:
+    print(json.dumps(row), flush=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    return f"{device} {torch.cuda.get_device_name(device)}" if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} thread(s))"
+
+
+# --- models ------------------------------------------------------------------------------------------
+
+def preset_learner(name: str, seq_len: int, device: str):
+    """A learner of preset ``name`` with non-zero B, saved as run ``bench-<name>`` (bank_context_len = seq_len)."""
+    from regrad_lib.learner import META_STATE, Learner
+
+    preset = config.load_preset(name, {"learner": {"bank_context_len": seq_len}})
+    learner = Learner.create(preset, device)
+    with torch.no_grad():
+        for n, p in learner.phi.items():
+            if n.endswith("lora_B"):
+                p.normal_(0, 0.01)
+    run = f"bench-{name}"
+    folder = paths.output_dir(run)
+    preset.save(folder)
+    learner.save(folder / META_STATE)
+    return run, learner
+
+
+def random_1b(device: str):
+    """A random Llama-3.2-1B-shaped model with the 1B LoRA preset, as a Learner (bf16 base on a GPU)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from regrad_lib.learner import Learner, model_dtype
+
+    preset = config.load_preset(PRESET_1B)
+    torch.manual_seed(42)
+    with torch.device(device):
+        model = LlamaForCausalLM(LlamaConfig(**LLAMA32_1B, attn_implementation="sdpa"))
+    model.to(model_dtype(preset, device)).requires_grad_(False).eval()
+    lora.attach(model, preset.peft)
+    phi = lora.parameters(model)
+    with torch.no_grad():
+        for n, p in phi.items():
+            if n.endswith("lora_B"):
+                p.normal_(0, 0.01)
+    alpha = regrad.StepSizes(phi, preset.learner.alpha_mode, preset.learner.init_alpha).to(device)
+    return Learner(model, None, preset, phi, alpha, torch.device(device))
+
+
+# --- passages -----------------------------------------------------------------------------------------
+
+def sample_records(tokenizer, n: int, seq_len: int) -> list[dict]:
+    """Augmented-style records (3 passages each) of sample passages at least ``seq_len`` tokens long."""
+    from regrad_lib import corpus, prompts
+
+    chosen, need = [], -(-n // 3) * 3
+    for p in corpus.read(paths.sample_corpus()):
+        if len(tokenizer(prompts.format_passage(p.title, p.text))["input_ids"]) >= seq_len:
+            chosen.append(p)
+        if len(chosen) == need:
+            break
+    return [{"test_id": i, "question": "q?", "answers": ["a"], "passages": [p.text for p in chosen[i:i + 3]],
+             "passage_ids": [p.id for p in chosen[i:i + 3]], "titles": [p.title for p in chosen[i:i + 3]],
+             "scores": [1.0] * 3} for i in range(0, n, 3)]
+
+
+def token_batches(learner, records, seq_len, batch: int, n: int):
+    """Passage TokenBatches of ``batch`` rows (``n`` passages in all), tokenised and cut like encode does."""
+    from regrad_lib import tasks
+
+    if learner.tokenizer is None:  # random model: random ids, like ref_bench's DataGen
+        g = torch.Generator().manual_seed(1234)
+        ids = torch.randint(0, 128000, (n, seq_len), generator=g)
+        ids[:, 0] = 128000
+        return [regrad.TokenBatch(ids[i:i + batch], torch.ones_like(ids[i:i + batch]), ids[i:i + batch].clone())
+                for i in range(0, n, batch)]
+    items = [(t, x) for r in records for t, x in zip(r["titles"], r["passages"])][:n]
+    return [tasks.passage_batch(learner.tokenizer, items[i:i + batch], seq_len) for i in range(0, n, batch)]
+
+
+def gradients_to_cpu(learner, batch) -> torch.Tensor:
+    """What encode does per batch: per-passage gradients, flatten, bf16, to the CPU."""
+    with learner.autocast():
+        grads, _ = regrad.per_passage_gradients(learner.model, learner.phi, batch.to(learner.device))
+    return lora.flatten(grads).to(torch.bfloat16).cpu()
+
+
+def time_batches(learner, batches, repeat: int = 1) -> float:
+    """Best wall time of ``repeat`` passes over ``batches`` (after one warm-up batch)."""
+    gradients_to_cpu(learner, batches[0])
+    best = float("inf")
+    for _ in range(repeat):
+        sync(learner.device)
+        start = time.perf_counter()
+        for b in batches:
+            gradients_to_cpu(learner, b)
+        sync(learner.device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def time_to_bank(learner, batches, writer) -> float:
+    """Wall time of batched gradients appended to a bank writer, shard writes included."""
+    gradients_to_cpu(learner, batches[0])
+    sync(learner.device)
+    start = time.perf_counter()
+    for i, b in enumerate(batches):
+        with learner.autocast():
+            grads, _ = regrad.per_passage_gradients(learner.model, learner.phi, b.to(learner.device))
+        writer.append([f"p{i}-{j}" for j in range(len(b))], lora.flatten(grads))
+    writer.close()
+    sync(learner.device)
+    return time.perf_counter() - start
+
+
+# --- measurements ---------------------------------------------------------------------------------------
+
+def bench_model(name: str, args, device: torch.device, work: Path) -> None:
+    common = {"model": name, "device": device_name(device), "seq_len": args.seq_len, "torch": torch.__version__}
+    if name == "llama-1b-random":
+        learner, run, records = random_1b(str(device)), None, None
+        n = args.passages or 256
+    else:
+        run, learner = preset_learner(name, args.seq_len, str(device))
+        n = args.passages or (96 if name == "tiny" else 24)
+        records = sample_records(learner.tokenizer, n, args.seq_len)
+        artifacts.write_json(paths.augmented_file("bench", "dev"), records)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    numel = lora.numel(learner.phi)
+    n_one = min(n, args.one_by_one or (32 if device.type == "cuda" else n))
+    dt = time_batches(learner, token_batches(learner, records, args.seq_len, 1, n_one), args.repeat)
+    one = n_one / dt
+    emit(name="one_by_one", unit="passages/s", value=round(one, 2), n=n_one, batch=1,
+         ms_per_passage=round(1000 * dt / n_one, 2), **common)
+    for b in args.batch:
+        dt = time_batches(learner, token_batches(learner, records, args.seq_len, b, n), args.repeat)
+        emit(name="batched", unit="passages/s", value=round(n / dt, 2), n=n, batch=b, speedup=round(n / dt / one, 2),
+             ms_per_passage=round(1000 * dt / n, 2), **common)
+    b = max(args.batch)
+    if records is not None:
+        from regrad_lib import encode
+        start = time.perf_counter()
+        path = encode.encode(run, "bench", "dev", topk=3, batch_size=b, dtype="bf16", learner=learner, overwrite=True)
+        dt = time.perf_counter() - start
+        entries = len(bank.GradientBank.open(path))
+        emit(name="encode", unit="passages/s", value=round(entries / dt, 2), n=entries, batch=b,
+             speedup=round(entries / dt / one, 2), note="encode.encode end to end incl. tokenising and writes",
+             **common)
+    else:
+        head = bank.header(model=name, model_id=name, model_revision=None, preset=PRESET_1B, phi=learner.phi,
+                           meta_hash="random", dtype="bf16")
+        writer = bank.BankWriter.open(work / "bank-1b", head, overwrite=True)
+        dt = time_to_bank(learner, token_batches(learner, records, args.seq_len, b, n), writer)
+        emit(name="to_bank", unit="passages/s", value=round(n / dt, 2), n=n, batch=b, speedup=round(n / dt / one, 2),
+             note="gradients + bf16 + copy to CPU + shard writes", **common)
+    if device.type == "cuda":
+        emit(name="peak_gpu_memory", unit="GiB", value=round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2),
+             **common)
+    emit(name="bank_bytes", unit="bytes/passage", value=numel * 2, numel=numel, bf16=numel * 2, fp16=numel * 2,
+         fp32=numel * 4, **common)
+
+
+def bench_bytes_1b(work: Path, rows: int) -> None:
+    """Bytes per passage by dtype for the 1B layout (computed and on disk), and read latency of bank.sum."""
+    layout = _layout_1b()
+    phi = lora.unflatten(torch.zeros(sum(a * b for _, (a, b) in layout)), layout)
+    numel = lora.numel(phi)
+    g = torch.Generator().manual_seed(0)
+    for dtype in ("bf16", "fp16", "fp32"):
+        head = bank.header(model="llama-1b-random", model_id="llama-1b-random", model_revision=None,
+                           preset=PRESET_1B, phi=phi, meta_hash="random", dtype=dtype)
+        folder = work / f"bytes-{dtype}"
+        batches = [torch.randn(min(8, rows - i), numel, generator=g) * 1e-3 for i in range(0, rows, 8)]
+        writer = bank.BankWriter.open(folder, head, overwrite=True)
+        start = time.perf_counter()
+        for i, vectors in enumerate(batches):
+            writer.append([f"p{i}-{j}" for j in range(len(vectors))], vectors)
+        writer.close()
+        write_s = time.perf_counter() - start
+        b = bank.GradientBank.open(folder)
+        emit(name="bank_bytes_1b", unit="bytes/passage", value=b.bytes_on_disk() / len(b), dtype=dtype,
+             layout_bytes=b.bytes_per_passage, numel=numel, entries=len(b), write_MB_per_s=round(
+                 b.bytes_on_disk() / write_s / 1e6, 1), reference_fp32_bytes=15_728_640,
+             note="write: fp32 rows -> checks, cast, shards, sha256, manifest")
+        if dtype == "bf16":
+            ids = b.ids()
+            start = time.perf_counter()
+            for i in range(10):
+                b.sum(ids[3 * i % (rows - 3):][:3])
+            emit(name="bank_read_1b", unit="ms", value=round(100 * (time.perf_counter() - start), 2),
+                 op="sum of 3 entries (bf16 -> fp32 LoRA dict)", entries=len(b))
+            groups = [[ids[(3 * q + k) % rows] for k in range(3)] for q in range(32)]
+            start = time.perf_counter()
+            b.sum_many(groups)
+            emit(name="bank_read_1b", unit="ms", value=round(1000 * (time.perf_counter() - start), 2),
+                 op="sum_many of 32 questions x 3 entries", entries=len(b))
+
+
+def _layout_1b():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(**LLAMA32_1B))
+        lora.attach(model, config.load_preset(PRESET_1B).peft)
+    return lora.layout(lora.parameters(model))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", action="append", choices=["tiny", "smollm2-135m-instruct", "llama-1b-random"],
+                    help="repeatable; default: tiny and smollm2-135m-instruct on cpu, llama-1b-random on cuda")
+    ap.add_argument("--seq-len", type=int, default=150, help="passage length in tokens")
+    ap.add_argument("--passages", type=int, default=0, help="timed passages (default: 96 tiny, 32 smollm2, 256 1b)")
+    ap.add_argument("--one-by-one", type=int, default=0, help="passages timed one at a time (default: all; 32 on cuda)")
+    ap.add_argument("--batch", type=int, action="append", help="batch sizes (repeatable; default 8 and 16, "
+                                                                "cuda: 16, 32, 64)")
+    ap.add_argument("--bank-rows", type=int, default=24, help="rows of the 1B-layout banks for bank_bytes_1b")
+    ap.add_argument("--repeat", type=int, default=3, help="timed passes per measurement; the best is reported")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    models = args.model or (["llama-1b-random"] if device.type == "cuda" else ["tiny", "smollm2-135m-instruct"])
+    args.batch = args.batch or ([16, 32, 64] if device.type == "cuda" else [8, 16])
+
+    models_dir = paths.models_dir()   # the converted models stay where they are; every artifact goes to a temp root
+    with tempfile.TemporaryDirectory(prefix="encode-bench-") as tmp:
+        os.environ["REGRAD_WORK"] = tmp
+        (Path(tmp) / "models").symlink_to(models_dir)
+        for name in models:
+            bench_model(name, args, device, Path(tmp))
+        bench_bytes_1b(Path(tmp), args.bank_rows)
+
+
+if __name__ == "__main__":
+    main()
