@@ -31,13 +31,14 @@ demo: model
 # Unit tests, then nbval over papermill-prepared copies of the six notebooks (the whole 01->06 chain, tiny preset).
 TEST_WORK := $(CURDIR)/.test-work
 NBVAL_PARAMS := --preset tiny --datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions \
-	--train-datasets popqa,hotpotqa -p limit 6 -p train_limit 24 -p max_steps 3 -p gammas '[0.0,1.0]' -p index nbval
+	--train-datasets popqa,hotpotqa -p limit 6 -p train_limit 16 -p max_steps 3 -p gammas '[0.0,1.0]' -p index nbval
 test: model
-	rm -rf $(TEST_WORK) && mkdir -p $(TEST_WORK)
-	REGRAD_WORK=$(TEST_WORK) $(BIN)/python -m regrad_lib.pipeline --run nbval --prepare-only \
+	rm -rf $(TEST_WORK) && mkdir -p $(TEST_WORK)/unit $(TEST_WORK)/chain
+	REGRAD_TEST_WORK=$(TEST_WORK)/unit $(BIN)/python -m pytest -q -p no:cacheprovider tests
+	REGRAD_WORK=$(TEST_WORK)/chain $(BIN)/python -m regrad_lib.pipeline --run nbval --prepare-only \
 		--out $(TEST_WORK)/notebooks $(NBVAL_PARAMS)
-	REGRAD_TEST_WORK=$(TEST_WORK) $(BIN)/python -m pytest -q -p no:cacheprovider tests $(TEST_WORK)/notebooks --nbval-lax \
-		--nbval-current-env
+	REGRAD_WORK=$(TEST_WORK)/chain $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+		$(TEST_WORK)/notebooks
 
 lab: model
 	$(BIN)/python -m ipykernel install --user --name regrad --display-name "regrad (.venv)"
