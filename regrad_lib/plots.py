@@ -195,6 +195,7 @@ def score_table(table: ScoreTable) -> Figure:
     t.auto_set_font_size(False)
     t.set_fontsize(8)
     t.scale(1.0, 1.5)
+    t.auto_set_column_width([0])  # dataset names are longer than the numbers
     ax.set_title("EM / F1 (×100) by dataset and method")
     return fig
 
