@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Literal, Protocol, Sequence, get_args
 
@@ -116,7 +116,8 @@ class TantivyOptions:
     heap_mb: int = 256
     commit_every: int = 200_000      # passages between commits: an interrupted build resumes from the last one
     rebuild: bool = False
-    search_threads: int = 1          # >1: a batch is searched by this many threads (tantivy releases the GIL)
+    # A batch is searched by this many threads (tantivy releases the GIL): every core, up to 8, by default.
+    search_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
 
     def __post_init__(self) -> None:
         for f in ("threads", "heap_mb", "commit_every", "search_threads"):
