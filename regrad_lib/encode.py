@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import artifacts, bank, config, lora, paths, prompts, regrad, tasks
+from . import bank, config, lora, paths, prompts, regrad, tasks
 from .learner import META_STATE, Learner
 
 log = logging.getLogger(__name__)
@@ -35,18 +35,11 @@ class Passage:
 def passages(dataset: str, split: str, topk: int = 3, start: int = 0, end: int | None = None) -> list[Passage]:
     """The distinct top-``topk`` passages of records ``start:end`` of ``data/augmented/<dataset>/<split>.json``."""
     file = paths.augmented_file(dataset, split)
-    if not file.exists():
-        raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 02_augment "
-                                f"(dataset={dataset!r}, split={split!r})")
-    records = artifacts.read_json(file)
-    if not isinstance(records, list):
-        raise ValueError(f"{paths.relative(file)}: expected a JSON list of records, got {type(records).__name__}")
-    chosen = records[start:end]
+    chosen = tasks.load(dataset, split, topk, start, end)
     if not chosen:
-        raise ValueError(f"{paths.relative(file)} has {len(records)} records; start={start}, end={end} selects none")
+        raise ValueError(f"{paths.relative(file)}: start={start}, end={end} selects none")
     seen: dict[str, Passage] = {}
-    for i, record in enumerate(chosen, start):
-        task = tasks.from_record(record, topk, where=f"{paths.relative(file)} record {i}")
+    for i, task in enumerate(chosen, start):
         for pid, (title, text) in zip(task.passage_ids, task.passages):
             passage = Passage(pid, title or "", text)
             if pid in seen and seen[pid] != passage:

@@ -183,15 +183,7 @@ def score_rows(rows: Sequence[dict]) -> dict:
 
 def load_tasks(dataset: str, split: str = "dev", topk: int = 3, limit: int | None = None) -> list[tasks.Task]:
     """Tasks of ``data/augmented/<dataset>/<split>.json`` (written by 02_augment), the first ``limit`` of them."""
-    path = paths.augmented_file(dataset, split)
-    if not path.exists():
-        raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 02_augment "
-                                f"(dataset={dataset!r}, split={split!r})")
-    records = artifacts.read_json(path)
-    if not isinstance(records, list):
-        raise ValueError(f"{paths.relative(path)}: expected a JSON list of records, got {type(records).__name__}")
-    records = records if limit is None else records[:limit]
-    return [tasks.from_record(r, topk, where=f"{paths.relative(path)} record {i}") for i, r in enumerate(records)]
+    return tasks.load(dataset, split, topk, end=limit)
 
 
 def method_files(run: str, dataset: str, method: str) -> tuple:

@@ -72,3 +72,22 @@ def task_batch(tokenizer, tasks: Sequence[Task], cfg: LearnerConfig, *, passage_
     return TaskBatch(passage_batch(tokenizer, passages, passage_len or cfg.max_context_len), group,
                      qa_batch(tokenizer, tasks, cfg, with_context=with_context,
                               full_text_loss=not cfg.outer_loss))
+
+
+def load(dataset: str, name: str, topk: int, start: int = 0, end: int | None = None) -> list[Task]:
+    """Tasks ``start:end`` of ``data/augmented/<dataset>/<name>.json`` (02_augment's output), top ``topk`` each.
+
+    The one reader of augmented files for training, encoding and evaluation; a missing file names 02_augment.
+    """
+    from . import artifacts, paths
+
+    path = paths.augmented_file(dataset, name)
+    where = paths.relative(path)
+    if not path.is_file():
+        split = "dev" if name == "dev" else name.split("_")[0]
+        raise FileNotFoundError(f"{where} not found: it is written by 02_augment (dataset={dataset!r}, "
+                                f"split={split!r}); run 02_augment for this dataset and split")
+    records = artifacts.read_json(path)
+    if not isinstance(records, list):
+        raise ValueError(f"{where}: expected a JSON list of augmented records, got {type(records).__name__}")
+    return [from_record(r, topk, where=f"{where}: record {i}") for i, r in enumerate(records[start:end], start)]

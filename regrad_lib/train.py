@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import logging
 import math
@@ -66,17 +65,8 @@ def load_tasks(train_datasets: Sequence[str], train_file: str, topk: int) -> lis
         raise ValueError("train_datasets is empty: name at least one dataset, e.g. ['popqa', 'hotpotqa']")
     out = []
     for dataset in train_datasets:
-        path = paths.augmented_file(dataset, train_file)
-        where = paths.relative(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{where} not found: it is written by 02_augment (dataset={dataset!r}, "
-                                    f"split='train'); run 02_augment with train_datasets including {dataset!r}")
-        records = artifacts.read_json(path)
-        if not isinstance(records, list):
-            raise ValueError(f"{where}: expected a JSON list of augmented records, got {type(records).__name__}")
-        for i, record in enumerate(records):
-            task = tasks_mod.from_record(record, topk, where=f"{where}: record {i}")
-            out.append(dataclasses.replace(task, extra={"dataset": dataset}))
+        out += [dataclasses.replace(task, extra={"dataset": dataset})
+                for task in tasks_mod.load(dataset, train_file, topk)]
     return out
 
 
@@ -184,17 +174,9 @@ def meta_step(learner: Learner, optimizer: torch.optim.Optimizer, params: list[t
     return total / len(batch), grad_norm, None
 
 
-def _predictor():
-    """``regrad_lib.evaluate.predict_online`` when that module exists (it is written by another module)."""
-    if importlib.util.find_spec("regrad_lib.evaluate") is None:
-        return None
-    from .evaluate import predict_online
-    return predict_online
-
-
 def evaluate(learner: Learner, validation: list[Task], generate: bool = True) -> dict:
-    """Validation meta loss (answer NLL after the inner step) and, with ``generate`` and when the evaluate module
-    is there, EM/F1 of the generated answers (gamma 1)."""
+    """Validation meta loss (answer NLL after the inner step) and, with ``generate``, EM/F1 of the answers
+    generated with online gradients (gamma 1)."""
     losses = []
     for chunk in _chunks(validation, learner.preset.train.tasks_per_forward):
         tb = tasks_mod.task_batch(learner.tokenizer, chunk, learner.preset.learner).to(learner.device)
@@ -202,9 +184,10 @@ def evaluate(learner: Learner, validation: list[Task], generate: bool = True) ->
             losses += regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb,
                                          first_order=True).float().cpu().tolist()
     out = {"eval_loss": _finite(sum(losses) / len(losses)), "eval_em": None, "eval_f1": None, "n": len(validation)}
-    predict = _predictor() if generate else None
-    if predict is not None:
-        predictions = predict(learner, validation, gamma=1.0)
+    if generate:
+        from .evaluate import predict_online  # evaluate imports the learner stack; keep train importable alone
+
+        predictions = predict_online(learner, validation, gamma=1.0)
         scores = metrics.aggregate(metrics.score(p, list(t.answers)) for p, t in zip(predictions, validation))
         out.update(eval_em=scores["em"], eval_f1=scores["f1"])
     return out
@@ -339,9 +322,6 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
                  "order_epoch": None, "order": [], "data_fingerprint": data.fingerprint(), "total_steps": n_steps}
     if args.validation_size == 0:
         log.warning("validation_size=0: no validation slice, the final weights are kept as %s", META_STATE)
-    elif args.metric_for_best_model == "f1" and _predictor() is None:
-        log.warning("regrad_lib.evaluate.predict_online is not available: checkpoints are selected on the "
-                    "validation meta loss instead of F1")
     log.info("meta-training %s: %d train tasks, %d validation tasks, %d steps of %d tasks", run, len(data.train),
              len(data.validation), n_steps, args.meta_batch_size)
 
