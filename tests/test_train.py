@@ -63,7 +63,7 @@ def test_short_run_writes_every_artifact_with_the_log_schema(data):
         assert r["skipped_nonfinite"] == 0 and r["grad_norm"] > 0
     for r in eval_rows:
         assert {"eval_loss", "eval_em", "eval_f1", "n", "best"} <= set(r) and r["n"] == 2
-        assert (r["eval_f1"] is not None) == (train._predictor() is not None)
+        assert r["eval_f1"] is not None and 0 <= r["eval_f1"] <= 100   # the tiny preset selects on F1
     assert sum(r["best"] for r in eval_rows) >= 1 and eval_rows[0]["best"]
     # the saved meta state is the best evaluation's: re-evaluating it reproduces that loss
     best = [r for r in eval_rows if r["best"]][-1]
