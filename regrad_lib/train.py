@@ -243,16 +243,34 @@ def _request(preset: config.Preset, train_datasets: Sequence[str], train_file: s
             "preset": {k: v for k, v in preset.to_dict().items() if k != "name"}}
 
 
-def _check_resumable(folder: Path, request: dict) -> None:
+def _changed_settings(folder: Path, request: dict) -> list[str]:
+    """Settings of ``request`` that differ from the run saved in ``folder`` (generation and logging may change)."""
     saved = artifacts.read_json(folder / REQUEST)
     diffs = [k for k in ("train_datasets", "train_file") if saved.get(k) != request[k]]
     for section, values in request["preset"].items():
         old = saved["preset"].get(section, {})
         diffs += [f"{section}.{k}" for k, v in values.items() if old.get(k) != v
                   and not (section == "generation" or (section == "train" and k in RESUMABLE_CHANGES))]
+    return diffs
+
+
+def _check_resumable(folder: Path, request: dict) -> None:
+    diffs = _changed_settings(folder, request)
     if diffs:
         raise ValueError(f"{paths.relative(folder)} holds an unfinished run with other settings ({', '.join(diffs)}); "
                          "use the same settings to resume it, overwrite=True to start again, or another run name")
+
+
+def _finished(folder: Path, request: dict) -> dict | None:
+    """The saved summary of a finished run with these settings (kept, as a re-run pipeline expects), else None."""
+    if not (folder / SUMMARY).exists():
+        return None
+    diffs = _changed_settings(folder, request) if (folder / REQUEST).exists() else ["(no saved request)"]
+    if diffs:
+        raise FileExistsError(f"{paths.relative(folder)} is a finished training run with other settings "
+                              f"({', '.join(diffs)}); pass overwrite=True to train it again, or choose another run name")
+    log.info("%s is a finished run with these settings: kept (overwrite=True trains it again)", paths.relative(folder))
+    return {**artifacts.read_json(folder / SUMMARY), "status": "kept"}
 
 
 def _prepare_folder(folder: Path, request: dict, overwrite: bool, resume: bool) -> bool:
@@ -294,6 +312,9 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
     request = _request(preset, train_datasets, train_file)
     data = split_tasks(load_tasks(train_datasets, train_file, args.topk), args.validation_size, args.seed,
                        args.max_train_tasks)
+    kept = None if overwrite else _finished(folder, request)
+    if kept is not None:
+        return kept
     resuming = _prepare_folder(folder, request, overwrite, resume)
 
     random.seed(args.seed)

@@ -84,10 +84,14 @@ def test_configure_applies_only_given_parameters():
     assert (cfg.learner.blind_context, cfg.train.seed, cfg.train.max_steps, cfg.train.max_train_tasks) == (False, 7, 5, 10)
 
 
-def test_finished_run_is_not_overwritten_unless_asked(data):
-    train.train("again", _preset(max_steps=1), data)
-    with pytest.raises(FileExistsError, match="overwrite=True"):
-        train.train("again", _preset(max_steps=1), data)
+def test_finished_run_is_kept_or_refused_never_silently_overwritten(data):
+    first = train.train("again", _preset(max_steps=1), data)
+    state = (paths.output_dir("again") / "meta_state.safetensors").read_bytes()
+    kept = train.train("again", _preset(max_steps=1), data)          # a re-run pipeline keeps finished work
+    assert kept["status"] == "kept" and kept["steps"] == first["steps"]
+    assert (paths.output_dir("again") / "meta_state.safetensors").read_bytes() == state
+    with pytest.raises(FileExistsError, match=r"other settings \(train.max_steps\).*overwrite=True"):
+        train.train("again", _preset(max_steps=2), data)
     summary = train.train("again", _preset(max_steps=2), data, overwrite=True)
     assert summary["steps"] == 2
 
