@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import bank, config, lora, paths, prompts, regrad, tasks
-from .learner import META_STATE, Learner
+from .learner import Learner, trained_state
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +135,9 @@ class EncodeSettings:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.start < 0 or (self.limit is not None and self.limit < 1):
             raise ValueError(f"start={self.start} must be >= 0 and limit={self.limit} None or >= 1")
-        state = paths.output_dir(self.run) / META_STATE
-        if not state.exists():
-            raise FileNotFoundError(f"{paths.relative(state)} not found: it is written by 03_train (run={self.run!r})")
+        trained_state(self.run)    # every step needs the run (its model and configs)
         for dataset in self.datasets:
-            file = paths.augmented_file(dataset, self.split)
-            if not file.exists():
-                raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 02_augment "
-                                        f"(dataset={dataset!r}, split={self.split!r})")
+            tasks.augmented_path(dataset, self.split)
 
     @property
     def end(self) -> int | None:

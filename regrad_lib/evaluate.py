@@ -40,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import artifacts, generation, lora, metrics, paths, prompts, regrad, tasks
-from .learner import META_STATE, Learner
+from .learner import Learner, trained_state
 
 log = logging.getLogger(__name__)
 
@@ -361,14 +361,9 @@ class EvaluateSettings:
             raise ValueError(f"topk={self.topk} must be >= 1, gamma={self.gamma} and gammas={self.gammas} >= 0")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit={self.limit} must be None (every question) or >= 1")
-        state = paths.output_dir(self.run) / META_STATE    # every method needs the run (its model and configs)
-        if not state.exists():
-            raise FileNotFoundError(f"{paths.relative(state)} not found: it is written by 03_train (run={self.run!r})")
+        trained_state(self.run)    # every step needs the run (its model and configs)
         for dataset in self.datasets:
-            file = paths.augmented_file(dataset, self.split)
-            if not file.exists():
-                raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 02_augment "
-                                        f"(dataset={dataset!r}, split={self.split!r})")
+            tasks.augmented_path(dataset, self.split)
             bank_folder = paths.bank_dir(self.topk, self.run, dataset, self.split)
             if (needs_bank(self.methods) or self.gammas) and not bank_folder.is_dir():
                 raise FileNotFoundError(f"{paths.relative(bank_folder)} not found: the Gradient Bank is written by "

@@ -30,6 +30,14 @@ def model_dtype(preset: config.Preset, device: str | torch.device) -> torch.dtyp
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[preset.train.mixed_precision]
 
 
+def trained_state(run: str) -> Path:
+    """``outputs/<run>/meta_state.safetensors``, which must exist (else an error naming 03_train)."""
+    state = paths.output_dir(run) / META_STATE
+    if not state.exists():
+        raise FileNotFoundError(f"{paths.relative(state)} not found: it is written by 03_train (run={run!r})")
+    return state
+
+
 @dataclass
 class Learner:
     model: torch.nn.Module
@@ -51,11 +59,8 @@ class Learner:
     @classmethod
     def from_run(cls, run: str, device: str = "cpu") -> "Learner":
         """The trained learner of ``outputs/<run>/`` (its four configs and ``meta_state.safetensors``)."""
-        folder = paths.output_dir(run)
-        state = folder / META_STATE
-        if not state.exists():
-            raise FileNotFoundError(f"{paths.relative(state)} not found: it is written by 03_train (run={run!r})")
-        learner = cls.create(config.load_preset(folder), device)
+        state = trained_state(run)
+        learner = cls.create(config.load_preset(state.parent), device)
         learner.load_state(state)
         return learner
 

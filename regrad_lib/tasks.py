@@ -81,13 +81,21 @@ def load(dataset: str, name: str, topk: int, start: int = 0, end: int | None = N
     """
     from . import artifacts, paths
 
-    path = paths.augmented_file(dataset, name)
+    path = augmented_path(dataset, name)
     where = paths.relative(path)
-    if not path.is_file():
-        split = "dev" if name == "dev" else name.split("_")[0]
-        raise FileNotFoundError(f"{where} not found: it is written by 02_augment (dataset={dataset!r}, "
-                                f"split={split!r}); run 02_augment for this dataset and split")
     records = artifacts.read_json(path)
     if not isinstance(records, list):
         raise ValueError(f"{where}: expected a JSON list of augmented records, got {type(records).__name__}")
     return [from_record(r, topk, where=f"{where}: record {i}") for i, r in enumerate(records[start:end], start)]
+
+
+def augmented_path(dataset: str, name: str):
+    """``data/augmented/<dataset>/<name>.json``, which must exist (else an error naming 02_augment)."""
+    from . import paths
+
+    path = paths.augmented_file(dataset, name)
+    if not path.is_file():
+        split = "dev" if name == "dev" else name.split("_")[0]
+        raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 02_augment "
+                                f"(dataset={dataset!r}, split={split!r}); run 02_augment for this dataset and split")
+    return path
