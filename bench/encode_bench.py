@@ -35,16 +35,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from regrad_lib import artifacts, bank, config, lora, paths, regrad  # noqa: E402
+from regrad_lib import artifacts, bank, config, lora, paths, regrad, testing  # noqa: E402
 
-# meta-llama/Llama-3.2-1B-Instruct's dimensions (as in ../shared/bench/ref_bench.py), no weights
-LLAMA32_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                  num_attention_heads=32, num_key_value_heads=8, head_dim=64, hidden_act="silu",
-                  max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
-                  rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                                "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-                  tie_word_embeddings=True, bos_token_id=128000, eos_token_id=[128001, 128008, 128009])
-PRESET_1B = "llama-3.2-1b-instruct"
 
 
 def emit(**row) -> None:
@@ -80,24 +72,13 @@ def preset_learner(name: str, seq_len: int, device: str):
 
 
 def random_1b(device: str):
-    """A random Llama-3.2-1B-shaped model with the 1B LoRA preset, as a Learner (bf16 base on a GPU)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from regrad_lib.learner import Learner, model_dtype
-
-    preset = config.load_preset(PRESET_1B)
-    torch.manual_seed(42)
-    with torch.device(device):
-        model = LlamaForCausalLM(LlamaConfig(**LLAMA32_1B, attn_implementation="sdpa"))
-    model.to(model_dtype(preset, device)).requires_grad_(False).eval()
-    lora.attach(model, preset.peft)
-    phi = lora.parameters(model)
+    """A random Llama-3.2-1B-shaped model with the 1B LoRA preset, as a Learner (bf16 base on a GPU), B != 0."""
+    learner = testing.random_1b_learner(device)
     with torch.no_grad():
-        for n, p in phi.items():
+        for n, p in learner.phi.items():
             if n.endswith("lora_B"):
                 p.normal_(0, 0.01)
-    alpha = regrad.StepSizes(phi, preset.learner.alpha_mode, preset.learner.init_alpha).to(device)
-    return Learner(model, None, preset, phi, alpha, torch.device(device))
+    return learner
 
 
 # --- passages -----------------------------------------------------------------------------------------
@@ -121,7 +102,7 @@ def token_batches(learner, records, seq_len, batch: int, n: int):
     """Passage TokenBatches of ``batch`` rows (``n`` passages in all), tokenised and cut like encode does."""
     from regrad_lib import tasks
 
-    if learner.tokenizer is None:  # random model: random ids, like ref_bench's DataGen
+    if records is None:  # random model: random ids, like ref_bench's DataGen
         g = torch.Generator().manual_seed(1234)
         ids = torch.randint(0, 128000, (n, seq_len), generator=g)
         ids[:, 0] = 128000
@@ -201,7 +182,7 @@ def bench_model(name: str, args, device: torch.device, work: Path) -> None:
              speedup=round(entries / dt / one, 2), note="encode.encode end to end incl. tokenising and writes",
              **common)
     else:
-        head = bank.header(model=name, model_id=name, model_revision=None, preset=PRESET_1B, phi=learner.phi,
+        head = bank.header(model=name, model_id=name, model_revision=None, preset=testing.PRESET_1B, phi=learner.phi,
                            meta_hash="random", dtype="bf16")
         writer = bank.BankWriter.open(work / "bank-1b", head, overwrite=True)
         dt = time_to_bank(learner, token_batches(learner, records, args.seq_len, b, n), writer)
@@ -222,7 +203,7 @@ def bench_bytes_1b(work: Path, rows: int) -> None:
     g = torch.Generator().manual_seed(0)
     for dtype in ("bf16", "fp16", "fp32"):
         head = bank.header(model="llama-1b-random", model_id="llama-1b-random", model_revision=None,
-                           preset=PRESET_1B, phi=phi, meta_hash="random", dtype=dtype)
+                           preset=testing.PRESET_1B, phi=phi, meta_hash="random", dtype=dtype)
         folder = work / f"bytes-{dtype}"
         batches = [torch.randn(min(8, rows - i), numel, generator=g) * 1e-3 for i in range(0, rows, 8)]
         writer = bank.BankWriter.open(folder, head, overwrite=True)
@@ -251,12 +232,7 @@ def bench_bytes_1b(work: Path, rows: int) -> None:
 
 
 def _layout_1b():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    with torch.device("meta"):
-        model = LlamaForCausalLM(LlamaConfig(**LLAMA32_1B))
-        lora.attach(model, config.load_preset(PRESET_1B).peft)
-    return lora.layout(lora.parameters(model))
+    return lora.layout(testing.random_1b_learner("meta").phi)
 
 
 def main() -> None:

@@ -37,17 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from regrad_lib import bank, config, evaluate, generation, lora, modeling, tasks, testing  # noqa: E402
-from regrad_lib.learner import Learner, model_dtype  # noqa: E402
-from regrad_lib.regrad import StepSizes  # noqa: E402
-
-LLAMA32_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                  num_attention_heads=32, num_key_value_heads=8, head_dim=64, hidden_act="silu",
-                  max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
-                  rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                                "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-                  tie_word_embeddings=True, bos_token_id=128000, eos_token_id=[128001, 128008, 128009])
-
+from regrad_lib import bank, config, evaluate, generation, lora, tasks, testing  # noqa: E402
+from regrad_lib.learner import Learner  # noqa: E402
 
 def emit(**row) -> None:
     print(json.dumps(row), flush=True)
@@ -61,17 +52,7 @@ def sync(device: torch.device) -> None:
 def build_learner(name: str, device: str) -> Learner:
     """The learner of a preset, or the random 1B-shaped one; LoRA B made non-zero (a 'trained' learner)."""
     if name == "llama-1b-random":
-        from transformers import LlamaConfig, LlamaForCausalLM
-        preset = config.load_preset("llama-3.2-1b-instruct")
-        torch.manual_seed(42)
-        with torch.device(device):
-            model = LlamaForCausalLM(LlamaConfig(**LLAMA32_1B, attn_implementation="sdpa"))
-        model = model.to(model_dtype(preset, device)).eval().requires_grad_(False)
-        tokenizer = testing.build_tokenizer()
-        lora.attach(model, preset.peft, seed=preset.train.seed)
-        phi = lora.parameters(model)
-        alpha = StepSizes(phi, preset.learner.alpha_mode, preset.learner.init_alpha).to(device)
-        learner = Learner(model, tokenizer, preset, phi, alpha, torch.device(device))
+        learner = testing.random_1b_learner(device)
     else:
         learner = Learner.create(config.load_preset("tiny" if name == "tiny" else name), device)
     torch.manual_seed(0)

@@ -63,6 +63,44 @@ def build_model(vocab_size: int, seed: int = 0, hidden_size: int = 64, num_layer
     return LlamaForCausalLM(config)
 
 
+# meta-llama/Llama-3.2-1B-Instruct's dimensions (as in ../shared/bench/ref_bench.py): benchmarks build a random
+# model of this shape, since no weights can be downloaded.
+LLAMA32_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                  num_attention_heads=32, num_key_value_heads=8, head_dim=64, hidden_act="silu",
+                  max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
+                  rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+                  tie_word_embeddings=True, bos_token_id=128000, eos_token_id=[128001, 128008, 128009])
+PRESET_1B = "llama-3.2-1b-instruct"
+
+
+def random_1b_learner(device: str = "cpu", seed: int = 42):
+    """A randomly initialised Llama-3.2-1B-shaped model with the public 1B LoRA preset, as a Learner.
+
+    Base weights follow the learner's dtype policy (bf16 on a GPU); the tokenizer is the tiny test one (the
+    benchmarks feed token ids, not text the 1B vocabulary would need). ``device="meta"`` gives shapes only.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from . import config, lora
+    from .learner import Learner, model_dtype
+    from .regrad import StepSizes
+
+    preset = config.load_preset(PRESET_1B)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(LlamaConfig(**LLAMA32_1B, attn_implementation="sdpa"))
+        if device != "meta":
+            model = model.to(model_dtype(preset, device))
+        model.eval().requires_grad_(False)
+        lora.attach(model, preset.peft, seed=preset.train.seed)
+    phi = lora.parameters(model)
+    alpha = StepSizes(phi, preset.learner.alpha_mode, preset.learner.init_alpha).to(device)
+    tokenizer = None if device == "meta" else build_tokenizer()
+    return Learner(model, tokenizer, preset, phi, alpha, torch.device(device))
+
+
 def ensure_tiny_model(folder: Path | None = None) -> Path:
     """Build ``models/tiny-llama`` once (about a second) and return its folder."""
     folder = folder or paths.model_dir(TINY_MODEL_NAME)
