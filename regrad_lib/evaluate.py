@@ -371,6 +371,16 @@ class EvaluateSettings:
         self.learner = _LearnerOnce(self.run, self.device)
 
 
+def run(settings: EvaluateSettings) -> dict[str, list[dict]]:
+    """05_evaluate's computation: every method on every dataset (``summary``), then the gamma sweep (``sweeps``)."""
+    common = dict(split=settings.split, limit=settings.limit, device=settings.device, overwrite=settings.overwrite,
+                  learner=settings.learner)
+    rows = evaluate_all(settings.run, settings.datasets, settings.methods, topk=settings.topk, gamma=settings.gamma,
+                        **common)
+    return {"summary": rows, "sweeps": sweep_all(settings.run, settings.datasets, gammas=settings.gammas,
+                                                 topks=[settings.topk], **common)}
+
+
 def predictions(run: str, dataset: str, method: str) -> list[dict]:
     """Rows of ``results/<run>/<dataset>/<method>.predictions.jsonl``."""
     file = method_files(run, dataset, method)[0]
