@@ -129,9 +129,11 @@ def _finite(x: float | None) -> float | None:
 
 def chunk_losses(learner: Learner, tb: regrad.TaskBatch) -> torch.Tensor:
     """Per-task meta losses of one chunk (one batched forward of every passage and QA row; equation 3)."""
-    with learner.autocast():
-        return regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb,
-                                  first_order=learner.preset.learner.first_order)
+    cfg = learner.preset.learner
+    if not cfg.outer_loss:          # the ablation: plain passage LM loss at phi, no inner step
+        return regrad.passage_losses(learner.model, learner.phi, tb, precision=learner.precision)
+    return regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb, first_order=cfg.first_order,
+                              precision=learner.precision)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], max_grad_norm: float,
@@ -149,8 +151,9 @@ def optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
 
 
 def meta_step(learner: Learner, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], batch: list[Task],
-              lr: float) -> tuple[float, float, str | None]:
-    """One optimizer step over ``batch``: (mean meta loss, grad norm before clipping, None or what was non-finite).
+              lr: float) -> tuple[float, float, str | None, int]:
+    """One optimizer step over ``batch``: (mean meta loss, grad norm before clipping, None or what was non-finite,
+    passages cut from the batch's prompts to fit ``max_prompt_len``).
 
     The batch is computed in chunks of ``tasks_per_forward`` tasks (one batched forward/backward each, gradients
     accumulated; the step's loss is the mean over its tasks); a non-finite loss or gradient leaves the weights
@@ -158,20 +161,21 @@ def meta_step(learner: Learner, optimizer: torch.optim.Optimizer, params: list[t
     """
     args = learner.preset.train
     optimizer.zero_grad(set_to_none=True)
-    total = 0.0
+    total, truncated = 0.0, 0
     for chunk in _chunks(batch, args.tasks_per_forward):
-        losses = chunk_losses(learner, tasks_mod.task_batch(learner.tokenizer, chunk, learner.preset.learner)
-                              .to(learner.device))
+        tb = tasks_mod.task_batch(learner.tokenizer, chunk, learner.preset.learner)
+        truncated += tb.truncated_prompts
+        losses = chunk_losses(learner, tb.to(learner.device))
         values = losses.detach().float().cpu().tolist()
         bad = [t for t, v in zip(chunk, values) if not math.isfinite(v)]
         if bad:
-            return math.nan, math.nan, f"meta loss of {describe(bad)}"
+            return math.nan, math.nan, f"meta loss of {describe(bad)}", truncated
         (losses.sum() / len(batch)).backward()
         total += sum(values)
     grad_norm = optimizer_step(optimizer, params, args.max_grad_norm, lr)
     if not math.isfinite(grad_norm):
-        return total / len(batch), grad_norm, f"gradient (norm {grad_norm}) of the batch {describe(batch)}"
-    return total / len(batch), grad_norm, None
+        return total / len(batch), grad_norm, f"gradient (norm {grad_norm}) of the batch {describe(batch)}", truncated
+    return total / len(batch), grad_norm, None, truncated
 
 
 def evaluate(learner: Learner, validation: list[Task], generate: bool = True) -> dict:
@@ -180,9 +184,9 @@ def evaluate(learner: Learner, validation: list[Task], generate: bool = True) ->
     losses = []
     for chunk in _chunks(validation, learner.preset.train.tasks_per_forward):
         tb = tasks_mod.task_batch(learner.tokenizer, chunk, learner.preset.learner).to(learner.device)
-        with torch.no_grad(), learner.autocast():  # the inner gradient still runs (enable_grad inside)
-            losses += regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb,
-                                         first_order=True).float().cpu().tolist()
+        with torch.no_grad():  # the inner gradient still runs (enable_grad inside)
+            losses += regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb, first_order=True,
+                                         precision=learner.precision).float().cpu().tolist()
     out = {"eval_loss": _finite(sum(losses) / len(losses)), "eval_em": None, "eval_f1": None, "n": len(validation)}
     if generate:
         from .evaluate import predict_online  # evaluate imports the learner stack; keep train importable alone
@@ -339,7 +343,8 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
         artifacts.write_json(folder / REQUEST, request)
         artifacts.write_provenance(folder, preset.to_dict())
         log_path.write_text("", encoding="utf-8")
-        state = {"step": 0, "tasks_seen": 0, "skipped_nonfinite": 0, "elapsed_s": 0.0, "best": None,
+        state = {"step": 0, "tasks_seen": 0, "skipped_nonfinite": 0, "truncated_prompts": 0, "elapsed_s": 0.0,
+                 "best": None,
                  "order_epoch": None, "order": [], "data_fingerprint": data.fingerprint(), "total_steps": n_steps}
     if args.validation_size == 0:
         log.warning("validation_size=0: no validation slice, the final weights are kept as %s", META_STATE)
@@ -378,7 +383,8 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
             index = state["order"][position * args.meta_batch_size:(position + 1) * args.meta_batch_size]
             batch = [data.train[i] for i in index]
             lr = learning_rate(step, args, n_steps)
-            loss, grad_norm, problem = meta_step(learner, optimizer, params, batch, lr)
+            loss, grad_norm, problem, truncated = meta_step(learner, optimizer, params, batch, lr)
+            state["truncated_prompts"] = state.get("truncated_prompts", 0) + truncated
             if problem is not None:
                 message = f"step {step + 1}: non-finite {problem}"
                 if args.on_nonfinite == "error":
@@ -398,7 +404,7 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
                     "epoch": round(state["step"] / per_epoch, 4),
                     "alpha": {n: float(v) for n, v in learner.alpha.tensors().items()},
                     "skipped": problem is not None, "skipped_nonfinite": state["skipped_nonfinite"],
-                    "elapsed_s": elapsed()})
+                    "truncated_prompts": state["truncated_prompts"], "elapsed_s": elapsed()})
             if data.validation and (state["step"] % args.eval_steps == 0 or state["step"] == n_steps):
                 run_eval(state["step"])
             if state["step"] % args.save_steps == 0 or state["step"] == n_steps:
@@ -428,5 +434,6 @@ def _summary(run, preset, train_datasets, train_file, data, state, rows, wall) -
             "last_loss": train_rows[-1]["loss"] if train_rows else None,
             "first_eval": evals[0] if evals else None, "last_eval": evals[-1] if evals else None,
             "best_eval": state["best"], "metric_for_best_model": preset.train.metric_for_best_model,
-            "skipped_nonfinite": state["skipped_nonfinite"], "wall_s": wall,
+            "skipped_nonfinite": state["skipped_nonfinite"], "truncated_prompts": state.get("truncated_prompts", 0),
+            "wall_s": wall,
             "tasks_per_s": round(state["tasks_seen"] / wall, 4) if wall else None}
