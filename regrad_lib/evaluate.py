@@ -86,9 +86,9 @@ def needs_bank(methods: Sequence[str]) -> bool:
 
 # --- the harness ------------------------------------------------------------------------------------------
 
-def _prompt(learner: Learner, task: tasks.Task, context: bool) -> list[int]:
-    return prompts.prompt_ids(learner.tokenizer, task.question, task.passages if context else None,
-                              learner.preset.learner.max_prompt_len)
+def _prompt(learner: Learner, task: tasks.Task, context: bool) -> prompts.Prompt:
+    return prompts.build_prompt(learner.tokenizer, task.question, task.passages if context else None,
+                                learner.preset.learner)
 
 
 def _weights(spec: MethodSpec, learner: Learner, batch: Sequence[tasks.Task], pids: Sequence[Sequence[str]],
@@ -121,7 +121,8 @@ def _run(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, ban
         pids = pids[-1:] + pids[:-1]
     used = pids if spec.source in ("bank", "online") else [list(t.passage_ids) if spec.context else [] for t in items]
     batch_size = batch_size or learner.preset.generation.batch_size
-    prompt_ids = [_prompt(learner, t, spec.context) for t in items]
+    built = [_prompt(learner, t, spec.context) for t in items]
+    prompt_ids = [p.ids for p in built]
     order = sorted(range(len(items)), key=lambda i: -len(prompt_ids[i]))   # little padding per batch
     rows: list[dict | None] = [None] * len(items)
     model, tok = learner.model, learner.tokenizer
@@ -138,7 +139,7 @@ def _run(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, ban
             for i, task, gen, loss in zip(index, batch, out, losses):
                 rows[i] = {"test_id": task.test_id, "question": task.question, "answers": list(task.answers),
                            "prediction": gen.answer, "generated": gen.text, "passage_ids": used[i],
-                           "answer_nll": loss}
+                           "answer_nll": loss, "truncated_passages": built[i].truncated}
             bar.update(len(batch))
     return rows  # type: ignore[return-value]
 
@@ -176,6 +177,7 @@ def score_rows(rows: Sequence[dict]) -> dict:
     out = metrics.aggregate(metrics.score(r["prediction"], r["answers"]) for r in rows)
     finite = [r["answer_nll"] for r in rows if r["answer_nll"] is not None and math.isfinite(r["answer_nll"])]
     out["nll"] = sum(finite) / len(finite) if finite else math.nan
+    out["truncated_prompts"] = sum(1 for r in rows if r.get("truncated_passages"))   # passages cut to fit
     return out
 
 

@@ -140,10 +140,10 @@ def online_gradients(learner, batch: Sequence[tasks.Task]) -> Weights:
     """
     passages = [p for t in batch for p in t.passages]
     group = torch.tensor([i for i, t in enumerate(batch) for _ in t.passages], dtype=torch.long)
-    tokens = tasks.passage_batch(learner.tokenizer, passages, learner.preset.learner.bank_context_len)
-    with learner.autocast():
-        grads, _ = regrad.group_gradients(learner.model, learner.phi, tokens.to(learner.device),
-                                          group.to(learner.device), len(batch))
+    cfg = learner.preset.learner
+    tokens = tasks.passage_batch(learner.tokenizer, passages, cfg.bank_context_len, cfg.passage_format)
+    grads, _ = regrad.group_gradients(learner.model, learner.phi, tokens.to(learner.device),
+                                      group.to(learner.device), len(batch), precision=learner.precision)
     return {n: g.detach() for n, g in grads.items()}
 
 

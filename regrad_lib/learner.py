@@ -24,10 +24,10 @@ META_STATE = "meta_state.safetensors"
 
 
 def model_dtype(preset: config.Preset, device: str | torch.device) -> torch.dtype:
-    """bf16/fp16 base weights on an accelerator when the preset trains in that precision; else fp32."""
+    """bf16 base weights on an accelerator when the preset trains in bf16; else fp32."""
     if torch.device(device).type == "cpu" or preset.train.mixed_precision == "no":
         return torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[preset.train.mixed_precision]
+    return torch.bfloat16
 
 
 def trained_state(run: str) -> Path:
@@ -99,6 +99,12 @@ class Learner:
             h.update(v.numpy().tobytes())
         return h.hexdigest()[:16]
 
+    @property
+    def precision(self) -> str:
+        """The autocast precision of forward passes: the preset's on an accelerator, "no" (fp32) on the CPU."""
+        return self.preset.train.mixed_precision if self.device.type != "cpu" else "no"
+
     def autocast(self):
+        """Autocast for forward-only passes (generation, answer NLL); gradient code passes ``precision``."""
         from .regrad import autocast
-        return autocast(self.device, self.preset.train.mixed_precision if self.device.type != "cpu" else "no")
+        return autocast(self.device, self.precision)

@@ -129,9 +129,11 @@ def _finite(x: float | None) -> float | None:
 
 def chunk_losses(learner: Learner, tb: regrad.TaskBatch) -> torch.Tensor:
     """Per-task meta losses of one chunk (one batched forward of every passage and QA row; equation 3)."""
-    with learner.autocast():
-        return regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb,
-                                  first_order=learner.preset.learner.first_order)
+    cfg = learner.preset.learner
+    if not cfg.outer_loss:          # the ablation: plain passage LM loss at phi, no inner step
+        return regrad.passage_losses(learner.model, learner.phi, tb, precision=learner.precision)
+    return regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb, first_order=cfg.first_order,
+                              precision=learner.precision)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], max_grad_norm: float,
@@ -149,8 +151,9 @@ def optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
 
 
 def meta_step(learner: Learner, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], batch: list[Task],
-              lr: float) -> tuple[float, float, str | None]:
-    """One optimizer step over ``batch``: (mean meta loss, grad norm before clipping, None or what was non-finite).
+              lr: float) -> tuple[float, float, str | None, int]:
+    """One optimizer step over ``batch``: (mean meta loss, grad norm before clipping, None or what was non-finite,
+    passages cut from the batch's prompts to fit ``max_prompt_len``).
 
     The batch is computed in chunks of ``tasks_per_forward`` tasks (one batched forward/backward each, gradients
     accumulated; the step's loss is the mean over its tasks); a non-finite loss or gradient leaves the weights
@@ -161,35 +164,36 @@ def meta_step(learner: Learner, optimizer: torch.optim.Optimizer, params: list[t
     args = learner.preset.train
     optimizer.zero_grad(set_to_none=True)
     share = distributed.span(len(batch))
-    total, bad = 0.0, []
+    total, truncated, bad = 0.0, 0, []
     for chunk in _chunks(batch[share.start:share.stop], args.tasks_per_forward):
-        losses = chunk_losses(learner, tasks_mod.task_batch(learner.tokenizer, chunk, learner.preset.learner)
-                              .to(learner.device))
+        tb = tasks_mod.task_batch(learner.tokenizer, chunk, learner.preset.learner)
+        truncated += tb.truncated_prompts
+        losses = chunk_losses(learner, tb.to(learner.device))
         values = losses.detach().float().cpu().tolist()
         bad = [t for t, v in zip(chunk, values) if not math.isfinite(v)]
         if bad:
             break
         (losses.sum() / len(batch)).backward()
         total += sum(values)
-    total, bad = _whole_batch(total, bad)
+    total, truncated, bad = _whole_batch(total, truncated, bad)
     if bad:
-        return math.nan, math.nan, f"meta loss of {describe(bad)}"
+        return math.nan, math.nan, f"meta loss of {describe(bad)}", truncated
     distributed.sum_gradients(params)
     grad_norm = optimizer_step(optimizer, params, args.max_grad_norm, lr)
     if not math.isfinite(grad_norm):
-        return total / len(batch), grad_norm, f"gradient (norm {grad_norm}) of the batch {describe(batch)}"
-    return total / len(batch), grad_norm, None
+        return total / len(batch), grad_norm, f"gradient (norm {grad_norm}) of the batch {describe(batch)}", truncated
+    return total / len(batch), grad_norm, None, truncated
 
 
-def _whole_batch(total: float, bad: list[Task]) -> tuple[float, list[Task]]:
-    """This process's loss sum and non-finite tasks, summed/joined over every process of the job."""
+def _whole_batch(total: float, truncated: int, bad: list[Task]) -> tuple[float, int, list[Task]]:
+    """This process's loss sum, truncated prompts and non-finite tasks, summed/joined over every process."""
     if distributed.job().size == 1:
-        return total, bad
-    status = torch.tensor([total, float(len(bad))], dtype=torch.float64, device=distributed.collective_device())
+        return total, truncated, bad
+    status = torch.tensor([total, truncated, len(bad)], dtype=torch.float64, device=distributed.collective_device())
     distributed.sum_([status])
-    if status[1] > 0:
+    if status[2] > 0:
         bad = [t for part in distributed.gather(bad) for t in part]
-    return float(status[0]), bad
+    return float(status[0]), int(status[1]), bad
 
 
 def evaluate(learner: Learner, validation: list[Task], generate: bool = True) -> dict:
@@ -199,9 +203,9 @@ def evaluate(learner: Learner, validation: list[Task], generate: bool = True) ->
     mine = []       # a job's processes take turns over the chunks; gathered back in order
     for i in distributed.turns(len(chunks)):
         tb = tasks_mod.task_batch(learner.tokenizer, chunks[i], learner.preset.learner).to(learner.device)
-        with torch.no_grad(), learner.autocast():  # the inner gradient still runs (enable_grad inside)
-            mine.append(regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb,
-                                           first_order=True).float().cpu().tolist())
+        with torch.no_grad():  # the inner gradient still runs (enable_grad inside)
+            mine.append(regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb, first_order=True,
+                                           precision=learner.precision).float().cpu().tolist())
     losses = [v for part in distributed.merge_turns(mine, len(chunks)) for v in part]
     out = {"eval_loss": _finite(sum(losses) / len(losses)), "eval_em": None, "eval_f1": None, "n": len(validation)}
     if generate:
@@ -398,7 +402,8 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
             artifacts.write_json(folder / REQUEST, request)
             artifacts.write_provenance(folder, preset.to_dict())
             log_path.write_text("", encoding="utf-8")
-        state = {"step": 0, "tasks_seen": 0, "skipped_nonfinite": 0, "elapsed_s": 0.0, "best": None,
+        state = {"step": 0, "tasks_seen": 0, "skipped_nonfinite": 0, "truncated_prompts": 0, "elapsed_s": 0.0,
+                 "best": None,
                  "order_epoch": None, "order": [], "data_fingerprint": data.fingerprint(), "total_steps": n_steps}
     if distributed.job().size > 1:
         distributed.same_everywhere(learner.meta_hash(), "the meta weights at the start")
@@ -443,7 +448,8 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
             index = state["order"][position * args.meta_batch_size:(position + 1) * args.meta_batch_size]
             batch = [data.train[i] for i in index]
             lr = learning_rate(step, args, n_steps)
-            loss, grad_norm, problem = meta_step(learner, optimizer, params, batch, lr)
+            loss, grad_norm, problem, truncated = meta_step(learner, optimizer, params, batch, lr)
+            state["truncated_prompts"] = state.get("truncated_prompts", 0) + truncated
             if problem is not None:
                 message = f"step {step + 1}: non-finite {problem}"
                 if args.on_nonfinite == "error":
@@ -463,7 +469,7 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
                     "epoch": round(state["step"] / per_epoch, 4),
                     "alpha": {n: float(v) for n, v in learner.alpha.tensors().items()},
                     "skipped": problem is not None, "skipped_nonfinite": state["skipped_nonfinite"],
-                    "elapsed_s": elapsed()})
+                    "truncated_prompts": state["truncated_prompts"], "elapsed_s": elapsed()})
             if data.validation and (state["step"] % args.eval_steps == 0 or state["step"] == n_steps):
                 run_eval(state["step"])
             if state["step"] % args.save_steps == 0 or state["step"] == n_steps:
@@ -500,5 +506,6 @@ def _summary(run, preset, train_datasets, train_file, data, state, rows, wall) -
             "last_loss": train_rows[-1]["loss"] if train_rows else None,
             "first_eval": evals[0] if evals else None, "last_eval": evals[-1] if evals else None,
             "best_eval": state["best"], "metric_for_best_model": preset.train.metric_for_best_model,
-            "skipped_nonfinite": state["skipped_nonfinite"], "wall_s": wall,
+            "skipped_nonfinite": state["skipped_nonfinite"], "truncated_prompts": state.get("truncated_prompts", 0),
+            "wall_s": wall,
             "tasks_per_s": round(state["tasks_seen"] / wall, 4) if wall else None}
