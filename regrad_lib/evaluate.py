@@ -39,7 +39,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import artifacts, generation, lora, metrics, paths, prompts, regrad, tasks
+from . import artifacts, distributed, generation, lora, metrics, paths, prompts, regrad, tasks
 from .learner import Learner, trained_state
 
 log = logging.getLogger(__name__)
@@ -124,23 +124,29 @@ def _run(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, ban
     built = [_prompt(learner, t, spec.context) for t in items]
     prompt_ids = [p.ids for p in built]
     order = sorted(range(len(items)), key=lambda i: -len(prompt_ids[i]))   # little padding per batch
-    rows: list[dict | None] = [None] * len(items)
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    mine = distributed.turns(len(batches))     # a job's processes take turns over the very same batches
+    done: list[list[tuple[int, dict]]] = []
     model, tok = learner.model, learner.tokenizer
     max_new = learner.preset.generation.max_new_tokens
-    with tqdm(total=len(items), desc=desc, unit="question") as bar:
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
+    with tqdm(total=sum(len(batches[b]) for b in mine), desc=desc, unit="question",
+              disable=not distributed.job().main) as bar:
+        for b in mine:
+            index = batches[b]
             batch = [items[i] for i in index]
             weights = _weights(spec, learner, batch, [pids[i] for i in index], bank, gamma)
             with learner.autocast(), (lora.disabled(model) if spec.base else contextlib.nullcontext()):
                 out = generation.generate(model, tok, [prompt_ids[i] for i in index], max_new_tokens=max_new,
                                           weights=weights)
             losses = generation.answer_nll(learner, batch, weights, spec.context) if nll else [math.nan] * len(batch)
-            for i, task, gen, loss in zip(index, batch, out, losses):
-                rows[i] = {"test_id": task.test_id, "question": task.question, "answers": list(task.answers),
-                           "prediction": gen.answer, "generated": gen.text, "passage_ids": used[i],
-                           "answer_nll": loss, "truncated_passages": built[i].truncated}
+            done.append([(i, {"test_id": task.test_id, "question": task.question, "answers": list(task.answers),
+                              "prediction": gen.answer, "generated": gen.text, "passage_ids": used[i],
+                              "answer_nll": loss, "truncated_passages": built[i].truncated})
+                         for i, task, gen, loss in zip(index, batch, out, losses)])
             bar.update(len(batch))
+    rows: list[dict | None] = [None] * len(items)
+    for i, row in (pair for part in distributed.merge_turns(done, len(batches)) for pair in part):
+        rows[i] = row
     return rows  # type: ignore[return-value]
 
 
@@ -231,6 +237,26 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
     """
     methods = check_methods(methods)
     get_learner = _loader(run, device, learner)
+    out, todo = distributed.on_main(_plan, run, dataset, methods, split, topk, gamma, limit, overwrite)
+    if todo:
+        items = load_tasks(dataset, split, topk, limit)
+        current = get_learner()
+        if bank is None and needs_bank(todo):
+            from . import bank as bank_module
+            bank = bank_module.open_bank(topk, run, dataset, split, learner=current)
+        for method in todo:
+            rows = run_method(method, current, items, bank=bank if SPECS[method].source == "bank" else None,
+                              gamma=gamma, topk=topk)
+            out[method] = distributed.on_main(_write_method, run, dataset, method, rows, current, split, topk, gamma,
+                                              limit)
+    distributed.on_main(merge_csv, paths.results_dir(run) / "summary.csv", SUMMARY_FIELDS,
+                        [{"dataset": dataset, "method": m, **{k: out[m][k] for k in SUMMARY_FIELDS[2:]}}
+                         for m in methods], key=("dataset", "method"))
+    return out
+
+
+def _plan(run, dataset, methods, split, topk, gamma, limit, overwrite) -> tuple[dict[str, dict], list[str]]:
+    """(results kept from finished methods, the methods to compute); refuses results of other settings."""
     out: dict[str, dict] = {}
     todo = []
     for method in methods:
@@ -246,20 +272,7 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
             out[method] = {**saved, "status": "kept"}
         else:
             todo.append(method)
-    if todo:
-        items = load_tasks(dataset, split, topk, limit)
-        current = get_learner()
-        if bank is None and needs_bank(todo):
-            from . import bank as bank_module
-            bank = bank_module.open_bank(topk, run, dataset, split, learner=current)
-        for method in todo:
-            rows = run_method(method, current, items, bank=bank if SPECS[method].source == "bank" else None,
-                              gamma=gamma, topk=topk)
-            out[method] = _write_method(run, dataset, method, rows, current, split, topk, gamma, limit)
-    merge_csv(paths.results_dir(run) / "summary.csv", SUMMARY_FIELDS,
-              [{"dataset": dataset, "method": m, **{k: out[m][k] for k in SUMMARY_FIELDS[2:]}} for m in methods],
-              key=("dataset", "method"))
-    return out
+    return out, todo
 
 
 def _write_method(run, dataset, method, rows, learner, split, topk, gamma, limit) -> dict:
@@ -286,7 +299,7 @@ def evaluate_all(run: str, datasets: Sequence[str], methods: Sequence[str], *, d
     get_learner = _loader(run, device, learner)
     for dataset in datasets:
         evaluate(run, dataset, methods, device=device, learner=get_learner, **kwargs)
-    return [r for r in summary(run) if r["dataset"] in set(datasets)]
+    return distributed.on_main(lambda: [r for r in summary(run) if r["dataset"] in set(datasets)])
 
 
 def summary(run: str) -> list[dict]:
@@ -305,12 +318,10 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
     check_methods([method])
     get_learner = _loader(run, device, learner)
     file = paths.results_dir(run) / "sweeps.csv"
-    done = {(r["dataset"], r["method"], float(r["gamma"]), int(r["topk"])) for r in read_csv(file)} \
-        if file.exists() and not overwrite else set()
+    plan = distributed.on_main(_sweep_plan, run, dataset, method, gammas, topks, split, limit, overwrite)
     new = []
-    for topk in topks:
-        points = [float(g) for g in gammas if (dataset, method, float(g), int(topk)) not in done]
-        reused = {g: _finished(run, dataset, method, _settings(method, split, topk, g, limit)) for g in points}
+    for topk, reused in zip(topks, plan):
+        points = list(reused)
         todo = [g for g in points if reused[g] is None]
         if todo:
             current, store = get_learner(), None
@@ -322,10 +333,20 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
                 reused[gamma] = score_rows(run_method(method, current, items, bank=store, gamma=gamma, topk=topk))
         new += [{"dataset": dataset, "method": method, "gamma": g, "topk": int(topk), **reused[g]} for g in points]
     if new:
-        merge_csv(file, SWEEP_FIELDS, new, key=("dataset", "method", "gamma", "topk"))
+        distributed.on_main(merge_csv, file, SWEEP_FIELDS, new, key=("dataset", "method", "gamma", "topk"))
     wanted = {(float(g), int(k)) for g in gammas for k in topks}
-    return [r for r in read_csv(file) if r["dataset"] == dataset and r["method"] == method
-            and (r["gamma"], r["topk"]) in wanted] if file.exists() else []
+    return distributed.on_main(lambda: [r for r in read_csv(file) if r["dataset"] == dataset and r["method"] == method
+                                        and (r["gamma"], r["topk"]) in wanted] if file.exists() else [])
+
+
+def _sweep_plan(run, dataset, method, gammas, topks, split, limit, overwrite) -> list[dict[float, dict | None]]:
+    """Per top-k: ``{gamma: scores of a finished evaluation with these settings, or None}`` for the points not
+    yet in sweeps.csv (all points with ``overwrite``)."""
+    file = paths.results_dir(run) / "sweeps.csv"
+    done = {(r["dataset"], r["method"], float(r["gamma"]), int(r["topk"])) for r in read_csv(file)} \
+        if file.exists() and not overwrite else set()
+    return [{float(g): _finished(run, dataset, method, _settings(method, split, topk, float(g), limit))
+             for g in gammas if (dataset, method, float(g), int(topk)) not in done} for topk in topks]
 
 
 def sweep_all(run: str, datasets: Sequence[str], *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0),
