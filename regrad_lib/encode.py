@@ -123,6 +123,7 @@ class EncodeSettings:
     overwrite: bool = False
     preset: str | None = None          # informational: the run's saved configs are authoritative
     missing: list[str] = field(default_factory=list, init=False)
+    _loaded: Learner | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.datasets, str):
@@ -144,8 +145,10 @@ class EncodeSettings:
         return None if self.limit is None else self.start + self.limit
 
     def learner(self) -> Learner:
-        """The run's trained learner; warns when ``preset`` names another model than the run was trained with."""
-        learner = Learner.from_run(self.run, self.device)
+        """The run's trained learner (loaded once); warns when ``preset`` names another model than the run's."""
+        if self._loaded is not None:
+            return self._loaded
+        learner = self._loaded = Learner.from_run(self.run, self.device)
         if self.preset and self.preset in config.available_presets():
             wanted = config.load_preset(self.preset).learner.model_name_or_path
             if wanted != learner.preset.learner.model_name_or_path:

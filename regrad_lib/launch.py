@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     where = f"[rank {job.rank}/{job.size}] " if job.size > 1 else ""
     logging.basicConfig(level=logging.INFO if job.main else logging.WARNING,
                         format=f"%(asctime)s {where}%(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not job.main:   # one set of progress bars: rank 0's
+        from transformers.utils import logging as transformers_logging
+        transformers_logging.disable_progress_bar()
     try:
         value = steps()[name].compute(settings)
         if result is not None and job.main:
