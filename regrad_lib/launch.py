@@ -101,9 +101,10 @@ def _parser_for(hint: Any, flag: str) -> Callable[[str], Any]:
             return None
         if kind is str:
             return text
-        if typing.get_origin(kind) is list and not text.lstrip().startswith("["):
-            return [part.strip() for part in text.split(",") if part.strip()]
         try:
+            if typing.get_origin(kind) is list and not text.lstrip().startswith("["):
+                parts = [part.strip() for part in text.split(",") if part.strip()]
+                return parts if typing.get_args(kind) == (str,) else [json.loads(part) for part in parts]
             return json.loads(text)
         except json.JSONDecodeError:
             if kind is bool and text in ("True", "False"):
