@@ -106,6 +106,7 @@ class LearnerConfig:
 class TrainArgs:
     """Meta-training (defaults: the public configuration, method.md)."""
     learning_rate: float = 4e-4
+    alpha_learning_rate: float | None = None   # the step sizes' own lr (None: learning_rate, the public setup)
     weight_decay: float = 0.01
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -138,7 +139,7 @@ class TrainArgs:
         _check_literal(self, "mixed_precision", get_args(Precision))
         _check_literal(self, "on_nonfinite", get_args(OnNonFinite))
         _check_literal(self, "metric_for_best_model", get_args(BestMetric))
-        _check_positive(self, "learning_rate", "meta_batch_size", "tasks_per_forward", "num_train_epochs",
+        _check_positive(self, "learning_rate", "alpha_learning_rate", "meta_batch_size", "tasks_per_forward", "num_train_epochs",
                         "max_grad_norm", "topk", "eval_steps", "save_steps", "logging_steps", "max_steps",
                         "max_train_tasks")
         _check_positive(self, "weight_decay", "eta_min", "validation_size", allow_zero=True)

@@ -17,7 +17,8 @@ no_update      meta LoRA    no               ``phi`` (gamma = 0)
 ============== ============ ================ ===========================================================
 
 A batch of questions runs with per-row adapted weights ``[batch, ...]`` (batched low-rank matmuls), never one
-question at a time with weights copied in and out. Each row also gets ``answer_nll``: the mean token NLL of the
+question at a time with weights copied in and out. Each row also gets ``answer_nll`` (scored from the prompt's KV
+cache, right after the prefill that decoding uses): the mean token NLL of the
 first gold answer (label `` answer\\n``) under that method's weights and prompt.
 
 Outputs (all atomic, results of a finished method are kept unless ``overwrite``): ``results/<run>/<dataset>/
@@ -135,14 +136,14 @@ def _run(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, ban
             index = batches[b]
             batch = [items[i] for i in index]
             weights = _weights(spec, learner, batch, [pids[i] for i in index], bank, gamma)
+            gold = [prompts.answer_ids(tok, t.answer) for t in batch] if nll else None
             with learner.autocast(), (lora.disabled(model) if spec.base else contextlib.nullcontext()):
                 out = generation.generate(model, tok, [prompt_ids[i] for i in index], max_new_tokens=max_new,
-                                          weights=weights)
-            losses = generation.answer_nll(learner, batch, weights, spec.context) if nll else [math.nan] * len(batch)
+                                          weights=weights, score_ids=gold)
             done.append([(i, {"test_id": task.test_id, "question": task.question, "answers": list(task.answers),
                               "prediction": gen.answer, "generated": gen.text, "passage_ids": used[i],
-                              "answer_nll": loss, "truncated_passages": built[i].truncated})
-                         for i, task, gen, loss in zip(index, batch, out, losses)])
+                              "answer_nll": gen.answer_nll, "truncated_passages": built[i].truncated})
+                         for i, task, gen in zip(index, batch, out)])
             bar.update(len(batch))
     rows: list[dict | None] = [None] * len(items)
     for i, row in (pair for part in distributed.merge_turns(done, len(batches)) for pair in part):

@@ -97,12 +97,13 @@ def describe(tasks: Sequence[Task], limit: int = 8) -> str:
 
 # --- schedule ----------------------------------------------------------------------------------------------
 
-def learning_rate(step: int, args: config.TrainArgs, total_steps: int) -> float:
+def learning_rate(step: int, args: config.TrainArgs, total_steps: int, base: float | None = None) -> float:
     """The lr of optimizer step ``step`` (0-based), as torch's SequentialLR of the public code computes it:
     LinearLR from ``warmup_start_factor`` over ``int(warmup_ratio * total_steps)`` steps, then a linear decay
-    to 0 or a cosine decay to ``eta_min`` over the remaining steps."""
+    to 0 or a cosine decay to ``eta_min`` over the remaining steps. ``base``: the peak lr (default
+    ``learning_rate``; the step sizes' group passes ``alpha_learning_rate``)."""
     warmup = int(args.warmup_ratio * total_steps)
-    base = args.learning_rate
+    base = args.learning_rate if base is None else base
     if step < warmup:
         return base * (args.warmup_start_factor + (1.0 - args.warmup_start_factor) * step / warmup)
     progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
@@ -136,22 +137,38 @@ def chunk_losses(learner: Learner, tb: regrad.TaskBatch) -> torch.Tensor:
                               precision=learner.precision)
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], max_grad_norm: float,
-                   lr: float) -> float:
-    """Clip the accumulated gradient over phi + alpha and step at ``lr``; returns the norm before clipping.
+def make_optimizer(learner: Learner) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
+    """AdamW over two groups: the LoRA weights phi (``learning_rate``) and the learned step sizes alpha
+    (``alpha_learning_rate``, default the same); returns it and the list of all its parameters (for clipping)."""
+    args = learner.preset.train
+    phi = list(learner.phi.values())
+    alpha = [p for p in learner.alpha.parameters() if p.requires_grad]
+    groups = [{"params": phi, "name": "phi"}] + ([{"params": alpha, "name": "alpha"}] if alpha else [])
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  eps=args.adam_epsilon, weight_decay=args.weight_decay)
+    return optimizer, phi + alpha
 
-    A non-finite norm is returned without stepping (the weights stay as they were).
-    """
+
+def group_rates(step: int, args: config.TrainArgs, total_steps: int) -> dict[str, float]:
+    """The lr of each parameter group at ``step``: the same schedule, each group from its own peak."""
+    alpha_base = args.learning_rate if args.alpha_learning_rate is None else args.alpha_learning_rate
+    return {"phi": learning_rate(step, args, total_steps), "alpha": learning_rate(step, args, total_steps, alpha_base)}
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], max_grad_norm: float,
+                   lr: float | dict[str, float]) -> float:
+    """Clip the accumulated gradient over phi + alpha and step at ``lr`` (one value, or one per group name);
+    returns the norm before clipping. A non-finite norm is returned without stepping (the weights stay)."""
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
     if math.isfinite(grad_norm):
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr[group.get("name", "phi")] if isinstance(lr, dict) else lr
         optimizer.step()
     return grad_norm
 
 
 def meta_step(learner: Learner, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], batch: list[Task],
-              lr: float) -> tuple[float, float, str | None, int]:
+              lr: float | dict[str, float]) -> tuple[float, float, str | None, int]:
     """One optimizer step over ``batch``: (mean meta loss, grad norm before clipping, None or what was non-finite,
     passages cut from the batch's prompts to fit ``max_prompt_len``).
 
@@ -382,9 +399,7 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     learner = Learner.create(preset, device)
-    params = [*learner.phi.values(), *(p for p in learner.alpha.parameters() if p.requires_grad)]
-    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  eps=args.adam_epsilon, weight_decay=args.weight_decay)
+    optimizer, params = make_optimizer(learner)
     n_steps, per_epoch = total_steps(len(data.train), args)
     log_path = folder / LOG
 
@@ -447,8 +462,8 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
                 state["order"], state["order_epoch"] = epoch_order(len(data.train), args.seed, epoch), epoch
             index = state["order"][position * args.meta_batch_size:(position + 1) * args.meta_batch_size]
             batch = [data.train[i] for i in index]
-            lr = learning_rate(step, args, n_steps)
-            loss, grad_norm, problem, truncated = meta_step(learner, optimizer, params, batch, lr)
+            rates = group_rates(step, args, n_steps)
+            loss, grad_norm, problem, truncated = meta_step(learner, optimizer, params, batch, rates)
             state["truncated_prompts"] = state.get("truncated_prompts", 0) + truncated
             if problem is not None:
                 message = f"step {step + 1}: non-finite {problem}"
@@ -465,7 +480,7 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
             if main and (problem is not None or state["step"] % args.logging_steps == 0 or state["step"] == n_steps):
                 _append(log_path, {
                     "kind": "train", "step": state["step"], "loss": _finite(loss) if problem is None else None,
-                    "lr": lr, "grad_norm": _finite(grad_norm), "tasks_seen": state["tasks_seen"],
+                    "lr": rates["phi"], "alpha_lr": rates["alpha"], "grad_norm": _finite(grad_norm), "tasks_seen": state["tasks_seen"],
                     "epoch": round(state["step"] / per_epoch, 4),
                     "alpha": {n: float(v) for n, v in learner.alpha.tensors().items()},
                     "skipped": problem is not None, "skipped_nonfinite": state["skipped_nonfinite"],

@@ -230,6 +230,27 @@ def test_outer_loss_false_trains_the_passage_lm_loss_and_leaves_alpha(data):
     assert any(not torch.equal(trained.phi[n], learner.phi[n]) for n in learner.phi)  # phi did
 
 
+def test_alpha_learning_rate_reaches_the_optimizer_and_moves_alpha_faster(data):
+    """alpha gets its own lr (same schedule); the default keeps the public setup (one lr for both)."""
+    preset = _preset(max_steps=2, validation_size=0, learning_rate=1e-3)
+    default, _ = train.make_optimizer(Learner.create(preset))
+    assert [g["name"] for g in default.param_groups] == ["phi", "alpha"]
+    rates = train.group_rates(1, preset.train, 2)
+    assert rates["alpha"] == rates["phi"]
+    fast = preset.replace(train={"alpha_learning_rate": 2e-2})
+    rates = train.group_rates(1, fast.train, 2)
+    assert rates["alpha"] == pytest.approx(20 * rates["phi"])
+    moved = {}
+    for name, p in (("slow", preset), ("fast", fast)):
+        train.train(f"alpha_{name}", p, data)
+        log = [r for r in train.read_log(f"alpha_{name}") if r["kind"] == "train"]
+        assert log[-1]["alpha_lr"] == pytest.approx(train.group_rates(1, p.train, 2)["alpha"])
+        moved[name] = max(abs(v - 1e-2) for v in log[-1]["alpha"].values())
+    assert moved["fast"] > 5 * moved["slow"] > 0
+    with pytest.raises(config.ConfigError, match="alpha_learning_rate"):
+        preset.replace(train={"alpha_learning_rate": -1.0})
+
+
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
 def test_schedule_matches_torch_and_its_end_points(kind):
     args = config.TrainArgs(learning_rate=4e-4, lr_scheduler_type=kind, warmup_ratio=0.1, warmup_start_factor=0.01,
