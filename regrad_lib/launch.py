@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         value = steps()[name].compute(settings)
         if result is not None and job.main:
-            artifacts.write_json(result, value, indent=None)
+            artifacts.write_text(result, json.dumps(value, default=str))   # bank folders (Path) as str
     finally:
         distributed.finish()
     return 0

@@ -4,15 +4,18 @@ Each launched job costs ~20 s of process start-up on a small CPU, so the module 
 training, 2-process evaluation, one job with a failing rank (and 2-process encoding in test_encode_sharded).
 """
 
+import csv
+import itertools
 import json
 import shutil
+import subprocess
 import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from regrad_lib import artifacts, checkpoint, distributed, encode, evaluate, launch, paths, train
+from regrad_lib import artifacts, bank, checkpoint, distributed, encode, evaluate, launch, lora, paths, train
 from regrad_lib.learner import META_STATE, Learner
 
 CITIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Egypt", "Cairo"), ("Peru", "Lima"),
@@ -128,6 +131,76 @@ def test_a_failing_rank_stops_the_job_with_its_error(solo):
     assert not evaluate.method_files("broken", "dist-b", "regrad")[1].exists()   # nothing half-written
 
 
+def _sample_records(n):
+    """``n`` records with 3 distinct passages each from the bundled mini-Wikipedia (real passage lengths)."""
+    with paths.sample_corpus().open(encoding="utf-8", newline="") as f:
+        rows = [r for r in itertools.islice(csv.reader(f, delimiter="\t"), 1, 3 * n + 1)]
+    return [{"test_id": i, "question": f"What about {rows[3 * i][2]}?", "answers": [rows[3 * i][2]],
+             "passages": [r[1] for r in rows[3 * i:3 * i + 3]], "passage_ids": [r[0] for r in rows[3 * i:3 * i + 3]],
+             "titles": [r[2] for r in rows[3 * i:3 * i + 3]], "scores": [1.0] * 3} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def reference_bank(solo):
+    """Dataset dist-c (450 sample passages) and its bf16 bank encoded by one process (run enc1, solo's weights)."""
+    artifacts.write_json(paths.augmented_file("dist-c", "dev"), _sample_records(150))
+    shutil.copytree(paths.output_dir("solo"), paths.output_dir("enc1"), dirs_exist_ok=True)
+    return launch.run(encode.EncodeSettings(run="enc1", datasets=["dist-c"], batch_size=4))["dist-c"]
+
+
+def _same_bank(folder, reference):
+    """Same ids as ``reference``, every gradient equal within bf16 rounding, manifest and shards valid."""
+    with bank.GradientBank.open(folder) as got, bank.GradientBank.open(reference) as want:
+        assert sorted(got.ids()) == sorted(want.ids()) and len(got) == 450
+        assert got.verify()["entries"] == 450
+        ids = want.ids()
+        torch.testing.assert_close(got.rows(ids).float(), want.rows(ids).float(), rtol=2 ** -7, atol=1e-12)
+        assert got.manifest["meta_hash"] == want.manifest["meta_hash"]
+    assert not paths.bank_parts_dir(folder).exists()
+    return got.manifest
+
+
+def test_two_processes_encode_the_bank_of_one(reference_bank):
+    shutil.copytree(paths.output_dir("solo"), paths.output_dir("enc2"), dirs_exist_ok=True)
+    banks = launch.run(encode.EncodeSettings(run="enc2", datasets=["dist-c"], batch_size=4), num_processes=2)
+    manifest = _same_bank(banks["dist-c"], reference_bank)
+    assert {s["file"].split("-shard")[0] for s in manifest["shards"]} == {"a001-r0", "a001-r1"}   # one part each
+
+
+def test_an_encode_killed_in_one_rank_resumes_with_one_process(reference_bank):
+    """Rank 1 is killed once it has written a shard: no manifest (nothing opens or verifies as a bank), and
+    one process then finishes the job from the parts: the bank of one process."""
+    import psutil
+
+    shutil.copytree(paths.output_dir("solo"), paths.output_dir("enc-kill"), dirs_exist_ok=True)
+    row_bytes = lora.numel(Learner.from_run("solo").phi) * 2
+    settings = encode.EncodeSettings(run="enc-kill", datasets=["dist-c"], batch_size=4, shard_bytes=4 * row_bytes)
+    folder = paths.bank_dir(3, "enc-kill", "dist-c", "dev")
+    proc = subprocess.Popen(launch.command("encode", settings, 2, None), cwd=paths.repo_root(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (paths.bank_parts_dir(folder) / "a001-r1" / bank.MANIFEST).exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "rank 1 never wrote a shard"
+            time.sleep(0.05)
+        ranks = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                 if p.environ().get("RANK") == "1" and "regrad_lib.launch" in " ".join(p.cmdline())]
+        assert len(ranks) == 1
+        ranks[0].kill()
+        assert proc.wait(timeout=60) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (folder / bank.MANIFEST).exists()
+    with pytest.raises(FileNotFoundError, match="manifest.json missing"):
+        bank.GradientBank.open(folder)
+    with bank.GradientBank.open(paths.bank_parts_dir(folder) / "a001-r1") as part:
+        assert 0 < len(part) < 225          # rank 1 had done some of its 225 passages, not all
+    encode.encode("enc-kill", "dist-c", "dev", batch_size=4)                       # one process, resumes
+    manifest = _same_bank(folder, reference_bank)
+    assert {"a001-r1", "a002-r0"} <= {s["file"].split("-shard")[0] for s in manifest["shards"]}
+
+
 # --- single-process helpers (no launcher) ------------------------------------------------------------------
 
 def test_one_process_helpers_are_the_identity():
@@ -180,3 +253,39 @@ def test_failure_message_names_the_root_cause_rank():
     assert "File 'y.py', line 9" in message and "Connection closed" not in message
     assert "before any rank reported" in launch.failure("accelerate: bad config\n", "train", 2, 1)
     json.dumps(message)
+
+
+PHI = {"m.0.lora_A": torch.zeros(2, 3), "m.0.lora_B": torch.zeros(4, 2)}
+
+
+def _part(folder, ids, meta_hash="meta-1"):
+    head = bank.header(model="tiny-llama", model_id="tiny-llama", model_revision=None, preset="tiny", phi=PHI,
+                       meta_hash=meta_hash, dtype="fp32")
+    writer = bank.BankWriter.open(folder, head, shard_bytes=2 * lora.numel(PHI) * 4)
+    writer.append(ids, torch.arange(len(ids) * lora.numel(PHI), dtype=torch.float32).view(len(ids), -1))
+    writer.close()
+    return head
+
+
+def test_parts_merge_once_and_never_mix_weights(tmp_path):
+    target = tmp_path / "dev_all"
+    parts = paths.bank_parts_dir(target)
+    head = _part(parts / "a001-r0", ["a", "b", "c"])
+    _part(parts / "a001-r1", ["d"])
+    assert not (target / bank.MANIFEST).exists()          # parts alone are no bank
+    attempt, done = encode._prepare_parts(target, head, overwrite=False)
+    assert (attempt, done) == ("a002", {"a", "b", "c", "d"})
+    writer = bank.BankWriter.open(target, head)
+    assert writer.adopt(parts / "a001-r0") == 3 and writer.adopt(parts / "a001-r0") == 0   # a rerun adds nothing
+    assert writer.adopt(parts / "a001-r1") == 1
+    writer.close()
+    with bank.GradientBank.open(target) as merged:
+        assert sorted(merged.ids()) == list("abcd") and merged.verify()["entries"] == 4
+        assert torch.equal(merged.rows(["d"])[0], torch.arange(lora.numel(PHI), dtype=torch.float32))
+    _part(parts / "a002-r0", ["e"], meta_hash="meta-2")
+    with pytest.raises(bank.BankMismatchError, match=r"a002-r0 was encoded with other settings.*overwrite=True"):
+        encode._prepare_parts(target, head, overwrite=False)
+    with pytest.raises(bank.BankMismatchError, match="meta_hash"):
+        bank.BankWriter.open(target, head).adopt(parts / "a002-r0")
+    assert encode._prepare_parts(target, head, overwrite=True) == ("a001", set())
+    assert not parts.exists() and not (target / bank.MANIFEST).exists() and not list(target.glob("*.safetensors"))
