@@ -346,8 +346,15 @@ def _sweep_plan(run, dataset, method, gammas, topks, split, limit, overwrite) ->
     file = paths.results_dir(run) / "sweeps.csv"
     done = {(r["dataset"], r["method"], float(r["gamma"]), int(r["topk"])) for r in read_csv(file)} \
         if file.exists() and not overwrite else set()
-    return [{float(g): _finished(run, dataset, method, _settings(method, split, topk, float(g), limit))
-             for g in gammas if (dataset, method, float(g), int(topk)) not in done} for topk in topks]
+    plan = []
+    for topk in topks:
+        points = [float(g) for g in gammas if (dataset, method, float(g), int(topk)) not in done]
+        reused = {g: _finished(run, dataset, method, _settings(method, split, topk, g, limit)) for g in points}
+        if 0.0 in reused and reused[0.0] is None and SPECS[method].source != "none" and not SPECS[method].context:
+            # gamma 0 is no update at all: exactly no_update's answers (tested), so its finished results serve
+            reused[0.0] = _finished(run, dataset, "no_update", _settings("no_update", split, topk, 0.0, limit))
+        plan.append(reused)
+    return plan
 
 
 def sweep_all(run: str, datasets: Sequence[str], *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0),
@@ -371,6 +378,7 @@ class EvaluateSettings:
     topk: int = 3
     gamma: float = 1.0
     gammas: list[float] = field(default_factory=list)
+    sweep_datasets: list[str] | None = None   # datasets of the gamma sweep (None: all of ``datasets``)
     limit: int | None = None
     device: str = "cpu"
     overwrite: bool = False
@@ -385,6 +393,10 @@ class EvaluateSettings:
             raise ValueError(f"topk={self.topk} must be >= 1, gamma={self.gamma} and gammas={self.gammas} >= 0")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit={self.limit} must be None (every question) or >= 1")
+        if self.sweep_datasets is None:
+            self.sweep_datasets = list(self.datasets)
+        elif not set(self.sweep_datasets) <= set(self.datasets):
+            raise ValueError(f"sweep_datasets={self.sweep_datasets} must be among datasets={self.datasets}")
         trained_state(self.run)    # every step needs the run (its model and configs)
         for dataset in self.datasets:
             tasks.augmented_path(dataset, self.split)
@@ -401,7 +413,7 @@ def run(settings: EvaluateSettings) -> dict[str, list[dict]]:
                   learner=settings.learner)
     rows = evaluate_all(settings.run, settings.datasets, settings.methods, topk=settings.topk, gamma=settings.gamma,
                         **common)
-    return {"summary": rows, "sweeps": sweep_all(settings.run, settings.datasets, gammas=settings.gammas,
+    return {"summary": rows, "sweeps": sweep_all(settings.run, settings.sweep_datasets, gammas=settings.gammas,
                                                  topks=[settings.topk], **common)}
 
 

@@ -216,9 +216,15 @@ def combined_corpus(base: str | Path, probe_passages: str | Path | None = None) 
     return target
 
 
-def relation_of(dataset_dir: str | Path, split: str = "dev") -> list[str]:
-    """The relation of each question of a probe split, in file order (for per-relation scores)."""
-    return [r["relation"] for r in artifacts.read_json(paths.resolve(dataset_dir) / f"{split}.json")]
+def relation_groups(dataset_dir: str | Path, split: str = "dev") -> dict[str, str]:
+    """``{test_id: relation}`` of a probe split (test_id = position in the file); held-out relations are
+    labelled ``"<relation> (held out)"``."""
+    file = paths.resolve(dataset_dir) / f"{split}.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{paths.relative(file)} not found: the probe's questions "
+                                "(python -m regrad_lib.probe --write data/sample/probe)")
+    return {str(i): r["relation"] + (" (held out)" if r["relation"] in HELD_OUT else "")
+            for i, r in enumerate(artifacts.read_json(file))}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -251,6 +251,20 @@ def test_alpha_learning_rate_reaches_the_optimizer_and_moves_alpha_faster(data):
         preset.replace(train={"alpha_learning_rate": -1.0})
 
 
+def test_cpu_precision_policy(monkeypatch):
+    """bf16 autocast for gradient work on a CPU only where bf16 is native; evaluation on a CPU always fp32."""
+    from regrad_lib import learner as learner_module
+
+    preset = _preset().replace(train={"mixed_precision": "bf16"})
+    fake = Learner(None, None, preset, {}, None, torch.device("cpu"))
+    monkeypatch.setattr(learner_module, "cpu_has_bf16", lambda: True)
+    assert (fake.precision, fake.eval_precision) == ("bf16", "no")
+    monkeypatch.setattr(learner_module, "cpu_has_bf16", lambda: False)
+    assert (fake.precision, fake.eval_precision) == ("no", "no")
+    fp32 = Learner(None, None, _preset(), {}, None, torch.device("cpu"))
+    assert fp32.precision == "no"
+
+
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
 def test_schedule_matches_torch_and_its_end_points(kind):
     args = config.TrainArgs(learning_rate=4e-4, lr_scheduler_type=kind, warmup_ratio=0.1, warmup_start_factor=0.01,
