@@ -5,7 +5,9 @@ notebooks' default path); N > 1 runs it under ``accelerate launch --config_file 
 --num_processes N`` (gloo on the CPU). Inside a job, rank 0 times the step between two barriers (model loaded,
 data read): ``step_s``; the parent times the whole job (interpreter and library start-up, model load, process
 group): ``job_s``. The steps are the library's own: ``train.train`` (its summary's loop time; no validation),
-``encode.encode`` and ``evaluate.evaluate`` with a loaded learner. Tasks and passages come from the bundled
+``encode.encode`` and ``evaluate.evaluate`` with a loaded learner. Before and after the jobs, ``capacity_2_vs_1``
+measures how much faster two CPU-bound processes get twice the work done than one process gets it done (pure
+Python loops): the ceiling of any 2-process speed-up at that moment on a shared machine. Tasks and passages come from the bundled
 mini-Wikipedia (synthetic questions: one distinct passage triple per record). Artifacts go to a temporary work
 root. ``/proc/loadavg`` is recorded before each job: on a shared machine it explains most of the spread.
 
@@ -108,6 +110,31 @@ def run_job(args, step: str, run: str, processes: int, extra: list[str]) -> dict
             **json.loads(lines[-1][len("BENCH "):]), "loadavg_before": load}
 
 
+def spin(n: int = 30_000_000) -> None:
+    x = 0
+    for i in range(n):
+        x += i
+
+
+def capacity() -> dict:
+    """How much faster 2 CPU-bound processes finish 2 units of work than 1 process finishes 1, right now: the
+    ceiling of any 2-process speed-up on this (shared) machine."""
+    import multiprocessing as mp
+
+    def timed(k: int) -> float:
+        procs = [mp.Process(target=spin) for _ in range(k)]
+        started = time.perf_counter()
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        return time.perf_counter() - started
+
+    one, two = timed(1), timed(2)
+    return {"capacity_2_vs_1": round(2 * one / two, 2), "spin_1_s": round(one, 2), "spin_2_s": round(two, 2),
+            "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
+
+
 def base_run(args) -> str:
     """A fixed 'trained' run (the preset's init with B ~ N(0, 0.01), generation batches of ``--gen-batch``) and its
     bank of the evaluated questions, encoded once by one process: copied for every encode/evaluate job."""
@@ -163,6 +190,7 @@ def main() -> None:
                                                                         args.train_tasks))
     train_steps = -(-args.train_tasks // args.meta_batch)
     base = base_run(args)
+    print(json.dumps({"model": args.model, **capacity()}), flush=True)
     rows = []
     try:
         for n in args.processes:
@@ -182,6 +210,7 @@ def main() -> None:
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({"model": args.model, **capacity()}), flush=True)
     by = {(r["step"], r["processes"]): r for r in rows}
     for step in args.steps:
         base = by.get((step, args.processes[0]))

@@ -18,6 +18,7 @@ Every settings field is a ``--flag`` (``--train-datasets``, ``--max-steps``, ...
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -212,7 +213,7 @@ def execute(cmd: list[str], name: str, num_processes: int) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=paths.repo_root(), env=env,
-                            start_new_session=True)   # its own process group: an interrupt reaches every rank
+                            start_new_session=True)   # a terminal's Ctrl-C reaches this process only: see _stop
     tail = ""   # the last MB of output: the failing rank's traceback and the launcher's summary
     try:
         while chunk := os.read(proc.stdout.fileno(), 1 << 16):
@@ -230,15 +231,26 @@ def execute(cmd: list[str], name: str, num_processes: int) -> None:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """Interrupt every process of the job (rank 0 saves a training checkpoint), then kill what is left."""
+    """Interrupt every rank (each raises KeyboardInterrupt: rank 0 saves a training checkpoint, atomically), then
+    kill whatever is left after ``STOP_GRACE_S``. The ranks are signalled themselves: torchrun starts each in a
+    session of its own, and would only SIGTERM them."""
+    import psutil
+
     try:
-        os.killpg(proc.pid, signal.SIGINT)
+        ranks = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        ranks = []
+    for rank in ranks:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            rank.send_signal(signal.SIGINT)
+    try:
         proc.wait(timeout=STOP_GRACE_S)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        for p in ranks:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        proc.kill()
         proc.wait()
-    except ProcessLookupError:
-        pass
 
 
 def failure(output: str, name: str, num_processes: int, code: int) -> str:
@@ -253,10 +265,12 @@ def failure(output: str, name: str, num_processes: int, code: int) -> str:
              if line.startswith(f"[rank{rank}]:")]
     starts = [i for i, line in enumerate(lines) if line.startswith("Traceback")]
     trace = lines[starts[-1]:] if starts else lines[-30:]
-    if not trace and cause:   # the exception came before the process group: the recorder's copy
-        trace = output[cause.end():].splitlines()[:40]
+    recorded = re.search(r"traceback\s*:\s*(Traceback.*?)\n=+", output[cause.end():], re.S) if cause else None
+    if not trace and recorded:   # raised before the process group existed: the recorder's copy in the summary
+        trace = [line.removeprefix("  ") for line in recorded.group(1).splitlines()]
     error = next((line.strip() for line in reversed(trace) if line.strip() and not line.startswith(" ")), "")
-    return (f"{name} failed on rank {rank} of {num_processes} (exit code {code}): {error}\n"
+    of = f" of {num_processes}" if num_processes > 1 else ""
+    return (f"{name} failed on rank {rank}{of} (exit code {code}): {error}\n"
             f"Traceback of rank {rank}:\n" + "\n".join(trace))
 
 

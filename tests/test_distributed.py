@@ -252,6 +252,13 @@ def test_failure_message_names_the_root_cause_rank():
     assert message.startswith("train failed on rank 1 of 2 (exit code 1): ValueError: the real problem")
     assert "File 'y.py', line 9" in message and "Connection closed" not in message
     assert "before any rank reported" in launch.failure("accelerate: bad config\n", "train", 2, 1)
+    recorded = "\n".join([   # raised before the process group existed: only the recorder's copy in the summary
+        "Root Cause (first observed failure):", "[0]:", "  rank      : 0 (local_rank: 0)", "  exitcode  : 1",
+        "  traceback : Traceback (most recent call last):", "    File 'd.py', line 69, in init",
+        "  ValueError: FSDP is not supported", "", "=" * 60])
+    message = launch.failure(recorded, "encode", 2, 1)
+    assert message.startswith("encode failed on rank 0 of 2 (exit code 1): ValueError: FSDP is not supported")
+    assert "  File 'd.py', line 69, in init" in message
     json.dumps(message)
 
 
