@@ -5,9 +5,10 @@ notebooks' default path); N > 1 runs it under ``accelerate launch --config_file 
 --num_processes N`` (gloo on the CPU). Inside a job, rank 0 times the step between two barriers (model loaded,
 data read): ``step_s``; the parent times the whole job (interpreter and library start-up, model load, process
 group): ``job_s``. The steps are the library's own: ``train.train`` (its summary's loop time; no validation),
-``encode.encode`` and ``evaluate.evaluate`` with a loaded learner. Before and after the jobs, ``capacity_2_vs_1``
-measures how much faster two CPU-bound processes get twice the work done than one process gets it done (pure
-Python loops): the ceiling of any 2-process speed-up at that moment on a shared machine. Tasks and passages come from the bundled
+``encode.encode`` and ``evaluate.evaluate`` with a loaded learner. Before and after the jobs, ``capacity_python`` and
+``capacity_matmul`` measure how much faster two CPU-bound processes get twice the work done than one process
+gets it done (pure Python loops; one-thread fp32 matmuls): the ceiling of any 2-process speed-up at that moment
+on a shared machine. Tasks and passages come from the bundled
 mini-Wikipedia (synthetic questions: one distinct passage triple per record). Artifacts go to a temporary work
 root. ``/proc/loadavg`` is recorded before each job: on a shared machine it explains most of the spread.
 
@@ -110,19 +111,27 @@ def run_job(args, step: str, run: str, processes: int, extra: list[str]) -> dict
             **json.loads(lines[-1][len("BENCH "):]), "loadavg_before": load}
 
 
-def spin(n: int = 30_000_000) -> None:
-    x = 0
-    for i in range(n):
-        x += i
+def spin(kind: str) -> None:
+    if kind == "python":
+        x = 0
+        for i in range(20_000_000):
+            x += i
+    else:
+        import torch
+        torch.set_num_threads(1)
+        a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+        for _ in range(60):
+            a @ b
 
 
 def capacity() -> dict:
-    """How much faster 2 CPU-bound processes finish 2 units of work than 1 process finishes 1, right now: the
-    ceiling of any 2-process speed-up on this (shared) machine."""
+    """How much faster 2 CPU-bound processes finish 2 units of work than 1 process finishes 1, right now (pure
+    Python loops; fp32 1024² matmuls on one thread each): the ceiling of any 2-process speed-up on this (shared)
+    machine, for overhead-bound (tiny model) and FLOP-bound (SmolLM2) work."""
     import multiprocessing as mp
 
-    def timed(k: int) -> float:
-        procs = [mp.Process(target=spin) for _ in range(k)]
+    def timed(kind: str, k: int) -> float:
+        procs = [mp.get_context("fork").Process(target=spin, args=(kind,)) for _ in range(k)]
         started = time.perf_counter()
         for p in procs:
             p.start()
@@ -130,9 +139,11 @@ def capacity() -> dict:
             p.join()
         return time.perf_counter() - started
 
-    one, two = timed(1), timed(2)
-    return {"capacity_2_vs_1": round(2 * one / two, 2), "spin_1_s": round(one, 2), "spin_2_s": round(two, 2),
-            "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
+    out = {}
+    for kind in ("python", "matmul"):
+        one, two = timed(kind, 1), timed(kind, 2)
+        out[f"capacity_{kind}"] = round(2 * one / two, 2)
+    return {**out, "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
 
 
 def base_run(args) -> str:

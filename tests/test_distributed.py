@@ -42,7 +42,7 @@ def _records(pairs, offset=0, lonely=None):
 
 @pytest.fixture(scope="module")
 def data(tiny_model_dir):
-    # 9 training tasks, 4 of them held out: batches of 4 then 1 (the second step leaves rank 1 without a task)
+    # 9 training tasks, 4 of them held out: batches of 4 then 1 (every second step leaves rank 1 without a task)
     artifacts.write_json(paths.augmented_file("dist-a", "train_all"), _records(CITIES[:5]))
     artifacts.write_json(paths.augmented_file("dist-b", "train_all"), _records(CITIES[5:9], offset=5))
     artifacts.write_json(paths.augmented_file("dist-a", "dev"), _records(CITIES, offset=100))       # 3 batches of 8
@@ -51,12 +51,12 @@ def data(tiny_model_dir):
 
 
 def _settings(run):
-    return train.TrainSettings(run=run, preset="tiny", train_datasets=["dist-a", "dist-b"], max_steps=3)
+    return train.TrainSettings(run=run, preset="tiny", train_datasets=["dist-a", "dist-b"], max_steps=5)
 
 
 @pytest.fixture(scope="module")
 def solo(data):
-    """A 3-step run trained in this process (the reference) and its fp32 bank of the dist-a dev passages."""
+    """A 5-step run trained in this process (the reference) and its fp32 bank of the dist-a dev passages."""
     summary = launch.run(_settings("solo"))
     encode.encode("solo", "dist-a", "dev", dtype="fp32", batch_size=8)
     return summary
@@ -70,9 +70,24 @@ def _state(path):
     return {k: v for k, v in load_file(str(path)).items() if k.startswith(("phi.", "alpha."))}
 
 
-def test_two_processes_train_the_same_trajectory_as_one(solo):
+def test_two_processes_resume_one_and_train_the_same_trajectory(solo, monkeypatch):
+    """Steps 1-2 in this process (it then crashes, leaving the checkpoint of step 2), steps 3-5 by two processes
+    that both resume from it: the log and the weights are the one-process run's."""
+    original, calls = train.meta_step, {"n": 0}
+
+    def crash_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "meta_step", crash_on_third)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        launch.run(_settings("duo"))
+    monkeypatch.undo()
+    assert artifacts.read_json(checkpoint.folder(paths.output_dir("duo")) / checkpoint.STATE)["step"] == 2
     summary = launch.run(_settings("duo"), num_processes=2)
-    assert summary["steps"] == 3 and summary["tasks"] == solo["tasks"] == 9
+    assert summary["steps"] == 5 and summary["tasks"] == solo["tasks"] == 14
     one, two = _log("solo"), _log("duo")
     assert [(r["kind"], r["step"]) for r in two] == [(r["kind"], r["step"]) for r in one]   # rank 0 wrote once
     for a, b in zip(one, two):
@@ -80,7 +95,7 @@ def test_two_processes_train_the_same_trajectory_as_one(solo):
             if a.get(key) is not None:
                 assert b[key] == pytest.approx(a[key], abs=1e-5), (a["step"], key)
         assert b.get("best") == a.get("best") and b.get("tasks_seen") == a.get("tasks_seen")
-    assert {r["loss"] for r in one if r["kind"] == "train"} != {None}
+    assert {r["loss"] for r in one if r["kind"] == "train"} != {None} and len(two) == 5 + 4   # 5 steps, 4 evals
     for name in (f"{checkpoint.FOLDER}/{checkpoint.TENSORS}", META_STATE):
         a, b = _state(paths.output_dir("solo") / name), _state(paths.output_dir("duo") / name)
         assert set(a) == set(b) and any(k.startswith("alpha.") for k in a)
