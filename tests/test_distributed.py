@@ -70,18 +70,10 @@ def _state(path):
     return {k: v for k, v in load_file(str(path)).items() if k.startswith(("phi.", "alpha."))}
 
 
-def test_two_processes_resume_one_and_train_the_same_trajectory(solo, monkeypatch):
+def test_two_processes_resume_one_and_train_the_same_trajectory(solo, monkeypatch, crash_on_call):
     """Steps 1-2 in this process (it then crashes, leaving the checkpoint of step 2), steps 3-5 by two processes
     that both resume from it: the log and the weights are the one-process run's."""
-    original, calls = train.meta_step, {"n": 0}
-
-    def crash_on_third(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("simulated crash")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(train, "meta_step", crash_on_third)
+    crash_on_call(train, "meta_step", 3)
     with pytest.raises(RuntimeError, match="simulated crash"):
         launch.run(_settings("duo"))
     monkeypatch.undo()
