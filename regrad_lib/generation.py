@@ -31,9 +31,10 @@ class Generation:
     answer: str
 
 
-def stop_reached(text: str) -> bool:
-    """The stop rule: a newline after the first non-whitespace character (equation 4, leading whitespace skipped)."""
-    return "\n" in text.lstrip()
+def stop_reached(text: str, stop: str = "\n") -> bool:
+    """The stop rule: ``stop`` (``generation.stop``, a newline by default) after the first non-whitespace
+    character (equation 4, leading whitespace skipped)."""
+    return stop in text.lstrip()
 
 
 def eos_ids(model: nn.Module, tokenizer) -> set[int]:
@@ -72,7 +73,7 @@ def _check_weights(weights: Weights | None, rows: int) -> bool:
 
 @torch.no_grad()
 def greedy(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
-           weights: Weights | None = None) -> list[list[int]]:
+           weights: Weights | None = None, stop: str = "\n") -> list[list[int]]:
     """Greedy new tokens for every prompt, decoded together; ``weights`` shared (2-D) or one row per prompt (3-D).
 
     ``weights=None`` runs the model as it is (its live LoRA, or the base model inside ``lora.disabled``).
@@ -102,7 +103,7 @@ def greedy(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], *, 
             if token in stops:
                 continue
             out[row].append(token)
-            if stop_reached(tokenizer.decode(out[row], skip_special_tokens=True)):
+            if stop_reached(tokenizer.decode(out[row], skip_special_tokens=True), stop):
                 continue
             keep.append(j)
         if not keep:
@@ -120,17 +121,17 @@ def greedy(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], *, 
     return out
 
 
-def decode(tokenizer, token_ids: Sequence[int]) -> Generation:
+def decode(tokenizer, token_ids: Sequence[int], stop: str = "\n") -> Generation:
     """Text of the new tokens and the answer extracted from it (:func:`prompts.extract_answer`)."""
     text = tokenizer.decode(list(token_ids), skip_special_tokens=True)
-    return Generation(tuple(token_ids), text, prompts.extract_answer(text))
+    return Generation(tuple(token_ids), text, prompts.extract_answer(text, stop))
 
 
 def generate(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
-             weights: Weights | None = None) -> list[Generation]:
-    """:func:`greedy` then :func:`decode` for every prompt."""
-    return [decode(tokenizer, t) for t in greedy(model, tokenizer, prompt_ids, max_new_tokens=max_new_tokens,
-                                                 weights=weights)]
+             weights: Weights | None = None, stop: str = "\n") -> list[Generation]:
+    """:func:`greedy` then :func:`decode` for every prompt (``stop``: the stop string, ``generation.stop``)."""
+    return [decode(tokenizer, t, stop) for t in greedy(model, tokenizer, prompt_ids, max_new_tokens=max_new_tokens,
+                                                       weights=weights, stop=stop)]
 
 
 def online_gradients(learner, batch: Sequence[tasks.Task]) -> Weights:
