@@ -40,8 +40,8 @@ class Exploration:
         lines += ["", "| method | answer |", "|---|---|"]
         lines += [f"| {m} | {cell(a) or '*(empty)*'} |" for m, a in self.answers.items()]
         lines += ["", f"Scored answer: **{cell(self.scored_answer)}** (gamma = {self.gamma:g}); mean token "
-                  f"probability {_mean(self.probabilities['before']):.3f} before the update (phi), "
-                  f"{_mean(self.probabilities['after']):.3f} after (phi'_q)."]
+                  f"probability {_mean(self.probabilities['before']):.4g} before the update (phi), "
+                  f"{_mean(self.probabilities['after']):.4g} after (phi'_q)."]
         return "\n".join(lines)
 
 

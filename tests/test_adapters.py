@@ -125,7 +125,8 @@ def test_foreign_tensors_and_missing_files_are_refused(run, tmp_path):
     with pytest.raises(ValueError, match=r"lora_magnitude_vector.weight' is not a LoRA weight"):
         adapters.read(tmp_path)
     save_file({**tensors, key: tensors[key][:, :-1].contiguous()}, str(tmp_path / adapters.WEIGHTS_FILE))
-    with pytest.raises(ValueError, match=r"down_proj.lora_A.weight has shape \(4, 127\), the model.s LoRA needs \(4, 128\)"):
+    with pytest.raises(ValueError, match=r"down_proj.lora_A.weight has shape \(4, 127\), the model.s LoRA needs "
+                                         r"\(4, 128\)"):
         adapters.load_into(copy.deepcopy(learner.model), tmp_path, learner.preset.peft)
 
 

@@ -67,7 +67,8 @@ def test_explore_a_typed_question(run):
     assert list(seen.answers) == ["closed_book", "rag", "regrad", "no_update"]
     rows = {m: evaluate.run_method(m, learner, [seen.task], gamma=100.0)[0]
             for m in ("closed_book", "rag", "regrad_online", "no_update")}
-    assert seen.answers["rag"] == rows["rag"]["prediction"] and seen.answers["regrad"] == rows["regrad_online"]["prediction"]
+    assert seen.answers["rag"] == rows["rag"]["prediction"]
+    assert seen.answers["regrad"] == rows["regrad_online"]["prediction"]
     assert "".join(seen.tokens) == " Lubango\n"
     # the per-token probabilities are the answer NLL of the harness, token by token
     for key, method in (("before", "no_update"), ("after", "regrad_online")):

@@ -189,7 +189,8 @@ def test_unknown_name_suggests():
 
 
 def test_any_name_reads_the_generic_form(tmp_path):
-    (tmp_path / "dev.jsonl").write_text('{"question": "Who?", "answer": "Ada"}\n{"question": "Where?", "answer": ["Rome", "Roma"]}\n')
+    (tmp_path / "dev.jsonl").write_text('{"question": "Who?", "answer": "Ada"}\n'
+                                        '{"question": "Where?", "answer": ["Rome", "Roma"]}\n')
     rows = datasets.load("myqa", tmp_path, "dev")
     assert [(r.test_id, r.question, r.answers) for r in rows] == [(0, "Who?", ["Ada"]), (1, "Where?", ["Rome", "Roma"])]
     (tmp_path / "train.json").write_text(json.dumps([{"question": "Q", "answer": []}]))
@@ -209,7 +210,8 @@ def test_registered_loader_for_a_custom_format(tmp_path, monkeypatch):
 
     monkeypatch.setattr(datasets, "_custom", {})
     datasets.register("tsvqa", tsv)
-    with pytest.raises(datasets.DatasetFormatError, match=r"dev \(loader 'tsvqa'\): record 1: field 'answer' is an empty"):
+    with pytest.raises(datasets.DatasetFormatError,
+                       match=r"dev \(loader 'tsvqa'\): record 1: field 'answer' is an empty"):
         datasets.load("tsvqa", tmp_path, "dev")
     (tmp_path / "qa.tsv").write_text("Who wrote it?\tAda|Ada Lovelace\n")
     [row] = datasets.load("tsvqa", tmp_path, "dev")
