@@ -20,12 +20,15 @@ def setup_logging(level: str | int = "WARNING") -> None:
     logging.basicConfig(level=level, format=FORMAT, force=True)
 
 
-def as_list(name: str, value: Any, kind: Callable[[Any], Any] = str) -> list:
+def as_list(name: str, value: Any, kind: Callable[[Any], Any] = str) -> list | None:
     """The list parameter ``name``: a list, a JSON list string (``'["a","b"]'``) or ``"a,b"``; items made ``kind``.
 
-    Anything else fails naming the parameter and the ``-y`` form that passes a real list.
+    None stays None (parameters where None means "the default"). Anything else fails naming the parameter and the
+    ``-y`` form that passes a real list.
     """
     example = f"-y '{name}: [...]' (papermill) or -p {name} a,b"
+    if value is None:
+        return None
     if isinstance(value, (list, tuple)):
         items = list(value)
     elif isinstance(value, str):

@@ -29,15 +29,19 @@ KEY_TESTS = {
     "learner.model_name_or_path": "test_config_keys.py::test_model_name_or_path_is_the_model_loaded",
     "learner.alpha_mode": "test_config_keys.py::test_alpha_mode_and_init_alpha_shape_the_step_sizes",
     "learner.init_alpha": "test_config_keys.py::test_alpha_mode_and_init_alpha_shape_the_step_sizes",
-    "learner.outer_loss": "test_config_keys.py::test_outer_loss_blind_context_and_lengths_shape_the_batches",
+    "learner.outer_loss": "test_train.py::test_outer_loss_false_trains_the_passage_lm_loss_and_leaves_alpha",
     "learner.first_order": "test_config_keys.py::test_first_order_changes_the_meta_gradient",
-    "learner.blind_context": "test_config_keys.py::test_outer_loss_blind_context_and_lengths_shape_the_batches",
-    "learner.max_context_len": "test_config_keys.py::test_outer_loss_blind_context_and_lengths_shape_the_batches",
+    "learner.blind_context": "test_config_keys.py::test_blind_context_and_lengths_shape_the_batches",
+    "learner.max_context_len": "test_config_keys.py::test_blind_context_and_lengths_shape_the_batches",
     "learner.bank_context_len": "test_config_keys.py::test_bank_context_len_cuts_the_passages_of_the_update",
-    "learner.max_prompt_len": "test_config_keys.py::test_outer_loss_blind_context_and_lengths_shape_the_batches",
+    "learner.max_prompt_len": "test_config_keys.py::test_blind_context_and_lengths_shape_the_batches",
     "learner.gamma": "test_config_keys.py::test_learner_gamma_is_the_default_gamma",
+    "learner.passage_format": "test_prompts.py::test_passage_format_changes_exactly_the_passage_text_everywhere",
+    "learner.prompt_style": "test_prompts.py::test_prompt_style_example_frames_every_method_alike",
+    "learner.chat_date": "test_prompts.py::test_prompts_do_not_depend_on_the_calendar",
     "learner.init_adapter": "test_adapters.py::test_warm_start_round_trip",
     "train.learning_rate": "test_config_keys.py::test_train_args_reach_the_optimizer_the_schedule_and_the_log",
+    "train.alpha_learning_rate": "test_train.py::test_alpha_learning_rate_reaches_the_optimizer_and_moves_alpha_faster",
     "train.weight_decay": "test_config_keys.py::test_train_args_reach_the_optimizer_the_schedule_and_the_log",
     "train.adam_beta1": "test_config_keys.py::test_train_args_reach_the_optimizer_the_schedule_and_the_log",
     "train.adam_beta2": "test_config_keys.py::test_train_args_reach_the_optimizer_the_schedule_and_the_log",
@@ -149,20 +153,17 @@ def test_alpha_mode_and_init_alpha_shape_the_step_sizes(tiny_model_dir, mode, sh
     assert all(v.requires_grad is (mode != "fix") for v in values.values())
 
 
-def test_outer_loss_blind_context_and_lengths_shape_the_batches(tiny):
+def test_blind_context_and_lengths_shape_the_batches(tiny):
     tok = tiny[1]
     task = tasks.Task(0, "What is the capital of France? " * 3, ("Paris",),
                       (("Paris", "Paris is the capital and most populous city of France. " * 4),) * 2, ("1", "2"))
     cfg = lambda **kw: config.load_preset("tiny", {"learner": kw}).learner  # noqa: E731
-    labelled = lambda b: int((b.qa.labels != -100).sum())  # noqa: E731
     blind = tasks.task_batch(tok, [task], cfg())
     icl = tasks.task_batch(tok, [task], cfg(blind_context=False))
     assert icl.qa.input_ids.shape[1] > blind.qa.input_ids.shape[1] + 20            # passages in the prompt
-    lm = tasks.task_batch(tok, [task], cfg(outer_loss=False))
-    assert labelled(lm) > labelled(blind) + 10                                       # the whole text is labelled
     assert blind.passages.input_ids.shape[1] == 64
     assert tasks.task_batch(tok, [task], cfg(max_context_len=16)).passages.input_ids.shape[1] == 16
-    assert tasks.task_batch(tok, [task], cfg(blind_context=False, max_prompt_len=40)).qa.input_ids.shape[1] < \
+    assert tasks.task_batch(tok, [task], cfg(blind_context=False, max_prompt_len=140)).qa.input_ids.shape[1] < \
         icl.qa.input_ids.shape[1]
 
 
@@ -300,7 +301,7 @@ def test_max_grad_norm_clips_the_step():
 
 
 def test_mixed_precision_sets_the_accelerator_dtype():
-    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("no", torch.float32)):
+    for precision, dtype in (("bf16", torch.bfloat16), ("no", torch.float32)):
         preset = config.load_preset("tiny", {"train": {"mixed_precision": precision}})
         assert learner_mod.model_dtype(preset, "cuda") == dtype
         assert learner_mod.model_dtype(preset, "cpu") == torch.float32          # CPU always computes in fp32

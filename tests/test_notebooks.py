@@ -43,6 +43,7 @@ def test_notebook_hygiene_and_list_parameters(name):
     ("0,0.5, 1", float, [0.0, 0.5, 1.0]),
     ("[0, 1]", float, [0.0, 1.0]),
     (2, float, [2.0]),
+    (None, str, None),
 ])
 def test_list_parameters_accept_lists_json_and_commas(value, kind, expected):
     assert notebook.as_list("p", value, kind) == expected
