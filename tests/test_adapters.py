@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from regrad_lib import adapters, artifacts, bank, config, encode, evaluate, lora, modeling, paths, tasks
-from regrad_lib.learner import META_STATE, Learner
+from regrad_lib import adapters, artifacts, bank, config, encode, evaluate, lora, modeling, paths, testing
+from regrad_lib.learner import Learner
 
 RUN, DATASET = "peft-run", "peftqa"
 RECORDS = [{"test_id": i, "question": f"What is the capital of {c}?", "answers": [city],
@@ -20,17 +20,7 @@ RECORDS = [{"test_id": i, "question": f"What is the capital of {c}?", "answers":
 @pytest.fixture(scope="module")
 def run(tiny_model_dir):
     """A saved 'trained' tiny run (non-zero B, alpha 0.5), its PEFT adapter and an fp32 bank of one dev file."""
-    preset = config.load_preset("tiny")
-    learner = Learner.create(preset)
-    torch.manual_seed(5)
-    with torch.no_grad():
-        for name, p in learner.phi.items():
-            if name.endswith("lora_B"):
-                p.normal_(0, 0.3)
-        for v in learner.alpha.values.values():
-            v.fill_(0.5)
-    preset.save(paths.output_dir(RUN))
-    learner.save(paths.output_dir(RUN) / META_STATE)
+    learner = testing.saved_trained_run(RUN, config.load_preset("tiny"), seed=5)
     artifacts.write_json(paths.augmented_file(DATASET, "dev"), RECORDS)
     encode.encode(RUN, DATASET, "dev", dtype="fp32", learner=learner, overwrite=True)
     return learner, adapters.export_run(RUN)

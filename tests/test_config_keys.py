@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from regrad_lib import (artifacts, checkpoint, config, evaluate, generation, learner as learner_mod, lora, paths,
-                        prompts, regrad, tasks, train)
-from regrad_lib.learner import META_STATE, Learner
+                        prompts, regrad, tasks, testing, train)
+from regrad_lib.learner import Learner
 
 HERE = Path(__file__).parent
 KEY_TESTS = {
@@ -199,17 +199,7 @@ def test_bank_context_len_cuts_the_passages_of_the_update(tiny_model_dir):
 @pytest.fixture(scope="module")
 def saved_run(tiny_model_dir):
     """A saved tiny run with learner.gamma = 3 (non-zero B, alpha 0.5) and a dev file of five questions."""
-    preset = config.load_preset("tiny", {"learner": {"gamma": 3.0}})
-    learner = Learner.create(preset)
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for n, p in learner.phi.items():
-            if n.endswith("lora_B"):
-                p.normal_(0, 0.3)
-        for v in learner.alpha.values.values():
-            v.fill_(0.5)
-    preset.save(paths.output_dir("keys-run"))
-    learner.save(paths.output_dir("keys-run") / META_STATE)
+    testing.saved_trained_run("keys-run", config.load_preset("tiny", {"learner": {"gamma": 3.0}}), seed=2)
     records = [{"test_id": i, "question": f"Which river flows through city {i}?", "answers": [f"river {i}"],
                 "passages": [f"City {i} lies on river {i}.", f"River {i} is long.", "Rivers flow to the sea."],
                 "passage_ids": [f"{i}a", f"{i}b", "s"], "titles": ["", "", ""], "scores": [3.0, 2.0, 1.0]}
