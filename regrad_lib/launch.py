@@ -103,14 +103,14 @@ def _parser_for(hint: Any, flag: str) -> Callable[[str], Any]:
         if kind is str:
             return text
         try:
-            if typing.get_origin(kind) is list and not text.lstrip().startswith("["):
-                parts = [part.strip() for part in text.split(",") if part.strip()]
-                return parts if typing.get_args(kind) == (str,) else [json.loads(part) for part in parts]
+            if typing.get_origin(kind) is list:      # JSON or a,b: as the notebooks read list parameters
+                from .notebook import as_list
+                return as_list(flag, text, typing.get_args(kind)[0])
             return json.loads(text)
-        except json.JSONDecodeError:
+        except ValueError as e:   # JSONDecodeError included
             if kind is bool and text in ("True", "False"):
                 return text == "True"
-            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected a JSON value of type {hint}") from None
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected a value of type {hint} ({e})") from None
     return parse
 
 
