@@ -39,8 +39,8 @@ from typing import Callable, Literal, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import artifacts, generation, lora, metrics, paths, prompts, regrad, tasks
-from .learner import Learner, trained_state
+from . import artifacts, config, generation, lora, metrics, paths, prompts, regrad, tasks
+from .learner import Learner, run_finished, trained_state
 
 log = logging.getLogger(__name__)
 
@@ -191,28 +191,38 @@ def method_files(run: str, dataset: str, method: str) -> tuple:
     return folder / f"{method}.predictions.jsonl", folder / f"{method}.metrics.json"
 
 
-def _settings(method: str, split: str, topk: int, gamma: float, limit: int | None) -> dict:
+def _settings(method: str, split: str, topk: int, gamma: float, limit: int | None, finished: bool | None) -> dict:
+    """What a method's results depend on (kept results must match); ``finished``: the run's training had."""
     spec = SPECS[method]
     return {"split": split, "limit": limit, "topk": topk if spec.context or spec.source != "none" else None,
-            "gamma": None if spec.source in ("none", "phi") else gamma}
+            "gamma": None if spec.source in ("none", "phi") else gamma,
+            "run_finished": None if spec.base else finished}
+
+
+def _run_finished(run: str, learner) -> bool | None:
+    """Whether the run answering had finished training: as loaded, else as on disk (None: no such run)."""
+    loaded = learner.learner if isinstance(learner, _LearnerOnce) else learner
+    if isinstance(loaded, Learner) and loaded.run_finished is not None:
+        return loaded.run_finished
+    return run_finished(run) if paths.output_dir(run).is_dir() else None
 
 
 class _LearnerOnce:
     """Loads ``Learner.from_run(run, device)`` on first use only (nothing to compute: nothing loaded)."""
 
-    def __init__(self, run: str, device: str, learner: Learner | None = None):
-        self.run, self.device, self.learner = run, device, learner
+    def __init__(self, run: str, device: str, learner: Learner | None = None, allow_unfinished: bool = False):
+        self.run, self.device, self.learner, self.allow_unfinished = run, device, learner, allow_unfinished
 
     def __call__(self) -> Learner:
         if self.learner is None:
-            self.learner = Learner.from_run(self.run, self.device)
+            self.learner = Learner.from_run(self.run, self.device, self.allow_unfinished)
         return self.learner
 
 
 def _finished(run: str, dataset: str, method: str, settings: dict) -> dict | None:
     """Scores of a finished :func:`evaluate` of ``method`` with exactly these settings, else None."""
     file = method_files(run, dataset, method)[1]
-    saved = artifacts.read_json(file) if file.exists() else {}
+    saved = _read_metrics(file) if file.exists() else {}
     if not saved or any(saved.get(k) != v for k, v in settings.items()):
         return None
     return {k: saved[k] for k in ("em", "f1", "precision", "recall", "nll", "n")}
@@ -220,23 +230,29 @@ def _finished(run: str, dataset: str, method: str, settings: dict) -> dict | Non
 
 def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "dev", topk: int = 3,
              gamma: float = 1.0, limit: int | None = None, device: str = "cpu", overwrite: bool = False,
-             learner: Learner | Callable[[], Learner] | None = None, bank=None) -> dict[str, dict]:
+             learner: Learner | Callable[[], Learner] | None = None, bank=None,
+             allow_unfinished: bool = False) -> dict[str, dict]:
     """Evaluate ``methods`` on one dataset: ``{method: metrics}``; writes predictions, metrics and summary.csv.
 
     A method whose ``metrics.json`` already exists with the same settings is kept (``status: "kept"``), so a
     crashed evaluation resumes method by method; ``overwrite=True`` recomputes it. ``learner``/``bank`` reuse
-    objects already loaded (default: ``Learner.from_run(run, device)`` and the bank of 04_encode).
+    objects already loaded (default: ``Learner.from_run(run, device)`` and the bank of 04_encode). A run whose
+    training did not finish is refused unless ``allow_unfinished=True`` (recorded as ``run_finished`` in
+    ``metrics.json``).
     """
     methods = check_methods(methods)
-    get_learner = _loader(run, device, learner)
+    config.check_number(gamma, "gamma", allow_zero=True)
+    get_learner = _loader(run, device, learner, allow_unfinished)
+    finished = _run_finished(run, get_learner)
     out: dict[str, dict] = {}
     todo = []
     for method in methods:
         _, metrics_file = method_files(run, dataset, method)
         if metrics_file.exists() and not overwrite:
-            saved = artifacts.read_json(metrics_file)
-            wanted = _settings(method, split, topk, gamma, limit)
-            found = {k: saved.get(k) for k in wanted}
+            saved = _read_metrics(metrics_file)
+            wanted = _settings(method, split, topk, gamma, limit, finished)
+            # results written before run_finished was recorded count as matching on it
+            found = {k: saved.get(k, wanted[k] if k == "run_finished" else None) for k in wanted}
             if found != wanted:
                 raise FileExistsError(f"{paths.relative(metrics_file)} was computed with {found}, not {wanted}: "
                                       "pass overwrite=True (05_evaluate: overwrite = True) to recompute it")
@@ -247,43 +263,59 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
     if todo:
         items = load_tasks(dataset, split, topk, limit)
         current = get_learner()
+        current.require_finished(allow_unfinished)
         if bank is None and needs_bank(todo):
             from . import bank as bank_module
             bank = bank_module.open_bank(topk, run, dataset, split, learner=current)
         for method in todo:
             rows = run_method(method, current, items, bank=bank if SPECS[method].source == "bank" else None,
                               gamma=gamma, topk=topk)
-            out[method] = _write_method(run, dataset, method, rows, current, split, topk, gamma, limit)
+            out[method] = _write_method(run, dataset, method, rows, current, split, topk, gamma, limit, finished)
     merge_csv(paths.results_dir(run) / "summary.csv", SUMMARY_FIELDS,
               [{"dataset": dataset, "method": m, **{k: out[m][k] for k in SUMMARY_FIELDS[2:]}} for m in methods],
               key=("dataset", "method"))
     return out
 
 
-def _write_method(run, dataset, method, rows, learner, split, topk, gamma, limit) -> dict:
+def _write_method(run, dataset, method, rows, learner, split, topk, gamma, limit, finished) -> dict:
     predictions_file, metrics_file = method_files(run, dataset, method)
     scores = score_rows(rows)
-    config = {"run": run, "dataset": dataset, "method": method, "preset": learner.preset.to_dict(),
-              "meta_hash": learner.meta_hash(), "device": str(learner.device)}
-    result = {**scores, **_settings(method, split, topk, gamma, limit), "method": method, "dataset": dataset,
-              "provenance": artifacts.provenance(config)}
-    artifacts.write_jsonl(predictions_file, rows)
-    artifacts.write_json(metrics_file, result)   # last: its presence marks the method as done
+    settings = {"run": run, "dataset": dataset, "method": method, "preset": learner.preset.to_dict(),
+                "meta_hash": learner.meta_hash(), "device": str(learner.device)}
+    result = {**scores, **_settings(method, split, topk, gamma, limit, finished), "method": method,
+              "dataset": dataset, "provenance": artifacts.provenance(settings)}
+    artifacts.write_jsonl(predictions_file, [{**r, "answer_nll": _json_number(r["answer_nll"])} for r in rows])
+    artifacts.write_json(metrics_file, {**result, "nll": _json_number(result["nll"])})   # last: marks it done
     log.info("%s/%s: EM %.1f F1 %.1f NLL %.3f (n=%d)", dataset, method, scores["em"], scores["f1"], scores["nll"],
              scores["n"])
     return {**result, "status": "computed"}
 
 
-def _loader(run: str, device: str, learner) -> Callable[[], Learner]:
-    return learner if callable(learner) and not isinstance(learner, Learner) else _LearnerOnce(run, device, learner)
+def _read_metrics(file: Path) -> dict:
+    """A ``metrics.json``; its null NLL (no finite answer NLL) read back as NaN."""
+    saved = artifacts.read_json(file)
+    return {**saved, "nll": math.nan if saved.get("nll") is None else saved["nll"]}
+
+
+def _json_number(value: float | None) -> float | None:
+    """A score for strict JSON: a NaN or inf (no finite answer NLL) is written as null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _loader(run: str, device: str, learner, allow_unfinished: bool = False) -> Callable[[], Learner]:
+    if callable(learner) and not isinstance(learner, Learner):
+        return learner
+    return _LearnerOnce(run, device, learner, allow_unfinished)
 
 
 def evaluate_all(run: str, datasets: Sequence[str], methods: Sequence[str], *, device: str = "cpu",
-                 learner: Learner | Callable[[], Learner] | None = None, **kwargs) -> list[dict]:
+                 learner: Learner | Callable[[], Learner] | None = None, allow_unfinished: bool = False,
+                 **kwargs) -> list[dict]:
     """:func:`evaluate` for every dataset, loading the learner at most once; summary.csv rows of these datasets."""
-    get_learner = _loader(run, device, learner)
+    get_learner = _loader(run, device, learner, allow_unfinished)
     for dataset in datasets:
-        evaluate(run, dataset, methods, device=device, learner=get_learner, **kwargs)
+        evaluate(run, dataset, methods, device=device, learner=get_learner, allow_unfinished=allow_unfinished,
+                 **kwargs)
     return [r for r in summary(run) if r["dataset"] in set(datasets)]
 
 
@@ -294,24 +326,30 @@ def summary(run: str) -> list[dict]:
 
 def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0), topks: Sequence[int] = (3,),
           method: str = "regrad", split: str = "dev", limit: int | None = None, device: str = "cpu",
-          overwrite: bool = False, learner: Learner | Callable[[], Learner] | None = None) -> list[dict]:
+          overwrite: bool = False, learner: Learner | Callable[[], Learner] | None = None,
+          allow_unfinished: bool = False) -> list[dict]:
     """Scores of ``method`` for every (gamma, topk); rows merged into ``results/<run>/sweeps.csv``, returned.
 
     Points already in sweeps.csv are kept unless ``overwrite``. Each top-k reads its own bank
-    (``offline/<topk>/<run>/<dataset>/<split>_all``).
+    (``offline/<topk>/<run>/<dataset>/<split>_all``). An unfinished run needs ``allow_unfinished=True``.
     """
     check_methods([method])
-    get_learner = _loader(run, device, learner)
+    for i, g in enumerate(gammas):
+        config.check_number(g, f"gammas[{i}]", allow_zero=True)
+    get_learner = _loader(run, device, learner, allow_unfinished)
+    finished = _run_finished(run, get_learner)
     file = paths.results_dir(run) / "sweeps.csv"
     done = {(r["dataset"], r["method"], float(r["gamma"]), int(r["topk"])) for r in read_csv(file)} \
         if file.exists() and not overwrite else set()
     new = []
     for topk in topks:
         points = [float(g) for g in gammas if (dataset, method, float(g), int(topk)) not in done]
-        reused = {g: _finished(run, dataset, method, _settings(method, split, topk, g, limit)) for g in points}
+        reused = {g: _finished(run, dataset, method, _settings(method, split, topk, g, limit, finished))
+                  for g in points}
         todo = [g for g in points if reused[g] is None]
         if todo:
             current, store = get_learner(), None
+            current.require_finished(allow_unfinished)
             items = load_tasks(dataset, split, topk, limit)
             if SPECS[method].source == "bank":
                 from . import bank as bank_module
@@ -328,11 +366,12 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
 
 def sweep_all(run: str, datasets: Sequence[str], *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0),
               topks: Sequence[int] = (3,), device: str = "cpu", learner: Learner | Callable[[], Learner] | None = None,
-              **kwargs) -> list[dict]:
+              allow_unfinished: bool = False, **kwargs) -> list[dict]:
     """:func:`sweep` for every dataset, loading the learner at most once (nothing when ``gammas`` is empty)."""
-    get_learner = _loader(run, device, learner)
+    get_learner = _loader(run, device, learner, allow_unfinished)
     return [row for dataset in datasets
-            for row in sweep(run, dataset, gammas=gammas, topks=topks, device=device, learner=get_learner, **kwargs)]
+            for row in sweep(run, dataset, gammas=gammas, topks=topks, device=device, learner=get_learner,
+                             allow_unfinished=allow_unfinished, **kwargs)]
 
 
 # --- the notebook's helpers ------------------------------------------------------------------------------------
@@ -351,24 +390,28 @@ class EvaluateSettings:
     device: str = "cpu"
     overwrite: bool = False
     preset: str | None = None          # informational: the run's saved configs are authoritative
+    allow_unfinished: bool = False     # True: evaluate a run whose training did not finish
 
     def __post_init__(self) -> None:
         self.datasets = [self.datasets] if isinstance(self.datasets, str) else list(self.datasets)
         self.methods = check_methods(self.methods)
         if not self.datasets or not self.methods:
             raise ValueError(f"datasets={self.datasets} and methods={self.methods} must name at least one each")
-        if self.topk < 1 or self.gamma < 0 or any(g < 0 for g in self.gammas):
-            raise ValueError(f"topk={self.topk} must be >= 1, gamma={self.gamma} and gammas={self.gammas} >= 0")
+        if self.topk < 1:
+            raise ValueError(f"topk={self.topk} must be >= 1")
+        config.check_number(self.gamma, "gamma", allow_zero=True)
+        for i, g in enumerate(self.gammas):
+            config.check_number(g, f"gammas[{i}]", allow_zero=True)
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit={self.limit} must be None (every question) or >= 1")
-        trained_state(self.run)    # every step needs the run (its model and configs)
+        trained_state(self.run, self.allow_unfinished)    # every step needs the (finished) run
         for dataset in self.datasets:
             tasks.augmented_path(dataset, self.split)
             bank_folder = paths.bank_dir(self.topk, self.run, dataset, self.split)
             if (needs_bank(self.methods) or self.gammas) and not bank_folder.is_dir():
                 raise FileNotFoundError(f"{paths.relative(bank_folder)} not found: the Gradient Bank is written by "
                                         f"04_encode (run={self.run!r}, dataset={dataset!r}, topk={self.topk})")
-        self.learner = _LearnerOnce(self.run, self.device)
+        self.learner = _LearnerOnce(self.run, self.device, allow_unfinished=self.allow_unfinished)
 
 
 def predictions(run: str, dataset: str, method: str) -> list[dict]:

@@ -28,13 +28,13 @@ from tqdm.auto import tqdm
 
 from . import artifacts, checkpoint, config, metrics, paths, regrad
 from . import tasks as tasks_mod
-from .learner import META_STATE, Learner
+from .learner import META_STATE, TRAIN_SUMMARY, Learner
 from .tasks import Task
 
 log = logging.getLogger(__name__)
 
 LOG = "training_log.jsonl"
-SUMMARY = "train_summary.json"
+SUMMARY = TRAIN_SUMMARY
 REQUEST = "train_request.json"
 # Train args that may change between an interrupted run and its resumption (they do not change the math).
 RESUMABLE_CHANGES = {"eval_steps", "save_steps", "logging_steps", "on_nonfinite"}
@@ -282,14 +282,15 @@ def _prepare_folder(folder: Path, request: dict, overwrite: bool, resume: bool) 
         if overwrite:
             log.info("overwrite=True: removing %s", paths.relative(folder))
             shutil.rmtree(folder)
-        elif resume and checkpoint.exists(folder) and (folder / REQUEST).exists():
+        elif not checkpoint.recover(folder):   # interrupted before its first complete checkpoint
+            log.info("%s holds no complete checkpoint: starting the run again", paths.relative(folder))
+            shutil.rmtree(folder)
+        elif resume and (folder / REQUEST).exists():
             _check_resumable(folder, request)
             return True
-        elif checkpoint.exists(folder):
+        else:
             raise FileExistsError(f"{paths.relative(folder)} holds an unfinished run: resume=True continues it, "
                                   "overwrite=True starts again")
-        else:  # interrupted before its first checkpoint: nothing worth keeping
-            shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return False
 
