@@ -226,11 +226,20 @@ def learned_alpha(run: str) -> dict[str, float]:
 # --- artifacts -----------------------------------------------------------------------------------------
 
 def read_log(run: str) -> list[dict]:
-    """The rows of ``outputs/<run>/training_log.jsonl`` (for the plots)."""
+    """The rows of ``outputs/<run>/training_log.jsonl``; a last line cut short (a full disk) is dropped."""
     path = paths.output_dir(run) / LOG
     if not path.is_file():
         raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 03_train (run={run!r})")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows += [json.loads(line)] if line.strip() else []
+        except json.JSONDecodeError as e:
+            if number < len(lines):
+                raise ValueError(f"{paths.relative(path)}: line {number} is not valid JSON ({e.msg})") from None
+            log.warning("%s: dropped its last line, cut short: %r", paths.relative(path), line[:80])
+    return rows
 
 
 def _append(path: Path, row: dict) -> None:

@@ -234,3 +234,12 @@ def test_encode_killed_between_a_shard_and_its_manifest_resumes_to_the_same_bank
             assert torch.equal(b.rows([p])[0], g), p
         listed = {s["file"] for s in b.manifest["shards"]}
     assert {f.name for f in resumed.iterdir()} == listed | {bank.MANIFEST}
+
+
+def test_a_log_line_cut_short_by_a_full_disk_is_dropped_on_resume(work, reference_run, monkeypatch):
+    run = "torn-log"
+    killed_training(run, {"target": "regrad_lib.train:meta_step", "nth": 8})
+    with (paths.output_dir(run) / train.LOG).open("a", encoding="utf-8") as f:
+        f.write('{"kind": "train", "step": 8, "lo')          # an append that ran out of space
+    assert _resume(run, monkeypatch) == STEPS - 6
+    assert_same_training(run, reference_run)
