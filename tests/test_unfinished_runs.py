@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from regrad_lib import artifacts, bank, config, encode, evaluate, paths, train
+from regrad_lib import artifacts, bank, config, encode, evaluate, paths, regrad, train
 from regrad_lib.learner import Learner, UnfinishedRunError
 
 RUN, DATASET = "stopped", "unfinished-ds"
@@ -28,14 +28,17 @@ def _preset():
 def stopped(tiny_model_dir):
     """A run whose third step had a non-finite loss (NonFiniteError): meta_state and a checkpoint, no summary."""
     artifacts.write_json(paths.augmented_file(DATASET, "train_all"), _records())
-    real, calls = train.meta_step, []
+    real, calls = regrad.meta_losses, []
 
-    def nan_on_third(*args, **kwargs):
+    def nan_on_third(*args, **kwargs):   # the meta losses of the third training step (one chunk a step)
+        losses = real(*args, **kwargs)
+        if kwargs.get("first_order"):     # the validation pass
+            return losses
         calls.append(1)
-        return (math.nan, math.nan, "meta loss of a poisoned batch") if len(calls) == 3 else real(*args, **kwargs)
+        return losses * math.nan if len(calls) == 3 else losses
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train, "meta_step", nan_on_third)
+        mp.setattr(regrad, "meta_losses", nan_on_third)
         with pytest.raises(train.NonFiniteError):
             train.train(RUN, _preset(), [DATASET])
     assert (paths.output_dir(RUN) / "meta_state.safetensors").is_file()
