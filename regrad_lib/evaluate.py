@@ -136,7 +136,7 @@ def _run(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, ban
             gold = [prompts.answer_ids(tok, t.answer) for t in batch] if nll else None
             with learner.autocast(), (lora.disabled(model) if spec.base else contextlib.nullcontext()):
                 out = generation.generate(model, tok, [prompt_ids[i] for i in index], max_new_tokens=max_new,
-                                          weights=weights, score_ids=gold)
+                                          weights=weights, score_ids=gold, stop=learner.preset.generation.stop)
             for i, task, gen in zip(index, batch, out):
                 rows[i] = {"test_id": task.test_id, "question": task.question, "answers": list(task.answers),
                            "prediction": gen.answer, "generated": gen.text, "passage_ids": used[i],
@@ -145,20 +145,29 @@ def _run(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, ban
     return rows  # type: ignore[return-value]
 
 
-def run_method(method: str, learner: Learner, items: Sequence[tasks.Task], *, bank=None, gamma: float = 1.0,
+def run_method(method: str, learner: Learner, items: Sequence[tasks.Task], *, bank=None, gamma: float | None = None,
                topk: int = 3, batch_size: int | None = None) -> list[dict]:
     """Answer every task with ``method``; one prediction row per task, in the input order.
 
     Rows: test_id, question, answers (gold), prediction, generated (raw new text), passage_ids (the passages
     whose text or gradients were used), answer_nll. ``bank``: an object with ``sum_many(pid_lists, device)``
-    (a :class:`regrad_lib.bank.GradientBank`) for regrad, regrad_icl and shift. ``no_update`` ignores ``gamma``.
+    (a :class:`regrad_lib.bank.GradientBank`) for regrad, regrad_icl and shift. ``no_update`` ignores ``gamma``;
+    ``gamma=None`` is the run's ``learner.gamma``.
     """
     spec = SPECS[check_methods([method])[0]]
+    gamma = learner.preset.learner.gamma if gamma is None else gamma
     if method == "regrad_icl" and learner.preset.learner.blind_context:
         log.warning("regrad_icl on a learner meta-trained with blind_context=true: it never saw passages in "
                     "its prompt during meta-training")
     return _run(spec, learner, items, bank=bank, gamma=0.0 if method == "no_update" else gamma, topk=topk,
                 batch_size=batch_size, desc=method)
+
+
+def question_weights(learner: Learner, task: tasks.Task, *, bank=None, gamma: float = 1.0) -> dict[str, torch.Tensor]:
+    """One question's ``phi'_q`` (equation 2, 2-D tensors): its passages' gradients from ``bank``, or online."""
+    spec = SPECS["regrad" if bank is not None else "regrad_online"]
+    rows = _weights(spec, learner, [task], [list(task.passage_ids)], bank, gamma)
+    return {n: w[0] for n, w in rows.items()}
 
 
 def predict_online(learner: Learner, items: Sequence[tasks.Task], *, gamma: float = 1.0,
@@ -189,8 +198,8 @@ def load_tasks(dataset: str, split: str = "dev", topk: int = 3, limit: int | Non
     return tasks.load(dataset, split, topk, end=limit)
 
 
-def method_files(run: str, dataset: str, method: str) -> tuple:
-    folder = paths.results_dir(run) / dataset
+def method_files(run: str, dataset: str, method: str, evaluation: str | None = None) -> tuple:
+    folder = paths.results_dir(run, evaluation) / dataset
     return folder / f"{method}.predictions.jsonl", folder / f"{method}.metrics.json"
 
 
@@ -222,35 +231,43 @@ class _LearnerOnce:
         return self.learner
 
 
-def _finished(run: str, dataset: str, method: str, settings: dict) -> dict | None:
+def _finished(run: str, dataset: str, method: str, settings: dict, evaluation: str | None = None) -> dict | None:
     """Scores of a finished :func:`evaluate` of ``method`` with exactly these settings, else None."""
-    file = method_files(run, dataset, method)[1]
+    file = method_files(run, dataset, method, evaluation)[1]
     saved = _read_metrics(file) if file.exists() else {}
     if not saved or any(saved.get(k) != v for k, v in settings.items()):
         return None
     return {k: saved[k] for k in ("em", "f1", "precision", "recall", "nll", "n")}
 
 
+def default_gamma(run: str) -> float:
+    """The run's ``learner.gamma`` (its saved ``learner_config.json``): the gamma used when none is given."""
+    return config.load_preset(trained_state(run, allow_unfinished=True).parent).learner.gamma   # only its config
+
+
 def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "dev", topk: int = 3,
-             gamma: float = 1.0, limit: int | None = None, device: str = "cpu", overwrite: bool = False,
+             gamma: float | None = None, limit: int | None = None, device: str = "cpu", overwrite: bool = False,
              learner: Learner | Callable[[], Learner] | None = None, bank=None,
-             allow_unfinished: bool = False) -> dict[str, dict]:
+             evaluation: str | None = None, allow_unfinished: bool = False) -> dict[str, dict]:
     """Evaluate ``methods`` on one dataset: ``{method: metrics}``; writes predictions, metrics and summary.csv.
 
     A method whose ``metrics.json`` already exists with the same settings is kept (``status: "kept"``), so a
     crashed evaluation resumes method by method; ``overwrite=True`` recomputes it. ``learner``/``bank`` reuse
-    objects already loaded (default: ``Learner.from_run(run, device)`` and the bank of 04_encode). A run whose
-    training did not finish is refused unless ``allow_unfinished=True`` (recorded as ``run_finished`` in
-    ``metrics.json``).
+    objects already loaded (default: ``Learner.from_run(run, device)`` and the bank of 04_encode). ``gamma=None``
+    is the run's ``learner.gamma``. ``evaluation`` names an evaluation kept beside the run's main results
+    (``results/<run>/evaluations/<evaluation>/``), e.g. to try other settings without touching finished ones.
+    A run whose training did not finish is refused unless ``allow_unfinished=True`` (recorded as
+    ``run_finished`` in ``metrics.json``).
     """
     methods = check_methods(methods)
+    gamma = default_gamma(run) if gamma is None else gamma
     config.check_number(gamma, "gamma", allow_zero=True)
     get_learner = _loader(run, device, learner, allow_unfinished)
     finished = _run_finished(run, get_learner)
     out: dict[str, dict] = {}
     todo = []
     for method in methods:
-        _, metrics_file = method_files(run, dataset, method)
+        _, metrics_file = method_files(run, dataset, method, evaluation)
         if metrics_file.exists() and not overwrite:
             saved = _read_metrics(metrics_file)
             wanted = _settings(method, split, topk, gamma, limit, finished)
@@ -258,7 +275,8 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
             found = {k: saved.get(k, wanted[k] if k == "run_finished" else None) for k in wanted}
             if found != wanted:
                 raise FileExistsError(f"{paths.relative(metrics_file)} was computed with {found}, not {wanted}: "
-                                      "pass overwrite=True (05_evaluate: overwrite = True) to recompute it")
+                                      "pass overwrite=True (05_evaluate: overwrite = True) to recompute it, or "
+                                      "name this evaluation (evaluation='...') to keep both")
             log.info("%s/%s: kept the existing results (overwrite=False)", dataset, method)
             out[method] = {**saved, "status": "kept"}
         else:
@@ -273,18 +291,19 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
         for method in todo:
             rows = run_method(method, current, items, bank=bank if SPECS[method].source == "bank" else None,
                               gamma=gamma, topk=topk)
-            out[method] = _write_method(run, dataset, method, rows, current, split, topk, gamma, limit, finished)
-    merge_csv(paths.results_dir(run) / "summary.csv", SUMMARY_FIELDS,
+            out[method] = _write_method(run, dataset, method, rows, current, split, topk, gamma, limit, finished,
+                                        evaluation)
+    merge_csv(paths.results_dir(run, evaluation) / "summary.csv", SUMMARY_FIELDS,
               [{"dataset": dataset, "method": m, **{k: out[m][k] for k in SUMMARY_FIELDS[2:]}} for m in methods],
               key=("dataset", "method"))
     return out
 
 
-def _write_method(run, dataset, method, rows, learner, split, topk, gamma, limit, finished) -> dict:
-    predictions_file, metrics_file = method_files(run, dataset, method)
+def _write_method(run, dataset, method, rows, learner, split, topk, gamma, limit, finished, evaluation=None) -> dict:
+    predictions_file, metrics_file = method_files(run, dataset, method, evaluation)
     scores = score_rows(rows)
-    settings = {"run": run, "dataset": dataset, "method": method, "preset": learner.preset.to_dict(),
-                "meta_hash": learner.meta_hash(), "device": str(learner.device)}
+    settings = {"run": run, "dataset": dataset, "method": method, "evaluation": evaluation,
+                "preset": learner.preset.to_dict(), "meta_hash": learner.meta_hash(), "device": str(learner.device)}
     result = {**scores, **_settings(method, split, topk, gamma, limit, finished), "method": method,
               "dataset": dataset, "provenance": artifacts.provenance(settings)}
     artifacts.write_jsonl(predictions_file, [{**r, "answer_nll": _json_number(r["answer_nll"])} for r in rows])
@@ -319,18 +338,18 @@ def evaluate_all(run: str, datasets: Sequence[str], methods: Sequence[str], *, d
     for dataset in datasets:
         evaluate(run, dataset, methods, device=device, learner=get_learner, allow_unfinished=allow_unfinished,
                  **kwargs)
-    return [r for r in summary(run) if r["dataset"] in set(datasets)]
+    return [r for r in summary(run, kwargs.get("evaluation")) if r["dataset"] in set(datasets)]
 
 
-def summary(run: str) -> list[dict]:
-    """Rows of ``results/<run>/summary.csv`` (numbers as floats, n as int)."""
-    return read_csv(paths.results_dir(run) / "summary.csv")
+def summary(run: str, evaluation: str | None = None) -> list[dict]:
+    """Rows of ``results/<run>/summary.csv`` (numbers as floats, n as int), or of a named evaluation's."""
+    return read_csv(paths.results_dir(run, evaluation) / "summary.csv")
 
 
 def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0), topks: Sequence[int] = (3,),
           method: str = "regrad", split: str = "dev", limit: int | None = None, device: str = "cpu",
           overwrite: bool = False, learner: Learner | Callable[[], Learner] | None = None,
-          allow_unfinished: bool = False) -> list[dict]:
+          evaluation: str | None = None, allow_unfinished: bool = False) -> list[dict]:
     """Scores of ``method`` for every (gamma, topk); rows merged into ``results/<run>/sweeps.csv``, returned.
 
     Points already in sweeps.csv are kept unless ``overwrite``. Each top-k reads its own bank
@@ -341,18 +360,18 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
         config.check_number(g, f"gammas[{i}]", allow_zero=True)
     get_learner = _loader(run, device, learner, allow_unfinished)
     finished = _run_finished(run, get_learner)
-    file = paths.results_dir(run) / "sweeps.csv"
+    file = paths.results_dir(run, evaluation) / "sweeps.csv"
     done = {(r["dataset"], r["method"], float(r["gamma"]), int(r["topk"])) for r in read_csv(file)} \
         if file.exists() and not overwrite else set()
     new = []
     for topk in topks:
         points = [float(g) for g in gammas if (dataset, method, float(g), int(topk)) not in done]
-        reused = {g: _finished(run, dataset, method, _settings(method, split, topk, g, limit, finished))
+        reused = {g: _finished(run, dataset, method, _settings(method, split, topk, g, limit, finished), evaluation)
                   for g in points}
         if 0.0 in reused and reused[0.0] is None and SPECS[method].source != "none" and not SPECS[method].context:
             # gamma 0 is no update at all: exactly no_update's answers (tested), so its finished results serve
             reused[0.0] = _finished(run, dataset, "no_update", _settings("no_update", split, topk, 0.0, limit,
-                                                                         finished))
+                                                                         finished), evaluation)
         todo = [g for g in points if reused[g] is None]
         if todo:
             current, store = get_learner(), None
@@ -391,13 +410,14 @@ class EvaluateSettings:
     methods: list[str]
     split: str = "dev"
     topk: int = 3
-    gamma: float = 1.0
+    gamma: float | None = None         # None: the run's learner.gamma
     gammas: list[float] = field(default_factory=list)
     sweep_datasets: list[str] | None = None   # datasets of the gamma sweep (None: all of ``datasets``)
     limit: int | None = None
     device: str = "cpu"
     overwrite: bool = False
     preset: str | None = None          # informational: the run's saved configs are authoritative
+    evaluation: str | None = None      # a name: results/<run>/evaluations/<evaluation>/ beside the main results
     allow_unfinished: bool = False     # True: evaluate a run whose training did not finish
 
     def __post_init__(self) -> None:
@@ -405,6 +425,8 @@ class EvaluateSettings:
         self.methods = check_methods(self.methods)
         if not self.datasets or not self.methods:
             raise ValueError(f"datasets={self.datasets} and methods={self.methods} must name at least one each")
+        trained_state(self.run, self.allow_unfinished)    # every step needs the (finished) run
+        self.gamma = default_gamma(self.run) if self.gamma is None else self.gamma
         if self.topk < 1:
             raise ValueError(f"topk={self.topk} must be >= 1")
         config.check_number(self.gamma, "gamma", allow_zero=True)
@@ -416,7 +438,7 @@ class EvaluateSettings:
             self.sweep_datasets = list(self.datasets)
         elif not set(self.sweep_datasets) <= set(self.datasets):
             raise ValueError(f"sweep_datasets={self.sweep_datasets} must be among datasets={self.datasets}")
-        trained_state(self.run, self.allow_unfinished)    # every step needs the (finished) run
+        paths.results_dir(self.run, self.evaluation)   # checks the name
         for dataset in self.datasets:
             tasks.augmented_path(dataset, self.split)
             bank_folder = paths.bank_dir(self.topk, self.run, dataset, self.split)
@@ -426,17 +448,17 @@ class EvaluateSettings:
         self.learner = _LearnerOnce(self.run, self.device, allow_unfinished=self.allow_unfinished)
 
 
-def predictions(run: str, dataset: str, method: str) -> list[dict]:
-    """Rows of ``results/<run>/<dataset>/<method>.predictions.jsonl``."""
-    file = method_files(run, dataset, method)[0]
+def predictions(run: str, dataset: str, method: str, evaluation: str | None = None) -> list[dict]:
+    """Rows of ``results/<run>/<dataset>/<method>.predictions.jsonl`` (or of a named evaluation)."""
+    file = method_files(run, dataset, method, evaluation)[0]
     if not file.exists():
         raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 05_evaluate")
     return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def examples(run: str, dataset: str, methods: Sequence[str], n: int = 5) -> list[dict]:
+def examples(run: str, dataset: str, methods: Sequence[str], n: int = 5, evaluation: str | None = None) -> list[dict]:
     """The first ``n`` questions with their gold answers and every method's prediction, side by side."""
-    by_method = {m: predictions(run, dataset, m)[:n] for m in check_methods(methods)}
+    by_method = {m: predictions(run, dataset, m, evaluation)[:n] for m in check_methods(methods)}
     first = next(iter(by_method.values()))
     return [{"question": r["question"], "gold": r["answers"][0], **{m: rows[i]["prediction"]
              for m, rows in by_method.items()}} for i, r in enumerate(first)]

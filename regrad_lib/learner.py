@@ -85,10 +85,15 @@ class Learner:
     run_finished: bool | None = None     # whether that run had finished (None: not loaded from a run)
 
     @classmethod
-    def create(cls, preset: config.Preset, device: str = "cpu", seed: int | None = None) -> "Learner":
+    def create(cls, preset: config.Preset, device: str = "cpu", seed: int | None = None,
+               warm_start: bool = True) -> "Learner":
+        """A fresh learner; ``phi`` from the PEFT adapter ``learner.init_adapter`` when set (and ``warm_start``)."""
         model, tokenizer = modeling.load(preset.learner.model_name_or_path, device=device,
                                          dtype=model_dtype(preset, device))
         lora.attach(model, preset.peft, seed=preset.train.seed if seed is None else seed)
+        if warm_start and preset.learner.init_adapter is not None:
+            from . import adapters
+            adapters.load_into(model, preset.learner.init_adapter, preset.peft)
         phi = lora.parameters(model)
         alpha = StepSizes(phi, preset.learner.alpha_mode, preset.learner.init_alpha).to(device)
         return cls(model, tokenizer, preset, phi, alpha, torch.device(device))
@@ -100,7 +105,7 @@ class Learner:
         An unfinished run raises :class:`UnfinishedRunError` unless ``allow_unfinished=True``.
         """
         state = trained_state(run, allow_unfinished)
-        learner = cls.create(config.load_preset(state.parent), device)
+        learner = cls.create(config.load_preset(state.parent), device, warm_start=False)  # phi comes from the run
         learner.load_state(state)
         learner.run, learner.run_finished = run, run_finished(run)
         if not learner.run_finished:

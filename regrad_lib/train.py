@@ -3,7 +3,8 @@
 Reads ``data/augmented/<dataset>/<train_file>.json`` for every training dataset (written by 02_augment) and
 writes ``outputs/<run>/``: the four configs, ``meta_state.safetensors`` (the best on the validation slice),
 ``training_log.jsonl`` (one JSON row per train step or evaluation, ``kind`` "train"/"eval"), ``provenance.json``,
-``train_request.json``, ``checkpoint/`` (resume) and, last, ``train_summary.json`` (the run is finished).
+``train_request.json``, ``checkpoint/`` (resume), ``adapter/`` (the selected ``phi`` as a PEFT LoRA adapter)
+and, last, ``train_summary.json`` (the run is finished).
 
 The validation slice for checkpoint selection is held out of the *training* tasks (seeded), never the dev
 file that 05_evaluate reports (method.md, "Known flaws").
@@ -26,7 +27,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import artifacts, checkpoint, config, metrics, paths, regrad
+from . import adapters, artifacts, checkpoint, config, metrics, paths, regrad
 from . import tasks as tasks_mod
 from .learner import META_STATE, TRAIN_SUMMARY, Learner
 from .tasks import Task
@@ -225,9 +226,10 @@ def _better(row: dict, best: dict | None, metric: str) -> bool:
 # --- notebook helpers --------------------------------------------------------------------------------
 
 def configure(preset: str, *, blind_context: bool | None = None, seed: int | None = None,
-              max_steps: int | None = None, limit: int | None = None) -> config.Preset:
+              max_steps: int | None = None, limit: int | None = None,
+              init_adapter: str | None = None) -> config.Preset:
     """03_train's validated preset: ``preset`` with the notebook's parameters applied (None keeps the preset's)."""
-    learner = {"blind_context": blind_context}
+    learner = {"blind_context": blind_context, "init_adapter": init_adapter}
     train_ = {"seed": seed, "max_steps": max_steps, "max_train_tasks": limit}
     return config.load_preset(preset, {"learner": {k: v for k, v in learner.items() if v is not None},
                                        "train": {k: v for k, v in train_.items() if v is not None}})
@@ -444,6 +446,7 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
     if not data.validation:
         learner.save(folder / META_STATE)
     summary = _summary(run, preset, train_datasets, train_file, data, state, read_log(run), elapsed())
+    adapters.export_run(run, allow_unfinished=True)   # the selected phi as a PEFT adapter (before the summary)
     artifacts.write_json(folder / SUMMARY, summary)
     log.info("meta-training done: %s", summary)
     return summary
