@@ -40,7 +40,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import artifacts, config, generation, lora, metrics, paths, prompts, regrad, tasks
+from . import artifacts, config, distributed, generation, lora, metrics, paths, prompts, regrad, tasks
 from .learner import Learner, run_finished, trained_state
 
 log = logging.getLogger(__name__)
@@ -125,23 +125,29 @@ def _run(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, ban
     built = [_prompt(learner, t, spec.context) for t in items]
     prompt_ids = [p.ids for p in built]
     order = sorted(range(len(items)), key=lambda i: -len(prompt_ids[i]))   # little padding per batch
-    rows: list[dict | None] = [None] * len(items)
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    mine = distributed.turns(len(batches))     # a job's processes take turns over the very same batches
+    done: list[list[tuple[int, dict]]] = []
     model, tok = learner.model, learner.tokenizer
     max_new = learner.preset.generation.max_new_tokens
-    with tqdm(total=len(items), desc=desc, unit="question") as bar:
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
+    with tqdm(total=sum(len(batches[b]) for b in mine), desc=desc, unit="question",
+              disable=not distributed.job().main) as bar:
+        for b in mine:
+            index = batches[b]
             batch = [items[i] for i in index]
             weights = _weights(spec, learner, batch, [pids[i] for i in index], bank, gamma)
             gold = [prompts.answer_ids(tok, t.answer) for t in batch] if nll else None
             with learner.autocast(), (lora.disabled(model) if spec.base else contextlib.nullcontext()):
                 out = generation.generate(model, tok, [prompt_ids[i] for i in index], max_new_tokens=max_new,
                                           weights=weights, score_ids=gold, stop=learner.preset.generation.stop)
-            for i, task, gen in zip(index, batch, out):
-                rows[i] = {"test_id": task.test_id, "question": task.question, "answers": list(task.answers),
-                           "prediction": gen.answer, "generated": gen.text, "passage_ids": used[i],
-                           "answer_nll": gen.answer_nll, "truncated_passages": built[i].truncated}
+            done.append([(i, {"test_id": task.test_id, "question": task.question, "answers": list(task.answers),
+                              "prediction": gen.answer, "generated": gen.text, "passage_ids": used[i],
+                              "answer_nll": gen.answer_nll, "truncated_passages": built[i].truncated})
+                         for i, task, gen in zip(index, batch, out)])
             bar.update(len(batch))
+    rows: list[dict | None] = [None] * len(items)
+    for i, row in (pair for part in distributed.merge_turns(done, len(batches)) for pair in part):
+        rows[i] = row
     return rows  # type: ignore[return-value]
 
 
@@ -264,6 +270,29 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
     config.check_number(gamma, "gamma", allow_zero=True)
     get_learner = _loader(run, device, learner, allow_unfinished)
     finished = _run_finished(run, get_learner)
+    out, todo = distributed.on_main(_plan, run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation,
+                                    finished)
+    if todo:
+        items = load_tasks(dataset, split, topk, limit)
+        current = get_learner()
+        current.require_finished(allow_unfinished)
+        if bank is None and needs_bank(todo):
+            from . import bank as bank_module
+            bank = bank_module.open_bank(topk, run, dataset, split, learner=current)
+        for method in todo:
+            rows = run_method(method, current, items, bank=bank if SPECS[method].source == "bank" else None,
+                              gamma=gamma, topk=topk)
+            out[method] = distributed.on_main(_write_method, run, dataset, method, rows, current, split, topk, gamma,
+                                              limit, finished, evaluation)
+    distributed.on_main(merge_csv, paths.results_dir(run, evaluation) / "summary.csv", SUMMARY_FIELDS,
+                        [{"dataset": dataset, "method": m, **{k: out[m][k] for k in SUMMARY_FIELDS[2:]}}
+                         for m in methods], key=("dataset", "method"))
+    return out
+
+
+def _plan(run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation,
+          finished) -> tuple[dict[str, dict], list]:
+    """(results kept from finished methods, the methods to compute); refuses results of other settings."""
     out: dict[str, dict] = {}
     todo = []
     for method in methods:
@@ -281,22 +310,7 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
             out[method] = {**saved, "status": "kept"}
         else:
             todo.append(method)
-    if todo:
-        items = load_tasks(dataset, split, topk, limit)
-        current = get_learner()
-        current.require_finished(allow_unfinished)
-        if bank is None and needs_bank(todo):
-            from . import bank as bank_module
-            bank = bank_module.open_bank(topk, run, dataset, split, learner=current)
-        for method in todo:
-            rows = run_method(method, current, items, bank=bank if SPECS[method].source == "bank" else None,
-                              gamma=gamma, topk=topk)
-            out[method] = _write_method(run, dataset, method, rows, current, split, topk, gamma, limit, finished,
-                                        evaluation)
-    merge_csv(paths.results_dir(run, evaluation) / "summary.csv", SUMMARY_FIELDS,
-              [{"dataset": dataset, "method": m, **{k: out[m][k] for k in SUMMARY_FIELDS[2:]}} for m in methods],
-              key=("dataset", "method"))
-    return out
+    return out, todo
 
 
 def _write_method(run, dataset, method, rows, learner, split, topk, gamma, limit, finished, evaluation=None) -> dict:
@@ -338,7 +352,8 @@ def evaluate_all(run: str, datasets: Sequence[str], methods: Sequence[str], *, d
     for dataset in datasets:
         evaluate(run, dataset, methods, device=device, learner=get_learner, allow_unfinished=allow_unfinished,
                  **kwargs)
-    return [r for r in summary(run, kwargs.get("evaluation")) if r["dataset"] in set(datasets)]
+    return distributed.on_main(lambda: [r for r in summary(run, kwargs.get("evaluation"))
+                                        if r["dataset"] in set(datasets)])
 
 
 def summary(run: str, evaluation: str | None = None) -> list[dict]:
@@ -361,17 +376,11 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
     get_learner = _loader(run, device, learner, allow_unfinished)
     finished = _run_finished(run, get_learner)
     file = paths.results_dir(run, evaluation) / "sweeps.csv"
-    done = {(r["dataset"], r["method"], float(r["gamma"]), int(r["topk"])) for r in read_csv(file)} \
-        if file.exists() and not overwrite else set()
+    plan = distributed.on_main(_sweep_plan, run, dataset, method, gammas, topks, split, limit, overwrite, evaluation,
+                               finished)
     new = []
-    for topk in topks:
-        points = [float(g) for g in gammas if (dataset, method, float(g), int(topk)) not in done]
-        reused = {g: _finished(run, dataset, method, _settings(method, split, topk, g, limit, finished), evaluation)
-                  for g in points}
-        if 0.0 in reused and reused[0.0] is None and SPECS[method].source != "none" and not SPECS[method].context:
-            # gamma 0 is no update at all: exactly no_update's answers (tested), so its finished results serve
-            reused[0.0] = _finished(run, dataset, "no_update", _settings("no_update", split, topk, 0.0, limit,
-                                                                         finished), evaluation)
+    for topk, reused in zip(topks, plan):
+        points = list(reused)
         todo = [g for g in points if reused[g] is None]
         if todo:
             current, store = get_learner(), None
@@ -384,10 +393,29 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
                 reused[gamma] = score_rows(run_method(method, current, items, bank=store, gamma=gamma, topk=topk))
         new += [{"dataset": dataset, "method": method, "gamma": g, "topk": int(topk), **reused[g]} for g in points]
     if new:
-        merge_csv(file, SWEEP_FIELDS, new, key=("dataset", "method", "gamma", "topk"))
+        distributed.on_main(merge_csv, file, SWEEP_FIELDS, new, key=("dataset", "method", "gamma", "topk"))
     wanted = {(float(g), int(k)) for g in gammas for k in topks}
-    return [r for r in read_csv(file) if r["dataset"] == dataset and r["method"] == method
-            and (r["gamma"], r["topk"]) in wanted] if file.exists() else []
+    return distributed.on_main(lambda: [r for r in read_csv(file) if r["dataset"] == dataset and r["method"] == method
+                                        and (r["gamma"], r["topk"]) in wanted] if file.exists() else [])
+
+
+def _sweep_plan(run, dataset, method, gammas, topks, split, limit, overwrite, evaluation, finished) -> list[dict]:
+    """Per top-k: ``{gamma: scores of a finished evaluation with these settings, or None}`` for the points not
+    yet in sweeps.csv (all points with ``overwrite``)."""
+    file = paths.results_dir(run, evaluation) / "sweeps.csv"
+    done = {(r["dataset"], r["method"], float(r["gamma"]), int(r["topk"])) for r in read_csv(file)} \
+        if file.exists() and not overwrite else set()
+    plan = []
+    for topk in topks:
+        points = [float(g) for g in gammas if (dataset, method, float(g), int(topk)) not in done]
+        reused = {g: _finished(run, dataset, method, _settings(method, split, topk, g, limit, finished), evaluation)
+                  for g in points}
+        if 0.0 in reused and reused[0.0] is None and SPECS[method].source != "none" and not SPECS[method].context:
+            # gamma 0 is no update at all: exactly no_update's answers (tested), so its finished results serve
+            reused[0.0] = _finished(run, dataset, "no_update", _settings("no_update", split, topk, 0.0, limit,
+                                                                         finished), evaluation)
+        plan.append(reused)
+    return plan
 
 
 def sweep_all(run: str, datasets: Sequence[str], *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0),
@@ -446,6 +474,16 @@ class EvaluateSettings:
                 raise FileNotFoundError(f"{paths.relative(bank_folder)} not found: the Gradient Bank is written by "
                                         f"04_encode (run={self.run!r}, dataset={dataset!r}, topk={self.topk})")
         self.learner = _LearnerOnce(self.run, self.device, allow_unfinished=self.allow_unfinished)
+
+
+def run(settings: EvaluateSettings) -> dict[str, list[dict]]:
+    """05_evaluate's computation: every method on every dataset (``summary``), then the gamma sweep (``sweeps``)."""
+    common = dict(split=settings.split, limit=settings.limit, device=settings.device, overwrite=settings.overwrite,
+                  learner=settings.learner, evaluation=settings.evaluation, allow_unfinished=settings.allow_unfinished)
+    rows = evaluate_all(settings.run, settings.datasets, settings.methods, topk=settings.topk, gamma=settings.gamma,
+                        **common)
+    return {"summary": rows, "sweeps": sweep_all(settings.run, settings.sweep_datasets, gammas=settings.gammas,
+                                                 topks=[settings.topk], **common)}
 
 
 def predictions(run: str, dataset: str, method: str, evaluation: str | None = None) -> list[dict]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import artifacts, checkpoint, config, lora, modeling, paths
+from . import artifacts, checkpoint, config, distributed, lora, modeling, paths
 from .regrad import StepSizes, Weights
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class Learner:
     def create(cls, preset: config.Preset, device: str = "cpu", seed: int | None = None,
                warm_start: bool = True) -> "Learner":
         """A fresh learner; ``phi`` from the PEFT adapter ``learner.init_adapter`` when set (and ``warm_start``)."""
+        device = distributed.local_device(device)     # cuda -> cuda:<local rank> in a job of several processes
         model, tokenizer = modeling.load(preset.learner.model_name_or_path, device=device,
                                          dtype=model_dtype(preset, device))
         lora.attach(model, preset.peft, seed=preset.train.seed if seed is None else seed)

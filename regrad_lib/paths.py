@@ -109,6 +109,12 @@ def bank_dir(topk: int, run: str, dataset: str, split: str) -> Path:
     return work_root() / "offline" / str(topk) / run / dataset / f"{split}_all"
 
 
+def bank_parts_dir(bank: Path) -> Path:
+    """The parts of a bank being written by several processes (``<bank>/.parts/<attempt>-r<rank>/``, each a bank);
+    merged into the bank's manifest when every process has finished."""
+    return bank / ".parts"
+
+
 def adapter_dir(run: str) -> Path:
     """The run's meta-trained ``phi`` as a PEFT LoRA adapter ``outputs/<run>/adapter/``."""
     return output_dir(run) / "adapter"
