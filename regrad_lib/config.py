@@ -25,6 +25,7 @@ OnNonFinite = Literal["error", "skip"]
 BestMetric = Literal["f1", "loss"]
 PassageFormat = Literal["text", "title_text"]
 PromptStyle = Literal["instruct", "example"]
+ContextOrder = Literal["rank", "reversed"]
 
 FILES = {"peft": "peft_config.json", "learner": "learner_config.json", "train": "train_args.json",
          "generation": "generation_config.json"}
@@ -138,7 +139,8 @@ class LearnerConfig:
     max_prompt_len: int = 2048       # question (+ passages) tokens
     gamma: float = 1.0               # inference-time scale (05_evaluate's default); training always uses 1
     passage_format: PassageFormat = "text"   # "text": the passage alone (public code); "title_text": "title: text"
-    prompt_style: PromptStyle = "instruct"   # "example": + one worked question/answer in the chat (small models)
+    prompt_style: PromptStyle = "instruct"   # "example": + worked questions/answers in the chat (small models)
+    context_order: ContextOrder = "rank"     # passages in the prompt: best first (public), or "reversed": best last
     chat_date: str = "26 Jul 2024"   # date_string given to chat templates that print a date (Llama 3.x's default)
     init_adapter: str | None = None  # a PEFT LoRA adapter folder to start phi from (a warm start); None: fresh
 
@@ -147,6 +149,7 @@ class LearnerConfig:
         _check_literal(self, "alpha_mode", get_args(AlphaMode))
         _check_literal(self, "passage_format", get_args(PassageFormat))
         _check_literal(self, "prompt_style", get_args(PromptStyle))
+        _check_literal(self, "context_order", get_args(ContextOrder))
         if not self.chat_date.strip():
             raise ConfigError("LearnerConfig.chat_date is empty: give a fixed date such as '26 Jul 2024' (templates "
                               "that print a date would otherwise print today's, and prompts would change by the day)")
