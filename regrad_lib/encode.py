@@ -72,7 +72,8 @@ def gradient_batches(learner: Learner, items: Sequence[Passage], batch_size: int
 
 def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0, end: int | None = None,
            dtype: str = "bf16", batch_size: int = 8, device: str = "cpu", overwrite: bool = False,
-           learner: Learner | None = None, shard_bytes: int = bank.DEFAULT_SHARD_BYTES) -> Path:
+           learner: Learner | None = None, shard_bytes: int = bank.DEFAULT_SHARD_BYTES,
+           allow_unfinished: bool = False) -> Path:
     """Encode the passages of one augmented file into ``offline/<topk>/<run>/<dataset>/<split>_all``; its path.
 
     - ``run``: the trained learner ``outputs/<run>/`` (``Learner.from_run(run, device)``); pass ``learner`` to
@@ -84,6 +85,8 @@ def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0,
     - ``overwrite``: rebuild the bank from scratch; otherwise ids already there are skipped (resume), and a bank
       made with other meta weights, layout, model or dtype is refused.
     - ``shard_bytes``: the size of one shard file (at most 2 GB).
+    - ``allow_unfinished``: use a run whose training did not finish (refused otherwise); the manifest's
+      ``source`` records ``run_finished``.
 
     In a job of several processes (:mod:`regrad_lib.distributed`) each process encodes its own turns of the
     passages into a part of the bank, merged once every process has finished (:func:`encode_parts`).
@@ -92,9 +95,10 @@ def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0,
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     items = passages(dataset, split, topk, start, end)
-    learner = learner or Learner.from_run(run, device)
-    source = {"run": run, "dataset": dataset, "split": split, "topk": topk, "start": start, "end": end,
-              "batch_size": batch_size, "device": str(learner.device),
+    learner = learner or Learner.from_run(run, device, allow_unfinished)
+    learner.require_finished(allow_unfinished)
+    source = {"run": run, "run_finished": learner.run_finished, "dataset": dataset, "split": split, "topk": topk,
+              "start": start, "end": end, "batch_size": batch_size, "device": str(learner.device),
               "precision": learner.precision, "bank_context_len": learner.preset.learner.bank_context_len,
               "passage_format": learner.preset.learner.passage_format}
     target = paths.bank_dir(topk, run, dataset, split)
@@ -193,6 +197,7 @@ class EncodeSettings:
     overwrite: bool = False
     preset: str | None = None          # informational: the run's saved configs are authoritative
     shard_bytes: int = bank.DEFAULT_SHARD_BYTES
+    allow_unfinished: bool = False     # True: encode with a run whose training did not finish
     missing: list[str] = field(default_factory=list, init=False)
     _loaded: Learner | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -210,7 +215,7 @@ class EncodeSettings:
         if not 0 < self.shard_bytes <= bank.MAX_SHARD_BYTES:
             raise ValueError(f"shard_bytes={self.shard_bytes} must be in (0, {bank.MAX_SHARD_BYTES}] "
                              "(shards of at most ~2 GB)")
-        trained_state(self.run)    # every step needs the run (its model and configs)
+        trained_state(self.run, self.allow_unfinished)    # every step needs the (finished) run
         for dataset in self.datasets:
             tasks.augmented_path(dataset, self.split)
 
@@ -222,7 +227,7 @@ class EncodeSettings:
         """The run's trained learner (loaded once); warns when ``preset`` names another model than the run's."""
         if self._loaded is not None:
             return self._loaded
-        learner = self._loaded = Learner.from_run(self.run, self.device)
+        learner = self._loaded = Learner.from_run(self.run, self.device, self.allow_unfinished)
         if self.preset and self.preset in config.available_presets():
             wanted = config.load_preset(self.preset).learner.model_name_or_path
             if wanted != learner.preset.learner.model_name_or_path:
@@ -236,7 +241,8 @@ def encode_all(settings: EncodeSettings, learner: Learner | None = None) -> dict
     learner = learner or settings.learner()
     return {d: encode(settings.run, d, settings.split, topk=settings.topk, start=settings.start, end=settings.end,
                       dtype=settings.dtype, batch_size=settings.batch_size, overwrite=settings.overwrite,
-                      learner=learner, shard_bytes=settings.shard_bytes) for d in settings.datasets}
+                      learner=learner, shard_bytes=settings.shard_bytes, allow_unfinished=settings.allow_unfinished)
+            for d in settings.datasets}
 
 
 def stats(banks: dict[str, Path]) -> list[dict]:
