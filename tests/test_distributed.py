@@ -130,7 +130,9 @@ def test_a_failing_rank_stops_the_job_with_its_error(solo):
     started = time.monotonic()
     with pytest.raises(launch.LaunchError) as error:
         launch.run(settings, num_processes=2)
-    assert time.monotonic() - started < 60
+    # bounded: far below the collective timeout (REGRAD_COLLECTIVE_TIMEOUT_S, 1800 s), so no rank waited on a
+    # collective; the wall time itself (about 22 s on a quiet machine) is a measurement, not a test
+    assert time.monotonic() - started < 600
     message = str(error.value)
     assert "evaluate failed on rank 1 of 2" in message
     assert "KeyError" in message and "passage id '1645' is not in the Gradient Bank" in message
