@@ -11,6 +11,7 @@ so an interrupted encode resumes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,21 +70,37 @@ def gradient_batches(learner: Learner, items: Sequence[Passage], batch_size: int
 
 
 def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0, end: int | None = None,
-           dtype: str = "bf16", batch_size: int = 8, device: str = "cpu", overwrite: bool = False,
+           scheme: str = bank.DEFAULT_SCHEME, batch_size: int = 8, device: str = "cpu", overwrite: bool = False,
            learner: Learner | None = None, shard_bytes: int = bank.DEFAULT_SHARD_BYTES) -> Path:
-    """Encode the passages of one augmented file into ``offline/<topk>/<run>/<dataset>/<split>_all``; its path.
+    """Encode the passages of one augmented file into ``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>``.
 
     - ``run``: the trained learner ``outputs/<run>/`` (``Learner.from_run(run, device)``); pass ``learner`` to
       reuse one already loaded (it must be that run's; ``device`` is then ignored).
     - ``topk``, ``start``, ``end``: the top-k passages of records ``start:end`` (``end=None``: to the last).
-    - ``dtype``: storage dtype, ``"bf16"`` (default), ``"fp16"`` or ``"fp32"``; gradients are computed in fp32
-      LoRA weights under the preset's autocast either way.
+    - ``scheme``: storage scheme (:mod:`regrad_lib.schemes`): ``fp32``, ``bf16``, ``fp16``, ``int8``, ``int4``,
+      ``int2``, optionally with a group size (``int4-g128``); gradients are computed in fp32 LoRA weights under the
+      preset's autocast and encoded on the device either way.
     - ``batch_size``: passages per forward/backward.
     - ``overwrite``: rebuild the bank from scratch; otherwise ids already there are skipped (resume), and a bank
-      made with other meta weights, layout, model or dtype is refused.
+      made with other meta weights, layout, model or scheme is refused.
     - ``shard_bytes``: the size of one shard file (at most 2 GB).
     """
-    bank.storage_dtype(dtype)
+    name = bank.storage_scheme(scheme).name
+    return encode_schemes(run, dataset, split, [name], topk=topk, start=start, end=end, batch_size=batch_size,
+                          device=device, overwrite=overwrite, learner=learner, shard_bytes=shard_bytes)[name]
+
+
+def encode_schemes(run: str, dataset: str, split: str, schemes: Sequence[str], *, topk: int = 3, start: int = 0,
+                   end: int | None = None, batch_size: int = 8, device: str = "cpu", overwrite: bool = False,
+                   learner: Learner | None = None, shard_bytes: int = bank.DEFAULT_SHARD_BYTES) -> dict[str, Path]:
+    """:func:`encode` into one bank per scheme from ONE gradient computation: ``{scheme: bank folder}``.
+
+    Each bank resumes on its own: a passage is computed when any of the banks lacks it, and appended only to
+    those that lack it.
+    """
+    names = list(dict.fromkeys(bank.storage_scheme(s).name for s in schemes))
+    if not names:
+        raise ValueError("schemes is empty: name at least one, e.g. ['int4']")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     items = passages(dataset, split, topk, start, end)
@@ -92,18 +109,24 @@ def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0,
               "batch_size": batch_size, "device": str(learner.device),
               "precision": learner.preset.train.mixed_precision if learner.device.type != "cpu" else "no",
               "bank_context_len": learner.preset.learner.bank_context_len}
-    target = paths.bank_dir(topk, run, dataset, split)
-    with bank.BankWriter.open(target, bank.header_for(learner, dtype, **source), overwrite=overwrite,
-                              shard_bytes=shard_bytes, config=learner.preset.to_dict()) as writer:
-        done = writer.ids()
-        todo = [p for p in items if p.pid not in done]
-        log.info("%s/%s: %d distinct passages, %d in the bank, %d to encode", dataset, split, len(items),
-                 len(items) - len(todo), len(todo))
+    targets = {n: paths.bank_dir(topk, run, dataset, split, n) for n in names}
+    with contextlib.ExitStack() as stack:
+        writers = {n: stack.enter_context(bank.BankWriter.open(
+            targets[n], bank.header_for(learner, n, **source), overwrite=overwrite, shard_bytes=shard_bytes,
+            config=learner.preset.to_dict())) for n in names}
+        done = {n: w.ids() for n, w in writers.items()}
+        todo = [p for p in items if any(p.pid not in d for d in done.values())]
+        log.info("%s/%s: %d distinct passages, %d to encode into %s", dataset, split, len(items), len(todo), names)
         with tqdm(total=len(todo), desc=f"encode {dataset}/{split}", unit="passage") as bar:
             for ids, vectors in gradient_batches(learner, todo, batch_size):
-                writer.append(ids, vectors)   # cast to the storage dtype on the device, shards written behind
+                for n, writer in writers.items():   # encoded on the device, shards written behind
+                    keep = [i for i, p in enumerate(ids) if p not in done[n]]
+                    if len(keep) == len(ids):
+                        writer.append(ids, vectors)
+                    elif keep:
+                        writer.append([ids[i] for i in keep], vectors[keep])
                 bar.update(len(ids))
-    return target
+    return targets
 
 
 # --- the notebook's helpers -------------------------------------------------------------------------------
@@ -117,7 +140,8 @@ class EncodeSettings:
     topk: int = 3
     start: int = 0
     limit: int | None = None
-    dtype: str = "bf16"
+    scheme: str = bank.DEFAULT_SCHEME
+    frontier_schemes: list[str] = field(default_factory=list)   # written from the same gradients, for 05/06
     batch_size: int = 8
     device: str = "cpu"
     overwrite: bool = False
@@ -129,7 +153,10 @@ class EncodeSettings:
             self.datasets = [self.datasets]
         if not self.datasets:
             raise ValueError("datasets is empty: name at least one, e.g. ['popqa']")
-        bank.storage_dtype(self.dtype)
+        self.scheme = bank.storage_scheme(self.scheme).name
+        if isinstance(self.frontier_schemes, str):
+            self.frontier_schemes = [self.frontier_schemes]
+        self.frontier_schemes = [bank.storage_scheme(s).name for s in self.frontier_schemes]
         for name in ("topk", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
@@ -154,38 +181,51 @@ class EncodeSettings:
         return learner
 
 
-def encode_all(settings: EncodeSettings, learner: Learner | None = None) -> dict[str, Path]:
-    """:func:`encode` for each dataset of ``settings`` with one loaded learner: ``{dataset: bank folder}``."""
+    @property
+    def schemes(self) -> list[str]:
+        """The main scheme first, then the frontier schemes (each once)."""
+        return list(dict.fromkeys([self.scheme, *self.frontier_schemes]))
+
+
+def encode_all(settings: EncodeSettings, learner: Learner | None = None) -> dict[str, dict[str, Path]]:
+    """:func:`encode_schemes` for each dataset with one loaded learner: ``{dataset: {scheme: bank folder}}``."""
     learner = learner or settings.learner()
-    return {d: encode(settings.run, d, settings.split, topk=settings.topk, start=settings.start, end=settings.end,
-                      dtype=settings.dtype, batch_size=settings.batch_size, overwrite=settings.overwrite,
-                      learner=learner) for d in settings.datasets}
+    return {d: encode_schemes(settings.run, d, settings.split, settings.schemes, topk=settings.topk,
+                              start=settings.start, end=settings.end, batch_size=settings.batch_size,
+                              overwrite=settings.overwrite, learner=learner) for d in settings.datasets}
 
 
-def stats(banks: dict[str, Path]) -> list[dict]:
-    """One row per bank: entries, shards, storage dtype, bytes on disk, bytes per passage."""
+def _each(banks: dict[str, dict[str, Path]]):
+    for dataset, by_scheme in banks.items():
+        for scheme, path in by_scheme.items():
+            yield dataset, scheme, path
+
+
+def stats(banks: dict[str, dict[str, Path]]) -> list[dict]:
+    """One row per bank: entries, shards, scheme, bytes on disk, bytes per passage."""
     rows = []
-    for dataset, path in banks.items():
-        with bank.GradientBank.open(path) as b:
-            rows.append({"dataset": dataset, "bank": paths.relative(path), "entries": len(b),
-                         "shards": len(b.manifest["shards"]), "dtype": b.manifest["dtype"],
-                         "bytes_on_disk": b.bytes_on_disk(), "bytes_per_passage": b.bytes_per_passage})
+    for dataset, scheme, path in _each(banks):
+        with bank.GradientBank.open(path, scheme=scheme) as b:
+            rows.append({"dataset": dataset, "scheme": scheme, "bank": paths.relative(path), "entries": len(b),
+                         "shards": len(b.manifest["shards"]), "bytes_on_disk": b.bytes_on_disk(),
+                         "bytes_per_passage": b.bytes_per_passage})
     return rows
 
 
-def gradient_norms(banks: dict[str, Path]) -> list[float]:
-    """The L2 norm of every stored gradient of these banks (one value per passage)."""
+def gradient_norms(banks: dict[str, dict[str, Path]]) -> list[float]:
+    """The L2 norm of every stored gradient, one value per passage, from each dataset's first (main) bank."""
     out: list[float] = []
-    for path in banks.values():
-        with bank.GradientBank.open(path) as b:
+    for by_scheme in banks.values():
+        with bank.GradientBank.open(next(iter(by_scheme.values()))) as b:
             out.extend(b.norms().values())
     return out
 
 
-def verify_all(banks: dict[str, Path], learner: Learner | None = None) -> dict[str, dict]:
-    """``GradientBank.verify()`` of each bank (checked against ``learner``'s weights when given)."""
+def verify_all(banks: dict[str, dict[str, Path]], learner: Learner | None = None) -> dict[str, dict]:
+    """``GradientBank.verify()`` of each bank (checked against ``learner``'s weights when given):
+    ``{"<dataset>/<scheme>": report}``."""
     out = {}
-    for dataset, path in banks.items():
-        with bank.GradientBank.open(path, learner=learner) as b:
-            out[dataset] = b.verify()
+    for dataset, scheme, path in _each(banks):
+        with bank.GradientBank.open(path, learner=learner, scheme=scheme) as b:
+            out[f"{dataset}/{scheme}"] = b.verify()
     return out

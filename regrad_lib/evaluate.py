@@ -39,14 +39,14 @@ from typing import Callable, Literal, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import artifacts, generation, lora, metrics, paths, prompts, regrad, tasks
+from . import artifacts, generation, lora, metrics, paths, prompts, regrad, schemes, tasks
 from .learner import Learner, trained_state
 
 log = logging.getLogger(__name__)
 
 METHODS = ("closed_book", "rag", "regrad", "regrad_icl", "regrad_online", "shift", "no_update")
 SUMMARY_FIELDS = ("dataset", "method", "em", "f1", "precision", "recall", "nll", "n")
-SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "em", "f1", "precision", "recall", "nll", "n")
+SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "scheme", "em", "f1", "precision", "recall", "nll", "n")
 Source = Literal["none", "phi", "bank", "online"]
 
 
@@ -108,11 +108,27 @@ def _weights(spec: MethodSpec, learner: Learner, batch: Sequence[tasks.Task], pi
         return {n: w.detach() for n, w in regrad.apply_update(phi, grads, learner.alpha, gamma).items()}
 
 
+def _require_bank(bank):
+    from .bank import GradientBank
+
+    if not isinstance(bank, GradientBank):
+        raise TypeError(f"bank= must be a regrad_lib.bank.GradientBank (bank.open_bank(topk, run, dataset, split, "
+                        f"scheme, learner=learner)), not {type(bank).__name__}")
+    return bank
+
+
+def checked_bank(bank, learner: Learner):
+    """``bank`` after the same model / LoRA layout / meta-weights checks as ``open_bank(learner=...)``."""
+    return _require_bank(bank).check(learner)
+
+
 def _run(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, bank=None, gamma: float = 1.0,
          topk: int = 3, batch_size: int | None = None, nll: bool = True, desc: str = "evaluate") -> list[dict]:
     if spec.source == "bank" and bank is None:
         raise ValueError("this method reads gradients from a Gradient Bank: pass bank= (bank.open_bank(topk, run, "
-                         "dataset, split, learner=learner), written by 04_encode)")
+                         "dataset, split, scheme, learner=learner), written by 04_encode)")
+    if bank is not None:
+        checked_bank(bank, learner)
     items = [tasks.Task(t.test_id, t.question, t.answers, t.passages[:topk], t.passage_ids[:topk]) for t in items]
     if spec.source in ("bank", "online") and any(not t.passages for t in items):
         raise ValueError("ReGrad methods need each question's retrieved passages; some tasks have none")
@@ -148,8 +164,9 @@ def run_method(method: str, learner: Learner, items: Sequence[tasks.Task], *, ba
     """Answer every task with ``method``; one prediction row per task, in the input order.
 
     Rows: test_id, question, answers (gold), prediction, generated (raw new text), passage_ids (the passages
-    whose text or gradients were used), answer_nll. ``bank``: an object with ``sum_many(pid_lists, device)``
-    (a :class:`regrad_lib.bank.GradientBank`) for regrad, regrad_icl and shift. ``no_update`` ignores ``gamma``.
+    whose text or gradients were used), answer_nll. ``bank``: a :class:`regrad_lib.bank.GradientBank` for regrad,
+    regrad_icl and shift, checked against ``learner`` (model, LoRA layout, meta weights) however it was opened;
+    every row it serves is checked against its checksum. ``no_update`` ignores ``gamma``.
     """
     spec = SPECS[check_methods([method])[0]]
     if method == "regrad_icl" and learner.preset.learner.blind_context:
@@ -191,10 +208,11 @@ def method_files(run: str, dataset: str, method: str) -> tuple:
     return folder / f"{method}.predictions.jsonl", folder / f"{method}.metrics.json"
 
 
-def _settings(method: str, split: str, topk: int, gamma: float, limit: int | None) -> dict:
+def _settings(method: str, split: str, topk: int, gamma: float, limit: int | None, scheme: str) -> dict:
     spec = SPECS[method]
     return {"split": split, "limit": limit, "topk": topk if spec.context or spec.source != "none" else None,
-            "gamma": None if spec.source in ("none", "phi") else gamma}
+            "gamma": None if spec.source in ("none", "phi") else gamma,
+            "scheme": schemes.parse(scheme).name if spec.source == "bank" else None}
 
 
 class _LearnerOnce:
@@ -220,22 +238,26 @@ def _finished(run: str, dataset: str, method: str, settings: dict) -> dict | Non
 
 def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "dev", topk: int = 3,
              gamma: float = 1.0, limit: int | None = None, device: str = "cpu", overwrite: bool = False,
-             learner: Learner | Callable[[], Learner] | None = None, bank=None) -> dict[str, dict]:
+             learner: Learner | Callable[[], Learner] | None = None, bank=None,
+             scheme: str = schemes.DEFAULT) -> dict[str, dict]:
     """Evaluate ``methods`` on one dataset: ``{method: metrics}``; writes predictions, metrics and summary.csv.
 
     A method whose ``metrics.json`` already exists with the same settings is kept (``status: "kept"``), so a
     crashed evaluation resumes method by method; ``overwrite=True`` recomputes it. ``learner``/``bank`` reuse
-    objects already loaded (default: ``Learner.from_run(run, device)`` and the bank of 04_encode).
+    objects already loaded (default: ``Learner.from_run(run, device)`` and the ``scheme`` bank of 04_encode); a
+    bank passed in is checked against the learner like one opened here, and its scheme is the one recorded.
     """
     methods = check_methods(methods)
     get_learner = _loader(run, device, learner)
+    if bank is not None:
+        scheme = _require_bank(bank).scheme.name
     out: dict[str, dict] = {}
     todo = []
     for method in methods:
         _, metrics_file = method_files(run, dataset, method)
         if metrics_file.exists() and not overwrite:
             saved = artifacts.read_json(metrics_file)
-            wanted = _settings(method, split, topk, gamma, limit)
+            wanted = _settings(method, split, topk, gamma, limit, scheme)
             found = {k: saved.get(k) for k in wanted}
             if found != wanted:
                 raise FileExistsError(f"{paths.relative(metrics_file)} was computed with {found}, not {wanted}: "
@@ -249,23 +271,23 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
         current = get_learner()
         if bank is None and needs_bank(todo):
             from . import bank as bank_module
-            bank = bank_module.open_bank(topk, run, dataset, split, learner=current)
+            bank = bank_module.open_bank(topk, run, dataset, split, scheme, learner=current)
         for method in todo:
             rows = run_method(method, current, items, bank=bank if SPECS[method].source == "bank" else None,
                               gamma=gamma, topk=topk)
-            out[method] = _write_method(run, dataset, method, rows, current, split, topk, gamma, limit)
+            out[method] = _write_method(run, dataset, method, rows, current, split, topk, gamma, limit, scheme)
     merge_csv(paths.results_dir(run) / "summary.csv", SUMMARY_FIELDS,
               [{"dataset": dataset, "method": m, **{k: out[m][k] for k in SUMMARY_FIELDS[2:]}} for m in methods],
               key=("dataset", "method"))
     return out
 
 
-def _write_method(run, dataset, method, rows, learner, split, topk, gamma, limit) -> dict:
+def _write_method(run, dataset, method, rows, learner, split, topk, gamma, limit, scheme) -> dict:
     predictions_file, metrics_file = method_files(run, dataset, method)
     scores = score_rows(rows)
     config = {"run": run, "dataset": dataset, "method": method, "preset": learner.preset.to_dict(),
               "meta_hash": learner.meta_hash(), "device": str(learner.device)}
-    result = {**scores, **_settings(method, split, topk, gamma, limit), "method": method, "dataset": dataset,
+    result = {**scores, **_settings(method, split, topk, gamma, limit, scheme), "method": method, "dataset": dataset,
               "provenance": artifacts.provenance(config)}
     artifacts.write_jsonl(predictions_file, rows)
     artifacts.write_json(metrics_file, result)   # last: its presence marks the method as done
@@ -294,36 +316,39 @@ def summary(run: str) -> list[dict]:
 
 def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0), topks: Sequence[int] = (3,),
           method: str = "regrad", split: str = "dev", limit: int | None = None, device: str = "cpu",
-          overwrite: bool = False, learner: Learner | Callable[[], Learner] | None = None) -> list[dict]:
+          overwrite: bool = False, learner: Learner | Callable[[], Learner] | None = None,
+          scheme: str = schemes.DEFAULT) -> list[dict]:
     """Scores of ``method`` for every (gamma, topk); rows merged into ``results/<run>/sweeps.csv``, returned.
 
     Points already in sweeps.csv are kept unless ``overwrite``. Each top-k reads its own bank
-    (``offline/<topk>/<run>/<dataset>/<split>_all``).
+    (``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>``).
     """
     check_methods([method])
     get_learner = _loader(run, device, learner)
     file = paths.results_dir(run) / "sweeps.csv"
-    done = {(r["dataset"], r["method"], float(r["gamma"]), int(r["topk"])) for r in read_csv(file)} \
-        if file.exists() and not overwrite else set()
+    stored_as = schemes.parse(scheme).name if SPECS[method].source == "bank" else ""
+    done = {(r["dataset"], r["method"], float(r["gamma"]), int(r["topk"]), r.get("scheme") or "")
+            for r in read_csv(file)} if file.exists() and not overwrite else set()
     new = []
     for topk in topks:
-        points = [float(g) for g in gammas if (dataset, method, float(g), int(topk)) not in done]
-        reused = {g: _finished(run, dataset, method, _settings(method, split, topk, g, limit)) for g in points}
+        points = [float(g) for g in gammas if (dataset, method, float(g), int(topk), stored_as) not in done]
+        reused = {g: _finished(run, dataset, method, _settings(method, split, topk, g, limit, scheme)) for g in points}
         todo = [g for g in points if reused[g] is None]
         if todo:
             current, store = get_learner(), None
             items = load_tasks(dataset, split, topk, limit)
             if SPECS[method].source == "bank":
                 from . import bank as bank_module
-                store = bank_module.open_bank(topk, run, dataset, split, learner=current)
+                store = bank_module.open_bank(topk, run, dataset, split, scheme, learner=current)
             for gamma in todo:
                 reused[gamma] = score_rows(run_method(method, current, items, bank=store, gamma=gamma, topk=topk))
-        new += [{"dataset": dataset, "method": method, "gamma": g, "topk": int(topk), **reused[g]} for g in points]
+        new += [{"dataset": dataset, "method": method, "gamma": g, "topk": int(topk), "scheme": stored_as,
+                 **reused[g]} for g in points]
     if new:
-        merge_csv(file, SWEEP_FIELDS, new, key=("dataset", "method", "gamma", "topk"))
+        merge_csv(file, SWEEP_FIELDS, new, key=("dataset", "method", "gamma", "topk", "scheme"))
     wanted = {(float(g), int(k)) for g in gammas for k in topks}
     return [r for r in read_csv(file) if r["dataset"] == dataset and r["method"] == method
-            and (r["gamma"], r["topk"]) in wanted] if file.exists() else []
+            and (r["gamma"], r["topk"]) in wanted and (r.get("scheme") or "") == stored_as] if file.exists() else []
 
 
 def sweep_all(run: str, datasets: Sequence[str], *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0),
@@ -351,10 +376,16 @@ class EvaluateSettings:
     device: str = "cpu"
     overwrite: bool = False
     preset: str | None = None          # informational: the run's saved configs are authoritative
+    scheme: str = schemes.DEFAULT      # the bank regrad, regrad_icl, shift and the sweep read
+    frontier_schemes: list[str] = field(default_factory=list)   # regrad also on these banks (frontier.py)
 
     def __post_init__(self) -> None:
         self.datasets = [self.datasets] if isinstance(self.datasets, str) else list(self.datasets)
         self.methods = check_methods(self.methods)
+        self.scheme = schemes.parse(self.scheme).name
+        if isinstance(self.frontier_schemes, str):
+            self.frontier_schemes = [self.frontier_schemes]
+        self.frontier_schemes = list(dict.fromkeys(schemes.parse(s).name for s in self.frontier_schemes))
         if not self.datasets or not self.methods:
             raise ValueError(f"datasets={self.datasets} and methods={self.methods} must name at least one each")
         if self.topk < 1 or self.gamma < 0 or any(g < 0 for g in self.gammas):
@@ -362,12 +393,13 @@ class EvaluateSettings:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit={self.limit} must be None (every question) or >= 1")
         trained_state(self.run)    # every step needs the run (its model and configs)
+        from . import bank
+
+        banks = ([self.scheme] if needs_bank(self.methods) or self.gammas else []) + self.frontier_schemes
         for dataset in self.datasets:
             tasks.augmented_path(dataset, self.split)
-            bank_folder = paths.bank_dir(self.topk, self.run, dataset, self.split)
-            if (needs_bank(self.methods) or self.gammas) and not bank_folder.is_dir():
-                raise FileNotFoundError(f"{paths.relative(bank_folder)} not found: the Gradient Bank is written by "
-                                        f"04_encode (run={self.run!r}, dataset={dataset!r}, topk={self.topk})")
+            for scheme in dict.fromkeys(banks):   # opened (structure, shard headers) now: refused before any work
+                bank.open_bank(self.topk, self.run, dataset, self.split, scheme).close()
         self.learner = _LearnerOnce(self.run, self.device)
 
 
@@ -390,25 +422,28 @@ def examples(run: str, dataset: str, methods: Sequence[str], n: int = 5) -> list
 # --- CSV tables -----------------------------------------------------------------------------------------------
 
 def read_csv(file: Path) -> list[dict]:
-    """Rows of summary.csv / sweeps.csv: dataset and method as str, n and topk as int, the rest as float."""
+    """Rows of summary.csv / sweeps.csv: dataset, method and scheme as str, n and topk as int, the rest as float."""
     if not file.exists():
         raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 05_evaluate")
     with file.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    kinds = {"dataset": str, "method": str, "n": int, "topk": int}
+    kinds = {"dataset": str, "method": str, "scheme": str, "n": int, "topk": int}
     return [{k: kinds.get(k, float)(v) for k, v in r.items()} for r in rows]
 
 
 def merge_csv(file: Path, fields: Sequence[str], rows: Sequence[dict], key: Sequence[str]) -> Path:
     """Insert or replace ``rows`` (matched on ``key``) in a CSV with header ``fields``; atomic, sorted by key."""
     old = read_csv(file) if file.exists() else []
-    merged = {tuple(r[k] for k in key): r for r in old}
-    merged.update({tuple(r[k] for k in key): r for r in rows})
+    def key_of(r):   # rows of an older file may lack a key field
+        return tuple("" if r.get(k) is None else r[k] for k in key)
+
+    merged = {key_of(r): r for r in old}
+    merged.update({key_of(r): r for r in rows})
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for k in sorted(merged):
-        writer.writerow({f: _cell(merged[k][f]) for f in fields})
+        writer.writerow({f: _cell(merged[k].get(f)) for f in fields})
     return artifacts.write_text(file, text.getvalue())
 
 
