@@ -288,9 +288,14 @@ def read_predictions(run: str, dataset: str, method: str) -> list[dict]:
 
 
 def _answer_nll(run: str, dataset: str, method: str) -> dict[str, float]:
-    path = predictions_file(run, dataset, method)
+    return answer_nlls(predictions_file(run, dataset, method),
+                       f"05_evaluate (run={run!r}, dataset={dataset!r}, method={method!r})")
+
+
+def answer_nlls(path: Path, writer: str) -> dict[str, float]:
+    """``{test_id: answer_nll}`` of a predictions file (``writer`` names what writes it, for a missing file)."""
     out: dict[str, float] = {}
-    for i, r in enumerate(read_predictions(run, dataset, method), start=1):
+    for i, r in enumerate(_read_jsonl(path, writer), start=1):
         if "test_id" not in r or "answer_nll" not in r:
             raise ValueError(f"{paths.relative(path)} row {i}: lacks 'test_id' or 'answer_nll' "
                              f"(keys {sorted(r)}); re-run 05_evaluate")
@@ -400,34 +405,36 @@ def read_alpha(run: str) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class BankSize:
-    """One Gradient Bank's size: stored bytes per passage (numel × dtype size) and bytes on disk."""
+    """One Gradient Bank's size: stored bytes per passage (the scheme's values, scales and checksum) and on disk."""
 
     dataset: str
-    dtype: str
+    scheme: str
     count: int
     bytes_per_passage: int
     bytes_on_disk: int
     path: Path
 
 
-def bank_size(topk: int, run: str, dataset: str, split: str) -> BankSize:
-    """Size facts of the bank ``offline/<topk>/<run>/<dataset>/<split>_all`` (via :mod:`regrad_lib.bank`)."""
+def bank_size(topk: int, run: str, dataset: str, split: str, scheme: str) -> BankSize:
+    """Size facts of the bank ``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>`` (via :mod:`regrad_lib.bank`)."""
     from . import bank
 
-    with bank.open_bank(topk, run, dataset, split) as b:
-        return BankSize(dataset, str(b.manifest["dtype"]), len(b), b.bytes_per_passage, b.bytes_on_disk(), b.path)
+    with bank.open_bank(topk, run, dataset, split, scheme) as b:
+        return BankSize(dataset, b.scheme.name, len(b), b.bytes_per_passage, b.bytes_on_disk(), b.path)
 
 
 def bank_sizes(topk: int, run: str, datasets: Sequence[str], split: str) -> list[BankSize] | Missing:
-    """:func:`bank_size` of every dataset that has a bank; a :class:`Missing` note when none has."""
+    """:func:`bank_size` of every bank (every scheme) of these datasets; a :class:`Missing` note when none has one."""
+    from . import bank
+
     out, missing = [], []
     for dataset in datasets:
-        try:
-            out.append(bank_size(topk, run, dataset, split))
-        except FileNotFoundError as e:
+        found = bank.schemes_on_disk(topk, run, dataset, split)
+        if not found:
             missing.append(dataset)
-            log.warning("%s", e)
+            log.warning("no Gradient Bank in %s", paths.relative(paths.bank_split_dir(topk, run, dataset, split)))
+        out += [bank_size(topk, run, dataset, split, scheme) for scheme in found]
     if not out:
-        return Missing(f"no Gradient Bank under {paths.relative(paths.bank_dir(topk, run, 'x', split).parent.parent)}"
+        return Missing(f"no Gradient Bank under {paths.relative(paths.bank_split_dir(topk, run, 'x', split).parent.parent)}"
                        f" for {', '.join(missing)}: 04_encode writes them")
     return out

@@ -253,17 +253,17 @@ def topk_sweep(rows: Sequence[Score]) -> Figure:
 
 @_styled
 def bank_bytes(sizes: Sequence[BankSize]) -> Figure:
-    """Bytes per passage of each Gradient Bank, one bar per dataset/dtype, labelled in KiB/MiB."""
+    """Bytes per passage of each Gradient Bank, one bar per dataset/scheme, labelled in KiB/MiB."""
     fig = _figure(max(4.0, 0.9 * len(sizes) + 2), 3.4)
     ax = fig.subplots()
-    labels = [f"{s.dataset}\n{s.dtype}" for s in sizes]
+    labels = [f"{s.dataset}\n{s.scheme}" for s in sizes]
     values = [s.bytes_per_passage for s in sizes]
     bars = ax.bar(range(len(sizes)), values, color=[f"C{i % 10}" for i in range(len(sizes))])
     ax.bar_label(bars, labels=[_human(v) for v in values], fontsize=7)
     ax.set_xticks(range(len(sizes)), labels)
     ax.set_title("Gradient Bank: bytes per passage")
     ax.set_ylabel("bytes per passage")
-    ax.set_xlabel("dataset / storage dtype")
+    ax.set_xlabel("dataset / storage scheme")
     ax.grid(axis="y", alpha=0.3)
     return fig
 
