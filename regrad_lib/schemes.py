@@ -123,8 +123,9 @@ class Scheme:
         groups = _pad(x, layout, g).view(n, -1, g)
         scale = _bf16_round_up(groups.abs().amax(dim=-1) / self.qmax)      # NaN and inf propagate into the scale
         ok = torch.isfinite(scale).all(dim=-1)
-        s = scale.float().unsqueeze(-1)
-        codes = torch.where(s > 0, groups / torch.where(s > 0, s, 1.0), 0.0).round_().clamp_(-self.qmax, self.qmax)
+        s = scale.float()
+        inverse = torch.where(s > 0, 1.0 / torch.where(s > 0, s, 1.0), 0.0).unsqueeze(-1)   # an all-zero group: 0
+        codes = (groups * inverse).round_().clamp_(-self.qmax, self.qmax)
         return {VALUES: _pack(codes.to(torch.int8).view(n, -1), self.bits), SCALES: scale}, ok
 
     # --- decoding (on the target device) -------------------------------------------------------------------
