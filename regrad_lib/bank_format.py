@@ -74,7 +74,7 @@ def rebuild(path: Path) -> str:
 
 
 def header(*, model: str, model_id: str, model_revision: str | None, preset: str, phi: dict, meta_hash: str,
-           scheme: str = "bf16", source: dict | None = None) -> dict:
+           scheme: str = schemes.DEFAULT, source: dict | None = None) -> dict:
     """The identity part of a manifest: which model, LoRA layout and meta weights, stored in which scheme."""
     return {"format": FORMAT, "version": VERSION, "model": model, "model_id": model_id,
             "model_revision": model_revision, "preset": preset,

@@ -328,15 +328,21 @@ def frontier(points: Iterable) -> Figure:
             axes[1].axhline(abs(effect.mean) / 10, color=color, lw=0.8, ls="--")
         axes[2].plot(x, [p.em for p in mine], "o-", ms=3, lw=1, color=color)
         axes[3].plot(x, [p.f1 for p in mine], "o-", ms=3, lw=1, color=color)
-    for p in points:   # scheme names once, on the first dataset's points
-        if p.dataset == (datasets[0] if datasets else None) and p.delta is not None:
-            axes[0].annotate(p.scheme, (p.bytes_per_passage, p.delta.mean), textcoords="offset points",
-                             xytext=(3, 4), fontsize=7)
+    first = sorted((p for p in points if datasets and p.dataset == datasets[0] and p.delta is not None),
+                   key=lambda p: p.bytes_per_passage)
+    for i, p in enumerate(first):   # scheme names once, on the first dataset's points, staggered (close sizes)
+        axes[0].annotate(p.scheme, (p.bytes_per_passage, p.delta.mean), textcoords="offset points",
+                         xytext=(3, 4 + 10 * (i % 2)), fontsize=7)
     axes[0].axhline(0, color="black", lw=0.8)
     if any(p.delta is not None and p.mean_abs_delta > 0 for p in points):
         axes[1].set_yscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    decimal = FuncFormatter(lambda v, _: f"{v / 1e6:g} MB" if v >= 1e6 else f"{v / 1e3:g} kB" if v >= 1e3 else f"{v:g} B")
     for ax, label in panels:
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(decimal)
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
     for ax in axes[2:]:
