@@ -3,7 +3,7 @@
 Inputs (written by 05_evaluate, 03_train and 04_encode; see design.md "Layout"):
 ``results/<run>/summary.csv``, ``results/<run>/sweeps.csv``, ``results/<run>/<dataset>/<method>.predictions.jsonl``,
 ``outputs/<run>/training_log.jsonl``, ``outputs/<run>/meta_state.safetensors`` and the bank manifests
-``offline/<topk>/<run>/<dataset>/<split>_all/manifest.json``. Plain ``csv``/``json``; no pandas.
+``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>/manifest.json``. Plain ``csv``/``json``; no pandas.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ records ``start:end``), deduplicated by passage id, compute ``g_d = dL_LM(d; phi
 meta weights, in length-sorted batches: one forward and one backward per batch gives every passage's own
 gradient (:func:`regrad.per_passage_gradients`), never a one-passage loop. Passages are formatted and truncated
 by :func:`tasks.passage_batch` (the same function training uses, cut at ``bank_context_len``), under the
-learner's autocast (the same dtype policy as training; no switch to fp16). Ids already in the bank are skipped,
-so an interrupted encode resumes.
+learner's autocast (the same dtype policy as training; no switch to fp16), then encoded on that device in the
+bank's storage scheme (:mod:`regrad_lib.schemes`; :func:`encode_schemes` writes several schemes from one gradient
+computation). Ids already in a bank are skipped, so an interrupted encode resumes.
 """
 
 from __future__ import annotations
