@@ -145,7 +145,8 @@ def table(rows: list[dict]) -> str:
             f"| {r['em']:.1f} | {r['f1']:.1f} | {r['delta_mean']:+.1e} ± {r['delta_se']:.1e} | "
             f"{r['mean_abs_delta']:.1e} | {r['answers_changed']}/{r['questions']} | "
             f"{r['regrad_minus_shift']:+.4f} ± {r['regrad_minus_shift_se']:.4f} | "
-            f"{r['regrad_minus_no_update']:+.4f} ± {r['regrad_minus_no_update_se']:.4f} | {r['ratio_to_effect']:.3f} |")
+            f"{r['regrad_minus_no_update']:+.4f} ± {r['regrad_minus_no_update_se']:.4f} | "
+            f"{r['ratio_to_effect']:.3f} |")
     return "\n".join(lines)
 
 

@@ -435,6 +435,7 @@ def bank_sizes(topk: int, run: str, datasets: Sequence[str], split: str) -> list
             log.warning("no Gradient Bank in %s", paths.relative(paths.bank_split_dir(topk, run, dataset, split)))
         out += [bank_size(topk, run, dataset, split, scheme) for scheme in found]
     if not out:
-        return Missing(f"no Gradient Bank under {paths.relative(paths.bank_split_dir(topk, run, 'x', split).parent.parent)}"
+        root = paths.bank_split_dir(topk, run, "x", split).parent.parent
+        return Missing(f"no Gradient Bank under {paths.relative(root)}"
                        f" for {', '.join(missing)}: 04_encode writes them")
     return out

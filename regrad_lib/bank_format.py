@@ -165,8 +165,8 @@ def validate_manifest(manifest, file: Path) -> schemes.Scheme:
         raise c.fail("format", f"is {_short(manifest.get('format'))}, expected {FORMAT!r}: not a Gradient Bank")
     version = manifest.get("version")
     if version != VERSION:
-        raise BankFormatError(f"{paths.relative(file)}: Gradient Bank format version {version!r}, but this library reads "
-                              f"version {VERSION} (per-row checksums, storage schemes): re-encode it — "
+        raise BankFormatError(f"{paths.relative(file)}: Gradient Bank format version {version!r}, but this library "
+                              f"reads version {VERSION} (per-row checksums, storage schemes): re-encode it — "
                               f"{rebuild(file.parent)}")
     for key in ("model", "model_id", "preset", "layout_hash", "meta_hash", "scheme"):
         c.get(manifest, key, str)
@@ -186,8 +186,9 @@ def validate_manifest(manifest, file: Path) -> schemes.Scheme:
             raise c.fail(f"layout[{i}]", f"is {_short(entry)}, expected [name, [positive sizes]]")
     if lora.hash_layout(layout_of(manifest)) != manifest["layout_hash"]:
         raise c.fail("layout_hash", "does not match the field 'layout'")
-    if c.get(manifest, "numel", int) != sum(math.prod(s) for _, s in layout):
-        raise c.fail("numel", f"= {manifest['numel']} does not match the layout's {sum(math.prod(s) for _, s in layout)}")
+    numel = sum(math.prod(s) for _, s in layout)
+    if c.get(manifest, "numel", int) != numel:
+        raise c.fail("numel", f"= {manifest['numel']} does not match the layout's {numel}")
     count = c.get(manifest, "count", int)
     shards = c.get(manifest, "shards", list)
     files: dict[str, int] = {}

@@ -94,7 +94,7 @@ class BankWriter:
         return set(self._known)
 
     def append(self, ids: Sequence[str], vectors: torch.Tensor) -> None:
-        """Add ``[len(ids), numel]`` gradients (any device): encoded in the bank's scheme there, then copied to the CPU."""
+        """Add ``[len(ids), numel]`` gradients (any device), encoded in the bank's scheme there, then moved off it."""
         ids = [str(p) for p in ids]
         if vectors.shape != (len(ids), self.manifest["numel"]):
             raise ValueError(f"gradients of shape {tuple(vectors.shape)} for {len(ids)} ids; expected "

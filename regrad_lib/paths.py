@@ -104,7 +104,7 @@ def output_dir(run: str) -> Path:
 
 
 def bank_split_dir(topk: int, run: str, dataset: str, split: str) -> Path:
-    """The Gradient Banks of one split, one folder per storage scheme: ``offline/<topk>/<run>/<dataset>/<split>_all``."""
+    """The Gradient Banks of one split, a folder per storage scheme: ``offline/<topk>/<run>/<dataset>/<split>_all``."""
     return work_root() / "offline" / str(topk) / run / dataset / f"{split}_all"
 
 

@@ -337,7 +337,8 @@ def frontier(points: Iterable) -> Figure:
     if any(p.delta is not None and p.mean_abs_delta > 0 for p in points):
         axes[1].set_yscale("log")
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-    decimal = FuncFormatter(lambda v, _: f"{v / 1e6:g} MB" if v >= 1e6 else f"{v / 1e3:g} kB" if v >= 1e3 else f"{v:g} B")
+    decimal = FuncFormatter(lambda v, _: f"{v / 1e6:g} MB" if v >= 1e6 else f"{v / 1e3:g} kB" if v >= 1e3
+                            else f"{v:g} B")
     for ax, label in panels:
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))

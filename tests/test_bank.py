@@ -112,8 +112,9 @@ def test_missing_id_names_id_bank_and_fix(folder):
     assert "dataset='d'" in message and "split='dev'" in message and "scheme='fp32'" in message
 
 
-def test_wrong_meta_layout_model_or_scheme_is_refused(folder):
-    _write(folder, ["a"], _vectors(1))
+@pytest.mark.parametrize("scheme", ["fp32", "int4", "int2"])
+def test_wrong_meta_layout_model_or_scheme_is_refused(folder, scheme):
+    _write(folder, ["a"], _vectors(1), scheme=scheme)
     with pytest.raises(bank.BankMismatchError) as err:
         bank.GradientBank.open(folder, meta_hash="meta-2")
     assert "meta-1" in str(err.value) and "meta-2" in str(err.value) and "04_encode" in str(err.value)
@@ -121,8 +122,8 @@ def test_wrong_meta_layout_model_or_scheme_is_refused(folder):
         bank.GradientBank.open(folder, layout_hash="0123456789abcdef")
     with pytest.raises(bank.BankMismatchError, match="model"):
         bank.GradientBank.open(folder, model="smollm2-135m-instruct")
-    with pytest.raises(bank.BankMismatchError, match="scheme: bank 'fp32' != requested 'int4'"):
-        bank.GradientBank.open(folder, scheme="int4")
+    with pytest.raises(bank.BankMismatchError, match=f"scheme: bank '{scheme}' != requested 'int8'"):
+        bank.GradientBank.open(folder, scheme="int8")
     assert len(bank.GradientBank.open(folder, meta_hash="meta-1", layout_hash=lora.layout_hash(PHI))) == 1
 
 
@@ -325,8 +326,9 @@ def test_interrupted_write_leaves_a_consistent_resumable_bank(folder, monkeypatc
     assert len(b.manifest["requests"]) == 2
 
 
-def test_duplicate_ids_are_refused(folder):
-    writer = bank.BankWriter.open(folder, _head())
+@pytest.mark.parametrize("scheme", ["fp32", "int4", "int2"])
+def test_duplicate_ids_are_refused(folder, scheme):
+    writer = bank.BankWriter.open(folder, _head(scheme))
     with pytest.raises(ValueError, match="'a'"):
         writer.append(["a", "a"], _vectors(2))
     writer.append(["a"], _vectors(1))
