@@ -33,7 +33,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from regrad_lib import analysis, bank, encode, evaluate, frontier, paths, schemes  # noqa: E402
+from regrad_lib import bank, effects, encode, evaluate, frontier, paths, schemes  # noqa: E402
 from regrad_lib.learner import Learner  # noqa: E402
 
 SCHEMES = ["fp32", "bf16", "int8", "int4", "int4-g128", "int2"]
@@ -71,9 +71,9 @@ def time_reads(folder, batches, device, repeat: int) -> tuple[float, float]:
     return warm, cold
 
 
-def pairs(a: list[dict], b: list[dict], dataset: str, name_a: str, name_b: str) -> analysis.PairedDifference:
+def pairs(a: list[dict], b: list[dict], dataset: str, name_a: str, name_b: str) -> effects.PairedDifference:
     nll = lambda rows: {str(r["test_id"]): r["answer_nll"] for r in rows}  # noqa: E731
-    return analysis.paired_difference(nll(a), nll(b), dataset, name_a, name_b)
+    return effects.paired_difference(nll(a), nll(b), dataset, name_a, name_b)
 
 
 def bench_dataset(args, learner: Learner, dataset: str) -> list[dict]:

@@ -66,11 +66,13 @@ def build_learner(name: str, device: str) -> Learner:
 def questions(tokenizer, n: int, prompt_len: int, max_prompt_len: int) -> list[str]:
     """``n`` synthetic questions whose chat prompt is about ``prompt_len`` tokens."""
     from regrad_lib import prompts
+    from regrad_lib.config import LearnerConfig
     words = (testing.paths.sample_corpus().read_text(encoding="utf-8").split())[1000:60000]
     out = []
     for q in range(n):
         start, k = (q * 37) % (len(words) - 200), 1
-        while len(prompts.prompt_ids(tokenizer, " ".join(words[start:start + k]) + "?", None, max_prompt_len)) \
+        cfg = LearnerConfig(max_prompt_len=max_prompt_len)
+        while len(prompts.prompt_ids(tokenizer, " ".join(words[start:start + k]) + "?", None, cfg)) \
                 < prompt_len and k < 200:
             k += 1
         out.append(" ".join(words[start:start + k]) + "?")

@@ -143,13 +143,10 @@ def preset_learner(name: str, device: torch.device, tasks_per_forward: int | Non
 
 def our_steps(learner: Learner, tasks: list[dict], meta_batch: int, tpf: int, lr_of=None) -> tuple[list[float], list[float]]:
     """03_train's optimizer steps over ``tasks``; (per-step mean losses, per-step seconds)."""
-    params = [*learner.phi.values(), *(p for p in learner.alpha.parameters() if p.requires_grad)]
     if not hasattr(learner, "_bench_opt"):
-        a = learner.preset.train
-        learner._bench_opt = torch.optim.AdamW(params, lr=a.learning_rate, betas=(a.adam_beta1, a.adam_beta2),
-                                               eps=a.adam_epsilon, weight_decay=a.weight_decay)
+        learner._bench_opt, learner._bench_params = train.make_optimizer(learner)
         learner._bench_step = 0
-    opt = learner._bench_opt
+    opt, params = learner._bench_opt, learner._bench_params
     losses, times = [], []
     for i in range(0, len(tasks), meta_batch):
         batch = tasks[i:i + meta_batch]

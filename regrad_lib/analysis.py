@@ -26,7 +26,6 @@ T = TypeVar("T")
 METHODS = ("closed_book", "rag", "regrad", "regrad_icl", "regrad_online", "shift", "no_update")
 SUMMARY_FIELDS = ("dataset", "method", "em", "f1", "precision", "recall", "nll", "n")
 SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "em", "f1", "precision", "recall", "nll", "n")
-PAIRS = (("regrad", "shift"), ("regrad", "no_update"))
 
 
 # --- where things are -------------------------------------------------------------------------------------
@@ -242,29 +241,7 @@ def sweep(rows: Sequence[Score] | Missing, vary: str, method: str = "regrad", **
     return out
 
 
-# --- paired answer-NLL differences --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PairedDifference:
-    """Per-question ``nll_a - nll_b`` matched by test_id: mean, standard error (sample std / √n), share a lower."""
-
-    dataset: str
-    method_a: str
-    method_b: str
-    mean: float
-    se: float
-    share_lower: float
-    n_lower: int
-    n: int
-
-    @property
-    def label(self) -> str:
-        return f"{self.method_a} − {self.method_b}"
-
-    def __str__(self) -> str:
-        return (f"{self.dataset}: {self.label} = {self.mean:+.4g} ± {self.se:.2g} nats, "
-                f"lower on {self.n_lower} of {self.n} ({100 * self.share_lower:.0f}%)")
-
+# --- predictions ------------------------------------------------------------------------------------------
 
 def _read_jsonl(path: Path, writer: str) -> list[dict]:
     if not path.is_file():
@@ -286,89 +263,6 @@ def read_predictions(run: str, dataset: str, method: str) -> list[dict]:
     return _read_jsonl(predictions_file(run, dataset, method),
                        f"05_evaluate (run={run!r}, dataset={dataset!r}, method={method!r})")
 
-
-def _answer_nll(run: str, dataset: str, method: str) -> dict[str, float]:
-    return answer_nlls(predictions_file(run, dataset, method),
-                       f"05_evaluate (run={run!r}, dataset={dataset!r}, method={method!r})")
-
-
-def answer_nlls(path: Path, writer: str) -> dict[str, float]:
-    """``{test_id: answer_nll}`` of a predictions file (``writer`` names what writes it, for a missing file)."""
-    out: dict[str, float] = {}
-    for i, r in enumerate(_read_jsonl(path, writer), start=1):
-        if "test_id" not in r or "answer_nll" not in r:
-            raise ValueError(f"{paths.relative(path)} row {i}: lacks 'test_id' or 'answer_nll' "
-                             f"(keys {sorted(r)}); re-run 05_evaluate")
-        tid = str(r["test_id"])
-        if tid in out:
-            raise ValueError(f"{paths.relative(path)} row {i}: duplicate test_id {tid!r}")
-        v = r["answer_nll"]
-        out[tid] = float(v) if isinstance(v, (int, float)) else math.nan
-    return out
-
-
-def paired_difference(nll_a: dict[str, float], nll_b: dict[str, float], dataset: str = "",
-                      method_a: str = "a", method_b: str = "b") -> PairedDifference:
-    """Paired statistics of ``nll_a[id] - nll_b[id]`` over the test_ids both have with finite values."""
-    diffs = [nll_a[k] - nll_b[k] for k in nll_a if k in nll_b and math.isfinite(nll_a[k]) and math.isfinite(nll_b[k])]
-    n = len(diffs)
-    if n == 0:
-        raise ValueError(f"{dataset}: {method_a} and {method_b} share no test_id with a finite answer_nll")
-    mean = sum(diffs) / n
-    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else math.nan
-    lower = sum(d < 0 for d in diffs)
-    unmatched = len(set(nll_a) ^ set(nll_b))
-    if unmatched:
-        log.warning("%s: %d test_id(s) appear in only one of %s / %s; compared %d", dataset, unmatched,
-                    method_a, method_b, n)
-    return PairedDifference(dataset, method_a, method_b, mean, se, lower / n, lower, n)
-
-
-def paired_nll_differences(run: str, dataset: str, method_a: str = "regrad",
-                           method_b: str = "shift") -> PairedDifference:
-    """Mean, SE and share-lower of ``answer_nll[method_a] - answer_nll[method_b]`` per question of ``dataset``."""
-    return paired_difference(_answer_nll(run, dataset, method_a), _answer_nll(run, dataset, method_b),
-                             dataset, method_a, method_b)
-
-
-@dataclass
-class PairedTable(_Markdown):
-    """The paired differences of a run, iterable; shown inline as a markdown table."""
-
-    diffs: list[PairedDifference]
-
-    def __iter__(self):
-        return iter(self.diffs)
-
-    def __len__(self) -> int:
-        return len(self.diffs)
-
-    def __getitem__(self, i: int) -> PairedDifference:
-        return self.diffs[i]
-
-    def header(self) -> list[str]:
-        return ["dataset", "difference", "mean (nats)", "SE", "a lower", "n"]
-
-    def rows(self) -> list[list[str]]:
-        return [[d.dataset, d.label, f"{d.mean:+.4g}", f"{d.se:.4g}", f"{d.n_lower} ({100 * d.share_lower:.0f}%)",
-                 str(d.n)] for d in self.diffs]
-
-
-def paired_table(run: str, datasets: Sequence[str],
-                 pairs: Sequence[tuple[str, str]] = PAIRS) -> PairedTable | Missing:
-    """Every available (dataset, pair) of :func:`paired_nll_differences`; skipped ones are logged."""
-    out, skipped = [], []
-    for dataset in datasets:
-        for a, b in pairs:
-            try:
-                out.append(paired_nll_differences(run, dataset, a, b))
-            except FileNotFoundError as e:
-                skipped.append(str(e).split(":")[0])
-                log.warning("paired %s − %s on %s skipped: %s", a, b, dataset, e)
-    if not out:
-        return Missing(f"no prediction files to pair ({', '.join(skipped[:3])}{' …' if len(skipped) > 3 else ''}); "
-                       f"05_evaluate writes them with the methods {sorted({m for p in pairs for m in p})}")
-    return PairedTable(out)
 
 
 # --- training log and step sizes --------------------------------------------------------------------------

@@ -151,12 +151,16 @@ def _run(records: list, retriever: Retriever, topk: int, batch_size: int, partia
 
 
 def augment_all(datasets_: Sequence[str], split: str, *, retriever: Retriever, data_root: str = "data/sample",
-                topk: int = 3, limit: int | None = None, overwrite: bool = False) -> dict[str, Path]:
-    """:func:`augment` for several datasets (``<data_root>/<dataset>``), the first ``limit`` questions of each."""
+                topk: int = 3, limit: int | None = None, limits: dict[str, int | None] | None = None,
+                overwrite: bool = False) -> dict[str, Path]:
+    """:func:`augment` for several datasets (``<data_root>/<dataset>``), the first ``limit`` questions of each
+    (``limits[dataset]`` where given, e.g. more questions for the probe; entries of datasets not augmented here
+    do not matter, so one mapping serves every call)."""
     if isinstance(datasets_, str):
         raise TypeError(f"datasets={datasets_!r}: give a list of dataset names, e.g. [{datasets_!r}]")
-    return {d: augment(d, split, retriever=retriever, data_dir=f"{data_root}/{d}", topk=topk, end=limit,
-                       overwrite=overwrite) for d in datasets_}
+    limits = dict(limits or {})
+    return {d: augment(d, split, retriever=retriever, data_dir=f"{data_root}/{d}", topk=topk,
+                       end=limits.get(d, limit), overwrite=overwrite) for d in datasets_}
 
 
 def read(dataset: str, name: str) -> list[dict]:

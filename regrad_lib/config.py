@@ -17,10 +17,12 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 from . import artifacts, paths
 
 AlphaMode = Literal["fix", "same", "tie", "full"]
-Precision = Literal["bf16", "fp16", "no"]
+Precision = Literal["bf16", "no"]   # fp16 is refused for training (no loss scaling)
 Scheduler = Literal["linear", "cosine"]
 OnNonFinite = Literal["error", "skip"]
 BestMetric = Literal["f1", "loss"]
+PassageFormat = Literal["text", "title_text"]
+PromptStyle = Literal["instruct", "example"]
 
 FILES = {"peft": "peft_config.json", "learner": "learner_config.json", "train": "train_args.json",
          "generation": "generation_config.json"}
@@ -85,9 +87,17 @@ class LearnerConfig:
     bank_context_len: int = 2048     # passage tokens when building the bank
     max_prompt_len: int = 2048       # question (+ passages) tokens
     gamma: float = 1.0               # inference-time scale; training always uses 1
+    passage_format: PassageFormat = "text"   # "text": the passage alone (public code); "title_text": "title: text"
+    prompt_style: PromptStyle = "instruct"   # "example": + one worked question/answer in the chat (small models)
+    chat_date: str = "26 Jul 2024"   # date_string given to chat templates that print a date (Llama 3.x's default)
 
     def __post_init__(self) -> None:
         _check_literal(self, "alpha_mode", get_args(AlphaMode))
+        _check_literal(self, "passage_format", get_args(PassageFormat))
+        _check_literal(self, "prompt_style", get_args(PromptStyle))
+        if not self.chat_date.strip():
+            raise ConfigError("LearnerConfig.chat_date is empty: give a fixed date such as '26 Jul 2024' (templates "
+                              "that print a date would otherwise print today's, and prompts would change by the day)")
         _check_positive(self, "init_alpha", "max_context_len", "bank_context_len", "max_prompt_len")
         _check_positive(self, "gamma", allow_zero=True)
 
@@ -96,6 +106,7 @@ class LearnerConfig:
 class TrainArgs:
     """Meta-training (defaults: the public configuration, method.md)."""
     learning_rate: float = 4e-4
+    alpha_learning_rate: float | None = None   # the step sizes' own lr (None: learning_rate, the public setup)
     weight_decay: float = 0.01
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -122,10 +133,13 @@ class TrainArgs:
 
     def __post_init__(self) -> None:
         _check_literal(self, "lr_scheduler_type", get_args(Scheduler))
+        if self.mixed_precision == "fp16":
+            raise ConfigError("TrainArgs.mixed_precision = 'fp16' is not supported for meta-training: without loss "
+                              "scaling fp16 gradients underflow; use 'bf16' (GPUs with bf16) or 'no' (fp32)")
         _check_literal(self, "mixed_precision", get_args(Precision))
         _check_literal(self, "on_nonfinite", get_args(OnNonFinite))
         _check_literal(self, "metric_for_best_model", get_args(BestMetric))
-        _check_positive(self, "learning_rate", "meta_batch_size", "tasks_per_forward", "num_train_epochs",
+        _check_positive(self, "learning_rate", "alpha_learning_rate", "meta_batch_size", "tasks_per_forward", "num_train_epochs",
                         "max_grad_norm", "topk", "eval_steps", "save_steps", "logging_steps", "max_steps",
                         "max_train_tasks")
         _check_positive(self, "weight_decay", "eta_min", "validation_size", allow_zero=True)

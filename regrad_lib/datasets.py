@@ -9,6 +9,7 @@ Formats (see ``data/sample/README.md`` and method.md "Data"):
 - ``popqa``: ``popQA.tsv`` (17 tab-separated columns); answers = ``[obj] + possible_answers + o_aliases``
   (JSON lists, parsed with ``json.loads``); splits by row: dev = rows 0-299, train = rows 500-end.
 - ``complexwebquestions``: ``ComplexWebQuestions_<split>.json``; answers = each answer then its aliases.
+- ``probe``: the bundled knowledge-injection probe (:mod:`regrad_lib.probe`), generic ``<split>.json`` records.
 - generic: a ``.json``/``.jsonl`` of ``{question, answer: str | [str]}``. Every named loader also accepts
   its dataset in this form under its usual file name or as ``<split>.json``; the form is told per record.
 
@@ -32,7 +33,7 @@ from . import paths
 
 log = logging.getLogger(__name__)
 
-NAMES = ("2wikimultihopqa", "hotpotqa", "popqa", "complexwebquestions")
+NAMES = ("2wikimultihopqa", "hotpotqa", "popqa", "complexwebquestions", "probe")
 
 POPQA_COLUMNS = ("id", "subj", "prop", "obj", "subj_id", "prop_id", "obj_id", "s_aliases", "o_aliases",
                  "s_uri", "o_uri", "s_wiki_title", "o_wiki_title", "s_pop", "o_pop", "question",
@@ -198,11 +199,17 @@ def _read_popqa(path: Path) -> list[QARecord]:
     return out
 
 
+def _load_probe(folder: Path, split: str) -> list[QARecord]:
+    path = _find(folder, "probe", split, [f"{split}.json", f"{split}.jsonl"])
+    return [_generic(path, i, r) for i, r in enumerate(_read_records(path))]
+
+
 _LOADERS: dict[str, Callable[[Path, str], list[QARecord]]] = {
     "2wikimultihopqa": _load_2wiki,
     "hotpotqa": _load_hotpot,
     "popqa": _load_popqa,
     "complexwebquestions": _load_cwq,
+    "probe": _load_probe,
 }
 
 

@@ -5,7 +5,7 @@ records ``start:end``), deduplicated by passage id, compute ``g_d = dL_LM(d; phi
 meta weights, in length-sorted batches: one forward and one backward per batch gives every passage's own
 gradient (:func:`regrad.per_passage_gradients`), never a one-passage loop. Passages are formatted and truncated
 by :func:`tasks.passage_batch` (the same function training uses, cut at ``bank_context_len``), under the
-learner's autocast (the same dtype policy as training; no switch to fp16), then encoded on that device in the
+learner's precision (the same dtype policy as training; no switch to fp16), then encoded on that device in the
 bank's storage scheme (:mod:`regrad_lib.schemes`; :func:`encode_schemes` writes several schemes from one gradient
 computation). Ids already in a bank are skipped, so an interrupted encode resumes.
 """
@@ -56,7 +56,8 @@ def gradient_batches(learner: Learner, items: Sequence[Passage], batch_size: int
     """(ids, ``[n, D]`` fp32 flat gradients) per length-sorted batch, longest first; one forward/backward each."""
     tok = learner.tokenizer
     max_len = max_len or learner.preset.learner.bank_context_len
-    lengths = [len(prompts.passage_example(tok, p.title, p.text, max_len).input_ids) for p in items]
+    fmt, start = learner.preset.learner.passage_format, prompts.document_start(tok)
+    lengths = [len(prompts.passage_example(tok, p.title, p.text, max_len, fmt, start).input_ids) for p in items]
     for p, n in zip(items, lengths):
         if n < 2:
             raise ValueError(f"passage {p.pid!r} has {n} token(s): no next-token loss can be taken; drop it from "
@@ -64,9 +65,8 @@ def gradient_batches(learner: Learner, items: Sequence[Passage], batch_size: int
     order = sorted(range(len(items)), key=lambda i: -lengths[i])
     for b in range(0, len(order), batch_size):
         chunk = [items[i] for i in order[b:b + batch_size]]
-        batch = tasks.passage_batch(tok, [(p.title, p.text) for p in chunk], max_len).to(learner.device)
-        with learner.autocast():
-            grads, _ = regrad.per_passage_gradients(learner.model, learner.phi, batch)
+        batch = tasks.passage_batch(tok, [(p.title, p.text) for p in chunk], max_len, fmt).to(learner.device)
+        grads, _ = regrad.per_passage_gradients(learner.model, learner.phi, batch, learner.precision)
         yield [p.pid for p in chunk], lora.flatten(grads)
 
 
@@ -108,8 +108,8 @@ def encode_schemes(run: str, dataset: str, split: str, schemes: Sequence[str], *
     learner = learner or Learner.from_run(run, device)
     source = {"run": run, "dataset": dataset, "split": split, "topk": topk, "start": start, "end": end,
               "batch_size": batch_size, "device": str(learner.device),
-              "precision": learner.preset.train.mixed_precision if learner.device.type != "cpu" else "no",
-              "bank_context_len": learner.preset.learner.bank_context_len}
+              "precision": learner.precision, "bank_context_len": learner.preset.learner.bank_context_len,
+              "passage_format": learner.preset.learner.passage_format}
     targets = {n: paths.bank_dir(topk, run, dataset, split, n) for n in names}
     with contextlib.ExitStack() as stack:
         writers = {n: stack.enter_context(bank.BankWriter.open(

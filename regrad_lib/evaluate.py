@@ -17,7 +17,8 @@ no_update      meta LoRA    no               ``phi`` (gamma = 0)
 ============== ============ ================ ===========================================================
 
 A batch of questions runs with per-row adapted weights ``[batch, ...]`` (batched low-rank matmuls), never one
-question at a time with weights copied in and out. Each row also gets ``answer_nll``: the mean token NLL of the
+question at a time with weights copied in and out. Each row also gets ``answer_nll`` (scored from the prompt's KV
+cache, right after the prefill that decoding uses): the mean token NLL of the
 first gold answer (label `` answer\\n``) under that method's weights and prompt.
 
 Outputs (all atomic, results of a finished method are kept unless ``overwrite``): ``results/<run>/<dataset>/
@@ -86,9 +87,9 @@ def needs_bank(methods: Sequence[str]) -> bool:
 
 # --- the harness ------------------------------------------------------------------------------------------
 
-def _prompt(learner: Learner, task: tasks.Task, context: bool) -> list[int]:
-    return prompts.prompt_ids(learner.tokenizer, task.question, task.passages if context else None,
-                              learner.preset.learner.max_prompt_len)
+def _prompt(learner: Learner, task: tasks.Task, context: bool) -> prompts.Prompt:
+    return prompts.build_prompt(learner.tokenizer, task.question, task.passages if context else None,
+                                learner.preset.learner)
 
 
 def _weights(spec: MethodSpec, learner: Learner, batch: Sequence[tasks.Task], pids: Sequence[Sequence[str]],
@@ -137,7 +138,8 @@ def _run(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, ban
         pids = pids[-1:] + pids[:-1]
     used = pids if spec.source in ("bank", "online") else [list(t.passage_ids) if spec.context else [] for t in items]
     batch_size = batch_size or learner.preset.generation.batch_size
-    prompt_ids = [_prompt(learner, t, spec.context) for t in items]
+    built = [_prompt(learner, t, spec.context) for t in items]
+    prompt_ids = [p.ids for p in built]
     order = sorted(range(len(items)), key=lambda i: -len(prompt_ids[i]))   # little padding per batch
     rows: list[dict | None] = [None] * len(items)
     model, tok = learner.model, learner.tokenizer
@@ -147,14 +149,14 @@ def _run(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, ban
             index = order[start:start + batch_size]
             batch = [items[i] for i in index]
             weights = _weights(spec, learner, batch, [pids[i] for i in index], bank, gamma)
+            gold = [prompts.answer_ids(tok, t.answer) for t in batch] if nll else None
             with learner.autocast(), (lora.disabled(model) if spec.base else contextlib.nullcontext()):
                 out = generation.generate(model, tok, [prompt_ids[i] for i in index], max_new_tokens=max_new,
-                                          weights=weights)
-            losses = generation.answer_nll(learner, batch, weights, spec.context) if nll else [math.nan] * len(batch)
-            for i, task, gen, loss in zip(index, batch, out, losses):
+                                          weights=weights, score_ids=gold)
+            for i, task, gen in zip(index, batch, out):
                 rows[i] = {"test_id": task.test_id, "question": task.question, "answers": list(task.answers),
                            "prediction": gen.answer, "generated": gen.text, "passage_ids": used[i],
-                           "answer_nll": loss}
+                           "answer_nll": gen.answer_nll, "truncated_passages": built[i].truncated}
             bar.update(len(batch))
     return rows  # type: ignore[return-value]
 
@@ -193,6 +195,7 @@ def score_rows(rows: Sequence[dict]) -> dict:
     out = metrics.aggregate(metrics.score(r["prediction"], r["answers"]) for r in rows)
     finite = [r["answer_nll"] for r in rows if r["answer_nll"] is not None and math.isfinite(r["answer_nll"])]
     out["nll"] = sum(finite) / len(finite) if finite else math.nan
+    out["truncated_prompts"] = sum(1 for r in rows if r.get("truncated_passages"))   # passages cut to fit
     return out
 
 
@@ -333,6 +336,9 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
     for topk in topks:
         points = [float(g) for g in gammas if (dataset, method, float(g), int(topk), stored_as) not in done]
         reused = {g: _finished(run, dataset, method, _settings(method, split, topk, g, limit, scheme)) for g in points}
+        if 0.0 in reused and reused[0.0] is None and SPECS[method].source != "none" and not SPECS[method].context:
+            # gamma 0 is no update at all: exactly no_update's answers (tested), so its finished results serve
+            reused[0.0] = _finished(run, dataset, "no_update", _settings("no_update", split, topk, 0.0, limit, scheme))
         todo = [g for g in points if reused[g] is None]
         if todo:
             current, store = get_learner(), None
@@ -372,6 +378,7 @@ class EvaluateSettings:
     topk: int = 3
     gamma: float = 1.0
     gammas: list[float] = field(default_factory=list)
+    sweep_datasets: list[str] | None = None   # datasets of the gamma sweep (None: all of ``datasets``)
     limit: int | None = None
     device: str = "cpu"
     overwrite: bool = False
@@ -392,6 +399,10 @@ class EvaluateSettings:
             raise ValueError(f"topk={self.topk} must be >= 1, gamma={self.gamma} and gammas={self.gammas} >= 0")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit={self.limit} must be None (every question) or >= 1")
+        if self.sweep_datasets is None:
+            self.sweep_datasets = list(self.datasets)
+        elif not set(self.sweep_datasets) <= set(self.datasets):
+            raise ValueError(f"sweep_datasets={self.sweep_datasets} must be among datasets={self.datasets}")
         trained_state(self.run)    # every step needs the run (its model and configs)
         from . import bank
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import analysis, artifacts, evaluate, paths, schemes
-from .analysis import Missing, PairedDifference
+from . import analysis, artifacts, effects, evaluate, paths, schemes
+from .analysis import Missing
+from .effects import PairedDifference
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,16 @@ def read_table(run: str) -> list[dict]:
 
 
 def _nlls(run: str, dataset: str, scheme: str) -> dict[str, float]:
-    return analysis.answer_nlls(files(run, dataset, scheme)[0],
-                                f"05_evaluate with frontier_schemes including {scheme!r} (dataset={dataset!r})")
+    """``{test_id: answer_nll}`` of the scheme's regrad predictions."""
+    path = files(run, dataset, scheme)[0]
+    rows = analysis._read_jsonl(path, f"05_evaluate with frontier_schemes including {scheme!r} (dataset={dataset!r})")
+    out = {}
+    for i, r in enumerate(rows, start=1):
+        if "test_id" not in r or "answer_nll" not in r:
+            raise ValueError(f"{paths.relative(path)} row {i}: lacks 'test_id' or 'answer_nll'; re-run 05_evaluate")
+        v = r["answer_nll"]
+        out[str(r["test_id"])] = float(v) if isinstance(v, (int, float)) else math.nan
+    return out
 
 
 def read_frontier(run: str, datasets: Sequence[str], reference: str = REFERENCE) -> FrontierTable | Missing:
@@ -148,11 +157,11 @@ def read_frontier(run: str, datasets: Sequence[str], reference: str = REFERENCE)
         mine, delta, mean_abs = _nlls(run, r["dataset"], r["scheme"]), None, math.nan
         if (r["dataset"], reference) in {(x["dataset"], x["scheme"]) for x in rows}:
             ref = _nlls(run, r["dataset"], reference)
-            delta = analysis.paired_difference(mine, ref, r["dataset"], r["scheme"], reference)
+            delta = effects.paired_difference(mine, ref, r["dataset"], r["scheme"], reference)
             common = [k for k in mine if k in ref and math.isfinite(mine[k]) and math.isfinite(ref[k])]
             mean_abs = sum(abs(mine[k] - ref[k]) for k in common) / len(common)
         try:
-            effect = analysis.paired_nll_differences(run, r["dataset"], "regrad", "no_update")
+            effect = effects.paired_nll_differences(run, r["dataset"], "regrad", "no_update")
         except FileNotFoundError:
             effect = None
         points.append(FrontierPoint(r["dataset"], r["scheme"], int(r["bytes_per_passage"]), r["em"], r["f1"],

@@ -12,6 +12,8 @@ loop ends when every row is finished or after ``max_new_tokens``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -25,10 +27,12 @@ Weights = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class Generation:
-    """One decoded row: the new token ids (stop token included, end-of-sequence excluded), text and answer."""
+    """One decoded row: the new token ids (stop token included, end-of-sequence excluded), text and answer;
+    ``answer_nll``: the mean token NLL of the scored gold answer (NaN when none was given)."""
     token_ids: tuple[int, ...]
     text: str
     answer: str
+    answer_nll: float = math.nan
 
 
 def stop_reached(text: str) -> bool:
@@ -70,21 +74,40 @@ def _check_weights(weights: Weights | None, rows: int) -> bool:
     return True
 
 
-@torch.no_grad()
-def greedy(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
-           weights: Weights | None = None) -> list[list[int]]:
-    """Greedy new tokens for every prompt, decoded together; ``weights`` shared (2-D) or one row per prompt (3-D).
+def _score(model: nn.Module, cache, last_logits: torch.Tensor, mask: torch.Tensor, position: torch.Tensor,
+           score_ids: Sequence[Sequence[int]], pad_id: int) -> list[float]:
+    """Mean NLL of each row's ``score_ids`` continuing its prompt, reusing the prompt's KV cache (one forward of
+    the answer tokens only); the cache is cropped back to the prompt afterwards."""
+    device = mask.device
+    width = max(len(s) for s in score_ids)
+    if min(len(s) for s in score_ids) == 0:
+        raise ValueError("an empty answer cannot be scored")
+    ids = torch.full((len(score_ids), width), pad_id, dtype=torch.long, device=device)
+    valid = torch.zeros((len(score_ids), width), dtype=torch.long, device=device)
+    for i, s in enumerate(score_ids):
+        ids[i, :len(s)] = torch.tensor(list(s), dtype=torch.long)
+        valid[i, :len(s)] = 1
+    positions = position[:, -1:] + 1 + torch.arange(width, device=device)
+    result = model(input_ids=ids, attention_mask=torch.cat([mask, valid], dim=1), position_ids=positions,
+                   cache=cache, use_cache=True)
+    cache.crop(-width)
+    # token j is predicted by the logits before it: the prompt's last position for j = 0, then the answer's own
+    logits = torch.cat([last_logits[:, None], result.logits[:, :-1]], dim=1)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids, reduction="none") * valid
+    return (nll.sum(1) / valid.sum(1)).tolist()
 
-    ``weights=None`` runs the model as it is (its live LoRA, or the base model inside ``lora.disabled``).
-    """
+
+def _decode(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
+            weights: Weights | None, score_ids: Sequence[Sequence[int]] | None) -> tuple[list[list[int]], list[float]]:
     n = len(prompt_ids)
-    if n == 0:
-        return []
     per_row = _check_weights(weights, n)
     device = next(model.parameters()).device
     ids, mask = _left_pad(prompt_ids, tokenizer.pad_token_id, device)
     stops = eos_ids(model, tokenizer)
     out: list[list[int]] = [[] for _ in range(n)]
+    nll = [math.nan] * n
     active = torch.arange(n, device=device)        # original row of each batch row
     rows = weights
     position = (mask.cumsum(1) - 1).clamp_min(0)
@@ -95,6 +118,9 @@ def greedy(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], *, 
         with context:
             result = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, cache=cache,
                            use_cache=True, logits_to_keep=1)
+            if cache is None and score_ids is not None:     # right after the prefill: score the gold answers
+                nll = _score(model, result.cache, result.logits[:, -1], mask, step_pos, score_ids,
+                             tokenizer.pad_token_id)
         cache = result.cache
         next_ids = result.logits[:, -1].argmax(dim=-1)
         keep = []
@@ -117,7 +143,17 @@ def greedy(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], *, 
         mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
         step_ids = next_ids[:, None]
         step_pos = step_pos[:, -1:] + 1
-    return out
+    return out, nll
+
+
+@torch.no_grad()
+def greedy(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
+           weights: Weights | None = None) -> list[list[int]]:
+    """Greedy new tokens for every prompt, decoded together; ``weights`` shared (2-D) or one row per prompt (3-D).
+
+    ``weights=None`` runs the model as it is (its live LoRA, or the base model inside ``lora.disabled``).
+    """
+    return _decode(model, tokenizer, prompt_ids, max_new_tokens, weights, None)[0] if prompt_ids else []
 
 
 def decode(tokenizer, token_ids: Sequence[int]) -> Generation:
@@ -126,11 +162,15 @@ def decode(tokenizer, token_ids: Sequence[int]) -> Generation:
     return Generation(tuple(token_ids), text, prompts.extract_answer(text))
 
 
+@torch.no_grad()
 def generate(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
-             weights: Weights | None = None) -> list[Generation]:
-    """:func:`greedy` then :func:`decode` for every prompt."""
-    return [decode(tokenizer, t) for t in greedy(model, tokenizer, prompt_ids, max_new_tokens=max_new_tokens,
-                                                 weights=weights)]
+             weights: Weights | None = None, score_ids: Sequence[Sequence[int]] | None = None) -> list[Generation]:
+    """:func:`greedy` then :func:`decode` for every prompt; with ``score_ids`` (one gold answer's label ids per
+    prompt) also each answer's mean token NLL, from the prefill's KV cache (the prompt runs once)."""
+    if not prompt_ids:
+        return []
+    tokens, nll = _decode(model, tokenizer, prompt_ids, max_new_tokens, weights, score_ids)
+    return [dataclasses.replace(decode(tokenizer, t), answer_nll=v) for t, v in zip(tokens, nll)]
 
 
 def online_gradients(learner, batch: Sequence[tasks.Task]) -> Weights:
@@ -140,16 +180,17 @@ def online_gradients(learner, batch: Sequence[tasks.Task]) -> Weights:
     """
     passages = [p for t in batch for p in t.passages]
     group = torch.tensor([i for i, t in enumerate(batch) for _ in t.passages], dtype=torch.long)
-    tokens = tasks.passage_batch(learner.tokenizer, passages, learner.preset.learner.bank_context_len)
-    with learner.autocast():
-        grads, _ = regrad.group_gradients(learner.model, learner.phi, tokens.to(learner.device),
-                                          group.to(learner.device), len(batch))
+    cfg = learner.preset.learner
+    tokens = tasks.passage_batch(learner.tokenizer, passages, cfg.bank_context_len, cfg.passage_format)
+    grads, _ = regrad.group_gradients(learner.model, learner.phi, tokens.to(learner.device),
+                                      group.to(learner.device), len(batch), precision=learner.precision)
     return {n: g.detach() for n, g in grads.items()}
 
 
 def answer_nll(learner, batch: Sequence[tasks.Task], weights: Weights | None, context: bool) -> list[float]:
     """Mean token NLL of each task's first gold answer (`` answer\\n``, ``L_ans``) under ``weights``
-    (None: the base model) and the prompt with or without its passages."""
+    (None: the base model) and the prompt with or without its passages: one full forward of prompt + answer
+    (the reference for :func:`generate`'s ``score_ids``, which reuses the prompt's cache)."""
     tokens = tasks.qa_batch(learner.tokenizer, batch, learner.preset.learner, with_context=context)
     use = lora.disabled(learner.model) if weights is None else lora.use(learner.model, weights)
     with torch.no_grad(), learner.autocast(), use:

@@ -24,10 +24,17 @@ META_STATE = "meta_state.safetensors"
 
 
 def model_dtype(preset: config.Preset, device: str | torch.device) -> torch.dtype:
-    """bf16/fp16 base weights on an accelerator when the preset trains in that precision; else fp32."""
+    """bf16 base weights on an accelerator when the preset trains in bf16; else fp32."""
     if torch.device(device).type == "cpu" or preset.train.mixed_precision == "no":
         return torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[preset.train.mixed_precision]
+    return torch.bfloat16
+
+
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bf16 matmuls (x86 AVX512-BF16 or AMX), where bf16 autocast is ~1.7x faster."""
+    cpu = getattr(torch, "cpu", None)
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported",
+                                                                      "_is_amx_tile_supported"))
 
 
 def trained_state(run: str) -> Path:
@@ -98,6 +105,22 @@ class Learner:
             h.update(v.numpy().tobytes())
         return h.hexdigest()[:16]
 
+    @property
+    def precision(self) -> str:
+        """The autocast precision of gradient work (meta-training, the bank, online gradients): the preset's
+        ``mixed_precision``; on a CPU only where it computes bf16 natively (AVX512-BF16 or AMX), else fp32."""
+        wanted = self.preset.train.mixed_precision
+        return wanted if self.device.type != "cpu" or wanted == "no" or cpu_has_bf16() else "no"
+
+    @property
+    def eval_precision(self) -> str:
+        """The autocast precision of evaluation's forward passes (decoding, answer NLL): as :attr:`precision` on an
+        accelerator, fp32 on a CPU, where bf16 speeds decoding little (≈1.15x measured) but moves a question's
+        answer NLL by ≈0.04 nats — more than the paired effects the demo measures."""
+        return self.precision if self.device.type != "cpu" else "no"
+
     def autocast(self):
+        """Autocast for evaluation's forward-only passes (:attr:`eval_precision`); gradient code passes
+        :attr:`precision` to :mod:`regrad_lib.regrad` itself (autocast around forwards only)."""
         from .regrad import autocast
-        return autocast(self.device, self.preset.train.mixed_precision if self.device.type != "cpu" else "no")
+        return autocast(self.device, self.eval_precision)

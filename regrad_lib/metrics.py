@@ -6,7 +6,9 @@
   same match that F1 reports, instead of maxima taken from different aliases.
 - yes/no/noanswer rule (HotpotQA): when the normalised prediction or gold is one of ``yes``, ``no``,
   ``noanswer`` and the two differ, F1 = precision = recall = 0 for that alias.
-- Two answers that both normalise to nothing (e.g. ``"The"`` and ``""``) match (F1 = 1), as in SQuAD.
+- As the public evaluate.py (and unlike SQuAD's script): a text that is exactly ``"a"`` after lower-casing and
+  punctuation removal keeps it (answer "A" stays "a"); two answers that both normalise to nothing score
+  F1 = 0 (no shared token) while EM = 1 (equal strings). An empty prediction earns no F1.
 - :func:`aggregate` turns per-question scores into means x100 plus ``n``.
 """
 
@@ -24,8 +26,9 @@ _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def normalize_answer(s: str) -> str:
-    """Lower-case, drop punctuation, drop the articles a/an/the, squeeze whitespace (SQuAD/HotpotQA)."""
-    return " ".join(_ARTICLES.sub(" ", s.lower().translate(_PUNCTUATION)).split())
+    """Lower-case, drop punctuation, drop the articles a/an/the (a bare "a" stays), squeeze whitespace."""
+    text = s.lower().translate(_PUNCTUATION)
+    return " ".join((text if text == "a" else _ARTICLES.sub(" ", text)).split())
 
 
 def _f1(prediction: str, gold: str) -> tuple[float, float, float]:
@@ -33,8 +36,6 @@ def _f1(prediction: str, gold: str) -> tuple[float, float, float]:
     if (prediction in _SPECIAL or gold in _SPECIAL) and prediction != gold:
         return 0.0, 0.0, 0.0
     pred_tokens, gold_tokens = prediction.split(), gold.split()
-    if not pred_tokens and not gold_tokens:
-        return 1.0, 1.0, 1.0
     same = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
     if same == 0:
         return 0.0, 0.0, 0.0

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from . import paths
 
@@ -124,6 +124,26 @@ def run(run_name: str, shared: dict[str, Any], steps: str = "01-06", out_dir: Pa
     return outputs
 
 
+def run_seeds(run_name: str, shared: dict[str, Any], seeds: Sequence[int], steps: str = "01-06",
+              kernel: str | None = None) -> list[Path]:
+    """The same setting once per seed: index and augment once (``<run>``), then meta-training, bank,
+    evaluation and analysis per seed (``<run>-s<seed>``), and last an 06_analyze of all seeds together
+    (``runs/<run>/06_analyze.ipynb``: mean ± spread across them)."""
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {list(seeds)}: give at least two different seeds, e.g. 42,43,44")
+    chosen = [s.name[:2] for s in select_steps(steps)]
+    once = ",".join(n for n in chosen if n in ("01", "02"))
+    each = ",".join(n for n in chosen if n not in ("01", "02"))
+    outputs = run(run_name, shared, once, kernel=kernel) if once else []
+    names = [f"{run_name}-s{seed}" for seed in seeds]
+    for name, seed in zip(names, seeds):
+        if each:
+            outputs += run(name, {**shared, **({"seed": seed} if "03" in chosen else {})}, each, kernel=kernel)
+    if "06" in chosen:
+        outputs += run(run_name, {**shared, "run": names[0], "seed_runs": names[1:]}, "06", kernel=kernel)
+    return outputs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m regrad_lib.pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="run name: outputs/<run>, results/<run>, runs/<run>")
@@ -136,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prepare-only", action="store_true", help="write parameterised copies, do not execute")
     parser.add_argument("--out", help="folder for the executed copies (default runs/<run>)")
     parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebooks' own)")
+    parser.add_argument("--seeds", help="comma-separated seeds: the pipeline once per seed (<run>-s<seed>) and "
+                                        "an 06_analyze across them in runs/<run>/")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     shared: dict[str, Any] = {}
@@ -149,8 +171,14 @@ def main(argv: list[str] | None = None) -> int:
         shared[key] = parse_value(value)
     started = time.perf_counter()
     try:
-        outputs = run(args.run, shared, args.steps, Path(args.out).resolve() if args.out else None,
-                      args.prepare_only, args.kernel)
+        if args.seeds:
+            if args.prepare_only or args.out:
+                raise ValueError("--seeds runs the notebooks; it takes neither --prepare-only nor --out")
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+            outputs = run_seeds(args.run, shared, seeds, args.steps, args.kernel)
+        else:
+            outputs = run(args.run, shared, args.steps, Path(args.out).resolve() if args.out else None,
+                          args.prepare_only, args.kernel)
     except (PipelineError, ValueError, FileNotFoundError) as e:
         log.error("%s", e)
         return 1

@@ -18,7 +18,8 @@ from typing import Callable, Iterable, Sequence, TypeVar
 import matplotlib
 from matplotlib.figure import Figure
 
-from .analysis import METHODS, BankSize, Missing, PairedDifference, Score, ScoreTable
+from .analysis import METHODS, BankSize, Missing, Score, ScoreTable
+from .effects import PairedDifference
 from .artifacts import atomic_path
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,55 @@ def alpha_per_tensor(alpha: dict[str, float]) -> Figure:
 
 
 @_styled
+def group_em(table) -> Figure:
+    """EM of each method per group of questions (an :class:`effects.GroupTable`), grouped bars."""
+    fig = _figure(max(5.0, 0.9 * len(table.groups) + 2), 3.4)
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(table.methods))
+    for j, method in enumerate(table.methods):
+        xs = [i + (j - (len(table.methods) - 1) / 2) * width for i in range(len(table.groups))]
+        ax.bar(xs, [table.cells.get((g, method), (math.nan, 0))[0] for g in table.groups], width,
+               color=f"C{j % 10}", label=method)
+    ax.set_xticks(range(len(table.groups)), table.groups, rotation=20, ha="right")
+    ax.set_ylabel("EM (×100)")
+    ax.set_title("Exact match per group of questions")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="best", ncol=2)
+    return fig
+
+
+@_styled
+def alpha_over_steps(log_rows: Sequence[dict]) -> Figure:
+    """The learned step sizes during meta-training: per (module, A|B) group, the mean alpha over its layers at
+    every logged step (log scale), with the initial value dashed."""
+    rows = [r for r in log_rows if r.get("kind", "train") == "train" and r.get("alpha")]
+    fig = _figure(6.4, 3.6)
+    ax = fig.subplots()
+    if not rows:
+        ax.text(0.5, 0.5, "no step sizes in the training log", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    groups: dict[str, list[str]] = {}
+    for name in rows[0]["alpha"]:
+        short = short_tensor_name(name)
+        groups.setdefault(short.split(".", 1)[1] if re.match(r"L\d+\.", short) else short, []).append(name)
+    steps = [r["step"] for r in rows]
+    for i, (key, names) in enumerate(sorted(groups.items())):
+        values = [sum(float(r["alpha"][n]) for n in names) / len(names) for r in rows]
+        ax.plot(steps, values, lw=1.2, color=f"C{i // 2 % 10}", ls="-" if key.endswith("A") else "--",
+                label=f"{key} ({len(names)} tensor{'s' if len(names) > 1 else ''})")
+    first = [float(v) for v in rows[0]["alpha"].values()]
+    if all(v > 0 for r in rows for v in r["alpha"].values()):
+        ax.set_yscale("log")
+    ax.axhline(sum(first) / len(first), color="grey", lw=0.8, ls=":", label="first logged step")
+    ax.set_title("Learned step size alpha during meta-training (mean over layers)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("alpha")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="best", ncol=2)
+    return fig
+
+
+@_styled
 def histogram(values: Iterable[float], title: str, xlabel: str, bins: int = 30) -> Figure:
     """A plain histogram of finite ``values``."""
     vals = [float(v) for v in values if _finite(v)]
@@ -225,17 +275,22 @@ def f1_bars(rows: Sequence[Score], metric: str = "f1") -> Figure:
 
 @_styled
 def sweep_curve(rows: Sequence[Score], vary: str = "gamma") -> Figure:
-    """F1 against ``vary`` (gamma or topk), one line per dataset (rows from :func:`analysis.sweep`)."""
-    fig = _figure(5.2, 3.4)
-    ax = fig.subplots()
+    """F1 (left) and the gold answer's NLL (right) against ``vary`` (gamma or topk), one line per dataset
+    (rows from :func:`analysis.sweep`): an update that overshoots shows as F1 falling while the NLL climbs."""
+    fig = _figure(8.4, 3.4)
+    ax, nll = fig.subplots(1, 2)
     for i, d in enumerate(dict.fromkeys(r.dataset for r in rows)):
-        pts = sorted((getattr(r, vary), r.f1) for r in rows if r.dataset == d)
+        pts = sorted((getattr(r, vary), r.f1, r.nll) for r in rows if r.dataset == d)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, lw=1, color=f"C{i % 10}", label=d)
+        nll.plot([p[0] for p in pts], [p[2] for p in pts], "o-", ms=3, lw=1, color=f"C{i % 10}", label=d)
     methods = sorted({r.method for r in rows})
     ax.set_title(f"F1 vs {vary} ({', '.join(methods)})")
-    ax.set_xlabel(vary)
     ax.set_ylabel("F1 (×100)")
-    ax.grid(alpha=0.3)
+    nll.set_title(f"Gold answer NLL vs {vary}")
+    nll.set_ylabel("mean answer NLL (nats)")
+    for a in (ax, nll):
+        a.set_xlabel(vary)
+        a.grid(alpha=0.3)
     if rows:
         ax.legend(loc="best")
     return fig
@@ -270,8 +325,9 @@ def bank_bytes(sizes: Sequence[BankSize]) -> Figure:
 
 @_styled
 def paired_differences(diffs: Iterable[PairedDifference]) -> Figure:
-    """Mean paired answer-NLL difference ± SE per dataset, one bar per pair, share lower annotated."""
-    diffs = list(diffs)
+    """Mean paired answer-NLL difference ± SE per dataset, one bar per pair, share lower annotated (``diffs``:
+    paired differences, or the effects of an :class:`effects.EffectTable`)."""
+    diffs = [getattr(d, "nll", d) for d in diffs]
     datasets = list(dict.fromkeys(d.dataset for d in diffs))
     pairs = list(dict.fromkeys(d.label for d in diffs))
     by = {(d.dataset, d.label): d for d in diffs}

@@ -2,11 +2,21 @@
 
 One function formats a passage (:func:`format_passage`) for the three places that use passages: the inner-step
 LM loss in training, the Gradient Bank, and the in-context prompt. The public code formatted them differently
-in training and banking (a train/test mismatch, method.md "Known flaws").
+in training and banking (a train/test mismatch, method.md "Known flaws"). The learner's ``passage_format``
+chooses the text: ``text`` (the passage alone, as the public code) or ``title_text`` (``"{title}: {text}"``).
 
-Prompts come from the tokenizer's own chat template (no hand-written special tokens, so no doubled BOS); the
-assistant turn opens with ``Answer:`` and the label is `` <answer>\n`` (prompt tokens masked), so the visible
-text is ``Answer: <answer>`` followed by the newline that stops generation.
+A passage for the LM loss starts with the tokenizer's own BOS, or — for tokenizers that add none, such as
+SmolLM2's — with its document separator (``<|endoftext|>``), so the passage's first token is predicted too.
+
+Prompts come from the tokenizer's own chat template (no hand-written special tokens, so no doubled BOS), rendered
+with a fixed ``date_string`` (templates such as Llama 3.x's otherwise print today's date: prompts would change
+with the calendar). The assistant turn opens with ``Answer:`` and the label is `` <answer>\\n`` (prompt tokens
+masked), so the visible text is ``Answer: <answer>`` followed by the newline that stops generation. An over-long
+prompt loses passage text (the only elastic part), never the template or the question.
+
+``prompt_style`` (learner config) frames every method's prompt alike: ``instruct`` (a system instruction, as the
+public code) or ``example`` (the same instruction plus one worked question and answer in the chat, which small
+models need to answer with a short phrase instead of a sentence).
 """
 
 from __future__ import annotations
@@ -14,55 +24,138 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from .config import LearnerConfig
+
 IGNORE = -100
 SYSTEM_PROMPT = "Answer the question with a short answer: a few words, no explanation."
 ANSWER_PREFIX = "Answer:"
+DOCUMENT_SEPARATORS = ("<|endoftext|>",)
+# The worked example of prompt_style "example": an invented, neutral fact (not from any dataset or the corpus).
+EXAMPLE_PASSAGE = ("Lake Varnen", "Lake Varnen is a freshwater lake in the north of the country. The town of "
+                   "Ostby lies on its eastern shore.")
+EXAMPLE_QUESTION = "Which town lies on the eastern shore of Lake Varnen?"
+EXAMPLE_ANSWER = "Ostby"
+
+Passages = Sequence[tuple[str | None, str]]
 
 
 @dataclass(frozen=True)
 class Example:
-    """Token ids and labels of one sequence (labels are ``IGNORE`` where no loss is taken)."""
+    """Token ids and labels of one sequence (labels are ``IGNORE`` where no loss is taken).
+
+    ``truncated``: how many passages of its prompt were shortened to fit ``max_prompt_len``.
+    """
     input_ids: list[int]
     labels: list[int]
+    truncated: int = 0
 
 
-def format_passage(title: str | None, text: str) -> str:
-    """The one textual form of a passage (training, bank, prompts)."""
-    title = (title or "").strip()
-    return f"{title}: {text.strip()}" if title else text.strip()
+@dataclass(frozen=True)
+class Prompt:
+    ids: list[int]
+    truncated: int = 0          # passages shortened to fit the budget
 
 
-def passage_example(tokenizer, title: str | None, text: str, max_len: int) -> Example:
-    """A passage for the LM loss (equation 1): labels are the input ids, cut to ``max_len`` tokens."""
-    ids = tokenizer(format_passage(title, text), add_special_tokens=True, truncation=True,
+def format_passage(title: str | None, text: str, passage_format: str = "text") -> str:
+    """The one textual form of a passage (training, bank, prompts): the text, or ``"{title}: {text}"``."""
+    title, text = (title or "").strip(), text.strip()
+    if passage_format == "title_text" and title:
+        return f"{title}: {text}"
+    if passage_format not in ("text", "title_text"):
+        raise ValueError(f"passage_format={passage_format!r}: choose 'text' or 'title_text'")
+    return text
+
+
+def document_start(tokenizer) -> list[int]:
+    """The token(s) to put before a passage: none when the tokenizer adds its own BOS, else its document
+    separator (e.g. ``<|endoftext|>``) or, failing that, its BOS token."""
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    if len(with_special) > len(plain) and with_special[-len(plain):] == plain:
+        return []                                  # the tokenizer prepends its BOS itself
+    vocab = tokenizer.get_vocab()
+    for token in DOCUMENT_SEPARATORS:
+        if token in vocab and token in tokenizer.all_special_tokens:
+            return [vocab[token]]
+    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+
+def passage_example(tokenizer, title: str | None, text: str, max_len: int, passage_format: str = "text",
+                    start: list[int] | None = None) -> Example:
+    """A passage for the LM loss (equation 1): start token + passage, labels = input ids, cut to ``max_len``.
+
+    ``start``: :func:`document_start` of the tokenizer, when the caller has it already (a batch).
+    """
+    start = document_start(tokenizer) if start is None else start
+    ids = tokenizer(format_passage(title, text, passage_format), add_special_tokens=True, truncation=True,
                     max_length=max_len)["input_ids"]
-    return Example(list(ids), list(ids))
+    ids = (list(start) + list(ids))[:max_len]
+    return Example(ids, list(ids))
 
 
-def _truncate_text(tokenizer, text: str, max_tokens: int) -> str:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
-
-
-def user_message(question: str, passages: Sequence[tuple[str | None, str]] | None = None) -> str:
+def user_message(question: str, passages: Passages | None = None, passage_format: str = "text") -> str:
     """The user turn: ``Passage i: …`` lines (with context) then the question."""
-    lines = [f"Passage {i}: {format_passage(title, text)}" for i, (title, text) in enumerate(passages or [])]
+    lines = [f"Passage {i}: {format_passage(title, text, passage_format)}"
+             for i, (title, text) in enumerate(passages or [])]
     lines.append(f"Question: {question.strip()}")
     return "\n".join(lines)
 
 
-def prompt_ids(tokenizer, question: str, passages: Sequence[tuple[str | None, str]] | None = None,
-               max_len: int = 2048) -> list[int]:
-    """Chat-template prompt ending in ``Answer:``; passages (if any) are shortened evenly to fit ``max_len``."""
-    if passages:
-        budget = max(16, (max_len - 96) // len(passages))
-        passages = [(title, _truncate_text(tokenizer, text, budget)) for title, text in passages]
-    messages = [{"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": user_message(question, passages)}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + ANSWER_PREFIX
+def messages(question: str, passages: Passages | None, cfg: LearnerConfig) -> list[dict]:
+    """The chat of one prompt (system instruction, the worked example for ``prompt_style='example'``, the
+    question); the frame is the same for every method, only the passages differ."""
+    chat = [{"role": "system", "content": SYSTEM_PROMPT}]
+    if cfg.prompt_style == "example":
+        shown = [EXAMPLE_PASSAGE] if passages else None
+        chat += [{"role": "user", "content": user_message(EXAMPLE_QUESTION, shown, cfg.passage_format)},
+                 {"role": "assistant", "content": f"{ANSWER_PREFIX} {EXAMPLE_ANSWER}"}]
+    chat.append({"role": "user", "content": user_message(question, passages, cfg.passage_format)})
+    return chat
+
+
+def _render(tokenizer, question: str, passages: Passages | None, cfg: LearnerConfig) -> list[int]:
+    text = tokenizer.apply_chat_template(messages(question, passages, cfg), tokenize=False,
+                                         add_generation_prompt=True, date_string=cfg.chat_date) + ANSWER_PREFIX
     # The template already holds any BOS the model wants: add none of the tokenizer's own.
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return list(ids[-max_len:])
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _caps(lengths: list[int], budget: int) -> list[int]:
+    """Per-passage token caps summing to at most ``budget``: short passages whole, long ones cut to one cap."""
+    lo, hi = 0, max(lengths)
+    while lo < hi:                       # the largest common cap c with sum(min(len, c)) <= budget
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if sum(min(n, mid) for n in lengths) <= budget else (lo, mid - 1)
+    return [min(n, lo) for n in lengths]
+
+
+def build_prompt(tokenizer, question: str, passages: Passages | None = None, cfg: LearnerConfig | None = None) -> Prompt:
+    """Chat-template prompt ending in ``Answer:``; over ``cfg.max_prompt_len`` tokens only passage text is cut."""
+    cfg = cfg or LearnerConfig()
+    ids = _render(tokenizer, question, passages, cfg)
+    limit = cfg.max_prompt_len
+    if len(ids) <= limit:
+        return Prompt(ids)
+    frame = _render(tokenizer, question, [(title, "") for title, _ in passages] if passages else None, cfg)
+    if not passages or len(frame) + len(passages) > limit:
+        raise ValueError(f"the prompt of question {question[:80]!r} needs {len(frame)} tokens without passage text, "
+                         f"over the learner's max_prompt_len={limit}: raise max_prompt_len or shorten the question")
+    tokens = [tokenizer(text.strip(), add_special_tokens=False)["input_ids"] for _, text in passages]
+    budget = limit - len(frame)
+    for _ in range(8):     # re-tokenising cut text can merge differently: shrink until it fits
+        caps = _caps([len(t) for t in tokens], budget)
+        cut = [(title, tokenizer.decode(t[:c])) for (title, _), t, c in zip(passages, tokens, caps)]
+        ids = _render(tokenizer, question, cut, cfg)
+        if len(ids) <= limit:
+            return Prompt(ids, sum(c < len(t) for c, t in zip(caps, tokens)))
+        budget -= len(ids) - limit
+    raise ValueError(f"could not fit the passages of question {question[:80]!r} into max_prompt_len={limit}")
+
+
+def prompt_ids(tokenizer, question: str, passages: Passages | None = None,
+               cfg: LearnerConfig | None = None) -> list[int]:
+    """The token ids of :func:`build_prompt`."""
+    return build_prompt(tokenizer, question, passages, cfg).ids
 
 
 def answer_ids(tokenizer, answer: str) -> list[int]:
@@ -70,13 +163,12 @@ def answer_ids(tokenizer, answer: str) -> list[int]:
     return list(tokenizer(f" {answer.strip()}\n", add_special_tokens=False)["input_ids"])
 
 
-def qa_example(tokenizer, question: str, answer: str, passages: Sequence[tuple[str | None, str]] | None = None,
-               max_len: int = 2048, full_text_loss: bool = False) -> Example:
-    """Prompt + answer; loss on the answer tokens only (``full_text_loss``: on every token, the LM ablation)."""
-    prompt = prompt_ids(tokenizer, question, passages, max_len)
+def qa_example(tokenizer, question: str, answer: str, passages: Passages | None = None,
+               cfg: LearnerConfig | None = None) -> Example:
+    """Prompt + answer; loss on the answer tokens only (``L_ans``, equation 3)."""
+    prompt = build_prompt(tokenizer, question, passages, cfg)
     target = answer_ids(tokenizer, answer)
-    labels = (list(prompt) if full_text_loss else [IGNORE] * len(prompt)) + target
-    return Example(prompt + target, labels)
+    return Example(prompt.ids + target, [IGNORE] * len(prompt.ids) + target, prompt.truncated)
 
 
 def extract_answer(generated: str) -> str:

@@ -60,12 +60,13 @@ def collate(examples: Sequence[Example], pad_id: int, side: str = "right") -> To
 # --- precision and attention --------------------------------------------------------------------------------
 
 def autocast(device: torch.device | str, precision: str):
-    """bf16/fp16 autocast for the base model's matmuls; LoRA weights and alpha stay fp32 leaves."""
-    device_type = torch.device(device).type
+    """bf16 autocast for the base model's matmuls (``precision`` "bf16"; "no": fp32); LoRA weights and alpha
+    stay fp32 leaves. Only forward passes run inside it: gradients are taken outside (PyTorch's guidance)."""
     if precision == "no":
         return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device_type=device_type, dtype=dtype)
+    if precision != "bf16":
+        raise ValueError(f"precision {precision!r}: choose 'bf16' or 'no'")
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
 @contextlib.contextmanager
@@ -109,33 +110,36 @@ def _expand(phi: Weights, groups: int, differentiable: bool) -> Weights:
 
 
 def group_gradients(model: nn.Module, phi: Weights, batch: TokenBatch, group_of_row: torch.Tensor, groups: int,
-                    create_graph: bool = False) -> tuple[Weights, torch.Tensor]:
+                    create_graph: bool = False, precision: str = "no") -> tuple[Weights, torch.Tensor]:
     """Each group's gradient of the sum of its rows' mean LM losses: ``{name: [groups, *shape]}``, and the losses.
 
     ``group_of_row[i]`` is the group of batch row ``i``. One forward and one backward for the whole batch.
-    With ``create_graph`` the result stays a differentiable function of ``phi`` (second order).
+    With ``create_graph`` the result stays a differentiable function of ``phi`` (second order). The forward runs
+    under ``precision``'s autocast; the gradient is taken outside it.
     """
     expanded = _expand(phi, groups, differentiable=create_graph)
     identity = groups == len(batch) and bool((group_of_row == torch.arange(groups, device=group_of_row.device)).all())
     with torch.enable_grad():  # also under an outer no_grad (evaluation): the gather must stay differentiable
         rows = expanded if identity else {n: e.index_select(0, group_of_row) for n, e in expanded.items()}
-    with torch.enable_grad(), lora.use(model, rows):
-        losses = token_losses(model, batch)
+        with lora.use(model, rows), autocast(batch.input_ids.device, precision):
+            losses = token_losses(model, batch)
         grads = torch.autograd.grad(losses.sum(), list(expanded.values()), create_graph=create_graph)
     return dict(zip(expanded, grads)), losses
 
 
-def summed_gradient(model: nn.Module, phi: Weights, batch: TokenBatch, create_graph: bool = False) -> Weights:
+def summed_gradient(model: nn.Module, phi: Weights, batch: TokenBatch, create_graph: bool = False,
+                    precision: str = "no") -> Weights:
     """``Σ_d g_d`` over all rows of ``batch`` (equation 2's sum) from one padded forward/backward."""
     group = torch.zeros(len(batch), dtype=torch.long, device=batch.input_ids.device)
-    grads, _ = group_gradients(model, phi, batch, group, 1, create_graph)
+    grads, _ = group_gradients(model, phi, batch, group, 1, create_graph, precision)
     return {n: g[0] for n, g in grads.items()}
 
 
-def per_passage_gradients(model: nn.Module, phi: Weights, batch: TokenBatch) -> tuple[Weights, torch.Tensor]:
+def per_passage_gradients(model: nn.Module, phi: Weights, batch: TokenBatch,
+                          precision: str = "no") -> tuple[Weights, torch.Tensor]:
     """``g_d`` for every row (equation 1) from one batched pass: ``{name: [rows, *shape]}`` and the losses."""
     rows = torch.arange(len(batch), device=batch.input_ids.device)
-    return group_gradients(model, phi, batch, rows, len(batch), create_graph=False)
+    return group_gradients(model, phi, batch, rows, len(batch), create_graph=False, precision=precision)
 
 
 # --- step sizes and the update ----------------------------------------------------------------------------
@@ -178,34 +182,51 @@ def apply_update(phi: Weights, grads: Weights, alpha: StepSizes, gamma: float = 
 
 @dataclass
 class TaskBatch:
-    """Several tasks: their passages (rows grouped by task) and their QA examples (one row per task)."""
+    """Several tasks: their passages (rows grouped by task) and their QA examples (one row per task).
+
+    ``truncated_prompts``: how many passages of the QA prompts were shortened to fit ``max_prompt_len``.
+    """
     passages: TokenBatch
     task_of_passage: torch.Tensor
     qa: TokenBatch
+    truncated_prompts: int = 0
 
     def to(self, device) -> "TaskBatch":
-        return TaskBatch(self.passages.to(device), self.task_of_passage.to(device), self.qa.to(device))
+        return TaskBatch(self.passages.to(device), self.task_of_passage.to(device), self.qa.to(device),
+                         self.truncated_prompts)
 
     def __len__(self) -> int:
         return len(self.qa)
 
 
 def adapted_weights(model: nn.Module, phi: Weights, alpha: StepSizes, tasks: TaskBatch, *, gamma: float = 1.0,
-                    create_graph: bool = False) -> Weights:
+                    create_graph: bool = False, precision: str = "no") -> Weights:
     """Every task's ``phi'_q = phi - gamma * alpha ⊙ Σ_{d in D_q} g_d``, as per-row tensors ``[tasks, ...]``."""
-    grads, _ = group_gradients(model, phi, tasks.passages, tasks.task_of_passage, len(tasks), create_graph)
+    grads, _ = group_gradients(model, phi, tasks.passages, tasks.task_of_passage, len(tasks), create_graph,
+                               precision)
     if not create_graph:
         grads = {n: g.detach() for n, g in grads.items()}
     return apply_update(phi, grads, alpha, gamma)
 
 
 def meta_losses(model: nn.Module, phi: Weights, alpha: StepSizes, tasks: TaskBatch, *,
-                first_order: bool = False) -> torch.Tensor:
+                first_order: bool = False, precision: str = "no") -> torch.Tensor:
     """Per-task outer loss at the adapted weights (equation 3); differentiable w.r.t. ``phi`` and ``alpha``.
 
     Second order by default: the inner gradients keep their graph, so the meta-gradient flows through them.
+    Forward passes run under ``precision``'s autocast, gradients outside it.
     """
     with double_backward_attention(enabled=not first_order):
-        adapted = adapted_weights(model, phi, alpha, tasks, create_graph=not first_order)
-        with lora.use(model, adapted):
+        adapted = adapted_weights(model, phi, alpha, tasks, create_graph=not first_order, precision=precision)
+        with lora.use(model, adapted), autocast(tasks.qa.input_ids.device, precision):
             return token_losses(model, tasks.qa)
+
+
+def passage_losses(model: nn.Module, phi: Weights, tasks: TaskBatch, *, precision: str = "no") -> torch.Tensor:
+    """Per-task mean LM loss of its passages at the unadapted ``phi`` (the ``outer_loss = false`` ablation of
+    method.md equation 3, as the public code's: no inner step, ``alpha`` untouched)."""
+    with lora.use(model, phi), autocast(tasks.passages.input_ids.device, precision):
+        losses = token_losses(model, tasks.passages)
+    group = tasks.task_of_passage
+    total = torch.zeros(len(tasks), dtype=losses.dtype, device=losses.device).index_add(0, group, losses)
+    return total / torch.bincount(group, minlength=len(tasks)).to(losses.dtype)

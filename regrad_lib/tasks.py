@@ -48,18 +48,25 @@ def from_record(record: dict, topk: int, where: str = "record") -> Task:
                 passage_ids=tuple(str(i) for i in record["passage_ids"][:topk]))
 
 
-def passage_batch(tokenizer, passages: Sequence[tuple[str, str]], max_len: int) -> TokenBatch:
-    """Passages as one right-padded LM batch (equation 1's inputs)."""
-    return collate([prompts.passage_example(tokenizer, t, x, max_len) for t, x in passages], tokenizer.pad_token_id)
+def passage_batch(tokenizer, passages: Sequence[tuple[str, str]], max_len: int,
+                  passage_format: str = "text") -> TokenBatch:
+    """Passages as one right-padded LM batch (equation 1's inputs), each after the document start token."""
+    start = prompts.document_start(tokenizer)
+    return collate([prompts.passage_example(tokenizer, t, x, max_len, passage_format, start) for t, x in passages],
+                   tokenizer.pad_token_id)
 
 
-def qa_batch(tokenizer, tasks: Sequence[Task], cfg: LearnerConfig, *, with_context: bool | None = None,
-             full_text_loss: bool = False) -> TokenBatch:
-    """Prompt + first gold answer per task; loss on the answer tokens only (unless ``full_text_loss``)."""
+def qa_examples(tokenizer, tasks: Sequence[Task], cfg: LearnerConfig, *,
+                with_context: bool | None = None) -> list[prompts.Example]:
+    """Prompt + first gold answer per task; loss on the answer tokens only (``L_ans``)."""
     with_context = (not cfg.blind_context) if with_context is None else with_context
-    examples = [prompts.qa_example(tokenizer, t.question, t.answer, t.passages if with_context else None,
-                                   cfg.max_prompt_len, full_text_loss) for t in tasks]
-    return collate(examples, tokenizer.pad_token_id)
+    return [prompts.qa_example(tokenizer, t.question, t.answer, t.passages if with_context else None, cfg)
+            for t in tasks]
+
+
+def qa_batch(tokenizer, tasks: Sequence[Task], cfg: LearnerConfig, *, with_context: bool | None = None) -> TokenBatch:
+    """:func:`qa_examples` as one right-padded batch."""
+    return collate(qa_examples(tokenizer, tasks, cfg, with_context=with_context), tokenizer.pad_token_id)
 
 
 def task_batch(tokenizer, tasks: Sequence[Task], cfg: LearnerConfig, *, passage_len: int | None = None,
@@ -69,9 +76,9 @@ def task_batch(tokenizer, tasks: Sequence[Task], cfg: LearnerConfig, *, passage_
     if not passages:
         raise ValueError("these tasks have no passages: ReGrad needs the retrieved passages of each question")
     group = torch.tensor([i for i, t in enumerate(tasks) for _ in t.passages], dtype=torch.long)
-    return TaskBatch(passage_batch(tokenizer, passages, passage_len or cfg.max_context_len), group,
-                     qa_batch(tokenizer, tasks, cfg, with_context=with_context,
-                              full_text_loss=not cfg.outer_loss))
+    qa = qa_examples(tokenizer, tasks, cfg, with_context=with_context)
+    return TaskBatch(passage_batch(tokenizer, passages, passage_len or cfg.max_context_len, cfg.passage_format),
+                     group, collate(qa, tokenizer.pad_token_id), sum(e.truncated for e in qa))
 
 
 def load(dataset: str, name: str, topk: int, start: int = 0, end: int | None = None) -> list[Task]:

@@ -97,12 +97,13 @@ def describe(tasks: Sequence[Task], limit: int = 8) -> str:
 
 # --- schedule ----------------------------------------------------------------------------------------------
 
-def learning_rate(step: int, args: config.TrainArgs, total_steps: int) -> float:
+def learning_rate(step: int, args: config.TrainArgs, total_steps: int, base: float | None = None) -> float:
     """The lr of optimizer step ``step`` (0-based), as torch's SequentialLR of the public code computes it:
     LinearLR from ``warmup_start_factor`` over ``int(warmup_ratio * total_steps)`` steps, then a linear decay
-    to 0 or a cosine decay to ``eta_min`` over the remaining steps."""
+    to 0 or a cosine decay to ``eta_min`` over the remaining steps. ``base``: the peak lr (default
+    ``learning_rate``; the step sizes' group passes ``alpha_learning_rate``)."""
     warmup = int(args.warmup_ratio * total_steps)
-    base = args.learning_rate
+    base = args.learning_rate if base is None else base
     if step < warmup:
         return base * (args.warmup_start_factor + (1.0 - args.warmup_start_factor) * step / warmup)
     progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
@@ -129,28 +130,47 @@ def _finite(x: float | None) -> float | None:
 
 def chunk_losses(learner: Learner, tb: regrad.TaskBatch) -> torch.Tensor:
     """Per-task meta losses of one chunk (one batched forward of every passage and QA row; equation 3)."""
-    with learner.autocast():
-        return regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb,
-                                  first_order=learner.preset.learner.first_order)
+    cfg = learner.preset.learner
+    if not cfg.outer_loss:          # the ablation: plain passage LM loss at phi, no inner step
+        return regrad.passage_losses(learner.model, learner.phi, tb, precision=learner.precision)
+    return regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb, first_order=cfg.first_order,
+                              precision=learner.precision)
+
+
+def make_optimizer(learner: Learner) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
+    """AdamW over two groups: the LoRA weights phi (``learning_rate``) and the learned step sizes alpha
+    (``alpha_learning_rate``, default the same); returns it and the list of all its parameters (for clipping)."""
+    args = learner.preset.train
+    phi = list(learner.phi.values())
+    alpha = [p for p in learner.alpha.parameters() if p.requires_grad]
+    groups = [{"params": phi, "name": "phi"}] + ([{"params": alpha, "name": "alpha"}] if alpha else [])
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  eps=args.adam_epsilon, weight_decay=args.weight_decay)
+    return optimizer, phi + alpha
+
+
+def group_rates(step: int, args: config.TrainArgs, total_steps: int) -> dict[str, float]:
+    """The lr of each parameter group at ``step``: the same schedule, each group from its own peak."""
+    alpha_base = args.learning_rate if args.alpha_learning_rate is None else args.alpha_learning_rate
+    return {"phi": learning_rate(step, args, total_steps), "alpha": learning_rate(step, args, total_steps, alpha_base)}
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], max_grad_norm: float,
-                   lr: float) -> float:
-    """Clip the accumulated gradient over phi + alpha and step at ``lr``; returns the norm before clipping.
-
-    A non-finite norm is returned without stepping (the weights stay as they were).
-    """
+                   lr: float | dict[str, float]) -> float:
+    """Clip the accumulated gradient over phi + alpha and step at ``lr`` (one value, or one per group name);
+    returns the norm before clipping. A non-finite norm is returned without stepping (the weights stay)."""
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
     if math.isfinite(grad_norm):
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr[group.get("name", "phi")] if isinstance(lr, dict) else lr
         optimizer.step()
     return grad_norm
 
 
 def meta_step(learner: Learner, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], batch: list[Task],
-              lr: float) -> tuple[float, float, str | None]:
-    """One optimizer step over ``batch``: (mean meta loss, grad norm before clipping, None or what was non-finite).
+              lr: float | dict[str, float]) -> tuple[float, float, str | None, int]:
+    """One optimizer step over ``batch``: (mean meta loss, grad norm before clipping, None or what was non-finite,
+    passages cut from the batch's prompts to fit ``max_prompt_len``).
 
     The batch is computed in chunks of ``tasks_per_forward`` tasks (one batched forward/backward each, gradients
     accumulated; the step's loss is the mean over its tasks); a non-finite loss or gradient leaves the weights
@@ -158,20 +178,21 @@ def meta_step(learner: Learner, optimizer: torch.optim.Optimizer, params: list[t
     """
     args = learner.preset.train
     optimizer.zero_grad(set_to_none=True)
-    total = 0.0
+    total, truncated = 0.0, 0
     for chunk in _chunks(batch, args.tasks_per_forward):
-        losses = chunk_losses(learner, tasks_mod.task_batch(learner.tokenizer, chunk, learner.preset.learner)
-                              .to(learner.device))
+        tb = tasks_mod.task_batch(learner.tokenizer, chunk, learner.preset.learner)
+        truncated += tb.truncated_prompts
+        losses = chunk_losses(learner, tb.to(learner.device))
         values = losses.detach().float().cpu().tolist()
         bad = [t for t, v in zip(chunk, values) if not math.isfinite(v)]
         if bad:
-            return math.nan, math.nan, f"meta loss of {describe(bad)}"
+            return math.nan, math.nan, f"meta loss of {describe(bad)}", truncated
         (losses.sum() / len(batch)).backward()
         total += sum(values)
     grad_norm = optimizer_step(optimizer, params, args.max_grad_norm, lr)
     if not math.isfinite(grad_norm):
-        return total / len(batch), grad_norm, f"gradient (norm {grad_norm}) of the batch {describe(batch)}"
-    return total / len(batch), grad_norm, None
+        return total / len(batch), grad_norm, f"gradient (norm {grad_norm}) of the batch {describe(batch)}", truncated
+    return total / len(batch), grad_norm, None, truncated
 
 
 def evaluate(learner: Learner, validation: list[Task], generate: bool = True) -> dict:
@@ -180,9 +201,9 @@ def evaluate(learner: Learner, validation: list[Task], generate: bool = True) ->
     losses = []
     for chunk in _chunks(validation, learner.preset.train.tasks_per_forward):
         tb = tasks_mod.task_batch(learner.tokenizer, chunk, learner.preset.learner).to(learner.device)
-        with torch.no_grad(), learner.autocast():  # the inner gradient still runs (enable_grad inside)
-            losses += regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb,
-                                         first_order=True).float().cpu().tolist()
+        with torch.no_grad():  # the inner gradient still runs (enable_grad inside)
+            losses += regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb, first_order=True,
+                                         precision=learner.precision).float().cpu().tolist()
     out = {"eval_loss": _finite(sum(losses) / len(losses)), "eval_em": None, "eval_f1": None, "n": len(validation)}
     if generate:
         from .evaluate import predict_online  # evaluate imports the learner stack; keep train importable alone
@@ -320,9 +341,7 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     learner = Learner.create(preset, device)
-    params = [*learner.phi.values(), *(p for p in learner.alpha.parameters() if p.requires_grad)]
-    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  eps=args.adam_epsilon, weight_decay=args.weight_decay)
+    optimizer, params = make_optimizer(learner)
     n_steps, per_epoch = total_steps(len(data.train), args)
     log_path = folder / LOG
 
@@ -339,7 +358,8 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
         artifacts.write_json(folder / REQUEST, request)
         artifacts.write_provenance(folder, preset.to_dict())
         log_path.write_text("", encoding="utf-8")
-        state = {"step": 0, "tasks_seen": 0, "skipped_nonfinite": 0, "elapsed_s": 0.0, "best": None,
+        state = {"step": 0, "tasks_seen": 0, "skipped_nonfinite": 0, "truncated_prompts": 0, "elapsed_s": 0.0,
+                 "best": None,
                  "order_epoch": None, "order": [], "data_fingerprint": data.fingerprint(), "total_steps": n_steps}
     if args.validation_size == 0:
         log.warning("validation_size=0: no validation slice, the final weights are kept as %s", META_STATE)
@@ -377,8 +397,9 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
                 state["order"], state["order_epoch"] = epoch_order(len(data.train), args.seed, epoch), epoch
             index = state["order"][position * args.meta_batch_size:(position + 1) * args.meta_batch_size]
             batch = [data.train[i] for i in index]
-            lr = learning_rate(step, args, n_steps)
-            loss, grad_norm, problem = meta_step(learner, optimizer, params, batch, lr)
+            rates = group_rates(step, args, n_steps)
+            loss, grad_norm, problem, truncated = meta_step(learner, optimizer, params, batch, rates)
+            state["truncated_prompts"] = state.get("truncated_prompts", 0) + truncated
             if problem is not None:
                 message = f"step {step + 1}: non-finite {problem}"
                 if args.on_nonfinite == "error":
@@ -394,11 +415,11 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
             if problem is not None or state["step"] % args.logging_steps == 0 or state["step"] == n_steps:
                 _append(log_path, {
                     "kind": "train", "step": state["step"], "loss": _finite(loss) if problem is None else None,
-                    "lr": lr, "grad_norm": _finite(grad_norm), "tasks_seen": state["tasks_seen"],
+                    "lr": rates["phi"], "alpha_lr": rates["alpha"], "grad_norm": _finite(grad_norm), "tasks_seen": state["tasks_seen"],
                     "epoch": round(state["step"] / per_epoch, 4),
                     "alpha": {n: float(v) for n, v in learner.alpha.tensors().items()},
                     "skipped": problem is not None, "skipped_nonfinite": state["skipped_nonfinite"],
-                    "elapsed_s": elapsed()})
+                    "truncated_prompts": state["truncated_prompts"], "elapsed_s": elapsed()})
             if data.validation and (state["step"] % args.eval_steps == 0 or state["step"] == n_steps):
                 run_eval(state["step"])
             if state["step"] % args.save_steps == 0 or state["step"] == n_steps:
@@ -428,5 +449,6 @@ def _summary(run, preset, train_datasets, train_file, data, state, rows, wall) -
             "last_loss": train_rows[-1]["loss"] if train_rows else None,
             "first_eval": evals[0] if evals else None, "last_eval": evals[-1] if evals else None,
             "best_eval": state["best"], "metric_for_best_model": preset.train.metric_for_best_model,
-            "skipped_nonfinite": state["skipped_nonfinite"], "wall_s": wall,
+            "skipped_nonfinite": state["skipped_nonfinite"], "truncated_prompts": state.get("truncated_prompts", 0),
+            "wall_s": wall,
             "tasks_per_s": round(state["tasks_seen"] / wall, 4) if wall else None}

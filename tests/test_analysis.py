@@ -1,4 +1,4 @@
-"""analysis: readers, score table, paired answer-NLL differences (hand-computed), training log, alpha, bank sizes."""
+"""analysis: readers, score table, training log, alpha, bank sizes (paired effects: test_effects.py)."""
 
 import json
 import math
@@ -135,42 +135,6 @@ def test_missing_sweeps_is_a_note(run):
     assert analysis.sweep(got, "gamma") is got
 
 
-def test_paired_differences_hand_computed(run):
-    d = analysis.paired_nll_differences(run, "popqa", "regrad", "shift")
-    # matched q1..q3: diffs -0.5, +0.5, -1.0 -> mean -1/3; sample var = ((-1/6)^2+(5/6)^2+(-2/3)^2)/2 = 7/12
-    assert d.n == 3 and d.n_lower == 2
-    assert d.mean == pytest.approx(-1 / 3)
-    assert d.se == pytest.approx(math.sqrt(7 / 12 / 3))
-    assert d.share_lower == pytest.approx(2 / 3)
-    e = analysis.paired_nll_differences(run, "popqa", "regrad", "no_update")
-    # diffs 0, -0.5, -0.5, -1.0 -> mean -0.5; var = (0.25+0+0+0.25)/3 = 1/6; a tie (0) is not "lower"
-    assert (e.n, e.n_lower) == (4, 3)
-    assert e.mean == pytest.approx(-0.5) and e.se == pytest.approx(math.sqrt(1 / 6 / 4))
-    assert "lower on 3 of 4 (75%)" in str(e)
-
-
-def test_paired_difference_edge_cases():
-    one = analysis.paired_difference({"a": 1.0}, {"a": 2.0})
-    assert one.n == 1 and one.mean == -1.0 and math.isnan(one.se)
-    nan = analysis.paired_difference({"a": 1.0, "b": math.nan}, {"a": 2.0, "b": 1.0})
-    assert nan.n == 1
-    with pytest.raises(ValueError, match="share no test_id"):
-        analysis.paired_difference({"a": 1.0}, {"b": 1.0}, "popqa", "regrad", "shift")
-
-
-def test_paired_table_skips_missing_and_checks_rows(run):
-    table = analysis.paired_table(run, ["popqa", "hotpotqa", "nq"])
-    assert [(d.dataset, d.method_b) for d in table] == [("popqa", "shift"), ("popqa", "no_update"),
-                                                        ("hotpotqa", "shift"), ("hotpotqa", "no_update")]
-    assert isinstance(analysis.paired_table(run, ["nq"]), analysis.Missing)
-    write_jsonl(analysis.predictions_file(run, "popqa", "shift"), [{"test_id": "q1", "answer_nll": 1.0}] * 2)
-    with pytest.raises(ValueError, match="duplicate test_id 'q1'"):
-        analysis.paired_nll_differences(run, "popqa")
-    write_text(analysis.predictions_file(run, "popqa", "shift"), '{"test_id": "q1"}\n')
-    with pytest.raises(ValueError, match="shift.predictions.jsonl row 1: lacks"):
-        analysis.paired_nll_differences(run, "popqa")
-
-
 def test_training_log_and_alpha(run):
     rows = analysis.read_training_log(run)
     assert len(rows) == 7 and sum(r["kind"] == "eval" for r in rows) == 2
@@ -198,11 +162,7 @@ def test_bank_sizes(run):
     assert isinstance(missing, analysis.Missing) and "offline/5/r" in missing.message
 
 
-def test_paired_table_markdown_and_config(run):
-    table = analysis.paired_table(run, ["popqa"])
-    assert len(table) == 2 and table[1].method_b == "no_update"
-    assert table.rows()[1] == ["popqa", "regrad − no_update", "-0.5", "0.2041", "3 (75%)", "4"]
-    assert table.to_markdown().splitlines()[0].startswith("| dataset | difference |")
+def test_analyze_config(run):
     cfg = analysis.AnalyzeConfig(run="demo", datasets=["popqa"], topk=3, split="dev")
     assert cfg.datasets == ("popqa",)
     for bad in ({"datasets": "popqa"}, {"datasets": []}, {"topk": 0}, {"topk": True}, {"run": ""}):

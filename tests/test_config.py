@@ -19,6 +19,15 @@ def test_public_1b_defaults():
     assert (p.train.learning_rate, p.train.meta_batch_size, p.train.max_grad_norm) == (4e-4, 16, 0.5)
     assert (p.train.warmup_ratio, p.train.warmup_start_factor, p.train.seed) == (0.1, 0.01, 42)
     assert p.generation.max_new_tokens == 20 and p.learner.max_context_len == 1536
+    # prompts comparable with the public code: the passage text alone, the instruction-only frame
+    assert (p.learner.passage_format, p.learner.prompt_style, p.learner.chat_date) == ("text", "instruct",
+                                                                                       "26 Jul 2024")
+
+
+def test_the_run_configs_record_the_prompt_settings(tmp_path):
+    config.load_preset("tiny").save(tmp_path)
+    saved = json.loads((tmp_path / "learner_config.json").read_text())
+    assert {"passage_format", "prompt_style", "chat_date"} <= set(saved)
 
 
 def _write(folder, **changes):
@@ -41,6 +50,10 @@ def test_unknown_key_names_file_and_key(tmp_path):
 @pytest.mark.parametrize("filename,diff,pattern", [
     ("learner_config.json", {"alpha_mode": "tied"}, "alpha_mode"),
     ("train_args.json", {"mixed_precision": "fp8"}, "mixed_precision"),
+    ("train_args.json", {"mixed_precision": "fp16"}, "fp16.*loss scaling"),
+    ("learner_config.json", {"passage_format": "title"}, "passage_format"),
+    ("learner_config.json", {"prompt_style": "fewshot"}, "prompt_style"),
+    ("learner_config.json", {"chat_date": " "}, "chat_date"),
     ("train_args.json", {"meta_batch_size": 0}, "meta_batch_size"),
     ("train_args.json", {"meta_batch_size": "16"}, "meta_batch_size"),
     ("peft_config.json", {"lora_dropout": 0.1}, "lora_dropout"),

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from regrad_lib import analysis, evaluate, frontier, plots
+from regrad_lib import analysis, effects, evaluate, frontier, plots
 from test_evaluate import DATASET, RUN, run  # noqa: F401  (the module fixture: a tiny run with fp32/int8/int4 banks)
 
 SCHEMES = ["fp32", "int8", "int4"]
@@ -30,7 +30,7 @@ def test_evaluate_schemes_writes_resumes_and_reads_back(run):  # noqa: F811
     assert [p.scheme for p in table] == SCHEMES                     # largest first
     assert points["fp32"].delta.mean == 0 and points["fp32"].mean_abs_delta == 0
     assert points["int4"].mean_abs_delta > points["int8"].mean_abs_delta > 0
-    effect = analysis.paired_nll_differences(RUN, DATASET, "regrad", "no_update")
+    effect = effects.paired_nll_differences(RUN, DATASET, "regrad", "no_update")
     assert points["int4"].delta.n == 5 and points["int4"].effect == effect
     assert points["int4"].ratio == pytest.approx(points["int4"].mean_abs_delta / abs(effect.mean))
     assert points["int8"].em == rows[1]["em"]

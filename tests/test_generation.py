@@ -1,11 +1,12 @@
 """Batched greedy decoding: equal to Hugging Face's one-prompt-at-a-time generate, token for token."""
 
 import copy
+import math
 
 import pytest
 import torch
 
-from regrad_lib import config, generation, lora, prompts
+from regrad_lib import config, generation, lora, prompts, regrad
 
 QUESTIONS = ["What is the capital of France?", "Who wrote it?",
              "Where is the Nile river, the longest river of Africa, located today?", "Kyoto?"]
@@ -97,3 +98,21 @@ def test_per_row_weights_must_match_prompts(setup):
     with pytest.raises(ValueError, match="per-row LoRA weights for 4 rows, but 2 prompts"):
         generation.greedy(model, tok, prompt_ids[:2], max_new_tokens=2, weights=per_row)
     assert generation.greedy(model, tok, [], max_new_tokens=2) == []
+
+
+def test_answer_nll_from_the_prefill_cache_equals_a_full_forward_and_leaves_decoding_alone(setup):
+    """generate(score_ids=...) scores the gold answer on the prompt's KV cache (left padding, per-row LoRA):
+    the same NLL as one unpadded forward of prompt + answer, and the same tokens as without scoring."""
+    model, tok, _, per_row, prompt_ids = setup
+    answers = ["Paris", "Someone famous", "Egypt", "Japan, an island country"]
+    gold = [prompts.answer_ids(tok, a) for a in answers]
+    scored = generation.generate(model, tok, prompt_ids, max_new_tokens=MAX_NEW, weights=per_row, score_ids=gold)
+    plain = generation.generate(model, tok, prompt_ids, max_new_tokens=MAX_NEW, weights=per_row)
+    assert [g.token_ids for g in scored] == [g.token_ids for g in plain]
+    for i, (prompt, target) in enumerate(zip(prompt_ids, gold)):
+        example = prompts.Example(prompt + target, [prompts.IGNORE] * len(prompt) + target)
+        batch = regrad.collate([example], tok.pad_token_id)
+        with torch.no_grad(), lora.use(model, {n: w[i] for n, w in per_row.items()}):
+            want = regrad.token_losses(model, batch).item()
+        assert scored[i].answer_nll == pytest.approx(want, rel=1e-9)
+    assert all(math.isnan(g.answer_nll) for g in plain)

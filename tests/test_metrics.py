@@ -63,8 +63,12 @@ def test_yes_no_noanswer_rule(pred, gold, f1):
     assert s["f1"] == f1 and s["precision"] == f1 and s["recall"] == f1
 
 
-def test_empty_normalisations_match():
-    assert score("The", ["a"])["f1"] == 1.0
+def test_public_evaluate_rules_for_a_bare_a_and_empty_answers():
+    """As the public evaluate.py: a bare "a" keeps its article; two empty normalisations: EM 1, F1 0."""
+    assert normalize_answer("A") == "a" and normalize_answer("A.") == "a" and normalize_answer(" a ") == ""
+    assert normalize_answer("Vitamin A") == "vitamin"      # an article inside longer text still goes
+    assert score("A", ["a"]) == {"em": 1.0, "f1": 1.0, "precision": 1.0, "recall": 1.0}
+    assert score("The", ["an"]) == {"em": 1.0, "f1": 0.0, "precision": 0.0, "recall": 0.0}
     assert score("", ["Paris"])["f1"] == 0.0
 
 

@@ -62,3 +62,21 @@ def test_main_reports_failure_with_exit_code(fake_notebooks, caplog):
     assert pipeline.main(["--run", "r2", "--steps", "01", "-p", "value", "7", "--out", str(fake_notebooks / "o")]) == 0
     assert pipeline.main(["--run", "r2", "--steps", "02", "--out", str(fake_notebooks / "o")]) == 1
     assert "02_fail failed" in caplog.text
+
+
+def test_seeds_run_index_and_augment_once_then_each_seed_then_an_analysis_across_them(monkeypatch):
+    calls = []
+    monkeypatch.setattr(pipeline, "run", lambda name, shared, steps, *a, **k: calls.append((name, shared, steps))
+                        or [steps])
+    pipeline.run_seeds("demo", {"limit": 3}, [1, 2, 3])
+    assert calls == [("demo", {"limit": 3}, "01,02"),
+                     ("demo-s1", {"limit": 3, "seed": 1}, "03,04,05,06"),
+                     ("demo-s2", {"limit": 3, "seed": 2}, "03,04,05,06"),
+                     ("demo-s3", {"limit": 3, "seed": 3}, "03,04,05,06"),
+                     ("demo", {"limit": 3, "run": "demo-s1", "seed_runs": ["demo-s2", "demo-s3"]}, "06")]
+    calls.clear()
+    pipeline.run_seeds("demo", {}, [1, 2], steps="05-06")
+    assert calls == [("demo-s1", {}, "05,06"), ("demo-s2", {}, "05,06"),
+                     ("demo", {"run": "demo-s1", "seed_runs": ["demo-s2"]}, "06")]
+    with pytest.raises(ValueError, match="at least two different seeds"):
+        pipeline.run_seeds("demo", {}, [1, 1])

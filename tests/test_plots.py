@@ -5,7 +5,7 @@ import math
 import pytest
 from matplotlib.figure import Figure
 
-from regrad_lib import analysis, plots
+from regrad_lib import analysis, effects, plots
 from test_analysis import write_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -96,7 +96,7 @@ def test_bank_bytes(run):
 
 
 def test_paired_differences_figure(run):
-    diffs = analysis.paired_table(run, ["popqa", "hotpotqa"])
+    diffs = effects.effect_table(run, ["popqa", "hotpotqa"])
     fig = plots.paired_differences(diffs)
     ax = fig.axes[0]
     assert len(ax.patches) == 4
@@ -138,3 +138,33 @@ def test_training_curves_tolerate_null_values():
     assert list(fig.axes[0].lines[0].get_xdata()) == [2]
     assert len(fig.axes) == 2  # no F1 axis: every eval_f1 is null
     assert math.isnan(fig.axes[1].lines[0].get_ydata()[0])
+
+
+def test_sweep_shows_f1_and_nll(run):
+    fig = plots.gamma_sweep(analysis.sweep(analysis.read_sweeps(run), "gamma", topk=3))
+    left, right = fig.axes[:2]
+    assert list(right.lines[1].get_ydata()) == [3.0, 2.9, 3.5]        # popqa's NLL at gamma 0.5, 1, 2
+    assert "NLL" in right.get_title() and "F1" in left.get_title()
+
+
+def test_alpha_over_steps_groups_modules_across_layers(run):
+    rows = analysis.read_training_log(run)
+    fig = plots.alpha_over_steps(rows)
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.lines]
+    assert labels[:4] == ["gate.A (1 tensor)", "gate.B (1 tensor)", "q.A (1 tensor)", "q.B (1 tensor)"]
+    assert list(ax.lines[0].get_xdata()) == [1, 2, 3, 4, 5] and ax.get_yscale() == "log"
+    empty = plots.alpha_over_steps([{"kind": "eval", "step": 1}])
+    assert "no step sizes" in empty.axes[0].texts[0].get_text()
+
+
+def test_group_em_bars(tmp_path, monkeypatch):
+    from regrad_lib.effects import GroupTable
+
+    table = GroupTable(["city", "sport (held out)"], ["regrad", "shift"],
+                       {("city", "regrad"): (50.0, 2), ("city", "shift"): (0.0, 2),
+                        ("sport (held out)", "regrad"): (100.0, 1), ("sport (held out)", "shift"): (0.0, 1)})
+    fig = plots.group_em(table)
+    ax = fig.axes[0]
+    assert sorted(p.get_height() for p in ax.patches) == [0.0, 0.0, 50.0, 100.0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["city", "sport (held out)"]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from regrad_lib import artifacts, checkpoint, config, paths, regrad, train
+from regrad_lib import tasks as regrad_tasks
 from regrad_lib.learner import META_STATE, Learner
 
 CITIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Egypt", "Cairo"), ("Peru", "Lima"),
@@ -166,8 +167,8 @@ def _poison(monkeypatch, bad_steps, where="loss"):
     """Make the training meta loss (or its gradient) non-finite on the given 1-based training calls."""
     original, calls = regrad.meta_losses, {"n": 0}
 
-    def wrapped(model, phi, alpha, tasks, *, first_order=False):
-        losses = original(model, phi, alpha, tasks, first_order=first_order)
+    def wrapped(model, phi, alpha, tasks, *, first_order=False, precision="no"):
+        losses = original(model, phi, alpha, tasks, first_order=first_order, precision=precision)
         if first_order:  # the validation pass
             return losses
         calls["n"] += 1
@@ -213,6 +214,55 @@ def test_first_order_and_fixed_alpha_train(data):
     preset = _preset(max_steps=1, validation_size=0).replace(learner={"first_order": True, "alpha_mode": "fix"})
     summary = train.train("fixed", preset, data)
     assert summary["steps"] == 1 and math.isfinite(summary["last_loss"])
+
+
+def test_outer_loss_false_trains_the_passage_lm_loss_and_leaves_alpha(data):
+    preset = _preset(max_steps=2, validation_size=0).replace(learner={"outer_loss": False})
+    learner = Learner.create(preset)
+    batch = train.split_tasks(train.load_tasks(data, "train_all", 3), 0, 42).train
+    first = [batch[i] for i in train.epoch_order(len(batch), 42, 0)[:2]]
+    tb = regrad_tasks.task_batch(learner.tokenizer, first, preset.learner)
+    expected = float(regrad.passage_losses(learner.model, learner.phi, tb).mean().detach())
+    summary = train.train("plain_lm", preset, data)
+    assert summary["first_loss"] == pytest.approx(expected, rel=1e-6)
+    trained = Learner.from_run("plain_lm")
+    assert all(torch.equal(v, learner.alpha[n].detach()) for n, v in trained.alpha.tensors().items())  # never moved
+    assert any(not torch.equal(trained.phi[n], learner.phi[n]) for n in learner.phi)  # phi did
+
+
+def test_alpha_learning_rate_reaches_the_optimizer_and_moves_alpha_faster(data):
+    """alpha gets its own lr (same schedule); the default keeps the public setup (one lr for both)."""
+    preset = _preset(max_steps=2, validation_size=0, learning_rate=1e-3)
+    default, _ = train.make_optimizer(Learner.create(preset))
+    assert [g["name"] for g in default.param_groups] == ["phi", "alpha"]
+    rates = train.group_rates(1, preset.train, 2)
+    assert rates["alpha"] == rates["phi"]
+    fast = preset.replace(train={"alpha_learning_rate": 2e-2})
+    rates = train.group_rates(1, fast.train, 2)
+    assert rates["alpha"] == pytest.approx(20 * rates["phi"])
+    moved = {}
+    for name, p in (("slow", preset), ("fast", fast)):
+        train.train(f"alpha_{name}", p, data)
+        log = [r for r in train.read_log(f"alpha_{name}") if r["kind"] == "train"]
+        assert log[-1]["alpha_lr"] == pytest.approx(train.group_rates(1, p.train, 2)["alpha"])
+        moved[name] = max(abs(v - 1e-2) for v in log[-1]["alpha"].values())
+    assert moved["fast"] > 5 * moved["slow"] > 0
+    with pytest.raises(config.ConfigError, match="alpha_learning_rate"):
+        preset.replace(train={"alpha_learning_rate": -1.0})
+
+
+def test_cpu_precision_policy(monkeypatch):
+    """bf16 autocast for gradient work on a CPU only where bf16 is native; evaluation on a CPU always fp32."""
+    from regrad_lib import learner as learner_module
+
+    preset = _preset().replace(train={"mixed_precision": "bf16"})
+    fake = Learner(None, None, preset, {}, None, torch.device("cpu"))
+    monkeypatch.setattr(learner_module, "cpu_has_bf16", lambda: True)
+    assert (fake.precision, fake.eval_precision) == ("bf16", "no")
+    monkeypatch.setattr(learner_module, "cpu_has_bf16", lambda: False)
+    assert (fake.precision, fake.eval_precision) == ("no", "no")
+    fp32 = Learner(None, None, _preset(), {}, None, torch.device("cpu"))
+    assert fp32.precision == "no"
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])

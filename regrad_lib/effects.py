@@ -1,0 +1,359 @@
+"""Does ReGrad work? Paired effects of one method over another, with their uncertainty, for 06_analyze.
+
+Per dataset, questions matched by ``test_id`` in two methods' ``predictions.jsonl`` (05_evaluate):
+
+- answer NLL: the mean of ``nll_a - nll_b`` with its standard error (sample std / √n) and how often ``a`` is lower;
+- EM: both methods' EM, the paired difference and the exact McNemar test on the discordant questions (two-sided
+  binomial test of ``b`` "only a right" against ``c`` "only b right" with p = 1/2);
+- a verdict: one paragraph that says, from these numbers alone, where the retrieved gradients help.
+
+Across seeds (the same setting trained with several seeds, :func:`across_seeds`): mean and spread of each
+method's EM/F1 and of each paired NLL difference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from . import metrics, paths
+from .analysis import Missing, _Markdown, predictions_file, read_predictions, read_summary
+
+PAIRS = (("regrad", "shift"), ("regrad", "no_update"))
+ALPHA = 0.05          # significance level of the verdict
+CLEAR_SE = 2.0        # an NLL difference is "clear" beyond this many standard errors
+
+
+# --- paired answer-NLL differences -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Per-question ``nll_a - nll_b`` matched by test_id: mean, standard error (sample std / √n), share a lower."""
+
+    dataset: str
+    method_a: str
+    method_b: str
+    mean: float
+    se: float
+    share_lower: float
+    n_lower: int
+    n: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.method_a} − {self.method_b}"
+
+    @property
+    def z(self) -> float:
+        """The mean in standard errors (NaN for one question)."""
+        return self.mean / self.se if self.se and math.isfinite(self.se) else math.nan
+
+    def __str__(self) -> str:
+        return (f"{self.dataset}: {self.label} = {self.mean:+.4g} ± {self.se:.2g} nats, "
+                f"lower on {self.n_lower} of {self.n} ({100 * self.share_lower:.0f}%)")
+
+
+def _rows_by_id(run: str, dataset: str, method: str, field: str) -> dict[str, dict]:
+    path = predictions_file(run, dataset, method)
+    out: dict[str, dict] = {}
+    for i, r in enumerate(read_predictions(run, dataset, method), start=1):
+        if "test_id" not in r or field not in r:
+            raise ValueError(f"{paths.relative(path)} row {i}: lacks 'test_id' or {field!r} "
+                             f"(keys {sorted(r)}); re-run 05_evaluate")
+        tid = str(r["test_id"])
+        if tid in out:
+            raise ValueError(f"{paths.relative(path)} row {i}: duplicate test_id {tid!r}")
+        out[tid] = r
+    return out
+
+
+def _answer_nll(run: str, dataset: str, method: str) -> dict[str, float]:
+    rows = _rows_by_id(run, dataset, method, "answer_nll")
+    return {k: float(r["answer_nll"]) if isinstance(r["answer_nll"], (int, float)) else math.nan
+            for k, r in rows.items()}
+
+
+def paired_difference(nll_a: dict[str, float], nll_b: dict[str, float], dataset: str = "",
+                      method_a: str = "a", method_b: str = "b") -> PairedDifference:
+    """Paired statistics of ``nll_a[id] - nll_b[id]`` over the test_ids both have with finite values."""
+    import logging
+
+    diffs = [nll_a[k] - nll_b[k] for k in nll_a if k in nll_b and math.isfinite(nll_a[k]) and math.isfinite(nll_b[k])]
+    n = len(diffs)
+    if n == 0:
+        raise ValueError(f"{dataset}: {method_a} and {method_b} share no test_id with a finite answer_nll")
+    mean = sum(diffs) / n
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else math.nan
+    lower = sum(d < 0 for d in diffs)
+    unmatched = len(set(nll_a) ^ set(nll_b))
+    if unmatched:
+        logging.getLogger(__name__).warning("%s: %d test_id(s) appear in only one of %s / %s; compared %d",
+                                            dataset, unmatched, method_a, method_b, n)
+    return PairedDifference(dataset, method_a, method_b, mean, se, lower / n, lower, n)
+
+
+def paired_nll_differences(run: str, dataset: str, method_a: str = "regrad",
+                           method_b: str = "shift") -> PairedDifference:
+    """Mean, SE and share-lower of ``answer_nll[method_a] - answer_nll[method_b]`` per question of ``dataset``."""
+    return paired_difference(_answer_nll(run, dataset, method_a), _answer_nll(run, dataset, method_b),
+                             dataset, method_a, method_b)
+
+
+# --- paired EM and McNemar's exact test ---------------------------------------------------------------------
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: the binomial test of ``only_a`` successes in ``only_a + only_b`` trials
+    at p = 1/2 (doubled smaller tail, at most 1; 1 when there is no discordant pair)."""
+    if only_a < 0 or only_b < 0:
+        raise ValueError(f"discordant counts must be >= 0, got {only_a}, {only_b}")
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+@dataclass(frozen=True)
+class PairedEM:
+    """EM of two methods on the same questions: the difference (points) and McNemar's exact test."""
+
+    dataset: str
+    method_a: str
+    method_b: str
+    em_a: float
+    em_b: float
+    only_a: int          # questions a answers exactly and b does not
+    only_b: int
+    n: int
+
+    @property
+    def difference(self) -> float:
+        return self.em_a - self.em_b
+
+    @property
+    def p(self) -> float:
+        return mcnemar_exact(self.only_a, self.only_b)
+
+
+def paired_em(run: str, dataset: str, method_a: str = "regrad", method_b: str = "shift") -> PairedEM:
+    """Exact-match of ``method_a`` and ``method_b`` on the questions both answered, with McNemar's test."""
+    a = _rows_by_id(run, dataset, method_a, "prediction")
+    b = _rows_by_id(run, dataset, method_b, "prediction")
+    common = [k for k in a if k in b]
+    if not common:
+        raise ValueError(f"{dataset}: {method_a} and {method_b} share no test_id")
+    right_a = {k: metrics.score(a[k]["prediction"], a[k]["answers"])["em"] == 1.0 for k in common}
+    right_b = {k: metrics.score(b[k]["prediction"], b[k]["answers"])["em"] == 1.0 for k in common}
+    n = len(common)
+    return PairedEM(dataset, method_a, method_b, 100 * sum(right_a.values()) / n, 100 * sum(right_b.values()) / n,
+                    sum(right_a[k] and not right_b[k] for k in common),
+                    sum(right_b[k] and not right_a[k] for k in common), n)
+
+
+# --- the effects table and the verdict ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Effect:
+    """One (dataset, method_a − method_b): the paired NLL difference and the paired EM difference."""
+
+    nll: PairedDifference
+    em: PairedEM
+
+
+@dataclass
+class EffectTable(_Markdown):
+    """Every available (dataset, pair); iterable; shown inline as a markdown table."""
+
+    effects: list[Effect]
+
+    def __iter__(self):
+        return iter(self.effects)
+
+    def __len__(self) -> int:
+        return len(self.effects)
+
+    def header(self) -> list[str]:
+        return ["dataset", "difference", "Δ answer NLL (nats)", "SE", "a lower", "EM a", "EM b", "ΔEM",
+                "a only / b only", "McNemar p", "n"]
+
+    def rows(self) -> list[list[str]]:
+        return [[e.nll.dataset, e.nll.label, f"{e.nll.mean:+.4g}", f"{e.nll.se:.2g}",
+                 f"{e.nll.n_lower}/{e.nll.n}", f"{e.em.em_a:.1f}", f"{e.em.em_b:.1f}", f"{e.em.difference:+.1f}",
+                 f"{e.em.only_a} / {e.em.only_b}", _p(e.em.p), str(e.em.n)] for e in self.effects]
+
+
+def _p(p: float) -> str:
+    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def effect_table(run: str, datasets: Sequence[str], pairs: Sequence[tuple[str, str]] = PAIRS) -> EffectTable | Missing:
+    """:func:`paired_nll_differences` and :func:`paired_em` of every (dataset, pair) whose predictions exist."""
+    import logging
+
+    out, skipped = [], []
+    for dataset in datasets:
+        for a, b in pairs:
+            try:
+                out.append(Effect(paired_nll_differences(run, dataset, a, b), paired_em(run, dataset, a, b)))
+            except FileNotFoundError as e:
+                skipped.append(str(e).split(":")[0])
+                logging.getLogger(__name__).warning("paired %s − %s on %s skipped: %s", a, b, dataset, e)
+    if not out:
+        return Missing(f"no prediction files to pair ({', '.join(skipped[:3])}{' …' if len(skipped) > 3 else ''}); "
+                       f"05_evaluate writes them with the methods {sorted({m for p in pairs for m in p})}")
+    return EffectTable(out)
+
+
+def _nll_phrase(d: PairedDifference) -> str:
+    return f"{d.mean:+.3g} ± {d.se:.2g} nats (lower on {d.n_lower}/{d.n})"
+
+
+def verdict(table: EffectTable | Missing, reference: str = "shift") -> str:
+    """One paragraph, from the numbers alone: per dataset whether regrad beats ``reference`` (the mismatched
+    gradients of another question) in EM (McNemar p < 0.05) and in answer NLL (|mean| > 2 SE)."""
+    if isinstance(table, Missing):
+        return f"No verdict: {table.message}"
+    chosen = [e for e in table if e.nll.method_b == reference]
+    if not chosen:
+        return f"No verdict: no regrad − {reference} pair was evaluated."
+    strong, nll_only, none = [], [], []
+    for e in chosen:
+        clear = e.nll.mean < 0 and abs(e.nll.z) > CLEAR_SE
+        if e.em.difference > 0 and e.em.p < ALPHA and clear:
+            strong.append(f"{e.nll.dataset} (EM {e.em.em_a:.1f} vs {e.em.em_b:.1f}, McNemar p = {_p(e.em.p)}; "
+                          f"answer NLL {_nll_phrase(e.nll)})")
+        elif clear:
+            nll_only.append(f"{e.nll.dataset} ({_nll_phrase(e.nll)}; EM {e.em.em_a:.1f} vs {e.em.em_b:.1f}, "
+                            f"p = {_p(e.em.p)})")
+        else:
+            none.append(f"{e.nll.dataset} ({_nll_phrase(e.nll)}, EM {e.em.difference:+.1f})")
+    parts = []
+    if strong:
+        parts.append("The retrieved gradients carry the passages' knowledge into the answers on " + "; ".join(strong)
+                     + f": regrad beats {reference} (another question's gradients) in exact match and in the gold "
+                       "answer's likelihood.")
+    if nll_only:
+        parts.append("They raise the gold answer's likelihood clearly (beyond 2 SE) but do not change exact match "
+                     "significantly on " + "; ".join(nll_only) + ".")
+    if none:
+        parts.append(f"No clear effect over {reference} on " + "; ".join(none) + ".")
+    return " ".join(parts)
+
+
+# --- several seeds of one setting ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Spread:
+    """A statistic over seeds: mean, sample standard deviation, min, max, and the values."""
+
+    name: str
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / len(self.values)
+
+    @property
+    def sd(self) -> float:
+        n = len(self.values)
+        return math.sqrt(sum((v - self.mean) ** 2 for v in self.values) / (n - 1)) if n > 1 else math.nan
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4g} ± {self.sd:.2g} (min {min(self.values):.4g}, max {max(self.values):.4g})"
+
+
+@dataclass
+class SeedTable(_Markdown):
+    """Per (dataset, statistic): mean ± SD across the runs of several seeds."""
+
+    runs: list[str]
+    spreads: list[tuple[str, Spread]]     # (dataset, spread)
+
+    def header(self) -> list[str]:
+        return ["dataset", "statistic", f"mean ± SD over {len(self.runs)} seeds", "min", "max"]
+
+    def rows(self) -> list[list[str]]:
+        return [[d, s.name, f"{s.mean:.4g} ± {s.sd:.2g}", f"{min(s.values):.4g}", f"{max(s.values):.4g}"]
+                for d, s in self.spreads]
+
+
+def across_seeds(runs: Sequence[str], datasets: Sequence[str], methods: Sequence[str] = ("regrad", "shift", "no_update"),
+                 pairs: Sequence[tuple[str, str]] = PAIRS) -> SeedTable | Missing:
+    """EM and F1 of ``methods`` and the paired NLL differences of ``pairs``, across ``runs`` (one per seed)."""
+    if len(runs) < 2:
+        return Missing(f"runs={list(runs)}: give at least two runs of the same setting with different seeds")
+    spreads: list[tuple[str, Spread]] = []
+    try:
+        summaries = {run: {(s.dataset, s.method): s for s in read_summary(run, datasets)} for run in runs}
+        for dataset in datasets:
+            for method in methods:
+                for stat in ("em", "f1"):
+                    values = [getattr(summaries[r][(dataset, method)], stat) for r in runs
+                              if (dataset, method) in summaries[r]]
+                    if len(values) == len(runs):
+                        spreads.append((dataset, Spread(f"{method} {stat.upper()}", tuple(values))))
+            for a, b in pairs:
+                diffs = [paired_nll_differences(r, dataset, a, b).mean for r in runs]
+                spreads.append((dataset, Spread(f"{a} − {b} answer NLL", tuple(diffs))))
+    except FileNotFoundError as e:
+        return Missing(str(e))
+    return SeedTable(list(runs), spreads)
+
+
+# --- exact match per group of questions (the probe's relations) ------------------------------------------------
+
+@dataclass
+class GroupTable(_Markdown):
+    """EM of each method per group of questions (e.g. the probe's relations); ``cells[(group, method)]``."""
+
+    groups: list[str]
+    methods: list[str]
+    cells: dict[tuple[str, str], tuple[float, int]]      # (EM ×100, n)
+
+    def header(self) -> list[str]:
+        return ["group", "n", *(f"{m} EM" for m in self.methods)]
+
+    def rows(self) -> list[list[str]]:
+        return [[g, str(self.cells[(g, self.methods[0])][1]),
+                 *(f"{self.cells[(g, m)][0]:.1f}" if (g, m) in self.cells else "–" for m in self.methods)]
+                for g in self.groups]
+
+
+def em_by_group(run: str, dataset: str, methods: Sequence[str],
+                group_of: dict[str, str] | Missing) -> GroupTable | Missing:
+    """EM ×100 of every method on each group of questions; ``group_of[test_id]`` names a question's group."""
+    if isinstance(group_of, Missing):
+        return group_of
+    present, cells = [], {}
+    for method in methods:
+        try:
+            rows = _rows_by_id(run, dataset, method, "prediction")
+        except FileNotFoundError:
+            continue
+        present.append(method)
+        scores: dict[str, list[float]] = {}
+        for tid, r in rows.items():
+            if tid in group_of:
+                scores.setdefault(group_of[tid], []).append(metrics.score(r["prediction"], r["answers"])["em"])
+        cells.update({(g, method): (100 * sum(v) / len(v), len(v)) for g, v in scores.items()})
+    if not present:
+        return Missing(f"no predictions of {list(methods)} for {dataset} (05_evaluate writes them)")
+    groups = list(dict.fromkeys(group_of[k] for k in sorted(group_of, key=lambda k: int(k) if k.isdigit() else k)
+                                if any((group_of[k], m) in cells for m in present)))
+    return GroupTable(groups, present, cells)
+
+
+def probe_relations(run: str, datasets: Sequence[str], data_root: str = "data/sample",
+                    split: str = "dev") -> GroupTable | Missing:
+    """EM per relation of the knowledge-injection probe (the held-out relation shows transfer), every method."""
+    from . import probe
+    from .analysis import METHODS
+
+    if "probe" not in datasets:
+        return Missing("the probe was not among the evaluated datasets")
+    try:
+        groups = probe.relation_groups(f"{data_root}/probe", split)
+    except FileNotFoundError as e:
+        return Missing(str(e))
+    return em_by_group(run, "probe", METHODS, groups)
