@@ -37,7 +37,7 @@ def test_evaluate_schemes_writes_resumes_and_reads_back(run):  # noqa: F811
     assert table.to_markdown().splitlines()[0].startswith("| dataset | scheme | bytes/passage |")
     fig = plots.frontier(table)
     assert len(fig.axes) == 4 and fig.axes[0].get_xscale() == "log"
-    assert [t.get_text() for t in fig.axes[0].texts] == SCHEMES       # one label per scheme
+    assert [t.get_text() for t in fig.axes[0].texts] == SCHEMES[::-1]  # one label per scheme, smallest first
     assert list(fig.axes[2].lines[0].get_xdata()) == sorted(p.bytes_per_passage for p in table)
     assert len(fig.axes[1].lines) == 1 + 1                             # int8, int4 curve + the dashed target
 
