@@ -41,9 +41,10 @@ test: model
 	REGRAD_WORK=$(TEST_WORK)/chain $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 		$(TEST_WORK)/notebooks
 
+# JupyterLab refuses to start as root (common in containers) unless told it may.
 lab: model
 	$(BIN)/python -m ipykernel install --user --name regrad --display-name "regrad (.venv)"
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $$(test "$$(id -u)" = 0 && echo --allow-root)
 
 clean-artifacts:
 	rm -rf indexes data/augmented outputs offline results runs

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -156,6 +157,45 @@ class BankWriter:
         self.manifest["count"] += len(ids)
         artifacts.write_json(self.path / MANIFEST, self.manifest, indent=1)
         log.debug("wrote %s (%d rows)", name, len(ids))
+
+    def adopt(self, part: str | os.PathLike) -> int:
+        """List the shards of ``part`` (a bank of the same identity written by another process of a job) in this bank:
+        each file is hard-linked in (copied across filesystems) as ``<part name>-<file>``, then the manifest is
+        rewritten, once. Shards already listed are skipped, so a merge that was interrupted can be run again.
+        Shards describe themselves (ids, checksums, identity in the header), so an adopted one reads like any other.
+        Returns the rows added."""
+        from .bank import GradientBank
+
+        self.flush()
+        with GradientBank.open(part) as other:        # checked: structure, headers, identity below
+            diff = [k for k in IDENTITY if other.manifest[k] != self.manifest[k]]
+            if diff:
+                raise BankMismatchError(f"{paths.relative(other.path)} differs from {paths.relative(self.path)} in "
+                                        f"{diff}: pass overwrite=True (04_encode: overwrite = True) to rebuild it")
+            shards = other.manifest["shards"]
+        listed = {s["file"] for s in self.manifest["shards"]}
+        added = 0
+        for shard in shards:
+            name = f"{Path(part).name}-{shard['file']}"
+            if name in listed:
+                continue
+            twice = self._known.intersection(shard["ids"])
+            if twice:
+                raise BankError(f"passage ids {sorted(twice)[:5]} of {paths.relative(Path(part) / shard['file'])} are "
+                                f"already in {paths.relative(self.path)}: one entry per id")
+            with artifacts.atomic_path(self.path / name) as tmp:
+                tmp.unlink()
+                try:
+                    os.link(Path(part) / shard["file"], tmp)
+                except OSError:
+                    shutil.copyfile(Path(part) / shard["file"], tmp)
+            self.manifest["shards"].append({**shard, "file": name})
+            self.manifest["count"] += shard["rows"]
+            self._known.update(shard["ids"])
+            added += shard["rows"]
+        if added or not (self.path / MANIFEST).exists():
+            artifacts.write_json(self.path / MANIFEST, self.manifest, indent=1)
+        return added
 
     def flush(self) -> None:
         """Write whatever is buffered as one (smaller) shard and wait for the writes."""

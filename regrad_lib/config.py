@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -49,16 +50,17 @@ def _check_positive(obj: Any, *names: str, allow_zero: bool = False) -> None:
 
 @dataclass
 class PeftConfig:
-    """LoRA layout (peft's LoraConfig schema): where the fast weights phi live."""
+    """LoRA layout, a typed view of peft's ``LoraConfig`` (peft itself validates the file first): where the fast
+    weights phi live, with peft's meaning for every key (:func:`regrad_lib.lora.targeted`)."""
     r: int = 16
     lora_alpha: float = 32
     lora_dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
-    layers_to_transform: list[int] | None = None
-    layers_pattern: str | None = None
+    target_modules: list[str] | str = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
+    layers_to_transform: list[int] | int | None = None
+    layers_pattern: list[str] | str | None = None
     bias: Literal["none"] = "none"
     task_type: Literal["CAUSAL_LM"] = "CAUSAL_LM"
-    init_lora_weights: bool = True
+    init_lora_weights: bool | str = True     # True (A kaiming, B zero), False (both kaiming) or "gaussian"
 
     def __post_init__(self) -> None:
         _check_positive(self, "r", "lora_alpha")
@@ -66,12 +68,43 @@ class PeftConfig:
             raise ConfigError(f"PeftConfig.lora_dropout = {self.lora_dropout!r}: only 0.0 is supported "
                               "(the inner gradient step must be deterministic)")
         _check_literal(self, "bias", ("none",))
+        _check_literal(self, "task_type", ("CAUSAL_LM",))
         if not self.target_modules:
             raise ConfigError("PeftConfig.target_modules is empty; name at least one linear layer, e.g. 'up_proj'")
+        init = self.init_lora_weights
+        if not isinstance(init, bool) and str(init).lower() != "gaussian":
+            raise ConfigError(f"PeftConfig.init_lora_weights = {init!r} is not supported: regrad initialises LoRA "
+                              "without data and without changing the base weights; use true, false or 'gaussian'")
 
     @property
     def scaling(self) -> float:
         return self.lora_alpha / self.r
+
+
+def _validated_by_peft(data: dict, where: str) -> dict:
+    """peft's own ``LoraConfig`` checks a peft section first, so a key peft does not know or a value it rejects
+    fails as peft fails (its message, after the file name). Keys of ``LoraConfig`` that the typed view lacks are
+    accepted only at peft's default value (regrad then behaves as peft does) and dropped."""
+    from peft import LoraConfig
+
+    try:
+        LoraConfig(**data)
+    except (TypeError, ValueError) as e:
+        known = [f.name for f in fields(LoraConfig) if f.init]
+        bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        close = difflib.get_close_matches(bad.group(1), known, n=1) if bad else []
+        hint = f" Did you mean: {close[0]}?" if close else ""
+        raise ConfigError(f"{where}: peft's LoraConfig rejects it: {type(e).__name__}: {e}{hint}") from None
+    view = {f.name for f in fields(PeftConfig)}
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in fields(LoraConfig) if f.name not in view and
+                (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)}
+    for key, value in data.items():
+        if key not in view and value != defaults.get(key):
+            raise ConfigError(f"{where}: key '{key}' = {value!r} is a peft LoraConfig option that regrad does not "
+                              f"implement (plain LoRA, scaling lora_alpha / r); remove it or give peft's default "
+                              f"{defaults.get(key)!r}. Supported keys: {sorted(view)}")
+    return {k: v for k, v in data.items() if k in view}
 
 
 @dataclass
@@ -86,10 +119,11 @@ class LearnerConfig:
     max_context_len: int = 1536      # passage tokens in training
     bank_context_len: int = 2048     # passage tokens when building the bank
     max_prompt_len: int = 2048       # question (+ passages) tokens
-    gamma: float = 1.0               # inference-time scale; training always uses 1
+    gamma: float = 1.0               # inference-time scale (05_evaluate's default); training always uses 1
     passage_format: PassageFormat = "text"   # "text": the passage alone (public code); "title_text": "title: text"
     prompt_style: PromptStyle = "instruct"   # "example": + one worked question/answer in the chat (small models)
     chat_date: str = "26 Jul 2024"   # date_string given to chat templates that print a date (Llama 3.x's default)
+    init_adapter: str | None = None  # a PEFT LoRA adapter folder to start phi from (a warm start); None: fresh
 
     def __post_init__(self) -> None:
         _check_literal(self, "alpha_mode", get_args(AlphaMode))
@@ -151,15 +185,17 @@ class TrainArgs:
 
 @dataclass
 class GenerationConfig:
-    """Greedy decoding, stop at the first newline (method.md equation 4)."""
+    """Greedy decoding, stop at the first ``stop`` after the answer's first character (method.md equation 4)."""
     max_new_tokens: int = 20
     do_sample: Literal[False] = False
-    stop: str = "\n"
+    stop: str = "\n"                 # ends decoding and the extracted answer (the training label still ends in \n)
     batch_size: int = 16
 
     def __post_init__(self) -> None:
         if self.do_sample is not False:
             raise ConfigError("GenerationConfig.do_sample must be false: ReGrad decodes greedily")
+        if not self.stop:
+            raise ConfigError("GenerationConfig.stop is empty: give the string that ends an answer, e.g. \"\\n\"")
         _check_positive(self, "max_new_tokens", "batch_size")
 
 
@@ -169,6 +205,8 @@ _SECTIONS = {"peft": PeftConfig, "learner": LearnerConfig, "train": TrainArgs, "
 def _coerce(cls: type, data: Any, where: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    if cls is PeftConfig:
+        data = _validated_by_peft(data, where)
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     for key, value in data.items():
@@ -193,11 +231,16 @@ def _check_type(value: Any, hint: Any, where: str) -> None:
         for item in value:
             _check_type(item, args[0], where)
         return
-    if args and type(None) in args:  # Optional[...]
-        if value is None:
+    if args and origin not in (list, tuple):  # a union: X | Y | None
+        if value is None and type(None) in args:
             return
-        inner = [a for a in args if a is not type(None)]
-        return _check_type(value, inner[0], where)
+        for arm in (a for a in args if a is not type(None)):
+            try:
+                return _check_type(value, arm, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where} must be {' or '.join(getattr(a, '__name__', str(a)) for a in args)}, "
+                          f"got {value!r}")
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return
     if hint in (int, str, bool) and (type(value) is hint):

@@ -12,6 +12,8 @@ Formats (see ``data/sample/README.md`` and method.md "Data"):
 - ``probe``: the bundled knowledge-injection probe (:mod:`regrad_lib.probe`), generic ``<split>.json`` records.
 - generic: a ``.json``/``.jsonl`` of ``{question, answer: str | [str]}``. Every named loader also accepts
   its dataset in this form under its usual file name or as ``<split>.json``; the form is told per record.
+- any other name (``myqa``): the generic form at ``<data_dir>/<split>.json`` or ``.jsonl``, or the loader that
+  :func:`register` gave that name (a custom original format).
 
 Answer lists are de-duplicated in stable order and never empty. Every record is validated before anything
 is returned; a bad one raises :class:`DatasetFormatError` naming the file, the record (or line) and the field.
@@ -27,7 +29,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from . import paths
 
@@ -69,18 +71,68 @@ class DatasetFormatError(ValueError):
 
 def load(name: str, data_dir: str | os.PathLike, split: str, start: int = 0,
          end: int | None = None) -> list[QARecord]:
-    """Load ``split`` of dataset ``name`` from ``data_dir`` (repo-relative or absolute), sliced ``[start:end]``."""
-    loader = _LOADERS.get(name)
-    if loader is None:
-        close = difflib.get_close_matches(name.lower(), NAMES, n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(f"Unknown dataset {name!r}.{hint} Known: {', '.join(NAMES)}")
+    """Load ``split`` of dataset ``name`` from ``data_dir`` (repo-relative or absolute), sliced ``[start:end]``.
+
+    A name without a loader reads the generic ``<data_dir>/<split>.json[l]``; a near-miss of a known name
+    without such a file is taken for a typo (``Unknown dataset 'hotpot'. Did you mean: hotpotqa?``).
+    """
     folder = paths.resolve(data_dir)
+    loader = _LOADERS.get(name) or _custom.get(name) or _generic_loader(name, folder, split)
     records = loader(folder, split)
     out = records[start:end]
     log.info("loaded %d %s/%s records from %s (of %d in the split)", len(out), name, split,
              paths.relative(folder), len(records))
     return out
+
+
+def register(name: str, loader: Callable[[Path, str], Iterable[QARecord | dict]]) -> None:
+    """Register ``loader(folder, split)`` for dataset ``name``: a custom original format, read by 02_augment.
+
+    It returns :class:`QARecord` objects or ``{question, answer: str | [str]}`` dicts (validated like the
+    generic form, errors naming the folder, split, record and field). The four named loaders cannot be replaced;
+    registering a custom name again replaces its loader.
+    """
+    if name in _LOADERS:
+        raise ValueError(f"{name!r} is one of the named datasets {list(NAMES)}; register the custom loader under "
+                         "another name")
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"dataset name {name!r}: a folder name, e.g. 'myqa'")
+
+    def checked(folder: Path, split: str) -> list[QARecord]:
+        out = []
+        for i, rec in enumerate(loader(folder, split)):
+            out.append(rec if isinstance(rec, QARecord) else _generic(folder / f"{split} (loader {name!r})", i, rec))
+        return out
+
+    _custom[name] = checked
+
+
+def import_loaders(modules: Sequence[str]) -> list[str]:
+    """Import the named Python modules, each of which calls :func:`register` (02_augment's ``loaders``)."""
+    import importlib
+
+    if isinstance(modules, str):
+        modules = [modules]
+    for module in modules:
+        importlib.import_module(module)
+    return sorted(_custom)
+
+
+def _generic_loader(name: str, folder: Path, split: str) -> Callable[[Path, str], list[QARecord]]:
+    """The generic reader for a dataset without a loader, or the error: a typo of a known name, or no file."""
+    files = [folder / f"{split}.json", folder / f"{split}.jsonl"]
+    if not any(f.is_file() for f in files):
+        known = [*NAMES, *sorted(_custom)]
+        close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.5)
+        if close:
+            raise ValueError(f"Unknown dataset {name!r}. Did you mean: {', '.join(close)}? Known: "
+                             f"{', '.join(known)}; any other name reads the generic {{question, answer}} file "
+                             f"{files[0]} or {files[1].name}")
+        raise FileNotFoundError(f"No file for dataset {name!r}, split {split!r}: tried {files[0]}, {files[1]}. "
+                                f"Known datasets: {', '.join(known)}; any other name reads a JSON list (or JSON "
+                                "lines) of {question, answer: str | [str]} records there, or a loader given to "
+                                "regrad_lib.datasets.register")
+    return lambda folder, split: load_generic(next(f for f in files if f.is_file()))
 
 
 def load_generic(path: str | os.PathLike, start: int = 0, end: int | None = None) -> list[QARecord]:
@@ -211,6 +263,7 @@ _LOADERS: dict[str, Callable[[Path, str], list[QARecord]]] = {
     "complexwebquestions": _load_cwq,
     "probe": _load_probe,
 }
+_custom: dict[str, Callable[[Path, str], list[QARecord]]] = {}   # register()
 
 
 # --- reading and validation helpers ----------------------------------------------------------------------

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -21,7 +23,7 @@ from typing import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import bank, config, lora, paths, prompts, regrad, tasks
+from . import bank, config, distributed, lora, paths, prompts, regrad, tasks
 from .learner import Learner, trained_state
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,9 @@ def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0,
     - ``overwrite``: rebuild the bank from scratch; otherwise ids already there are skipped (resume), and a bank
       made with other meta weights, layout, model or scheme is refused.
     - ``shard_bytes``: the size of one shard file (at most 2 GB).
+
+    In a job of several processes (:mod:`regrad_lib.distributed`) each process encodes its own turns of the
+    passages into a part of the bank, merged once every process has finished (:func:`encode_parts`).
     """
     name = bank.storage_scheme(scheme).name
     return encode_schemes(run, dataset, split, [name], topk=topk, start=start, end=end, batch_size=batch_size,
@@ -111,23 +116,102 @@ def encode_schemes(run: str, dataset: str, split: str, schemes: Sequence[str], *
               "precision": learner.precision, "bank_context_len": learner.preset.learner.bank_context_len,
               "passage_format": learner.preset.learner.passage_format}
     targets = {n: paths.bank_dir(topk, run, dataset, split, n) for n in names}
+    heads = {n: bank.header_for(learner, n, **source) for n in names}
+    if distributed.job().size > 1 or any(paths.bank_parts_dir(t).is_dir() for t in targets.values()):
+        return encode_parts(learner, items, targets, heads, batch_size=batch_size, overwrite=overwrite,
+                            shard_bytes=shard_bytes)
     with contextlib.ExitStack() as stack:
-        writers = {n: stack.enter_context(bank.BankWriter.open(
-            targets[n], bank.header_for(learner, n, **source), overwrite=overwrite, shard_bytes=shard_bytes,
-            config=learner.preset.to_dict())) for n in names}
+        writers = {n: stack.enter_context(bank.BankWriter.open(targets[n], heads[n], overwrite=overwrite,
+                                                               shard_bytes=shard_bytes,
+                                                               config=learner.preset.to_dict())) for n in names}
         done = {n: w.ids() for n, w in writers.items()}
         todo = [p for p in items if any(p.pid not in d for d in done.values())]
         log.info("%s/%s: %d distinct passages, %d to encode into %s", dataset, split, len(items), len(todo), names)
         with tqdm(total=len(todo), desc=f"encode {dataset}/{split}", unit="passage") as bar:
             for ids, vectors in gradient_batches(learner, todo, batch_size):
-                for n, writer in writers.items():   # encoded on the device, shards written behind
-                    keep = [i for i, p in enumerate(ids) if p not in done[n]]
-                    if len(keep) == len(ids):
-                        writer.append(ids, vectors)
-                    elif keep:
-                        writer.append([ids[i] for i in keep], vectors[keep])
+                _append(writers, done, ids, vectors)
                 bar.update(len(ids))
     return targets
+
+
+def _append(writers: dict[str, bank.BankWriter], done: dict[str, set[str]], ids: list[str],
+            vectors: torch.Tensor) -> None:
+    """Each scheme's writer gets the rows it lacks (encoded on the device, shards written behind)."""
+    for n, writer in writers.items():
+        keep = [i for i, p in enumerate(ids) if p not in done[n]]
+        if len(keep) == len(ids):
+            writer.append(ids, vectors)
+        elif keep:
+            writer.append([ids[i] for i in keep], vectors[keep])
+
+
+# --- several processes -----------------------------------------------------------------------------------
+
+def encode_parts(learner: Learner, items: Sequence[Passage], targets: dict[str, Path], heads: dict[str, dict], *,
+                 batch_size: int, overwrite: bool, shard_bytes: int) -> dict[str, Path]:
+    """:func:`encode_schemes` by every process of a job: each encodes its turns of the passages not yet stored (in
+    any of the schemes' banks) into a part of its own per scheme (``<bank>/.parts/<attempt>-r<rank>/``, itself a
+    bank); after all have finished rank 0 lists every part's shards in each bank's manifest
+    (:meth:`bank.BankWriter.adopt`) and removes the parts.
+
+    Until that merge a bank's manifest holds none of the new passages (a new bank has no manifest at all), so
+    a job that dies never leaves a bank that opens or verifies as complete; its parts count as done for the next
+    encode, with any number of processes (one process also finishes through parts when some are left).
+    """
+    job, config = distributed.job(), learner.preset.to_dict()
+    prepared = {n: distributed.on_main(_prepare_parts, targets[n], heads[n], overwrite) for n in targets}
+    done = {n: d for n, (_, d) in prepared.items()}
+    todo = [p for p in items if any(p.pid not in d for d in done.values())]
+    mine = [todo[i] for i in distributed.turns(len(todo))]
+    log.info("%s: %d distinct passages, %d to encode into %s by %d process(es), %d by this one",
+             paths.relative(next(iter(targets.values())).parent), len(items), len(todo), list(targets), job.size,
+             len(mine))
+    wanted = [n for n in targets if any(p.pid not in done[n] for p in mine)]   # a part gets at least one row
+    if wanted:
+        with contextlib.ExitStack() as stack:
+            writers = {n: stack.enter_context(bank.BankWriter.open(
+                paths.bank_parts_dir(targets[n]) / f"{prepared[n][0]}-r{job.rank}", heads[n], shard_bytes=shard_bytes,
+                config=config)) for n in wanted}
+            bar = stack.enter_context(tqdm(total=len(mine), desc=f"encode {next(iter(targets.values())).parent.name}",
+                                           unit="passage", disable=not job.main))
+            for ids, vectors in gradient_batches(learner, mine, batch_size):
+                _append(writers, done, ids, vectors)
+                bar.update(len(ids))
+    distributed.barrier()      # every part is complete (a process that failed has stopped the job instead)
+    for n in targets:
+        distributed.on_main(_merge_parts, targets[n], heads[n], shard_bytes, config)
+    return targets
+
+
+def _prepare_parts(target: Path, head: dict, overwrite: bool) -> tuple[str, set[str]]:
+    """(this job's attempt name, the ids already stored in the bank or in parts of earlier jobs)."""
+    parts = paths.bank_parts_dir(target)
+    if overwrite:
+        shutil.rmtree(parts, ignore_errors=True)
+        bank.BankWriter.open(target, head, overwrite=True).abandon()    # manifest and shards removed, nothing written
+    done: set[str] = set()
+    earlier = sorted(p for p in parts.iterdir() if p.is_dir()) if parts.is_dir() else []
+    for folder in [target] + earlier:
+        if not (folder / bank.MANIFEST).exists():
+            continue               # no bank yet, or a process that died before its first shard
+        with bank.GradientBank.open(folder) as stored:
+            diff = {k: (stored.manifest[k], head[k]) for k in bank.IDENTITY if stored.manifest[k] != head[k]}
+            if diff:
+                shown = "; ".join(f"{k}: {a!r} != now {b!r}" for k, (a, b) in diff.items())
+                raise bank.BankMismatchError(f"{paths.relative(folder)} was encoded with other settings ({shown}): "
+                                             "pass overwrite=True (04_encode: overwrite = True) to rebuild the bank")
+            done.update(stored.ids())
+    numbers = [int(m.group(1)) for p in earlier if (m := re.fullmatch(r"a(\d+)-r\d+", p.name))]
+    return f"a{max(numbers, default=0) + 1:03d}", done
+
+
+def _merge_parts(target: Path, head: dict, shard_bytes: int, config: dict) -> None:
+    parts = paths.bank_parts_dir(target)
+    with bank.BankWriter.open(target, head, shard_bytes=shard_bytes, config=config) as writer:
+        for part in sorted(parts.iterdir()) if parts.is_dir() else []:
+            if (part / bank.MANIFEST).exists():
+                writer.adopt(part)
+    shutil.rmtree(parts, ignore_errors=True)     # last: until here a rerun merges again (adopt skips what it has)
 
 
 # --- the notebook's helpers -------------------------------------------------------------------------------
@@ -147,7 +231,9 @@ class EncodeSettings:
     device: str = "cpu"
     overwrite: bool = False
     preset: str | None = None          # informational: the run's saved configs are authoritative
+    shard_bytes: int = bank.DEFAULT_SHARD_BYTES
     missing: list[str] = field(default_factory=list, init=False)
+    _loaded: Learner | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.datasets, str):
@@ -163,6 +249,9 @@ class EncodeSettings:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.start < 0 or (self.limit is not None and self.limit < 1):
             raise ValueError(f"start={self.start} must be >= 0 and limit={self.limit} None or >= 1")
+        if not 0 < self.shard_bytes <= bank.MAX_SHARD_BYTES:
+            raise ValueError(f"shard_bytes={self.shard_bytes} must be in (0, {bank.MAX_SHARD_BYTES}] "
+                             "(shards of at most ~2 GB)")
         trained_state(self.run)    # every step needs the run (its model and configs)
         for dataset in self.datasets:
             tasks.augmented_path(dataset, self.split)
@@ -172,15 +261,16 @@ class EncodeSettings:
         return None if self.limit is None else self.start + self.limit
 
     def learner(self) -> Learner:
-        """The run's trained learner; warns when ``preset`` names another model than the run was trained with."""
-        learner = Learner.from_run(self.run, self.device)
+        """The run's trained learner (loaded once); warns when ``preset`` names another model than the run's."""
+        if self._loaded is not None:
+            return self._loaded
+        learner = self._loaded = Learner.from_run(self.run, self.device)
         if self.preset and self.preset in config.available_presets():
             wanted = config.load_preset(self.preset).learner.model_name_or_path
             if wanted != learner.preset.learner.model_name_or_path:
                 log.warning("preset %r uses model %r but run %r was trained with %r; the run's configs are used",
                             self.preset, wanted, self.run, learner.preset.learner.model_name_or_path)
         return learner
-
 
     @property
     def schemes(self) -> list[str]:
@@ -193,7 +283,8 @@ def encode_all(settings: EncodeSettings, learner: Learner | None = None) -> dict
     learner = learner or settings.learner()
     return {d: encode_schemes(settings.run, d, settings.split, settings.schemes, topk=settings.topk,
                               start=settings.start, end=settings.end, batch_size=settings.batch_size,
-                              overwrite=settings.overwrite, learner=learner) for d in settings.datasets}
+                              overwrite=settings.overwrite, learner=learner, shard_bytes=settings.shard_bytes)
+            for d in settings.datasets}
 
 
 def _each(banks: dict[str, dict[str, Path]]):

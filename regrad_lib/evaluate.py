@@ -40,7 +40,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import artifacts, generation, lora, metrics, paths, prompts, regrad, schemes, tasks
+from . import artifacts, config, distributed, generation, lora, metrics, paths, prompts, regrad, schemes, tasks
 from .learner import Learner, trained_state
 
 log = logging.getLogger(__name__)
@@ -141,41 +141,58 @@ def _run(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, ban
     built = [_prompt(learner, t, spec.context) for t in items]
     prompt_ids = [p.ids for p in built]
     order = sorted(range(len(items)), key=lambda i: -len(prompt_ids[i]))   # little padding per batch
-    rows: list[dict | None] = [None] * len(items)
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    mine = distributed.turns(len(batches))     # a job's processes take turns over the very same batches
+    done: list[list[tuple[int, dict]]] = []
     model, tok = learner.model, learner.tokenizer
     max_new = learner.preset.generation.max_new_tokens
-    with tqdm(total=len(items), desc=desc, unit="question") as bar:
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
+    with tqdm(total=sum(len(batches[b]) for b in mine), desc=desc, unit="question",
+              disable=not distributed.job().main) as bar:
+        for b in mine:
+            index = batches[b]
             batch = [items[i] for i in index]
             weights = _weights(spec, learner, batch, [pids[i] for i in index], bank, gamma)
             gold = [prompts.answer_ids(tok, t.answer) for t in batch] if nll else None
             with learner.autocast(), (lora.disabled(model) if spec.base else contextlib.nullcontext()):
                 out = generation.generate(model, tok, [prompt_ids[i] for i in index], max_new_tokens=max_new,
-                                          weights=weights, score_ids=gold)
-            for i, task, gen in zip(index, batch, out):
-                rows[i] = {"test_id": task.test_id, "question": task.question, "answers": list(task.answers),
-                           "prediction": gen.answer, "generated": gen.text, "passage_ids": used[i],
-                           "answer_nll": gen.answer_nll, "truncated_passages": built[i].truncated}
+                                          weights=weights, score_ids=gold, stop=learner.preset.generation.stop)
+            done.append([(i, {"test_id": task.test_id, "question": task.question, "answers": list(task.answers),
+                              "prediction": gen.answer, "generated": gen.text, "passage_ids": used[i],
+                              "answer_nll": gen.answer_nll, "truncated_passages": built[i].truncated})
+                         for i, task, gen in zip(index, batch, out)])
             bar.update(len(batch))
+    rows: list[dict | None] = [None] * len(items)
+    for i, row in (pair for part in distributed.merge_turns(done, len(batches)) for pair in part):
+        rows[i] = row
     return rows  # type: ignore[return-value]
 
 
-def run_method(method: str, learner: Learner, items: Sequence[tasks.Task], *, bank=None, gamma: float = 1.0,
+def run_method(method: str, learner: Learner, items: Sequence[tasks.Task], *, bank=None, gamma: float | None = None,
                topk: int = 3, batch_size: int | None = None) -> list[dict]:
     """Answer every task with ``method``; one prediction row per task, in the input order.
 
     Rows: test_id, question, answers (gold), prediction, generated (raw new text), passage_ids (the passages
     whose text or gradients were used), answer_nll. ``bank``: a :class:`regrad_lib.bank.GradientBank` for regrad,
     regrad_icl and shift, checked against ``learner`` (model, LoRA layout, meta weights) however it was opened;
-    every row it serves is checked against its checksum. ``no_update`` ignores ``gamma``.
+    every row it serves is checked against its checksum. ``no_update`` ignores ``gamma``; ``gamma=None`` is the
+    run's ``learner.gamma``.
     """
     spec = SPECS[check_methods([method])[0]]
+    gamma = learner.preset.learner.gamma if gamma is None else gamma
     if method == "regrad_icl" and learner.preset.learner.blind_context:
         log.warning("regrad_icl on a learner meta-trained with blind_context=true: it never saw passages in "
                     "its prompt during meta-training")
     return _run(spec, learner, items, bank=bank, gamma=0.0 if method == "no_update" else gamma, topk=topk,
                 batch_size=batch_size, desc=method)
+
+
+def question_weights(learner: Learner, task: tasks.Task, *, bank=None, gamma: float = 1.0) -> dict[str, torch.Tensor]:
+    """One question's ``phi'_q`` (equation 2, 2-D tensors): its passages' gradients from ``bank``, or online."""
+    spec = SPECS["regrad" if bank is not None else "regrad_online"]
+    if bank is not None:
+        checked_bank(bank, learner)
+    rows = _weights(spec, learner, [task], [list(task.passage_ids)], bank, gamma)
+    return {n: w[0] for n, w in rows.items()}
 
 
 def predict_online(learner: Learner, items: Sequence[tasks.Task], *, gamma: float = 1.0,
@@ -206,8 +223,8 @@ def load_tasks(dataset: str, split: str = "dev", topk: int = 3, limit: int | Non
     return tasks.load(dataset, split, topk, end=limit)
 
 
-def method_files(run: str, dataset: str, method: str) -> tuple:
-    folder = paths.results_dir(run) / dataset
+def method_files(run: str, dataset: str, method: str, evaluation: str | None = None) -> tuple:
+    folder = paths.results_dir(run, evaluation) / dataset
     return folder / f"{method}.predictions.jsonl", folder / f"{method}.metrics.json"
 
 
@@ -230,45 +247,40 @@ class _LearnerOnce:
         return self.learner
 
 
-def _finished(run: str, dataset: str, method: str, settings: dict) -> dict | None:
+def _finished(run: str, dataset: str, method: str, settings: dict, evaluation: str | None = None) -> dict | None:
     """Scores of a finished :func:`evaluate` of ``method`` with exactly these settings, else None."""
-    file = method_files(run, dataset, method)[1]
+    file = method_files(run, dataset, method, evaluation)[1]
     saved = artifacts.read_json(file) if file.exists() else {}
     if not saved or any(saved.get(k) != v for k, v in settings.items()):
         return None
     return {k: saved[k] for k in ("em", "f1", "precision", "recall", "nll", "n")}
 
 
+def default_gamma(run: str) -> float:
+    """The run's ``learner.gamma`` (its saved ``learner_config.json``): the gamma used when none is given."""
+    return config.load_preset(trained_state(run).parent).learner.gamma
+
+
 def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "dev", topk: int = 3,
-             gamma: float = 1.0, limit: int | None = None, device: str = "cpu", overwrite: bool = False,
+             gamma: float | None = None, limit: int | None = None, device: str = "cpu", overwrite: bool = False,
              learner: Learner | Callable[[], Learner] | None = None, bank=None,
-             scheme: str = schemes.DEFAULT) -> dict[str, dict]:
+             evaluation: str | None = None, scheme: str = schemes.DEFAULT) -> dict[str, dict]:
     """Evaluate ``methods`` on one dataset: ``{method: metrics}``; writes predictions, metrics and summary.csv.
 
     A method whose ``metrics.json`` already exists with the same settings is kept (``status: "kept"``), so a
     crashed evaluation resumes method by method; ``overwrite=True`` recomputes it. ``learner``/``bank`` reuse
     objects already loaded (default: ``Learner.from_run(run, device)`` and the ``scheme`` bank of 04_encode); a
     bank passed in is checked against the learner like one opened here, and its scheme is the one recorded.
+    ``gamma=None`` is the run's ``learner.gamma``. ``evaluation`` names an evaluation kept beside the run's main
+    results (``results/<run>/evaluations/<evaluation>/``), e.g. to try other settings without touching finished ones.
     """
     methods = check_methods(methods)
+    gamma = default_gamma(run) if gamma is None else gamma
     get_learner = _loader(run, device, learner)
     if bank is not None:
         scheme = _require_bank(bank).scheme.name
-    out: dict[str, dict] = {}
-    todo = []
-    for method in methods:
-        _, metrics_file = method_files(run, dataset, method)
-        if metrics_file.exists() and not overwrite:
-            saved = artifacts.read_json(metrics_file)
-            wanted = _settings(method, split, topk, gamma, limit, scheme)
-            found = {k: saved.get(k) for k in wanted}
-            if found != wanted:
-                raise FileExistsError(f"{paths.relative(metrics_file)} was computed with {found}, not {wanted}: "
-                                      "pass overwrite=True (05_evaluate: overwrite = True) to recompute it")
-            log.info("%s/%s: kept the existing results (overwrite=False)", dataset, method)
-            out[method] = {**saved, "status": "kept"}
-        else:
-            todo.append(method)
+    out, todo = distributed.on_main(_plan, run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation,
+                                    scheme)
     if todo:
         items = load_tasks(dataset, split, topk, limit)
         current = get_learner()
@@ -278,20 +290,44 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
         for method in todo:
             rows = run_method(method, current, items, bank=bank if SPECS[method].source == "bank" else None,
                               gamma=gamma, topk=topk)
-            out[method] = _write_method(run, dataset, method, rows, current, split, topk, gamma, limit, scheme)
-    merge_csv(paths.results_dir(run) / "summary.csv", SUMMARY_FIELDS,
-              [{"dataset": dataset, "method": m, **{k: out[m][k] for k in SUMMARY_FIELDS[2:]}} for m in methods],
-              key=("dataset", "method"))
+            out[method] = distributed.on_main(_write_method, run, dataset, method, rows, current, split, topk, gamma,
+                                              limit, evaluation, scheme)
+    distributed.on_main(merge_csv, paths.results_dir(run, evaluation) / "summary.csv", SUMMARY_FIELDS,
+                        [{"dataset": dataset, "method": m, **{k: out[m][k] for k in SUMMARY_FIELDS[2:]}}
+                         for m in methods], key=("dataset", "method"))
     return out
 
 
-def _write_method(run, dataset, method, rows, learner, split, topk, gamma, limit, scheme) -> dict:
-    predictions_file, metrics_file = method_files(run, dataset, method)
+def _plan(run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation,
+          scheme=schemes.DEFAULT) -> tuple[dict[str, dict], list]:
+    """(results kept from finished methods, the methods to compute); refuses results of other settings."""
+    out: dict[str, dict] = {}
+    todo = []
+    for method in methods:
+        _, metrics_file = method_files(run, dataset, method, evaluation)
+        if metrics_file.exists() and not overwrite:
+            saved = artifacts.read_json(metrics_file)
+            wanted = _settings(method, split, topk, gamma, limit, scheme)
+            found = {k: saved.get(k) for k in wanted}
+            if found != wanted:
+                raise FileExistsError(f"{paths.relative(metrics_file)} was computed with {found}, not {wanted}: "
+                                      "pass overwrite=True (05_evaluate: overwrite = True) to recompute it, or "
+                                      "name this evaluation (evaluation='...') to keep both")
+            log.info("%s/%s: kept the existing results (overwrite=False)", dataset, method)
+            out[method] = {**saved, "status": "kept"}
+        else:
+            todo.append(method)
+    return out, todo
+
+
+def _write_method(run, dataset, method, rows, learner, split, topk, gamma, limit, evaluation=None,
+                  scheme=schemes.DEFAULT) -> dict:
+    predictions_file, metrics_file = method_files(run, dataset, method, evaluation)
     scores = score_rows(rows)
-    config = {"run": run, "dataset": dataset, "method": method, "preset": learner.preset.to_dict(),
-              "meta_hash": learner.meta_hash(), "device": str(learner.device)}
+    settings = {"run": run, "dataset": dataset, "method": method, "evaluation": evaluation,
+                "preset": learner.preset.to_dict(), "meta_hash": learner.meta_hash(), "device": str(learner.device)}
     result = {**scores, **_settings(method, split, topk, gamma, limit, scheme), "method": method, "dataset": dataset,
-              "provenance": artifacts.provenance(config)}
+              "provenance": artifacts.provenance(settings)}
     artifacts.write_jsonl(predictions_file, rows)
     artifacts.write_json(metrics_file, result)   # last: its presence marks the method as done
     log.info("%s/%s: EM %.1f F1 %.1f NLL %.3f (n=%d)", dataset, method, scores["em"], scores["f1"], scores["nll"],
@@ -309,18 +345,19 @@ def evaluate_all(run: str, datasets: Sequence[str], methods: Sequence[str], *, d
     get_learner = _loader(run, device, learner)
     for dataset in datasets:
         evaluate(run, dataset, methods, device=device, learner=get_learner, **kwargs)
-    return [r for r in summary(run) if r["dataset"] in set(datasets)]
+    return distributed.on_main(lambda: [r for r in summary(run, kwargs.get("evaluation"))
+                                        if r["dataset"] in set(datasets)])
 
 
-def summary(run: str) -> list[dict]:
-    """Rows of ``results/<run>/summary.csv`` (numbers as floats, n as int)."""
-    return read_csv(paths.results_dir(run) / "summary.csv")
+def summary(run: str, evaluation: str | None = None) -> list[dict]:
+    """Rows of ``results/<run>/summary.csv`` (numbers as floats, n as int), or of a named evaluation's."""
+    return read_csv(paths.results_dir(run, evaluation) / "summary.csv")
 
 
 def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0), topks: Sequence[int] = (3,),
           method: str = "regrad", split: str = "dev", limit: int | None = None, device: str = "cpu",
           overwrite: bool = False, learner: Learner | Callable[[], Learner] | None = None,
-          scheme: str = schemes.DEFAULT) -> list[dict]:
+          evaluation: str | None = None, scheme: str = schemes.DEFAULT) -> list[dict]:
     """Scores of ``method`` for every (gamma, topk); rows merged into ``results/<run>/sweeps.csv``, returned.
 
     Points already in sweeps.csv are kept unless ``overwrite``. Each top-k reads its own bank
@@ -328,17 +365,13 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
     """
     check_methods([method])
     get_learner = _loader(run, device, learner)
-    file = paths.results_dir(run) / "sweeps.csv"
+    file = paths.results_dir(run, evaluation) / "sweeps.csv"
     stored_as = schemes.parse(scheme).name if SPECS[method].source == "bank" else ""
-    done = {(r["dataset"], r["method"], float(r["gamma"]), int(r["topk"]), r.get("scheme") or "")
-            for r in read_csv(file)} if file.exists() and not overwrite else set()
+    plan = distributed.on_main(_sweep_plan, run, dataset, method, gammas, topks, split, limit, overwrite, evaluation,
+                               scheme)
     new = []
-    for topk in topks:
-        points = [float(g) for g in gammas if (dataset, method, float(g), int(topk), stored_as) not in done]
-        reused = {g: _finished(run, dataset, method, _settings(method, split, topk, g, limit, scheme)) for g in points}
-        if 0.0 in reused and reused[0.0] is None and SPECS[method].source != "none" and not SPECS[method].context:
-            # gamma 0 is no update at all: exactly no_update's answers (tested), so its finished results serve
-            reused[0.0] = _finished(run, dataset, "no_update", _settings("no_update", split, topk, 0.0, limit, scheme))
+    for topk, reused in zip(topks, plan):
+        points = list(reused)
         todo = [g for g in points if reused[g] is None]
         if todo:
             current, store = get_learner(), None
@@ -351,10 +384,32 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
         new += [{"dataset": dataset, "method": method, "gamma": g, "topk": int(topk), "scheme": stored_as,
                  **reused[g]} for g in points]
     if new:
-        merge_csv(file, SWEEP_FIELDS, new, key=("dataset", "method", "gamma", "topk", "scheme"))
+        distributed.on_main(merge_csv, file, SWEEP_FIELDS, new, key=("dataset", "method", "gamma", "topk", "scheme"))
     wanted = {(float(g), int(k)) for g in gammas for k in topks}
-    return [r for r in read_csv(file) if r["dataset"] == dataset and r["method"] == method
-            and (r["gamma"], r["topk"]) in wanted and (r.get("scheme") or "") == stored_as] if file.exists() else []
+    return distributed.on_main(lambda: [r for r in read_csv(file) if r["dataset"] == dataset and r["method"] == method
+                                        and (r["gamma"], r["topk"]) in wanted and (r.get("scheme") or "") == stored_as]
+                               if file.exists() else [])
+
+
+def _sweep_plan(run, dataset, method, gammas, topks, split, limit, overwrite, evaluation,
+                scheme=schemes.DEFAULT) -> list[dict]:
+    """Per top-k: ``{gamma: scores of a finished evaluation with these settings, or None}`` for the points not
+    yet in sweeps.csv (all points with ``overwrite``); points of another bank scheme do not count."""
+    file = paths.results_dir(run, evaluation) / "sweeps.csv"
+    stored_as = schemes.parse(scheme).name if SPECS[method].source == "bank" else ""
+    done = {(r["dataset"], r["method"], float(r["gamma"]), int(r["topk"]), r.get("scheme") or "")
+            for r in read_csv(file)} if file.exists() and not overwrite else set()
+    plan = []
+    for topk in topks:
+        points = [float(g) for g in gammas if (dataset, method, float(g), int(topk), stored_as) not in done]
+        reused = {g: _finished(run, dataset, method, _settings(method, split, topk, g, limit, scheme), evaluation)
+                  for g in points}
+        if 0.0 in reused and reused[0.0] is None and SPECS[method].source != "none" and not SPECS[method].context:
+            # gamma 0 is no update at all: exactly no_update's answers (tested), so its finished results serve
+            reused[0.0] = _finished(run, dataset, "no_update", _settings("no_update", split, topk, 0.0, limit, scheme),
+                                    evaluation)
+        plan.append(reused)
+    return plan
 
 
 def sweep_all(run: str, datasets: Sequence[str], *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0),
@@ -376,13 +431,14 @@ class EvaluateSettings:
     methods: list[str]
     split: str = "dev"
     topk: int = 3
-    gamma: float = 1.0
+    gamma: float | None = None         # None: the run's learner.gamma
     gammas: list[float] = field(default_factory=list)
     sweep_datasets: list[str] | None = None   # datasets of the gamma sweep (None: all of ``datasets``)
     limit: int | None = None
     device: str = "cpu"
     overwrite: bool = False
     preset: str | None = None          # informational: the run's saved configs are authoritative
+    evaluation: str | None = None      # a name: results/<run>/evaluations/<evaluation>/ beside the main results
     scheme: str = schemes.DEFAULT      # the bank regrad, regrad_icl, shift and the sweep read
     frontier_schemes: list[str] = field(default_factory=list)   # regrad also on these banks (frontier.py)
 
@@ -395,6 +451,8 @@ class EvaluateSettings:
         self.frontier_schemes = list(dict.fromkeys(schemes.parse(s).name for s in self.frontier_schemes))
         if not self.datasets or not self.methods:
             raise ValueError(f"datasets={self.datasets} and methods={self.methods} must name at least one each")
+        trained_state(self.run)    # every step needs the run (its model and configs)
+        self.gamma = default_gamma(self.run) if self.gamma is None else self.gamma
         if self.topk < 1 or self.gamma < 0 or any(g < 0 for g in self.gammas):
             raise ValueError(f"topk={self.topk} must be >= 1, gamma={self.gamma} and gammas={self.gammas} >= 0")
         if self.limit is not None and self.limit < 1:
@@ -403,7 +461,7 @@ class EvaluateSettings:
             self.sweep_datasets = list(self.datasets)
         elif not set(self.sweep_datasets) <= set(self.datasets):
             raise ValueError(f"sweep_datasets={self.sweep_datasets} must be among datasets={self.datasets}")
-        trained_state(self.run)    # every step needs the run (its model and configs)
+        paths.results_dir(self.run, self.evaluation)   # checks the name
         from . import bank
 
         banks = ([self.scheme] if needs_bank(self.methods) or self.gammas else []) + self.frontier_schemes
@@ -414,17 +472,27 @@ class EvaluateSettings:
         self.learner = _LearnerOnce(self.run, self.device)
 
 
-def predictions(run: str, dataset: str, method: str) -> list[dict]:
-    """Rows of ``results/<run>/<dataset>/<method>.predictions.jsonl``."""
-    file = method_files(run, dataset, method)[0]
+def run(settings: EvaluateSettings) -> dict[str, list[dict]]:
+    """05_evaluate's computation: every method on every dataset (``summary``), then the gamma sweep (``sweeps``)."""
+    common = dict(split=settings.split, limit=settings.limit, device=settings.device, overwrite=settings.overwrite,
+                  learner=settings.learner, evaluation=settings.evaluation, scheme=settings.scheme)
+    rows = evaluate_all(settings.run, settings.datasets, settings.methods, topk=settings.topk, gamma=settings.gamma,
+                        **common)
+    return {"summary": rows, "sweeps": sweep_all(settings.run, settings.sweep_datasets, gammas=settings.gammas,
+                                                 topks=[settings.topk], **common)}
+
+
+def predictions(run: str, dataset: str, method: str, evaluation: str | None = None) -> list[dict]:
+    """Rows of ``results/<run>/<dataset>/<method>.predictions.jsonl`` (or of a named evaluation)."""
+    file = method_files(run, dataset, method, evaluation)[0]
     if not file.exists():
         raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 05_evaluate")
     return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def examples(run: str, dataset: str, methods: Sequence[str], n: int = 5) -> list[dict]:
+def examples(run: str, dataset: str, methods: Sequence[str], n: int = 5, evaluation: str | None = None) -> list[dict]:
     """The first ``n`` questions with their gold answers and every method's prediction, side by side."""
-    by_method = {m: predictions(run, dataset, m)[:n] for m in check_methods(methods)}
+    by_method = {m: predictions(run, dataset, m, evaluation)[:n] for m in check_methods(methods)}
     first = next(iter(by_method.values()))
     return [{"question": r["question"], "gold": r["answers"][0], **{m: rows[i]["prediction"]
              for m, rows in by_method.items()}} for i, r in enumerate(first)]

@@ -35,9 +35,10 @@ class Generation:
     answer_nll: float = math.nan
 
 
-def stop_reached(text: str) -> bool:
-    """The stop rule: a newline after the first non-whitespace character (equation 4, leading whitespace skipped)."""
-    return "\n" in text.lstrip()
+def stop_reached(text: str, stop: str = "\n") -> bool:
+    """The stop rule: ``stop`` (``generation.stop``, a newline by default) after the first non-whitespace
+    character (equation 4, leading whitespace skipped)."""
+    return stop in text.lstrip()
 
 
 def eos_ids(model: nn.Module, tokenizer) -> set[int]:
@@ -100,7 +101,8 @@ def _score(model: nn.Module, cache, last_logits: torch.Tensor, mask: torch.Tenso
 
 
 def _decode(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
-            weights: Weights | None, score_ids: Sequence[Sequence[int]] | None) -> tuple[list[list[int]], list[float]]:
+            weights: Weights | None, score_ids: Sequence[Sequence[int]] | None,
+            stop: str = "\n") -> tuple[list[list[int]], list[float]]:
     n = len(prompt_ids)
     per_row = _check_weights(weights, n)
     device = next(model.parameters()).device
@@ -128,7 +130,7 @@ def _decode(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], ma
             if token in stops:
                 continue
             out[row].append(token)
-            if stop_reached(tokenizer.decode(out[row], skip_special_tokens=True)):
+            if stop_reached(tokenizer.decode(out[row], skip_special_tokens=True), stop):
                 continue
             keep.append(j)
         if not keep:
@@ -148,29 +150,31 @@ def _decode(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], ma
 
 @torch.no_grad()
 def greedy(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
-           weights: Weights | None = None) -> list[list[int]]:
+           weights: Weights | None = None, stop: str = "\n") -> list[list[int]]:
     """Greedy new tokens for every prompt, decoded together; ``weights`` shared (2-D) or one row per prompt (3-D).
 
     ``weights=None`` runs the model as it is (its live LoRA, or the base model inside ``lora.disabled``).
     """
-    return _decode(model, tokenizer, prompt_ids, max_new_tokens, weights, None)[0] if prompt_ids else []
+    return _decode(model, tokenizer, prompt_ids, max_new_tokens, weights, None, stop)[0] if prompt_ids else []
 
 
-def decode(tokenizer, token_ids: Sequence[int]) -> Generation:
+def decode(tokenizer, token_ids: Sequence[int], stop: str = "\n") -> Generation:
     """Text of the new tokens and the answer extracted from it (:func:`prompts.extract_answer`)."""
     text = tokenizer.decode(list(token_ids), skip_special_tokens=True)
-    return Generation(tuple(token_ids), text, prompts.extract_answer(text))
+    return Generation(tuple(token_ids), text, prompts.extract_answer(text, stop))
 
 
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
-             weights: Weights | None = None, score_ids: Sequence[Sequence[int]] | None = None) -> list[Generation]:
+             weights: Weights | None = None, score_ids: Sequence[Sequence[int]] | None = None,
+             stop: str = "\n") -> list[Generation]:
     """:func:`greedy` then :func:`decode` for every prompt; with ``score_ids`` (one gold answer's label ids per
-    prompt) also each answer's mean token NLL, from the prefill's KV cache (the prompt runs once)."""
+    prompt) also each answer's mean token NLL, from the prefill's KV cache (the prompt runs once). ``stop``: the
+    stop string (``generation.stop``)."""
     if not prompt_ids:
         return []
-    tokens, nll = _decode(model, tokenizer, prompt_ids, max_new_tokens, weights, score_ids)
-    return [dataclasses.replace(decode(tokenizer, t), answer_nll=v) for t, v in zip(tokens, nll)]
+    tokens, nll = _decode(model, tokenizer, prompt_ids, max_new_tokens, weights, score_ids, stop)
+    return [dataclasses.replace(decode(tokenizer, t, stop), answer_nll=v) for t, v in zip(tokens, nll)]
 
 
 def online_gradients(learner, batch: Sequence[tasks.Task]) -> Weights:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import artifacts, config, lora, modeling, paths
+from . import artifacts, config, distributed, lora, modeling, paths
 from .regrad import StepSizes, Weights
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,16 @@ class Learner:
     device: torch.device
 
     @classmethod
-    def create(cls, preset: config.Preset, device: str = "cpu", seed: int | None = None) -> "Learner":
+    def create(cls, preset: config.Preset, device: str = "cpu", seed: int | None = None,
+               warm_start: bool = True) -> "Learner":
+        """A fresh learner; ``phi`` from the PEFT adapter ``learner.init_adapter`` when set (and ``warm_start``)."""
+        device = distributed.local_device(device)     # cuda -> cuda:<local rank> in a job of several processes
         model, tokenizer = modeling.load(preset.learner.model_name_or_path, device=device,
                                          dtype=model_dtype(preset, device))
         lora.attach(model, preset.peft, seed=preset.train.seed if seed is None else seed)
+        if warm_start and preset.learner.init_adapter is not None:
+            from . import adapters
+            adapters.load_into(model, preset.learner.init_adapter, preset.peft)
         phi = lora.parameters(model)
         alpha = StepSizes(phi, preset.learner.alpha_mode, preset.learner.init_alpha).to(device)
         return cls(model, tokenizer, preset, phi, alpha, torch.device(device))
@@ -67,7 +73,7 @@ class Learner:
     def from_run(cls, run: str, device: str = "cpu") -> "Learner":
         """The trained learner of ``outputs/<run>/`` (its four configs and ``meta_state.safetensors``)."""
         state = trained_state(run)
-        learner = cls.create(config.load_preset(state.parent), device)
+        learner = cls.create(config.load_preset(state.parent), device, warm_start=False)  # phi comes from the run
         learner.load_state(state)
         return learner
 

@@ -30,13 +30,20 @@ Weights = dict[str, torch.Tensor]
 class LoRALinear(nn.Module):
     """``y = W x + scaling * B A x``; A and B can be overridden by per-call tensors (2-D shared or 3-D per row)."""
 
-    def __init__(self, base: nn.Linear, r: int, scaling: float):
+    def __init__(self, base: nn.Linear, r: int, scaling: float, init: bool | str = True):
         super().__init__()
         self.base = base
         self.scaling = scaling
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, dtype=torch.float32))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, dtype=torch.float32))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # peft's default initialisation
+        # peft's init_lora_weights: True = A as nn.Linear (kaiming), B = 0; "gaussian" = A ~ N(0, 1/r), B = 0;
+        # False = both as nn.Linear (LoRA is not a no-op at the start)
+        if init is True or init is False:
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        else:
+            nn.init.normal_(self.lora_A, std=1 / r)
+        if init is False:
+            nn.init.kaiming_uniform_(self.lora_B, a=math.sqrt(5))
         self.override: tuple[torch.Tensor, torch.Tensor] | None = None
         self.enabled = True
 
@@ -56,9 +63,27 @@ class LoRALinear(nn.Module):
         return y + (delta * self.scaling).to(y.dtype)
 
 
-def _layer_index(name: str) -> int | None:
-    match = re.search(r"\.layers\.(\d+)\.", name)
-    return int(match.group(1)) if match else None
+def targeted(name: str, peft: PeftConfig) -> bool:
+    """Whether peft would put a LoRA on module ``name`` (peft's ``check_target_module_exists``): ``target_modules``
+    as a regex (full match) or as names matched exactly or as a ``.``-suffix; ``layers_to_transform`` against the
+    first number after ``layers_pattern`` (default: after any module name)."""
+    wanted = peft.target_modules
+    if isinstance(wanted, str):
+        return re.fullmatch(wanted, name) is not None
+    if name in wanted:
+        return True
+    if not any(name.endswith(f".{t}") for t in wanted):
+        return False
+    layers = peft.layers_to_transform
+    if layers is None or layers == []:
+        return True
+    patterns = [peft.layers_pattern] if isinstance(peft.layers_pattern, str) else list(peft.layers_pattern or [])
+    regexes = [rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\." for p in patterns] or [r".*?\.[^.]*\.(?P<idx>\d+)\."]
+    match = next((m for m in (re.match(x, name) for x in regexes) if m is not None), None)
+    if match is None:
+        return False
+    index = int(match.group("idx"))
+    return index == layers if isinstance(layers, int) else index in layers
 
 
 def attach(model: nn.Module, peft: PeftConfig, seed: int = 0) -> list[str]:
@@ -67,24 +92,25 @@ def attach(model: nn.Module, peft: PeftConfig, seed: int = 0) -> list[str]:
     The base model is frozen; only ``lora_A``/``lora_B`` are parameters that require grad.
     """
     model.requires_grad_(False)
-    layers = set(peft.layers_to_transform) if peft.layers_to_transform is not None else None
     targets = []
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or name.split(".")[-1] not in peft.target_modules:
+        if not name or not targeted(name, peft):
             continue
-        if layers is not None and _layer_index(name + ".") not in layers:
-            continue
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"target module {name} is a {type(module).__name__}: regrad's LoRA wraps linear layers "
+                             "only; narrow target_modules in the preset's peft_config.json")
         targets.append(name)
     if not targets:
-        raise ValueError(f"No linear layer matches target_modules={peft.target_modules} and "
-                         f"layers_to_transform={peft.layers_to_transform}; check the preset's peft_config.json")
+        raise ValueError(f"No linear layer matches target_modules={peft.target_modules}, layers_to_transform="
+                         f"{peft.layers_to_transform} and layers_pattern={peft.layers_pattern}; check the preset's "
+                         "peft_config.json")
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         base = getattr(parent, child)
-        wrapped = LoRALinear(base, peft.r, peft.scaling).to(base.weight.device)
+        wrapped = LoRALinear(base, peft.r, peft.scaling, peft.init_lora_weights).to(base.weight.device)
         setattr(parent, child, wrapped)
     torch.random.set_rng_state(generator_state)
     return targets

@@ -13,6 +13,7 @@ so nothing depends on the working directory.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parent.parent
@@ -116,9 +117,31 @@ def bank_dir(topk: int, run: str, dataset: str, split: str, scheme: str) -> Path
     return bank_split_dir(topk, run, dataset, split) / scheme
 
 
-def results_dir(run: str) -> Path:
-    """05_evaluate output ``results/<run>/``."""
-    return work_root() / "results" / run
+def bank_parts_dir(bank: Path) -> Path:
+    """The parts of a bank being written by several processes (``<bank>/.parts/<attempt>-r<rank>/``, each a bank);
+    merged into the bank's manifest when every process has finished."""
+    return bank / ".parts"
+
+
+def adapter_dir(run: str) -> Path:
+    """The run's meta-trained ``phi`` as a PEFT LoRA adapter ``outputs/<run>/adapter/``."""
+    return output_dir(run) / "adapter"
+
+
+def results_dir(run: str, evaluation: str | None = None) -> Path:
+    """05_evaluate output ``results/<run>/``; a named evaluation (other settings, exploration) goes beside it
+    in ``results/<run>/evaluations/<evaluation>/``."""
+    if evaluation is None:
+        return work_root() / "results" / run
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(evaluation)):
+        raise ValueError(f"evaluation={evaluation!r}: a name of letters, digits, '.', '_' or '-' (it names the "
+                         "folder results/<run>/evaluations/<evaluation>/), or None for the run's main results")
+    return work_root() / "results" / run / "evaluations" / evaluation
+
+
+def question_adapter_dir(run: str, name: str) -> Path:
+    """One question's adapted weights ``phi'_q`` as a PEFT adapter ``results/<run>/adapters/<name>/``."""
+    return results_dir(run) / "adapters" / name
 
 
 def figures_dir(run: str) -> Path:

@@ -3,7 +3,9 @@
 Each notebook is executed into ``runs/<run>/<notebook>.ipynb`` with the shared parameters it declares
 (run, preset, datasets, ...) plus any ``-p key value``. The runner stops at the first failing notebook and
 says which notebook and cell failed and where the executed copy is. ``--prepare-only`` writes parameterised
-copies without executing them (the test suite runs nbval on those).
+copies without executing them (the test suite runs nbval on those). ``--num-processes N`` (and
+``--accelerate-config FILE``) run the heavy steps 03_train, 04_encode and 05_evaluate as jobs of N processes
+under ``accelerate launch`` (:mod:`regrad_lib.launch`); a failing process names its rank in the error.
 """
 
 from __future__ import annotations
@@ -153,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default="01-06", help="which notebooks: 01-06, 03-05, 05 ... (default all)")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                         help="any notebook parameter; JSON values (3, true, null, [1,2]) or plain strings")
+    parser.add_argument("--num-processes", type=int,
+                        help="processes for 03_train, 04_encode and 05_evaluate (accelerate launch; default 1)")
+    parser.add_argument("--accelerate-config", help="accelerate config file for those steps (configs/accelerate/)")
     parser.add_argument("--prepare-only", action="store_true", help="write parameterised copies, do not execute")
     parser.add_argument("--out", help="folder for the executed copies (default runs/<run>)")
     parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebooks' own)")
@@ -167,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         shared["datasets"] = [d.strip() for d in args.datasets.split(",") if d.strip()]
     if args.train_datasets:
         shared["train_datasets"] = [d.strip() for d in args.train_datasets.split(",") if d.strip()]
+    if args.num_processes is not None:
+        shared["num_processes"] = args.num_processes
+    if args.accelerate_config:
+        shared["accelerate_config"] = args.accelerate_config
     for key, value in args.parameter:
         shared[key] = parse_value(value)
     started = time.perf_counter()

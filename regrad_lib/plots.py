@@ -131,19 +131,40 @@ def training_curves(log_rows: Sequence[dict]) -> Figure:
     return fig
 
 
+def alpha_grid(alpha: dict[str, float]) -> tuple[list[str], list[str], list[list[float]]]:
+    """Step sizes as a grid: rows = layers (``L15``), columns = (module, A|B) (``gate.A``), NaN where absent.
+    Names without a layer or module (``all``: alpha_mode fix/same) fall into row and column ``all``."""
+    cells: dict[tuple[str, str], float] = {}
+    for name, value in alpha.items():
+        short = short_tensor_name(name)
+        layer, _, column = short.partition(".") if short.startswith("L") and "." in short else ("all", "", short)
+        cells[(layer, column)] = float(value)
+    rows = sorted({r for r, _ in cells}, key=lambda r: (r == "all", int(r[1:]) if r[1:].isdigit() else 0, r))
+    columns = list(dict.fromkeys(c for _, c in cells))
+    return rows, columns, [[cells.get((r, c), math.nan) for c in columns] for r in rows]
+
+
 @_styled
 def alpha_per_tensor(alpha: dict[str, float]) -> Figure:
-    """One bar per LoRA tensor with its learned step size (tie mode; one bar for fix/same)."""
-    names = list(alpha)
-    values = [float(alpha[n]) for n in names]
-    fig = _figure(max(4.0, min(16.0, 0.22 * len(names) + 2)), 3.4)
+    """The learned step size of every LoRA tensor as a heatmap: layer × (module, A|B), values written in."""
+    rows, columns, grid = alpha_grid(alpha)
+    fig = _figure(min(9.0, 0.75 * len(columns) + 2.2), min(9.0, 0.28 * len(rows) + 1.4))
     ax = fig.subplots()
-    ax.bar(range(len(names)), values, color=["C0" if n.endswith("A") else "C1" for n in map(short_tensor_name, names)])
-    ax.set_xticks(range(len(names)), [short_tensor_name(n) for n in names], rotation=90)
+    image = ax.imshow(grid, aspect="auto", cmap="viridis")
+    fig.colorbar(image, ax=ax, label="alpha", shrink=0.9)
+    if len(rows) * len(columns) <= 400:
+        finite = [v for row in grid for v in row if _finite(v)]
+        middle = (min(finite) + max(finite)) / 2 if finite else 0.0
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                if _finite(v):
+                    ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=6,
+                            color="black" if v > middle else "white")
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(rows)), rows)
     ax.set_title("Learned step size per LoRA tensor")
-    ax.set_ylabel("alpha")
-    ax.set_xlabel("LoRA tensor (layer.module.A|B)")
-    ax.grid(axis="y", alpha=0.3)
+    ax.set_xlabel("module . A|B")
+    ax.set_ylabel("layer")
     return fig
 
 
@@ -420,3 +441,24 @@ def _human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+@_styled
+def token_probabilities(tokens: Sequence[str], series: dict[str, Sequence[float]], title: str = "") -> Figure:
+    """One group of bars per answer token: its probability under each weight set (e.g. before / after)."""
+    fig = _figure(max(4.0, min(12.0, 0.55 * len(tokens) + 2)), 3.2)
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(series))
+    for j, (label, values) in enumerate(series.items()):
+        ax.bar([i + (j - (len(series) - 1) / 2) * width for i in range(len(tokens))], list(values), width,
+               label=label, color=f"C{j % 10}")
+    labels = [repr(t)[1:-1].replace(" ", "␣") for t in tokens]        # spaces and newlines made visible
+    ax.set_xticks(range(len(tokens)), labels, rotation=45 if len(tokens) > 8 else 0)
+    ax.set_ylim(0, 1.2)
+    ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
+    ax.set_ylabel("probability")
+    ax.set_xlabel("answer token (␣ = space)")
+    ax.set_title(title or "Answer-token probabilities")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper center", ncols=max(1, len(series)), frameon=False)
+    return fig

@@ -171,12 +171,13 @@ def qa_example(tokenizer, question: str, answer: str, passages: Passages | None 
     return Example(prompt.ids + target, [IGNORE] * len(prompt.ids) + target, prompt.truncated)
 
 
-def extract_answer(generated: str) -> str:
-    """The text after the last ``Answer:`` up to the first newline, leading whitespace skipped first.
+def extract_answer(generated: str, stop: str = "\n") -> str:
+    """The text after the last ``Answer:`` up to the first ``stop`` (``generation.stop``, a newline by default),
+    leading whitespace skipped first.
 
     Small chat models often put a newline right after ``Answer:``; skipping leading whitespace before the
     stop rule keeps such answers (method.md equation 4), for every method alike.
     """
     if ANSWER_PREFIX in generated:
         generated = generated.rsplit(ANSWER_PREFIX, 1)[1]
-    return generated.lstrip().split("\n", 1)[0].strip()
+    return generated.lstrip().split(stop, 1)[0].strip()

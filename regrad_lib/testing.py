@@ -113,3 +113,23 @@ def ensure_tiny_model(folder: Path | None = None) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return folder
+
+
+def saved_trained_run(run: str, preset, seed: int = 0, b_std: float = 0.3, alpha: float = 0.5):
+    """A 'trained' learner for tests, saved as 03_train saves one (``outputs/<run>/``): a fresh learner of
+    ``preset`` with random non-zero ``lora_B`` (so the LoRA and its gradients act) and every step size ``alpha``."""
+    import torch
+
+    from .learner import META_STATE, Learner
+
+    learner = Learner.create(preset)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in learner.phi.items():
+            if name.endswith("lora_B"):
+                p.normal_(0, b_std)
+        for v in learner.alpha.values.values():
+            v.fill_(alpha)
+    preset.save(paths.output_dir(run))
+    learner.save(paths.output_dir(run) / META_STATE)
+    return learner

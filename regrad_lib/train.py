@@ -3,7 +3,8 @@
 Reads ``data/augmented/<dataset>/<train_file>.json`` for every training dataset (written by 02_augment) and
 writes ``outputs/<run>/``: the four configs, ``meta_state.safetensors`` (the best on the validation slice),
 ``training_log.jsonl`` (one JSON row per train step or evaluation, ``kind`` "train"/"eval"), ``provenance.json``,
-``train_request.json``, ``checkpoint/`` (resume) and, last, ``train_summary.json`` (the run is finished).
+``train_request.json``, ``checkpoint/`` (resume), ``adapter/`` (the selected ``phi`` as a PEFT LoRA adapter)
+and, last, ``train_summary.json`` (the run is finished).
 
 The validation slice for checkpoint selection is held out of the *training* tasks (seeded), never the dev
 file that 05_evaluate reports (method.md, "Known flaws").
@@ -26,7 +27,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import artifacts, checkpoint, config, metrics, paths, regrad
+from . import adapters, artifacts, checkpoint, config, distributed, metrics, paths, regrad
 from . import tasks as tasks_mod
 from .learner import META_STATE, Learner
 from .tasks import Task
@@ -174,36 +175,56 @@ def meta_step(learner: Learner, optimizer: torch.optim.Optimizer, params: list[t
 
     The batch is computed in chunks of ``tasks_per_forward`` tasks (one batched forward/backward each, gradients
     accumulated; the step's loss is the mean over its tasks); a non-finite loss or gradient leaves the weights
-    untouched.
+    untouched. In a job of N processes each takes its contiguous share of the (global) batch and the gradients of
+    every task's ``loss / len(batch)`` are summed across processes before clipping, so the step equals one
+    process's over the same batch.
     """
     args = learner.preset.train
     optimizer.zero_grad(set_to_none=True)
-    total, truncated = 0.0, 0
-    for chunk in _chunks(batch, args.tasks_per_forward):
+    share = distributed.span(len(batch))
+    total, truncated, bad = 0.0, 0, []
+    for chunk in _chunks(batch[share.start:share.stop], args.tasks_per_forward):
         tb = tasks_mod.task_batch(learner.tokenizer, chunk, learner.preset.learner)
         truncated += tb.truncated_prompts
         losses = chunk_losses(learner, tb.to(learner.device))
         values = losses.detach().float().cpu().tolist()
         bad = [t for t, v in zip(chunk, values) if not math.isfinite(v)]
         if bad:
-            return math.nan, math.nan, f"meta loss of {describe(bad)}", truncated
+            break
         (losses.sum() / len(batch)).backward()
         total += sum(values)
+    total, truncated, bad = _whole_batch(total, truncated, bad)
+    if bad:
+        return math.nan, math.nan, f"meta loss of {describe(bad)}", truncated
+    distributed.sum_gradients(params)
     grad_norm = optimizer_step(optimizer, params, args.max_grad_norm, lr)
     if not math.isfinite(grad_norm):
         return total / len(batch), grad_norm, f"gradient (norm {grad_norm}) of the batch {describe(batch)}", truncated
     return total / len(batch), grad_norm, None, truncated
 
 
+def _whole_batch(total: float, truncated: int, bad: list[Task]) -> tuple[float, int, list[Task]]:
+    """This process's loss sum, truncated prompts and non-finite tasks, summed/joined over every process."""
+    if distributed.job().size == 1:
+        return total, truncated, bad
+    status = torch.tensor([total, truncated, len(bad)], dtype=torch.float64, device=distributed.collective_device())
+    distributed.sum_([status])
+    if status[2] > 0:
+        bad = [t for part in distributed.gather(bad) for t in part]
+    return float(status[0]), int(status[1]), bad
+
+
 def evaluate(learner: Learner, validation: list[Task], generate: bool = True) -> dict:
     """Validation meta loss (answer NLL after the inner step) and, with ``generate``, EM/F1 of the answers
     generated with online gradients (gamma 1)."""
-    losses = []
-    for chunk in _chunks(validation, learner.preset.train.tasks_per_forward):
-        tb = tasks_mod.task_batch(learner.tokenizer, chunk, learner.preset.learner).to(learner.device)
+    chunks = _chunks(validation, learner.preset.train.tasks_per_forward)
+    mine = []       # a job's processes take turns over the chunks; gathered back in order
+    for i in distributed.turns(len(chunks)):
+        tb = tasks_mod.task_batch(learner.tokenizer, chunks[i], learner.preset.learner).to(learner.device)
         with torch.no_grad():  # the inner gradient still runs (enable_grad inside)
-            losses += regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb, first_order=True,
-                                         precision=learner.precision).float().cpu().tolist()
+            mine.append(regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb, first_order=True,
+                                           precision=learner.precision).float().cpu().tolist())
+    losses = [v for part in distributed.merge_turns(mine, len(chunks)) for v in part]
     out = {"eval_loss": _finite(sum(losses) / len(losses)), "eval_em": None, "eval_f1": None, "n": len(validation)}
     if generate:
         from .evaluate import predict_online  # evaluate imports the learner stack; keep train importable alone
@@ -225,12 +246,50 @@ def _better(row: dict, best: dict | None, metric: str) -> bool:
 # --- notebook helpers --------------------------------------------------------------------------------
 
 def configure(preset: str, *, blind_context: bool | None = None, seed: int | None = None,
-              max_steps: int | None = None, limit: int | None = None) -> config.Preset:
+              max_steps: int | None = None, limit: int | None = None,
+              init_adapter: str | None = None) -> config.Preset:
     """03_train's validated preset: ``preset`` with the notebook's parameters applied (None keeps the preset's)."""
-    learner = {"blind_context": blind_context}
+    learner = {"blind_context": blind_context, "init_adapter": init_adapter}
     train_ = {"seed": seed, "max_steps": max_steps, "max_train_tasks": limit}
     return config.load_preset(preset, {"learner": {k: v for k, v in learner.items() if v is not None},
                                        "train": {k: v for k, v in train_.items() if v is not None}})
+
+
+@dataclass
+class TrainSettings:
+    """03_train's parameters, validated before anything is computed (the preset with them applied: ``config``)."""
+    run: str
+    preset: str
+    train_datasets: list[str]
+    train_limit: int | None = None     # reads train_<n>.json (02_augment's train_limit); None: train_all.json
+    blind_context: bool | None = None
+    max_train_tasks: int | None = None
+    max_steps: int | None = None
+    device: str = "cpu"
+    seed: int | None = None
+    overwrite: bool = False
+    init_adapter: str | None = None    # a PEFT LoRA adapter folder to start phi from (None: a fresh LoRA)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train_datasets, str):
+            self.train_datasets = [self.train_datasets]
+        if not self.train_datasets:
+            raise ValueError("train_datasets is empty: name at least one dataset, e.g. ['popqa', 'hotpotqa']")
+        self.config = configure(self.preset, blind_context=self.blind_context, seed=self.seed,
+                                max_steps=self.max_steps, limit=self.max_train_tasks, init_adapter=self.init_adapter)
+        for dataset in self.train_datasets:
+            tasks_mod.augmented_path(dataset, self.train_file)
+
+    @property
+    def train_file(self) -> str:
+        from .augment import output_name
+        return output_name("train", self.train_limit)
+
+
+def run(settings: TrainSettings) -> dict:
+    """03_train's computation: :func:`train` with the notebook's settings; the summary."""
+    return train(settings.run, settings.config, settings.train_datasets, train_file=settings.train_file,
+                 device=settings.device, overwrite=settings.overwrite)
 
 
 def learned_alpha(run: str) -> dict[str, float]:
@@ -322,7 +381,8 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
     """Meta-train on the augmented training tasks; returns the summary (also ``train_summary.json``).
 
     ``limit`` caps the training tasks (``train_args.max_train_tasks``). An unfinished run resumes from its
-    checkpoint at the next step; a finished run is refused unless ``overwrite=True``.
+    checkpoint at the next step; a finished run is refused unless ``overwrite=True``. In a job of several
+    processes (:mod:`regrad_lib.distributed`) every process calls this alike; rank 0 alone writes the folder.
     """
     if isinstance(preset, str):
         preset = config.load_preset(preset)
@@ -333,10 +393,11 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
     request = _request(preset, train_datasets, train_file)
     data = split_tasks(load_tasks(train_datasets, train_file, args.topk), args.validation_size, args.seed,
                        args.max_train_tasks)
-    kept = None if overwrite else _finished(folder, request)
+    kept = None if overwrite else distributed.on_main(_finished, folder, request)
     if kept is not None:
         return kept
-    resuming = _prepare_folder(folder, request, overwrite, resume)
+    resuming = distributed.on_main(_prepare_folder, folder, request, overwrite, resume)
+    main = distributed.job().main
 
     random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -350,17 +411,20 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
         if state["data_fingerprint"] != data.fingerprint():
             raise ValueError(f"{paths.relative(folder)}: the training tasks changed since the checkpoint (other "
                              f"augmented files?); restore them, or pass overwrite=True to start again")
-        rows = [r for r in read_log(run) if r["step"] <= state["step"]]
-        artifacts.write_jsonl(log_path, rows)
+        if main:
+            artifacts.write_jsonl(log_path, [r for r in read_log(run) if r["step"] <= state["step"]])
         log.info("resuming %s after step %d of %d", paths.relative(folder), state["step"], n_steps)
     else:
-        preset.save(folder)
-        artifacts.write_json(folder / REQUEST, request)
-        artifacts.write_provenance(folder, preset.to_dict())
-        log_path.write_text("", encoding="utf-8")
+        if main:
+            preset.save(folder)
+            artifacts.write_json(folder / REQUEST, request)
+            artifacts.write_provenance(folder, preset.to_dict())
+            log_path.write_text("", encoding="utf-8")
         state = {"step": 0, "tasks_seen": 0, "skipped_nonfinite": 0, "truncated_prompts": 0, "elapsed_s": 0.0,
                  "best": None,
                  "order_epoch": None, "order": [], "data_fingerprint": data.fingerprint(), "total_steps": n_steps}
+    if distributed.job().size > 1:
+        distributed.same_everywhere(learner.meta_hash(), "the meta weights at the start")
     if args.validation_size == 0:
         log.warning("validation_size=0: no validation slice, the final weights are kept as %s", META_STATE)
     log.info("meta-training %s: %d train tasks, %d validation tasks, %d steps of %d tasks", run, len(data.train),
@@ -377,18 +441,22 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
         row["best"] = _better(row, state["best"], args.metric_for_best_model)
         if row["best"]:
             state["best"] = {k: row[k] for k in ("step", "eval_loss", "eval_em", "eval_f1")}
-            learner.save(folder / META_STATE)
-        _append(log_path, row)
+            if main:
+                learner.save(folder / META_STATE)
+        if main:
+            _append(log_path, row)
         log.info("step %d: validation loss %s, F1 %s%s", step, row["eval_loss"], row["eval_f1"],
                  " (best)" if row["best"] else "")
 
     def save_checkpoint() -> None:
-        checkpoint.save(folder, learner, optimizer, {**state, "elapsed_s": elapsed(), "total_steps": n_steps})
+        if main:
+            checkpoint.save(folder, learner, optimizer,
+                            {**state, "elapsed_s": elapsed(), "total_steps": n_steps})
 
     if not resuming and data.validation:
         run_eval(0)
     recent: list[float] = []
-    bar = tqdm(total=n_steps, initial=state["step"], desc="meta-train", unit="step")
+    bar = tqdm(total=n_steps, initial=state["step"], desc="meta-train", unit="step", disable=not main)
     try:
         while state["step"] < n_steps:
             step = state["step"]
@@ -412,7 +480,7 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
                 recent = (recent + [loss])[-10:]
                 bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
             bar.update(1)
-            if problem is not None or state["step"] % args.logging_steps == 0 or state["step"] == n_steps:
+            if main and (problem is not None or state["step"] % args.logging_steps == 0 or state["step"] == n_steps):
                 _append(log_path, {
                     "kind": "train", "step": state["step"], "loss": _finite(loss) if problem is None else None,
                     "lr": rates["phi"], "alpha_lr": rates["alpha"], "grad_norm": _finite(grad_norm), "tasks_seen": state["tasks_seen"],
@@ -431,10 +499,18 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
     finally:
         bar.close()
 
-    if not data.validation:
-        learner.save(folder / META_STATE)
-    summary = _summary(run, preset, train_datasets, train_file, data, state, read_log(run), elapsed())
-    artifacts.write_json(folder / SUMMARY, summary)
+    if distributed.job().size > 1:
+        distributed.same_everywhere(learner.meta_hash(), "the meta weights at the end")
+
+    def finish() -> dict:
+        if not data.validation:
+            learner.save(folder / META_STATE)
+        summary = _summary(run, preset, train_datasets, train_file, data, state, read_log(run), elapsed())
+        adapters.export_run(run)    # the selected phi as a PEFT adapter, outputs/<run>/adapter/
+        artifacts.write_json(folder / SUMMARY, summary)
+        return summary
+
+    summary = distributed.on_main(finish)
     log.info("meta-training done: %s", summary)
     return summary
 

@@ -22,3 +22,19 @@ def tiny(tiny_model_dir):
     """(model, tokenizer) of the offline tiny Llama, fp32, LoRA not attached."""
     from regrad_lib import modeling
     return modeling.load(str(tiny_model_dir))
+
+
+@pytest.fixture()
+def crash_on_call(monkeypatch):
+    """``crash_on_call(module, name, n)``: the n-th call of ``module.name`` raises RuntimeError("simulated crash");
+    ``monkeypatch.undo()`` restores it."""
+    def install(module, name: str, n: int) -> None:
+        original, calls = getattr(module, name), {"n": 0}
+
+        def wrapper(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise RuntimeError("simulated crash")
+            return original(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapper)
+    return install

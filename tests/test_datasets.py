@@ -180,10 +180,50 @@ def test_popqa_slice_keeps_row_positions():
 
 
 def test_unknown_name_suggests():
+    # a typo of a known name whose folder does not exist is still taken for a typo
     with pytest.raises(ValueError, match=r"Unknown dataset 'hotpot'\. Did you mean: hotpotqa\? Known: "):
-        datasets.load("hotpot", SAMPLE, "dev")
-    with pytest.raises(ValueError, match="Known: 2wikimultihopqa, hotpotqa, popqa, complexwebquestions"):
-        datasets.load("squad", SAMPLE, "dev")
+        datasets.load("hotpot", SAMPLE + "/hotpot", "dev")
+    with pytest.raises(FileNotFoundError, match=r"No file for dataset 'squad', split 'dev': tried .*squad/dev\.json, "
+                       r".*squad/dev\.jsonl\. Known datasets: 2wikimultihopqa, hotpotqa, popqa, complexwebquestions"):
+        datasets.load("squad", SAMPLE + "/squad", "dev")
+
+
+def test_any_name_reads_the_generic_form(tmp_path):
+    (tmp_path / "dev.jsonl").write_text('{"question": "Who?", "answer": "Ada"}\n'
+                                        '{"question": "Where?", "answer": ["Rome", "Roma"]}\n')
+    rows = datasets.load("myqa", tmp_path, "dev")
+    assert [(r.test_id, r.question, r.answers) for r in rows] == [(0, "Who?", ["Ada"]), (1, "Where?", ["Rome", "Roma"])]
+    (tmp_path / "train.json").write_text(json.dumps([{"question": "Q", "answer": []}]))
+    with pytest.raises(datasets.DatasetFormatError, match=r"train\.json: record 0: field 'answer' is an empty list"):
+        datasets.load("myqa", tmp_path, "train")
+    # a near-miss of a known name with its own generic file is a dataset of that name, not a typo
+    assert len(datasets.load("hotpot", tmp_path, "dev")) == 2
+
+
+def test_registered_loader_for_a_custom_format(tmp_path, monkeypatch):
+    (tmp_path / "qa.tsv").write_text("Who wrote it?\tAda|Ada Lovelace\nWhen?\t\n")
+
+    def tsv(folder, split):
+        for line in (folder / "qa.tsv").read_text().splitlines():
+            question, answers = line.split("\t")
+            yield {"question": question, "answer": [a for a in answers.split("|") if a]}
+
+    monkeypatch.setattr(datasets, "_custom", {})
+    datasets.register("tsvqa", tsv)
+    with pytest.raises(datasets.DatasetFormatError,
+                       match=r"dev \(loader 'tsvqa'\): record 1: field 'answer' is an empty"):
+        datasets.load("tsvqa", tmp_path, "dev")
+    (tmp_path / "qa.tsv").write_text("Who wrote it?\tAda|Ada Lovelace\n")
+    [row] = datasets.load("tsvqa", tmp_path, "dev")
+    assert row.answers == ["Ada", "Ada Lovelace"]
+    with pytest.raises(ValueError, match="one of the named datasets"):
+        datasets.register("popqa", tsv)
+    # 02_augment's `loaders` parameter imports a module that registers its loader
+    (tmp_path / "my_loaders.py").write_text("from regrad_lib import datasets\n"
+                                            "datasets.register('fromplugin', lambda folder, split: [])\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "fromplugin" in datasets.import_loaders(["my_loaders"])
+    assert datasets.load("fromplugin", tmp_path, "dev") == []
 
 
 def test_missing_file_names_path_split_and_help(tmp_path):

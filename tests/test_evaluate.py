@@ -253,3 +253,26 @@ def test_quantised_banks_answer_like_fp32(run):
             assert [row["prediction"] for row in rows] == [row["prediction"] for row in ref]
         change = sum(abs(a["answer_nll"] - b["answer_nll"]) for a, b in zip(rows, ref)) / len(ref)
         assert 0 < change <= 2 * r * effect, (scheme, change, r, effect)
+
+
+def test_named_evaluation_goes_beside_the_finished_results(run):
+    learner = run[0]
+    evaluate.evaluate(RUN, DATASET, ["regrad"], limit=5, learner=learner, overwrite=True)
+    main = evaluate.method_files(RUN, DATASET, "regrad")[1]
+    before = main.read_bytes()
+    with pytest.raises(FileExistsError, match=r"overwrite=True .* or name this evaluation \(evaluation='...'\)"):
+        evaluate.evaluate(RUN, DATASET, ["regrad"], limit=4, gamma=0.5, learner=learner)
+    out = evaluate.evaluate(RUN, DATASET, ["regrad", "closed_book"], limit=4, gamma=0.5, learner=learner,
+                            evaluation="first4")
+    folder = paths.results_dir(RUN) / "evaluations" / "first4"
+    assert paths.results_dir(RUN, "first4") == folder
+    assert evaluate.method_files(RUN, DATASET, "regrad", "first4")[1] == folder / DATASET / "regrad.metrics.json"
+    assert out["regrad"]["n"] == 4 and artifacts.read_json(folder / DATASET / "regrad.metrics.json")["gamma"] == 0.5
+    assert main.read_bytes() == before                                   # the finished results are untouched
+    assert {r["method"] for r in evaluate.summary(RUN, "first4")} == {"regrad", "closed_book"}
+    assert all(r["n"] == 4 for r in evaluate.summary(RUN, "first4"))
+    assert len(evaluate.examples(RUN, DATASET, ["closed_book", "regrad"], n=2, evaluation="first4")) == 2
+    rows = evaluate.sweep(RUN, DATASET, gammas=(0.0,), limit=4, learner=learner, evaluation="first4")
+    assert (folder / "sweeps.csv").is_file() and rows[0]["n"] == 4
+    with pytest.raises(ValueError, match=r"evaluation='\.\./x': a name of letters"):
+        evaluate.EvaluateSettings(run=RUN, datasets=[DATASET], methods=["closed_book"], evaluation="../x")

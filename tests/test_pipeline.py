@@ -20,9 +20,9 @@ def test_parse_value(text, value):
     assert pipeline.parse_value(text) == value
 
 
-def _notebook(path, body):
+def _notebook(path, body, extra=""):
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('run = "x"  # run\nvalue = 1  # a number')
+    params = nbformat.v4.new_code_cell('run = "x"  # run\nvalue = 1  # a number' + extra)
     params.metadata["tags"] = ["parameters"]
     nb.cells = [nbformat.v4.new_markdown_cell("# test"), params, nbformat.v4.new_code_cell(body)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -62,6 +62,16 @@ def test_main_reports_failure_with_exit_code(fake_notebooks, caplog):
     assert pipeline.main(["--run", "r2", "--steps", "01", "-p", "value", "7", "--out", str(fake_notebooks / "o")]) == 0
     assert pipeline.main(["--run", "r2", "--steps", "02", "--out", str(fake_notebooks / "o")]) == 1
     assert "02_fail failed" in caplog.text
+
+
+def test_num_processes_reaches_the_notebooks_that_declare_it(fake_notebooks, caplog):
+    _notebook(fake_notebooks / "nb" / "01_ok.ipynb", "assert (num_processes, accelerate_config) == (2, 'c.yaml')",
+              extra="\nnum_processes = 1  # processes\naccelerate_config = None  # file")
+    out = fake_notebooks / "o"
+    assert pipeline.main(["--run", "r3", "--steps", "01", "--num-processes", "2", "--accelerate-config", "c.yaml",
+                          "--out", str(out)]) == 0
+    assert pipeline.main(["--run", "r3", "--steps", "03", "--num-processes", "2", "--out", str(out)]) == 1
+    assert "['num_processes'] are declared by none" in caplog.text
 
 
 def test_seeds_run_index_and_augment_once_then_each_seed_then_an_analysis_across_them(monkeypatch):

@@ -50,13 +50,30 @@ def test_training_curves_panels(run):
     assert len(only_train.axes) == 1 and only_train.axes[0].get_xlabel() == "step"
 
 
-def test_alpha_per_tensor_short_names(run):
-    fig = plots.alpha_per_tensor(analysis.read_alpha(run))
+def test_alpha_heatmap_is_layer_by_module_and_side(run):
+    alpha = analysis.read_alpha(run)
+    rows, columns, grid = plots.alpha_grid(alpha)
+    assert rows == ["L2", "L10"] and columns == ["q.A", "q.B", "gate.A", "gate.B"]
+    by_short = {plots.short_tensor_name(n): v for n, v in alpha.items()}
+    assert grid[1][2] == pytest.approx(by_short["L10.gate.A"]) and grid[0][1] == pytest.approx(by_short["L2.q.B"])
+    assert math.isnan(grid[0][2]) and math.isnan(grid[1][0])          # L2 has no gate, L10 no q
+    fig = plots.alpha_per_tensor(alpha)
     ax = fig.axes[0]
-    assert len(ax.patches) == 4
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["L2.q.A", "L2.q.B", "L10.gate.A", "L10.gate.B"]
+    assert ax.images[0].get_array().shape == (2, 4)
+    assert [t.get_text() for t in ax.get_xticklabels()] == columns
+    assert [t.get_text() for t in ax.get_yticklabels()] == rows
+    assert len(ax.texts) == 4                                          # each present value written in its cell
+    assert plots.alpha_grid({"all": 0.02}) == (["all"], ["all"], [[0.02]])   # alpha_mode fix / same
     assert plots.short_tensor_name("alpha.model__layers__15__mlp__down_proj__lora_B") == "L15.down.B"
     assert plots.short_tensor_name("all") == "all"
+
+
+def test_token_probabilities_bars():
+    fig = plots.token_probabilities([" Paris", "\n"], {"before": [0.1, 0.5], "after": [0.4, 0.6]}, "t")
+    ax = fig.axes[0]
+    assert [round(p.get_height(), 3) for p in ax.patches] == [0.1, 0.5, 0.4, 0.6]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["␣Paris", "\\n"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["before", "after"]
 
 
 def test_score_table_figure(run):

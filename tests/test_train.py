@@ -113,25 +113,16 @@ def test_meta_loss_decreases_on_a_repeated_task_set(data):
     assert summary["last_loss"] == losses[-1]
 
 
-def test_resume_gives_the_same_next_step_loss(data, monkeypatch):
+def test_resume_gives_the_same_next_step_loss(data, monkeypatch, crash_on_call):
     preset = _preset(max_steps=4, save_steps=2, learning_rate=5e-3)
     train.train("straight", preset, data)
     reference = train.read_log("straight")
 
-    calls = {"n": 0}
-    original = train.meta_step
-
-    def crash_on_third(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("simulated crash")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(train, "meta_step", crash_on_third)
+    crash_on_call(train, "meta_step", 3)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train.train("resumed", preset, data)
     assert artifacts.read_json(checkpoint.folder(paths.output_dir("resumed")) / checkpoint.STATE)["step"] == 2
-    monkeypatch.setattr(train, "meta_step", original)
+    monkeypatch.undo()
     train.train("resumed", preset, data)
     resumed = train.read_log("resumed")
     strip = [{k: v for k, v in r.items() if k != "elapsed_s"} for r in reference]

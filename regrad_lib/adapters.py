@@ -1,0 +1,174 @@
+"""PEFT LoRA adapters in and out: the meta-trained ``phi`` and one question's ``phi'_q`` as standard adapters, and
+a warm start of ``phi`` from one.
+
+A PEFT LoRA adapter is a folder with ``adapter_config.json`` (peft's ``LoraConfig``) and
+``adapter_model.safetensors`` keyed ``base_model.model.<module path>.lora_A.weight`` (``[r, in]``) and
+``….lora_B.weight`` (``[out, r]``). This project's LoRA (:mod:`regrad_lib.lora`) holds the same two tensors per
+module as ``<module path>.lora_A`` / ``.lora_B`` with the same scaling ``lora_alpha / r`` and peft's rule for
+which modules are targeted, so the conversion is a renaming; ``PeftModel.from_pretrained(base, folder)`` then
+computes the same logits. The step sizes ``alpha`` and the run's configs have no PEFT field: they stay in
+``outputs/<run>/`` beside ``outputs/<run>/adapter/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import artifacts, config, paths
+from .learner import META_STATE, trained_state
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+INFO_FILE = "regrad_adapter.json"        # what the adapter is (run, question, gamma); peft ignores it
+PREFIX = "base_model.model."
+Weights = dict[str, torch.Tensor]
+
+
+def lora_config(peft: config.PeftConfig, base_model: str | None = None):
+    """peft's ``LoraConfig`` for the preset's LoRA layout (inference mode: an adapter to load, not to train)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=peft.r, lora_alpha=peft.lora_alpha, lora_dropout=peft.lora_dropout,
+                      target_modules=peft.target_modules, layers_to_transform=peft.layers_to_transform,
+                      layers_pattern=peft.layers_pattern, bias=peft.bias, task_type=peft.task_type,
+                      init_lora_weights=peft.init_lora_weights, base_model_name_or_path=base_model,
+                      inference_mode=True)
+
+
+def peft_key(name: str) -> str:
+    """``model.layers.8.mlp.gate_proj.lora_A`` -> ``base_model.model.model.layers.8.mlp.gate_proj.lora_A.weight``."""
+    return f"{PREFIX}{name}.weight"
+
+
+def regrad_name(key: str, where: str = "adapter") -> str:
+    """The inverse of :func:`peft_key`; anything but a LoRA A/B weight is refused, naming the key."""
+    if not (key.startswith(PREFIX) and key.endswith((".lora_A.weight", ".lora_B.weight"))):
+        raise ValueError(f"{where}: tensor {key!r} is not a LoRA weight (expected {PREFIX}<module>.lora_A.weight "
+                         "or .lora_B.weight); regrad loads plain LoRA adapters only")
+    return key[len(PREFIX):-len(".weight")]
+
+
+def save(folder: str | Path, weights: Weights, peft: config.PeftConfig, *, base_model: str | None = None,
+         info: dict | None = None) -> Path:
+    """Write ``weights`` (2-D LoRA tensors, this project's names) as a PEFT adapter folder, atomically."""
+    folder = paths.resolve(folder)
+    tensors = {}
+    for name, t in weights.items():
+        if t.dim() != 2:
+            raise ValueError(f"LoRA tensor {name} has shape {tuple(t.shape)}: one adapter holds one set of 2-D "
+                             "weights (take one row of per-question weights)")
+        tensors[peft_key(name)] = t.detach().float().contiguous().cpu()
+    with artifacts.atomic_dir(folder) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        lora_config(peft, base_model).save_pretrained(str(tmp))
+        if info is not None:
+            artifacts.write_json(tmp / INFO_FILE, artifacts.provenance(info))
+    log.info("wrote PEFT adapter %s (%d tensors)", paths.relative(folder), len(tensors))
+    return folder
+
+
+def read(folder: str | Path):
+    """(peft ``LoraConfig``, weights under this project's names) of a PEFT LoRA adapter folder."""
+    from peft import LoraConfig, PeftConfig
+
+    folder = paths.resolve(folder)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} not found: a PEFT LoRA adapter folder holds {CONFIG_FILE} and "
+                                    f"{WEIGHTS_FILE} (peft's save_pretrained, or adapters.export_run)")
+    cfg = PeftConfig.from_pretrained(str(folder))   # peft's own reader and checks
+    if not isinstance(cfg, LoraConfig):
+        raise ValueError(f"{folder / CONFIG_FILE}: peft_type {cfg.peft_type} is not a LoRA adapter")
+    where = paths.relative(folder / WEIGHTS_FILE)
+    return cfg, {regrad_name(k, where): v for k, v in load_file(str(folder / WEIGHTS_FILE)).items()}
+
+
+def describe(folder: str | Path) -> dict:
+    """What a notebook shows of an adapter folder: its files, rank, scaling, targets and tensor count."""
+    cfg, weights = read(folder)
+    folder = paths.resolve(folder)
+    targets = cfg.target_modules if isinstance(cfg.target_modules, str) else sorted(cfg.target_modules)
+    return {"adapter": paths.relative(folder), "files": sorted(p.name for p in folder.iterdir()), "r": cfg.r,
+            "lora_alpha": cfg.lora_alpha, "target_modules": targets,
+            "layers_to_transform": cfg.layers_to_transform, "base_model": cfg.base_model_name_or_path,
+            "tensors": len(weights), "values": sum(t.numel() for t in weights.values())}
+
+
+# --- out ------------------------------------------------------------------------------------------------------
+
+def export_run(run: str) -> Path:
+    """``outputs/<run>/adapter/``: the run's selected ``phi`` (``meta_state.safetensors``) as a PEFT adapter.
+
+    03_train writes it at the end of a run; call this for runs trained before it did. No model is loaded.
+    """
+    state = trained_state(run)
+    preset = config.load_preset(state.parent)
+    phi = {k[len("phi."):]: v for k, v in load_file(str(state)).items() if k.startswith("phi.")}
+    return save(paths.adapter_dir(run), phi, preset.peft, base_model=preset.learner.model_name_or_path,
+                info={"run": run, "weights": "phi (meta-trained LoRA initialisation)", "source": META_STATE})
+
+
+def export_question(learner, task, folder: str | Path, *, bank=None, gamma: float | None = None,
+                    run: str | None = None) -> Path:
+    """One question's adapted weights ``phi'_q = phi - gamma·alpha ⊙ Σ g_d`` (equation 2) as a PEFT adapter.
+
+    The gradients of ``task``'s passages come from ``bank`` (a :class:`regrad_lib.bank.GradientBank`) or, without
+    one, are computed on the fly (the same sums). ``gamma`` defaults to the run's ``learner.gamma``.
+    """
+    from .evaluate import question_weights
+
+    gamma = learner.preset.learner.gamma if gamma is None else gamma
+    weights = question_weights(learner, task, bank=bank, gamma=gamma)
+    info = {"run": run, "weights": "phi'_q = phi - gamma * alpha * sum of the passages' gradients (equation 2)",
+            "question": task.question, "test_id": task.test_id, "passage_ids": list(task.passage_ids),
+            "gamma": gamma, "gradients": "bank" if bank is not None else "online", "meta_hash": learner.meta_hash()}
+    return save(folder, weights, learner.preset.peft, base_model=learner.preset.learner.model_name_or_path,
+                info=info)
+
+
+# --- in -------------------------------------------------------------------------------------------------------
+
+def _check_layout(cfg, weights: Weights, live: dict[str, torch.Tensor], peft: config.PeftConfig, where: str) -> None:
+    """The adapter must have the preset's rank, scaling and modules, tensor by tensor; the error names the first
+    difference."""
+    for key in ("use_dora", "use_rslora", "rank_pattern", "alpha_pattern"):
+        if getattr(cfg, key, None):
+            raise ValueError(f"{where}: {key}={getattr(cfg, key)!r} is not plain LoRA; regrad cannot start from it")
+    if cfg.r != peft.r:
+        raise ValueError(f"{where}: rank r={cfg.r}, but the preset's peft_config.json has r={peft.r}")
+    if cfg.lora_alpha / cfg.r != peft.scaling:
+        raise ValueError(f"{where}: lora_alpha={cfg.lora_alpha} (scaling {cfg.lora_alpha / cfg.r:g}), but the "
+                         f"preset's peft_config.json has lora_alpha={peft.lora_alpha} (scaling {peft.scaling:g})")
+    modules = lambda names: sorted({n.rpartition(".")[0] for n in names})  # noqa: E731
+    missing = [m for m in modules(live) if m not in modules(weights)]
+    if missing:
+        raise ValueError(f"{where}: no LoRA weights for module {missing[0]} ({len(missing)} module(s) missing), "
+                         "which the preset's target_modules / layers_to_transform select")
+    extra = [m for m in modules(weights) if m not in modules(live)]
+    if extra:
+        raise ValueError(f"{where}: LoRA weights for module {extra[0]} ({len(extra)} module(s)), which the preset's "
+                         f"peft_config.json does not target (target_modules={peft.target_modules}, "
+                         f"layers_to_transform={peft.layers_to_transform})")
+    for name, p in live.items():
+        if name not in weights:
+            raise ValueError(f"{where}: tensor {peft_key(name)} is missing")
+        if tuple(weights[name].shape) != tuple(p.shape):
+            raise ValueError(f"{where}: {peft_key(name)} has shape {tuple(weights[name].shape)}, the model's LoRA "
+                             f"needs {tuple(p.shape)} (another base model?)")
+
+
+def load_into(model: torch.nn.Module, folder: str | Path, peft: config.PeftConfig) -> None:
+    """Warm start: copy a PEFT LoRA adapter of the same layout into the model's live LoRA weights ``phi``."""
+    from . import lora
+
+    cfg, weights = read(folder)
+    live = lora.parameters(model)
+    _check_layout(cfg, weights, live, peft, paths.relative(paths.resolve(folder)))
+    lora.load_into(model, {n: weights[n].float() for n in live})
+    log.info("phi initialised from the PEFT adapter %s", paths.relative(paths.resolve(folder)))

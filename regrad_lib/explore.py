@@ -1,0 +1,90 @@
+"""Explore one typed question (05_evaluate, "Explore a question"): its retrieved passages, the answers of
+closed_book / rag / regrad / no_update side by side, and the answer tokens' probabilities before (``phi``) and
+after (``phi'_q``) the update.
+
+The question need not be in any dataset, so its passages come from the index and ``regrad`` takes their
+gradients on the fly (``regrad_online``: the same sums the Gradient Bank would give). Every answer goes through
+the evaluation harness (:func:`regrad_lib.evaluate.run_method`): same prompts, decoding and answer extraction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import evaluate, lora, prompts, retrieval, tasks
+from .learner import Learner
+
+METHODS = {"closed_book": "closed_book", "rag": "rag", "regrad": "regrad_online", "no_update": "no_update"}
+
+
+@dataclass
+class Exploration:
+    """What one question shows; ``probabilities`` maps "before"/"after" to one probability per answer token."""
+    question: str
+    passages: list[retrieval.Hit]
+    answers: dict[str, str]
+    scored_answer: str
+    tokens: list[str]
+    probabilities: dict[str, list[float]]
+    gamma: float
+    task: tasks.Task
+
+    def _repr_markdown_(self) -> str:
+        cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+        lines = [f"**Question:** {cell(self.question)}", "", "| rank | passage id | title | score | text |",
+                 "|---|---|---|---|---|"]
+        lines += [f"| {i} | {h.passage_id} | {cell(h.title)} | {h.score:.2f} | {cell(h.text[:240])}… |"
+                  for i, h in enumerate(self.passages)]
+        lines += ["", "| method | answer |", "|---|---|"]
+        lines += [f"| {m} | {cell(a) or '*(empty)*'} |" for m, a in self.answers.items()]
+        lines += ["", f"Scored answer: **{cell(self.scored_answer)}** (gamma = {self.gamma:g}); mean token "
+                  f"probability {_mean(self.probabilities['before']):.4g} before the update (phi), "
+                  f"{_mean(self.probabilities['after']):.4g} after (phi'_q)."]
+        return "\n".join(lines)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def token_probabilities(learner: Learner, question: str, answer: str,
+                        weights: list[dict[str, torch.Tensor]]) -> tuple[list[str], list[list[float]]]:
+    """The answer's tokens (`` answer\\n``, as in training) and each token's probability under each of ``weights``
+    (question-only prompt), all weight sets in one batched forward."""
+    tok = learner.tokenizer
+    scored = tasks.Task(0, question, (answer,))
+    batch = tasks.qa_batch(tok, [scored] * len(weights), learner.preset.learner, with_context=False).to(learner.device)
+    rows = {n: torch.stack([w[n] for w in weights]) for n in weights[0]}
+    with torch.no_grad(), learner.autocast(), lora.use(learner.model, rows):
+        logits = learner.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    labels = batch.labels[:, 1:]
+    mask = labels[0] != prompts.IGNORE
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp_min(0)[..., None])[..., 0]
+    tokens = [tok.decode([i]) for i in labels[0][mask].tolist()]
+    return tokens, [row[mask].exp().tolist() for row in logp]
+
+
+def explore(learner: Learner, retriever, question: str, *, topk: int = 3, gamma: float | None = None,
+            answer: str | None = None) -> Exploration:
+    """Retrieve ``topk`` passages for ``question``, answer it four ways, score the answer tokens before/after.
+
+    ``answer``: a gold answer to score; None scores regrad's own answer. ``gamma`` defaults to ``learner.gamma``.
+    """
+    if not question or not question.strip():
+        raise ValueError("question is empty: type a question in the parameters cell")
+    gamma = learner.preset.learner.gamma if gamma is None else gamma
+    [hits] = retriever.search([question], topk)
+    if not hits:
+        raise ValueError(f"the index found no passage for {question!r}; try other words")
+    task = tasks.Task(0, question.strip(), (answer or "?",), tuple((h.title, h.text) for h in hits),
+                      tuple(str(h.passage_id) for h in hits))
+    answers = {label: evaluate.run_method(method, learner, [task], gamma=gamma, topk=topk)[0]["prediction"]
+               for label, method in METHODS.items()}
+    scored = answer if answer else answers["regrad"]
+    phi = {n: p.detach() for n, p in learner.phi.items()}
+    adapted = evaluate.question_weights(learner, task, gamma=gamma)
+    tokens, (before, after) = token_probabilities(learner, task.question, scored or "?", [phi, adapted])
+    return Exploration(task.question, hits, answers, scored, tokens, {"before": before, "after": after}, gamma,
+                       task)

@@ -1,0 +1,60 @@
+"""The numbered notebooks as files: one parameters cell first, no outputs stored, quiet logging, and every list
+parameter read through notebook.as_list (papermill's -p passes lists as strings)."""
+
+import ast
+import json
+
+import pytest
+
+from regrad_lib import notebook, paths, pipeline
+
+
+def _cells(name):
+    nb = json.loads((paths.notebooks_dir() / f"{name}.ipynb").read_text(encoding="utf-8"))
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+@pytest.mark.parametrize("name", pipeline.NOTEBOOKS)
+def test_notebook_hygiene_and_list_parameters(name):
+    cells = _cells(name)
+    assert cells[0]["metadata"].get("tags") == ["parameters"]
+    assert all(not c["outputs"] and c["execution_count"] is None for c in cells), "outputs must be stripped"
+    parameters = ast.parse("".join(cells[0]["source"]))
+    lists = [node.targets[0].id for node in parameters.body
+             if isinstance(node, ast.Assign) and isinstance(node.value, ast.List)]
+    setup = "".join(cells[1]["source"])
+    assert "notebook.setup_logging()" in setup and "logging.INFO" not in setup
+    for parameter in lists:
+        assert f'{parameter} = notebook.as_list("{parameter}", {parameter}' in setup or \
+            f'notebook.as_list("{parameter}", {parameter})' in setup, f"{name}: list parameter {parameter!r}"
+    for cell in cells:
+        tree = ast.parse("\n".join(line for line in "".join(cell["source"]).splitlines()
+                                   if not line.startswith(("%", "!"))))
+        assert not any(isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.For, ast.While)) for n in ast.walk(tree))
+
+
+@pytest.mark.parametrize("value, kind, expected", [
+    (["popqa", "hotpotqa"], str, ["popqa", "hotpotqa"]),
+    ('["closed_book","regrad"]', str, ["closed_book", "regrad"]),
+    ("closed_book, regrad", str, ["closed_book", "regrad"]),
+    ("popqa", str, ["popqa"]),
+    ("[]", float, []),
+    ("", float, []),
+    ("0,0.5, 1", float, [0.0, 0.5, 1.0]),
+    ("[0, 1]", float, [0.0, 1.0]),
+    (2, float, [2.0]),
+    (None, str, None),
+])
+def test_list_parameters_accept_lists_json_and_commas(value, kind, expected):
+    assert notebook.as_list("p", value, kind) == expected
+
+
+@pytest.mark.parametrize("value, kind, pattern", [
+    ('["popqa",', str, r"parameter datasets = '\[\"popqa\",' is not a JSON list .*-y 'datasets: \[\.\.\.\]'"),
+    (3, str, r"parameter datasets = 3 \(int\) is not a list; pass -y 'datasets: \[\.\.\.\]' \(papermill\) or "
+             r"-p datasets a,b"),
+    ("0.5,high", float, r"parameter datasets = '0.5,high': an item is not float"),
+])
+def test_bad_list_parameters_name_the_parameter_and_the_y_form(value, kind, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        notebook.as_list("datasets", value, kind)
