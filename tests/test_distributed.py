@@ -110,9 +110,10 @@ METHODS = ["closed_book", "rag", "regrad", "regrad_online", "shift", "no_update"
 
 def test_two_processes_evaluate_exactly_as_one(solo):
     _copy_run("solo", "duo-eval")
-    one = launch.run(evaluate.EvaluateSettings(run="solo", datasets=["dist-a"], methods=METHODS, gammas=[0.0, 2.0]))
+    one = launch.run(evaluate.EvaluateSettings(run="solo", datasets=["dist-a"], methods=METHODS, gammas=[0.0, 2.0],
+                                               scheme="fp32"))
     two = launch.run(evaluate.EvaluateSettings(run="duo-eval", datasets=["dist-a"], methods=METHODS,
-                                               gammas=[0.0, 2.0]), num_processes=2)
+                                               gammas=[0.0, 2.0], scheme="fp32"), num_processes=2)
     assert two == one and len(one["summary"]) == len(METHODS) and len(one["sweeps"]) == 2
     for name in ("summary.csv", "sweeps.csv"):
         assert (paths.results_dir("duo-eval") / name).read_text() == (paths.results_dir("solo") / name).read_text()
