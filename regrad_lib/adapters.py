@@ -102,12 +102,13 @@ def describe(folder: str | Path) -> dict:
 
 # --- out ------------------------------------------------------------------------------------------------------
 
-def export_run(run: str) -> Path:
+def export_run(run: str, allow_unfinished: bool = False) -> Path:
     """``outputs/<run>/adapter/``: the run's selected ``phi`` (``meta_state.safetensors``) as a PEFT adapter.
 
-    03_train writes it at the end of a run; call this for runs trained before it did. No model is loaded.
+    03_train writes it at the end of a run; call this for runs trained before it did. No model is loaded. An
+    unfinished run is refused unless ``allow_unfinished=True``.
     """
-    state = trained_state(run)
+    state = trained_state(run, allow_unfinished)
     preset = config.load_preset(state.parent)
     phi = {k[len("phi."):]: v for k, v in load_file(str(state)).items() if k.startswith("phi.")}
     return save(paths.adapter_dir(run), phi, preset.peft, base_model=preset.learner.model_name_or_path,

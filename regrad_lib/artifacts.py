@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import glob
 import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -17,11 +20,26 @@ from . import paths
 _LIBRARIES = ("torch", "transformers", "peft", "safetensors", "tantivy", "elasticsearch", "regrad")
 
 
+def _umask() -> int:
+    """The process umask (read without changing it where /proc allows; a writer thread may run meanwhile)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it onto ``target``.
 
-    A failure leaves ``target`` as it was (nothing half-written is ever visible).
+    A failure leaves ``target`` as it was (nothing half-written is ever visible). The file gets the mode a
+    plain ``open`` would give it (0666 less the umask), not mkstemp's private 0600.
     """
     target = Path(target)
     if target.exists() and not overwrite:
@@ -32,26 +50,81 @@ def atomic_path(target: str | os.PathLike, overwrite: bool = True) -> Iterator[P
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        tmp_path.chmod(0o666 & ~_umask())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
+# A folder is replaced in steps that each leave one complete copy findable by recover_dir:
+#   write .<name>.<pid>.<random>.tmp/  ->  rename it to .<name>.new  (complete from here on)
+#   rename <name> -> .<name>.old  ->  rename .<name>.new -> <name>  ->  delete .<name>.old
+def _new(target: Path) -> Path:
+    return target.with_name(f".{target.name}.new")
+
+
+def _old(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_dir(target: str | os.PathLike) -> Path | None:
+    """Finish or undo a folder swap of :func:`atomic_dir` that a killed process left half done.
+
+    Keeps the newest complete copy as ``target`` (``.<name>.new``, else ``target``, else ``.<name>.old``),
+    deletes the others and the temporary folders of dead processes; returns ``target`` if it exists.
+    """
+    target = Path(target)
+    new, old = _new(target), _old(target)
+    if target.parent.is_dir():
+        for stray in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+            pid = stray.name[len(target.name) + 2:].split(".", 1)[0]
+            if stray.is_dir() and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(stray, ignore_errors=True)
+    if new.is_dir():                       # complete: promote it
+        if target.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(target, old)
+        os.replace(new, target)
+    if old.exists():
+        if target.exists():
+            shutil.rmtree(old)             # the swap had finished; only the clean-up was cut short
+        else:
+            os.replace(old, target)
+    return target if target.exists() else None
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; on success it replaces ``target`` in one rename."""
-    import shutil
+    """Yield a temporary folder beside ``target``; on success it replaces ``target``.
 
+    Crash-safe: a process killed at any point leaves either the old or the new folder complete, and
+    :func:`recover_dir` (called here first, and by readers that resume) puts the newest complete one back.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    recover_dir(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
-        tmp.chmod(0o755)  # mkdtemp makes it private
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private
+        os.replace(tmp, _new(target))
         if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+            os.replace(target, _old(target))
+        os.replace(_new(target), target)
+        if _old(target).exists():
+            shutil.rmtree(_old(target))
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -63,19 +136,41 @@ def write_text(target: str | os.PathLike, text: str, overwrite: bool = True) -> 
     return Path(target)
 
 
+def _dumps(obj: Any, target: str | os.PathLike, indent: int | None) -> str:
+    """Strict JSON (no NaN/Infinity, which other readers reject); a non-finite number names the file."""
+    try:
+        return json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False)
+    except ValueError as e:
+        raise ValueError(f"{target}: refusing to write a non-finite number (NaN or inf) as JSON ({e})") from None
+
+
 def write_json(target: str | os.PathLike, obj: Any, overwrite: bool = True, indent: int | None = 2) -> Path:
-    return write_text(target, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", overwrite)
+    return write_text(target, _dumps(obj, target, indent) + "\n", overwrite)
 
 
 def write_jsonl(target: str | os.PathLike, rows: list[dict], overwrite: bool = True) -> Path:
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    text = "".join(_dumps(r, target, None) + "\n" for r in rows)
     return write_text(target, text, overwrite)
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file (a leading BOM is dropped); undecodable bytes name the file, line and byte."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raw = raw[3:] if raw.startswith(codecs.BOM_UTF8) else raw     # e.start counts after the mark
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{paths.relative(path)}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
+                         f"{e.start}: {e.reason}); save the file as UTF-8") from None
 
 
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
+    text = read_text(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
 

@@ -56,6 +56,9 @@ def augment(dataset: str, split: str, *, retriever: Retriever, data_dir: str | o
         raise ValueError(f"topk={topk!r}: must be a positive integer (the public setup uses 3)")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: must be a positive integer")
+    if retriever.count() == 0:
+        raise ValueError(f"the index {retriever.describe().get('index')!r} holds no passages: every question would "
+                         "get none; rebuild it from a corpus with passages (01_index)")
     folder = paths.resolve(data_dir) if data_dir is not None else paths.data_dir(dataset)
     records = datasets.load(dataset, folder, split, start=start, end=end)
     if end is not None and len(records) < end - start:
@@ -69,8 +72,10 @@ def augment(dataset: str, split: str, *, retriever: Retriever, data_dir: str | o
         if previous == request and not overwrite:
             log.info("%s is up to date (%d questions); pass overwrite=True to redo it", paths.relative(output),
                      len(records))
+            partial_file(output).unlink(missing_ok=True)   # left by a kill just before its removal
             return output
-        if not overwrite:
+        # no sidecar but this request's partial file: killed between writing the file and its sidecar
+        if not overwrite and not (previous is None and _partial_request(partial_file(output)) == request):
             raise FileExistsError(f"{paths.relative(output)} exists from another request ({previous}), not "
                                   f"{request}: pass overwrite=True to replace it")
 
@@ -100,6 +105,15 @@ def _record(rec: datasets.QARecord, hits: list) -> dict:
     if rec.gold_titles:
         row["gold_titles"] = list(rec.gold_titles)
     return row
+
+
+def _partial_request(partial: Path) -> dict | None:
+    """The request in a partial file's header line (None when there is none)."""
+    try:
+        with partial.open(encoding="utf-8") as f:
+            return json.loads(f.readline()).get("request")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _resume(partial: Path, request: dict) -> list[dict]:

@@ -1,6 +1,7 @@
 """Resumable meta-training checkpoints: weights, optimizer, schedule, data order and RNG, without pickle.
 
-``outputs/<run>/checkpoint/`` holds two files, written together (one atomic folder rename):
+``outputs/<run>/checkpoint/`` holds two files, written together (a crash-safe folder swap,
+:func:`artifacts.atomic_dir`; :func:`recover` finishes a swap cut short by a kill):
 - ``state.safetensors``: ``phi.*`` and ``alpha.*`` (the :class:`~regrad_lib.learner.Learner` layout, so
   ``learner.load_state`` reads it), every optimizer state tensor as ``optim.<param index>.<name>``, and the
   torch RNG states as ``rng.torch`` / ``rng.cuda.<i>`` (uint8);
@@ -33,6 +34,12 @@ def folder(run_dir: str | Path) -> Path:
 def exists(run_dir: str | Path) -> bool:
     ckpt = folder(run_dir)
     return (ckpt / TENSORS).is_file() and (ckpt / STATE).is_file()
+
+
+def recover(run_dir: str | Path) -> bool:
+    """Put back the newest complete checkpoint after a kill inside its folder swap; True if one exists."""
+    artifacts.recover_dir(folder(run_dir))
+    return exists(run_dir)
 
 
 def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -91,7 +98,7 @@ def save(run_dir: str | Path, learner, optimizer: torch.optim.Optimizer, trainer
 def load(run_dir: str | Path, learner, optimizer: torch.optim.Optimizer) -> dict:
     """Restore weights, optimizer and RNG from ``checkpoint/``; returns the trainer state (step, order, ...)."""
     ckpt = folder(run_dir)
-    if not exists(run_dir):
+    if not recover(run_dir):
         raise FileNotFoundError(f"{paths.relative(ckpt)} has no {TENSORS} + {STATE}: nothing to resume; "
                                 "start the run again with overwrite=True")
     state = artifacts.read_json(ckpt / STATE)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -24,6 +25,7 @@ OnNonFinite = Literal["error", "skip"]
 BestMetric = Literal["f1", "loss"]
 PassageFormat = Literal["text", "title_text"]
 PromptStyle = Literal["instruct", "example"]
+ContextOrder = Literal["rank", "reversed"]
 
 FILES = {"peft": "peft_config.json", "learner": "learner_config.json", "train": "train_args.json",
          "generation": "generation_config.json"}
@@ -39,13 +41,28 @@ def _check_literal(obj: Any, name: str, allowed: tuple) -> None:
         raise ConfigError(f"{type(obj).__name__}.{name} = {value!r} is not allowed; choose one of {list(allowed)}")
 
 
+def check_number(value: Any, where: str, *, allow_zero: bool = False) -> None:
+    """``value`` must be a finite number > 0 (>= 0 with ``allow_zero``); NaN and inf are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where} = {value!r} must be a number")
+    if not math.isfinite(value):
+        raise ConfigError(f"{where} = {value!r} must be a finite number")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{where} = {value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
 def _check_positive(obj: Any, *names: str, allow_zero: bool = False) -> None:
     for name in names:
-        value = getattr(obj, name)
-        if value is None:
-            continue
-        if value < 0 or (value == 0 and not allow_zero):
-            raise ConfigError(f"{type(obj).__name__}.{name} = {value!r} must be {'>= 0' if allow_zero else '> 0'}")
+        if getattr(obj, name) is not None:
+            check_number(getattr(obj, name), f"{type(obj).__name__}.{name}", allow_zero=allow_zero)
+
+
+def _check_finite(obj: Any) -> None:
+    """Every float field is finite (NaN compares false with every bound, so range checks alone pass it)."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{type(obj).__name__}.{f.name} = {value!r} must be a finite number")
 
 
 @dataclass
@@ -63,6 +80,7 @@ class PeftConfig:
     init_lora_weights: bool | str = True     # True (A kaiming, B zero), False (both kaiming) or "gaussian"
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         _check_positive(self, "r", "lora_alpha")
         if self.lora_dropout != 0.0:
             raise ConfigError(f"PeftConfig.lora_dropout = {self.lora_dropout!r}: only 0.0 is supported "
@@ -121,14 +139,17 @@ class LearnerConfig:
     max_prompt_len: int = 2048       # question (+ passages) tokens
     gamma: float = 1.0               # inference-time scale (05_evaluate's default); training always uses 1
     passage_format: PassageFormat = "text"   # "text": the passage alone (public code); "title_text": "title: text"
-    prompt_style: PromptStyle = "instruct"   # "example": + one worked question/answer in the chat (small models)
+    prompt_style: PromptStyle = "instruct"   # "example": + worked questions/answers in the chat (small models)
+    context_order: ContextOrder = "rank"     # passages in the prompt: best first (public), or "reversed": best last
     chat_date: str = "26 Jul 2024"   # date_string given to chat templates that print a date (Llama 3.x's default)
     init_adapter: str | None = None  # a PEFT LoRA adapter folder to start phi from (a warm start); None: fresh
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         _check_literal(self, "alpha_mode", get_args(AlphaMode))
         _check_literal(self, "passage_format", get_args(PassageFormat))
         _check_literal(self, "prompt_style", get_args(PromptStyle))
+        _check_literal(self, "context_order", get_args(ContextOrder))
         if not self.chat_date.strip():
             raise ConfigError("LearnerConfig.chat_date is empty: give a fixed date such as '26 Jul 2024' (templates "
                               "that print a date would otherwise print today's, and prompts would change by the day)")
@@ -166,6 +187,7 @@ class TrainArgs:
     max_train_tasks: int | None = None
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         _check_literal(self, "lr_scheduler_type", get_args(Scheduler))
         if self.mixed_precision == "fp16":
             raise ConfigError("TrainArgs.mixed_precision = 'fp16' is not supported for meta-training: without loss "
@@ -176,7 +198,11 @@ class TrainArgs:
         _check_positive(self, "learning_rate", "alpha_learning_rate", "meta_batch_size", "tasks_per_forward", "num_train_epochs",
                         "max_grad_norm", "topk", "eval_steps", "save_steps", "logging_steps", "max_steps",
                         "max_train_tasks")
+        _check_positive(self, "adam_epsilon")
         _check_positive(self, "weight_decay", "eta_min", "validation_size", allow_zero=True)
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"TrainArgs.{name} = {getattr(self, name)!r} must be in [0, 1)")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"TrainArgs.warmup_ratio = {self.warmup_ratio!r} must be in [0, 1)")
         if not 0.0 < self.warmup_start_factor <= 1.0:
@@ -192,6 +218,7 @@ class GenerationConfig:
     batch_size: int = 16
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         if self.do_sample is not False:
             raise ConfigError("GenerationConfig.do_sample must be false: ReGrad decodes greedily")
         if not self.stop:
@@ -242,6 +269,8 @@ def _check_type(value: Any, hint: Any, where: str) -> None:
         raise ConfigError(f"{where} must be {' or '.join(getattr(a, '__name__', str(a)) for a in args)}, "
                           f"got {value!r}")
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
         return
     if hint in (int, str, bool) and (type(value) is hint):
         return
@@ -307,24 +336,38 @@ def _preset_folder(name_or_dir: str | Path) -> Path:
 
 def load_preset(name_or_dir: str | Path, overrides: dict | None = None) -> Preset:
     """A preset by name (``configs/<name>``) or folder, with an optional ``{section: {key: value}}`` diff."""
-    folder = _preset_folder(name_or_dir)
+    preset = _load(_preset_folder(name_or_dir), ())
+    return _apply(preset, overrides, "overrides") if overrides else preset
+
+
+def _load(folder: Path, chain: tuple[Path, ...]) -> Preset:
+    """The preset in ``folder``; ``chain``: the variant files that led here (a base naming one of them loops)."""
     variant = folder / "variant.json"
     if variant.exists():
         diff = artifacts.read_json(variant)
-        if "base" not in diff:
-            raise ConfigError(f"{variant}: missing key 'base' (the preset this variant changes)")
-        preset = _apply(load_preset(diff["base"]), diff, str(variant))
-        preset = dataclasses.replace(preset, name=folder.name)
-    else:
-        sections = {}
-        for section, filename in FILES.items():
-            path = folder / filename
-            if not path.exists():
-                raise ConfigError(f"{path} not found: a preset folder needs {list(FILES.values())}")
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-            sections[section] = _coerce(_SECTIONS[section], data, str(path))
-        preset = Preset(name=folder.name, **sections)
-    return _apply(preset, overrides, "overrides") if overrides else preset
+        if not isinstance(diff, dict) or not isinstance(diff.get("base"), str):
+            raise ConfigError(f"{variant}: needs a key 'base' naming the preset this variant changes, e.g. "
+                              '{"base": "tiny", "train": {...}}')
+        try:
+            base = _preset_folder(diff["base"])
+        except ConfigError as e:
+            raise ConfigError(f"{variant}: key 'base': {e}") from None
+        if base / "variant.json" in (*chain, variant):
+            loop = " -> ".join(str(v) for v in (*chain, variant, base / "variant.json"))
+            raise ConfigError(f"{variant}: key 'base' = {diff['base']!r} leads back to itself ({loop}); name a "
+                              "preset folder holding the four config files")
+        preset = _apply(_load(base, (*chain, variant)), diff, str(variant))
+        return dataclasses.replace(preset, name=folder.name)
+    sections = {}
+    for section, filename in FILES.items():
+        path = folder / filename
+        if not path.exists():
+            raise ConfigError(f"{path} not found: a preset folder needs {list(FILES.values())}")
+        try:
+            data = json.loads(artifacts.read_text(path))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        except ValueError as e:   # not UTF-8
+            raise ConfigError(str(e)) from None
+        sections[section] = _coerce(_SECTIONS[section], data, str(path))
+    return Preset(name=folder.name, **sections)

@@ -6,19 +6,23 @@ Formats, picked by file suffix (``.gz`` on top of either is read through gzip):
   csv quoting (a field holding ``"`` is quoted, inner quotes doubled).
 - ``.jsonl``: one JSON object per line with ``_id`` (BEIR) or ``id``, ``text`` and optionally ``title``.
 
-Bad rows (wrong field count, empty id, bad JSON, blank lines) are skipped, counted and logged with their line
-numbers (the first few). When the stream ends, the bad rows are checked against a tolerance: too many raise
-:class:`CorpusFormatError` (rule in :func:`too_many_bad`). A wrong TSV header raises at once.
+Bad rows (wrong field count, empty id, bad JSON, blank lines, bytes that are not UTF-8) are skipped, counted and
+logged with their line numbers (the first few). When the stream ends, the bad rows are checked against a
+tolerance: too many raise :class:`CorpusFormatError` (rule in :func:`too_many_bad`), and so do a corpus without
+a single passage and a passage id used twice (the bank is keyed by id). A wrong TSV header raises at once, a
+truncated or fake ``.gz`` where it is found; a UTF-8 byte-order mark is accepted.
 """
 
 from __future__ import annotations
 
+import array
 import csv
 import gzip
 import io
 import json
 import logging
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 TSV_HEADER = ("id", "text", "title")
 MIN_BAD_TOLERATED = 10  # this many bad rows are always tolerated, whatever the corpus size
 _SHOWN_BAD = 5  # bad rows logged (and named in the error) one by one
+_READ_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 
 csv.field_size_limit(2**31 - 1)
 
@@ -74,16 +79,16 @@ def read(path: str | os.PathLike, max_bad_fraction: float = 0.001) -> Iterator[P
 def _stream(path: Path, kind: str, max_bad_fraction: float) -> Iterator[Passage]:
     bad: list[int] = []
     rows = 0
-    with _open(path) as f:
-        rows_iter = _tsv_rows(path, f) if kind == "tsv" else _jsonl_rows(f)
-        for line, passage, reason in rows_iter:
-            rows += 1
-            if passage is None:
-                bad.append(line)
-                if len(bad) <= _SHOWN_BAD:
-                    log.warning("%s: line %d skipped: %s", paths.relative(path), line, reason)
-                continue
-            yield passage
+    ids = array.array("q")    # hash of every id: 8 bytes a passage, duplicates found by sorting at the end
+    for line, passage, reason in _rows(path, kind):
+        rows += 1
+        if passage is None:
+            bad.append(line)
+            if len(bad) <= _SHOWN_BAD:
+                log.warning("%s: line %d skipped: %s", paths.relative(path), line, reason)
+            continue
+        ids.append(hash(passage.id))
+        yield passage
     if bad:
         log.warning("%s: %d of %d rows skipped as bad (first at lines %s)", paths.relative(path), len(bad), rows,
                     ", ".join(map(str, bad[:_SHOWN_BAD])))
@@ -93,6 +98,50 @@ def _stream(path: Path, kind: str, max_bad_fraction: float) -> Iterator[Passage]
             f"{', '.join(map(str, bad[:_SHOWN_BAD]))}), more than allowed (max({MIN_BAD_TOLERATED}, "
             f"max_bad_fraction={max_bad_fraction} x rows)). Check that the file is a {_FORMAT_HELP[kind]}, "
             "or raise max_bad_fraction")
+    if not ids:
+        raise CorpusFormatError(f"{paths.relative(path)}: no passages ({rows} data rows): the corpus is empty or has "
+                                f"only its header; give a {_FORMAT_HELP[kind]}")
+    _check_unique(path, kind, ids)
+
+
+def _rows(path: Path, kind: str) -> Iterator[_Row]:
+    """(line, passage or None, reason) of every data row; a damaged gzip stream names the file and line."""
+    line = 0
+    try:
+        with _open(path) as f:
+            for line, passage, reason in (_tsv_rows(path, f) if kind == "tsv" else _jsonl_rows(f)):
+                yield line, passage, reason
+    except _READ_ERRORS as e:
+        raise CorpusFormatError(f"{paths.relative(path)}: after line {line}: {_gzip_problem(e)}") from e
+
+
+def _gzip_problem(e: Exception) -> str:
+    if isinstance(e, EOFError):
+        return f"the gzip stream ends early ({e}): the file is truncated; download or copy it again"
+    if isinstance(e, gzip.BadGzipFile):
+        return f"not a gzip file ({e}): drop the .gz suffix if it is plain text, or compress it with gzip"
+    return f"the gzip data is damaged ({e}); download or copy the file again"
+
+
+def _check_unique(path: Path, kind: str, hashes: array.array) -> None:
+    """Refuse ids used by more than one passage, naming the first few and their lines (a second pass, only then)."""
+    import numpy as np
+
+    ordered = np.sort(np.frombuffer(hashes, dtype=np.int64))
+    suspects = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+    if not suspects:
+        return
+    lines: dict[str, list[int]] = {}
+    for line, passage, _ in _rows(path, kind):
+        if passage is not None and hash(passage.id) in suspects:
+            lines.setdefault(passage.id, []).append(line)
+    twice = {pid: where for pid, where in lines.items() if len(where) > 1}
+    if twice:   # else a hash collision of distinct ids
+        shown = "; ".join(f"{pid!r} at lines {', '.join(map(str, where[:4]))}"
+                          for pid, where in list(twice.items())[:_SHOWN_BAD])
+        raise CorpusFormatError(f"{paths.relative(path)}: {len(twice)} passage id(s) used more than once ({shown}"
+                                f"{'; ...' if len(twice) > _SHOWN_BAD else ''}). The Gradient Bank is keyed by passage "
+                                "id: give each passage its own id")
 
 
 def count(path: str | os.PathLike) -> int:
@@ -100,10 +149,13 @@ def count(path: str | os.PathLike) -> int:
     path = paths.resolve(path)
     kind = _kind(path)
     lines, last = 0, b"\n"
-    with _open_binary(path) as f:
-        while chunk := f.read(1 << 20):
-            lines += chunk.count(b"\n")
-            last = chunk[-1:]
+    try:
+        with _open_binary(path) as f:
+            while chunk := f.read(1 << 20):
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
+    except _READ_ERRORS as e:
+        raise CorpusFormatError(f"{paths.relative(path)}: after line {lines}: {_gzip_problem(e)}") from e
     if last != b"\n":
         lines += 1  # a last line without newline
     return max(0, lines - 1) if kind == "tsv" else lines
@@ -139,7 +191,19 @@ def _open_binary(path: Path) -> IO[bytes]:
 
 
 def _open(path: Path) -> IO[str]:
-    return io.TextIOWrapper(_open_binary(path), encoding="utf-8", newline="")
+    # utf-8-sig drops a byte-order mark; undecodable bytes become lone surrogates, and their row a bad row
+    return io.TextIOWrapper(_open_binary(path), encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def _not_utf8(*fields: str) -> str | None:
+    """The reason a row with bytes that are not UTF-8 is bad, else None (encoding is ~10x faster than a regex)."""
+    for text in fields:
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:   # a lone surrogate: an undecodable byte kept by surrogateescape
+                return f"not UTF-8 (byte 0x{ord(e.object[e.start]) - 0xDC00:02x})"
+    return None
 
 
 def _tsv_rows(path: Path, f: IO[str]) -> Iterator[_Row]:
@@ -152,7 +216,10 @@ def _tsv_rows(path: Path, f: IO[str]) -> Iterator[_Row]:
                                 f"{list(TSV_HEADER)} (DPR psgs_w100.tsv layout: id, text, title)")
     for row in reader:
         line = reader.line_num  # the last physical line of this row
-        if len(row) != 3:
+        undecoded = _not_utf8(*row)
+        if undecoded:
+            yield line, None, undecoded
+        elif len(row) != 3:
             yield line, None, f"expected 3 tab-separated fields (id, text, title), got {len(row)}"
         elif not row[0].strip():
             yield line, None, "empty id"
@@ -164,6 +231,10 @@ def _jsonl_rows(f: IO[str]) -> Iterator[_Row]:
     for line, raw in enumerate(f, 1):
         if not raw.strip():
             yield line, None, "blank line"
+            continue
+        undecoded = _not_utf8(raw)
+        if undecoded:
+            yield line, None, undecoded
             continue
         try:
             obj = json.loads(raw)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from . import paths
+from . import artifacts, paths
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ def _load_popqa(folder: Path, split: str) -> list[QARecord]:
 def _read_popqa(path: Path) -> list[QARecord]:
     csv.field_size_limit(min(2**31 - 1, 1 << 40))
     out = []
-    with path.open(encoding="utf-8", newline="") as f:
+    with io.StringIO(_read_text(path), newline="") as f:
         reader = csv.reader(f, delimiter="\t")
         header = next(reader, None)
         if header is None or tuple(header) != POPQA_COLUMNS:
@@ -277,9 +278,17 @@ def _find(folder: Path, name: str, split: str, candidates: list[str]) -> Path:
                             + _HELP.format(name=name))
 
 
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text (a byte-order mark is dropped); other bytes name the file, line and byte."""
+    try:
+        return artifacts.read_text(path)
+    except ValueError as e:
+        raise DatasetFormatError(str(e)) from None
+
+
 def _read_records(path: Path) -> list[Any]:
     """A JSON list, or JSON lines (one record per line)."""
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     head = text.lstrip()[:1]
     if head == "[":
         try:
@@ -328,6 +337,9 @@ def _locate_json_error(path: Path, text: str, error: json.JSONDecodeError) -> Da
 
 
 def _read_id_aliases(path: Path) -> dict[str, list[str]]:
+    if path.exists() and not path.is_file():
+        raise DatasetFormatError(f"{paths.relative(path)} is not a file (a folder?): id_aliases.json must be the JSON "
+                                 "lines file of answer aliases ({Q_id, aliases, demonyms} per line), or be absent")
     if not path.is_file():
         return {}
     out: dict[str, list[str]] = {}

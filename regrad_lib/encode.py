@@ -74,7 +74,8 @@ def gradient_batches(learner: Learner, items: Sequence[Passage], batch_size: int
 
 def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0, end: int | None = None,
            scheme: str = bank.DEFAULT_SCHEME, batch_size: int = 8, device: str = "cpu", overwrite: bool = False,
-           learner: Learner | None = None, shard_bytes: int = bank.DEFAULT_SHARD_BYTES) -> Path:
+           learner: Learner | None = None, shard_bytes: int = bank.DEFAULT_SHARD_BYTES,
+           allow_unfinished: bool = False) -> Path:
     """Encode the passages of one augmented file into ``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>``.
 
     - ``run``: the trained learner ``outputs/<run>/`` (``Learner.from_run(run, device)``); pass ``learner`` to
@@ -87,18 +88,22 @@ def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0,
     - ``overwrite``: rebuild the bank from scratch; otherwise ids already there are skipped (resume), and a bank
       made with other meta weights, layout, model or scheme is refused.
     - ``shard_bytes``: the size of one shard file (at most 2 GB).
+    - ``allow_unfinished``: use a run whose training did not finish (refused otherwise); the manifest's
+      ``source`` records ``run_finished``.
 
     In a job of several processes (:mod:`regrad_lib.distributed`) each process encodes its own turns of the
     passages into a part of the bank, merged once every process has finished (:func:`encode_parts`).
     """
     name = bank.storage_scheme(scheme).name
     return encode_schemes(run, dataset, split, [name], topk=topk, start=start, end=end, batch_size=batch_size,
-                          device=device, overwrite=overwrite, learner=learner, shard_bytes=shard_bytes)[name]
+                          device=device, overwrite=overwrite, learner=learner, shard_bytes=shard_bytes,
+                          allow_unfinished=allow_unfinished)[name]
 
 
 def encode_schemes(run: str, dataset: str, split: str, schemes: Sequence[str], *, topk: int = 3, start: int = 0,
                    end: int | None = None, batch_size: int = 8, device: str = "cpu", overwrite: bool = False,
-                   learner: Learner | None = None, shard_bytes: int = bank.DEFAULT_SHARD_BYTES) -> dict[str, Path]:
+                   learner: Learner | None = None, shard_bytes: int = bank.DEFAULT_SHARD_BYTES,
+                   allow_unfinished: bool = False) -> dict[str, Path]:
     """:func:`encode` into one bank per scheme from ONE gradient computation: ``{scheme: bank folder}``.
 
     Each bank resumes on its own: a passage is computed when any of the banks lacks it, and appended only to
@@ -110,9 +115,10 @@ def encode_schemes(run: str, dataset: str, split: str, schemes: Sequence[str], *
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     items = passages(dataset, split, topk, start, end)
-    learner = learner or Learner.from_run(run, device)
-    source = {"run": run, "dataset": dataset, "split": split, "topk": topk, "start": start, "end": end,
-              "batch_size": batch_size, "device": str(learner.device),
+    learner = learner or Learner.from_run(run, device, allow_unfinished)
+    learner.require_finished(allow_unfinished)
+    source = {"run": run, "run_finished": learner.run_finished, "dataset": dataset, "split": split, "topk": topk,
+              "start": start, "end": end, "batch_size": batch_size, "device": str(learner.device),
               "precision": learner.precision, "bank_context_len": learner.preset.learner.bank_context_len,
               "passage_format": learner.preset.learner.passage_format}
     targets = {n: paths.bank_dir(topk, run, dataset, split, n) for n in names}
@@ -232,6 +238,7 @@ class EncodeSettings:
     overwrite: bool = False
     preset: str | None = None          # informational: the run's saved configs are authoritative
     shard_bytes: int = bank.DEFAULT_SHARD_BYTES
+    allow_unfinished: bool = False     # True: encode with a run whose training did not finish
     missing: list[str] = field(default_factory=list, init=False)
     _loaded: Learner | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -252,7 +259,7 @@ class EncodeSettings:
         if not 0 < self.shard_bytes <= bank.MAX_SHARD_BYTES:
             raise ValueError(f"shard_bytes={self.shard_bytes} must be in (0, {bank.MAX_SHARD_BYTES}] "
                              "(shards of at most ~2 GB)")
-        trained_state(self.run)    # every step needs the run (its model and configs)
+        trained_state(self.run, self.allow_unfinished)    # every step needs the (finished) run
         for dataset in self.datasets:
             tasks.augmented_path(dataset, self.split)
 
@@ -264,7 +271,7 @@ class EncodeSettings:
         """The run's trained learner (loaded once); warns when ``preset`` names another model than the run's."""
         if self._loaded is not None:
             return self._loaded
-        learner = self._loaded = Learner.from_run(self.run, self.device)
+        learner = self._loaded = Learner.from_run(self.run, self.device, self.allow_unfinished)
         if self.preset and self.preset in config.available_presets():
             wanted = config.load_preset(self.preset).learner.model_name_or_path
             if wanted != learner.preset.learner.model_name_or_path:
@@ -283,7 +290,8 @@ def encode_all(settings: EncodeSettings, learner: Learner | None = None) -> dict
     learner = learner or settings.learner()
     return {d: encode_schemes(settings.run, d, settings.split, settings.schemes, topk=settings.topk,
                               start=settings.start, end=settings.end, batch_size=settings.batch_size,
-                              overwrite=settings.overwrite, learner=learner, shard_bytes=settings.shard_bytes)
+                              overwrite=settings.overwrite, learner=learner, shard_bytes=settings.shard_bytes,
+                              allow_unfinished=settings.allow_unfinished)
             for d in settings.datasets}
 
 

@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import artifacts, config, distributed, generation, lora, metrics, paths, prompts, regrad, schemes, tasks
-from .learner import Learner, trained_state
+from .learner import Learner, run_finished, trained_state
 
 log = logging.getLogger(__name__)
 
@@ -228,29 +228,41 @@ def method_files(run: str, dataset: str, method: str, evaluation: str | None = N
     return folder / f"{method}.predictions.jsonl", folder / f"{method}.metrics.json"
 
 
-def _settings(method: str, split: str, topk: int, gamma: float, limit: int | None, scheme: str) -> dict:
+def _settings(method: str, split: str, topk: int, gamma: float, limit: int | None, finished: bool | None,
+              scheme: str = schemes.DEFAULT) -> dict:
+    """What a method's results depend on (kept results must match); ``finished``: the run's training had;
+    ``scheme``: the storage scheme of the bank it read (bank methods only)."""
     spec = SPECS[method]
     return {"split": split, "limit": limit, "topk": topk if spec.context or spec.source != "none" else None,
             "gamma": None if spec.source in ("none", "phi") else gamma,
+            "run_finished": None if spec.base else finished,
             "scheme": schemes.parse(scheme).name if spec.source == "bank" else None}
+
+
+def _run_finished(run: str, learner) -> bool | None:
+    """Whether the run answering had finished training: as loaded, else as on disk (None: no such run)."""
+    loaded = learner.learner if isinstance(learner, _LearnerOnce) else learner
+    if isinstance(loaded, Learner) and loaded.run_finished is not None:
+        return loaded.run_finished
+    return run_finished(run) if paths.output_dir(run).is_dir() else None
 
 
 class _LearnerOnce:
     """Loads ``Learner.from_run(run, device)`` on first use only (nothing to compute: nothing loaded)."""
 
-    def __init__(self, run: str, device: str, learner: Learner | None = None):
-        self.run, self.device, self.learner = run, device, learner
+    def __init__(self, run: str, device: str, learner: Learner | None = None, allow_unfinished: bool = False):
+        self.run, self.device, self.learner, self.allow_unfinished = run, device, learner, allow_unfinished
 
     def __call__(self) -> Learner:
         if self.learner is None:
-            self.learner = Learner.from_run(self.run, self.device)
+            self.learner = Learner.from_run(self.run, self.device, self.allow_unfinished)
         return self.learner
 
 
 def _finished(run: str, dataset: str, method: str, settings: dict, evaluation: str | None = None) -> dict | None:
     """Scores of a finished :func:`evaluate` of ``method`` with exactly these settings, else None."""
     file = method_files(run, dataset, method, evaluation)[1]
-    saved = artifacts.read_json(file) if file.exists() else {}
+    saved = _read_metrics(file) if file.exists() else {}
     if not saved or any(saved.get(k) != v for k, v in settings.items()):
         return None
     return {k: saved[k] for k in ("em", "f1", "precision", "recall", "nll", "n")}
@@ -258,13 +270,14 @@ def _finished(run: str, dataset: str, method: str, settings: dict, evaluation: s
 
 def default_gamma(run: str) -> float:
     """The run's ``learner.gamma`` (its saved ``learner_config.json``): the gamma used when none is given."""
-    return config.load_preset(trained_state(run).parent).learner.gamma
+    return config.load_preset(trained_state(run, allow_unfinished=True).parent).learner.gamma   # only its config
 
 
 def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "dev", topk: int = 3,
              gamma: float | None = None, limit: int | None = None, device: str = "cpu", overwrite: bool = False,
              learner: Learner | Callable[[], Learner] | None = None, bank=None,
-             evaluation: str | None = None, scheme: str = schemes.DEFAULT) -> dict[str, dict]:
+             evaluation: str | None = None, allow_unfinished: bool = False,
+             scheme: str = schemes.DEFAULT) -> dict[str, dict]:
     """Evaluate ``methods`` on one dataset: ``{method: metrics}``; writes predictions, metrics and summary.csv.
 
     A method whose ``metrics.json`` already exists with the same settings is kept (``status: "kept"``), so a
@@ -273,17 +286,22 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
     bank passed in is checked against the learner like one opened here, and its scheme is the one recorded.
     ``gamma=None`` is the run's ``learner.gamma``. ``evaluation`` names an evaluation kept beside the run's main
     results (``results/<run>/evaluations/<evaluation>/``), e.g. to try other settings without touching finished ones.
+    A run whose training did not finish is refused unless ``allow_unfinished=True`` (recorded as
+    ``run_finished`` in ``metrics.json``).
     """
     methods = check_methods(methods)
     gamma = default_gamma(run) if gamma is None else gamma
-    get_learner = _loader(run, device, learner)
+    config.check_number(gamma, "gamma", allow_zero=True)
+    get_learner = _loader(run, device, learner, allow_unfinished)
+    finished = _run_finished(run, get_learner)
     if bank is not None:
         scheme = _require_bank(bank).scheme.name
     out, todo = distributed.on_main(_plan, run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation,
-                                    scheme)
+                                    finished, scheme)
     if todo:
         items = load_tasks(dataset, split, topk, limit)
         current = get_learner()
+        current.require_finished(allow_unfinished)
         if bank is None and needs_bank(todo):
             from . import bank as bank_module
             bank = bank_module.open_bank(topk, run, dataset, split, scheme, learner=current)
@@ -291,7 +309,7 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
             rows = run_method(method, current, items, bank=bank if SPECS[method].source == "bank" else None,
                               gamma=gamma, topk=topk)
             out[method] = distributed.on_main(_write_method, run, dataset, method, rows, current, split, topk, gamma,
-                                              limit, evaluation, scheme)
+                                              limit, finished, evaluation, scheme)
     distributed.on_main(merge_csv, paths.results_dir(run, evaluation) / "summary.csv", SUMMARY_FIELDS,
                         [{"dataset": dataset, "method": m, **{k: out[m][k] for k in SUMMARY_FIELDS[2:]}}
                          for m in methods], key=("dataset", "method"))
@@ -299,16 +317,17 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
 
 
 def _plan(run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation,
-          scheme=schemes.DEFAULT) -> tuple[dict[str, dict], list]:
+          finished, scheme=schemes.DEFAULT) -> tuple[dict[str, dict], list]:
     """(results kept from finished methods, the methods to compute); refuses results of other settings."""
     out: dict[str, dict] = {}
     todo = []
     for method in methods:
         _, metrics_file = method_files(run, dataset, method, evaluation)
         if metrics_file.exists() and not overwrite:
-            saved = artifacts.read_json(metrics_file)
-            wanted = _settings(method, split, topk, gamma, limit, scheme)
-            found = {k: saved.get(k) for k in wanted}
+            saved = _read_metrics(metrics_file)
+            wanted = _settings(method, split, topk, gamma, limit, finished, scheme)
+            # results written before run_finished was recorded count as matching on it
+            found = {k: saved.get(k, wanted[k] if k == "run_finished" else None) for k in wanted}
             if found != wanted:
                 raise FileExistsError(f"{paths.relative(metrics_file)} was computed with {found}, not {wanted}: "
                                       "pass overwrite=True (05_evaluate: overwrite = True) to recompute it, or "
@@ -320,31 +339,46 @@ def _plan(run, dataset, methods, split, topk, gamma, limit, overwrite, evaluatio
     return out, todo
 
 
-def _write_method(run, dataset, method, rows, learner, split, topk, gamma, limit, evaluation=None,
+def _write_method(run, dataset, method, rows, learner, split, topk, gamma, limit, finished, evaluation=None,
                   scheme=schemes.DEFAULT) -> dict:
     predictions_file, metrics_file = method_files(run, dataset, method, evaluation)
     scores = score_rows(rows)
     settings = {"run": run, "dataset": dataset, "method": method, "evaluation": evaluation,
                 "preset": learner.preset.to_dict(), "meta_hash": learner.meta_hash(), "device": str(learner.device)}
-    result = {**scores, **_settings(method, split, topk, gamma, limit, scheme), "method": method, "dataset": dataset,
-              "provenance": artifacts.provenance(settings)}
-    artifacts.write_jsonl(predictions_file, rows)
-    artifacts.write_json(metrics_file, result)   # last: its presence marks the method as done
+    result = {**scores, **_settings(method, split, topk, gamma, limit, finished, scheme), "method": method,
+              "dataset": dataset, "provenance": artifacts.provenance(settings)}
+    artifacts.write_jsonl(predictions_file, [{**r, "answer_nll": _json_number(r["answer_nll"])} for r in rows])
+    artifacts.write_json(metrics_file, {**result, "nll": _json_number(result["nll"])})   # last: marks it done
     log.info("%s/%s: EM %.1f F1 %.1f NLL %.3f (n=%d)", dataset, method, scores["em"], scores["f1"], scores["nll"],
              scores["n"])
     return {**result, "status": "computed"}
 
 
-def _loader(run: str, device: str, learner) -> Callable[[], Learner]:
-    return learner if callable(learner) and not isinstance(learner, Learner) else _LearnerOnce(run, device, learner)
+def _read_metrics(file: Path) -> dict:
+    """A ``metrics.json``; its null NLL (no finite answer NLL) read back as NaN."""
+    saved = artifacts.read_json(file)
+    return {**saved, "nll": math.nan if saved.get("nll") is None else saved["nll"]}
+
+
+def _json_number(value: float | None) -> float | None:
+    """A score for strict JSON: a NaN or inf (no finite answer NLL) is written as null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _loader(run: str, device: str, learner, allow_unfinished: bool = False) -> Callable[[], Learner]:
+    if callable(learner) and not isinstance(learner, Learner):
+        return learner
+    return _LearnerOnce(run, device, learner, allow_unfinished)
 
 
 def evaluate_all(run: str, datasets: Sequence[str], methods: Sequence[str], *, device: str = "cpu",
-                 learner: Learner | Callable[[], Learner] | None = None, **kwargs) -> list[dict]:
+                 learner: Learner | Callable[[], Learner] | None = None, allow_unfinished: bool = False,
+                 **kwargs) -> list[dict]:
     """:func:`evaluate` for every dataset, loading the learner at most once; summary.csv rows of these datasets."""
-    get_learner = _loader(run, device, learner)
+    get_learner = _loader(run, device, learner, allow_unfinished)
     for dataset in datasets:
-        evaluate(run, dataset, methods, device=device, learner=get_learner, **kwargs)
+        evaluate(run, dataset, methods, device=device, learner=get_learner, allow_unfinished=allow_unfinished,
+                 **kwargs)
     return distributed.on_main(lambda: [r for r in summary(run, kwargs.get("evaluation"))
                                         if r["dataset"] in set(datasets)])
 
@@ -357,24 +391,29 @@ def summary(run: str, evaluation: str | None = None) -> list[dict]:
 def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0), topks: Sequence[int] = (3,),
           method: str = "regrad", split: str = "dev", limit: int | None = None, device: str = "cpu",
           overwrite: bool = False, learner: Learner | Callable[[], Learner] | None = None,
-          evaluation: str | None = None, scheme: str = schemes.DEFAULT) -> list[dict]:
+          evaluation: str | None = None, allow_unfinished: bool = False,
+          scheme: str = schemes.DEFAULT) -> list[dict]:
     """Scores of ``method`` for every (gamma, topk); rows merged into ``results/<run>/sweeps.csv``, returned.
 
     Points already in sweeps.csv are kept unless ``overwrite``. Each top-k reads its own bank
-    (``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>``).
+    (``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>``). An unfinished run needs ``allow_unfinished=True``.
     """
     check_methods([method])
-    get_learner = _loader(run, device, learner)
+    for i, g in enumerate(gammas):
+        config.check_number(g, f"gammas[{i}]", allow_zero=True)
+    get_learner = _loader(run, device, learner, allow_unfinished)
+    finished = _run_finished(run, get_learner)
     file = paths.results_dir(run, evaluation) / "sweeps.csv"
     stored_as = schemes.parse(scheme).name if SPECS[method].source == "bank" else ""
     plan = distributed.on_main(_sweep_plan, run, dataset, method, gammas, topks, split, limit, overwrite, evaluation,
-                               scheme)
+                               finished, scheme)
     new = []
     for topk, reused in zip(topks, plan):
         points = list(reused)
         todo = [g for g in points if reused[g] is None]
         if todo:
             current, store = get_learner(), None
+            current.require_finished(allow_unfinished)
             items = load_tasks(dataset, split, topk, limit)
             if SPECS[method].source == "bank":
                 from . import bank as bank_module
@@ -391,7 +430,7 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
                                if file.exists() else [])
 
 
-def _sweep_plan(run, dataset, method, gammas, topks, split, limit, overwrite, evaluation,
+def _sweep_plan(run, dataset, method, gammas, topks, split, limit, overwrite, evaluation, finished,
                 scheme=schemes.DEFAULT) -> list[dict]:
     """Per top-k: ``{gamma: scores of a finished evaluation with these settings, or None}`` for the points not
     yet in sweeps.csv (all points with ``overwrite``); points of another bank scheme do not count."""
@@ -402,23 +441,24 @@ def _sweep_plan(run, dataset, method, gammas, topks, split, limit, overwrite, ev
     plan = []
     for topk in topks:
         points = [float(g) for g in gammas if (dataset, method, float(g), int(topk), stored_as) not in done]
-        reused = {g: _finished(run, dataset, method, _settings(method, split, topk, g, limit, scheme), evaluation)
-                  for g in points}
+        reused = {g: _finished(run, dataset, method, _settings(method, split, topk, g, limit, finished, scheme),
+                               evaluation) for g in points}
         if 0.0 in reused and reused[0.0] is None and SPECS[method].source != "none" and not SPECS[method].context:
             # gamma 0 is no update at all: exactly no_update's answers (tested), so its finished results serve
-            reused[0.0] = _finished(run, dataset, "no_update", _settings("no_update", split, topk, 0.0, limit, scheme),
-                                    evaluation)
+            reused[0.0] = _finished(run, dataset, "no_update", _settings("no_update", split, topk, 0.0, limit,
+                                                                         finished, scheme), evaluation)
         plan.append(reused)
     return plan
 
 
 def sweep_all(run: str, datasets: Sequence[str], *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0),
               topks: Sequence[int] = (3,), device: str = "cpu", learner: Learner | Callable[[], Learner] | None = None,
-              **kwargs) -> list[dict]:
+              allow_unfinished: bool = False, **kwargs) -> list[dict]:
     """:func:`sweep` for every dataset, loading the learner at most once (nothing when ``gammas`` is empty)."""
-    get_learner = _loader(run, device, learner)
+    get_learner = _loader(run, device, learner, allow_unfinished)
     return [row for dataset in datasets
-            for row in sweep(run, dataset, gammas=gammas, topks=topks, device=device, learner=get_learner, **kwargs)]
+            for row in sweep(run, dataset, gammas=gammas, topks=topks, device=device, learner=get_learner,
+                             allow_unfinished=allow_unfinished, **kwargs)]
 
 
 # --- the notebook's helpers ------------------------------------------------------------------------------------
@@ -439,6 +479,7 @@ class EvaluateSettings:
     overwrite: bool = False
     preset: str | None = None          # informational: the run's saved configs are authoritative
     evaluation: str | None = None      # a name: results/<run>/evaluations/<evaluation>/ beside the main results
+    allow_unfinished: bool = False     # True: evaluate a run whose training did not finish
     scheme: str = schemes.DEFAULT      # the bank regrad, regrad_icl, shift and the sweep read
     frontier_schemes: list[str] = field(default_factory=list)   # regrad also on these banks (frontier.py)
 
@@ -451,10 +492,13 @@ class EvaluateSettings:
         self.frontier_schemes = list(dict.fromkeys(schemes.parse(s).name for s in self.frontier_schemes))
         if not self.datasets or not self.methods:
             raise ValueError(f"datasets={self.datasets} and methods={self.methods} must name at least one each")
-        trained_state(self.run)    # every step needs the run (its model and configs)
+        trained_state(self.run, self.allow_unfinished)    # every step needs the (finished) run
         self.gamma = default_gamma(self.run) if self.gamma is None else self.gamma
-        if self.topk < 1 or self.gamma < 0 or any(g < 0 for g in self.gammas):
-            raise ValueError(f"topk={self.topk} must be >= 1, gamma={self.gamma} and gammas={self.gammas} >= 0")
+        if self.topk < 1:
+            raise ValueError(f"topk={self.topk} must be >= 1")
+        config.check_number(self.gamma, "gamma", allow_zero=True)
+        for i, g in enumerate(self.gammas):
+            config.check_number(g, f"gammas[{i}]", allow_zero=True)
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit={self.limit} must be None (every question) or >= 1")
         if self.sweep_datasets is None:
@@ -469,13 +513,14 @@ class EvaluateSettings:
             tasks.augmented_path(dataset, self.split)
             for scheme in dict.fromkeys(banks):   # opened (structure, shard headers) now: refused before any work
                 bank.open_bank(self.topk, self.run, dataset, self.split, scheme).close()
-        self.learner = _LearnerOnce(self.run, self.device)
+        self.learner = _LearnerOnce(self.run, self.device, allow_unfinished=self.allow_unfinished)
 
 
 def run(settings: EvaluateSettings) -> dict[str, list[dict]]:
     """05_evaluate's computation: every method on every dataset (``summary``), then the gamma sweep (``sweeps``)."""
     common = dict(split=settings.split, limit=settings.limit, device=settings.device, overwrite=settings.overwrite,
-                  learner=settings.learner, evaluation=settings.evaluation, scheme=settings.scheme)
+                  learner=settings.learner, evaluation=settings.evaluation, allow_unfinished=settings.allow_unfinished,
+                  scheme=settings.scheme)
     rows = evaluate_all(settings.run, settings.datasets, settings.methods, topk=settings.topk, gamma=settings.gamma,
                         **common)
     return {"summary": rows, "sweeps": sweep_all(settings.run, settings.sweep_datasets, gammas=settings.gammas,

@@ -1,8 +1,10 @@
 """The meta-learner: base model + LoRA fast weights ``phi`` + step sizes ``alpha``, saved as safetensors.
 
 ``Learner.create(preset)`` starts a fresh one (03_train); ``Learner.from_run(run)`` reopens a trained one from
-``outputs/<run>/`` (04_encode, 05_evaluate). Base weights are bf16 on a GPU when the preset trains in bf16 and
-fp32 otherwise; the same policy holds for training, the bank and inference (no silent switch to fp16).
+``outputs/<run>/`` (04_encode, 05_evaluate): a run without ``train_summary.json`` (interrupted, or stopped by an
+error) is refused unless ``allow_unfinished=True``, and the learner remembers which it was (``run_finished``).
+Base weights are bf16 on a GPU when the preset trains in bf16 and fp32 otherwise; the same policy holds for
+training, the bank and inference (no silent switch to fp16).
 """
 
 from __future__ import annotations
@@ -15,12 +17,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import artifacts, config, distributed, lora, modeling, paths
+from . import artifacts, checkpoint, config, distributed, lora, modeling, paths
 from .regrad import StepSizes, Weights
 
 log = logging.getLogger(__name__)
 
 META_STATE = "meta_state.safetensors"
+TRAIN_SUMMARY = "train_summary.json"   # written last by 03_train: the run is finished
+
+
+class UnfinishedRunError(RuntimeError):
+    """A training run without its summary (interrupted or failed) was asked for without ``allow_unfinished``."""
 
 
 def model_dtype(preset: config.Preset, device: str | torch.device) -> torch.dtype:
@@ -37,11 +44,32 @@ def cpu_has_bf16() -> bool:
                                                                       "_is_amx_tile_supported"))
 
 
-def trained_state(run: str) -> Path:
-    """``outputs/<run>/meta_state.safetensors``, which must exist (else an error naming 03_train)."""
+def run_finished(run: str) -> bool:
+    """True when 03_train finished ``outputs/<run>/`` (its ``train_summary.json`` exists)."""
+    return (paths.output_dir(run) / TRAIN_SUMMARY).is_file()
+
+
+def unfinished_message(run: str) -> str:
+    folder = paths.output_dir(run)
+    state = checkpoint.folder(folder) / checkpoint.STATE
+    try:
+        saved = artifacts.read_json(state)
+        where = f"; its last checkpoint is after step {saved['step']} of {saved['total_steps']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        where = "; it has no checkpoint"
+    return (f"{paths.relative(folder)} is an unfinished training run: it has no {TRAIN_SUMMARY} (training was "
+            f"interrupted or stopped by an error such as a non-finite loss){where}. Resume it by running 03_train "
+            f"again with the same settings (train.train({run!r}, ...) continues from its checkpoint), or pass "
+            f"allow_unfinished=True to use its current {META_STATE} anyway (recorded in the outputs)")
+
+
+def trained_state(run: str, allow_unfinished: bool = False) -> Path:
+    """``outputs/<run>/meta_state.safetensors`` of a finished run (else an error naming 03_train and the fix)."""
     state = paths.output_dir(run) / META_STATE
     if not state.exists():
         raise FileNotFoundError(f"{paths.relative(state)} not found: it is written by 03_train (run={run!r})")
+    if not allow_unfinished and not run_finished(run):
+        raise UnfinishedRunError(unfinished_message(run))
     return state
 
 
@@ -53,6 +81,8 @@ class Learner:
     phi: Weights
     alpha: StepSizes
     device: torch.device
+    run: str | None = None               # the outputs/<run>/ it was loaded from (None: made in memory)
+    run_finished: bool | None = None     # whether that run had finished (None: not loaded from a run)
 
     @classmethod
     def create(cls, preset: config.Preset, device: str = "cpu", seed: int | None = None,
@@ -70,12 +100,23 @@ class Learner:
         return cls(model, tokenizer, preset, phi, alpha, torch.device(device))
 
     @classmethod
-    def from_run(cls, run: str, device: str = "cpu") -> "Learner":
-        """The trained learner of ``outputs/<run>/`` (its four configs and ``meta_state.safetensors``)."""
-        state = trained_state(run)
+    def from_run(cls, run: str, device: str = "cpu", allow_unfinished: bool = False) -> "Learner":
+        """The trained learner of ``outputs/<run>/`` (its four configs and ``meta_state.safetensors``).
+
+        An unfinished run raises :class:`UnfinishedRunError` unless ``allow_unfinished=True``.
+        """
+        state = trained_state(run, allow_unfinished)
         learner = cls.create(config.load_preset(state.parent), device, warm_start=False)  # phi comes from the run
         learner.load_state(state)
+        learner.run, learner.run_finished = run, run_finished(run)
+        if not learner.run_finished:
+            log.warning("using the unfinished training run %s (allow_unfinished=True)", paths.relative(state.parent))
         return learner
+
+    def require_finished(self, allow_unfinished: bool = False) -> None:
+        """Refuse a learner of an unfinished run unless ``allow_unfinished`` (one made in memory passes)."""
+        if self.run_finished is False and not allow_unfinished:
+            raise UnfinishedRunError(unfinished_message(self.run))
 
     # --- state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -113,9 +113,14 @@ def _corpus_words(path: Path) -> set[str]:
     return {w for p in corpus.read(path) for w in re.findall(r"[a-z]+", f"{p.title} {p.text}".lower())}
 
 
+def _sentence(template: str, name: str, value: str) -> str:
+    text = template.format(n=name, v=value)
+    return re.sub(r"\ba ([AEIOUaeiou])", r"an \1", text)        # "works as an architect"
+
+
 def _person(rng: random.Random, name: str, index: int, relations: list[Relation]) -> Person:
     facts = {r.name: rng.choice(r.values) for r in relations}
-    sentences = [rng.choice(BY_NAME[r].sentences).format(n=name, v=v) for r, v in facts.items()]
+    sentences = [_sentence(rng.choice(BY_NAME[r].sentences), name, v) for r, v in facts.items()]
     return Person(name, f"probe-{index:05d}", facts, " ".join(sentences))
 
 

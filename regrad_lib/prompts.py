@@ -15,8 +15,10 @@ masked), so the visible text is ``Answer: <answer>`` followed by the newline tha
 prompt loses passage text (the only elastic part), never the template or the question.
 
 ``prompt_style`` (learner config) frames every method's prompt alike: ``instruct`` (a system instruction, as the
-public code) or ``example`` (the same instruction plus one worked question and answer in the chat, which small
-models need to answer with a short phrase instead of a sentence).
+public code) or ``example`` (the same instruction plus three worked questions and short answers in the chat, which
+small models need to answer with a short phrase instead of a sentence). ``context_order``: the passages in rank
+order (``rank``, the public code's) or ``reversed``, the best-ranked nearest the question, which small models read
+best.
 """
 
 from __future__ import annotations
@@ -30,11 +32,16 @@ IGNORE = -100
 SYSTEM_PROMPT = "Answer the question with a short answer: a few words, no explanation."
 ANSWER_PREFIX = "Answer:"
 DOCUMENT_SEPARATORS = ("<|endoftext|>",)
-# The worked example of prompt_style "example": an invented, neutral fact (not from any dataset or the corpus).
-EXAMPLE_PASSAGE = ("Lake Varnen", "Lake Varnen is a freshwater lake in the north of the country. The town of "
-                   "Ostby lies on its eastern shore.")
-EXAMPLE_QUESTION = "Which town lies on the eastern shore of Lake Varnen?"
-EXAMPLE_ANSWER = "Ostby"
+# The worked examples of prompt_style "example": invented, neutral facts (in no dataset, corpus or probe), each
+# (passage, question, short answer); the first asks one fact of several, as real passages hold many.
+EXAMPLES = (
+    (("Mara Uldin", "Mara Uldin drives a green car. These days Mara Uldin resides in Peru. Mara Uldin plays the "
+                    "oboe in a band."), "Where does Mara Uldin live?", "Peru"),
+    (("Kettle Hill", "Kettle Hill is a low hill near the village of Brenmoor. Its summit is covered in heather."),
+     "Near which village is Kettle Hill?", "Brenmoor"),
+    (("Tomas Reld", "Tomas Reld is a native of Oslo. By profession, Tomas Reld is a pilot."),
+     "What is the job of Tomas Reld?", "pilot"),
+)
 
 Passages = Sequence[tuple[str | None, str]]
 
@@ -93,23 +100,31 @@ def passage_example(tokenizer, title: str | None, text: str, max_len: int, passa
     return Example(ids, list(ids))
 
 
-def user_message(question: str, passages: Passages | None = None, passage_format: str = "text") -> str:
-    """The user turn: ``Passage i: …`` lines (with context) then the question."""
-    lines = [f"Passage {i}: {format_passage(title, text, passage_format)}"
-             for i, (title, text) in enumerate(passages or [])]
+def user_message(question: str, passages: Passages | None = None, passage_format: str = "text",
+                 context_order: str = "rank") -> str:
+    """The user turn: ``Passage i: …`` lines (with context; best-ranked first, or last with ``reversed``) then the
+    question."""
+    passages = list(passages or [])
+    if context_order == "reversed":
+        passages = passages[::-1]
+    elif context_order != "rank":
+        raise ValueError(f"context_order={context_order!r}: choose 'rank' or 'reversed'")
+    lines = [f"Passage {i}: {format_passage(title, text, passage_format)}" for i, (title, text) in enumerate(passages)]
     lines.append(f"Question: {question.strip()}")
     return "\n".join(lines)
 
 
 def messages(question: str, passages: Passages | None, cfg: LearnerConfig) -> list[dict]:
-    """The chat of one prompt (system instruction, the worked example for ``prompt_style='example'``, the
-    question); the frame is the same for every method, only the passages differ."""
+    """The chat of one prompt (system instruction, the worked examples for ``prompt_style='example'``, the
+    question); the frame is the same for every method, only the passages differ (an example shows its own
+    passage when the prompt has passages)."""
     chat = [{"role": "system", "content": SYSTEM_PROMPT}]
     if cfg.prompt_style == "example":
-        shown = [EXAMPLE_PASSAGE] if passages else None
-        chat += [{"role": "user", "content": user_message(EXAMPLE_QUESTION, shown, cfg.passage_format)},
-                 {"role": "assistant", "content": f"{ANSWER_PREFIX} {EXAMPLE_ANSWER}"}]
-    chat.append({"role": "user", "content": user_message(question, passages, cfg.passage_format)})
+        for passage, example_question, example_answer in EXAMPLES:
+            shown = [passage] if passages else None
+            chat += [{"role": "user", "content": user_message(example_question, shown, cfg.passage_format)},
+                     {"role": "assistant", "content": f"{ANSWER_PREFIX} {example_answer}"}]
+    chat.append({"role": "user", "content": user_message(question, passages, cfg.passage_format, cfg.context_order)})
     return chat
 
 

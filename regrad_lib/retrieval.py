@@ -137,6 +137,12 @@ class TantivyOptions:
         return cls(**options)
 
 
+def _write_error(folder: Path, error: Exception) -> RetrievalError:
+    return RetrievalError(f"Index {folder}: writing failed ({error}); free disk space there (or set "
+                          "REGRAD_WORK to a larger disk) and run retrieval.build again: it resumes after the last "
+                          "commit")
+
+
 def _tantivy():
     import tantivy
     return tantivy
@@ -265,7 +271,8 @@ class TantivyRetriever:
         if done:
             log.info("Resuming the build of %s after %d committed passages", paths.relative(folder), done)
         started = time.perf_counter()
-        total = cls._index_passages(index, corpus.read(corpus_path), done, corpus.count(corpus_path), options)
+        total = cls._index_passages(index, corpus.read(corpus_path), done, corpus.count(corpus_path), options,
+                                    folder)
         manifest = {"backend": "tantivy", "format": _FORMAT, "name": name, "corpus": signature, "count": total,
                     "analyzer": ANALYZER_SETTINGS, "fields": ["title", "text"], "stored": ["id", "title", "text"],
                     "scoring": {"model": "BM25", "k1": 1.2, "b": 0.75, "query": "dis_max(title, text)",
@@ -280,7 +287,7 @@ class TantivyRetriever:
 
     @classmethod
     def _index_passages(cls, index, passages: Iterable, done: int, expected: int | None,
-                        options: TantivyOptions) -> int:
+                        options: TantivyOptions, folder: Path) -> int:
         from tqdm.auto import tqdm
 
         t = _tantivy()
@@ -289,16 +296,22 @@ class TantivyRetriever:
         bar = tqdm(total=expected, initial=done, desc="Indexing passages", unit="passage", unit_scale=True,
                    mininterval=2.0)
         try:
-            for p in itertools.islice(passages, done, None):
-                writer.add_document(t.Document(id=str(p.id), title=p.title, text=p.text))
-                total += 1
-                if total % 10_000 == 0:
-                    bar.update(10_000)
-                if total % options.commit_every == 0:
-                    writer.commit()
-                    log.debug("Committed %d passages", total)
-            writer.commit()
-            writer.wait_merging_threads()
+            for p in itertools.islice(passages, done, None):   # corpus errors pass through unchanged
+                try:
+                    writer.add_document(t.Document(id=str(p.id), title=p.title, text=p.text))
+                    total += 1
+                    if total % 10_000 == 0:
+                        bar.update(10_000)
+                    if total % options.commit_every == 0:
+                        writer.commit()
+                        log.debug("Committed %d passages", total)
+                except ValueError as e:   # tantivy's I/O errors (disk full, ...) name no file
+                    raise _write_error(folder, e) from e
+            try:
+                writer.commit()
+                writer.wait_merging_threads()
+            except ValueError as e:
+                raise _write_error(folder, e) from e
         except BaseException:
             writer.rollback()  # uncommitted passages are dropped; the next build resumes after the last commit
             raise

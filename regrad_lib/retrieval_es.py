@@ -53,6 +53,11 @@ class EsOptions:
             if getattr(self, f) < 1:
                 raise ValueError(f"EsOptions.{f}={getattr(self, f)!r}: must be a positive integer")
 
+    def __repr__(self) -> str:   # the credentials stay out of logs and notebook outputs, as in error messages
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown.update(url=redact(self.url) if self.url else None, api_key="***" if self.api_key else None)
+        return f"EsOptions({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
     @classmethod
     def from_dict(cls, options: dict) -> "EsOptions":
         allowed = [f.name for f in fields(cls)]

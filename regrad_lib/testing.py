@@ -120,7 +120,7 @@ def saved_trained_run(run: str, preset, seed: int = 0, b_std: float = 0.3, alpha
     ``preset`` with random non-zero ``lora_B`` (so the LoRA and its gradients act) and every step size ``alpha``."""
     import torch
 
-    from .learner import META_STATE, Learner
+    from .learner import META_STATE, TRAIN_SUMMARY, Learner
 
     learner = Learner.create(preset)
     torch.manual_seed(seed)
@@ -132,4 +132,5 @@ def saved_trained_run(run: str, preset, seed: int = 0, b_std: float = 0.3, alpha
             v.fill_(alpha)
     preset.save(paths.output_dir(run))
     learner.save(paths.output_dir(run) / META_STATE)
+    artifacts.write_json(paths.output_dir(run) / TRAIN_SUMMARY, {"run": run})   # finished, as 03_train marks it
     return learner

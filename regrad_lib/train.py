@@ -29,13 +29,13 @@ from tqdm.auto import tqdm
 
 from . import adapters, artifacts, checkpoint, config, distributed, metrics, paths, regrad
 from . import tasks as tasks_mod
-from .learner import META_STATE, Learner
+from .learner import META_STATE, TRAIN_SUMMARY, Learner
 from .tasks import Task
 
 log = logging.getLogger(__name__)
 
 LOG = "training_log.jsonl"
-SUMMARY = "train_summary.json"
+SUMMARY = TRAIN_SUMMARY
 REQUEST = "train_request.json"
 # Train args that may change between an interrupted run and its resumption (they do not change the math).
 RESUMABLE_CHANGES = {"eval_steps", "save_steps", "logging_steps", "on_nonfinite"}
@@ -306,11 +306,20 @@ def learned_alpha(run: str) -> dict[str, float]:
 # --- artifacts -----------------------------------------------------------------------------------------
 
 def read_log(run: str) -> list[dict]:
-    """The rows of ``outputs/<run>/training_log.jsonl`` (for the plots)."""
+    """The rows of ``outputs/<run>/training_log.jsonl``; a last line cut short (a full disk) is dropped."""
     path = paths.output_dir(run) / LOG
     if not path.is_file():
         raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 03_train (run={run!r})")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows += [json.loads(line)] if line.strip() else []
+        except json.JSONDecodeError as e:
+            if number < len(lines):
+                raise ValueError(f"{paths.relative(path)}: line {number} is not valid JSON ({e.msg})") from None
+            log.warning("%s: dropped its last line, cut short: %r", paths.relative(path), line[:80])
+    return rows
 
 
 def _append(path: Path, row: dict) -> None:
@@ -362,14 +371,15 @@ def _prepare_folder(folder: Path, request: dict, overwrite: bool, resume: bool) 
         if overwrite:
             log.info("overwrite=True: removing %s", paths.relative(folder))
             shutil.rmtree(folder)
-        elif resume and checkpoint.exists(folder) and (folder / REQUEST).exists():
+        elif not checkpoint.recover(folder):   # interrupted before its first complete checkpoint
+            log.info("%s holds no complete checkpoint: starting the run again", paths.relative(folder))
+            shutil.rmtree(folder)
+        elif resume and (folder / REQUEST).exists():
             _check_resumable(folder, request)
             return True
-        elif checkpoint.exists(folder):
+        else:
             raise FileExistsError(f"{paths.relative(folder)} holds an unfinished run: resume=True continues it, "
                                   "overwrite=True starts again")
-        else:  # interrupted before its first checkpoint: nothing worth keeping
-            shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return False
 
@@ -506,7 +516,7 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
         if not data.validation:
             learner.save(folder / META_STATE)
         summary = _summary(run, preset, train_datasets, train_file, data, state, read_log(run), elapsed())
-        adapters.export_run(run)    # the selected phi as a PEFT adapter, outputs/<run>/adapter/
+        adapters.export_run(run, allow_unfinished=True)   # the selected phi as a PEFT adapter (before the summary)
         artifacts.write_json(folder / SUMMARY, summary)
         return summary
 

@@ -39,6 +39,9 @@ class Dying:
     def describe(self):
         return self.inner.describe()
 
+    def count(self):
+        return self.inner.count()
+
 
 def test_records_and_sidecar(setup):
     r, data = setup
@@ -130,3 +133,15 @@ def test_passage_recall_and_table(setup, tmp_path):
     assert rows == [{"dataset": "2wikimultihopqa", "kind": "passage", "k": 3, "questions": 10,
                      "any_hit": 0.9, "all_hit": 0.9}]
     assert augment.recall_figure(rows).axes
+
+
+def test_an_index_without_passages_is_refused(setup):
+    r, data = setup
+
+    class Empty(Dying):
+        def count(self):
+            return 0
+
+    with pytest.raises(ValueError, match=r"the index 'tiny' holds no passages"):
+        augment.augment("2wikimultihopqa", "dev", retriever=Empty(r, 10), data_dir=data)
+    assert not paths.augmented_file("2wikimultihopqa", "dev").exists()

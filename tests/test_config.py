@@ -82,3 +82,76 @@ def test_save_round_trip(tmp_path):
     p = config.load_preset("smollm2-135m-instruct")
     p.save(tmp_path)
     assert config.load_preset(tmp_path).to_dict() == {**p.to_dict(), "name": tmp_path.name}
+
+
+# --- issue 11: non-finite numbers, variants that loop or name no preset ------------------------------------------
+
+@pytest.mark.parametrize("filename,key", [("learner_config.json", "gamma"), ("train_args.json", "learning_rate"),
+                                          ("learner_config.json", "init_alpha"), ("train_args.json", "max_grad_norm"),
+                                          ("train_args.json", "adam_beta1"), ("peft_config.json", "lora_alpha")])
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_in_a_file_are_refused_naming_file_and_key(tmp_path, filename, key, literal):
+    _write(tmp_path)
+    path = tmp_path / filename
+    data = json.loads(path.read_text())
+    data[key] = "@"
+    path.write_text(json.dumps(data).replace('"@"', literal))   # json.loads reads these as nan / inf
+    with pytest.raises(config.ConfigError, match=rf"{filename}: key '{key}' must be a finite number"):
+        config.load_preset(tmp_path)
+
+
+@pytest.mark.parametrize("section,key", [("learner", "gamma"), ("train", "learning_rate"), ("learner", "init_alpha"),
+                                         ("train", "max_grad_norm"), ("train", "eta_min"), ("train", "adam_epsilon")])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_overrides_and_dataclasses_are_refused(section, key, value):
+    with pytest.raises(config.ConfigError, match=rf"overrides \[{section}\]: key '{key}' must be a finite number"):
+        config.load_preset("tiny", {section: {key: value}})
+    cls = {"learner": config.LearnerConfig, "train": config.TrainArgs}[section]
+    with pytest.raises(config.ConfigError, match=rf"{cls.__name__}.{key} = -?(nan|inf) must be a finite number"):
+        cls(**{key: value})
+
+
+def test_check_number_is_the_rule_for_gamma_elsewhere():
+    config.check_number(0, "gamma", allow_zero=True)
+    for bad, why in [(-1.0, ">= 0"), (float("nan"), "a finite number"), (float("inf"), "a finite number"),
+                     ("1", "a number"),
+                     (True, "a number")]:
+        with pytest.raises(config.ConfigError, match=rf"gamma = .* must be {why}"):
+            config.check_number(bad, "gamma", allow_zero=True)
+
+
+def test_adam_betas_are_checked():
+    with pytest.raises(config.ConfigError, match=r"adam_beta2 = 1.0 must be in \[0, 1\)"):
+        config.TrainArgs(adam_beta2=1.0)
+
+
+def test_variant_whose_base_is_itself_or_a_loop_names_the_files(tmp_path):
+    (tmp_path / "variant.json").write_text(json.dumps({"base": str(tmp_path)}))
+    with pytest.raises(config.ConfigError, match=r"variant.json: key 'base' = .* leads back to itself"):
+        config.load_preset(tmp_path)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "variant.json").write_text(json.dumps({"base": str(b)}))
+    (b / "variant.json").write_text(json.dumps({"base": str(a)}))
+    with pytest.raises(config.ConfigError, match=r"b/variant.json: key 'base' .* leads back to itself \(.*a/variant"
+                                                 r".json -> .*b/variant.json -> .*a/variant.json\)"):
+        config.load_preset(a)
+
+
+def test_variant_with_a_missing_or_unnamed_base_names_the_variant_file(tmp_path):
+    (tmp_path / "variant.json").write_text(json.dumps({"base": "tinny"}))
+    with pytest.raises(config.ConfigError, match=r"variant.json: key 'base': Unknown preset 'tinny'.*Did you mean"):
+        config.load_preset(tmp_path)
+    (tmp_path / "variant.json").write_text(json.dumps({"learner": {}}))
+    with pytest.raises(config.ConfigError, match=r"variant.json: needs a key 'base'"):
+        config.load_preset(tmp_path)
+
+
+def test_config_files_accept_a_bom_and_name_bytes_that_are_not_utf8(tmp_path):
+    _write(tmp_path)
+    path = tmp_path / "train_args.json"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert config.load_preset(tmp_path).train == config.load_preset("tiny").train
+    path.write_bytes(path.read_bytes().replace(b'"seed"', b'"s\xe9ed"'))
+    with pytest.raises(config.ConfigError, match=r"train_args.json: line \d+: not UTF-8 text \(byte 0xe9"):
+        config.load_preset(tmp_path)

@@ -108,3 +108,58 @@ def test_unknown_suffix_and_missing_file(tmp_path):
         corpus.read(tmp_path / "c.csv")
     with pytest.raises(FileNotFoundError, match="nope.tsv"):
         corpus.read(tmp_path / "nope.tsv")
+
+
+# --- issue 11: corpus content and damaged files -----------------------------------------------------------------
+
+def test_duplicate_ids_are_refused_naming_ids_and_lines(tmp_path):
+    path = _tsv(tmp_path, ["1\tone\tA", "2\ttwo\tB", "1\tanother text\tC", "3\tthree\tD", "2\tagain\tE"])
+    with pytest.raises(CorpusFormatError, match=r"c.tsv: 2 passage id\(s\) used more than once \('1' at lines 2, "
+                                                r"4; '2' at lines 3, 6\).*keyed by passage id"):
+        list(corpus.read(path))
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"id": i, "text": "x"}) for i in (7, 8, 7)) + "\n")
+    with pytest.raises(CorpusFormatError, match=r"'7' at lines 1, 3"):
+        list(corpus.read(jsonl))
+
+
+@pytest.mark.parametrize("content", ["", HEADER])
+def test_empty_or_header_only_corpus_is_refused(tmp_path, content):
+    path = tmp_path / "c.tsv"
+    path.write_text(content)
+    with pytest.raises(CorpusFormatError, match=r"c.tsv: no passages \(0 data rows\)"):
+        list(corpus.read(path))
+
+
+def test_a_non_utf8_byte_makes_a_bad_row_not_a_failed_build(tmp_path, caplog):
+    path = tmp_path / "c.tsv"
+    path.write_bytes(HEADER.encode() + b"1\tgood\tA\n2\tbad \xff byte\tB\n3\tgood too\tC\n")
+    with caplog.at_level(logging.WARNING, logger="regrad_lib.corpus"):
+        assert [p.id for p in corpus.read(path)] == ["1", "3"]
+    assert "line 3 skipped: not UTF-8 (byte 0xff)" in caplog.text
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_bytes(b'{"id": 1, "text": "caf\xe9"}\n{"id": 2, "text": "fine"}\n')
+    assert [p.id for p in corpus.read(jsonl)] == ["2"]
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "c.tsv"
+    path.write_bytes(b"\xef\xbb\xbf" + (HEADER + "1\tx\tX\n").encode())
+    assert list(corpus.read(path)) == [Passage("1", "X", "x")]
+
+
+def test_truncated_and_fake_gzip_name_the_file(tmp_path):
+    rows = HEADER + "".join(f"{i}\tpassage number {i} with some words\tT{i}\n" for i in range(3000))
+    whole = gzip.compress(rows.encode())
+    truncated = tmp_path / "cut.tsv.gz"
+    truncated.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(CorpusFormatError, match=r"cut.tsv.gz: after line \d+: the gzip stream ends early.*truncated"):
+        list(corpus.read(truncated))
+    with pytest.raises(CorpusFormatError, match=r"cut.tsv.gz: after line \d+: .*truncated"):
+        corpus.count(truncated)
+    fake = tmp_path / "plain.tsv.gz"
+    fake.write_text(rows)
+    with pytest.raises(CorpusFormatError, match=r"plain.tsv.gz: after line 0: not a gzip file.*drop the .gz suffix"):
+        list(corpus.read(fake))
+    with pytest.raises(CorpusFormatError, match="not a gzip file"):
+        corpus.count(fake)

@@ -275,3 +275,40 @@ def test_sample_hotpot_gold_titles():
     assert all(r.gold_titles for r in recs)
     gold = json.loads((paths.sample_dir() / "hotpotqa" / "gold_passages_dev.json").read_text())
     assert [g["qid"] for g in gold] == [r.source_id for r in recs]
+
+
+# --- issue 11: bytes that are not UTF-8, byte-order marks, a folder for a file -----------------------------------
+
+_FILES = [("2wikimultihopqa", "dev.json"), ("hotpotqa", "hotpot_dev_distractor_v1.json"), ("popqa", "popQA.tsv"),
+          ("complexwebquestions", "ComplexWebQuestions_dev.json"), ("2wikimultihopqa", "id_aliases.json")]
+
+
+def _copy_with(tmp_path, name, filename, change):
+    shutil.copytree(_dir(name), tmp_path, dirs_exist_ok=True)
+    raw = (tmp_path / filename).read_bytes()
+    (tmp_path / filename).write_bytes(change(raw))
+    return tmp_path
+
+
+@pytest.mark.parametrize("name,filename", _FILES)
+def test_non_utf8_bytes_name_the_file_and_line(tmp_path, name, filename):
+    def spoil(raw):   # a Latin-1 byte at the start of the second line
+        first, rest = raw.split(b"\n", 1)
+        return first + b"\n\xe9" + rest
+    folder = _copy_with(tmp_path, name, filename, spoil)
+    with pytest.raises(DatasetFormatError, match=rf"{filename}: line 2: not UTF-8 text \(byte 0xe9 at offset \d+"):
+        datasets.load(name, folder, "dev")
+
+
+@pytest.mark.parametrize("name,filename", _FILES)
+def test_a_byte_order_mark_is_accepted(tmp_path, name, filename):
+    expected = datasets.load(name, _dir(name), "dev")
+    folder = _copy_with(tmp_path, name, filename, lambda raw: b"\xef\xbb\xbf" + raw)
+    assert datasets.load(name, folder, "dev") == expected
+
+
+def test_a_folder_named_id_aliases_is_refused(tmp_path):
+    shutil.copy(_dir("2wikimultihopqa") / "dev.json", tmp_path / "dev.json")
+    (tmp_path / "id_aliases.json").mkdir()
+    with pytest.raises(DatasetFormatError, match=r"id_aliases.json is not a file \(a folder\?\)"):
+        datasets.load("2wikimultihopqa", tmp_path, "dev")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from regrad_lib import artifacts, bank, config, encode, lora, paths, regrad, tasks
-from regrad_lib.learner import META_STATE, Learner
+from regrad_lib.learner import META_STATE, TRAIN_SUMMARY, Learner
 
 
 def _corpus(n):
@@ -42,6 +42,7 @@ def _make_run(run, seed=0):
     folder.mkdir(parents=True, exist_ok=True)
     preset.save(folder)
     learner.save(folder / META_STATE)
+    artifacts.write_json(folder / TRAIN_SUMMARY, {"run": run})   # finished, as 03_train marks it
     return Learner.from_run(run)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from regrad_lib import artifacts, bank, config, encode, evaluate, lora, paths, regrad, tasks
-from regrad_lib.learner import META_STATE, Learner
+from regrad_lib.learner import META_STATE, TRAIN_SUMMARY, Learner
 
 PASSAGES = [("Paris", "Paris is the capital and most populous city of France."),
             ("Nile", "The Nile is a major north-flowing river in northeastern Africa."),
@@ -42,6 +42,7 @@ def run(tiny_model_dir):
     folder = paths.output_dir(RUN)
     preset.save(folder)
     learner.save(folder / META_STATE)
+    artifacts.write_json(folder / TRAIN_SUMMARY, {"run": RUN})   # finished, as 03_train marks it
     artifacts.write_json(paths.augmented_file(DATASET, "dev"), _records())
     encode.encode_schemes(RUN, DATASET, "dev", ["fp32", "int8", "int4", bank.DEFAULT_SCHEME], batch_size=4,
                           learner=learner, overwrite=True)

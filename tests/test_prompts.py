@@ -144,9 +144,19 @@ def test_prompt_style_example_frames_every_method_alike(tiny):
     cfg = LearnerConfig(prompt_style="example")
     blind = tok.decode(prompts.prompt_ids(tok, "Who?", None, cfg))
     context = tok.decode(prompts.prompt_ids(tok, "Who?", [("T", "Body.")], cfg))
-    worked = f"Question: {prompts.EXAMPLE_QUESTION}<|im_end|>\n<|im_start|>assistant\nAnswer: {prompts.EXAMPLE_ANSWER}"
-    assert worked in blind and worked in context
-    assert prompts.EXAMPLE_PASSAGE[1] in context and prompts.EXAMPLE_PASSAGE[1] not in blind
+    for (_, text), question, answer in prompts.EXAMPLES:
+        worked = f"Question: {question}<|im_end|>\n<|im_start|>assistant\nAnswer: {answer}<|im_end|>"
+        assert worked in blind and worked in context
+        assert f"Passage 0: {text}\nQuestion: {question}" in context and text not in blind
     assert blind.endswith("Question: Who?<|im_end|>\n<|im_start|>assistant\nAnswer:")
     plain = tok.decode(prompts.prompt_ids(tok, "Who?"))
-    assert prompts.EXAMPLE_QUESTION not in plain
+    assert all(question not in plain for _, question, _ in prompts.EXAMPLES)
+
+
+def test_context_order_puts_the_best_passage_last(tiny):
+    _, tok = tiny
+    ranked = [("A", "First ranked."), ("B", "Second ranked.")]
+    rank = tok.decode(prompts.prompt_ids(tok, "Q?", ranked))
+    assert "Passage 0: First ranked.\nPassage 1: Second ranked.\nQuestion: Q?" in rank
+    last = tok.decode(prompts.prompt_ids(tok, "Q?", ranked, LearnerConfig(context_order="reversed")))
+    assert "Passage 0: Second ranked.\nPassage 1: First ranked.\nQuestion: Q?" in last

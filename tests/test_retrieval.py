@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -160,3 +163,38 @@ def test_bad_arguments(small):
     r = retrieval.build(small, "small")
     with pytest.raises(TypeError, match="list of queries"):
         r.search("capital", 3)
+
+
+# --- issue 11: corpora that would build a wrong index; a full disk ---------------------------------------------
+
+@pytest.mark.parametrize("rows,message", [
+    ([*PASSAGES, ("3", "Rome", "Rome is the capital of Italy.")], r"1 passage id\(s\) used more than once \('3' at "
+                                                                  r"lines 4, 8\)"),
+    ([], r"no passages \(0 data rows\)"),
+])
+def test_corpus_with_duplicate_ids_or_no_passages_builds_no_index(work, rows, message):
+    path = write_tsv(work / "bad.tsv", rows)
+    with pytest.raises(corpus.CorpusFormatError, match=rf"bad.tsv: {message}"):
+        retrieval.build(path, "bad")
+    assert not (paths.index_dir("bad") / retrieval.MANIFEST).exists()
+    with pytest.raises(RetrievalError, match="incomplete"):
+        retrieval.open("bad")
+
+
+def test_a_full_disk_names_the_index(work):
+    # A file-size limit makes tantivy's writes fail as a full disk does (EFBIG instead of ENOSPC): same path.
+    script = f"""
+import resource, signal, sys
+sys.path.insert(0, {str(paths.repo_root())!r})
+from regrad_lib import retrieval
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
+try:
+    retrieval.build("data/sample/psgs_w100.tsv", "full", threads=1, heap_mb=32, commit_every=2000)
+except retrieval.RetrievalError as e:
+    print(e)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "REGRAD_WORK": str(work / "work")})
+    assert f"Index {paths.index_dir('full')}: writing failed (" in done.stdout, done.stderr[-2000:]
+    assert "free disk space there" in done.stdout and "resumes after the last commit" in done.stdout

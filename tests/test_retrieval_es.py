@@ -13,6 +13,7 @@ import pytest
 from regrad_lib import retrieval, retrieval_es
 from regrad_lib.corpus import Passage
 from regrad_lib.retrieval import Hit, RetrievalError
+from regrad_lib.retrieval_es import EsOptions
 
 
 def test_index_body():
@@ -166,3 +167,11 @@ def test_live_server(tsv):
     assert r.count() == 3
     assert r.search(["capital of Germany"], 1)[0][0].passage_id == "1"
     assert r.search(['"unbalanced quote: (paren'], 1) is not None
+
+
+def test_repr_masks_the_api_key_and_the_url_password():
+    shown = repr(EsOptions(url="https://elastic:s3cret@es.example.org:9243", api_key="QUtFWS1TRUNSRVQ=", client=None))
+    assert "s3cret" not in shown and "QUtFWS1TRUNSRVQ=" not in shown
+    assert "url='https://***@es.example.org:9243'" in shown and "api_key='***'" in shown
+    assert "chunk_size=500" in shown
+    assert "api_key=None" in repr(EsOptions(url="http://localhost:9200", api_key=None))
