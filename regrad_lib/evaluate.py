@@ -235,8 +235,8 @@ def _settings(method: str, split: str, topk: int, gamma: float, limit: int | Non
     spec = SPECS[method]
     return {"split": split, "limit": limit, "topk": topk if spec.context or spec.source != "none" else None,
             "gamma": None if spec.source in ("none", "phi") else gamma,
-            "run_finished": None if spec.base else finished,
-            "scheme": schemes.parse(scheme).name if spec.source == "bank" else None}
+            "scheme": schemes.parse(scheme).name if spec.source == "bank" else None,
+            "run_finished": None if spec.base else finished}
 
 
 def _run_finished(run: str, learner) -> bool | None:
