@@ -7,9 +7,11 @@ Per model, with passages of ``--seq-len`` (150) tokens:
 - ``encode`` (CPU presets): the whole :func:`encode.encode` into a fresh bank (read the augmented file,
   tokenise, length-sort, batch, gradients, shard writes, manifest);
 - ``to_bank`` (``llama-1b-random``): batched gradients appended to a :class:`bank.BankWriter` (shard writes);
-- ``bank_bytes``: bytes per stored passage by dtype, from the layout and measured on disk, for each model and
-  for the Llama-3.2-1B preset's layout (3,932,160 values); ``bank_read``: ``sum`` of 3 and ``sum_many`` of
-  32×3 entries from a bank of 1B-layout rows.
+- ``bank_bytes``: stored bytes per passage of each storage scheme for the model's layout;
+- ``bank_bytes_1b`` / ``bank_read_1b``: per scheme (``--schemes``), banks of ``--bank-rows`` random rows of the
+  Llama-3.2-1B preset's layout (3,932,160 values) written on ``--device`` (encode there, CRC-32s, shards), then
+  ``sum_many`` of 32 questions × 3 scattered entries onto ``--device``, cold (files evicted from the page cache,
+  bank reopened) and page-cached, the schemes interleaved ``--read-repeat`` times (min and median).
 
 Models: ``tiny`` and ``smollm2-135m-instruct`` (the presets of the same names; passages from the bundled
 mini-Wikipedia) on the CPU; ``llama-1b-random``: a randomly initialised Llama of Llama-3.2-1B-Instruct's shape
@@ -17,6 +19,7 @@ mini-Wikipedia) on the CPU; ``llama-1b-random``: a randomly initialised Llama of
 autocast on a GPU (our dtype policy), random 150-token passages, LoRA B ~ N(0, 0.01) as ref_bench does.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/encode_bench.py                      # CPU: tiny + smollm2
+    OMP_NUM_THREADS=1 .venv/bin/python bench/encode_bench.py --only-banks         # CPU: 1B-layout banks only
     .venv/bin/python bench/encode_bench.py --device cuda --model llama-1b-random  # GPU; then, same session:
     python ../shared/bench/ref_bench.py --device cuda --only encode               # reference passages/s
 """
@@ -35,7 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from regrad_lib import artifacts, bank, config, lora, paths, regrad, testing  # noqa: E402
+from regrad_lib import artifacts, bank, config, lora, paths, regrad, schemes, testing  # noqa: E402
 
 
 
@@ -175,7 +178,7 @@ def bench_model(name: str, args, device: torch.device, work: Path) -> None:
     if records is not None:
         from regrad_lib import encode
         start = time.perf_counter()
-        path = encode.encode(run, "bench", "dev", topk=3, batch_size=b, dtype="bf16", learner=learner, overwrite=True)
+        path = encode.encode(run, "bench", "dev", topk=3, batch_size=b, scheme="bf16", learner=learner, overwrite=True)
         dt = time.perf_counter() - start
         entries = len(bank.GradientBank.open(path))
         emit(name="encode", unit="passages/s", value=round(entries / dt, 2), n=entries, batch=b,
@@ -183,7 +186,7 @@ def bench_model(name: str, args, device: torch.device, work: Path) -> None:
              **common)
     else:
         head = bank.header(model=name, model_id=name, model_revision=None, preset=testing.PRESET_1B, phi=learner.phi,
-                           meta_hash="random", dtype="bf16")
+                           meta_hash="random", scheme="bf16")
         writer = bank.BankWriter.open(work / "bank-1b", head, overwrite=True)
         dt = time_to_bank(learner, token_batches(learner, records, args.seq_len, b, n), writer)
         emit(name="to_bank", unit="passages/s", value=round(n / dt, 2), n=n, batch=b, speedup=round(n / dt / one, 2),
@@ -191,44 +194,61 @@ def bench_model(name: str, args, device: torch.device, work: Path) -> None:
     if device.type == "cuda":
         emit(name="peak_gpu_memory", unit="GiB", value=round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2),
              **common)
-    emit(name="bank_bytes", unit="bytes/passage", value=numel * 2, numel=numel, bf16=numel * 2, fp16=numel * 2,
-         fp32=numel * 4, **common)
+    layout = lora.layout(learner.phi)
+    emit(name="bank_bytes", unit="bytes/passage", numel=numel, **{
+        name: schemes.parse(name).row_bytes(layout) + 8 for name in ("fp32", "bf16", "int8", "int4", "int2")}, **common)
 
 
-def bench_bytes_1b(work: Path, rows: int) -> None:
-    """Bytes per passage by dtype for the 1B layout (computed and on disk), and read latency of bank.sum."""
+def bench_schemes_1b(work: Path, rows: int, repeat: int, device: torch.device, schemes_: list[str]) -> None:
+    """Per scheme, for the 1B layout: bytes per passage (layout and on disk), write speed, and ``sum_many`` of
+    32 questions x 3 entries, page-cached and cold, the schemes interleaved ``repeat`` times (min and median)."""
+    import statistics
+
     layout = _layout_1b()
     phi = lora.unflatten(torch.zeros(sum(a * b for _, (a, b) in layout)), layout)
     numel = lora.numel(phi)
     g = torch.Generator().manual_seed(0)
-    for dtype in ("bf16", "fp16", "fp32"):
+    batches = [torch.randn(min(8, rows - i), numel, generator=g) * 1e-3 for i in range(0, rows, 8)]
+    folders = {}
+    for name in schemes_:
         head = bank.header(model="llama-1b-random", model_id="llama-1b-random", model_revision=None,
-                           preset=testing.PRESET_1B, phi=phi, meta_hash="random", dtype=dtype)
-        folder = work / f"bytes-{dtype}"
-        batches = [torch.randn(min(8, rows - i), numel, generator=g) * 1e-3 for i in range(0, rows, 8)]
+                           preset=testing.PRESET_1B, phi=phi, meta_hash="random", scheme=name)
+        folder = folders[name] = work / f"bank-1b-{name}"
         writer = bank.BankWriter.open(folder, head, overwrite=True)
         start = time.perf_counter()
         for i, vectors in enumerate(batches):
-            writer.append([f"p{i}-{j}" for j in range(len(vectors))], vectors)
+            writer.append([f"p{i}-{j}" for j in range(len(vectors))], vectors.to(device))
         writer.close()
         write_s = time.perf_counter() - start
         b = bank.GradientBank.open(folder)
-        emit(name="bank_bytes_1b", unit="bytes/passage", value=b.bytes_on_disk() / len(b), dtype=dtype,
-             layout_bytes=b.bytes_per_passage, numel=numel, entries=len(b), write_MB_per_s=round(
-                 b.bytes_on_disk() / write_s / 1e6, 1), reference_fp32_bytes=15_728_640,
-             note="write: fp32 rows -> checks, cast, shards, sha256, manifest")
-        if dtype == "bf16":
-            ids = b.ids()
-            start = time.perf_counter()
-            for i in range(10):
-                b.sum([ids[(3 * i + k) % rows] for k in range(3)])
-            emit(name="bank_read_1b", unit="ms", value=round(100 * (time.perf_counter() - start), 2),
-                 op="sum of 3 entries (bf16 -> fp32 LoRA dict)", entries=len(b))
-            groups = [[ids[(3 * q + k) % rows] for k in range(3)] for q in range(32)]
-            start = time.perf_counter()
-            b.sum_many(groups)
-            emit(name="bank_read_1b", unit="ms", value=round(1000 * (time.perf_counter() - start), 2),
-                 op="sum_many of 32 questions x 3 entries", entries=len(b))
+        emit(name="bank_bytes_1b", unit="bytes/passage", value=b.bytes_per_passage, scheme=name,
+             on_disk=round(b.bytes_on_disk() / len(b)), numel=numel, entries=len(b),
+             vs_fp32=round(4 * numel / b.bytes_per_passage, 2), write_MB_per_s=round(b.bytes_on_disk() / write_s / 1e6, 1),
+             note=f"write: fp32 rows on {device} -> checks, encode, CRC-32s, shards, sha256, manifest")
+    ids = [f"p{i}-{j}" for i, v in enumerate(batches) for j in range(len(v))]
+    groups = [[ids[(3 * q + k) * 7 % rows] for k in range(3)] for q in range(32)]   # scattered rows, like retrieval
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(repeat):                  # interleaved: a burst of load elsewhere hits every scheme alike
+        for name, folder in folders.items():
+            import gc
+            gc.collect()
+            for file in folder.iterdir():     # cold: evicted from the page cache, bank reopened
+                fd = os.open(file, os.O_RDONLY)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                os.close(fd)
+            with bank.GradientBank.open(folder) as b:
+                for state in ("cold", "cached"):
+                    sync(device)
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    b.sum_many(groups, device)
+                    sync(device)
+                    times.setdefault((name, state, "wall"), []).append(time.perf_counter() - wall)
+                    times.setdefault((name, state, "cpu"), []).append(time.process_time() - cpu)
+    for (name, state, clock), values in times.items():
+        emit(name="bank_read_1b", unit="ms", scheme=name, state=state, clock=clock, min=round(1000 * min(values), 1),
+             median=round(1000 * statistics.median(values), 1), repeat=repeat, device=device_name(device),
+             op="sum_many of 32 questions x 3 entries (read, CRC-32, decode on the device, fp32 sums)",
+             note="clock=cpu: this process's CPU time (robust on a shared machine; excludes waiting for the disk)")
 
 
 def _layout_1b():
@@ -245,7 +265,10 @@ def main() -> None:
     ap.add_argument("--one-by-one", type=int, default=0, help="passages timed one at a time (default: all; 32 on cuda)")
     ap.add_argument("--batch", type=int, action="append", help="batch sizes (repeatable; default 8 and 16, "
                                                                 "cuda: 16, 32, 64)")
-    ap.add_argument("--bank-rows", type=int, default=24, help="rows of the 1B-layout banks for bank_bytes_1b")
+    ap.add_argument("--bank-rows", type=int, default=96, help="rows of the 1B-layout banks (one per scheme)")
+    ap.add_argument("--schemes", default="fp32,bf16,int8,int4,int2", help="schemes of the 1B-layout banks")
+    ap.add_argument("--read-repeat", type=int, default=7, help="interleaved sum_many passes per scheme")
+    ap.add_argument("--only-banks", action="store_true", help="skip the models: only the 1B-layout bank lines")
     ap.add_argument("--repeat", type=int, default=3, help="timed passes per measurement; the best is reported")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = ap.parse_args()
@@ -260,9 +283,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="encode-bench-") as tmp:
         os.environ["REGRAD_WORK"] = tmp
         (Path(tmp) / "models").symlink_to(models_dir)
-        for name in models:
+        for name in [] if args.only_banks else models:
             bench_model(name, args, device, Path(tmp))
-        bench_bytes_1b(Path(tmp), args.bank_rows)
+        bench_schemes_1b(Path(tmp), args.bank_rows, args.read_repeat, device, args.schemes.split(","))
 
 
 if __name__ == "__main__":

@@ -213,7 +213,8 @@ def main() -> None:
                 if step != "train":
                     shutil.copytree(paths.output_dir(base), paths.output_dir(run), dirs_exist_ok=True)
                 if step == "evaluate":
-                    shutil.copytree(paths.bank_dir(3, base, DATASET, "dev"), paths.bank_dir(3, run, DATASET, "dev"),
+                    shutil.copytree(paths.bank_split_dir(3, base, DATASET, "dev"),
+                                    paths.bank_split_dir(3, run, DATASET, "dev"),
                                     dirs_exist_ok=True)
                 row = run_job(args, step, run, n, common)
                 rows.append(row)

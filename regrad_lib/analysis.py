@@ -3,7 +3,7 @@
 Inputs (written by 05_evaluate, 03_train and 04_encode; see design.md "Layout"):
 ``results/<run>/summary.csv``, ``results/<run>/sweeps.csv``, ``results/<run>/<dataset>/<method>.predictions.jsonl``,
 ``outputs/<run>/training_log.jsonl``, ``outputs/<run>/meta_state.safetensors`` and the bank manifests
-``offline/<topk>/<run>/<dataset>/<split>_all/manifest.json``. Plain ``csv``/``json``; no pandas.
+``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>/manifest.json``. Plain ``csv``/``json``; no pandas.
 """
 
 from __future__ import annotations
@@ -299,34 +299,37 @@ def read_alpha(run: str) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class BankSize:
-    """One Gradient Bank's size: stored bytes per passage (numel × dtype size) and bytes on disk."""
+    """One Gradient Bank's size: stored bytes per passage (the scheme's values, scales and checksum) and on disk."""
 
     dataset: str
-    dtype: str
+    scheme: str
     count: int
     bytes_per_passage: int
     bytes_on_disk: int
     path: Path
 
 
-def bank_size(topk: int, run: str, dataset: str, split: str) -> BankSize:
-    """Size facts of the bank ``offline/<topk>/<run>/<dataset>/<split>_all`` (via :mod:`regrad_lib.bank`)."""
+def bank_size(topk: int, run: str, dataset: str, split: str, scheme: str) -> BankSize:
+    """Size facts of the bank ``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>`` (via :mod:`regrad_lib.bank`)."""
     from . import bank
 
-    with bank.open_bank(topk, run, dataset, split) as b:
-        return BankSize(dataset, str(b.manifest["dtype"]), len(b), b.bytes_per_passage, b.bytes_on_disk(), b.path)
+    with bank.open_bank(topk, run, dataset, split, scheme) as b:
+        return BankSize(dataset, b.scheme.name, len(b), b.bytes_per_passage, b.bytes_on_disk(), b.path)
 
 
 def bank_sizes(topk: int, run: str, datasets: Sequence[str], split: str) -> list[BankSize] | Missing:
-    """:func:`bank_size` of every dataset that has a bank; a :class:`Missing` note when none has."""
+    """:func:`bank_size` of every bank (every scheme) of these datasets; a :class:`Missing` note when none has one."""
+    from . import bank
+
     out, missing = [], []
     for dataset in datasets:
-        try:
-            out.append(bank_size(topk, run, dataset, split))
-        except FileNotFoundError as e:
+        found = bank.schemes_on_disk(topk, run, dataset, split)
+        if not found:
             missing.append(dataset)
-            log.warning("%s", e)
+            log.warning("no Gradient Bank in %s", paths.relative(paths.bank_split_dir(topk, run, dataset, split)))
+        out += [bank_size(topk, run, dataset, split, scheme) for scheme in found]
     if not out:
-        return Missing(f"no Gradient Bank under {paths.relative(paths.bank_dir(topk, run, 'x', split).parent.parent)}"
+        root = paths.bank_split_dir(topk, run, "x", split).parent.parent
+        return Missing(f"no Gradient Bank under {paths.relative(root)}"
                        f" for {', '.join(missing)}: 04_encode writes them")
     return out

@@ -5,12 +5,14 @@ records ``start:end``), deduplicated by passage id, compute ``g_d = dL_LM(d; phi
 meta weights, in length-sorted batches: one forward and one backward per batch gives every passage's own
 gradient (:func:`regrad.per_passage_gradients`), never a one-passage loop. Passages are formatted and truncated
 by :func:`tasks.passage_batch` (the same function training uses, cut at ``bank_context_len``), under the
-learner's precision (the same dtype policy as training; no switch to fp16). Ids already in the bank are skipped,
-so an interrupted encode resumes.
+learner's precision (the same dtype policy as training; no switch to fp16), then encoded on that device in the
+bank's storage scheme (:mod:`regrad_lib.schemes`; :func:`encode_schemes` writes several schemes from one gradient
+computation). Ids already in a bank are skipped, so an interrupted encode resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
@@ -71,19 +73,20 @@ def gradient_batches(learner: Learner, items: Sequence[Passage], batch_size: int
 
 
 def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0, end: int | None = None,
-           dtype: str = "bf16", batch_size: int = 8, device: str = "cpu", overwrite: bool = False,
+           scheme: str = bank.DEFAULT_SCHEME, batch_size: int = 8, device: str = "cpu", overwrite: bool = False,
            learner: Learner | None = None, shard_bytes: int = bank.DEFAULT_SHARD_BYTES,
            allow_unfinished: bool = False) -> Path:
-    """Encode the passages of one augmented file into ``offline/<topk>/<run>/<dataset>/<split>_all``; its path.
+    """Encode the passages of one augmented file into ``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>``.
 
     - ``run``: the trained learner ``outputs/<run>/`` (``Learner.from_run(run, device)``); pass ``learner`` to
       reuse one already loaded (it must be that run's; ``device`` is then ignored).
     - ``topk``, ``start``, ``end``: the top-k passages of records ``start:end`` (``end=None``: to the last).
-    - ``dtype``: storage dtype, ``"bf16"`` (default), ``"fp16"`` or ``"fp32"``; gradients are computed in fp32
-      LoRA weights under the preset's autocast either way.
+    - ``scheme``: storage scheme (:mod:`regrad_lib.schemes`): ``fp32``, ``bf16``, ``fp16``, ``int8``, ``int4``,
+      ``int2``, optionally with a group size (``int4-g128``); gradients are computed in fp32 LoRA weights under the
+      preset's autocast and encoded on the device either way.
     - ``batch_size``: passages per forward/backward.
     - ``overwrite``: rebuild the bank from scratch; otherwise ids already there are skipped (resume), and a bank
-      made with other meta weights, layout, model or dtype is refused.
+      made with other meta weights, layout, model or scheme is refused.
     - ``shard_bytes``: the size of one shard file (at most 2 GB).
     - ``allow_unfinished``: use a run whose training did not finish (refused otherwise); the manifest's
       ``source`` records ``run_finished``.
@@ -91,7 +94,24 @@ def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0,
     In a job of several processes (:mod:`regrad_lib.distributed`) each process encodes its own turns of the
     passages into a part of the bank, merged once every process has finished (:func:`encode_parts`).
     """
-    bank.storage_dtype(dtype)
+    name = bank.storage_scheme(scheme).name
+    return encode_schemes(run, dataset, split, [name], topk=topk, start=start, end=end, batch_size=batch_size,
+                          device=device, overwrite=overwrite, learner=learner, shard_bytes=shard_bytes,
+                          allow_unfinished=allow_unfinished)[name]
+
+
+def encode_schemes(run: str, dataset: str, split: str, schemes: Sequence[str], *, topk: int = 3, start: int = 0,
+                   end: int | None = None, batch_size: int = 8, device: str = "cpu", overwrite: bool = False,
+                   learner: Learner | None = None, shard_bytes: int = bank.DEFAULT_SHARD_BYTES,
+                   allow_unfinished: bool = False) -> dict[str, Path]:
+    """:func:`encode` into one bank per scheme from ONE gradient computation: ``{scheme: bank folder}``.
+
+    Each bank resumes on its own: a passage is computed when any of the banks lacks it, and appended only to
+    those that lack it.
+    """
+    names = list(dict.fromkeys(bank.storage_scheme(s).name for s in schemes))
+    if not names:
+        raise ValueError("schemes is empty: name at least one, e.g. ['int4']")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     items = passages(dataset, split, topk, start, end)
@@ -101,52 +121,72 @@ def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0,
               "start": start, "end": end, "batch_size": batch_size, "device": str(learner.device),
               "precision": learner.precision, "bank_context_len": learner.preset.learner.bank_context_len,
               "passage_format": learner.preset.learner.passage_format}
-    target = paths.bank_dir(topk, run, dataset, split)
-    head = bank.header_for(learner, dtype, **source)
-    if distributed.job().size > 1 or paths.bank_parts_dir(target).is_dir():
-        return encode_parts(learner, items, target, head, batch_size=batch_size, overwrite=overwrite,
+    targets = {n: paths.bank_dir(topk, run, dataset, split, n) for n in names}
+    heads = {n: bank.header_for(learner, n, **source) for n in names}
+    if distributed.job().size > 1 or any(paths.bank_parts_dir(t).is_dir() for t in targets.values()):
+        return encode_parts(learner, items, targets, heads, batch_size=batch_size, overwrite=overwrite,
                             shard_bytes=shard_bytes)
-    with bank.BankWriter.open(target, head, overwrite=overwrite, shard_bytes=shard_bytes,
-                              config=learner.preset.to_dict()) as writer:
-        done = writer.ids()
-        todo = [p for p in items if p.pid not in done]
-        log.info("%s/%s: %d distinct passages, %d in the bank, %d to encode", dataset, split, len(items),
-                 len(items) - len(todo), len(todo))
+    with contextlib.ExitStack() as stack:
+        writers = {n: stack.enter_context(bank.BankWriter.open(targets[n], heads[n], overwrite=overwrite,
+                                                               shard_bytes=shard_bytes,
+                                                               config=learner.preset.to_dict())) for n in names}
+        done = {n: w.ids() for n, w in writers.items()}
+        todo = [p for p in items if any(p.pid not in d for d in done.values())]
+        log.info("%s/%s: %d distinct passages, %d to encode into %s", dataset, split, len(items), len(todo), names)
         with tqdm(total=len(todo), desc=f"encode {dataset}/{split}", unit="passage") as bar:
             for ids, vectors in gradient_batches(learner, todo, batch_size):
-                writer.append(ids, vectors)   # cast to the storage dtype on the device, shards written behind
+                _append(writers, done, ids, vectors)
                 bar.update(len(ids))
-    return target
+    return targets
+
+
+def _append(writers: dict[str, bank.BankWriter], done: dict[str, set[str]], ids: list[str],
+            vectors: torch.Tensor) -> None:
+    """Each scheme's writer gets the rows it lacks (encoded on the device, shards written behind)."""
+    for n, writer in writers.items():
+        keep = [i for i, p in enumerate(ids) if p not in done[n]]
+        if len(keep) == len(ids):
+            writer.append(ids, vectors)
+        elif keep:
+            writer.append([ids[i] for i in keep], vectors[keep])
 
 
 # --- several processes -----------------------------------------------------------------------------------
 
-def encode_parts(learner: Learner, items: Sequence[Passage], target: Path, head: dict, *, batch_size: int,
-                 overwrite: bool, shard_bytes: int) -> Path:
-    """:func:`encode` by every process of a job: each encodes its turns of the passages not yet stored into a part
-    of its own (``<bank>/.parts/<attempt>-r<rank>/``, itself a bank); after all have finished rank 0 lists every
-    part's shards in the bank's manifest (:meth:`bank.BankWriter.adopt`) and removes the parts.
+def encode_parts(learner: Learner, items: Sequence[Passage], targets: dict[str, Path], heads: dict[str, dict], *,
+                 batch_size: int, overwrite: bool, shard_bytes: int) -> dict[str, Path]:
+    """:func:`encode_schemes` by every process of a job: each encodes its turns of the passages not yet stored (in
+    any of the schemes' banks) into a part of its own per scheme (``<bank>/.parts/<attempt>-r<rank>/``, itself a
+    bank); after all have finished rank 0 lists every part's shards in each bank's manifest
+    (:meth:`bank.BankWriter.adopt`) and removes the parts.
 
-    Until that merge the bank's manifest holds none of the new passages (a new bank has no manifest at all), so
+    Until that merge a bank's manifest holds none of the new passages (a new bank has no manifest at all), so
     a job that dies never leaves a bank that opens or verifies as complete; its parts count as done for the next
     encode, with any number of processes (one process also finishes through parts when some are left).
     """
     job, config = distributed.job(), learner.preset.to_dict()
-    attempt, done = distributed.on_main(_prepare_parts, target, head, overwrite)
-    todo = [p for p in items if p.pid not in done]
+    prepared = {n: distributed.on_main(_prepare_parts, targets[n], heads[n], overwrite) for n in targets}
+    done = {n: d for n, (_, d) in prepared.items()}
+    todo = [p for p in items if any(p.pid not in d for d in done.values())]
     mine = [todo[i] for i in distributed.turns(len(todo))]
-    log.info("%s: %d distinct passages, %d stored, %d to encode by %d process(es), %d by this one",
-             paths.relative(target), len(items), len(items) - len(todo), len(todo), job.size, len(mine))
-    if mine:
-        part = paths.bank_parts_dir(target) / f"{attempt}-r{job.rank}"
-        with bank.BankWriter.open(part, head, shard_bytes=shard_bytes, config=config) as writer, \
-                tqdm(total=len(mine), desc=f"encode {target.parent.name}", unit="passage", disable=not job.main) as bar:
+    log.info("%s: %d distinct passages, %d to encode into %s by %d process(es), %d by this one",
+             paths.relative(next(iter(targets.values())).parent), len(items), len(todo), list(targets), job.size,
+             len(mine))
+    wanted = [n for n in targets if any(p.pid not in done[n] for p in mine)]   # a part gets at least one row
+    if wanted:
+        with contextlib.ExitStack() as stack:
+            writers = {n: stack.enter_context(bank.BankWriter.open(
+                paths.bank_parts_dir(targets[n]) / f"{prepared[n][0]}-r{job.rank}", heads[n], shard_bytes=shard_bytes,
+                config=config)) for n in wanted}
+            bar = stack.enter_context(tqdm(total=len(mine), desc=f"encode {next(iter(targets.values())).parent.name}",
+                                           unit="passage", disable=not job.main))
             for ids, vectors in gradient_batches(learner, mine, batch_size):
-                writer.append(ids, vectors)
+                _append(writers, done, ids, vectors)
                 bar.update(len(ids))
     distributed.barrier()      # every part is complete (a process that failed has stopped the job instead)
-    distributed.on_main(_merge_parts, target, head, shard_bytes, config)
-    return target
+    for n in targets:
+        distributed.on_main(_merge_parts, targets[n], heads[n], shard_bytes, config)
+    return targets
 
 
 def _prepare_parts(target: Path, head: dict, overwrite: bool) -> tuple[str, set[str]]:
@@ -191,7 +231,8 @@ class EncodeSettings:
     topk: int = 3
     start: int = 0
     limit: int | None = None
-    dtype: str = "bf16"
+    scheme: str = bank.DEFAULT_SCHEME
+    frontier_schemes: list[str] = field(default_factory=list)   # written from the same gradients, for 05/06
     batch_size: int = 8
     device: str = "cpu"
     overwrite: bool = False
@@ -206,7 +247,10 @@ class EncodeSettings:
             self.datasets = [self.datasets]
         if not self.datasets:
             raise ValueError("datasets is empty: name at least one, e.g. ['popqa']")
-        bank.storage_dtype(self.dtype)
+        self.scheme = bank.storage_scheme(self.scheme).name
+        if isinstance(self.frontier_schemes, str):
+            self.frontier_schemes = [self.frontier_schemes]
+        self.frontier_schemes = [bank.storage_scheme(s).name for s in self.frontier_schemes]
         for name in ("topk", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
@@ -235,40 +279,53 @@ class EncodeSettings:
                             self.preset, wanted, self.run, learner.preset.learner.model_name_or_path)
         return learner
 
+    @property
+    def schemes(self) -> list[str]:
+        """The main scheme first, then the frontier schemes (each once)."""
+        return list(dict.fromkeys([self.scheme, *self.frontier_schemes]))
 
-def encode_all(settings: EncodeSettings, learner: Learner | None = None) -> dict[str, Path]:
-    """:func:`encode` for each dataset of ``settings`` with one loaded learner: ``{dataset: bank folder}``."""
+
+def encode_all(settings: EncodeSettings, learner: Learner | None = None) -> dict[str, dict[str, Path]]:
+    """:func:`encode_schemes` for each dataset with one loaded learner: ``{dataset: {scheme: bank folder}}``."""
     learner = learner or settings.learner()
-    return {d: encode(settings.run, d, settings.split, topk=settings.topk, start=settings.start, end=settings.end,
-                      dtype=settings.dtype, batch_size=settings.batch_size, overwrite=settings.overwrite,
-                      learner=learner, shard_bytes=settings.shard_bytes, allow_unfinished=settings.allow_unfinished)
+    return {d: encode_schemes(settings.run, d, settings.split, settings.schemes, topk=settings.topk,
+                              start=settings.start, end=settings.end, batch_size=settings.batch_size,
+                              overwrite=settings.overwrite, learner=learner, shard_bytes=settings.shard_bytes,
+                              allow_unfinished=settings.allow_unfinished)
             for d in settings.datasets}
 
 
-def stats(banks: dict[str, Path]) -> list[dict]:
-    """One row per bank: entries, shards, storage dtype, bytes on disk, bytes per passage."""
+def _each(banks: dict[str, dict[str, Path]]):
+    for dataset, by_scheme in banks.items():
+        for scheme, path in by_scheme.items():
+            yield dataset, scheme, path
+
+
+def stats(banks: dict[str, dict[str, Path]]) -> list[dict]:
+    """One row per bank: entries, shards, scheme, bytes on disk, bytes per passage."""
     rows = []
-    for dataset, path in banks.items():
-        with bank.GradientBank.open(path) as b:
-            rows.append({"dataset": dataset, "bank": paths.relative(path), "entries": len(b),
-                         "shards": len(b.manifest["shards"]), "dtype": b.manifest["dtype"],
-                         "bytes_on_disk": b.bytes_on_disk(), "bytes_per_passage": b.bytes_per_passage})
+    for dataset, scheme, path in _each(banks):
+        with bank.GradientBank.open(path, scheme=scheme) as b:
+            rows.append({"dataset": dataset, "scheme": scheme, "bank": paths.relative(path), "entries": len(b),
+                         "shards": len(b.manifest["shards"]), "bytes_on_disk": b.bytes_on_disk(),
+                         "bytes_per_passage": b.bytes_per_passage})
     return rows
 
 
-def gradient_norms(banks: dict[str, Path]) -> list[float]:
-    """The L2 norm of every stored gradient of these banks (one value per passage)."""
+def gradient_norms(banks: dict[str, dict[str, Path]]) -> list[float]:
+    """The L2 norm of every stored gradient, one value per passage, from each dataset's first (main) bank."""
     out: list[float] = []
-    for path in banks.values():
-        with bank.GradientBank.open(path) as b:
+    for by_scheme in banks.values():
+        with bank.GradientBank.open(next(iter(by_scheme.values()))) as b:
             out.extend(b.norms().values())
     return out
 
 
-def verify_all(banks: dict[str, Path], learner: Learner | None = None) -> dict[str, dict]:
-    """``GradientBank.verify()`` of each bank (checked against ``learner``'s weights when given)."""
+def verify_all(banks: dict[str, dict[str, Path]], learner: Learner | None = None) -> dict[str, dict]:
+    """``GradientBank.verify()`` of each bank (checked against ``learner``'s weights when given):
+    ``{"<dataset>/<scheme>": report}``."""
     out = {}
-    for dataset, path in banks.items():
-        with bank.GradientBank.open(path, learner=learner) as b:
-            out[dataset] = b.verify()
+    for dataset, scheme, path in _each(banks):
+        with bank.GradientBank.open(path, learner=learner, scheme=scheme) as b:
+            out[f"{dataset}/{scheme}"] = b.verify()
     return out

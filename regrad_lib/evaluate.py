@@ -40,14 +40,14 @@ from typing import Callable, Literal, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import artifacts, config, distributed, generation, lora, metrics, paths, prompts, regrad, tasks
+from . import artifacts, config, distributed, generation, lora, metrics, paths, prompts, regrad, schemes, tasks
 from .learner import Learner, run_finished, trained_state
 
 log = logging.getLogger(__name__)
 
 METHODS = ("closed_book", "rag", "regrad", "regrad_icl", "regrad_online", "shift", "no_update")
 SUMMARY_FIELDS = ("dataset", "method", "em", "f1", "precision", "recall", "nll", "n")
-SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "em", "f1", "precision", "recall", "nll", "n")
+SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "scheme", "em", "f1", "precision", "recall", "nll", "n")
 Source = Literal["none", "phi", "bank", "online"]
 
 
@@ -109,11 +109,27 @@ def _weights(spec: MethodSpec, learner: Learner, batch: Sequence[tasks.Task], pi
         return {n: w.detach() for n, w in regrad.apply_update(phi, grads, learner.alpha, gamma).items()}
 
 
+def _require_bank(bank):
+    from .bank import GradientBank
+
+    if not isinstance(bank, GradientBank):
+        raise TypeError(f"bank= must be a regrad_lib.bank.GradientBank (bank.open_bank(topk, run, dataset, split, "
+                        f"scheme, learner=learner)), not {type(bank).__name__}")
+    return bank
+
+
+def checked_bank(bank, learner: Learner):
+    """``bank`` after the same model / LoRA layout / meta-weights checks as ``open_bank(learner=...)``."""
+    return _require_bank(bank).check(learner)
+
+
 def _run(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, bank=None, gamma: float = 1.0,
          topk: int = 3, batch_size: int | None = None, nll: bool = True, desc: str = "evaluate") -> list[dict]:
     if spec.source == "bank" and bank is None:
         raise ValueError("this method reads gradients from a Gradient Bank: pass bank= (bank.open_bank(topk, run, "
-                         "dataset, split, learner=learner), written by 04_encode)")
+                         "dataset, split, scheme, learner=learner), written by 04_encode)")
+    if bank is not None:
+        checked_bank(bank, learner)
     items = [tasks.Task(t.test_id, t.question, t.answers, t.passages[:topk], t.passage_ids[:topk]) for t in items]
     if spec.source in ("bank", "online") and any(not t.passages for t in items):
         raise ValueError("ReGrad methods need each question's retrieved passages; some tasks have none")
@@ -156,9 +172,10 @@ def run_method(method: str, learner: Learner, items: Sequence[tasks.Task], *, ba
     """Answer every task with ``method``; one prediction row per task, in the input order.
 
     Rows: test_id, question, answers (gold), prediction, generated (raw new text), passage_ids (the passages
-    whose text or gradients were used), answer_nll. ``bank``: an object with ``sum_many(pid_lists, device)``
-    (a :class:`regrad_lib.bank.GradientBank`) for regrad, regrad_icl and shift. ``no_update`` ignores ``gamma``;
-    ``gamma=None`` is the run's ``learner.gamma``.
+    whose text or gradients were used), answer_nll. ``bank``: a :class:`regrad_lib.bank.GradientBank` for regrad,
+    regrad_icl and shift, checked against ``learner`` (model, LoRA layout, meta weights) however it was opened;
+    every row it serves is checked against its checksum. ``no_update`` ignores ``gamma``; ``gamma=None`` is the
+    run's ``learner.gamma``.
     """
     spec = SPECS[check_methods([method])[0]]
     gamma = learner.preset.learner.gamma if gamma is None else gamma
@@ -172,6 +189,8 @@ def run_method(method: str, learner: Learner, items: Sequence[tasks.Task], *, ba
 def question_weights(learner: Learner, task: tasks.Task, *, bank=None, gamma: float = 1.0) -> dict[str, torch.Tensor]:
     """One question's ``phi'_q`` (equation 2, 2-D tensors): its passages' gradients from ``bank``, or online."""
     spec = SPECS["regrad" if bank is not None else "regrad_online"]
+    if bank is not None:
+        checked_bank(bank, learner)
     rows = _weights(spec, learner, [task], [list(task.passage_ids)], bank, gamma)
     return {n: w[0] for n, w in rows.items()}
 
@@ -209,11 +228,14 @@ def method_files(run: str, dataset: str, method: str, evaluation: str | None = N
     return folder / f"{method}.predictions.jsonl", folder / f"{method}.metrics.json"
 
 
-def _settings(method: str, split: str, topk: int, gamma: float, limit: int | None, finished: bool | None) -> dict:
-    """What a method's results depend on (kept results must match); ``finished``: the run's training had."""
+def _settings(method: str, split: str, topk: int, gamma: float, limit: int | None, finished: bool | None,
+              scheme: str = schemes.DEFAULT) -> dict:
+    """What a method's results depend on (kept results must match); ``finished``: the run's training had;
+    ``scheme``: the storage scheme of the bank it read (bank methods only)."""
     spec = SPECS[method]
     return {"split": split, "limit": limit, "topk": topk if spec.context or spec.source != "none" else None,
             "gamma": None if spec.source in ("none", "phi") else gamma,
+            "scheme": schemes.parse(scheme).name if spec.source == "bank" else None,
             "run_finished": None if spec.base else finished}
 
 
@@ -254,14 +276,16 @@ def default_gamma(run: str) -> float:
 def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "dev", topk: int = 3,
              gamma: float | None = None, limit: int | None = None, device: str = "cpu", overwrite: bool = False,
              learner: Learner | Callable[[], Learner] | None = None, bank=None,
-             evaluation: str | None = None, allow_unfinished: bool = False) -> dict[str, dict]:
+             evaluation: str | None = None, allow_unfinished: bool = False,
+             scheme: str = schemes.DEFAULT) -> dict[str, dict]:
     """Evaluate ``methods`` on one dataset: ``{method: metrics}``; writes predictions, metrics and summary.csv.
 
     A method whose ``metrics.json`` already exists with the same settings is kept (``status: "kept"``), so a
     crashed evaluation resumes method by method; ``overwrite=True`` recomputes it. ``learner``/``bank`` reuse
-    objects already loaded (default: ``Learner.from_run(run, device)`` and the bank of 04_encode). ``gamma=None``
-    is the run's ``learner.gamma``. ``evaluation`` names an evaluation kept beside the run's main results
-    (``results/<run>/evaluations/<evaluation>/``), e.g. to try other settings without touching finished ones.
+    objects already loaded (default: ``Learner.from_run(run, device)`` and the ``scheme`` bank of 04_encode); a
+    bank passed in is checked against the learner like one opened here, and its scheme is the one recorded.
+    ``gamma=None`` is the run's ``learner.gamma``. ``evaluation`` names an evaluation kept beside the run's main
+    results (``results/<run>/evaluations/<evaluation>/``), e.g. to try other settings without touching finished ones.
     A run whose training did not finish is refused unless ``allow_unfinished=True`` (recorded as
     ``run_finished`` in ``metrics.json``).
     """
@@ -270,20 +294,22 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
     config.check_number(gamma, "gamma", allow_zero=True)
     get_learner = _loader(run, device, learner, allow_unfinished)
     finished = _run_finished(run, get_learner)
+    if bank is not None:
+        scheme = _require_bank(bank).scheme.name
     out, todo = distributed.on_main(_plan, run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation,
-                                    finished)
+                                    finished, scheme)
     if todo:
         items = load_tasks(dataset, split, topk, limit)
         current = get_learner()
         current.require_finished(allow_unfinished)
         if bank is None and needs_bank(todo):
             from . import bank as bank_module
-            bank = bank_module.open_bank(topk, run, dataset, split, learner=current)
+            bank = bank_module.open_bank(topk, run, dataset, split, scheme, learner=current)
         for method in todo:
             rows = run_method(method, current, items, bank=bank if SPECS[method].source == "bank" else None,
                               gamma=gamma, topk=topk)
             out[method] = distributed.on_main(_write_method, run, dataset, method, rows, current, split, topk, gamma,
-                                              limit, finished, evaluation)
+                                              limit, finished, evaluation, scheme)
     distributed.on_main(merge_csv, paths.results_dir(run, evaluation) / "summary.csv", SUMMARY_FIELDS,
                         [{"dataset": dataset, "method": m, **{k: out[m][k] for k in SUMMARY_FIELDS[2:]}}
                          for m in methods], key=("dataset", "method"))
@@ -291,7 +317,7 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
 
 
 def _plan(run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation,
-          finished) -> tuple[dict[str, dict], list]:
+          finished, scheme=schemes.DEFAULT) -> tuple[dict[str, dict], list]:
     """(results kept from finished methods, the methods to compute); refuses results of other settings."""
     out: dict[str, dict] = {}
     todo = []
@@ -299,7 +325,7 @@ def _plan(run, dataset, methods, split, topk, gamma, limit, overwrite, evaluatio
         _, metrics_file = method_files(run, dataset, method, evaluation)
         if metrics_file.exists() and not overwrite:
             saved = _read_metrics(metrics_file)
-            wanted = _settings(method, split, topk, gamma, limit, finished)
+            wanted = _settings(method, split, topk, gamma, limit, finished, scheme)
             # results written before run_finished was recorded count as matching on it
             found = {k: saved.get(k, wanted[k] if k == "run_finished" else None) for k in wanted}
             if found != wanted:
@@ -313,12 +339,13 @@ def _plan(run, dataset, methods, split, topk, gamma, limit, overwrite, evaluatio
     return out, todo
 
 
-def _write_method(run, dataset, method, rows, learner, split, topk, gamma, limit, finished, evaluation=None) -> dict:
+def _write_method(run, dataset, method, rows, learner, split, topk, gamma, limit, finished, evaluation=None,
+                  scheme=schemes.DEFAULT) -> dict:
     predictions_file, metrics_file = method_files(run, dataset, method, evaluation)
     scores = score_rows(rows)
     settings = {"run": run, "dataset": dataset, "method": method, "evaluation": evaluation,
                 "preset": learner.preset.to_dict(), "meta_hash": learner.meta_hash(), "device": str(learner.device)}
-    result = {**scores, **_settings(method, split, topk, gamma, limit, finished), "method": method,
+    result = {**scores, **_settings(method, split, topk, gamma, limit, finished, scheme), "method": method,
               "dataset": dataset, "provenance": artifacts.provenance(settings)}
     artifacts.write_jsonl(predictions_file, [{**r, "answer_nll": _json_number(r["answer_nll"])} for r in rows])
     artifacts.write_json(metrics_file, {**result, "nll": _json_number(result["nll"])})   # last: marks it done
@@ -364,11 +391,12 @@ def summary(run: str, evaluation: str | None = None) -> list[dict]:
 def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0), topks: Sequence[int] = (3,),
           method: str = "regrad", split: str = "dev", limit: int | None = None, device: str = "cpu",
           overwrite: bool = False, learner: Learner | Callable[[], Learner] | None = None,
-          evaluation: str | None = None, allow_unfinished: bool = False) -> list[dict]:
+          evaluation: str | None = None, allow_unfinished: bool = False,
+          scheme: str = schemes.DEFAULT) -> list[dict]:
     """Scores of ``method`` for every (gamma, topk); rows merged into ``results/<run>/sweeps.csv``, returned.
 
     Points already in sweeps.csv are kept unless ``overwrite``. Each top-k reads its own bank
-    (``offline/<topk>/<run>/<dataset>/<split>_all``). An unfinished run needs ``allow_unfinished=True``.
+    (``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>``). An unfinished run needs ``allow_unfinished=True``.
     """
     check_methods([method])
     for i, g in enumerate(gammas):
@@ -376,8 +404,9 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
     get_learner = _loader(run, device, learner, allow_unfinished)
     finished = _run_finished(run, get_learner)
     file = paths.results_dir(run, evaluation) / "sweeps.csv"
+    stored_as = schemes.parse(scheme).name if SPECS[method].source == "bank" else ""
     plan = distributed.on_main(_sweep_plan, run, dataset, method, gammas, topks, split, limit, overwrite, evaluation,
-                               finished)
+                               finished, scheme)
     new = []
     for topk, reused in zip(topks, plan):
         points = list(reused)
@@ -388,32 +417,36 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
             items = load_tasks(dataset, split, topk, limit)
             if SPECS[method].source == "bank":
                 from . import bank as bank_module
-                store = bank_module.open_bank(topk, run, dataset, split, learner=current)
+                store = bank_module.open_bank(topk, run, dataset, split, scheme, learner=current)
             for gamma in todo:
                 reused[gamma] = score_rows(run_method(method, current, items, bank=store, gamma=gamma, topk=topk))
-        new += [{"dataset": dataset, "method": method, "gamma": g, "topk": int(topk), **reused[g]} for g in points]
+        new += [{"dataset": dataset, "method": method, "gamma": g, "topk": int(topk), "scheme": stored_as,
+                 **reused[g]} for g in points]
     if new:
-        distributed.on_main(merge_csv, file, SWEEP_FIELDS, new, key=("dataset", "method", "gamma", "topk"))
+        distributed.on_main(merge_csv, file, SWEEP_FIELDS, new, key=("dataset", "method", "gamma", "topk", "scheme"))
     wanted = {(float(g), int(k)) for g in gammas for k in topks}
     return distributed.on_main(lambda: [r for r in read_csv(file) if r["dataset"] == dataset and r["method"] == method
-                                        and (r["gamma"], r["topk"]) in wanted] if file.exists() else [])
+                                        and (r["gamma"], r["topk"]) in wanted and (r.get("scheme") or "") == stored_as]
+                               if file.exists() else [])
 
 
-def _sweep_plan(run, dataset, method, gammas, topks, split, limit, overwrite, evaluation, finished) -> list[dict]:
+def _sweep_plan(run, dataset, method, gammas, topks, split, limit, overwrite, evaluation, finished,
+                scheme=schemes.DEFAULT) -> list[dict]:
     """Per top-k: ``{gamma: scores of a finished evaluation with these settings, or None}`` for the points not
-    yet in sweeps.csv (all points with ``overwrite``)."""
+    yet in sweeps.csv (all points with ``overwrite``); points of another bank scheme do not count."""
     file = paths.results_dir(run, evaluation) / "sweeps.csv"
-    done = {(r["dataset"], r["method"], float(r["gamma"]), int(r["topk"])) for r in read_csv(file)} \
-        if file.exists() and not overwrite else set()
+    stored_as = schemes.parse(scheme).name if SPECS[method].source == "bank" else ""
+    done = {(r["dataset"], r["method"], float(r["gamma"]), int(r["topk"]), r.get("scheme") or "")
+            for r in read_csv(file)} if file.exists() and not overwrite else set()
     plan = []
     for topk in topks:
-        points = [float(g) for g in gammas if (dataset, method, float(g), int(topk)) not in done]
-        reused = {g: _finished(run, dataset, method, _settings(method, split, topk, g, limit, finished), evaluation)
-                  for g in points}
+        points = [float(g) for g in gammas if (dataset, method, float(g), int(topk), stored_as) not in done]
+        reused = {g: _finished(run, dataset, method, _settings(method, split, topk, g, limit, finished, scheme),
+                               evaluation) for g in points}
         if 0.0 in reused and reused[0.0] is None and SPECS[method].source != "none" and not SPECS[method].context:
             # gamma 0 is no update at all: exactly no_update's answers (tested), so its finished results serve
             reused[0.0] = _finished(run, dataset, "no_update", _settings("no_update", split, topk, 0.0, limit,
-                                                                         finished), evaluation)
+                                                                         finished, scheme), evaluation)
         plan.append(reused)
     return plan
 
@@ -447,10 +480,16 @@ class EvaluateSettings:
     preset: str | None = None          # informational: the run's saved configs are authoritative
     evaluation: str | None = None      # a name: results/<run>/evaluations/<evaluation>/ beside the main results
     allow_unfinished: bool = False     # True: evaluate a run whose training did not finish
+    scheme: str = schemes.DEFAULT      # the bank regrad, regrad_icl, shift and the sweep read
+    frontier_schemes: list[str] = field(default_factory=list)   # regrad also on these banks (frontier.py)
 
     def __post_init__(self) -> None:
         self.datasets = [self.datasets] if isinstance(self.datasets, str) else list(self.datasets)
         self.methods = check_methods(self.methods)
+        self.scheme = schemes.parse(self.scheme).name
+        if isinstance(self.frontier_schemes, str):
+            self.frontier_schemes = [self.frontier_schemes]
+        self.frontier_schemes = list(dict.fromkeys(schemes.parse(s).name for s in self.frontier_schemes))
         if not self.datasets or not self.methods:
             raise ValueError(f"datasets={self.datasets} and methods={self.methods} must name at least one each")
         trained_state(self.run, self.allow_unfinished)    # every step needs the (finished) run
@@ -467,19 +506,21 @@ class EvaluateSettings:
         elif not set(self.sweep_datasets) <= set(self.datasets):
             raise ValueError(f"sweep_datasets={self.sweep_datasets} must be among datasets={self.datasets}")
         paths.results_dir(self.run, self.evaluation)   # checks the name
+        from . import bank
+
+        banks = ([self.scheme] if needs_bank(self.methods) or self.gammas else []) + self.frontier_schemes
         for dataset in self.datasets:
             tasks.augmented_path(dataset, self.split)
-            bank_folder = paths.bank_dir(self.topk, self.run, dataset, self.split)
-            if (needs_bank(self.methods) or self.gammas) and not bank_folder.is_dir():
-                raise FileNotFoundError(f"{paths.relative(bank_folder)} not found: the Gradient Bank is written by "
-                                        f"04_encode (run={self.run!r}, dataset={dataset!r}, topk={self.topk})")
+            for scheme in dict.fromkeys(banks):   # opened (structure, shard headers) now: refused before any work
+                bank.open_bank(self.topk, self.run, dataset, self.split, scheme).close()
         self.learner = _LearnerOnce(self.run, self.device, allow_unfinished=self.allow_unfinished)
 
 
 def run(settings: EvaluateSettings) -> dict[str, list[dict]]:
     """05_evaluate's computation: every method on every dataset (``summary``), then the gamma sweep (``sweeps``)."""
     common = dict(split=settings.split, limit=settings.limit, device=settings.device, overwrite=settings.overwrite,
-                  learner=settings.learner, evaluation=settings.evaluation, allow_unfinished=settings.allow_unfinished)
+                  learner=settings.learner, evaluation=settings.evaluation, allow_unfinished=settings.allow_unfinished,
+                  scheme=settings.scheme)
     rows = evaluate_all(settings.run, settings.datasets, settings.methods, topk=settings.topk, gamma=settings.gamma,
                         **common)
     return {"summary": rows, "sweeps": sweep_all(settings.run, settings.sweep_datasets, gammas=settings.gammas,
@@ -505,25 +546,28 @@ def examples(run: str, dataset: str, methods: Sequence[str], n: int = 5, evaluat
 # --- CSV tables -----------------------------------------------------------------------------------------------
 
 def read_csv(file: Path) -> list[dict]:
-    """Rows of summary.csv / sweeps.csv: dataset and method as str, n and topk as int, the rest as float."""
+    """Rows of summary.csv / sweeps.csv: dataset, method and scheme as str, n and topk as int, the rest as float."""
     if not file.exists():
         raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 05_evaluate")
     with file.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    kinds = {"dataset": str, "method": str, "n": int, "topk": int}
+    kinds = {"dataset": str, "method": str, "scheme": str, "n": int, "topk": int}
     return [{k: kinds.get(k, float)(v) for k, v in r.items()} for r in rows]
 
 
 def merge_csv(file: Path, fields: Sequence[str], rows: Sequence[dict], key: Sequence[str]) -> Path:
     """Insert or replace ``rows`` (matched on ``key``) in a CSV with header ``fields``; atomic, sorted by key."""
     old = read_csv(file) if file.exists() else []
-    merged = {tuple(r[k] for k in key): r for r in old}
-    merged.update({tuple(r[k] for k in key): r for r in rows})
+    def key_of(r):   # rows of an older file may lack a key field
+        return tuple("" if r.get(k) is None else r[k] for k in key)
+
+    merged = {key_of(r): r for r in old}
+    merged.update({key_of(r): r for r in rows})
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for k in sorted(merged):
-        writer.writerow({f: _cell(merged[k][f]) for f in fields})
+        writer.writerow({f: _cell(merged[k].get(f)) for f in fields})
     return artifacts.write_text(file, text.getvalue())
 
 

@@ -62,7 +62,8 @@ def steps() -> dict[str, Step]:
 
     return {"train": Step(train.TrainSettings, train.run),
             "encode": Step(encode.EncodeSettings, encode.encode_all,
-                           lambda banks: {dataset: Path(folder) for dataset, folder in banks.items()}),
+                           lambda banks: {dataset: {scheme: Path(folder) for scheme, folder in by_scheme.items()}
+                                          for dataset, by_scheme in banks.items()}),
             "evaluate": Step(evaluate.EvaluateSettings, evaluate.run)}
 
 

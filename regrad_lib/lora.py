@@ -141,7 +141,12 @@ def layout(weights: Weights) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def layout_hash(weights: Weights) -> str:
-    text = json.dumps([[n, list(s)] for n, s in layout(weights)])
+    return hash_layout(layout(weights))
+
+
+def hash_layout(shapes: list[tuple[str, tuple[int, ...]]]) -> str:
+    """A short hash of a layout's names and shapes (what a bank's gradients must match)."""
+    text = json.dumps([[n, list(s)] for n, s in shapes])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -104,9 +104,17 @@ def output_dir(run: str) -> Path:
     return work_root() / "outputs" / run
 
 
-def bank_dir(topk: int, run: str, dataset: str, split: str) -> Path:
-    """04_encode output, the Gradient Bank ``offline/<topk>/<run>/<dataset>/<split>_all``."""
+def bank_split_dir(topk: int, run: str, dataset: str, split: str) -> Path:
+    """The Gradient Banks of one split, a folder per storage scheme: ``offline/<topk>/<run>/<dataset>/<split>_all``."""
     return work_root() / "offline" / str(topk) / run / dataset / f"{split}_all"
+
+
+def bank_dir(topk: int, run: str, dataset: str, split: str, scheme: str) -> Path:
+    """04_encode output, the Gradient Bank ``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>`` (``scheme``:
+    a canonical scheme name such as ``bf16``, ``int4`` or ``int4-g128``, see :mod:`regrad_lib.schemes`)."""
+    if not scheme or "/" in scheme or scheme.startswith("."):
+        raise ValueError(f"scheme={scheme!r} is not a scheme name such as 'int4' or 'bf16'")
+    return bank_split_dir(topk, run, dataset, split) / scheme
 
 
 def bank_parts_dir(bank: Path) -> Path:

@@ -22,7 +22,7 @@ def run(tiny_model_dir):
     """A saved 'trained' tiny run (non-zero B, alpha 0.5), its PEFT adapter and an fp32 bank of one dev file."""
     learner = testing.saved_trained_run(RUN, config.load_preset("tiny"), seed=5)
     artifacts.write_json(paths.augmented_file(DATASET, "dev"), RECORDS)
-    encode.encode(RUN, DATASET, "dev", dtype="fp32", learner=learner, overwrite=True)
+    encode.encode(RUN, DATASET, "dev", scheme="fp32", learner=learner, overwrite=True)
     return learner, adapters.export_run(RUN)
 
 
@@ -69,7 +69,7 @@ def test_warm_start_round_trip(run):
 def test_question_adapter_from_bank_and_online(run):
     learner, _ = run
     task = evaluate.load_tasks(DATASET)[1]
-    with bank.open_bank(3, RUN, DATASET, "dev", learner=learner) as store:
+    with bank.open_bank(3, RUN, DATASET, "dev", "fp32", learner=learner) as store:
         from_bank = adapters.export_question(learner, task, paths.question_adapter_dir(RUN, "q1-bank"), bank=store,
                                              gamma=2.0, run=RUN)
     online = adapters.export_question(learner, task, paths.question_adapter_dir(RUN, "q1-online"), gamma=2.0)

@@ -64,10 +64,10 @@ def write_run(run: str, datasets=("popqa",), sweeps: bool = True, log: bool = Tr
         save_file(state, str(analysis.meta_state_file(run)))
     if bank:
         phi = {"m.0.lora_A": torch.zeros(2, 3), "m.0.lora_B": torch.zeros(4, 2)}  # 14 numbers per passage
-        for dataset, dtype in zip(datasets, ("bf16", "fp32")):
+        for dataset, scheme in zip(datasets, ("bf16", "fp32")):
             head = gradient_bank.header(model="tiny-llama", model_id="tiny-llama", model_revision=None,
-                                        preset="tiny", phi=phi, meta_hash="m", dtype=dtype)
-            writer = gradient_bank.BankWriter.open(paths.bank_dir(3, run, dataset, "dev"), head,
+                                        preset="tiny", phi=phi, meta_hash="m", scheme=scheme)
+            writer = gradient_bank.BankWriter.open(paths.bank_dir(3, run, dataset, "dev", scheme), head,
                                                    shard_bytes=2 * 14 * 4)
             writer.append([f"p{i}" for i in range(4)], torch.ones(4, 14))
             writer.close()
@@ -154,9 +154,9 @@ def test_training_log_and_alpha(run):
 
 def test_bank_sizes(run):
     sizes = analysis.bank_sizes(3, run, ["popqa", "hotpotqa", "nq"], "dev")
-    assert [(s.dataset, s.dtype, s.count, s.bytes_per_passage) for s in sizes] == [("popqa", "bf16", 4, 28),
-                                                                                   ("hotpotqa", "fp32", 4, 56)]
-    folder = paths.bank_dir(3, run, "popqa", "dev")
+    assert [(s.dataset, s.scheme, s.count, s.bytes_per_passage) for s in sizes] == [
+        ("popqa", "bf16", 4, 28 + 8), ("hotpotqa", "fp32", 4, 56 + 8)]    # values + an 8-byte checksum
+    folder = paths.bank_dir(3, run, "popqa", "dev", "bf16")
     assert sizes[0].bytes_on_disk == sum(f.stat().st_size for f in folder.iterdir()) and sizes[0].path == folder
     missing = analysis.bank_sizes(5, run, ["popqa"], "dev")
     assert isinstance(missing, analysis.Missing) and "offline/5/r" in missing.message

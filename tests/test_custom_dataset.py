@@ -41,8 +41,8 @@ def run(tmp_path_factory):
                  for split in ("dev", "train")}
         preset = train.configure("tiny", max_steps=2).replace(train={"meta_batch_size": 2, "validation_size": 2})
         summary = train.train("custom", preset, ["myqa"])
-        bank = encode.encode("custom", "myqa", "dev", dtype="fp32")
-        scores = evaluate.evaluate("custom", "myqa", ["closed_book", "rag", "regrad", "no_update"])
+        bank = encode.encode("custom", "myqa", "dev", scheme="fp32")
+        scores = evaluate.evaluate("custom", "myqa", ["closed_book", "rag", "regrad", "no_update"], scheme="fp32")
         yield {"files": files, "summary": summary, "bank": bank, "scores": scores, "index": index}
 
 
@@ -53,7 +53,7 @@ def test_a_custom_dataset_runs_augment_train_encode_evaluate(run):
     assert dev[0]["titles"][0] == "Lubango"                       # BM25 found the passage of the question
     assert run["summary"]["steps"] == 2 and run["summary"]["train_datasets"] == ["myqa"]
     assert (paths.adapter_dir("custom") / "adapter_model.safetensors").is_file()
-    assert run["bank"] == paths.bank_dir(3, "custom", "myqa", "dev") and (run["bank"] / "manifest.json").is_file()
+    assert run["bank"] == paths.bank_dir(3, "custom", "myqa", "dev", "fp32") and (run["bank"] / "manifest.json").is_file()
     assert {m: s["n"] for m, s in run["scores"].items()} == dict.fromkeys(["closed_book", "rag", "regrad",
                                                                           "no_update"], 4)
     assert {r["dataset"] for r in evaluate.summary("custom")} == {"myqa"}

@@ -58,7 +58,7 @@ def _settings(run):
 def solo(data):
     """A 5-step run trained in this process (the reference) and its fp32 bank of the dist-a dev passages."""
     summary = launch.run(_settings("solo"))
-    encode.encode("solo", "dist-a", "dev", dtype="fp32", batch_size=8)
+    encode.encode("solo", "dist-a", "dev", scheme="fp32", batch_size=8)
     return summary
 
 
@@ -101,7 +101,7 @@ def test_two_processes_resume_one_and_train_the_same_trajectory(solo, monkeypatc
 
 def _copy_run(source, target):
     shutil.copytree(paths.output_dir(source), paths.output_dir(target), dirs_exist_ok=True)
-    shutil.copytree(paths.bank_dir(3, source, "dist-a", "dev"), paths.bank_dir(3, target, "dist-a", "dev"),
+    shutil.copytree(paths.bank_split_dir(3, source, "dist-a", "dev"), paths.bank_split_dir(3, target, "dist-a", "dev"),
                     dirs_exist_ok=True)
 
 
@@ -110,9 +110,10 @@ METHODS = ["closed_book", "rag", "regrad", "regrad_online", "shift", "no_update"
 
 def test_two_processes_evaluate_exactly_as_one(solo):
     _copy_run("solo", "duo-eval")
-    one = launch.run(evaluate.EvaluateSettings(run="solo", datasets=["dist-a"], methods=METHODS, gammas=[0.0, 2.0]))
+    one = launch.run(evaluate.EvaluateSettings(run="solo", datasets=["dist-a"], methods=METHODS, gammas=[0.0, 2.0],
+                                               scheme="fp32"))
     two = launch.run(evaluate.EvaluateSettings(run="duo-eval", datasets=["dist-a"], methods=METHODS,
-                                               gammas=[0.0, 2.0]), num_processes=2)
+                                               gammas=[0.0, 2.0], scheme="fp32"), num_processes=2)
     assert two == one and len(one["summary"]) == len(METHODS) and len(one["sweeps"]) == 2
     for name in ("summary.csv", "sweeps.csv"):
         assert (paths.results_dir("duo-eval") / name).read_text() == (paths.results_dir("solo") / name).read_text()
@@ -125,8 +126,8 @@ def test_a_failing_rank_stops_the_job_with_its_error(solo):
     """The bank lacks the passages of the last question only; it is the shortest, so rank 1 (the second batch of
     two) alone meets it, while rank 0 waits for rank 1 in a collective."""
     _copy_run("solo", "broken")
-    encode.encode("broken", "dist-b", "dev", dtype="fp32", batch_size=8, end=15)
-    settings = evaluate.EvaluateSettings(run="broken", datasets=["dist-b"], methods=["regrad"])
+    encode.encode("broken", "dist-b", "dev", scheme="fp32", batch_size=8, end=15)
+    settings = evaluate.EvaluateSettings(run="broken", datasets=["dist-b"], methods=["regrad"], scheme="fp32")
     started = time.monotonic()
     with pytest.raises(launch.LaunchError) as error:
         launch.run(settings, num_processes=2)
@@ -154,7 +155,8 @@ def reference_bank(solo):
     """Dataset dist-c (450 sample passages) and its bf16 bank encoded by one process (run enc1, solo's weights)."""
     artifacts.write_json(paths.augmented_file("dist-c", "dev"), _sample_records(150))
     shutil.copytree(paths.output_dir("solo"), paths.output_dir("enc1"), dirs_exist_ok=True)
-    return launch.run(encode.EncodeSettings(run="enc1", datasets=["dist-c"], batch_size=4))["dist-c"]
+    return launch.run(encode.EncodeSettings(run="enc1", datasets=["dist-c"], batch_size=4, scheme="bf16"))["dist-c"][
+        "bf16"]
 
 
 def _same_bank(folder, reference):
@@ -171,8 +173,9 @@ def _same_bank(folder, reference):
 
 def test_two_processes_encode_the_bank_of_one(reference_bank):
     shutil.copytree(paths.output_dir("solo"), paths.output_dir("enc2"), dirs_exist_ok=True)
-    banks = launch.run(encode.EncodeSettings(run="enc2", datasets=["dist-c"], batch_size=4), num_processes=2)
-    manifest = _same_bank(banks["dist-c"], reference_bank)
+    banks = launch.run(encode.EncodeSettings(run="enc2", datasets=["dist-c"], batch_size=4, scheme="bf16"),
+                       num_processes=2)
+    manifest = _same_bank(banks["dist-c"]["bf16"], reference_bank)
     assert {s["file"].split("-shard")[0] for s in manifest["shards"]} == {"a001-r0", "a001-r1"}   # one part each
 
 
@@ -182,9 +185,10 @@ def test_an_encode_killed_in_one_rank_resumes_with_one_process(reference_bank):
     import psutil
 
     shutil.copytree(paths.output_dir("solo"), paths.output_dir("enc-kill"), dirs_exist_ok=True)
-    row_bytes = lora.numel(Learner.from_run("solo").phi) * 2
-    settings = encode.EncodeSettings(run="enc-kill", datasets=["dist-c"], batch_size=4, shard_bytes=4 * row_bytes)
-    folder = paths.bank_dir(3, "enc-kill", "dist-c", "dev")
+    row_bytes = bank.storage_scheme("bf16").row_bytes(lora.layout(Learner.from_run("solo").phi))
+    settings = encode.EncodeSettings(run="enc-kill", datasets=["dist-c"], batch_size=4, shard_bytes=4 * row_bytes,
+                                     scheme="bf16")
+    folder = paths.bank_dir(3, "enc-kill", "dist-c", "dev", "bf16")
     proc = subprocess.Popen(launch.command("encode", settings, 2, None), cwd=paths.repo_root(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -205,7 +209,7 @@ def test_an_encode_killed_in_one_rank_resumes_with_one_process(reference_bank):
         bank.GradientBank.open(folder)
     with bank.GradientBank.open(paths.bank_parts_dir(folder) / "a001-r1") as part:
         assert 0 < len(part) < 225          # rank 1 had done some of its 225 passages, not all
-    encode.encode("enc-kill", "dist-c", "dev", batch_size=4)                       # one process, resumes
+    encode.encode("enc-kill", "dist-c", "dev", batch_size=4, scheme="bf16")        # one process, resumes
     manifest = _same_bank(folder, reference_bank)
     assert {"a001-r1", "a002-r0"} <= {s["file"].split("-shard")[0] for s in manifest["shards"]}
 
@@ -276,7 +280,7 @@ PHI = {"m.0.lora_A": torch.zeros(2, 3), "m.0.lora_B": torch.zeros(4, 2)}
 
 def _part(folder, ids, meta_hash="meta-1"):
     head = bank.header(model="tiny-llama", model_id="tiny-llama", model_revision=None, preset="tiny", phi=PHI,
-                       meta_hash=meta_hash, dtype="fp32")
+                       meta_hash=meta_hash, scheme="fp32")
     writer = bank.BankWriter.open(folder, head, shard_bytes=2 * lora.numel(PHI) * 4)
     writer.append(ids, torch.arange(len(ids) * lora.numel(PHI), dtype=torch.float32).view(len(ids), -1))
     writer.close()

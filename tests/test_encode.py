@@ -67,26 +67,58 @@ def test_passages_are_top_k_and_deduplicated(dataset):
     assert [p.pid for p in encode.passages(dataset, "dev", topk=2, start=1, end=3)] == ids[1:4]
 
 
-def test_round_trip_equals_computed_gradients_fp32_and_bf16(learner, dataset):
+def test_round_trip_equals_computed_gradients_in_every_scheme(learner, dataset):
     items = encode.passages(dataset, "dev")
     computed = {pid: vec[i] for ids, vec in encode.gradient_batches(learner, items, 4) for i, pid in enumerate(ids)}
-    for dtype in ("fp32", "bf16"):
-        path = encode.encode("enc-test", dataset, "dev", dtype=dtype, batch_size=4, learner=learner, overwrite=True)
-        assert path == paths.bank_dir(3, "enc-test", dataset, "dev")
-        b = bank.GradientBank.open(path, learner=learner)
-        assert sorted(b.ids()) == sorted(computed) and b.manifest["dtype"] == dtype
+    layout = lora.layout(learner.phi)
+    for scheme in ("fp32", "bf16", "int8", "int4"):
+        path = encode.encode("enc-test", dataset, "dev", scheme=scheme, batch_size=4, learner=learner, overwrite=True)
+        assert path == paths.bank_dir(3, "enc-test", dataset, "dev", scheme)
+        b = bank.GradientBank.open(path, learner=learner, scheme=scheme)
+        assert sorted(b.ids()) == sorted(computed) and b.manifest["scheme"] == scheme
         for pid, g in computed.items():
             got = lora.flatten(b.get(pid))
-            if dtype == "fp32":
+            if scheme == "fp32":
                 assert torch.equal(got, g)
-            else:
+            elif scheme == "bf16":
                 assert torch.equal(got, g.to(torch.bfloat16).float())
                 assert ((got - g).abs() <= g.abs() * 2 ** -8).all()
+            else:      # real gradients: within absmax/qmax of each group of 64 values of one tensor
+                qmax = {"int8": 127, "int4": 7}[scheme]
+                offset = 0
+                for _, shape in layout:
+                    n = shape[0] * shape[1]
+                    for a in range(0, n, 64):
+                        block = slice(offset + a, offset + min(a + 64, n))
+                        assert float((got[block] - g[block]).abs().max()) <= float(g[block].abs().max()) / qmax
+                    offset += n
         assert float(torch.stack(list(computed.values())).abs().max()) > 0
 
 
+def test_several_schemes_from_one_gradient_computation(learner, dataset, monkeypatch):
+    real, seen = encode.gradient_batches, []
+    monkeypatch.setattr(encode, "gradient_batches", lambda lr, items, bs: seen.extend(items) or real(lr, items, bs))
+    banks = encode.encode_schemes("enc-test", dataset, "dev", ["int4", "fp32", "int4-g64", "int8"], batch_size=4,
+                                  learner=learner, overwrite=True)
+    assert list(banks) == ["int4", "fp32", "int8"] and len(seen) == 7     # each passage computed once
+    single = encode.encode("enc-test", dataset, "dev", scheme="fp32", learner=learner)   # resumes: nothing to do
+    assert single == banks["fp32"] and len(seen) == 7
+    reference = bank.GradientBank.open(banks["fp32"])
+    for scheme, path in banks.items():
+        b = bank.GradientBank.open(path, scheme=scheme)
+        s = b.scheme
+        want = s.decode(s.encode(reference.rows(reference.ids()), b.layout)[0], b.layout)
+        assert torch.equal(b.rows(reference.ids()), want)
+    # one bank short of passages: only the missing ones are computed, and only that bank gets them
+    bank.BankWriter.open(banks["int8"], bank.header_for(learner, "int8"), overwrite=True).abandon()
+    encode.encode("enc-test", dataset, "dev", scheme="int8", end=2, learner=learner)
+    seen.clear()
+    encode.encode_schemes("enc-test", dataset, "dev", ["fp32", "int8"], learner=learner)
+    assert len(seen) == 7 - 4 and len(bank.GradientBank.open(banks["int8"])) == 7
+
+
 def test_bank_equals_one_by_one_gradients(learner, dataset):
-    path = encode.encode("enc-test", dataset, "dev", dtype="fp32", batch_size=8, learner=learner)
+    path = encode.encode("enc-test", dataset, "dev", scheme="fp32", batch_size=8, learner=learner)
     b = bank.GradientBank.open(path)
     cut = learner.preset.learner.bank_context_len
     for p in encode.passages(dataset, "dev"):
@@ -98,7 +130,7 @@ def test_bank_equals_one_by_one_gradients(learner, dataset):
 
 
 def test_sum_matches_the_summed_gradient_of_a_question(learner, dataset):
-    path = encode.encode("enc-test", dataset, "dev", dtype="fp32", learner=learner)
+    path = encode.encode("enc-test", dataset, "dev", scheme="fp32", learner=learner)
     b = bank.GradientBank.open(path)
     task = tasks.from_record(_records()[2], 3)
     direct = regrad.summed_gradient(learner.model, learner.phi,
@@ -111,8 +143,8 @@ def test_sum_matches_the_summed_gradient_of_a_question(learner, dataset):
 
 
 def test_resume_after_interruption_gives_the_same_bank(learner, dataset, monkeypatch):
-    row = lora.numel(learner.phi) * 4
-    whole = encode.encode("enc-test", dataset, "dev", dtype="fp32", batch_size=2, learner=learner,
+    row = bank.storage_scheme("fp32").row_bytes(lora.layout(learner.phi))
+    whole = encode.encode("enc-test", dataset, "dev", scheme="fp32", batch_size=2, learner=learner,
                           shard_bytes=2 * row)
     reference = bank.GradientBank.open(whole)
     expected = {p: reference.rows([p])[0] for p in reference.ids()}
@@ -127,12 +159,12 @@ def test_resume_after_interruption_gives_the_same_bank(learner, dataset, monkeyp
 
     monkeypatch.setattr(bank.BankWriter, "_write_shard", dies_after_first_shard)
     with pytest.raises(RuntimeError, match="killed"):
-        encode.encode("enc-test", dataset, "dev", dtype="fp32", batch_size=2, learner=learner, shard_bytes=2 * row,
+        encode.encode("enc-test", dataset, "dev", scheme="fp32", batch_size=2, learner=learner, shard_bytes=2 * row,
                       overwrite=True)
     monkeypatch.setattr(bank.BankWriter, "_write_shard", real)
     assert len(bank.GradientBank.open(whole)) == 2
 
-    resumed = encode.encode("enc-test", dataset, "dev", dtype="fp32", batch_size=2, learner=learner,
+    resumed = encode.encode("enc-test", dataset, "dev", scheme="fp32", batch_size=2, learner=learner,
                             shard_bytes=2 * row)
     b = bank.GradientBank.open(resumed, learner=learner)
     assert sorted(b.ids()) == sorted(expected) and b.verify()["entries"] == len(expected)
@@ -142,12 +174,12 @@ def test_resume_after_interruption_gives_the_same_bank(learner, dataset, monkeyp
 
 def test_resume_extends_a_bank_with_new_records_only(learner, dataset, monkeypatch):
     encode.encode("enc-test", dataset, "dev", end=2, learner=learner, overwrite=True)
-    assert len(bank.open_bank(3, "enc-test", dataset, "dev")) == 4
+    assert len(bank.open_bank(3, "enc-test", dataset, "dev", bank.DEFAULT_SCHEME)) == 4
     seen = []
     real = encode.gradient_batches
     monkeypatch.setattr(encode, "gradient_batches", lambda lr, items, bs: seen.extend(items) or real(lr, items, bs))
     encode.encode("enc-test", dataset, "dev", learner=learner)
-    assert len(seen) == 3 and len(bank.open_bank(3, "enc-test", dataset, "dev")) == 7
+    assert len(seen) == 3 and len(bank.open_bank(3, "enc-test", dataset, "dev", bank.DEFAULT_SCHEME)) == 7
 
 
 def test_bank_of_other_meta_weights_is_refused(learner, dataset):
@@ -179,7 +211,9 @@ def test_input_errors(learner, dataset):
     with pytest.raises(ValueError, match="record 1: passage id"):
         encode.passages(dataset, "conflict")
     with pytest.raises(ValueError, match="bf8"):
-        encode.encode("enc-test", dataset, "dev", dtype="bf8", learner=learner)
+        encode.encode("enc-test", dataset, "dev", scheme="bf8", learner=learner)
+    with pytest.raises(ValueError, match="empty"):
+        encode.encode_schemes("enc-test", dataset, "dev", [], learner=learner)
 
 
 def test_notebook_helpers(learner, dataset):
@@ -187,11 +221,18 @@ def test_notebook_helpers(learner, dataset):
         encode.EncodeSettings(run="never-trained", datasets=[dataset])
     with pytest.raises(FileNotFoundError, match="02_augment"):
         encode.EncodeSettings(run="enc-test", datasets=["missing"])
-    settings = encode.EncodeSettings(run="enc-test", datasets=dataset, start=1, limit=2, dtype="fp16", overwrite=True)
-    assert settings.datasets == [dataset] and settings.end == 3
+    with pytest.raises(ValueError, match="int3"):
+        encode.EncodeSettings(run="enc-test", datasets=[dataset], frontier_schemes=["int3"])
+    settings = encode.EncodeSettings(run="enc-test", datasets=dataset, start=1, limit=2, scheme="fp16",
+                                     frontier_schemes="int4", overwrite=True)
+    assert settings.datasets == [dataset] and settings.end == 3 and settings.schemes == ["fp16", "int4"]
     banks = encode.encode_all(settings, learner)
+    assert list(banks[dataset]) == ["fp16", "int4"]
     table = encode.stats(banks)
-    assert table[0]["entries"] == 4 and table[0]["bytes_per_passage"] == 2 * lora.numel(learner.phi)
+    assert [(r["scheme"], r["entries"]) for r in table] == [("fp16", 4), ("int4", 4)]
+    assert table[0]["bytes_per_passage"] == 2 * lora.numel(learner.phi) + 8
+    assert table[1]["bytes_per_passage"] < table[0]["bytes_per_passage"] / 3
     norms = encode.gradient_norms(banks)
     assert len(norms) == 4 and min(norms) > 0
-    assert encode.verify_all(banks, learner)[dataset]["entries"] == 4
+    report = encode.verify_all(banks, learner)
+    assert report[f"{dataset}/fp16"]["entries"] == report[f"{dataset}/int4"]["entries"] == 4

@@ -210,7 +210,7 @@ def test_training_killed_mid_step_then_before_its_summary_resumes_bit_identicall
 def _encode(**kwargs) -> dict:
     # shards of 8 fp32 rows (4608 numbers each), batches of 4: a resumed encode recomputes the very batches
     # of an uninterrupted one (same passages, same padding), so the bank must come out bit for bit the same
-    return {"run": "reference", "dataset": "popqa", "split": "train_24", "dtype": "fp32", "batch_size": 4,
+    return {"run": "reference", "dataset": "popqa", "split": "train_24", "scheme": "fp32", "batch_size": 4,
             "shard_bytes": 8 * 4 * 4608, **kwargs}
 
 

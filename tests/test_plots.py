@@ -107,9 +107,9 @@ def test_sweep_curves(run):
 def test_bank_bytes(run):
     fig = plots.bank_bytes(analysis.bank_sizes(3, run, ["popqa", "hotpotqa"], "dev"))
     ax = fig.axes[0]
-    assert [p.get_height() for p in ax.patches] == [28, 56]
+    assert [p.get_height() for p in ax.patches] == [36, 64]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["popqa\nbf16", "hotpotqa\nfp32"]
-    assert [t.get_text() for t in ax.texts] == ["28 B", "56 B"]
+    assert [t.get_text() for t in ax.texts] == ["36 B", "64 B"]
 
 
 def test_paired_differences_figure(run):

@@ -62,13 +62,13 @@ def test_an_unfinished_run_is_refused_everywhere_with_how_to_resume(stopped):
     assert learner.run_finished is False
     with pytest.raises(UnfinishedRunError, match=message):   # a loaded learner is checked as well
         evaluate.evaluate(RUN, DATASET, ["no_update"], split="train_all", learner=learner)
-    assert not paths.results_dir(RUN).exists() and not paths.bank_dir(3, RUN, DATASET, "train_all").exists()
+    assert not paths.results_dir(RUN).exists() and not paths.bank_split_dir(3, RUN, DATASET, "train_all").exists()
 
 
 def test_allow_unfinished_is_recorded_and_finishing_the_run_invalidates_the_results(stopped):
     settings = encode.EncodeSettings(run=RUN, datasets=[DATASET], split="train_all", allow_unfinished=True)
     banks = encode.encode_all(settings)
-    with bank.GradientBank.open(banks[DATASET]) as b:
+    with bank.GradientBank.open(banks[DATASET][bank.DEFAULT_SCHEME]) as b:
         assert b.manifest["source"]["run_finished"] is False
     evaluate.EvaluateSettings(run=RUN, datasets=[DATASET], methods=["no_update"], split="train_all",
                               allow_unfinished=True)

@@ -1,0 +1,50 @@
+"""frontier: regrad on several schemes' banks of one run, schemes.csv, the frontier table and figure."""
+
+import json
+
+import pytest
+
+from regrad_lib import analysis, effects, evaluate, frontier, plots
+from test_evaluate import DATASET, RUN, run  # noqa: F401  (the module fixture: a tiny run with fp32/int8/int4 banks)
+
+SCHEMES = ["fp32", "int8", "int4"]
+
+
+def test_evaluate_schemes_writes_resumes_and_reads_back(run):  # noqa: F811
+    learner, items, _ = run
+    assert isinstance(frontier.read_frontier(RUN, [DATASET]), analysis.Missing)
+    rows = frontier.evaluate_all(RUN, [DATASET], SCHEMES, limit=5, learner=learner)
+    assert [(r["scheme"], r["n"]) for r in rows] == [(s, 5) for s in SCHEMES]
+    assert rows[0]["bytes_per_passage"] > rows[1]["bytes_per_passage"] > rows[2]["bytes_per_passage"]
+    predictions, metrics = frontier.files(RUN, DATASET, "int4")
+    assert len(predictions.read_text().splitlines()) == 5
+    assert json.loads(metrics.read_text())["scheme"] == "int4"
+    # same settings: kept (no learner needed); other settings: recomputed
+    again = frontier.evaluate_all(RUN, [DATASET], SCHEMES, limit=5, learner=lambda: pytest.fail("reloaded"))
+    assert again == rows
+    assert frontier.evaluate_all(RUN, [DATASET], [], learner=lambda: pytest.fail("loaded")) == []
+    # the run's own regrad - no_update effect, for the ratio column
+    evaluate.evaluate(RUN, DATASET, ["regrad", "no_update"], limit=5, learner=learner, scheme="fp32", overwrite=True)
+    table = frontier.read_frontier(RUN, [DATASET])
+    points = {p.scheme: p for p in table}
+    assert [p.scheme for p in table] == SCHEMES                     # largest first
+    assert points["fp32"].delta.mean == 0 and points["fp32"].mean_abs_delta == 0
+    assert points["int4"].mean_abs_delta > points["int8"].mean_abs_delta > 0
+    effect = effects.paired_nll_differences(RUN, DATASET, "regrad", "no_update")
+    assert points["int4"].delta.n == 5 and points["int4"].effect == effect
+    assert points["int4"].ratio == pytest.approx(points["int4"].mean_abs_delta / abs(effect.mean))
+    assert points["int8"].em == rows[1]["em"]
+    assert table.to_markdown().splitlines()[0].startswith("| dataset | scheme | bytes/passage |")
+    fig = plots.frontier(table)
+    assert len(fig.axes) == 4 and fig.axes[0].get_xscale() == "log"
+    assert [t.get_text() for t in fig.axes[0].texts] == SCHEMES[::-1]  # one label per scheme, smallest first
+    assert list(fig.axes[2].lines[0].get_xdata()) == sorted(p.bytes_per_passage for p in table)
+    assert len(fig.axes[1].lines) == 1 + 1                             # int8, int4 curve + the dashed target
+
+
+def test_frontier_without_a_reference_bank(run):  # noqa: F811
+    learner, _, _ = run
+    frontier.evaluate_schemes(RUN, DATASET, ["int8"], limit=3, learner=learner, overwrite=True)
+    table = frontier.read_frontier(RUN, [DATASET], reference="bf16")
+    assert all(p.delta is None for p in table) and "–" in table.rows()[0]
+    assert isinstance(frontier.read_frontier(RUN, ["nq"]), analysis.Missing)
