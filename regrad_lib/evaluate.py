@@ -473,7 +473,7 @@ class EvaluateSettings:
     topk: int = 3
     gamma: float | None = None         # None: the run's learner.gamma
     gammas: list[float] = field(default_factory=list)
-    sweep_datasets: list[str] | None = None   # datasets of the gamma sweep (None: all of ``datasets``)
+    sweep_datasets: list[str] | None = None   # which evaluated datasets get the gamma sweep (None: all)
     limit: int | None = None
     device: str = "cpu"
     overwrite: bool = False
@@ -501,10 +501,9 @@ class EvaluateSettings:
             config.check_number(g, f"gammas[{i}]", allow_zero=True)
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit={self.limit} must be None (every question) or >= 1")
-        if self.sweep_datasets is None:
-            self.sweep_datasets = list(self.datasets)
-        elif not set(self.sweep_datasets) <= set(self.datasets):
-            raise ValueError(f"sweep_datasets={self.sweep_datasets} must be among datasets={self.datasets}")
+        # the sweep runs on the evaluated datasets among sweep_datasets (the demo sweeps the probe only)
+        self.sweep_datasets = list(self.datasets) if self.sweep_datasets is None else \
+            [d for d in self.datasets if d in set(self.sweep_datasets)]
         paths.results_dir(self.run, self.evaluation)   # checks the name
         from . import bank
 

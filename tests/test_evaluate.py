@@ -179,7 +179,9 @@ def test_settings_and_examples(run):
     with pytest.raises(ValueError, match="int3"):
         evaluate.EvaluateSettings(run=RUN, datasets=[DATASET], methods=["regrad"], scheme="int3")
     settings = evaluate.EvaluateSettings(run=RUN, datasets=DATASET, methods=["closed_book", "regrad"])
-    assert settings.datasets == [DATASET]
+    assert settings.datasets == [DATASET] and settings.sweep_datasets == [DATASET]     # None: every dataset
+    only = evaluate.EvaluateSettings(run=RUN, datasets=[DATASET], methods=["regrad"], sweep_datasets=["probe"])
+    assert only.sweep_datasets == []        # the sweep covers the evaluated datasets among sweep_datasets
     evaluate.evaluate(RUN, DATASET, ["closed_book", "regrad"], limit=5, learner=run[0], overwrite=True)
     rows = evaluate.examples(RUN, DATASET, ["closed_book", "regrad"], n=2)
     assert [set(r) for r in rows] == [{"question", "gold", "closed_book", "regrad"}] * 2
