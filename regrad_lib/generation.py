@@ -7,6 +7,11 @@ a batch of questions is decoded in one loop: prompts LEFT-padded, one prefill fo
 with the KV cache. A row is finished once its text, leading whitespace skipped, holds a newline (or it emitted
 an end-of-sequence token); finished rows leave the batch (their cache rows and LoRA rows are dropped), and the
 loop ends when every row is finished or after ``max_new_tokens``.
+
+When every row runs the same weights (the base model or a shared ``phi``), the prompts' common token prefix
+(the chat header, the instruction and the worked examples: 216 of the demo's ~600 RAG prompt tokens) is run once
+and its KV cache repeated over the batch; each row's rest is left-padded after it (positions continue from the
+prefix, padding masked), so the answers are those of the unshared prefill up to float rounding.
 """
 
 from __future__ import annotations
@@ -100,27 +105,57 @@ def _score(model: nn.Module, cache, last_logits: torch.Tensor, mask: torch.Tenso
     return (nll.sum(1) / valid.sum(1)).tolist()
 
 
+MIN_SHARED_PREFIX = 16     # tokens; below this one prefill of the whole batch costs about the same
+
+
+def shared_prefix_length(prompt_ids: Sequence[Sequence[int]]) -> int:
+    """Length of the prompts' common token prefix, leaving every prompt at least one token of its own
+    (its last position's logits start decoding); 0 for a single prompt or a prefix too short to pay."""
+    if len(prompt_ids) < 2:
+        return 0
+    first, limit = prompt_ids[0], min(len(p) for p in prompt_ids) - 1
+    length = 0
+    while length < limit and all(p[length] == first[length] for p in prompt_ids):
+        length += 1
+    return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def _prefill_prefix(model: nn.Module, prefix: Sequence[int], rows: int, device):
+    """KV cache of ``prefix`` (positions 0…P−1) computed once and repeated for ``rows`` rows."""
+    ids = torch.tensor([list(prefix)], dtype=torch.long, device=device)
+    result = model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                   position_ids=torch.arange(len(prefix), device=device)[None], use_cache=True, logits_to_keep=1)
+    result.cache.batch_repeat_interleave(rows)
+    return result.cache
+
+
 def _decode(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
             weights: Weights | None, score_ids: Sequence[Sequence[int]] | None,
-            stop: str = "\n") -> tuple[list[list[int]], list[float]]:
+            stop: str = "\n", share_prefix: bool = True) -> tuple[list[list[int]], list[float]]:
     n = len(prompt_ids)
     per_row = _check_weights(weights, n)
     device = next(model.parameters()).device
-    ids, mask = _left_pad(prompt_ids, tokenizer.pad_token_id, device)
+    shared = shared_prefix_length(prompt_ids) if share_prefix and not per_row else 0
+    ids, mask = _left_pad([p[shared:] for p in prompt_ids], tokenizer.pad_token_id, device)
+    position = shared + (mask.cumsum(1) - 1).clamp_min(0)
+    cache = None
+    if shared:
+        context = lora.use(model, weights) if weights is not None else contextlib.nullcontext()
+        with context:
+            cache = _prefill_prefix(model, prompt_ids[0][:shared], n, device)
+        mask = torch.cat([mask.new_ones((n, shared)), mask], dim=1)
     stops = eos_ids(model, tokenizer)
     out: list[list[int]] = [[] for _ in range(n)]
     nll = [math.nan] * n
     active = torch.arange(n, device=device)        # original row of each batch row
     rows = weights
-    position = (mask.cumsum(1) - 1).clamp_min(0)
-    cache = None
     step_ids, step_pos = ids, position
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         context = lora.use(model, rows) if rows is not None else contextlib.nullcontext()
         with context:
             result = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, cache=cache,
                            use_cache=True, logits_to_keep=1)
-            if cache is None and score_ids is not None:     # right after the prefill: score the gold answers
+            if step == 0 and score_ids is not None:     # right after the prefill: score the gold answers
                 nll = _score(model, result.cache, result.logits[:, -1], mask, step_pos, score_ids,
                              tokenizer.pad_token_id)
         cache = result.cache
@@ -150,12 +185,15 @@ def _decode(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], ma
 
 @torch.no_grad()
 def greedy(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
-           weights: Weights | None = None, stop: str = "\n") -> list[list[int]]:
+           weights: Weights | None = None, stop: str = "\n", share_prefix: bool = True) -> list[list[int]]:
     """Greedy new tokens for every prompt, decoded together; ``weights`` shared (2-D) or one row per prompt (3-D).
 
     ``weights=None`` runs the model as it is (its live LoRA, or the base model inside ``lora.disabled``).
+    ``share_prefix``: run the prompts' common prefix once (shared weights only; see the module notes).
     """
-    return _decode(model, tokenizer, prompt_ids, max_new_tokens, weights, None, stop)[0] if prompt_ids else []
+    if not prompt_ids:
+        return []
+    return _decode(model, tokenizer, prompt_ids, max_new_tokens, weights, None, stop, share_prefix)[0]
 
 
 def decode(tokenizer, token_ids: Sequence[int], stop: str = "\n") -> Generation:
@@ -167,13 +205,13 @@ def decode(tokenizer, token_ids: Sequence[int], stop: str = "\n") -> Generation:
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
              weights: Weights | None = None, score_ids: Sequence[Sequence[int]] | None = None,
-             stop: str = "\n") -> list[Generation]:
+             stop: str = "\n", share_prefix: bool = True) -> list[Generation]:
     """:func:`greedy` then :func:`decode` for every prompt; with ``score_ids`` (one gold answer's label ids per
     prompt) also each answer's mean token NLL, from the prefill's KV cache (the prompt runs once). ``stop``: the
-    stop string (``generation.stop``)."""
+    stop string (``generation.stop``); ``share_prefix`` as in :func:`greedy`."""
     if not prompt_ids:
         return []
-    tokens, nll = _decode(model, tokenizer, prompt_ids, max_new_tokens, weights, score_ids, stop)
+    tokens, nll = _decode(model, tokenizer, prompt_ids, max_new_tokens, weights, score_ids, stop, share_prefix)
     return [dataclasses.replace(decode(tokenizer, t, stop), answer_nll=v) for t, v in zip(tokens, nll)]
 
 

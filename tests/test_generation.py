@@ -116,3 +116,39 @@ def test_answer_nll_from_the_prefill_cache_equals_a_full_forward_and_leaves_deco
             want = regrad.token_losses(model, batch).item()
         assert scored[i].answer_nll == pytest.approx(want, rel=1e-9)
     assert all(math.isnan(g.answer_nll) for g in plain)
+
+
+def test_shared_prefix_length():
+    assert generation.shared_prefix_length([list(range(40))]) == 0                         # one prompt
+    assert generation.shared_prefix_length([list(range(40)), list(range(40))]) == 39       # each keeps a token
+    assert generation.shared_prefix_length([list(range(30)) + [1], list(range(30)) + [2, 3]]) == 30
+    assert generation.shared_prefix_length([list(range(10)) + [1], list(range(10)) + [2]]) == 0   # too short
+
+
+def test_shared_prefix_gives_the_unshared_answers_and_nll(setup):
+    """The common prefix's KV cache computed once (shared phi, base model) equals every row's own prefill:
+    same tokens, answer NLL equal to float64 rounding; per-row weights never share."""
+    model, tok, phi, per_row, prompt_ids = setup
+    assert generation.shared_prefix_length(prompt_ids) >= generation.MIN_SHARED_PREFIX
+    gold = [prompts.answer_ids(tok, a) for a in ["Paris", "Someone famous", "Egypt", "Japan, an island country"]]
+    for weights, context in ((phi, lora.use(model, phi)), (None, lora.disabled(model))):
+        with context:
+            shared = generation.generate(model, tok, prompt_ids, max_new_tokens=MAX_NEW, weights=weights,
+                                         score_ids=gold)
+            plain = generation.generate(model, tok, prompt_ids, max_new_tokens=MAX_NEW, weights=weights,
+                                        score_ids=gold, share_prefix=False)
+        assert [g.token_ids for g in shared] == [g.token_ids for g in plain]
+        for a, b in zip(shared, plain):
+            assert a.answer_nll == pytest.approx(b.answer_nll, rel=1e-9)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape),
+                                           with_kwargs=True)
+    try:
+        generation.greedy(model, tok, prompt_ids, max_new_tokens=1, weights=phi)
+        assert calls[0][0] == 1                          # the prefix, once
+        calls.clear()
+        generation.greedy(model, tok, prompt_ids, max_new_tokens=1, weights=per_row)
+        assert calls[0][0] == len(prompt_ids)            # per-row weights: every row's whole prompt
+        assert calls[0][1] == max(map(len, prompt_ids))
+    finally:
+        hook.remove()
