@@ -4,6 +4,7 @@
   cells; notebooks show results, progress bars and warnings only (pass ``"INFO"`` to see everything).
 - :func:`as_list`: papermill's ``-p datasets '["popqa"]'`` or ``-p datasets popqa,hotpotqa`` passes a *string*
   (only ``-y`` parses YAML); a list parameter accepts a list, a JSON list or a comma-separated string.
+- :func:`as_counts`: the same for a dataset → count mapping (``-p limit_per_dataset probe=60``).
 """
 
 from __future__ import annotations
@@ -49,3 +50,40 @@ def as_list(name: str, value: Any, kind: Callable[[Any], Any] = str) -> list | N
     except (TypeError, ValueError) as e:
         raise ValueError(f"parameter {name} = {value!r}: an item is not {getattr(kind, '__name__', kind)} ({e}); "
                          f"pass {example}") from None
+
+
+def as_counts(name: str, value: Any) -> dict[str, int | None]:
+    """The mapping parameter ``name`` (dataset → count or None): a dict, a JSON object string
+    (``'{"probe": 60}'``), ``"probe=60,popqa=None"``, or None / ``""`` for none.
+    """
+    example = f"-y '{name}: {{probe: 60}}' (papermill) or -p {name} probe=60"
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"parameter {name} = {text!r} is not a JSON object ({e.msg}); pass {example}") from None
+        else:
+            pairs = [part.strip() for part in text.split(",") if part.strip()]
+            if any("=" not in part for part in pairs):
+                raise ValueError(f"parameter {name} = {text!r} is not name=count pairs; pass {example}")
+            value = {k.strip(): (None if v.strip() in ("None", "null") else v.strip())
+                     for k, v in (part.split("=", 1) for part in pairs)}
+    if not isinstance(value, dict):
+        raise ValueError(f"parameter {name} = {value!r} ({type(value).__name__}) is not a mapping; pass {example}")
+    counts: dict[str, int | None] = {}
+    for key, count in value.items():
+        if count is None:
+            counts[str(key)] = None
+            continue
+        try:
+            number = int(count)
+        except (TypeError, ValueError):
+            number = -1
+        if isinstance(count, bool) or number < 0 or str(number) != str(count).strip():
+            raise ValueError(f"parameter {name}: {key} = {count!r} is not a count (a whole number ≥ 0 or None)")
+        counts[str(key)] = number
+    return counts

@@ -58,3 +58,24 @@ def test_list_parameters_accept_lists_json_and_commas(value, kind, expected):
 def test_bad_list_parameters_name_the_parameter_and_the_y_form(value, kind, pattern):
     with pytest.raises(ValueError, match=pattern):
         notebook.as_list("datasets", value, kind)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ({"probe": 60}, {"probe": 60}),
+    ('{"probe": 60, "popqa": null}', {"probe": 60, "popqa": None}),
+    ("probe=60, popqa=None", {"probe": 60, "popqa": None}),
+    ("{}", {}), ("", {}), (None, {}),
+])
+def test_count_parameters_accept_dicts_json_and_pairs(value, expected):
+    assert notebook.as_counts("limit_per_dataset", value) == expected
+
+
+@pytest.mark.parametrize("value, pattern", [
+    ("{probe: 60}", "not a JSON object"), ("probe", "name=count"), ("probe=sixty", "probe = 'sixty' is not a count"),
+    ({"probe": -1}, "not a count"), ({"probe": 1.5}, "not a count"), ({"probe": True}, "not a count"),
+    ([60], "not a mapping"),
+])
+def test_bad_count_parameters_name_the_parameter(value, pattern):
+    with pytest.raises(ValueError, match="limit_per_dataset") as info:
+        notebook.as_counts("limit_per_dataset", value)
+    assert pattern in str(info.value)
