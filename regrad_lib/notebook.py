@@ -33,14 +33,7 @@ def as_list(name: str, value: Any, kind: Callable[[Any], Any] = str) -> list | N
     if isinstance(value, (list, tuple)):
         items = list(value)
     elif isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                items = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"parameter {name} = {value!r} is not a JSON list ({e.msg}); pass {example}") from None
-        else:
-            items = [part.strip() for part in text.split(",") if part.strip()]
+        items = _json_or_parts(name, value, "[", "a JSON list", example)
     elif isinstance(value, (int, float)) and not isinstance(value, bool) and kind is not str:
         items = [value]
     else:
@@ -60,18 +53,13 @@ def as_counts(name: str, value: Any) -> dict[str, int | None]:
     if value is None:
         return {}
     if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("{"):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"parameter {name} = {text!r} is not a JSON object ({e.msg}); pass {example}") from None
-        else:
-            pairs = [part.strip() for part in text.split(",") if part.strip()]
-            if any("=" not in part for part in pairs):
-                raise ValueError(f"parameter {name} = {text!r} is not name=count pairs; pass {example}")
-            value = {k.strip(): (None if v.strip() in ("None", "null") else v.strip())
-                     for k, v in (part.split("=", 1) for part in pairs)}
+        parsed = _json_or_parts(name, value, "{", "a JSON object", example)
+        if isinstance(parsed, list):
+            if any("=" not in part for part in parsed):
+                raise ValueError(f"parameter {name} = {value!r} is not name=count pairs; pass {example}")
+            parsed = {k.strip(): (None if v.strip() in ("None", "null") else v.strip())
+                      for k, v in (part.split("=", 1) for part in parsed)}
+        value = parsed
     if not isinstance(value, dict):
         raise ValueError(f"parameter {name} = {value!r} ({type(value).__name__}) is not a mapping; pass {example}")
     counts: dict[str, int | None] = {}
@@ -87,3 +75,14 @@ def as_counts(name: str, value: Any) -> dict[str, int | None]:
             raise ValueError(f"parameter {name}: {key} = {count!r} is not a count (a whole number ≥ 0 or None)")
         counts[str(key)] = number
     return counts
+
+
+def _json_or_parts(name: str, value: str, opener: str, what: str, example: str) -> Any:
+    """``value`` parsed as JSON when it starts with ``opener``, else its non-empty comma-separated parts."""
+    text = value.strip()
+    if not text.startswith(opener):
+        return [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"parameter {name} = {value!r} is not {what} ({e.msg}); pass {example}") from None
