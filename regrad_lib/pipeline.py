@@ -134,15 +134,25 @@ def run_seeds(run_name: str, shared: dict[str, Any], seeds: Sequence[int], steps
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds {list(seeds)}: give at least two different seeds, e.g. 42,43,44")
     chosen = [s.name[:2] for s in select_steps(steps)]
-    once = ",".join(n for n in chosen if n in ("01", "02"))
-    each = ",".join(n for n in chosen if n not in ("01", "02"))
-    outputs = run(run_name, shared, once, kernel=kernel) if once else []
+    declared = {n: declared_parameters(s.source) for n, s in zip(chosen, select_steps(steps))}
+    unknown = set(shared) - set().union(*declared.values()) - {"run"}
+    if unknown:
+        raise ValueError(f"parameter(s) {sorted(unknown)} are declared by none of the notebooks of --steps {steps!r}")
+
+    def mine(phase: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+        # each call passes only what its own notebooks declare (01/02 take no preset, the last 06 no limit)
+        names_ = set().union(*(declared[n] for n in phase))
+        return {k: v for k, v in {**shared, **extra}.items() if k in names_}
+
+    once = [n for n in chosen if n in ("01", "02")]
+    each = [n for n in chosen if n not in ("01", "02")]
+    outputs = run(run_name, mine(once, {}), ",".join(once), kernel=kernel) if once else []
     names = [f"{run_name}-s{seed}" for seed in seeds]
     for name, seed in zip(names, seeds):
         if each:
-            outputs += run(name, {**shared, **({"seed": seed} if "03" in chosen else {})}, each, kernel=kernel)
+            outputs += run(name, mine(each, {"seed": seed} if "03" in chosen else {}), ",".join(each), kernel=kernel)
     if "06" in chosen:
-        outputs += run(run_name, {**shared, "run": names[0], "seed_runs": names[1:]}, "06", kernel=kernel)
+        outputs += run(run_name, {**mine(["06"], {}), "run": names[0], "seed_runs": names[1:]}, "06", kernel=kernel)
     return outputs
 
 

@@ -78,12 +78,15 @@ def test_seeds_run_index_and_augment_once_then_each_seed_then_an_analysis_across
     calls = []
     monkeypatch.setattr(pipeline, "run", lambda name, shared, steps, *a, **k: calls.append((name, shared, steps))
                         or [steps])
-    pipeline.run_seeds("demo", {"limit": 3}, [1, 2, 3])
+    pipeline.run_seeds("demo", {"limit": 3, "preset": "tiny"}, [1, 2, 3])
+    # each call gets only the parameters its notebooks declare: no preset for 01/02, neither for the last 06
     assert calls == [("demo", {"limit": 3}, "01,02"),
-                     ("demo-s1", {"limit": 3, "seed": 1}, "03,04,05,06"),
-                     ("demo-s2", {"limit": 3, "seed": 2}, "03,04,05,06"),
-                     ("demo-s3", {"limit": 3, "seed": 3}, "03,04,05,06"),
-                     ("demo", {"limit": 3, "run": "demo-s1", "seed_runs": ["demo-s2", "demo-s3"]}, "06")]
+                     ("demo-s1", {"limit": 3, "preset": "tiny", "seed": 1}, "03,04,05,06"),
+                     ("demo-s2", {"limit": 3, "preset": "tiny", "seed": 2}, "03,04,05,06"),
+                     ("demo-s3", {"limit": 3, "preset": "tiny", "seed": 3}, "03,04,05,06"),
+                     ("demo", {"run": "demo-s1", "seed_runs": ["demo-s2", "demo-s3"]}, "06")]
+    with pytest.raises(ValueError, match=r"\['limitt'\] are declared by none"):
+        pipeline.run_seeds("demo", {"limitt": 3}, [1, 2])
     calls.clear()
     pipeline.run_seeds("demo", {}, [1, 2], steps="05-06")
     assert calls == [("demo-s1", {}, "05,06"), ("demo-s2", {}, "05,06"),
