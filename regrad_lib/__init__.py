@@ -5,3 +5,8 @@ lora, prompts, regrad (the functional core), train, bank, encode, evaluate, metr
 """
 
 __version__ = "0.1.0"
+
+import warnings
+
+# Without ipywidgets, tqdm.auto warns once per kernel and draws text bars, which is all a notebook here needs.
+warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")

@@ -30,16 +30,16 @@ SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "em", "f1", "precision", "
 
 # --- where things are -------------------------------------------------------------------------------------
 
-def summary_file(run: str) -> Path:
-    return paths.results_dir(run) / "summary.csv"
+def summary_file(run: str, evaluation: str | None = None) -> Path:
+    return paths.results_dir(run, evaluation) / "summary.csv"
 
 
-def sweeps_file(run: str) -> Path:
-    return paths.results_dir(run) / "sweeps.csv"
+def sweeps_file(run: str, evaluation: str | None = None) -> Path:
+    return paths.results_dir(run, evaluation) / "sweeps.csv"
 
 
-def predictions_file(run: str, dataset: str, method: str) -> Path:
-    return paths.results_dir(run) / dataset / f"{method}.predictions.jsonl"
+def predictions_file(run: str, dataset: str, method: str, evaluation: str | None = None) -> Path:
+    return paths.results_dir(run, evaluation) / dataset / f"{method}.predictions.jsonl"
 
 
 def training_log_file(run: str) -> Path:
@@ -78,12 +78,14 @@ def optional(read: Callable[..., T], *args, **kwargs) -> T | Missing:
 
 @dataclass(frozen=True)
 class AnalyzeConfig:
-    """06_analyze's parameters, checked: which run, datasets, bank top-k and split."""
+    """06_analyze's parameters, checked: which run, datasets, bank top-k and split, and which of the run's
+    evaluations (None: the main results; a name: ``results/<run>/evaluations/<name>/`` of 05_evaluate)."""
 
     run: str
     datasets: tuple[str, ...]
     topk: int = 3
     split: str = "dev"
+    evaluation: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.run, str) or not self.run.strip():
@@ -96,6 +98,7 @@ class AnalyzeConfig:
             raise ValueError(f"topk={self.topk!r}: a positive integer (the bank's offline/<topk>/ folder)")
         if not isinstance(self.split, str) or not self.split:
             raise ValueError(f"split={self.split!r}: the evaluated split, e.g. 'dev'")
+        paths.results_dir(self.run, self.evaluation)        # a bad evaluation name fails here, naming the rule
 
 
 class _Markdown:
@@ -164,20 +167,22 @@ def _read_scores(path: Path, fields: Sequence[str], writer: str) -> list[Score]:
     return rows
 
 
-def read_summary(run: str, datasets: Sequence[str] | None = None) -> list[Score]:
-    """``results/<run>/summary.csv`` as typed rows (only ``datasets`` if given); missing file: names 05_evaluate."""
-    rows = _read_scores(summary_file(run), SUMMARY_FIELDS, f"05_evaluate (run={run!r}); run it first")
+def read_summary(run: str, datasets: Sequence[str] | None = None, evaluation: str | None = None) -> list[Score]:
+    """``results/<run>/summary.csv`` (or a named evaluation's) as typed rows (only ``datasets`` if given); missing
+    file: names 05_evaluate."""
+    file = summary_file(run, evaluation)
+    rows = _read_scores(file, SUMMARY_FIELDS, f"05_evaluate (run={run!r}, evaluation={evaluation!r}); run it first")
     if datasets is None:
         return rows
     absent = [d for d in datasets if all(r.dataset != d for r in rows)]
     if absent:
-        log.warning("%s has no rows for %s", paths.relative(summary_file(run)), absent)
+        log.warning("%s has no rows for %s", paths.relative(file), absent)
     return [r for r in rows if r.dataset in datasets]
 
 
-def read_sweeps(run: str) -> list[Score]:
+def read_sweeps(run: str, evaluation: str | None = None) -> list[Score]:
     """``results/<run>/sweeps.csv`` (gamma / top-k sweeps of 05_evaluate); FileNotFoundError when absent."""
-    return _read_scores(sweeps_file(run), SWEEP_FIELDS,
+    return _read_scores(sweeps_file(run, evaluation), SWEEP_FIELDS,
                         f"05_evaluate when it runs a gamma or top-k sweep (run={run!r})")
 
 
@@ -258,9 +263,9 @@ def _read_jsonl(path: Path, writer: str) -> list[dict]:
     return rows
 
 
-def read_predictions(run: str, dataset: str, method: str) -> list[dict]:
-    """Rows of ``results/<run>/<dataset>/<method>.predictions.jsonl``."""
-    return _read_jsonl(predictions_file(run, dataset, method),
+def read_predictions(run: str, dataset: str, method: str, evaluation: str | None = None) -> list[dict]:
+    """Rows of ``results/<run>/<dataset>/<method>.predictions.jsonl`` (or a named evaluation's)."""
+    return _read_jsonl(predictions_file(run, dataset, method, evaluation),
                        f"05_evaluate (run={run!r}, dataset={dataset!r}, method={method!r})")
 
 

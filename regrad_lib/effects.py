@@ -54,10 +54,10 @@ class PairedDifference:
                 f"lower on {self.n_lower} of {self.n} ({100 * self.share_lower:.0f}%)")
 
 
-def _rows_by_id(run: str, dataset: str, method: str, field: str) -> dict[str, dict]:
-    path = predictions_file(run, dataset, method)
+def _rows_by_id(run: str, dataset: str, method: str, field: str, evaluation: str | None = None) -> dict[str, dict]:
+    path = predictions_file(run, dataset, method, evaluation)
     out: dict[str, dict] = {}
-    for i, r in enumerate(read_predictions(run, dataset, method), start=1):
+    for i, r in enumerate(read_predictions(run, dataset, method, evaluation), start=1):
         if "test_id" not in r or field not in r:
             raise ValueError(f"{paths.relative(path)} row {i}: lacks 'test_id' or {field!r} "
                              f"(keys {sorted(r)}); re-run 05_evaluate")
@@ -68,8 +68,8 @@ def _rows_by_id(run: str, dataset: str, method: str, field: str) -> dict[str, di
     return out
 
 
-def _answer_nll(run: str, dataset: str, method: str) -> dict[str, float]:
-    rows = _rows_by_id(run, dataset, method, "answer_nll")
+def _answer_nll(run: str, dataset: str, method: str, evaluation: str | None = None) -> dict[str, float]:
+    rows = _rows_by_id(run, dataset, method, "answer_nll", evaluation)
     return {k: float(r["answer_nll"]) if isinstance(r["answer_nll"], (int, float)) else math.nan
             for k, r in rows.items()}
 
@@ -93,10 +93,11 @@ def paired_difference(nll_a: dict[str, float], nll_b: dict[str, float], dataset:
     return PairedDifference(dataset, method_a, method_b, mean, se, lower / n, lower, n)
 
 
-def paired_nll_differences(run: str, dataset: str, method_a: str = "regrad",
-                           method_b: str = "shift") -> PairedDifference:
+def paired_nll_differences(run: str, dataset: str, method_a: str = "regrad", method_b: str = "shift",
+                           evaluation: str | None = None) -> PairedDifference:
     """Mean, SE and share-lower of ``answer_nll[method_a] - answer_nll[method_b]`` per question of ``dataset``."""
-    return paired_difference(_answer_nll(run, dataset, method_a), _answer_nll(run, dataset, method_b),
+    return paired_difference(_answer_nll(run, dataset, method_a, evaluation),
+                             _answer_nll(run, dataset, method_b, evaluation),
                              dataset, method_a, method_b)
 
 
@@ -136,10 +137,11 @@ class PairedEM:
         return mcnemar_exact(self.only_a, self.only_b)
 
 
-def paired_em(run: str, dataset: str, method_a: str = "regrad", method_b: str = "shift") -> PairedEM:
+def paired_em(run: str, dataset: str, method_a: str = "regrad", method_b: str = "shift",
+              evaluation: str | None = None) -> PairedEM:
     """Exact-match of ``method_a`` and ``method_b`` on the questions both answered, with McNemar's test."""
-    a = _rows_by_id(run, dataset, method_a, "prediction")
-    b = _rows_by_id(run, dataset, method_b, "prediction")
+    a = _rows_by_id(run, dataset, method_a, "prediction", evaluation)
+    b = _rows_by_id(run, dataset, method_b, "prediction", evaluation)
     common = [k for k in a if k in b]
     if not common:
         raise ValueError(f"{dataset}: {method_a} and {method_b} share no test_id")
@@ -187,7 +189,8 @@ def _p(p: float) -> str:
     return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
 
 
-def effect_table(run: str, datasets: Sequence[str], pairs: Sequence[tuple[str, str]] = PAIRS) -> EffectTable | Missing:
+def effect_table(run: str, datasets: Sequence[str], pairs: Sequence[tuple[str, str]] = PAIRS,
+                 evaluation: str | None = None) -> EffectTable | Missing:
     """:func:`paired_nll_differences` and :func:`paired_em` of every (dataset, pair) whose predictions exist."""
     import logging
 
@@ -195,7 +198,8 @@ def effect_table(run: str, datasets: Sequence[str], pairs: Sequence[tuple[str, s
     for dataset in datasets:
         for a, b in pairs:
             try:
-                out.append(Effect(paired_nll_differences(run, dataset, a, b), paired_em(run, dataset, a, b)))
+                out.append(Effect(paired_nll_differences(run, dataset, a, b, evaluation),
+                                  paired_em(run, dataset, a, b, evaluation)))
             except FileNotFoundError as e:
                 skipped.append(str(e).split(":")[0])
                 logging.getLogger(__name__).warning("paired %s − %s on %s skipped: %s", a, b, dataset, e)
@@ -279,13 +283,14 @@ class SeedTable(_Markdown):
 
 
 def across_seeds(runs: Sequence[str], datasets: Sequence[str], methods: Sequence[str] = ("regrad", "shift", "no_update"),
-                 pairs: Sequence[tuple[str, str]] = PAIRS) -> SeedTable | Missing:
-    """EM and F1 of ``methods`` and the paired NLL differences of ``pairs``, across ``runs`` (one per seed)."""
+                 pairs: Sequence[tuple[str, str]] = PAIRS, evaluation: str | None = None) -> SeedTable | Missing:
+    """EM and F1 of ``methods`` and the paired NLL differences of ``pairs``, across ``runs`` (one per seed;
+    ``evaluation``: the same named evaluation of each)."""
     if len(runs) < 2:
         return Missing(f"runs={list(runs)}: give at least two runs of the same setting with different seeds")
     spreads: list[tuple[str, Spread]] = []
     try:
-        summaries = {run: {(s.dataset, s.method): s for s in read_summary(run, datasets)} for run in runs}
+        summaries = {run: {(s.dataset, s.method): s for s in read_summary(run, datasets, evaluation)} for run in runs}
         for dataset in datasets:
             for method in methods:
                 for stat in ("em", "f1"):
@@ -294,7 +299,7 @@ def across_seeds(runs: Sequence[str], datasets: Sequence[str], methods: Sequence
                     if len(values) == len(runs):
                         spreads.append((dataset, Spread(f"{method} {stat.upper()}", tuple(values))))
             for a, b in pairs:
-                diffs = [paired_nll_differences(r, dataset, a, b).mean for r in runs]
+                diffs = [paired_nll_differences(r, dataset, a, b, evaluation).mean for r in runs]
                 spreads.append((dataset, Spread(f"{a} − {b} answer NLL", tuple(diffs))))
     except FileNotFoundError as e:
         return Missing(str(e))
@@ -320,15 +325,15 @@ class GroupTable(_Markdown):
                 for g in self.groups]
 
 
-def em_by_group(run: str, dataset: str, methods: Sequence[str],
-                group_of: dict[str, str] | Missing) -> GroupTable | Missing:
+def em_by_group(run: str, dataset: str, methods: Sequence[str], group_of: dict[str, str] | Missing,
+                evaluation: str | None = None) -> GroupTable | Missing:
     """EM ×100 of every method on each group of questions; ``group_of[test_id]`` names a question's group."""
     if isinstance(group_of, Missing):
         return group_of
     present, cells = [], {}
     for method in methods:
         try:
-            rows = _rows_by_id(run, dataset, method, "prediction")
+            rows = _rows_by_id(run, dataset, method, "prediction", evaluation)
         except FileNotFoundError:
             continue
         present.append(method)
@@ -345,7 +350,7 @@ def em_by_group(run: str, dataset: str, methods: Sequence[str],
 
 
 def probe_relations(run: str, datasets: Sequence[str], data_root: str = "data/sample",
-                    split: str = "dev") -> GroupTable | Missing:
+                    split: str = "dev", evaluation: str | None = None) -> GroupTable | Missing:
     """EM per relation of the knowledge-injection probe (the held-out relation shows transfer), every method."""
     from . import probe
     from .analysis import METHODS
@@ -356,4 +361,4 @@ def probe_relations(run: str, datasets: Sequence[str], data_root: str = "data/sa
         groups = probe.relation_groups(f"{data_root}/probe", split)
     except FileNotFoundError as e:
         return Missing(str(e))
-    return em_by_group(run, "probe", METHODS, groups)
+    return em_by_group(run, "probe", METHODS, groups, evaluation)

@@ -26,19 +26,20 @@ FIELDS = ("dataset", "scheme", "bytes_per_passage", "em", "f1", "precision", "re
 REFERENCE = "fp32"
 
 
-def files(run: str, dataset: str, scheme: str) -> tuple[Path, Path]:
-    """``results/<run>/<dataset>/schemes/regrad.<scheme>.predictions.jsonl`` and ``….metrics.json``."""
-    folder = paths.results_dir(run) / dataset / "schemes"
+def files(run: str, dataset: str, scheme: str, evaluation: str | None = None) -> tuple[Path, Path]:
+    """``results/<run>/<dataset>/schemes/regrad.<scheme>.predictions.jsonl`` and ``….metrics.json`` (under
+    ``results/<run>/evaluations/<evaluation>/`` for a named evaluation)."""
+    folder = paths.results_dir(run, evaluation) / dataset / "schemes"
     return folder / f"regrad.{scheme}.predictions.jsonl", folder / f"regrad.{scheme}.metrics.json"
 
 
-def table_file(run: str) -> Path:
-    return paths.results_dir(run) / "schemes.csv"
+def table_file(run: str, evaluation: str | None = None) -> Path:
+    return paths.results_dir(run, evaluation) / "schemes.csv"
 
 
 def evaluate_schemes(run: str, dataset: str, schemes_: Sequence[str], *, split: str = "dev", topk: int = 3,
                      gamma: float = 1.0, limit: int | None = None, device: str = "cpu", overwrite: bool = False,
-                     learner=None) -> list[dict]:
+                     learner=None, evaluation: str | None = None) -> list[dict]:
     """``regrad`` on the ``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>`` bank of each scheme; rows of
     schemes.csv. A scheme already evaluated with the same settings is kept unless ``overwrite``."""
     from . import bank
@@ -46,7 +47,7 @@ def evaluate_schemes(run: str, dataset: str, schemes_: Sequence[str], *, split: 
     get_learner: Callable = evaluate._loader(run, device, learner)
     rows = []
     for name in dict.fromkeys(schemes.parse(s).name for s in schemes_):
-        predictions_file, metrics_file = files(run, dataset, name)
+        predictions_file, metrics_file = files(run, dataset, name, evaluation)
         settings = {"split": split, "limit": limit, "topk": topk, "gamma": gamma, "scheme": name}
         saved = artifacts.read_json(metrics_file) if metrics_file.exists() and not overwrite else {}
         if not saved or any(saved.get(k) != v for k, v in settings.items()):
@@ -61,7 +62,7 @@ def evaluate_schemes(run: str, dataset: str, schemes_: Sequence[str], *, split: 
             artifacts.write_json(metrics_file, saved)       # last: its presence marks the scheme as done
             log.info("%s/regrad [%s]: EM %.1f F1 %.1f NLL %.4f", dataset, name, saved["em"], saved["f1"], saved["nll"])
         rows.append({k: saved[k] for k in FIELDS})
-    evaluate.merge_csv(table_file(run), FIELDS, rows, key=("dataset", "scheme"))
+    evaluate.merge_csv(table_file(run, evaluation), FIELDS, rows, key=("dataset", "scheme"))
     return rows
 
 
@@ -122,18 +123,18 @@ class FrontierTable(analysis._Markdown):
                  "–" if math.isnan(p.ratio) else f"{p.ratio:.3f}", str(p.n)] for p in self.points]
 
 
-def read_table(run: str) -> list[dict]:
+def read_table(run: str, evaluation: str | None = None) -> list[dict]:
     """Rows of ``results/<run>/schemes.csv`` (FileNotFoundError naming 05_evaluate when absent)."""
-    file = table_file(run)
+    file = table_file(run, evaluation)
     if not file.exists():
         raise FileNotFoundError(f"{paths.relative(file)} not found: 05_evaluate writes it when frontier_schemes "
                                 f"names storage schemes (and 04_encode wrote their banks)")
     return evaluate.read_csv(file)
 
 
-def _nlls(run: str, dataset: str, scheme: str) -> dict[str, float]:
+def _nlls(run: str, dataset: str, scheme: str, evaluation: str | None = None) -> dict[str, float]:
     """``{test_id: answer_nll}`` of the scheme's regrad predictions."""
-    path = files(run, dataset, scheme)[0]
+    path = files(run, dataset, scheme, evaluation)[0]
     rows = analysis._read_jsonl(path, f"05_evaluate with frontier_schemes including {scheme!r} (dataset={dataset!r})")
     out = {}
     for i, r in enumerate(rows, start=1):
@@ -144,24 +145,25 @@ def _nlls(run: str, dataset: str, scheme: str) -> dict[str, float]:
     return out
 
 
-def read_frontier(run: str, datasets: Sequence[str], reference: str = REFERENCE) -> FrontierTable | Missing:
+def read_frontier(run: str, datasets: Sequence[str], reference: str = REFERENCE,
+                  evaluation: str | None = None) -> FrontierTable | Missing:
     """Every (dataset, scheme) of schemes.csv for ``datasets``, ordered by size; a :class:`Missing` note if none."""
     try:
-        rows = [r for r in read_table(run) if r["dataset"] in set(datasets)]
+        rows = [r for r in read_table(run, evaluation) if r["dataset"] in set(datasets)]
     except FileNotFoundError as e:
         return Missing(str(e))
     if not rows:
-        return Missing(f"{paths.relative(table_file(run))} has no rows for {list(datasets)}")
+        return Missing(f"{paths.relative(table_file(run, evaluation))} has no rows for {list(datasets)}")
     points = []
     for r in sorted(rows, key=lambda r: (list(datasets).index(r["dataset"]), -r["bytes_per_passage"])):
-        mine, delta, mean_abs = _nlls(run, r["dataset"], r["scheme"]), None, math.nan
+        mine, delta, mean_abs = _nlls(run, r["dataset"], r["scheme"], evaluation), None, math.nan
         if (r["dataset"], reference) in {(x["dataset"], x["scheme"]) for x in rows}:
-            ref = _nlls(run, r["dataset"], reference)
+            ref = _nlls(run, r["dataset"], reference, evaluation)
             delta = effects.paired_difference(mine, ref, r["dataset"], r["scheme"], reference)
             common = [k for k in mine if k in ref and math.isfinite(mine[k]) and math.isfinite(ref[k])]
             mean_abs = sum(abs(mine[k] - ref[k]) for k in common) / len(common)
         try:
-            effect = effects.paired_nll_differences(run, r["dataset"], "regrad", "no_update")
+            effect = effects.paired_nll_differences(run, r["dataset"], "regrad", "no_update", evaluation)
         except FileNotFoundError:
             effect = None
         points.append(FrontierPoint(r["dataset"], r["scheme"], int(r["bytes_per_passage"]), r["em"], r["f1"],

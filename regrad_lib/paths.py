@@ -144,8 +144,8 @@ def question_adapter_dir(run: str, name: str) -> Path:
     return results_dir(run) / "adapters" / name
 
 
-def figures_dir(run: str) -> Path:
-    return results_dir(run) / "figures"
+def figures_dir(run: str, evaluation: str | None = None) -> Path:
+    return results_dir(run, evaluation) / "figures"
 
 
 def executed_notebooks_dir(run: str) -> Path:

@@ -15,10 +15,10 @@ SUMMARY = "dataset,method,em,f1,precision,recall,nll,n\n" + "".join(
     f"popqa,{m},{em},{em},{em},{em},1.0,4\n" for m, em in (("regrad", 75.0), ("shift", 25.0), ("no_update", 25.0)))
 
 
-def write_run(run, rows=ROWS, dataset="popqa", summary=SUMMARY):
-    write_text(analysis.summary_file(run), summary)
+def write_run(run, rows=ROWS, dataset="popqa", summary=SUMMARY, evaluation=None):
+    write_text(analysis.summary_file(run, evaluation), summary)
     for method, items in rows.items():
-        write_jsonl(analysis.predictions_file(run, dataset, method),
+        write_jsonl(analysis.predictions_file(run, dataset, method, evaluation),
                     [{"test_id": k, "question": f"Q {k}?", "answers": ["x"], "prediction": p, "answer_nll": v}
                      for k, (v, p) in items.items()])
 
@@ -150,3 +150,22 @@ def test_probe_relations_reads_the_probe_and_marks_the_held_out_relation(tmp_pat
     assert "sport (held out)" in table.groups
     assert isinstance(effects.probe_relations("p", ["popqa"]), analysis.Missing)
     assert isinstance(effects.probe_relations("p", ["probe"], data_root=str(tmp_path)), analysis.Missing)
+
+
+def test_a_named_evaluation_is_read_instead_of_the_main_results(run):
+    """06_analyze's evaluation parameter: every reader takes results/<run>/evaluations/<name>/, and only it."""
+    other = {m: {k: (v + 1.0 if m == "regrad" else v, "x") for k, (v, _) in items.items()} for m, items in ROWS.items()}
+    write_run(run, other, summary=SUMMARY.replace("75.0", "100.0"), evaluation="alt")
+    main, alt = effects.paired_nll_differences(run, "popqa"), effects.paired_nll_differences(run, "popqa",
+                                                                                             evaluation="alt")
+    assert alt.mean == pytest.approx(main.mean + 1.0) and alt.n == main.n
+    assert effects.paired_em(run, "popqa", evaluation="alt").em_a == 100.0
+    assert effects.paired_em(run, "popqa").em_a == pytest.approx(200 / 3)      # q1..q3 paired: q3 wrong
+    table = effects.effect_table(run, ["popqa"], evaluation="alt")
+    assert table.effects[0].nll == alt
+    assert {s.method: s.em for s in analysis.read_summary(run, ["popqa"], "alt")}["regrad"] == 100.0
+    assert effects.em_by_group(run, "popqa", ["shift"], {"q1": "a"}, evaluation="alt").cells[("a", "shift")][0] == 100.0
+    with pytest.raises(FileNotFoundError, match="evaluations/none"):
+        analysis.read_summary(run, ["popqa"], "none")
+    with pytest.raises(ValueError, match="evaluation"):
+        analysis.AnalyzeConfig(run=run, datasets=["popqa"], evaluation="../up")

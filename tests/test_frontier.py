@@ -48,3 +48,17 @@ def test_frontier_without_a_reference_bank(run):  # noqa: F811
     table = frontier.read_frontier(RUN, [DATASET], reference="bf16")
     assert all(p.delta is None for p in table) and "–" in table.rows()[0]
     assert isinstance(frontier.read_frontier(RUN, ["nq"]), analysis.Missing)
+
+
+def test_a_named_evaluation_keeps_its_scheme_results_apart(run):  # noqa: F811
+    """05_evaluate with evaluation=<name> writes regrad-per-scheme under results/<run>/evaluations/<name>/ and
+    06 reads them from there; the main results are left as they were."""
+    learner, _, _ = run
+    main_table = frontier.table_file(RUN)
+    before = main_table.read_text() if main_table.exists() else None
+    rows = frontier.evaluate_all(RUN, [DATASET], ["int8"], limit=2, learner=learner, evaluation="side")
+    assert frontier.table_file(RUN, "side").is_file() and "evaluations/side" in str(frontier.files(RUN, DATASET,
+                                                                                                   "int8", "side")[0])
+    assert (main_table.read_text() if main_table.exists() else None) == before
+    table = frontier.read_frontier(RUN, [DATASET], evaluation="side")
+    assert [(p.scheme, p.n) for p in table] == [("int8", 2)] and rows[0]["n"] == 2
