@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -113,10 +114,7 @@ def shared_prefix_length(prompt_ids: Sequence[Sequence[int]]) -> int:
     (its last position's logits start decoding); 0 for a single prompt or a prefix too short to pay."""
     if len(prompt_ids) < 2:
         return 0
-    first, limit = prompt_ids[0], min(len(p) for p in prompt_ids) - 1
-    length = 0
-    while length < limit and all(p[length] == first[length] for p in prompt_ids):
-        length += 1
+    length = min(len(os.path.commonprefix([list(p) for p in prompt_ids])), min(map(len, prompt_ids)) - 1)
     return length if length >= MIN_SHARED_PREFIX else 0
 
 

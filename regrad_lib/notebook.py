@@ -64,16 +64,11 @@ def as_counts(name: str, value: Any) -> dict[str, int | None]:
         raise ValueError(f"parameter {name} = {value!r} ({type(value).__name__}) is not a mapping; pass {example}")
     counts: dict[str, int | None] = {}
     for key, count in value.items():
-        if count is None:
-            counts[str(key)] = None
-            continue
-        try:
-            number = int(count)
-        except (TypeError, ValueError):
-            number = -1
-        if isinstance(count, bool) or number < 0 or str(number) != str(count).strip():
+        if isinstance(count, str) and count.strip().isdigit():
+            count = int(count)
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
             raise ValueError(f"parameter {name}: {key} = {count!r} is not a count (a whole number ≥ 0 or None)")
-        counts[str(key)] = number
+        counts[str(key)] = count
     return counts
 
 

@@ -69,6 +69,17 @@ def declared_parameters(notebook: Path) -> set[str]:
     return set(papermill.inspect_notebook(str(notebook)))
 
 
+def declared_by(steps: Sequence[Step], shared: dict[str, Any]) -> dict[str, set[str]]:
+    """Each step's declared parameters (by number); ValueError naming a shared parameter none of them declares."""
+    declared = {s.name[:2]: declared_parameters(s.source) for s in steps}
+    unknown = set(shared) - set().union(*declared.values()) - {"run"}
+    if unknown:
+        known = sorted(set().union(*declared.values()))
+        raise ValueError(f"parameter(s) {sorted(unknown)} are declared by none of the notebooks "
+                         f"{[s.name for s in steps]}; known: {known}")
+    return declared
+
+
 def parameters_for(step: Step, shared: dict[str, Any]) -> dict[str, Any]:
     """The shared parameters this notebook declares in its ``parameters`` cell."""
     declared = declared_parameters(step.source)
@@ -102,11 +113,7 @@ def run(run_name: str, shared: dict[str, Any], steps: str = "01-06", out_dir: Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     shared = {"run": run_name, **shared}
     chosen = select_steps(steps)
-    declared_anywhere = set().union(*(declared_parameters(s.source) for s in chosen))
-    unknown = set(shared) - declared_anywhere - {"run"}
-    if unknown:
-        raise ValueError(f"parameter(s) {sorted(unknown)} are declared by none of the notebooks {[s.name for s in chosen]}; "
-                         f"known: {sorted(declared_anywhere)}")
+    declared_by(chosen, shared)
     outputs = []
     for step in chosen:
         output = out_dir / f"{step.name}.ipynb"
@@ -133,11 +140,8 @@ def run_seeds(run_name: str, shared: dict[str, Any], seeds: Sequence[int], steps
     (``runs/<run>/06_analyze.ipynb``: mean ± spread across them)."""
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds {list(seeds)}: give at least two different seeds, e.g. 42,43,44")
-    chosen = [s.name[:2] for s in select_steps(steps)]
-    declared = {n: declared_parameters(s.source) for n, s in zip(chosen, select_steps(steps))}
-    unknown = set(shared) - set().union(*declared.values()) - {"run"}
-    if unknown:
-        raise ValueError(f"parameter(s) {sorted(unknown)} are declared by none of the notebooks of --steps {steps!r}")
+    declared = declared_by(select_steps(steps), shared)
+    chosen = list(declared)
 
     def mine(phase: list[str], extra: dict[str, Any]) -> dict[str, Any]:
         # each call passes only what its own notebooks declare (01/02 take no preset, the last 06 no limit)

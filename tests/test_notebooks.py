@@ -1,5 +1,5 @@
 """The numbered notebooks as files: one parameters cell first, no outputs stored, quiet logging, and every list
-parameter read through notebook.as_list (papermill's -p passes lists as strings)."""
+(mapping) parameter read through notebook.as_list (as_counts): papermill's -p passes them as strings."""
 
 import ast
 import json
@@ -27,6 +27,10 @@ def test_notebook_hygiene_and_list_parameters(name):
     for parameter in lists:
         assert f'{parameter} = notebook.as_list("{parameter}", {parameter}' in setup or \
             f'notebook.as_list("{parameter}", {parameter})' in setup, f"{name}: list parameter {parameter!r}"
+    for parameter in (node.targets[0].id for node in parameters.body
+                      if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)):
+        assert f'{parameter} = notebook.as_counts("{parameter}", {parameter})' in setup, \
+            f"{name}: mapping parameter {parameter!r}"
     for cell in cells:
         tree = ast.parse("\n".join(line for line in "".join(cell["source"]).splitlines()
                                    if not line.startswith(("%", "!"))))
