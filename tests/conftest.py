@@ -13,8 +13,8 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_model_dir():
-    from regrad_lib import testing
-    return testing.ensure_tiny_model()
+    from regrad_lib import tiny_model
+    return tiny_model.ensure_tiny_model()
 
 
 @pytest.fixture(scope="session")

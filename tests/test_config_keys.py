@@ -133,10 +133,10 @@ def test_peft_keys_at_peft_default_are_accepted(tmp_path):
 def test_model_name_or_path_is_the_model_loaded(tiny_model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="Model 'no-such-model' not found"):
         Learner.create(config.load_preset("tiny", {"learner": {"model_name_or_path": "no-such-model"}}))
-    from regrad_lib import testing
-    other = testing.build_model(1024, seed=9)
+    from regrad_lib import tiny_model
+    other = tiny_model.build_model(1024, seed=9)
     other.save_pretrained(tmp_path / "other")
-    testing.build_tokenizer().save_pretrained(tmp_path / "other")
+    tiny_model.build_tokenizer().save_pretrained(tmp_path / "other")
     a = Learner.create(config.load_preset("tiny"))
     b = Learner.create(config.load_preset("tiny", {"learner": {"model_name_or_path": str(tmp_path / "other")}}))
     name = "model.embed_tokens.weight"

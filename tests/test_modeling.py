@@ -54,8 +54,8 @@ def test_flatten_round_trip(tiny):
 
 
 def test_tiny_model_is_deterministic(tmp_path, tiny_model_dir):
-    from regrad_lib import testing
-    other = testing.ensure_tiny_model(tmp_path / "again")
+    from regrad_lib import tiny_model
+    other = tiny_model.ensure_tiny_model(tmp_path / "again")
     assert (other / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
 
 

@@ -2,7 +2,7 @@ import pytest
 
 from regrad_lib import prompts, tasks
 from regrad_lib.config import LearnerConfig
-from regrad_lib.testing import CHATML_TEMPLATE as CHATML
+from regrad_lib.tiny_model import CHATML_TEMPLATE as CHATML
 
 LLAMA3_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
                    "{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
