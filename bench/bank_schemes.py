@@ -33,7 +33,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from regrad_lib import bank, effects, encode, evaluate, frontier, paths, schemes  # noqa: E402
+from regrad_lib import bank, bank_writer, effects, encode, evaluate, frontier, paths, schemes  # noqa: E402
 from regrad_lib.learner import Learner  # noqa: E402
 
 SCHEMES = ["fp32", "bf16", "int8", "int4", "int4-g128", "int2"]
@@ -92,7 +92,7 @@ def bench_dataset(args, learner: Learner, dataset: str) -> list[dict]:
     for name in args.schemes:
         folder = paths.bank_dir(args.topk, args.run, dataset, args.split, name)
         start = time.perf_counter()
-        with bank.BankWriter.open(folder, bank.header_for(learner, name, **source), overwrite=True,
+        with bank_writer.BankWriter.open(folder, bank.header_for(learner, name, **source), overwrite=True,
                                   config=learner.preset.to_dict()) as writer:
             for ids, vectors in grads:
                 writer.append(ids, vectors)

@@ -6,7 +6,7 @@ Per model, with passages of ``--seq-len`` (150) tokens:
 - ``batched``: ``B`` passages per forward/backward, same steps (per-example LoRA gradients from one pass);
 - ``encode`` (CPU presets): the whole :func:`encode.encode` into a fresh bank (read the augmented file,
   tokenise, length-sort, batch, gradients, shard writes, manifest);
-- ``to_bank`` (``llama-1b-random``): batched gradients appended to a :class:`bank.BankWriter` (shard writes);
+- ``to_bank`` (``llama-1b-random``): batched gradients appended to a :class:`bank_writer.BankWriter` (shard writes);
 - ``bank_bytes``: stored bytes per passage of each storage scheme for the model's layout;
 - ``bank_bytes_1b`` / ``bank_read_1b``: per scheme (``--schemes``), banks of ``--bank-rows`` random rows of the
   Llama-3.2-1B preset's layout (3,932,160 values) written on ``--device`` (encode there, CRC-32s, shards), then
@@ -38,7 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from regrad_lib import artifacts, bank, config, lora, paths, regrad, schemes, testing  # noqa: E402
+from regrad_lib import artifacts, bank, bank_writer, config, lora, paths, regrad, schemes, testing  # noqa: E402
 
 
 
@@ -187,7 +187,7 @@ def bench_model(name: str, args, device: torch.device, work: Path) -> None:
     else:
         head = bank.header(model=name, model_id=name, model_revision=None, preset=testing.PRESET_1B, phi=learner.phi,
                            meta_hash="random", scheme="bf16")
-        writer = bank.BankWriter.open(work / "bank-1b", head, overwrite=True)
+        writer = bank_writer.BankWriter.open(work / "bank-1b", head, overwrite=True)
         dt = time_to_bank(learner, token_batches(learner, records, args.seq_len, b, n), writer)
         emit(name="to_bank", unit="passages/s", value=round(n / dt, 2), n=n, batch=b, speedup=round(n / dt / one, 2),
              note="gradients + bf16 + copy to CPU + shard writes", **common)
@@ -214,7 +214,7 @@ def bench_schemes_1b(work: Path, rows: int, repeat: int, device: torch.device, s
         head = bank.header(model="llama-1b-random", model_id="llama-1b-random", model_revision=None,
                            preset=testing.PRESET_1B, phi=phi, meta_hash="random", scheme=name)
         folder = folders[name] = work / f"bank-1b-{name}"
-        writer = bank.BankWriter.open(folder, head, overwrite=True)
+        writer = bank_writer.BankWriter.open(folder, head, overwrite=True)
         start = time.perf_counter()
         for i, vectors in enumerate(batches):
             writer.append([f"p{i}-{j}" for j in range(len(vectors))], vectors.to(device))

@@ -39,7 +39,6 @@ from .bank_format import (CRC, FORMAT, IDENTITY, MANIFEST, VERSION, BankCorruptE
                           BankFormatError, BankMismatchError, check_rows, check_shard_header, header, ids_checksum,
                           layout_of,
                           rebuild, sha256_file, validate_manifest, where)
-from .bank_writer import DEFAULT_SHARD_BYTES, MAX_SHARD_BYTES, BankWriter  # noqa: F401
 
 log = logging.getLogger(__name__)
 

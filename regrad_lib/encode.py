@@ -23,8 +23,9 @@ from typing import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import bank, config, distributed, lora, paths, prompts, regrad, tasks
-from .learner import Learner, trained_state
+from . import bank, bank_writer, config, distributed, lora, paths, prompts, regrad, tasks
+from .learner import Learner
+from .run_state import trained_state
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def gradient_batches(learner: Learner, items: Sequence[Passage], batch_size: int
 
 def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0, end: int | None = None,
            scheme: str = bank.DEFAULT_SCHEME, batch_size: int = 8, device: str = "cpu", overwrite: bool = False,
-           learner: Learner | None = None, shard_bytes: int = bank.DEFAULT_SHARD_BYTES,
+           learner: Learner | None = None, shard_bytes: int = bank_writer.DEFAULT_SHARD_BYTES,
            allow_unfinished: bool = False) -> Path:
     """Encode the passages of one augmented file into ``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>``.
 
@@ -102,7 +103,7 @@ def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0,
 
 def encode_schemes(run: str, dataset: str, split: str, schemes: Sequence[str], *, topk: int = 3, start: int = 0,
                    end: int | None = None, batch_size: int = 8, device: str = "cpu", overwrite: bool = False,
-                   learner: Learner | None = None, shard_bytes: int = bank.DEFAULT_SHARD_BYTES,
+                   learner: Learner | None = None, shard_bytes: int = bank_writer.DEFAULT_SHARD_BYTES,
                    allow_unfinished: bool = False) -> dict[str, Path]:
     """:func:`encode` into one bank per scheme from ONE gradient computation: ``{scheme: bank folder}``.
 
@@ -127,7 +128,7 @@ def encode_schemes(run: str, dataset: str, split: str, schemes: Sequence[str], *
         return encode_parts(learner, items, targets, heads, batch_size=batch_size, overwrite=overwrite,
                             shard_bytes=shard_bytes)
     with contextlib.ExitStack() as stack:
-        writers = {n: stack.enter_context(bank.BankWriter.open(targets[n], heads[n], overwrite=overwrite,
+        writers = {n: stack.enter_context(bank_writer.BankWriter.open(targets[n], heads[n], overwrite=overwrite,
                                                                shard_bytes=shard_bytes,
                                                                config=learner.preset.to_dict())) for n in names}
         done = {n: w.ids() for n, w in writers.items()}
@@ -140,7 +141,7 @@ def encode_schemes(run: str, dataset: str, split: str, schemes: Sequence[str], *
     return targets
 
 
-def _append(writers: dict[str, bank.BankWriter], done: dict[str, set[str]], ids: list[str],
+def _append(writers: dict[str, bank_writer.BankWriter], done: dict[str, set[str]], ids: list[str],
             vectors: torch.Tensor) -> None:
     """Each scheme's writer gets the rows it lacks (encoded on the device, shards written behind)."""
     for n, writer in writers.items():
@@ -158,7 +159,7 @@ def encode_parts(learner: Learner, items: Sequence[Passage], targets: dict[str, 
     """:func:`encode_schemes` by every process of a job: each encodes its turns of the passages not yet stored (in
     any of the schemes' banks) into a part of its own per scheme (``<bank>/.parts/<attempt>-r<rank>/``, itself a
     bank); after all have finished rank 0 lists every part's shards in each bank's manifest
-    (:meth:`bank.BankWriter.adopt`) and removes the parts.
+    (:meth:`bank_writer.BankWriter.adopt`) and removes the parts.
 
     Until that merge a bank's manifest holds none of the new passages (a new bank has no manifest at all), so
     a job that dies never leaves a bank that opens or verifies as complete; its parts count as done for the next
@@ -175,7 +176,7 @@ def encode_parts(learner: Learner, items: Sequence[Passage], targets: dict[str, 
     wanted = [n for n in targets if any(p.pid not in done[n] for p in mine)]   # a part gets at least one row
     if wanted:
         with contextlib.ExitStack() as stack:
-            writers = {n: stack.enter_context(bank.BankWriter.open(
+            writers = {n: stack.enter_context(bank_writer.BankWriter.open(
                 paths.bank_parts_dir(targets[n]) / f"{prepared[n][0]}-r{job.rank}", heads[n], shard_bytes=shard_bytes,
                 config=config)) for n in wanted}
             bar = stack.enter_context(tqdm(total=len(mine), desc=f"encode {next(iter(targets.values())).parent.name}",
@@ -194,7 +195,7 @@ def _prepare_parts(target: Path, head: dict, overwrite: bool) -> tuple[str, set[
     parts = paths.bank_parts_dir(target)
     if overwrite:
         shutil.rmtree(parts, ignore_errors=True)
-        bank.BankWriter.open(target, head, overwrite=True).abandon()    # manifest and shards removed, nothing written
+        bank_writer.BankWriter.open(target, head, overwrite=True).abandon()    # manifest and shards removed, nothing written
     done: set[str] = set()
     earlier = sorted(p for p in parts.iterdir() if p.is_dir()) if parts.is_dir() else []
     for folder in [target] + earlier:
@@ -213,7 +214,7 @@ def _prepare_parts(target: Path, head: dict, overwrite: bool) -> tuple[str, set[
 
 def _merge_parts(target: Path, head: dict, shard_bytes: int, config: dict) -> None:
     parts = paths.bank_parts_dir(target)
-    with bank.BankWriter.open(target, head, shard_bytes=shard_bytes, config=config) as writer:
+    with bank_writer.BankWriter.open(target, head, shard_bytes=shard_bytes, config=config) as writer:
         for part in sorted(parts.iterdir()) if parts.is_dir() else []:
             if (part / bank.MANIFEST).exists():
                 writer.adopt(part)
@@ -237,7 +238,7 @@ class EncodeSettings:
     device: str = "cpu"
     overwrite: bool = False
     preset: str | None = None          # informational: the run's saved configs are authoritative
-    shard_bytes: int = bank.DEFAULT_SHARD_BYTES
+    shard_bytes: int = bank_writer.DEFAULT_SHARD_BYTES
     allow_unfinished: bool = False     # True: encode with a run whose training did not finish
     missing: list[str] = field(default_factory=list, init=False)
     _loaded: Learner | None = field(default=None, init=False, repr=False, compare=False)
@@ -256,8 +257,8 @@ class EncodeSettings:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.start < 0 or (self.limit is not None and self.limit < 1):
             raise ValueError(f"start={self.start} must be >= 0 and limit={self.limit} None or >= 1")
-        if not 0 < self.shard_bytes <= bank.MAX_SHARD_BYTES:
-            raise ValueError(f"shard_bytes={self.shard_bytes} must be in (0, {bank.MAX_SHARD_BYTES}] "
+        if not 0 < self.shard_bytes <= bank_writer.MAX_SHARD_BYTES:
+            raise ValueError(f"shard_bytes={self.shard_bytes} must be in (0, {bank_writer.MAX_SHARD_BYTES}] "
                              "(shards of at most ~2 GB)")
         trained_state(self.run, self.allow_unfinished)    # every step needs the (finished) run
         for dataset in self.datasets:

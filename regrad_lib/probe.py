@@ -194,7 +194,7 @@ def combined_corpus(base: str | Path, probe_passages: str | Path | None = None) 
     Written once (atomically) and rewritten only when either input changes (their signatures are kept in a
     sidecar), so 01_index reopens its index instead of rebuilding it.
     """
-    from .retrieval import corpus_signature
+    from .retriever import corpus_signature
 
     base, extra = paths.resolve(base), paths.resolve(probe_passages or passages_file())
     for f in (base, extra):

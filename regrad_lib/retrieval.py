@@ -14,7 +14,6 @@ query syntax, so quotes, colons or parentheses in a question are plain text.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import itertools
 import logging
 import os
@@ -23,54 +22,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterable, Literal, Protocol, Sequence, get_args
+from typing import Iterable, Sequence
 
 from . import artifacts, paths
+# the shared interface (re-exported: retrieval.Hit, retrieval.RetrievalError, ... are the public names)
+from .retriever import (BACKENDS, MAX_QUERY_TOKENS, TIE_BREAKER, Backend, Hit, RetrievalError, Retriever,  # noqa: F401
+                        corpus_signature, cut_query, same_corpus)
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["tantivy", "elasticsearch"]
-BACKENDS: tuple[str, ...] = get_args(Backend)
-MAX_QUERY_TOKENS = 256
-TIE_BREAKER = 0.5
 MANIFEST = "regrad_manifest.json"
 BUILD_STATE = "regrad_build.json"
 _FORMAT = 1
 _ANALYZER = "en_bm25"
 ANALYZER_SETTINGS = {"name": _ANALYZER, "tokenizer": "simple", "remove_long": 40, "lowercase": True,
                      "stopwords": "english", "stemmer": "english"}
-
-
-class RetrievalError(RuntimeError):
-    """An index that is missing, incomplete or corrupted, or a search server that cannot be used."""
-
-
-@dataclass(frozen=True)
-class Hit:
-    passage_id: str
-    title: str
-    text: str
-    score: float
-
-
-class Retriever(Protocol):
-    name: str
-    backend: str
-
-    def search(self, queries: Sequence[str], k: int = 3) -> list[list[Hit]]:
-        """The top-``k`` passages of each query, best first."""
-
-    def count(self) -> int:
-        """How many passages the index holds."""
-
-    def describe(self) -> dict:
-        """Provenance (index name, backend, corpus) without credentials."""
-
-
-def cut_query(query: str, max_tokens: int = MAX_QUERY_TOKENS) -> str:
-    """The query's first ``max_tokens`` whitespace tokens (the public setup's 256-token cut)."""
-    tokens = query.split()
-    return " ".join(tokens[:max_tokens])
 
 
 def _check_backend(backend: str) -> None:
@@ -162,23 +128,6 @@ def _schema():
     sb.add_text_field("title", stored=True, tokenizer_name=_ANALYZER, index_option="freq")
     sb.add_text_field("text", stored=True, tokenizer_name=_ANALYZER, index_option="freq")
     return sb.build()
-
-
-def corpus_signature(corpus_path: Path) -> dict:
-    """What identifies a corpus file in a manifest: path (as users write it), size, and a sha256 fingerprint
-    of its first and last MiB (a checkout or a copy changes the mtime, not the content)."""
-    size = corpus_path.stat().st_size
-    digest = hashlib.sha256()
-    with corpus_path.open("rb") as f:
-        digest.update(f.read(1 << 20))
-        f.seek(max(0, size - (1 << 20)))
-        digest.update(f.read(1 << 20))
-    return {"path": paths.relative(corpus_path), "size": size, "fingerprint": digest.hexdigest()[:16]}
-
-
-def same_corpus(a: dict | None, b: dict | None) -> bool:
-    """Two signatures name the same content (the path may differ)."""
-    return bool(a and b) and a.get("size") == b.get("size") and a.get("fingerprint") == b.get("fingerprint")
 
 
 class TantivyRetriever:

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from . import paths
-from .retrieval import MAX_QUERY_TOKENS, TIE_BREAKER, Hit, RetrievalError, corpus_signature, cut_query, same_corpus
+from .retriever import MAX_QUERY_TOKENS, TIE_BREAKER, Hit, RetrievalError, corpus_signature, cut_query, same_corpus
 
 log = logging.getLogger(__name__)
 

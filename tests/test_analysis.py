@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 from regrad_lib import analysis, paths
 from regrad_lib import bank as gradient_bank
+from regrad_lib import bank_writer
 from regrad_lib.artifacts import write_jsonl, write_text
 
 SUMMARY = """dataset,method,em,f1,precision,recall,nll,n
@@ -67,7 +68,7 @@ def write_run(run: str, datasets=("popqa",), sweeps: bool = True, log: bool = Tr
         for dataset, scheme in zip(datasets, ("bf16", "fp32")):
             head = gradient_bank.header(model="tiny-llama", model_id="tiny-llama", model_revision=None,
                                         preset="tiny", phi=phi, meta_hash="m", scheme=scheme)
-            writer = gradient_bank.BankWriter.open(paths.bank_dir(3, run, dataset, "dev", scheme), head,
+            writer = bank_writer.BankWriter.open(paths.bank_dir(3, run, dataset, "dev", scheme), head,
                                                    shard_bytes=2 * 14 * 4)
             writer.append([f"p{i}" for i in range(4)], torch.ones(4, 14))
             writer.close()

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from regrad_lib import bank, lora, paths, schemes
+from regrad_lib import bank, bank_writer, lora, paths, schemes
 
 PHI = {"m.0.lora_A": torch.zeros(2, 3), "m.0.lora_B": torch.zeros(4, 2), "m.1.lora_A": torch.zeros(2, 5),
        "m.1.lora_B": torch.zeros(3, 2)}
@@ -29,7 +29,7 @@ def _vectors(n, seed=0):
 
 
 def _write(path, ids, vectors, scheme="fp32", rows_per_shard=3, **kw):
-    writer = bank.BankWriter.open(path, _head(scheme, **kw), shard_bytes=rows_per_shard * _row_bytes(scheme))
+    writer = bank_writer.BankWriter.open(path, _head(scheme, **kw), shard_bytes=rows_per_shard * _row_bytes(scheme))
     writer.append(ids, vectors)
     return writer.close()
 
@@ -284,19 +284,19 @@ def test_non_finite_values_are_refused_when_written(folder):
     vectors = _vectors(2)
     vectors[1, 3] = float("nan")
     for scheme in ("fp32", "int4"):
-        writer = bank.BankWriter.open(folder.parent / scheme, _head(scheme))
+        writer = bank_writer.BankWriter.open(folder.parent / scheme, _head(scheme))
         with pytest.raises(ValueError, match=r"\['b'\].*" + scheme):
             writer.append(["a", "b"], vectors)
     big = torch.full((1, D), 1e6)
     with pytest.raises(ValueError, match="fp16"):
-        bank.BankWriter.open(folder.parent / "x", _head("fp16")).append(["a"], big)
+        bank_writer.BankWriter.open(folder.parent / "x", _head("fp16")).append(["a"], big)
 
 
 @pytest.mark.parametrize("background", [True, False])
 @pytest.mark.parametrize("scheme", ["fp32", "int4"])
 def test_interrupted_write_leaves_a_consistent_resumable_bank(folder, monkeypatch, background, scheme):
     ids, vectors = [f"p{i}" for i in range(8)], _vectors(8)
-    real = bank.BankWriter._write_shard
+    real = bank_writer.BankWriter._write_shard
     calls = []
 
     def flaky(self, *args):
@@ -305,17 +305,17 @@ def test_interrupted_write_leaves_a_consistent_resumable_bank(folder, monkeypatc
             raise KeyboardInterrupt("power cut")
         real(self, *args)
 
-    monkeypatch.setattr(bank.BankWriter, "_write_shard", flaky)
-    writer = bank.BankWriter.open(folder, _head(scheme), shard_bytes=3 * _row_bytes(scheme), background=background)
+    monkeypatch.setattr(bank_writer.BankWriter, "_write_shard", flaky)
+    writer = bank_writer.BankWriter.open(folder, _head(scheme), shard_bytes=3 * _row_bytes(scheme), background=background)
     with pytest.raises(KeyboardInterrupt):
         writer.append(ids, vectors)
         writer.close()
-    monkeypatch.setattr(bank.BankWriter, "_write_shard", real)
+    monkeypatch.setattr(bank_writer.BankWriter, "_write_shard", real)
     partial = bank.GradientBank.open(folder)
     assert partial.ids() == ids[:3] and partial.verify()["entries"] == 3
     assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*"))
 
-    writer = bank.BankWriter.open(folder, _head(scheme), shard_bytes=3 * _row_bytes(scheme))
+    writer = bank_writer.BankWriter.open(folder, _head(scheme), shard_bytes=3 * _row_bytes(scheme))
     assert writer.ids() == set(ids[:3])
     writer.append(ids[3:], vectors[3:])
     writer.close()
@@ -328,7 +328,7 @@ def test_interrupted_write_leaves_a_consistent_resumable_bank(folder, monkeypatc
 
 @pytest.mark.parametrize("scheme", ["fp32", "int4", "int2"])
 def test_duplicate_ids_are_refused(folder, scheme):
-    writer = bank.BankWriter.open(folder, _head(scheme))
+    writer = bank_writer.BankWriter.open(folder, _head(scheme))
     with pytest.raises(ValueError, match="'a'"):
         writer.append(["a", "a"], _vectors(2))
     writer.append(["a"], _vectors(1))
@@ -355,7 +355,7 @@ def test_stray_files_of_a_crash_are_removed_on_resume(folder):
     (folder / "shard-00001.safetensors").write_bytes(b"half a shard")
     (folder / ".shard-00001.safetensors.x.tmp").write_bytes(b"junk")
     (folder / "shard-w2-00000.safetensors").write_bytes(b"another writer's shard")
-    writer = bank.BankWriter.open(folder, _head(), shard_bytes=3 * _row_bytes("fp32"))
+    writer = bank_writer.BankWriter.open(folder, _head(), shard_bytes=3 * _row_bytes("fp32"))
     writer.append(["d"], _vectors(1, seed=5))
     writer.close()
     b = bank.GradientBank.open(folder)
@@ -365,25 +365,25 @@ def test_stray_files_of_a_crash_are_removed_on_resume(folder):
 
 
 def test_shard_prefix_names_the_files(folder):
-    writer = bank.BankWriter.open(folder, _head(), shard_bytes=2 * _row_bytes("fp32"), prefix="shard-w1")
+    writer = bank_writer.BankWriter.open(folder, _head(), shard_bytes=2 * _row_bytes("fp32"), prefix="shard-w1")
     writer.append(list("abc"), _vectors(3))
     writer.close()
     assert [s["file"] for s in _manifest(folder)["shards"]] == ["shard-w1-00000.safetensors",
                                                                "shard-w1-00001.safetensors"]
     with pytest.raises(ValueError, match="prefix"):
-        bank.BankWriter.open(folder, _head(), prefix="../x")
+        bank_writer.BankWriter.open(folder, _head(), prefix="../x")
 
 
 def test_resume_with_other_settings_is_refused_unless_overwrite(folder):
     _write(folder, ["a"], _vectors(1))
     with pytest.raises(bank.BankMismatchError, match="meta_hash.*overwrite=True"):
-        bank.BankWriter.open(folder, _head(meta_hash="meta-2"))
+        bank_writer.BankWriter.open(folder, _head(meta_hash="meta-2"))
     with pytest.raises(bank.BankMismatchError, match="scheme: bank 'fp32' != now 'int4'.*never mixes"):
-        bank.BankWriter.open(folder, _head(scheme="int4"))
+        bank_writer.BankWriter.open(folder, _head(scheme="int4"))
     _write(folder.parent / "int4", ["a"], _vectors(1), scheme="int4")
     with pytest.raises(bank.BankMismatchError, match="group_size: bank 64 != now 128"):
-        bank.BankWriter.open(folder.parent / "int4", _head(scheme="int4-g128"))
-    writer = bank.BankWriter.open(folder, _head(meta_hash="meta-2"), overwrite=True)
+        bank_writer.BankWriter.open(folder.parent / "int4", _head(scheme="int4-g128"))
+    writer = bank_writer.BankWriter.open(folder, _head(meta_hash="meta-2"), overwrite=True)
     assert writer.ids() == set()
     writer.append(["z"], _vectors(1))
     writer.close()

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from regrad_lib import artifacts, bank, checkpoint, distributed, encode, evaluate, launch, lora, paths, train
+from regrad_lib import artifacts, bank, bank_writer, checkpoint, distributed, encode, evaluate, launch, lora, paths, train
 from regrad_lib.learner import META_STATE, Learner
 
 CITIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Egypt", "Cairo"), ("Peru", "Lima"),
@@ -281,7 +281,7 @@ PHI = {"m.0.lora_A": torch.zeros(2, 3), "m.0.lora_B": torch.zeros(4, 2)}
 def _part(folder, ids, meta_hash="meta-1"):
     head = bank.header(model="tiny-llama", model_id="tiny-llama", model_revision=None, preset="tiny", phi=PHI,
                        meta_hash=meta_hash, scheme="fp32")
-    writer = bank.BankWriter.open(folder, head, shard_bytes=2 * lora.numel(PHI) * 4)
+    writer = bank_writer.BankWriter.open(folder, head, shard_bytes=2 * lora.numel(PHI) * 4)
     writer.append(ids, torch.arange(len(ids) * lora.numel(PHI), dtype=torch.float32).view(len(ids), -1))
     writer.close()
     return head
@@ -295,7 +295,7 @@ def test_parts_merge_once_and_never_mix_weights(tmp_path):
     assert not (target / bank.MANIFEST).exists()          # parts alone are no bank
     attempt, done = encode._prepare_parts(target, head, overwrite=False)
     assert (attempt, done) == ("a002", {"a", "b", "c", "d"})
-    writer = bank.BankWriter.open(target, head)
+    writer = bank_writer.BankWriter.open(target, head)
     assert writer.adopt(parts / "a001-r0") == 3 and writer.adopt(parts / "a001-r0") == 0   # a rerun adds nothing
     assert writer.adopt(parts / "a001-r1") == 1
     writer.close()
@@ -306,6 +306,6 @@ def test_parts_merge_once_and_never_mix_weights(tmp_path):
     with pytest.raises(bank.BankMismatchError, match=r"a002-r0 was encoded with other settings.*overwrite=True"):
         encode._prepare_parts(target, head, overwrite=False)
     with pytest.raises(bank.BankMismatchError, match="meta_hash"):
-        bank.BankWriter.open(target, head).adopt(parts / "a002-r0")
+        bank_writer.BankWriter.open(target, head).adopt(parts / "a002-r0")
     assert encode._prepare_parts(target, head, overwrite=True) == ("a001", set())
     assert not parts.exists() and not (target / bank.MANIFEST).exists() and not list(target.glob("*.safetensors"))

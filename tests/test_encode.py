@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from regrad_lib import artifacts, bank, config, encode, lora, paths, regrad, tasks
+from regrad_lib import artifacts, bank, bank_writer, config, encode, lora, paths, regrad, tasks
 from regrad_lib.learner import META_STATE, TRAIN_SUMMARY, Learner
 
 
@@ -110,7 +110,7 @@ def test_several_schemes_from_one_gradient_computation(learner, dataset, monkeyp
         want = s.decode(s.encode(reference.rows(reference.ids()), b.layout)[0], b.layout)
         assert torch.equal(b.rows(reference.ids()), want)
     # one bank short of passages: only the missing ones are computed, and only that bank gets them
-    bank.BankWriter.open(banks["int8"], bank.header_for(learner, "int8"), overwrite=True).abandon()
+    bank_writer.BankWriter.open(banks["int8"], bank.header_for(learner, "int8"), overwrite=True).abandon()
     encode.encode("enc-test", dataset, "dev", scheme="int8", end=2, learner=learner)
     seen.clear()
     encode.encode_schemes("enc-test", dataset, "dev", ["fp32", "int8"], learner=learner)
@@ -149,7 +149,7 @@ def test_resume_after_interruption_gives_the_same_bank(learner, dataset, monkeyp
     reference = bank.GradientBank.open(whole)
     expected = {p: reference.rows([p])[0] for p in reference.ids()}
 
-    real, calls = bank.BankWriter._write_shard, []
+    real, calls = bank_writer.BankWriter._write_shard, []
 
     def dies_after_first_shard(self, *args):
         if calls:
@@ -157,11 +157,11 @@ def test_resume_after_interruption_gives_the_same_bank(learner, dataset, monkeyp
         calls.append(args)
         real(self, *args)
 
-    monkeypatch.setattr(bank.BankWriter, "_write_shard", dies_after_first_shard)
+    monkeypatch.setattr(bank_writer.BankWriter, "_write_shard", dies_after_first_shard)
     with pytest.raises(RuntimeError, match="killed"):
         encode.encode("enc-test", dataset, "dev", scheme="fp32", batch_size=2, learner=learner, shard_bytes=2 * row,
                       overwrite=True)
-    monkeypatch.setattr(bank.BankWriter, "_write_shard", real)
+    monkeypatch.setattr(bank_writer.BankWriter, "_write_shard", real)
     assert len(bank.GradientBank.open(whole)) == 2
 
     resumed = encode.encode("enc-test", dataset, "dev", scheme="fp32", batch_size=2, learner=learner,
