@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from regrad_lib import bank, config, evaluate, generation, lora, tasks, testing  # noqa: E402
+from regrad_lib import bank, bank_writer, config, evaluate, generation, harness, lora, tasks, testing  # noqa: E402
 from regrad_lib.learner import Learner  # noqa: E402
 
 def emit(**row) -> None:
@@ -82,7 +82,7 @@ def questions(tokenizer, n: int, prompt_len: int, max_prompt_len: int) -> list[s
 def make_bank(learner: Learner, folder: Path, passages: int) -> bank.GradientBank:
     """A real bf16 Gradient Bank of ``passages`` random gradients (the read path is what is measured)."""
     head = bank.header_for(learner, "bf16", bench="inference_bench")
-    writer = bank.BankWriter.open(folder, head, overwrite=True)
+    writer = bank_writer.BankWriter.open(folder, head, overwrite=True)
     numel = lora.numel(learner.phi)
     generator = torch.Generator().manual_seed(1)
     for start in range(0, passages, 16):
@@ -111,7 +111,7 @@ def bench_model(name: str, args) -> None:
     items = [tasks.Task(test_id=i, question=q, answers=("an answer",), passages=(("t", "x"),) * args.topk,
                         passage_ids=tuple(f"p{(i * 7 + j * 13) % npass}" for j in range(args.topk)))
              for i, q in enumerate(texts)]
-    prompt_lens = [len(evaluate._prompt(learner, t, False)) for t in items]
+    prompt_lens = [len(harness.prompt_of(learner, t, False).ids) for t in items]
     with tempfile.TemporaryDirectory(prefix="regrad-bench-") as tmp:
         store = make_bank(learner, Path(tmp) / "bank", npass)
         setup_s = time.perf_counter() - t0

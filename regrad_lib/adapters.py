@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import artifacts, config, paths
-from .learner import META_STATE, trained_state
+from .run_state import META_STATE, trained_state
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def export_question(learner, task, folder: str | Path, *, bank=None, gamma: floa
     The gradients of ``task``'s passages come from ``bank`` (a :class:`regrad_lib.bank.GradientBank`) or, without
     one, are computed on the fly (the same sums). ``gamma`` defaults to the run's ``learner.gamma``.
     """
-    from .evaluate import question_weights
+    from .methods import question_weights
 
     gamma = learner.preset.learner.gamma if gamma is None else gamma
     weights = question_weights(learner, task, bank=bank, gamma=gamma)

@@ -4,7 +4,7 @@ after (``phi'_q``) the update.
 
 The question need not be in any dataset, so its passages come from the index and ``regrad`` takes their
 gradients on the fly (``regrad_online``: the same sums the Gradient Bank would give). Every answer goes through
-the evaluation harness (:func:`regrad_lib.evaluate.run_method`): same prompts, decoding and answer extraction.
+the evaluation harness (:func:`regrad_lib.harness.run_method`): same prompts, decoding and answer extraction.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import evaluate, lora, prompts, retrieval, tasks
+from . import harness, lora, methods, prompts, retrieval, tasks
 from .learner import Learner
 
 METHODS = {"closed_book": "closed_book", "rag": "rag", "regrad": "regrad_online", "no_update": "no_update"}
@@ -80,11 +80,11 @@ def explore(learner: Learner, retriever, question: str, *, topk: int = 3, gamma:
         raise ValueError(f"the index found no passage for {question!r}; try other words")
     task = tasks.Task(0, question.strip(), (answer or "?",), tuple((h.title, h.text) for h in hits),
                       tuple(str(h.passage_id) for h in hits))
-    answers = {label: evaluate.run_method(method, learner, [task], gamma=gamma, topk=topk)[0]["prediction"]
+    answers = {label: harness.run_method(method, learner, [task], gamma=gamma, topk=topk)[0]["prediction"]
                for label, method in METHODS.items()}
     scored = answer if answer else answers["regrad"]
     phi = {n: p.detach() for n, p in learner.phi.items()}
-    adapted = evaluate.question_weights(learner, task, gamma=gamma)
+    adapted = methods.question_weights(learner, task, gamma=gamma)
     tokens, (before, after) = token_probabilities(learner, task.question, scored or "?", [phi, adapted])
     return Exploration(task.question, hits, answers, scored, tokens, {"before": before, "after": after}, gamma,
                        task)

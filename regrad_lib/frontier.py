@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import analysis, artifacts, effects, evaluate, paths, schemes
+from . import analysis, artifacts, effects, harness, lazy_learner, paths, results, schemes, tasks
 from .analysis import Missing
 from .effects import PairedDifference
 
@@ -44,7 +44,7 @@ def evaluate_schemes(run: str, dataset: str, schemes_: Sequence[str], *, split: 
     schemes.csv. A scheme already evaluated with the same settings is kept unless ``overwrite``."""
     from . import bank
 
-    get_learner: Callable = evaluate._loader(run, device, learner)
+    get_learner: Callable = lazy_learner.loader(run, device, learner)
     rows = []
     for name in dict.fromkeys(schemes.parse(s).name for s in schemes_):
         predictions_file, metrics_file = files(run, dataset, name, evaluation)
@@ -53,16 +53,16 @@ def evaluate_schemes(run: str, dataset: str, schemes_: Sequence[str], *, split: 
         if not saved or any(saved.get(k) != v for k, v in settings.items()):
             current = get_learner()
             with bank.open_bank(topk, run, dataset, split, name, learner=current) as store:
-                items = evaluate.load_tasks(dataset, split, topk, limit)
-                out = evaluate.run_method("regrad", current, items, bank=store, gamma=gamma, topk=topk)
-                saved = {**evaluate.score_rows(out), **settings, "dataset": dataset, "method": "regrad",
+                items = tasks.load(dataset, split, topk, end=limit)
+                out = harness.run_method("regrad", current, items, bank=store, gamma=gamma, topk=topk)
+                saved = {**results.score_rows(out), **settings, "dataset": dataset, "method": "regrad",
                          "bytes_per_passage": store.bytes_per_passage, "meta_hash": current.meta_hash(),
                          "provenance": artifacts.provenance({"run": run, "device": str(current.device)})}
             artifacts.write_jsonl(predictions_file, out)
             artifacts.write_json(metrics_file, saved)       # last: its presence marks the scheme as done
             log.info("%s/regrad [%s]: EM %.1f F1 %.1f NLL %.4f", dataset, name, saved["em"], saved["f1"], saved["nll"])
         rows.append({k: saved[k] for k in FIELDS})
-    evaluate.merge_csv(table_file(run, evaluation), FIELDS, rows, key=("dataset", "scheme"))
+    results.merge_csv(table_file(run, evaluation), FIELDS, rows, key=("dataset", "scheme"))
     return rows
 
 
@@ -71,7 +71,7 @@ def evaluate_all(run: str, datasets: Sequence[str], schemes_: Sequence[str], *, 
     """:func:`evaluate_schemes` for every dataset, loading the learner at most once (nothing for no schemes)."""
     if not schemes_:
         return []
-    get_learner = evaluate._loader(run, device, learner)
+    get_learner = lazy_learner.loader(run, device, learner)
     return [r for d in datasets
             for r in evaluate_schemes(run, d, schemes_, device=device, learner=get_learner, **kwargs)]
 
@@ -129,7 +129,7 @@ def read_table(run: str, evaluation: str | None = None) -> list[dict]:
     if not file.exists():
         raise FileNotFoundError(f"{paths.relative(file)} not found: 05_evaluate writes it when frontier_schemes "
                                 f"names storage schemes (and 04_encode wrote their banks)")
-    return evaluate.read_csv(file)
+    return results.read_csv(file)
 
 
 def _nlls(run: str, dataset: str, scheme: str, evaluation: str | None = None) -> dict[str, float]:

@@ -1,0 +1,107 @@
+"""One harness for every method: the same prompts (:func:`prompts.build_prompt`), the same batched greedy decoding
+with the newline stop rule (:mod:`regrad_lib.generation`) and the same answer extraction; only the weights
+(:mod:`regrad_lib.methods`) and whether the passages sit in the prompt differ.
+
+A batch of questions runs with per-row adapted weights ``[batch, ...]`` (batched low-rank matmuls), never one
+question at a time with weights copied in and out. Each row also gets ``answer_nll`` (scored from the prompt's KV
+cache, right after the prefill that decoding uses): the mean token NLL of the first gold answer (label
+`` answer\\n``) under that method's weights and prompt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Sequence
+
+from tqdm.auto import tqdm
+
+from . import distributed, generation, lora, prompts, tasks
+from .methods import SPECS, MethodSpec, check_methods, checked_bank, method_weights
+
+if TYPE_CHECKING:
+    from .learner import Learner
+
+log = logging.getLogger(__name__)
+
+
+def prompt_of(learner: Learner, task: tasks.Task, context: bool) -> prompts.Prompt:
+    """The run's prompt for ``task``, with its passages when ``context``."""
+    return prompts.build_prompt(learner.tokenizer, task.question, task.passages if context else None,
+                                learner.preset.learner)
+
+
+def answer(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, bank=None, gamma: float = 1.0,
+           topk: int = 3, batch_size: int | None = None, nll: bool = True, desc: str = "evaluate") -> list[dict]:
+    """Answer ``items`` as ``spec`` says, in batches sorted by prompt length; rows in the input order."""
+    if spec.source == "bank" and bank is None:
+        raise ValueError("this method reads gradients from a Gradient Bank: pass bank= (bank.open_bank(topk, run, "
+                         "dataset, split, scheme, learner=learner), written by 04_encode)")
+    if bank is not None:
+        checked_bank(bank, learner)
+    items = [tasks.Task(t.test_id, t.question, t.answers, t.passages[:topk], t.passage_ids[:topk]) for t in items]
+    if spec.source in ("bank", "online") and any(not t.passages for t in items):
+        raise ValueError("ReGrad methods need each question's retrieved passages; some tasks have none")
+    pids = [list(t.passage_ids) for t in items]
+    if spec.shift:      # question i takes question i-1's passages; question 0 the last question's
+        pids = pids[-1:] + pids[:-1]
+    used = pids if spec.source in ("bank", "online") else [list(t.passage_ids) if spec.context else [] for t in items]
+    batch_size = batch_size or learner.preset.generation.batch_size
+    built = [prompt_of(learner, t, spec.context) for t in items]
+    prompt_ids = [p.ids for p in built]
+    order = sorted(range(len(items)), key=lambda i: -len(prompt_ids[i]))   # little padding per batch
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    mine = distributed.turns(len(batches))     # a job's processes take turns over the very same batches
+    done: list[list[tuple[int, dict]]] = []
+    model, tok = learner.model, learner.tokenizer
+    max_new = learner.preset.generation.max_new_tokens
+    with tqdm(total=sum(len(batches[b]) for b in mine), desc=desc, unit="question",
+              disable=not distributed.job().main) as bar:
+        for b in mine:
+            index = batches[b]
+            batch = [items[i] for i in index]
+            weights = method_weights(spec, learner, batch, [pids[i] for i in index], bank, gamma)
+            gold = [prompts.answer_ids(tok, t.answer) for t in batch] if nll else None
+            with learner.autocast(), (lora.disabled(model) if spec.base else contextlib.nullcontext()):
+                out = generation.generate(model, tok, [prompt_ids[i] for i in index], max_new_tokens=max_new,
+                                          weights=weights, score_ids=gold, stop=learner.preset.generation.stop)
+            done.append([(i, {"test_id": task.test_id, "question": task.question, "answers": list(task.answers),
+                              "prediction": gen.answer, "generated": gen.text, "passage_ids": used[i],
+                              "answer_nll": gen.answer_nll, "truncated_passages": built[i].truncated})
+                         for i, task, gen in zip(index, batch, out)])
+            bar.update(len(batch))
+    rows: list[dict | None] = [None] * len(items)
+    for i, row in (pair for part in distributed.merge_turns(done, len(batches)) for pair in part):
+        rows[i] = row
+    return rows  # type: ignore[return-value]
+
+
+def run_method(method: str, learner: Learner, items: Sequence[tasks.Task], *, bank=None, gamma: float | None = None,
+               topk: int = 3, batch_size: int | None = None) -> list[dict]:
+    """Answer every task with ``method``; one prediction row per task, in the input order.
+
+    Rows: test_id, question, answers (gold), prediction, generated (raw new text), passage_ids (the passages
+    whose text or gradients were used), answer_nll. ``bank``: a :class:`regrad_lib.bank.GradientBank` for regrad,
+    regrad_icl and shift, checked against ``learner`` (model, LoRA layout, meta weights) however it was opened;
+    every row it serves is checked against its checksum. ``no_update`` ignores ``gamma``; ``gamma=None`` is the
+    run's ``learner.gamma``.
+    """
+    spec = SPECS[check_methods([method])[0]]
+    gamma = learner.preset.learner.gamma if gamma is None else gamma
+    if method == "regrad_icl" and learner.preset.learner.blind_context:
+        log.warning("regrad_icl on a learner meta-trained with blind_context=true: it never saw passages in "
+                    "its prompt during meta-training")
+    return answer(spec, learner, items, bank=bank, gamma=0.0 if method == "no_update" else gamma, topk=topk,
+                  batch_size=batch_size, desc=method)
+
+
+def predict_online(learner: Learner, items: Sequence[tasks.Task], *, gamma: float = 1.0,
+                   batch_size: int | None = None) -> list[str]:
+    """Predictions with on-the-fly gradients (no bank), for training's validation F1.
+
+    The prompt follows the learner's ``blind_context`` (question only, or with its passages as in training).
+    """
+    spec = MethodSpec(base=False, context=not learner.preset.learner.blind_context, source="online")
+    topk = max((len(t.passages) for t in items), default=0)
+    rows = answer(spec, learner, items, gamma=gamma, topk=topk, batch_size=batch_size, nll=False, desc="validate")
+    return [r["prediction"] for r in rows]

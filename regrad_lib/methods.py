@@ -1,0 +1,107 @@
+"""The methods of 05_evaluate and the LoRA weights each answers with (method.md "Baselines", equation 2).
+
+============== ============ ================ ===========================================================
+method         weights      passages in      LoRA weights of question ``q``
+============== ============ ================ ===========================================================
+closed_book    base model   no               none (``lora.disabled``)
+rag            base model   prompt           none
+regrad         meta LoRA    no               ``phi - gamma·alpha ⊙ Σ g_d`` from the Gradient Bank (eq. 2)
+regrad_icl     meta LoRA    prompt           same, for a model meta-trained with ``blind_context = false``
+regrad_online  meta LoRA    no               same, gradients computed on the fly (no bank)
+shift          meta LoRA    no               gradients of question ``q-1``'s passages (question 0: the last's)
+no_update      meta LoRA    no               ``phi`` (gamma = 0)
+============== ============ ================ ===========================================================
+
+A new method is one :class:`MethodSpec` in :data:`SPECS` (docs/design.md, "Where things go"); the harness
+(:mod:`regrad_lib.harness`) answers every method the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Sequence
+
+import torch
+
+from . import generation, regrad, tasks
+
+if TYPE_CHECKING:
+    from .learner import Learner
+
+METHODS = ("closed_book", "rag", "regrad", "regrad_icl", "regrad_online", "shift", "no_update")
+Source = Literal["none", "phi", "bank", "online"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """How a method answers: base model or meta LoRA, passages in the prompt, where the gradients come from."""
+    base: bool
+    context: bool
+    source: Source
+    shift: bool = False
+
+
+SPECS = {
+    "closed_book": MethodSpec(base=True, context=False, source="none"),
+    "rag": MethodSpec(base=True, context=True, source="none"),
+    "regrad": MethodSpec(base=False, context=False, source="bank"),
+    "regrad_icl": MethodSpec(base=False, context=True, source="bank"),
+    "regrad_online": MethodSpec(base=False, context=False, source="online"),
+    "shift": MethodSpec(base=False, context=False, source="bank", shift=True),
+    "no_update": MethodSpec(base=False, context=False, source="phi"),
+}
+
+
+def check_methods(methods: Sequence[str]) -> list[str]:
+    """The method names, validated (a typo names the allowed ones)."""
+    if isinstance(methods, str):
+        methods = [methods]
+    bad = [m for m in methods if m not in SPECS]
+    if bad:
+        raise ValueError(f"Unknown method(s) {bad}; choose from {list(METHODS)}")
+    return list(methods)
+
+
+def needs_bank(methods: Sequence[str]) -> bool:
+    return any(SPECS[m].source == "bank" for m in check_methods(methods))
+
+
+def method_weights(spec: MethodSpec, learner: Learner, batch: Sequence[tasks.Task], pids: Sequence[Sequence[str]],
+                   bank, gamma: float) -> dict[str, torch.Tensor] | None:
+    """The LoRA weights of a batch: None (base model), ``phi`` (shared) or per-row ``phi'_q`` (equation 2)."""
+    if spec.base:
+        return None
+    phi = {n: p.detach() for n, p in learner.phi.items()}
+    if spec.source == "phi":
+        return phi
+    if spec.source == "online":
+        grads = generation.online_gradients(learner, batch)
+    else:
+        grads = bank.sum_many([list(p) for p in pids], learner.device)
+    with torch.no_grad():
+        grads = {n: g.to(device=learner.device, dtype=phi[n].dtype) for n, g in grads.items()}
+        return {n: w.detach() for n, w in regrad.apply_update(phi, grads, learner.alpha, gamma).items()}
+
+
+def require_bank(bank):
+    """``bank`` if it is a :class:`regrad_lib.bank.GradientBank`, else a TypeError saying how to open one."""
+    from .bank import GradientBank
+
+    if not isinstance(bank, GradientBank):
+        raise TypeError(f"bank= must be a regrad_lib.bank.GradientBank (bank.open_bank(topk, run, dataset, split, "
+                        f"scheme, learner=learner)), not {type(bank).__name__}")
+    return bank
+
+
+def checked_bank(bank, learner: Learner):
+    """``bank`` after the same model / LoRA layout / meta-weights checks as ``open_bank(learner=...)``."""
+    return require_bank(bank).check(learner)
+
+
+def question_weights(learner: Learner, task: tasks.Task, *, bank=None, gamma: float = 1.0) -> dict[str, torch.Tensor]:
+    """One question's ``phi'_q`` (equation 2, 2-D tensors): its passages' gradients from ``bank``, or online."""
+    spec = SPECS["regrad" if bank is not None else "regrad_online"]
+    if bank is not None:
+        checked_bank(bank, learner)
+    rows = method_weights(spec, learner, [task], [list(task.passage_ids)], bank, gamma)
+    return {n: w[0] for n, w in rows.items()}
