@@ -6,22 +6,18 @@ writes ``outputs/<run>/``: the four configs, ``meta_state.safetensors`` (the bes
 ``train_request.json``, ``checkpoint/`` (resume), ``adapter/`` (the selected ``phi`` as a PEFT LoRA adapter)
 and, last, ``train_summary.json`` (the run is finished).
 
-The validation slice for checkpoint selection is held out of the *training* tasks (seeded), never the dev
-file that 05_evaluate reports (method.md, "Known flaws").
+This module is the loop: one meta step, one validation pass, the notebook's settings. The tasks and the
+validation slice are :mod:`regrad_lib.train_data`, the optimizer and schedule :mod:`regrad_lib.schedule`, the run
+folder (request, log, resume or keep, checkpoint selection, summary) :mod:`regrad_lib.run_folder`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -29,98 +25,23 @@ from tqdm.auto import tqdm
 
 from . import adapters, artifacts, checkpoint, config, distributed, metrics, paths, regrad
 from . import tasks as tasks_mod
-from .learner import META_STATE, TRAIN_SUMMARY, Learner
+from .learner import Learner
+# the public names of training, re-exported so that notebooks and scripts need one import
+from .run_folder import (LOG, REQUEST, SUMMARY, append_log, is_better, kept_summary, learned_alpha,  # noqa: F401
+                         prepare, read_log, request_of, summary_of)
+from .run_state import META_STATE
+from .schedule import group_rates, learning_rate, make_optimizer, optimizer_step, total_steps  # noqa: F401
 from .tasks import Task
+from .train_data import TrainData, describe, epoch_order, load_tasks, split_tasks  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-LOG = "training_log.jsonl"
-SUMMARY = TRAIN_SUMMARY
-REQUEST = "train_request.json"
-# Train args that may change between an interrupted run and its resumption (they do not change the math).
-RESUMABLE_CHANGES = {"eval_steps", "save_steps", "logging_steps", "on_nonfinite"}
 
 
 class NonFiniteError(FloatingPointError):
     """A meta step produced a NaN/inf loss or gradient; the message names the step and the tasks."""
 
 
-# --- data ------------------------------------------------------------------------------------------------------
-
-@dataclass
-class TrainData:
-    """The shuffled training tasks and the held-out validation slice."""
-    train: list[Task]
-    validation: list[Task]
-
-    def fingerprint(self) -> str:
-        ids = [[[t.extra.get("dataset"), t.test_id, t.question] for t in part] for part in (self.train, self.validation)]
-        return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
-
-
-def load_tasks(train_datasets: Sequence[str], train_file: str, topk: int) -> list[Task]:
-    """Every record of ``data/augmented/<dataset>/<train_file>.json`` as a :class:`Task` (dataset in ``extra``)."""
-    if isinstance(train_datasets, str):
-        raise TypeError(f"train_datasets={train_datasets!r}: give a list of dataset names, e.g. [{train_datasets!r}]")
-    if not train_datasets:
-        raise ValueError("train_datasets is empty: name at least one dataset, e.g. ['popqa', 'hotpotqa']")
-    out = []
-    for dataset in train_datasets:
-        out += [dataclasses.replace(task, extra={"dataset": dataset})
-                for task in tasks_mod.load(dataset, train_file, topk)]
-    return out
-
-
-def split_tasks(all_tasks: list[Task], validation_size: int, seed: int,
-                max_train_tasks: int | None = None) -> TrainData:
-    """Mix and shuffle (seeded); the first ``validation_size`` are the validation slice, then ``max_train_tasks``."""
-    if validation_size >= len(all_tasks):
-        raise ValueError(f"validation_size={validation_size} but only {len(all_tasks)} training tasks: lower "
-                         "train_args validation_size or augment more training questions")
-    order = list(range(len(all_tasks)))
-    random.Random(seed).shuffle(order)
-    validation = [all_tasks[i] for i in order[:validation_size]]
-    train = [all_tasks[i] for i in order[validation_size:]]
-    return TrainData(train[:max_train_tasks] if max_train_tasks else train, validation)
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The task order of one epoch (reproducible from the seed and the epoch number)."""
-    order = list(range(n))
-    random.Random(seed * 100_003 + epoch).shuffle(order)
-    return order
-
-
-def describe(tasks: Sequence[Task], limit: int = 8) -> str:
-    shown = [f"{t.extra.get('dataset', '?')}:{t.test_id} {t.question[:60]!r}" for t in tasks[:limit]]
-    return "; ".join(shown) + (f"; ... ({len(tasks) - limit} more)" if len(tasks) > limit else "")
-
-
-# --- schedule ----------------------------------------------------------------------------------------------
-
-def learning_rate(step: int, args: config.TrainArgs, total_steps: int, base: float | None = None) -> float:
-    """The lr of optimizer step ``step`` (0-based), as torch's SequentialLR of the public code computes it:
-    LinearLR from ``warmup_start_factor`` over ``int(warmup_ratio * total_steps)`` steps, then a linear decay
-    to 0 or a cosine decay to ``eta_min`` over the remaining steps. ``base``: the peak lr (default
-    ``learning_rate``; the step sizes' group passes ``alpha_learning_rate``)."""
-    warmup = int(args.warmup_ratio * total_steps)
-    base = args.learning_rate if base is None else base
-    if step < warmup:
-        return base * (args.warmup_start_factor + (1.0 - args.warmup_start_factor) * step / warmup)
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    if args.lr_scheduler_type == "linear":
-        return base * (1.0 - progress)
-    return args.eta_min + (base - args.eta_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def total_steps(n_train: int, args: config.TrainArgs) -> tuple[int, int]:
-    """(optimizer steps in all, steps per epoch); the last meta batch of an epoch may be smaller."""
-    per_epoch = math.ceil(n_train / args.meta_batch_size)
-    return (args.max_steps or per_epoch * args.num_train_epochs), per_epoch
-
-
 # --- one meta step and one evaluation ---------------------------------------------------------------------
-
 def _chunks(items: list, size: int):
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -136,36 +57,6 @@ def chunk_losses(learner: Learner, tb: regrad.TaskBatch) -> torch.Tensor:
         return regrad.passage_losses(learner.model, learner.phi, tb, precision=learner.precision)
     return regrad.meta_losses(learner.model, learner.phi, learner.alpha, tb, first_order=cfg.first_order,
                               precision=learner.precision)
-
-
-def make_optimizer(learner: Learner) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
-    """AdamW over two groups: the LoRA weights phi (``learning_rate``) and the learned step sizes alpha
-    (``alpha_learning_rate``, default the same); returns it and the list of all its parameters (for clipping)."""
-    args = learner.preset.train
-    phi = list(learner.phi.values())
-    alpha = [p for p in learner.alpha.parameters() if p.requires_grad]
-    groups = [{"params": phi, "name": "phi"}] + ([{"params": alpha, "name": "alpha"}] if alpha else [])
-    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  eps=args.adam_epsilon, weight_decay=args.weight_decay)
-    return optimizer, phi + alpha
-
-
-def group_rates(step: int, args: config.TrainArgs, total_steps: int) -> dict[str, float]:
-    """The lr of each parameter group at ``step``: the same schedule, each group from its own peak."""
-    alpha_base = args.learning_rate if args.alpha_learning_rate is None else args.alpha_learning_rate
-    return {"phi": learning_rate(step, args, total_steps), "alpha": learning_rate(step, args, total_steps, alpha_base)}
-
-
-def optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], max_grad_norm: float,
-                   lr: float | dict[str, float]) -> float:
-    """Clip the accumulated gradient over phi + alpha and step at ``lr`` (one value, or one per group name);
-    returns the norm before clipping. A non-finite norm is returned without stepping (the weights stay)."""
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
-    if math.isfinite(grad_norm):
-        for group in optimizer.param_groups:
-            group["lr"] = lr[group.get("name", "phi")] if isinstance(lr, dict) else lr
-        optimizer.step()
-    return grad_norm
 
 
 def meta_step(learner: Learner, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], batch: list[Task],
@@ -227,7 +118,7 @@ def evaluate(learner: Learner, validation: list[Task], generate: bool = True) ->
     losses = [v for part in distributed.merge_turns(mine, len(chunks)) for v in part]
     out = {"eval_loss": _finite(sum(losses) / len(losses)), "eval_em": None, "eval_f1": None, "n": len(validation)}
     if generate:
-        from .evaluate import predict_online  # evaluate imports the learner stack; keep train importable alone
+        from .harness import predict_online  # the answering stack loads only when validation generates
 
         predictions = predict_online(learner, validation, gamma=1.0)
         scores = metrics.aggregate(metrics.score(p, list(t.answers)) for p, t in zip(predictions, validation))
@@ -235,16 +126,7 @@ def evaluate(learner: Learner, validation: list[Task], generate: bool = True) ->
     return out
 
 
-def _better(row: dict, best: dict | None, metric: str) -> bool:
-    """F1 higher (ties broken by lower loss) or loss lower; a missing F1 falls back to the loss."""
-    def key(r):
-        loss = r["eval_loss"] if r["eval_loss"] is not None else math.inf
-        return (-r["eval_f1"], loss) if metric == "f1" and r["eval_f1"] is not None else (loss,)
-    return best is None or key(row) < key(best)
-
-
 # --- notebook helpers --------------------------------------------------------------------------------
-
 def configure(preset: str, *, blind_context: bool | None = None, seed: int | None = None,
               max_steps: int | None = None, limit: int | None = None,
               init_adapter: str | None = None) -> config.Preset:
@@ -292,100 +174,7 @@ def run(settings: TrainSettings) -> dict:
                  device=settings.device, overwrite=settings.overwrite)
 
 
-def learned_alpha(run: str) -> dict[str, float]:
-    """The selected step sizes of ``outputs/<run>/meta_state.safetensors``, per LoRA tensor (mean for ``full``)."""
-    from safetensors.torch import load_file
-
-    path = paths.output_dir(run) / META_STATE
-    if not path.is_file():
-        raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 03_train (run={run!r})")
-    return {k[len("alpha."):].replace("__", "."): float(v.float().mean())
-            for k, v in load_file(str(path)).items() if k.startswith("alpha.")}
-
-
-# --- artifacts -----------------------------------------------------------------------------------------
-
-def read_log(run: str) -> list[dict]:
-    """The rows of ``outputs/<run>/training_log.jsonl``; a last line cut short (a full disk) is dropped."""
-    path = paths.output_dir(run) / LOG
-    if not path.is_file():
-        raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 03_train (run={run!r})")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    rows = []
-    for number, line in enumerate(lines, 1):
-        try:
-            rows += [json.loads(line)] if line.strip() else []
-        except json.JSONDecodeError as e:
-            if number < len(lines):
-                raise ValueError(f"{paths.relative(path)}: line {number} is not valid JSON ({e.msg})") from None
-            log.warning("%s: dropped its last line, cut short: %r", paths.relative(path), line[:80])
-    return rows
-
-
-def _append(path: Path, row: dict) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def _request(preset: config.Preset, train_datasets: Sequence[str], train_file: str) -> dict:
-    return {"train_datasets": list(train_datasets), "train_file": train_file,
-            "preset": {k: v for k, v in preset.to_dict().items() if k != "name"}}
-
-
-def _changed_settings(folder: Path, request: dict) -> list[str]:
-    """Settings of ``request`` that differ from the run saved in ``folder`` (generation and logging may change)."""
-    saved = artifacts.read_json(folder / REQUEST)
-    diffs = [k for k in ("train_datasets", "train_file") if saved.get(k) != request[k]]
-    for section, values in request["preset"].items():
-        old = saved["preset"].get(section, {})
-        diffs += [f"{section}.{k}" for k, v in values.items() if old.get(k) != v
-                  and not (section == "generation" or (section == "train" and k in RESUMABLE_CHANGES))]
-    return diffs
-
-
-def _check_resumable(folder: Path, request: dict) -> None:
-    diffs = _changed_settings(folder, request)
-    if diffs:
-        raise ValueError(f"{paths.relative(folder)} holds an unfinished run with other settings ({', '.join(diffs)}); "
-                         "use the same settings to resume it, overwrite=True to start again, or another run name")
-
-
-def _finished(folder: Path, request: dict) -> dict | None:
-    """The saved summary of a finished run with these settings (kept, as a re-run pipeline expects), else None."""
-    if not (folder / SUMMARY).exists():
-        return None
-    diffs = _changed_settings(folder, request) if (folder / REQUEST).exists() else ["(no saved request)"]
-    if diffs:
-        raise FileExistsError(f"{paths.relative(folder)} is a finished training run with other settings "
-                              f"({', '.join(diffs)}); pass overwrite=True to train it again, or choose another run name")
-    log.info("%s is a finished run with these settings: kept (overwrite=True trains it again)", paths.relative(folder))
-    return {**artifacts.read_json(folder / SUMMARY), "status": "kept"}
-
-
-def _prepare_folder(folder: Path, request: dict, overwrite: bool, resume: bool) -> bool:
-    """Make ``folder`` ready; True when an unfinished run will be resumed from its checkpoint."""
-    if (folder / SUMMARY).exists() and not overwrite:
-        raise FileExistsError(f"{paths.relative(folder)} is a finished training run ({SUMMARY}); pass "
-                              "overwrite=True to train it again, or choose another run name")
-    if folder.exists() and any(folder.iterdir()):
-        if overwrite:
-            log.info("overwrite=True: removing %s", paths.relative(folder))
-            shutil.rmtree(folder)
-        elif not checkpoint.recover(folder):   # interrupted before its first complete checkpoint
-            log.info("%s holds no complete checkpoint: starting the run again", paths.relative(folder))
-            shutil.rmtree(folder)
-        elif resume and (folder / REQUEST).exists():
-            _check_resumable(folder, request)
-            return True
-        else:
-            raise FileExistsError(f"{paths.relative(folder)} holds an unfinished run: resume=True continues it, "
-                                  "overwrite=True starts again")
-    folder.mkdir(parents=True, exist_ok=True)
-    return False
-
-
 # --- the training loop ---------------------------------------------------------------------------------
-
 def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], *, train_file: str = "train_all",
           device: str = "cpu", limit: int | None = None, overwrite: bool = False, resume: bool = True) -> dict:
     """Meta-train on the augmented training tasks; returns the summary (also ``train_summary.json``).
@@ -400,13 +189,13 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
         preset = preset.replace(train={"max_train_tasks": limit})
     args = preset.train
     folder = paths.output_dir(run)
-    request = _request(preset, train_datasets, train_file)
+    request = request_of(preset, train_datasets, train_file)
     data = split_tasks(load_tasks(train_datasets, train_file, args.topk), args.validation_size, args.seed,
                        args.max_train_tasks)
-    kept = None if overwrite else distributed.on_main(_finished, folder, request)
+    kept = None if overwrite else distributed.on_main(kept_summary, folder, request)
     if kept is not None:
         return kept
-    resuming = distributed.on_main(_prepare_folder, folder, request, overwrite, resume)
+    resuming = distributed.on_main(prepare, folder, request, overwrite, resume)
     main = distributed.job().main
 
     random.seed(args.seed)
@@ -448,13 +237,13 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
     def run_eval(step: int) -> None:
         row = {"kind": "eval", "step": step,
                **evaluate(learner, data.validation, generate=args.metric_for_best_model == "f1")}
-        row["best"] = _better(row, state["best"], args.metric_for_best_model)
+        row["best"] = is_better(row, state["best"], args.metric_for_best_model)
         if row["best"]:
             state["best"] = {k: row[k] for k in ("step", "eval_loss", "eval_em", "eval_f1")}
             if main:
                 learner.save(folder / META_STATE)
         if main:
-            _append(log_path, row)
+            append_log(log_path, row)
         log.info("step %d: validation loss %s, F1 %s%s", step, row["eval_loss"], row["eval_f1"],
                  " (best)" if row["best"] else "")
 
@@ -491,7 +280,7 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
                 bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
             bar.update(1)
             if main and (problem is not None or state["step"] % args.logging_steps == 0 or state["step"] == n_steps):
-                _append(log_path, {
+                append_log(log_path, {
                     "kind": "train", "step": state["step"], "loss": _finite(loss) if problem is None else None,
                     "lr": rates["phi"], "alpha_lr": rates["alpha"], "grad_norm": _finite(grad_norm), "tasks_seen": state["tasks_seen"],
                     "epoch": round(state["step"] / per_epoch, 4),
@@ -515,7 +304,7 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
     def finish() -> dict:
         if not data.validation:
             learner.save(folder / META_STATE)
-        summary = _summary(run, preset, train_datasets, train_file, data, state, read_log(run), elapsed())
+        summary = summary_of(run, preset, train_datasets, train_file, data, state, read_log(run), elapsed())
         adapters.export_run(run, allow_unfinished=True)   # the selected phi as a PEFT adapter (before the summary)
         artifacts.write_json(folder / SUMMARY, summary)
         return summary
@@ -523,18 +312,3 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
     summary = distributed.on_main(finish)
     log.info("meta-training done: %s", summary)
     return summary
-
-
-def _summary(run, preset, train_datasets, train_file, data, state, rows, wall) -> dict:
-    train_rows = [r for r in rows if r["kind"] == "train" and r["loss"] is not None]
-    evals = [r for r in rows if r["kind"] == "eval"]
-    return {"run": run, "preset": preset.name, "train_datasets": list(train_datasets), "train_file": train_file,
-            "steps": state["step"], "tasks": state["tasks_seen"], "train_tasks": len(data.train),
-            "validation_tasks": len(data.validation),
-            "first_loss": train_rows[0]["loss"] if train_rows else None,
-            "last_loss": train_rows[-1]["loss"] if train_rows else None,
-            "first_eval": evals[0] if evals else None, "last_eval": evals[-1] if evals else None,
-            "best_eval": state["best"], "metric_for_best_model": preset.train.metric_for_best_model,
-            "skipped_nonfinite": state["skipped_nonfinite"], "truncated_prompts": state.get("truncated_prompts", 0),
-            "wall_s": wall,
-            "tasks_per_s": round(state["tasks_seen"] / wall, 4) if wall else None}
