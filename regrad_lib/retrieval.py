@@ -292,14 +292,23 @@ class TantivyRetriever:
         return t.Query.disjunction_max_query(per_field, tie_breaker=TIE_BREAKER)
 
     def _search_one(self, query: str, k: int) -> list[Hit]:
+        """The top ``k`` by score, equal scores by passage id: the order must not depend on which segment a
+        passage landed in (indexing threads), or two builds of one corpus retrieve differently at ties."""
         q = self._query(query)
         if q is None:
             return []
+        limit = k
+        while True:
+            hits = self._searcher.search(q, limit, count=False).hits
+            # a tie at the k-th score may continue past the limit: widen until the last hit scores lower
+            if len(hits) < limit or hits[-1][0] < hits[k - 1][0]:
+                break
+            limit *= 2
         out = []
-        for score, address in self._searcher.search(q, k, count=False).hits:
+        for score, address in hits:
             doc = self._searcher.doc(address)
             out.append(Hit(doc["id"][0], doc["title"][0], doc["text"][0], float(score)))
-        return out
+        return sorted(out, key=lambda h: (-h.score, h.passage_id))[:k]
 
     def search(self, queries: Sequence[str], k: int = 3) -> list[list[Hit]]:
         if isinstance(queries, str):

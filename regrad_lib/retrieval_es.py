@@ -104,8 +104,10 @@ def bulk_operations(passages: Iterable, index: str) -> list[dict]:
 
 
 def search_body(query: str, k: int) -> dict:
+    """One query; equal scores ordered by passage id (as the embedded backend), not by shard or segment."""
     return {"query": {"multi_match": {"query": cut_query(query, MAX_QUERY_TOKENS), "type": "best_fields",
                                       "fields": ["title", "text"], "tie_breaker": TIE_BREAKER}},
+            "sort": [{"_score": "desc"}, {"id": "asc"}], "track_scores": True,
             "size": k, "_source": ["id", "title", "text"]}
 
 

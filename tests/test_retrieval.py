@@ -59,6 +59,19 @@ def test_title_counts_and_best_field_wins(small):
     assert ids(r.search(["Paris"], k=2)[0]) == ["3", "5"]
 
 
+def test_equal_scores_are_ordered_by_passage_id_whatever_the_corpus_order(work):
+    # seven copies of one passage (equal BM25 scores) around a better one: the top 3 are the best, then the two
+    # smallest ids, for any corpus order and segment layout (a tie at the k-th score is widened, then cut)
+    twins = [(f"t{i}", "Harbour", "The old harbour of Valletta is deep.") for i in (5, 2, 7, 1, 6, 3, 4)]
+    best = ("b9", "Valletta harbour", "Valletta harbour: the old harbour of Valletta is deep, Valletta.")
+    for name, rows in (("ties-a", twins + [best]), ("ties-b", [best] + twins[::-1])):
+        index = retrieval.build(write_tsv(work / f"{name}.tsv", rows), name, commit_every=3)
+        hits = index.search(["old harbour of Valletta"], k=3)[0]
+        assert ids(hits) == ["b9", "t1", "t2"], name
+        assert hits[1].score == hits[2].score
+        assert ids(index.search(["old harbour of Valletta"], k=8)[0]) == ["b9"] + [f"t{i}" for i in range(1, 8)]
+
+
 def test_stemming_and_stop_words(small):
     r = retrieval.build(small, "small")
     assert r.terms("The running dogs") == ["run", "dog"]

@@ -39,6 +39,7 @@ def test_msearch_body_and_query_cut():
     assert body[0] == {"index": "wiki"}
     assert body[1] == {"query": {"multi_match": {"query": 'Who wrote "Hamlet"?', "type": "best_fields",
                                                  "fields": ["title", "text"], "tie_breaker": 0.5}},
+                       "sort": [{"_score": "desc"}, {"id": "asc"}], "track_scores": True,
                        "size": 3, "_source": ["id", "title", "text"]}
     assert body[2] == {"index": "wiki"}
     assert body[3]["query"]["multi_match"]["query"] == " ".join(f"w{i}" for i in range(256))
