@@ -228,10 +228,10 @@ def online_gradients(learner, batch: Sequence[tasks.Task]) -> Weights:
 
 
 def answer_nll(learner, batch: Sequence[tasks.Task], weights: Weights | None, context: bool) -> list[float]:
-    """Mean token NLL of each task's first gold answer (`` answer\\n``, ``L_ans``) under ``weights``
+    """Mean token NLL of each task's first gold answer (:func:`prompts.answer_ids`, ``L_ans``) under ``weights``
     (None: the base model) and the prompt with or without its passages: one full forward of prompt + answer
     (the reference for :func:`generate`'s ``score_ids``, which reuses the prompt's cache)."""
-    tokens = tasks.qa_batch(learner.tokenizer, batch, learner.preset.learner, with_context=context)
+    tokens = tasks.qa_batch(learner.tokenizer, batch, learner.preset.learner, with_context=context, stage="eval")
     use = lora.disabled(learner.model) if weights is None else lora.use(learner.model, weights)
     with torch.no_grad(), learner.autocast(), use:
         return regrad.token_losses(learner.model, tokens.to(learner.device)).float().tolist()
