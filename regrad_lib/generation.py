@@ -9,7 +9,7 @@ an end-of-sequence token); finished rows leave the batch (their cache rows and L
 loop ends when every row is finished or after ``max_new_tokens``.
 
 When every row runs the same weights (the base model or a shared ``phi``), the prompts' common token prefix
-(the chat header, the instruction and the worked examples: 216 of the demo's ~600 RAG prompt tokens) is run once
+(the chat header, the instruction and the worked example: 103 of the demo's ~370–450 RAG prompt tokens) is run once
 and its KV cache repeated over the batch; each row's rest is left-padded after it (positions continue from the
 prefix, padding masked), so the answers are those of the unshared prefill up to float rounding.
 """
