@@ -26,6 +26,7 @@ BestMetric = Literal["f1", "loss"]
 PassageFormat = Literal["text", "title_text"]
 PromptStyle = Literal["instruct", "example"]
 ContextOrder = Literal["rank", "reversed"]
+PromptPassages = Literal["whole", "as_gradient"]
 
 FILES = {"peft": "peft_config.json", "learner": "learner_config.json", "train": "train_args.json",
          "generation": "generation_config.json"}
@@ -141,6 +142,7 @@ class LearnerConfig:
     passage_format: PassageFormat = "text"   # "text": the passage alone (public code); "title_text": "title: text"
     prompt_style: PromptStyle = "instruct"   # "example": + worked questions/answers in the chat (small models)
     context_order: ContextOrder = "rank"     # passages in the prompt: best first (public), or "reversed": best last
+    prompt_passages: PromptPassages = "whole"   # "whole" (public); "as_gradient": cut as the gradient's passage
     chat_date: str = "26 Jul 2024"   # date_string given to chat templates that print a date (Llama 3.x's default)
     init_adapter: str | None = None  # a PEFT LoRA adapter folder to start phi from (a warm start); None: fresh
 
@@ -150,6 +152,7 @@ class LearnerConfig:
         _check_literal(self, "passage_format", get_args(PassageFormat))
         _check_literal(self, "prompt_style", get_args(PromptStyle))
         _check_literal(self, "context_order", get_args(ContextOrder))
+        _check_literal(self, "prompt_passages", get_args(PromptPassages))
         if not self.chat_date.strip():
             raise ConfigError("LearnerConfig.chat_date is empty: give a fixed date such as '26 Jul 2024' (templates "
                               "that print a date would otherwise print today's, and prompts would change by the day)")

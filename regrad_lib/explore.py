@@ -51,8 +51,8 @@ def _mean(values: list[float]) -> float:
 
 def token_probabilities(learner: Learner, question: str, answer: str,
                         weights: list[dict[str, torch.Tensor]]) -> tuple[list[str], list[list[float]]]:
-    """The answer's tokens (`` answer\\n``, as in training) and each token's probability under each of ``weights``
-    (question-only prompt), all weight sets in one batched forward."""
+    """The answer's tokens (`` answer`` + the end-of-turn token, as in training) and each token's probability under
+    each of ``weights`` (question-only prompt), all weight sets in one batched forward."""
     tok = learner.tokenizer
     scored = tasks.Task(0, question, (answer,))
     batch = tasks.qa_batch(tok, [scored] * len(weights), learner.preset.learner, with_context=False).to(learner.device)

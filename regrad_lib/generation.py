@@ -9,7 +9,7 @@ an end-of-sequence token); finished rows leave the batch (their cache rows and L
 loop ends when every row is finished or after ``max_new_tokens``.
 
 When every row runs the same weights (the base model or a shared ``phi``), the prompts' common token prefix
-(the chat header, the instruction and the worked examples: 216 of the demo's ~600 RAG prompt tokens) is run once
+(the chat header, the instruction and the worked example: 103 of the demo's ~370–450 RAG prompt tokens) is run once
 and its KV cache repeated over the batch; each row's rest is left-padded after it (positions continue from the
 prefix, padding masked), so the answers are those of the unshared prefill up to float rounding.
 """
@@ -228,10 +228,10 @@ def online_gradients(learner, batch: Sequence[tasks.Task]) -> Weights:
 
 
 def answer_nll(learner, batch: Sequence[tasks.Task], weights: Weights | None, context: bool) -> list[float]:
-    """Mean token NLL of each task's first gold answer (`` answer\\n``, ``L_ans``) under ``weights``
+    """Mean token NLL of each task's first gold answer (:func:`prompts.answer_ids`, ``L_ans``) under ``weights``
     (None: the base model) and the prompt with or without its passages: one full forward of prompt + answer
     (the reference for :func:`generate`'s ``score_ids``, which reuses the prompt's cache)."""
-    tokens = tasks.qa_batch(learner.tokenizer, batch, learner.preset.learner, with_context=context)
+    tokens = tasks.qa_batch(learner.tokenizer, batch, learner.preset.learner, with_context=context, stage="eval")
     use = lora.disabled(learner.model) if weights is None else lora.use(learner.model, weights)
     with torch.no_grad(), learner.autocast(), use:
         return regrad.token_losses(learner.model, tokens.to(learner.device)).float().tolist()

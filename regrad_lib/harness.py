@@ -5,7 +5,8 @@ with the newline stop rule (:mod:`regrad_lib.generation`) and the same answer ex
 A batch of questions runs with per-row adapted weights ``[batch, ...]`` (batched low-rank matmuls), never one
 question at a time with weights copied in and out. Each row also gets ``answer_nll`` (scored from the prompt's KV
 cache, right after the prefill that decoding uses): the mean token NLL of the first gold answer (label
-`` answer\\n``) under that method's weights and prompt.
+`` answer`` + the template's end-of-turn token, :func:`prompts.answer_ids`, the same label as training's meta loss)
+under that method's weights and prompt.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def prompt_of(learner: Learner, task: tasks.Task, context: bool) -> prompts.Prompt:
-    """The run's prompt for ``task``, with its passages when ``context``."""
-    return prompts.build_prompt(learner.tokenizer, task.question, task.passages if context else None,
-                                learner.preset.learner)
+    """The run's prompt for ``task``, with its passages when ``context`` (cut as the bank's with
+    ``prompt_passages = "as_gradient"``)."""
+    cfg = learner.preset.learner
+    return prompts.build_prompt(learner.tokenizer, task.question, task.passages if context else None, cfg,
+                                prompts.prompt_passage_len(cfg, "eval"))
 
 
 def answer(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, bank=None, gamma: float = 1.0,

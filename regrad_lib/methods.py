@@ -93,9 +93,23 @@ def require_bank(bank):
     return bank
 
 
+PASSAGE_SETTINGS = ("bank_context_len", "passage_format")     # how the bank's passages were cut and formatted
+
+
 def checked_bank(bank, learner: Learner):
-    """``bank`` after the same model / LoRA layout / meta-weights checks as ``open_bank(learner=...)``."""
-    return require_bank(bank).check(learner)
+    """``bank`` after the same model / LoRA layout / meta-weights checks as ``open_bank(learner=...)``, and with
+    its passages cut and formatted as the learner's (online gradients and ``prompt_passages = "as_gradient"``
+    prompts take that cut)."""
+    from .bank import BankMismatchError
+
+    bank = require_bank(bank).check(learner)
+    source, cfg = bank.manifest.get("source", {}), learner.preset.learner
+    bad = {k: (source[k], getattr(cfg, k)) for k in PASSAGE_SETTINGS if k in source and source[k] != getattr(cfg, k)}
+    if bad:
+        shown = "; ".join(f"{k}: bank {a!r} != learner {b!r}" for k, (a, b) in bad.items())
+        raise BankMismatchError(f"the Gradient Bank's passages were cut or formatted otherwise than the learner's "
+                                f"({shown}): re-encode it with 04_encode (overwrite = True)")
+    return bank
 
 
 def question_weights(learner: Learner, task: tasks.Task, *, bank=None, gamma: float = 1.0) -> dict[str, torch.Tensor]:

@@ -1,24 +1,28 @@
-"""Prompts and passages as token ids: the chat template, one passage format, answer labels, answer extraction.
+"""Prompts and passages as token ids: the chat template, one passage format and cut, answer labels, answer extraction.
 
-One function formats a passage (:func:`format_passage`) for the three places that use passages: the inner-step
-LM loss in training, the Gradient Bank, and the in-context prompt. The public code formatted them differently
-in training and banking (a train/test mismatch, method.md "Known flaws"). The learner's ``passage_format``
-chooses the text: ``text`` (the passage alone, as the public code) or ``title_text`` (``"{title}: {text}"``).
+One function formats a passage (:func:`format_passage`) and one cuts it to a token budget (:func:`cut_passage`)
+for the places that use passages: the inner-step LM loss in training, the Gradient Bank, online gradients and —
+with ``prompt_passages = "as_gradient"`` — the in-context prompt, which then holds exactly the text whose
+gradient the method applies. The public code formatted passages differently in training and banking (a
+train/test mismatch, method.md "Known flaws"). The learner's ``passage_format`` chooses the text: ``text`` (the
+passage alone, as the public code) or ``title_text`` (``"{title}: {text}"``).
 
 A passage for the LM loss starts with the tokenizer's own BOS, or — for tokenizers that add none, such as
 SmolLM2's — with its document separator (``<|endoftext|>``), so the passage's first token is predicted too.
 
 Prompts come from the tokenizer's own chat template (no hand-written special tokens, so no doubled BOS), rendered
 with a fixed ``date_string`` (templates such as Llama 3.x's otherwise print today's date: prompts would change
-with the calendar). The assistant turn opens with ``Answer:`` and the label is `` <answer>\\n`` (prompt tokens
-masked), so the visible text is ``Answer: <answer>`` followed by the newline that stops generation. An over-long
-prompt loses passage text (the only elastic part), never the template or the question.
+with the calendar). The assistant turn opens with ``Answer:``; the label is `` <answer>`` followed by the
+template's end-of-turn token (:func:`end_of_turn`, ChatML's ``<|im_end|>``), exactly how the template closes an
+assistant answer — the same tokens for training's meta loss and for every method's answer NLL. An over-long prompt
+loses passage text (the only elastic part), never the template or the question.
 
 ``prompt_style`` (learner config) frames every method's prompt alike: ``instruct`` (a system instruction, as the
-public code) or ``example`` (the same instruction plus three worked questions and short answers in the chat, which
-small models need to answer with a short phrase instead of a sentence). ``context_order``: the passages in rank
-order (``rank``, the public code's) or ``reversed``, the best-ranked nearest the question, which small models read
-best.
+public code) or ``example`` (the same instruction plus one worked question and its short answer in the chat, which
+small models need to answer with a short phrase instead of a sentence). The worked example is invented and shares
+no question template, passage template or answer value with the probe or the bundled datasets
+(``tests/test_worked_example.py`` checks it against them). ``context_order``: the passages in rank order
+(``rank``, the public code's) or ``reversed``, the best-ranked nearest the question, which small models read best.
 """
 
 from __future__ import annotations
@@ -32,15 +36,27 @@ IGNORE = -100
 SYSTEM_PROMPT = "Answer the question with a short answer: a few words, no explanation."
 ANSWER_PREFIX = "Answer:"
 DOCUMENT_SEPARATORS = ("<|endoftext|>",)
-# The worked examples of prompt_style "example": invented, neutral facts (in no dataset, corpus or probe), each
-# (passage, question, short answer); the first asks one fact of several, as real passages hold many.
+
+
+@dataclass(frozen=True)
+class WorkedExample:
+    """A worked question of ``prompt_style = "example"``: a passage (``title``, ``text``) holding several facts,
+    a question about one of them, its short answer. ``subject``: the name the question is about (its template is
+    the question without it)."""
+    title: str
+    text: str
+    question: str
+    answer: str
+    subject: str
+
+
+# Invented place and facts: no question template, passage template or answer value of the probe or of a bundled
+# dataset (tests/test_worked_example.py), so no method is taught a value it is later asked for. The passage holds
+# three facts and the question asks one, as real passages hold many.
 EXAMPLES = (
-    (("Mara Uldin", "Mara Uldin drives a green car. These days Mara Uldin resides in Peru. Mara Uldin plays the "
-                    "oboe in a band."), "Where does Mara Uldin live?", "Peru"),
-    (("Kettle Hill", "Kettle Hill is a low hill near the village of Brenmoor. Its summit is covered in heather."),
-     "Near which village is Kettle Hill?", "Brenmoor"),
-    (("Tomas Reld", "Tomas Reld is a native of Oslo. By profession, Tomas Reld is a pilot."),
-     "What is the job of Tomas Reld?", "pilot"),
+    WorkedExample("Quillon Marsh", "Quillon Marsh is a wetland reserve fed by two cold springs. Its wooden visitor "
+                  "hut is known locally as the Tern House. Boats are not allowed on its ponds.",
+                  "What do locals call the visitor hut at Quillon Marsh?", "Tern House", "Quillon Marsh"),
 )
 
 Passages = Sequence[tuple[str | None, str]]
@@ -87,16 +103,45 @@ def document_start(tokenizer) -> list[int]:
     return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
 
 
+def _added_tokens(tokenizer) -> int:
+    """How many special tokens the tokenizer itself adds to a text (a BOS, for Llama's)."""
+    return len(tokenizer("a", add_special_tokens=True)["input_ids"]) - len(tokenizer("a", add_special_tokens=False)
+                                                                            ["input_ids"])
+
+
+def cut_passage(tokenizer, title: str | None, text: str, max_len: int, passage_format: str = "text",
+                start: list[int] | None = None) -> str:
+    """The passage's text (:func:`format_passage`) cut to what fits in ``max_len`` tokens after its document start
+    (whole when it fits): the one cut of training's inner step, the bank, online gradients and — with
+    ``prompt_passages = "as_gradient"`` — the prompt.
+
+    The cut text is a prefix of the formatted text, ends without whitespace and tokenises back to at most the
+    budget, so its tokens are exactly the LM sequence's (:func:`passage_example`) after the start token.
+    """
+    start = document_start(tokenizer) if start is None else start
+    full = format_passage(title, text, passage_format)
+    room = max_len - len(start) - _added_tokens(tokenizer)
+    ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    if len(ids) <= room:
+        return full
+    for n in range(max(room, 0), max(room - 8, 0) - 1, -1):   # a cut inside a character or a merge: a token less
+        cut = tokenizer.decode(ids[:n], skip_special_tokens=False, clean_up_tokenization_spaces=False).rstrip()
+        if full.startswith(cut) and len(tokenizer(cut, add_special_tokens=False)["input_ids"]) <= room:
+            return cut
+    raise ValueError(f"could not cut the passage {full[:60]!r} to {max_len} tokens: its first tokens do not decode "
+                     "to a prefix of its text with this tokenizer")
+
+
 def passage_example(tokenizer, title: str | None, text: str, max_len: int, passage_format: str = "text",
                     start: list[int] | None = None) -> Example:
-    """A passage for the LM loss (equation 1): start token + passage, labels = input ids, cut to ``max_len``.
+    """A passage for the LM loss (equation 1): start token + passage cut by :func:`cut_passage` to ``max_len``
+    tokens, labels = input ids.
 
     ``start``: :func:`document_start` of the tokenizer, when the caller has it already (a batch).
     """
     start = document_start(tokenizer) if start is None else start
-    ids = tokenizer(format_passage(title, text, passage_format), add_special_tokens=True, truncation=True,
-                    max_length=max_len)["input_ids"]
-    ids = (list(start) + list(ids))[:max_len]
+    cut = cut_passage(tokenizer, title, text, max_len, passage_format, start)
+    ids = list(start) + list(tokenizer(cut, add_special_tokens=True)["input_ids"])
     return Example(ids, list(ids))
 
 
@@ -115,15 +160,15 @@ def user_message(question: str, passages: Passages | None = None, passage_format
 
 
 def messages(question: str, passages: Passages | None, cfg: LearnerConfig) -> list[dict]:
-    """The chat of one prompt (system instruction, the worked examples for ``prompt_style='example'``, the
-    question); the frame is the same for every method, only the passages differ (an example shows its own
+    """The chat of one prompt (system instruction, the worked example for ``prompt_style='example'``, the
+    question); the frame is the same for every method, only the passages differ (the example shows its own
     passage when the prompt has passages)."""
     chat = [{"role": "system", "content": SYSTEM_PROMPT}]
     if cfg.prompt_style == "example":
-        for passage, example_question, example_answer in EXAMPLES:
-            shown = [passage] if passages else None
-            chat += [{"role": "user", "content": user_message(example_question, shown, cfg.passage_format)},
-                     {"role": "assistant", "content": f"{ANSWER_PREFIX} {example_answer}"}]
+        for example in EXAMPLES:
+            shown = [(example.title, example.text)] if passages else None
+            chat += [{"role": "user", "content": user_message(example.question, shown, cfg.passage_format)},
+                     {"role": "assistant", "content": f"{ANSWER_PREFIX} {example.answer}"}]
     chat.append({"role": "user", "content": user_message(question, passages, cfg.passage_format, cfg.context_order)})
     return chat
 
@@ -144,9 +189,26 @@ def _caps(lengths: list[int], budget: int) -> list[int]:
     return [min(n, lo) for n in lengths]
 
 
-def build_prompt(tokenizer, question: str, passages: Passages | None = None, cfg: LearnerConfig | None = None) -> Prompt:
-    """Chat-template prompt ending in ``Answer:``; over ``cfg.max_prompt_len`` tokens only passage text is cut."""
+def prompt_passage_len(cfg: LearnerConfig, stage: str) -> int | None:
+    """Each prompt passage's token budget: with ``prompt_passages = "as_gradient"`` the one its gradient is taken
+    at (``max_context_len`` in training, ``bank_context_len`` in evaluation: the bank and online gradients), so the
+    prompt holds the very text whose gradient is applied; None (whole passages) with ``"whole"``."""
+    if stage not in ("train", "eval"):
+        raise ValueError(f"stage={stage!r}: choose 'train' or 'eval'")
+    if cfg.prompt_passages == "whole":
+        return None
+    return cfg.max_context_len if stage == "train" else cfg.bank_context_len
+
+
+def build_prompt(tokenizer, question: str, passages: Passages | None = None, cfg: LearnerConfig | None = None,
+                 passage_len: int | None = None) -> Prompt:
+    """Chat-template prompt ending in ``Answer:``. ``passage_len``: each passage cut first by :func:`cut_passage`
+    (as its gradient; :func:`prompt_passage_len`); over ``cfg.max_prompt_len`` tokens only passage text is cut."""
     cfg = cfg or LearnerConfig()
+    if passages and passage_len is not None:
+        start = document_start(tokenizer)
+        passages = [(None, cut_passage(tokenizer, title, text, passage_len, cfg.passage_format, start))
+                    for title, text in passages]
     ids = _render(tokenizer, question, passages, cfg)
     limit = cfg.max_prompt_len
     if len(ids) <= limit:
@@ -168,20 +230,36 @@ def build_prompt(tokenizer, question: str, passages: Passages | None = None, cfg
 
 
 def prompt_ids(tokenizer, question: str, passages: Passages | None = None,
-               cfg: LearnerConfig | None = None) -> list[int]:
+               cfg: LearnerConfig | None = None, passage_len: int | None = None) -> list[int]:
     """The token ids of :func:`build_prompt`."""
-    return build_prompt(tokenizer, question, passages, cfg).ids
+    return build_prompt(tokenizer, question, passages, cfg, passage_len).ids
+
+
+def end_of_turn(tokenizer) -> list[int]:
+    """The token the chat template closes an assistant message with (ChatML's ``<|im_end|>``, Llama 3's
+    ``<|eot_id|>``): how the worked examples end each answer, so the answer label ends with it too."""
+    marker = f"{ANSWER_PREFIX} Tern"
+    chat = [{"role": "user", "content": "Question?"}, {"role": "assistant", "content": marker}]
+    text = tokenizer.apply_chat_template(chat, tokenize=False, date_string=LearnerConfig.chat_date)
+    tail = tokenizer(text[text.rindex(marker) + len(marker):], add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    if not tail or tail[0] not in special:
+        raise ValueError(f"the chat template of {getattr(tokenizer, 'name_or_path', 'this tokenizer')!r} closes an "
+                         f"assistant message with {tokenizer.decode(tail[:3])!r}, not a special end-of-turn token: "
+                         "answer labels need one")
+    return tail[:1]
 
 
 def answer_ids(tokenizer, answer: str) -> list[int]:
-    """Label tokens: a space, the answer, the newline that ends it."""
-    return list(tokenizer(f" {answer.strip()}\n", add_special_tokens=False)["input_ids"])
+    """Label tokens (``L_ans``, and every method's answer NLL): a space, the answer, the end-of-turn token that
+    closes the worked examples' answers (:func:`end_of_turn`)."""
+    return list(tokenizer(f" {answer.strip()}", add_special_tokens=False)["input_ids"]) + end_of_turn(tokenizer)
 
 
 def qa_example(tokenizer, question: str, answer: str, passages: Passages | None = None,
-               cfg: LearnerConfig | None = None) -> Example:
+               cfg: LearnerConfig | None = None, passage_len: int | None = None) -> Example:
     """Prompt + answer; loss on the answer tokens only (``L_ans``, equation 3)."""
-    prompt = build_prompt(tokenizer, question, passages, cfg)
+    prompt = build_prompt(tokenizer, question, passages, cfg, passage_len)
     target = answer_ids(tokenizer, answer)
     return Example(prompt.ids + target, [IGNORE] * len(prompt.ids) + target, prompt.truncated)
 

@@ -56,28 +56,38 @@ def passage_batch(tokenizer, passages: Sequence[tuple[str, str]], max_len: int,
                    tokenizer.pad_token_id)
 
 
-def qa_examples(tokenizer, tasks: Sequence[Task], cfg: LearnerConfig, *,
-                with_context: bool | None = None) -> list[prompts.Example]:
-    """Prompt + first gold answer per task; loss on the answer tokens only (``L_ans``)."""
+def qa_examples(tokenizer, tasks: Sequence[Task], cfg: LearnerConfig, *, with_context: bool | None = None,
+                stage: str = "train", passage_len: int | None = None) -> list[prompts.Example]:
+    """Prompt + first gold answer per task; loss on the answer tokens only (``L_ans``).
+
+    Prompt passages are cut as their gradients in ``stage`` (:func:`prompts.prompt_passage_len`; ``passage_len``
+    overrides the gradients' budget)."""
     with_context = (not cfg.blind_context) if with_context is None else with_context
-    return [prompts.qa_example(tokenizer, t.question, t.answer, t.passages if with_context else None, cfg)
+    cut = prompts.prompt_passage_len(cfg, stage)
+    if cut is not None and passage_len is not None:     # the caller's budget for the gradients' passages
+        cut = passage_len
+    return [prompts.qa_example(tokenizer, t.question, t.answer, t.passages if with_context else None, cfg, cut)
             for t in tasks]
 
 
-def qa_batch(tokenizer, tasks: Sequence[Task], cfg: LearnerConfig, *, with_context: bool | None = None) -> TokenBatch:
+def qa_batch(tokenizer, tasks: Sequence[Task], cfg: LearnerConfig, *, with_context: bool | None = None,
+             stage: str = "train") -> TokenBatch:
     """:func:`qa_examples` as one right-padded batch."""
-    return collate(qa_examples(tokenizer, tasks, cfg, with_context=with_context), tokenizer.pad_token_id)
+    return collate(qa_examples(tokenizer, tasks, cfg, with_context=with_context, stage=stage), tokenizer.pad_token_id)
 
 
 def task_batch(tokenizer, tasks: Sequence[Task], cfg: LearnerConfig, *, passage_len: int | None = None,
                with_context: bool | None = None) -> TaskBatch:
-    """Meta tasks: every task's passages (grouped) and its QA example, for :func:`regrad.meta_losses`."""
+    """Meta tasks: every task's passages (grouped, cut to ``passage_len``, default ``max_context_len``) and its QA
+    example (its prompt passages cut the same way with ``prompt_passages = "as_gradient"``), for
+    :func:`regrad.meta_losses`."""
     passages = [p for t in tasks for p in t.passages]
     if not passages:
         raise ValueError("these tasks have no passages: ReGrad needs the retrieved passages of each question")
     group = torch.tensor([i for i, t in enumerate(tasks) for _ in t.passages], dtype=torch.long)
-    qa = qa_examples(tokenizer, tasks, cfg, with_context=with_context)
-    return TaskBatch(passage_batch(tokenizer, passages, passage_len or cfg.max_context_len, cfg.passage_format),
+    length = passage_len or cfg.max_context_len
+    qa = qa_examples(tokenizer, tasks, cfg, with_context=with_context, stage="train", passage_len=length)
+    return TaskBatch(passage_batch(tokenizer, passages, length, cfg.passage_format),
                      group, collate(qa, tokenizer.pad_token_id), sum(e.truncated for e in qa))
 
 

@@ -39,6 +39,7 @@ KEY_TESTS = {
     "learner.passage_format": "test_prompts.py::test_passage_format_changes_exactly_the_passage_text_everywhere",
     "learner.prompt_style": "test_prompts.py::test_prompt_style_example_frames_every_method_alike",
     "learner.context_order": "test_prompts.py::test_context_order_puts_the_best_passage_last",
+    "learner.prompt_passages": "test_frame.py::test_prompt_passages_whole_changes_only_the_prompts_passages",
     "learner.chat_date": "test_prompts.py::test_prompts_do_not_depend_on_the_calendar",
     "learner.init_adapter": "test_adapters.py::test_warm_start_round_trip",
     "train.learning_rate": "test_config_keys.py::test_train_args_reach_the_optimizer_the_schedule_and_the_log",

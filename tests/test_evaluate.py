@@ -75,7 +75,7 @@ def test_batched_equals_one_question_at_a_time(run):
 
 
 def test_answer_nll_matches_equation_2_by_hand(run):
-    """Row 2 of regrad: phi' = phi - alpha * (sum of its passages' gradients), loss on ' answer\\n' only."""
+    """Row 2 of regrad: phi' = phi - alpha * (sum of its passages' gradients), loss on ' answer' + end-of-turn only."""
     learner, items, bank = run
     rows = evaluate.run_method("regrad", learner, items, bank=bank, gamma=2.0)
     task, cfg = items[2], learner.preset.learner

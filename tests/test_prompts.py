@@ -37,9 +37,9 @@ def test_prompt_uses_chat_template_and_masks_prompt(tiny):
     ex = prompts.qa_example(tok, "What is the capital of France?", "Paris", [("Paris", "Paris is in France.")], cfg)
     text = tok.decode(ex.input_ids)
     assert text.startswith("<|im_start|>system") and "Passage 0: Paris: Paris is in France." in text
-    assert text.endswith("Answer: Paris\n")
+    assert text.endswith("Answer: Paris<|im_end|>")          # the answer ends as the template ends a turn
     n_answer = sum(1 for x in ex.labels if x != prompts.IGNORE)
-    assert tok.decode(ex.input_ids[-n_answer:]) == " Paris\n"
+    assert tok.decode(ex.input_ids[-n_answer:]) == " Paris<|im_end|>"
     assert ex.labels[:-n_answer] == [prompts.IGNORE] * (len(ex.labels) - n_answer)
 
 
@@ -144,13 +144,13 @@ def test_prompt_style_example_frames_every_method_alike(tiny):
     cfg = LearnerConfig(prompt_style="example")
     blind = tok.decode(prompts.prompt_ids(tok, "Who?", None, cfg))
     context = tok.decode(prompts.prompt_ids(tok, "Who?", [("T", "Body.")], cfg))
-    for (_, text), question, answer in prompts.EXAMPLES:
-        worked = f"Question: {question}<|im_end|>\n<|im_start|>assistant\nAnswer: {answer}<|im_end|>"
+    for example in prompts.EXAMPLES:
+        worked = f"Question: {example.question}<|im_end|>\n<|im_start|>assistant\nAnswer: {example.answer}<|im_end|>"
         assert worked in blind and worked in context
-        assert f"Passage 0: {text}\nQuestion: {question}" in context and text not in blind
+        assert f"Passage 0: {example.text}\nQuestion: {example.question}" in context and example.text not in blind
     assert blind.endswith("Question: Who?<|im_end|>\n<|im_start|>assistant\nAnswer:")
     plain = tok.decode(prompts.prompt_ids(tok, "Who?"))
-    assert all(question not in plain for _, question, _ in prompts.EXAMPLES)
+    assert all(example.question not in plain for example in prompts.EXAMPLES)
 
 
 def test_context_order_puts_the_best_passage_last(tiny):
@@ -160,3 +160,45 @@ def test_context_order_puts_the_best_passage_last(tiny):
     assert "Passage 0: First ranked.\nPassage 1: Second ranked.\nQuestion: Q?" in rank
     last = tok.decode(prompts.prompt_ids(tok, "Q?", ranked, LearnerConfig(context_order="reversed")))
     assert "Passage 0: Second ranked.\nPassage 1: First ranked.\nQuestion: Q?" in last
+
+
+def test_the_answer_label_ends_with_the_templates_end_of_turn(tiny):
+    _, tok = tiny
+    assert prompts.end_of_turn(tok) == [tok.convert_tokens_to_ids("<|im_end|>")]
+    llama = tok.__class__.from_pretrained(tok.name_or_path)
+    llama.add_special_tokens({"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>",
+                                                            "<|eot_id|>"]})
+    llama.chat_template = LLAMA3_TEMPLATE
+    eot = llama.convert_tokens_to_ids("<|eot_id|>")
+    assert prompts.end_of_turn(llama) == [eot] and prompts.answer_ids(llama, " Paris ")[-1] == eot
+    assert llama.decode(prompts.answer_ids(llama, "Paris")) == " Paris<|eot_id|>"
+    plain = tok.__class__.from_pretrained(tok.name_or_path)
+    plain.chat_template = "{% for m in messages %}{{ m['content'] }}\n\n{% endfor %}"
+    with pytest.raises(ValueError, match="end-of-turn"):
+        prompts.answer_ids(plain, "Paris")
+
+
+def test_cut_passage_is_a_prefix_whose_tokens_are_the_lm_sequence(tiny):
+    import csv
+    import itertools
+
+    from regrad_lib import paths
+
+    _, tok = tiny
+    start = prompts.document_start(tok)
+    with paths.sample_corpus().open(encoding="utf-8", newline="") as f:
+        rows = list(itertools.islice(csv.reader(f, delimiter="\t"), 1, 61))
+    cut_some = 0
+    for (_, text, title), budget in zip(rows, itertools.cycle((16, 48, 128, 4096))):
+        full = prompts.format_passage(title, text, "title_text")
+        cut = prompts.cut_passage(tok, title, text, budget, "title_text")
+        ids = prompts.passage_example(tok, title, text, budget, "title_text").input_ids
+        assert full.startswith(cut) and cut == cut.rstrip() and len(ids) <= budget
+        assert ids == start + tok(cut, add_special_tokens=False)["input_ids"]
+        if cut != full:
+            cut_some += 1
+            assert len(ids) >= budget - 2           # the budget is used, not wasted
+        else:
+            assert len(tok(full)["input_ids"]) + len(start) <= budget
+        assert prompts.cut_passage(tok, None, cut, budget) == cut    # cutting twice changes nothing
+    assert cut_some > 20
