@@ -5,7 +5,8 @@ Per dataset, questions matched by ``test_id`` in two methods' ``predictions.json
 - answer NLL: the mean of ``nll_a - nll_b`` with its standard error (sample std / √n) and how often ``a`` is lower;
 - EM: both methods' EM, the paired difference and the exact McNemar test on the discordant questions (two-sided
   binomial test of ``b`` "only a right" against ``c`` "only b right" with p = 1/2);
-- a verdict: one paragraph that says, from these numbers alone, where the retrieved gradients help.
+- a verdict: one paragraph that says, from these numbers alone, on which datasets a method is better or worse than
+  another in EM and in NLL (direction-aware, Holm-corrected across datasets).
 
 Across seeds (the same setting trained with several seeds, :func:`across_seeds`): mean and spread of each
 method's EM/F1 and of each paired NLL difference.
@@ -22,7 +23,6 @@ from .analysis import Missing, _Markdown, predictions_file, read_predictions, re
 
 PAIRS = (("regrad", "shift"), ("regrad", "no_update"))
 ALPHA = 0.05          # significance level of the verdict
-CLEAR_SE = 2.0        # an NLL difference is "clear" beyond this many standard errors
 
 
 # --- paired answer-NLL differences -------------------------------------------------------------------------
@@ -213,35 +213,84 @@ def _nll_phrase(d: PairedDifference) -> str:
     return f"{d.mean:+.3g} ± {d.se:.2g} nats (lower on {d.n_lower}/{d.n})"
 
 
-def verdict(table: EffectTable | Missing, reference: str = "shift") -> str:
-    """One paragraph, from the numbers alone: per dataset whether regrad beats ``reference`` (the mismatched
-    gradients of another question) in EM (McNemar p < 0.05) and in answer NLL (|mean| > 2 SE)."""
+def nll_p(d: PairedDifference) -> float:
+    """Two-sided p of the paired NLL difference: the normal tail of mean / SE (1 when the SE is undefined)."""
+    z = d.z
+    return math.erfc(abs(z) / math.sqrt(2)) if math.isfinite(z) else 1.0
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order (monotone, at most 1): a test is significant at
+    level alpha across the family when its adjusted p is below alpha."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [1.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+@dataclass(frozen=True)
+class Call:
+    """One dataset's verdict: the direction of EM and of NLL (+1 a better, -1 a worse, 0 not significant after
+    Holm's correction across the datasets) with the adjusted p-values."""
+
+    effect: Effect
+    em: int
+    nll: int
+    em_p: float          # Holm-adjusted McNemar p
+    nll_p: float         # Holm-adjusted p of the paired NLL difference
+
+
+def calls(table: EffectTable, method: str = "regrad", reference: str = "shift",
+          alpha: float = ALPHA) -> list[Call]:
+    """Per dataset of ``method`` − ``reference``: EM (McNemar) and answer NLL (paired SE, normal p) each tested,
+    Holm-corrected across the datasets (one family for EM, one for NLL), with the direction of each effect: a
+    lower NLL and a higher EM are gains."""
+    chosen = [e for e in table if e.nll.method_a == method and e.nll.method_b == reference]
+    em_adj = holm([e.em.p for e in chosen])
+    nll_adj = holm([nll_p(e.nll) for e in chosen])
+    out = []
+    for e, pe, pn in zip(chosen, em_adj, nll_adj):
+        em_dir = (1 if e.em.difference > 0 else -1) if pe < alpha and e.em.difference != 0 else 0
+        nll_dir = (1 if e.nll.mean < 0 else -1) if pn < alpha and e.nll.mean != 0 else 0
+        out.append(Call(e, em_dir, nll_dir, pe, pn))
+    return out
+
+
+_OUTCOMES = {  # (EM direction, NLL direction) -> how the sentence reads
+    (1, 1): "{m} beats {r} in exact match and in the gold answer's likelihood on ",
+    (1, 0): "{m} beats {r} in exact match, with no significant change of the gold answer's likelihood, on ",
+    (0, 1): "{m} raises the gold answer's likelihood over {r}, with no significant change of exact match, on ",
+    (-1, -1): "{m} is worse than {r} in exact match and in the gold answer's likelihood on ",
+    (-1, 0): "{m} is worse than {r} in exact match, with no significant change of the gold answer's likelihood, on ",
+    (0, -1): "{m} lowers the gold answer's likelihood below {r}, with no significant change of exact match, on ",
+    (1, -1): "Mixed: {m} beats {r} in exact match but lowers the gold answer's likelihood on ",
+    (-1, 1): "Mixed: {m} is worse than {r} in exact match but raises the gold answer's likelihood on ",
+    (0, 0): "No significant difference between {m} and {r} on ",
+}
+
+
+def verdict(table: EffectTable | Missing, reference: str = "shift", method: str = "regrad",
+            alpha: float = ALPHA) -> str:
+    """One paragraph, from the numbers alone: per dataset whether ``method`` is better, worse or not
+    distinguishable from ``reference`` in EM (McNemar) and in answer NLL (paired SE), each direction-aware and
+    Holm-corrected across the datasets at level ``alpha`` (:func:`calls`)."""
     if isinstance(table, Missing):
         return f"No verdict: {table.message}"
-    chosen = [e for e in table if e.nll.method_b == reference]
-    if not chosen:
-        return f"No verdict: no regrad − {reference} pair was evaluated."
-    strong, nll_only, none = [], [], []
-    for e in chosen:
-        clear = e.nll.mean < 0 and abs(e.nll.z) > CLEAR_SE
-        if e.em.difference > 0 and e.em.p < ALPHA and clear:
-            strong.append(f"{e.nll.dataset} (EM {e.em.em_a:.1f} vs {e.em.em_b:.1f}, McNemar p = {_p(e.em.p)}; "
-                          f"answer NLL {_nll_phrase(e.nll)})")
-        elif clear:
-            nll_only.append(f"{e.nll.dataset} ({_nll_phrase(e.nll)}; EM {e.em.em_a:.1f} vs {e.em.em_b:.1f}, "
-                            f"p = {_p(e.em.p)})")
-        else:
-            none.append(f"{e.nll.dataset} ({_nll_phrase(e.nll)}, EM {e.em.difference:+.1f})")
-    parts = []
-    if strong:
-        parts.append("The retrieved gradients carry the passages' knowledge into the answers on " + "; ".join(strong)
-                     + f": regrad beats {reference} (another question's gradients) in exact match and in the gold "
-                       "answer's likelihood.")
-    if nll_only:
-        parts.append("They raise the gold answer's likelihood clearly (beyond 2 SE) but do not change exact match "
-                     "significantly on " + "; ".join(nll_only) + ".")
-    if none:
-        parts.append(f"No clear effect over {reference} on " + "; ".join(none) + ".")
+    found = calls(table, method, reference, alpha)
+    if not found:
+        return f"No verdict: no {method} − {reference} pair was evaluated."
+    groups: dict[tuple[int, int], list[str]] = {}
+    for c in found:
+        e = c.effect
+        groups.setdefault((c.em, c.nll), []).append(
+            f"{e.nll.dataset} (EM {e.em.em_a:.1f} vs {e.em.em_b:.1f}, McNemar p = {_p(e.em.p)}, Holm {_p(c.em_p)}; "
+            f"answer NLL {_nll_phrase(e.nll)}, Holm p = {_p(c.nll_p)})")
+    parts = [_OUTCOMES[k].format(m=method, r=reference) + "; ".join(groups[k]) + "."
+             for k in _OUTCOMES if k in groups]
+    parts.append(f"(Significant: Holm-adjusted p < {alpha:g} across the {len(found)} dataset(s), separately for EM "
+                 "and for NLL; a lower NLL is better.)")
     return " ".join(parts)
 
 

@@ -104,9 +104,9 @@ def test_effect_table_and_verdict(tmp_path, monkeypatch):
     assert table.rows()[0][:3] == ["probe", "regrad − shift", "-1.095"]
     assert table.rows()[0][-3:] == ["12 / 0", "0.00049", "20"]
     text = effects.verdict(table)
-    assert text.startswith("The retrieved gradients carry the passages' knowledge into the answers on probe (EM 70.0 "
-                           "vs 10.0, McNemar p = 0.00049")
-    assert "No clear effect over shift on popqa" in text
+    assert text.startswith("regrad beats shift in exact match and in the gold answer's likelihood on probe (EM 70.0 "
+                           "vs 10.0, McNemar p = 0.00049, Holm 0.00098")
+    assert "No significant difference between regrad and shift on popqa" in text
     assert isinstance(effects.effect_table("strong", ["nq"]), analysis.Missing)
     assert effects.verdict(effects.effect_table("strong", ["nq"])).startswith("No verdict")
 
@@ -169,3 +169,88 @@ def test_a_named_evaluation_is_read_instead_of_the_main_results(run):
         analysis.read_summary(run, ["popqa"], "none")
     with pytest.raises(ValueError, match="evaluation"):
         analysis.AnalyzeConfig(run=run, datasets=["popqa"], evaluation="../up")
+
+
+# --- the verdict: direction-aware, EM and NLL together, Holm across datasets ---------------------------------
+
+def effect(dataset, em_a, em_b, only_a, only_b, n, mean, se, a="regrad", b="shift"):
+    """One constructed (dataset, a − b) effect; EM in points, NLL mean and SE in nats."""
+    nll = effects.PairedDifference(dataset, a, b, mean, se, 0.5, n // 2, n)
+    return effects.Effect(nll, effects.PairedEM(dataset, a, b, em_a, em_b, only_a, only_b, n))
+
+
+def verdict_of(*items, **kw):
+    return effects.verdict(effects.EffectTable(list(items)), **kw)
+
+
+def test_holm_hand_computed():
+    # sorted 0.01, 0.03, 0.04 -> 3*0.01 = 0.03, 2*0.03 = 0.06, max(1*0.04, 0.06) = 0.06
+    assert effects.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert effects.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert effects.holm([]) == []
+
+
+def test_nll_p_is_the_two_sided_normal_tail():
+    d = effect("p", 0, 0, 0, 0, 30, -0.2, 0.1).nll        # z = -2
+    assert effects.nll_p(d) == pytest.approx(0.0455003, rel=1e-5)
+    assert effects.nll_p(effect("p", 0, 0, 0, 0, 1, -1.0, math.nan).nll) == 1.0
+
+
+def test_verdict_gain():
+    text = verdict_of(effect("probe", 70, 10, 12, 0, 20, -1.0, 0.1))
+    assert text.startswith("regrad beats shift in exact match and in the gold answer's likelihood on probe")
+
+
+def test_verdict_harm_in_both():
+    text = verdict_of(effect("probe", 10, 70, 0, 12, 20, +1.0, 0.1))
+    assert text.startswith("regrad is worse than shift in exact match and in the gold answer's likelihood on probe")
+
+
+def test_verdict_em_only_and_nll_only_and_none():
+    text = verdict_of(effect("popqa", 70, 10, 12, 0, 20, -0.05, 0.1),     # EM gain, NLL 0.5 SE
+                      effect("probe", 30, 30, 2, 2, 20, -0.5, 0.1),        # NLL gain (5 SE), EM equal
+                      effect("nq", 30, 25, 3, 2, 20, 0.01, 0.1))           # nothing
+    assert "regrad beats shift in exact match, with no significant change of the gold answer's likelihood, on popqa" in text
+    assert "regrad raises the gold answer's likelihood over shift, with no significant change of exact match, on probe" in text
+    assert "No significant difference between regrad and shift on nq" in text
+
+
+def test_verdict_the_issues_constructed_tables():
+    # EM significantly worse (10 vs 30 on 60 questions: 0 / 12 discordant, p = 0.00049) with NLL 5 SE lower
+    worse = effect("probe", 10, 30, 0, 12, 60, -0.5, 0.1)
+    text = verdict_of(worse)
+    assert "do not change exact match" not in text and "No clear effect" not in text
+    assert text.startswith("Mixed: regrad is worse than shift in exact match but raises the gold answer's likelihood "
+                           "on probe (EM 10.0 vs 30.0, McNemar p = 0.00049")
+    # a significant EM gain with the NLL at 0.5 SE is an EM-only gain, not "no clear effect"
+    assert verdict_of(effect("probe", 30, 10, 12, 0, 60, -0.05, 0.1)).startswith(
+        "regrad beats shift in exact match, with no significant change")
+    # a clear harm in NLL (+0.5 ± 0.1) with EM unchanged
+    assert verdict_of(effect("probe", 30, 30, 1, 1, 60, +0.5, 0.1)).startswith(
+        "regrad lowers the gold answer's likelihood below shift, with no significant change of exact match")
+    # EM gain with a clear NLL harm is mixed
+    assert verdict_of(effect("probe", 30, 10, 12, 0, 60, +0.5, 0.1)).startswith(
+        "Mixed: regrad beats shift in exact match but lowers")
+
+
+def test_verdict_significance_level_and_holm_correction():
+    # McNemar p = 2 * P(X <= 3 | 13) = 0.0923: not significant at 0.05 (but would be at 0.20)
+    weak = effect("probe", 45, 30, 10, 3, 60, 0.0, 0.1)
+    assert weak.em.p == pytest.approx(0.0923, abs=1e-4)
+    assert verdict_of(weak).startswith("No significant difference")
+    assert verdict_of(weak, alpha=0.2).startswith("regrad beats shift in exact match")
+    # McNemar p = 2 * P(X <= 1 | 9) = 0.039 alone is significant; twice across two datasets Holm makes it 0.078
+    one = effect("probe", 40, 30, 8, 1, 60, 0.0, 0.1)
+    assert one.em.p == pytest.approx(0.0390625)
+    assert verdict_of(one).startswith("regrad beats shift in exact match")
+    both = verdict_of(one, effect("popqa", 40, 30, 8, 1, 60, 0.0, 0.1))
+    assert both.startswith("No significant difference between regrad and shift on probe") and "Holm 0.078" in both
+    # the family is the datasets of the chosen pair only: a no_update row does not widen it
+    assert verdict_of(one, effect("probe", 40, 30, 8, 1, 60, 0.0, 0.1, b="no_update")).startswith("regrad beats")
+
+
+def test_verdict_chooses_the_pair():
+    table = [effect("probe", 88, 72, 14, 4, 60, -2.0, 0.1, a="regrad_icl", b="rag"),
+             effect("probe", 50, 50, 0, 0, 60, 0.0, 0.1)]
+    assert verdict_of(*table, method="regrad_icl", reference="rag").startswith("regrad_icl beats rag")
+    assert verdict_of(*table, reference="rag").startswith("No verdict: no regrad − rag pair")
