@@ -191,13 +191,18 @@ def sum_(tensors: Sequence[torch.Tensor]) -> None:
 
 
 def sum_gradients(params: Sequence[torch.Tensor]) -> None:
-    """All-reduce (sum) the ``.grad`` of ``params``; a rank that computed none contributes zeros."""
+    """All-reduce (sum) the ``.grad`` of ``params``; a rank that computed none contributes zeros. A parameter that
+    no rank gave a gradient keeps none (as with one process), so the optimizer skips it: alpha in the
+    ``outer_loss = false`` ablation is not decayed by AdamW."""
     if job().size == 1:
         return
-    for p in params:
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=collective_device())
+    sum_([has])
+    live = [p for p, n in zip(params, has.tolist()) if n > 0]
+    for p in live:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    sum_([p.grad for p in params])
+    sum_([p.grad for p in live])
 
 
 def same_everywhere(value: str, what: str) -> None:

@@ -99,6 +99,30 @@ def test_two_processes_resume_one_and_train_the_same_trajectory(solo, monkeypatc
     assert all((final[k] - start[k]).abs().max() > 1e-6 for k in final if not k.endswith("lora_B"))
 
 
+def test_two_processes_give_alpha_no_gradient_in_the_outer_loss_false_ablation(data, tmp_path):
+    """The ablation never trains alpha: with two processes it keeps no gradient (so AdamW's weight decay, raised
+    here to 0.5, leaves it alone) and phi follows the one-process trajectory."""
+    preset = tmp_path / "tiny-plain-lm"
+    shutil.copytree(paths.configs_dir() / "tiny", preset)
+    for name, key, value in (("learner_config.json", "outer_loss", False), ("train_args.json", "weight_decay", 0.5)):
+        values = json.loads((preset / name).read_text())
+        values[key] = value
+        (preset / name).write_text(json.dumps(values))
+
+    def settings(run):
+        return train.TrainSettings(run=run, preset=str(preset), train_datasets=data, max_steps=3)
+
+    launch.run(settings("plain-solo"))
+    launch.run(settings("plain-duo"), num_processes=2)
+    start = Learner.create(settings("x").config).state_dict()
+    one, two = _state(paths.output_dir("plain-solo") / META_STATE), _state(paths.output_dir("plain-duo") / META_STATE)
+    alphas = [k for k in start if k.startswith("alpha.")]
+    assert alphas and all(torch.equal(run[k], start[k]) for run in (one, two) for k in alphas)
+    assert any(not torch.equal(two[k], start[k]) for k in two if k.startswith("phi."))
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5, msg=key)
+
+
 def _copy_run(source, target):
     shutil.copytree(paths.output_dir(source), paths.output_dir(target), dirs_exist_ok=True)
     shutil.copytree(paths.bank_split_dir(3, source, "dist-a", "dev"), paths.bank_split_dir(3, target, "dist-a", "dev"),
