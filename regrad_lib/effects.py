@@ -22,6 +22,8 @@ from . import metrics, paths
 from .analysis import Missing, _Markdown, predictions_file, read_predictions, read_summary
 
 PAIRS = (("regrad", "shift"), ("regrad", "no_update"))
+# the combined configuration (gradients and passages in the prompt) against rag and its two controls
+ICL_PAIRS = (("regrad_icl", "rag"), ("regrad_icl", "no_update_icl"), ("regrad_icl", "shift_icl"))
 ALPHA = 0.05          # significance level of the verdict
 
 
@@ -202,7 +204,9 @@ def effect_table(run: str, datasets: Sequence[str], pairs: Sequence[tuple[str, s
                                   paired_em(run, dataset, a, b, evaluation)))
             except FileNotFoundError as e:
                 skipped.append(str(e).split(":")[0])
-                logging.getLogger(__name__).warning("paired %s − %s on %s skipped: %s", a, b, dataset, e)
+    if out and skipped:      # one line, not one per (dataset, pair): a section of pairs 05 did not run stays quiet
+        logging.getLogger(__name__).warning("%d paired comparison(s) skipped, their predictions are missing: %s%s",
+                                            len(skipped), ", ".join(skipped[:3]), " …" if len(skipped) > 3 else "")
     if not out:
         return Missing(f"no prediction files to pair ({', '.join(skipped[:3])}{' …' if len(skipped) > 3 else ''}); "
                        f"05_evaluate writes them with the methods {sorted({m for p in pairs for m in p})}")
@@ -292,6 +296,14 @@ def verdict(table: EffectTable | Missing, reference: str = "shift", method: str 
     parts.append(f"(Significant: Holm-adjusted p < {alpha:g} across the {len(found)} dataset(s), separately for EM "
                  "and for NLL; a lower NLL is better.)")
     return " ".join(parts)
+
+
+def verdicts(table: EffectTable | Missing, pairs: Sequence[tuple[str, str]]) -> str:
+    """:func:`verdict` of each pair, one paragraph each (pairs not evaluated are left out)."""
+    if isinstance(table, Missing):
+        return f"No verdict: {table.message}"
+    present = {(e.nll.method_a, e.nll.method_b) for e in table}
+    return "\n\n".join(verdict(table, b, a) for a, b in pairs if (a, b) in present)
 
 
 # --- several seeds of one setting ---------------------------------------------------------------------------

@@ -91,10 +91,10 @@ def run_method(method: str, learner: Learner, items: Sequence[tasks.Task], *, ba
     """
     spec = SPECS[check_methods([method])[0]]
     gamma = learner.preset.learner.gamma if gamma is None else gamma
-    if method == "regrad_icl" and learner.preset.learner.blind_context:
-        log.warning("regrad_icl on a learner meta-trained with blind_context=true: it never saw passages in "
-                    "its prompt during meta-training")
-    return answer(spec, learner, items, bank=bank, gamma=0.0 if method == "no_update" else gamma, topk=topk,
+    if spec.context and not spec.base and learner.preset.learner.blind_context:
+        log.warning("%s on a learner meta-trained with blind_context=true: it never saw passages in "
+                    "its prompt during meta-training", method)
+    return answer(spec, learner, items, bank=bank, gamma=0.0 if spec.source == "phi" else gamma, topk=topk,
                   batch_size=batch_size, desc=method)
 
 

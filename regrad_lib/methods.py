@@ -10,7 +10,14 @@ regrad_icl     meta LoRA    prompt           same, for a model meta-trained with
 regrad_online  meta LoRA    no               same, gradients computed on the fly (no bank)
 shift          meta LoRA    no               gradients of question ``q-1``'s passages (question 0: the last's)
 no_update      meta LoRA    no               ``phi`` (gamma = 0)
+no_update_icl  meta LoRA    prompt           ``phi`` (gamma = 0): regrad_icl's control without gradients
+shift_icl      meta LoRA    prompt           question ``q-1``'s gradients as ``shift``: regrad_icl's control
+                                             with the wrong gradients and the right passages in the prompt
 ============== ============ ================ ===========================================================
+
+regrad_icl's two controls isolate the gradients in the combined setting: against ``rag`` it also differs in the
+weights (the meta-trained LoRA, which has learned the answer format), against ``no_update_icl`` only in having the
+update, against ``shift_icl`` only in whose passages the update comes from.
 
 A new method is one :class:`MethodSpec` in :data:`SPECS` (docs/design.md, "Where things go"); the harness
 (:mod:`regrad_lib.harness`) answers every method the same way.
@@ -28,7 +35,8 @@ from . import generation, regrad, tasks
 if TYPE_CHECKING:
     from .learner import Learner
 
-METHODS = ("closed_book", "rag", "regrad", "regrad_icl", "regrad_online", "shift", "no_update")
+METHODS = ("closed_book", "rag", "regrad", "regrad_icl", "regrad_online", "shift", "no_update", "no_update_icl",
+           "shift_icl")
 Source = Literal["none", "phi", "bank", "online"]
 
 
@@ -49,6 +57,8 @@ SPECS = {
     "regrad_online": MethodSpec(base=False, context=False, source="online"),
     "shift": MethodSpec(base=False, context=False, source="bank", shift=True),
     "no_update": MethodSpec(base=False, context=False, source="phi"),
+    "no_update_icl": MethodSpec(base=False, context=True, source="phi"),
+    "shift_icl": MethodSpec(base=False, context=True, source="bank", shift=True),
 }
 
 

@@ -188,8 +188,8 @@ def passages_file(folder: str | Path | None = None) -> Path:
     return paths.resolve(folder or paths.sample_dir() / "probe") / "passages.tsv"
 
 
-def combined_corpus(base: str | Path, probe_passages: str | Path | None = None) -> Path:
-    """A corpus file holding ``base``'s passages then the probe's: ``data/corpora/<base>+probe.tsv``.
+def combined_corpus(base: str | Path, probe_passages: str | Path | None = None, suffix: str = "probe") -> Path:
+    """A corpus file holding ``base``'s passages then the probe's: ``data/corpora/<base>+<suffix>.tsv``.
 
     Written once (atomically) and rewritten only when either input changes (their signatures are kept in a
     sidecar), so 01_index reopens its index instead of rebuilding it.
@@ -204,7 +204,7 @@ def combined_corpus(base: str | Path, probe_passages: str | Path | None = None) 
     if corpus._kind(base) != "tsv" or base.suffix == ".gz":
         raise ValueError(f"{paths.relative(base)}: the probe can be added to a plain DPR .tsv corpus only")
     stem = base.name[: -len(".tsv")]
-    target = paths.work_root() / "data" / "corpora" / f"{stem}+probe.tsv"
+    target = paths.work_root() / "data" / "corpora" / f"{stem}+{suffix}.tsv"
     sidecar = target.with_name(target.name + ".sources.json")
     sources = {"base": corpus_signature(base), "probe": corpus_signature(extra)}
     if target.is_file() and sidecar.is_file() and artifacts.read_json(sidecar) == sources:

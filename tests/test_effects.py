@@ -254,3 +254,13 @@ def test_verdict_chooses_the_pair():
              effect("probe", 50, 50, 0, 0, 60, 0.0, 0.1)]
     assert verdict_of(*table, method="regrad_icl", reference="rag").startswith("regrad_icl beats rag")
     assert verdict_of(*table, reference="rag").startswith("No verdict: no regrad − rag pair")
+
+
+def test_verdicts_one_paragraph_per_evaluated_pair():
+    table = effects.EffectTable([effect("probe", 88, 72, 14, 4, 60, -2.0, 0.1, a="regrad_icl", b="rag"),
+                                 effect("probe", 88, 88, 0, 0, 60, 0.0, 0.1, a="regrad_icl", b="shift_icl")])
+    text = effects.verdicts(table, effects.ICL_PAIRS)
+    first, second = text.split("\n\n")
+    assert first.startswith("regrad_icl beats rag") and second.startswith("No significant difference between "
+                                                                          "regrad_icl and shift_icl")
+    assert effects.verdicts(analysis.Missing("x"), effects.ICL_PAIRS) == "No verdict: x"

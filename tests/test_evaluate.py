@@ -90,6 +90,35 @@ def test_answer_nll_matches_equation_2_by_hand(run):
     assert evaluate.run_method("closed_book", learner, items)[2]["answer_nll"] == pytest.approx(base, rel=1e-6)
 
 
+def test_prompt_methods_match_equation_2_by_hand(run):
+    """Row 2 by hand: rag is the base model with the passages in the prompt; regrad_icl the update of its own
+    passages with them; its controls no_update_icl phi with them, shift_icl question 1's update with them."""
+    learner, items, bank = run
+    model, tok, cfg, task = learner.model, learner.tokenizer, learner.preset.learner, items[2]
+    phi = {n: p.detach() for n, p in learner.phi.items()}
+
+    def nll(weights, context):
+        batch = tasks.qa_batch(tok, [task], cfg, with_context=context, stage="eval")
+        with torch.no_grad(), (lora.disabled(model) if weights is None else lora.use(model, weights)):
+            return regrad.token_losses(model, batch).item()
+
+    def updated(source):
+        grad = regrad.summed_gradient(model, learner.phi, tasks.passage_batch(tok, source.passages,
+                                                                               cfg.bank_context_len))
+        return {n: (p - cfg.gamma * learner.alpha[n] * grad[n]).detach() for n, p in learner.phi.items()}
+
+    want = {"rag": nll(None, True), "regrad_icl": nll(updated(task), True), "no_update_icl": nll(phi, True),
+            "shift_icl": nll(updated(items[1]), True)}
+    for method, value in want.items():
+        rows = evaluate.run_method(method, learner, items, bank=bank)
+        assert rows[2]["answer_nll"] == pytest.approx(value, rel=1e-5), method
+    # the four differ from each other and from their passage-less twins: the test can tell them apart
+    twins = {"rag": nll(None, False), "regrad_icl": nll(updated(task), False), "no_update_icl": nll(phi, False),
+             "shift_icl": nll(updated(items[1]), False)}
+    values = list(want.values()) + list(twins.values())
+    assert all(abs(a - b) > 1e-4 for i, a in enumerate(values) for b in values[i + 1:])
+
+
 def test_shift_uses_previous_question_gradients(run):
     learner, items, bank = run
     shifted = evaluate.run_method("shift", learner, items, bank=bank)

@@ -1,0 +1,115 @@
+"""The binding probe: bundled as generated, families retrieved together by BM25, shares counted by hand."""
+
+import json
+import re
+
+import pytest
+
+from regrad_lib import analysis, binding, corpus, datasets, paths, probe, probe_binding, retrieval
+from regrad_lib.artifacts import write_jsonl
+
+BUNDLED = paths.sample_dir() / "probe_binding"
+
+
+def test_the_bundled_files_are_exactly_what_the_generator_writes(tmp_path):
+    written = probe_binding.write(tmp_path / "probe_binding")
+    assert sorted(written) == sorted(p.name for p in BUNDLED.iterdir())
+    for name, path in written.items():
+        assert path.read_bytes() == (BUNDLED / name).read_bytes(), name
+
+
+def test_generation_is_deterministic_and_seeded():
+    a, b = probe_binding.generate(4, 3), probe_binding.generate(4, 3)
+    assert a["dev"] == b["dev"] and [p.passage for p in a["passages"]] == [p.passage for p in b["passages"]]
+    assert probe_binding.generate(4, 3, seed=1)["dev"] != a["dev"]
+
+
+def test_families_hold_the_asked_person_and_distractors_with_other_values():
+    data = probe_binding.generate()
+    people = {p.passage_id: p for p in data["passages"]}
+    assert len(data["dev"]) == 20 * probe_binding.FAMILY and len(data["train"]) == 60 * probe_binding.FAMILY
+    assert not {r["entity"] for r in data["train"]} & {r["entity"] for r in data["dev"]}
+    firsts = [p.name.split()[0] for p in people.values()]
+    assert len(set(firsts)) == len(firsts)
+    for split in ("train", "dev"):
+        rows = data[split]
+        for i, r in enumerate(rows):
+            person, relation = people[r["passage_id"]], probe.BY_NAME[r["relation"]]
+            assert r["question"] == relation.question.format(n=person.name) and r["answer"] == [
+                person.facts[relation.name]]
+            others = [people[d["passage_id"]] for d in r["distractors"]]
+            assert len(others) == probe_binding.FAMILY - 1
+            values = [r["answer"][0], *(d["value"] for d in r["distractors"])]
+            assert len(set(values)) == probe_binding.FAMILY                     # different values, same relation
+            for o, d in zip(others, r["distractors"]):
+                assert o.facts[relation.name] == d["value"] and o.name == d["entity"] != person.name
+                assert o.name.split()[1] == person.name.split()[1]              # one surname per family
+                assert any(probe._sentence(s, o.name, d["value"]) in o.passage for s in relation.sentences)
+            # the name-swap control: every member is asked; question i-1 (shift's) is another family's
+            assert r["family"] != rows[i - 1]["family"]
+        by_family = {}
+        for r in rows:
+            by_family.setdefault(r["family"], []).append(r["entity"])
+        assert all(len(set(v)) == probe_binding.FAMILY for v in by_family.values())
+
+
+def test_names_are_unknown_to_the_corpus_and_the_probe():
+    known = set(re.findall(r"[a-z]+", paths.sample_corpus().read_text(encoding="utf-8").lower()))
+    known |= set(re.findall(r"[a-z]+", probe.passages_file().read_text(encoding="utf-8").lower()))
+    for p in probe_binding.generate()["passages"]:
+        assert not {w.lower() for w in p.name.split()} & known, p.name
+
+
+def test_bm25_retrieves_each_family_as_the_top3(tmp_path, monkeypatch):
+    """No passage is pinned: the asked member ranks first by first name and surname, the others by the surname."""
+    monkeypatch.setenv("REGRAD_WORK", str(tmp_path))
+    combined = probe_binding.combined_corpus("data/sample/psgs_w100.tsv")
+    assert combined == tmp_path / "data" / "corpora" / "psgs_w100+probe+binding.tsv"
+    ids = [p.id for p in corpus.read(combined)]
+    assert len(ids) == len(set(ids)) == corpus.count(paths.sample_corpus()) + corpus.count(
+        probe.passages_file()) + corpus.count(probe_binding.passages_file())
+    dev = datasets.load("probe_binding", "data/sample/probe_binding", "dev")
+    records = json.loads((BUNDLED / "dev.json").read_text())
+    assert [r.question for r in dev] == [r["question"] for r in records]
+    bm25 = retrieval.build(combined, "binding-test")
+    hits = bm25.search([r["question"] for r in records], k=3)
+    for r, h in zip(records, hits):
+        assert h[0].passage_id == r["passage_id"]
+        assert {x.passage_id for x in h[1:]} == {d["passage_id"] for d in r["distractors"]}, r["question"]
+
+
+QUESTIONS = [  # two families of 3, member-major order
+    {"answer": ["Paris"], "family": "A", "entity": "a1", "distractors": [{"value": "Oslo"}, {"value": "Lima"}]},
+    {"answer": ["pilot"], "family": "B", "entity": "b1", "distractors": [{"value": "nurse"}, {"value": "baker"}]},
+    {"answer": ["Oslo"], "family": "A", "entity": "a2", "distractors": [{"value": "Paris"}, {"value": "Lima"}]},
+    {"answer": ["nurse"], "family": "B", "entity": "b2", "distractors": [{"value": "pilot"}, {"value": "baker"}]},
+    {"answer": ["Lima"], "family": "A", "entity": "a3", "distractors": [{"value": "Paris"}, {"value": "Oslo"}]},
+    {"answer": ["baker"], "family": "B", "entity": "b3", "distractors": [{"value": "pilot"}, {"value": "nurse"}]},
+]
+
+
+def test_shares_counted_by_hand(tmp_path, monkeypatch):
+    monkeypatch.setenv("REGRAD_WORK", str(tmp_path))
+    # family A answered "Paris" for every member (name-blind: 1 asked, 2 distractor); family B bound (3 asked)
+    blind = ["Paris", "pilot", "paris.", "nurse", "The Paris", "baker"]
+    # family A: asked, neither, distractor; family B: missing one member (incomplete family)
+    mixed = {0: "Paris", 2: "Rome", 4: "Oslo", 1: "pilot", 3: "baker"}
+    write_jsonl(analysis.predictions_file("r", binding.DATASET, "regrad"),
+                [{"test_id": i, "prediction": p} for i, p in enumerate(blind)])
+    write_jsonl(analysis.predictions_file("r", binding.DATASET, "shift"),
+                [{"test_id": i, "prediction": p} for i, p in mixed.items()])
+    root = tmp_path / "data"
+    (root / binding.DATASET).mkdir(parents=True)
+    (root / binding.DATASET / "dev.json").write_text(json.dumps(QUESTIONS))
+    table = binding.shares("r", ["probe", binding.DATASET], data_root=str(root))
+    regrad, shift = table.shares
+    assert (regrad.method, regrad.n, regrad.asked, regrad.distractor, regrad.neither) == ("regrad", 6, 4, 2, 0)
+    assert (regrad.families, regrad.name_blind, regrad.bound) == (2, 1, 1) and regrad.ratio == 2.0
+    assert (shift.n, shift.asked, shift.distractor, shift.neither) == (5, 2, 2, 1)
+    assert (shift.families, shift.name_blind, shift.bound) == (1, 0, 0)
+    assert table.rows()[0] == ["regrad", "6", "66.7% (4)", "33.3% (2)", "0.0% (0)", "2.00", "1/2", "1/2"]
+    assert isinstance(binding.shares("r", ["probe"], data_root=str(root)), analysis.Missing)
+    assert isinstance(binding.shares("none", [binding.DATASET], data_root=str(root)), analysis.Missing)
+    (root / binding.DATASET / "dev.json").write_text(json.dumps([{"answer": ["x"]}]))
+    with pytest.raises(ValueError, match="record 0: lacks"):
+        binding.shares("r", [binding.DATASET], data_root=str(root))
