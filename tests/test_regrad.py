@@ -194,6 +194,7 @@ def test_bf16_meta_gradients_agree_with_fp32(setup):
         out[precision] = (loss.item(), torch.cat([g.flatten() for g in grads]))
     (l32, g32), (l16, g16) = out["no"], out["bf16"]
     assert abs(l16 - l32) / l32 < 1e-2
+    assert l16 != l32 and not torch.equal(g16, g32)      # bf16 did run: the autocast is not a no-op
     assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.99
 
 
@@ -211,4 +212,15 @@ def test_bf16_meta_gradients_agree_with_fp32_on_gpu(setup):
         out[precision] = (loss.item(), torch.cat([g.flatten() for g in grads]))
     (l32, g32), (l16, g16) = out["no"], out["bf16"]
     assert abs(l16 - l32) / l32 < 1e-2
+    assert l16 != l32 and not torch.equal(g16, g32)      # bf16 did run: the autocast is not a no-op
     assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.99
+
+
+def test_autocast_runs_matmuls_in_bf16_and_no_is_fp32():
+    x, w = torch.randn(3, 8), torch.randn(4, 8)
+    with regrad.autocast("cpu", "bf16"):
+        assert torch.nn.functional.linear(x, w).dtype == torch.bfloat16
+    with regrad.autocast("cpu", "no"):
+        assert torch.nn.functional.linear(x, w).dtype == torch.float32
+    with pytest.raises(ValueError, match="choose 'bf16' or 'no'"):
+        regrad.autocast("cpu", "fp16")

@@ -66,6 +66,10 @@ def test_short_run_writes_every_artifact_with_the_log_schema(data):
         assert {"eval_loss", "eval_em", "eval_f1", "n", "best"} <= set(r) and r["n"] == 2
         assert r["eval_f1"] is not None and 0 <= r["eval_f1"] <= 100   # the tiny preset selects on F1
     assert sum(r["best"] for r in eval_rows) >= 1 and eval_rows[0]["best"]
+    # each evaluation is marked best exactly when it beats every earlier one (F1 higher, ties: loss lower)
+    for i, r in enumerate(eval_rows):
+        beats = all((-r["eval_f1"], r["eval_loss"]) < (-e["eval_f1"], e["eval_loss"]) for e in eval_rows[:i])
+        assert r["best"] == beats, r
     # the saved meta state is the best evaluation's: re-evaluating it reproduces that loss
     best = [r for r in eval_rows if r["best"]][-1]
     learner = Learner.from_run("basic")
@@ -286,3 +290,34 @@ def test_validation_slice_is_seeded_and_disjoint(data):
     with pytest.raises(ValueError, match="validation_size=10"):
         train.split_tasks(all_tasks, 10, seed=42)
     json.dumps([t.extra for t in all_tasks])
+
+
+def test_best_checkpoint_rule():
+    row = lambda f1, loss: {"eval_f1": f1, "eval_loss": loss}       # noqa: E731
+    assert train.is_better(row(50.0, 2.0), None, "f1")
+    assert train.is_better(row(60.0, 3.0), row(50.0, 2.0), "f1") and not train.is_better(row(40.0, 1.0), row(50.0, 2.0), "f1")
+    assert train.is_better(row(50.0, 1.0), row(50.0, 2.0), "f1") and not train.is_better(row(50.0, 2.0), row(50.0, 2.0), "f1")
+    assert train.is_better(row(10.0, 1.0), row(90.0, 2.0), "loss") and not train.is_better(row(90.0, 3.0), row(10.0, 2.0), "loss")
+    assert train.is_better(row(None, 1.0), row(None, 2.0), "f1")           # no F1: the loss decides
+
+
+def test_meta_step_gradient_is_the_mean_over_the_batch(data):
+    """The step's gradient (norm before clipping) and loss are the mean of the tasks' one-by-one meta-gradients
+    and losses, not their sum."""
+    preset = _preset(tasks_per_forward=2, max_grad_norm=1e6)
+    learner = Learner.create(preset)
+    batch = train.load_tasks(data, "train_all", 3)[:3]
+    optimizer, params = train.make_optimizer(learner)
+    grads, losses = [], []
+    for task in batch:
+        tb = regrad_tasks.task_batch(learner.tokenizer, [task], preset.learner)
+        loss = train.chunk_losses(learner, tb).sum()
+        grads.append(torch.autograd.grad(loss, params, allow_unused=True))
+        losses.append(loss.item())
+    mean = [sum(g[i] if g[i] is not None else torch.zeros_like(p) for g in grads) / len(batch)
+            for i, p in enumerate(params)]
+    want = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(m) for m in mean])))
+    loss, grad_norm, problem, _ = train.meta_step(learner, optimizer, params, batch, 0.0)
+    assert problem is None
+    assert loss == pytest.approx(sum(losses) / len(batch), rel=1e-5)
+    assert grad_norm == pytest.approx(want, rel=1e-4)

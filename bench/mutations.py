@@ -1,0 +1,124 @@
+"""Planted bugs must fail a test (issue 20, item 7): each mutation is applied to a temporary copy of the checkout,
+its test files run there, and the copy is thrown away. Prints one line per mutation: caught (a test failed,
+naming the first) or MISSED; exits 1 if any was missed. Each test command first runs on the unmutated copy and must
+pass (exit 2 otherwise).
+
+    flock /tmp/regrad-heavy.lock .venv/bin/python bench/mutations.py            # every mutation, ~6 min on 1 core
+    .venv/bin/python bench/mutations.py --only verdict_alpha,rag_meta_lora      # some of them
+
+Not part of ``make test`` (it runs test files many times). The checkout's working tree is copied (tracked and
+untracked files that git does not ignore), so uncommitted changes are included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str
+    old: str                 # exact text, must occur once
+    new: str
+    tests: tuple[str, ...]   # pytest arguments
+
+
+MUTATIONS = (
+    Mutation("best_checkpoint_reversed", "regrad_lib/run_folder.py",
+             "return best is None or key(row) < key(best)", "return best is None or key(row) > key(best)",
+             ("tests/test_train.py",)),
+    Mutation("best_checkpoint_not_marked", "regrad_lib/train.py",
+             'row["best"] = is_better(row, state["best"], args.metric_for_best_model)',
+             'row["best"] = state["best"] is None or not is_better(row, state["best"], args.metric_for_best_model)',
+             ("tests/test_train.py",)),
+    Mutation("bf16_autocast_noop", "regrad_lib/regrad.py",
+             'if precision == "no":\n        return contextlib.nullcontext()',
+             'if precision in ("no", "bf16"):\n        return contextlib.nullcontext()',
+             ("tests/test_regrad.py",)),
+    Mutation("meta_loss_summed", "regrad_lib/train.py",
+             "(losses.sum() / len(batch)).backward()", "losses.sum().backward()", ("tests/test_train.py",)),
+    Mutation("regrad_icl_without_passages", "regrad_lib/methods.py",
+             '"regrad_icl": MethodSpec(base=False, context=True, source="bank")',
+             '"regrad_icl": MethodSpec(base=False, context=False, source="bank")', ("tests/test_evaluate.py",)),
+    Mutation("rag_meta_lora", "regrad_lib/methods.py",
+             '"rag": MethodSpec(base=True, context=True, source="none")',
+             '"rag": MethodSpec(base=False, context=True, source="phi")', ("tests/test_evaluate.py",)),
+    Mutation("verdict_ignores_nll_sign", "regrad_lib/effects.py",
+             "nll_dir = (1 if e.nll.mean < 0 else -1) if", "nll_dir = 1 if", ("tests/test_effects.py",)),
+    Mutation("verdict_alpha_0.20", "regrad_lib/effects.py",
+             "ALPHA = 0.05", "ALPHA = 0.20", ("tests/test_effects.py",)),
+    Mutation("ddp_zero_gradients_for_all", "regrad_lib/distributed.py",
+             "live = [p for p, n in zip(params, has.tolist()) if n > 0]", "live = list(params)",
+             ("tests/test_distributed.py", "-k", "ablation")),
+)
+
+
+def copy_checkout(target: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file() and not src.is_symlink():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target / name)
+    for link in (".venv", "models"):
+        if (ROOT / link).exists():
+            (target / link).symlink_to((ROOT / link).resolve())
+
+
+def run(m: Mutation, plant: bool = True) -> tuple[bool, str, float]:
+    """(a test failed, the first failing test or pytest's last line, seconds); ``plant=False``: the unmutated copy."""
+    with tempfile.TemporaryDirectory(prefix=f"mutant-{m.name}-") as tmp:
+        copy = Path(tmp)
+        copy_checkout(copy)
+        path = copy / m.file
+        text = path.read_text()
+        if text.count(m.old) != 1:
+            raise SystemExit(f"{m.name}: {m.file} holds {text.count(m.old)} copies of the text to mutate; "
+                             "update the mutation")
+        if plant:
+            path.write_text(text.replace(m.old, m.new))
+        env = {**os.environ, "PYTHONPATH": str(copy), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+               "REGRAD_TEST_WORK": str(copy / ".test-work")}
+        started = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *m.tests],
+                             cwd=copy, env=env, capture_output=True, text=True)
+        failed = re.findall(r"^FAILED (\S+)", out.stdout, re.M)
+        return out.returncode != 0, (failed[0] if failed else out.stdout.strip().splitlines()[-1]), \
+            time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated mutation names")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTATIONS if not args.only or m.name in args.only.split(",")]
+    # the same test commands must pass without the mutation, or a failure would prove nothing
+    for tests in dict.fromkeys(m.tests for m in chosen):
+        failed, detail, seconds = run(next(m for m in chosen if m.tests == tests), plant=False)
+        print(f"{'baseline ' + ' '.join(tests):58s} {'FAILS' if failed else 'passes'}  ({seconds:.0f} s)", flush=True)
+        if failed:
+            print(f"the unmutated checkout fails {' '.join(tests)}: {detail}", file=sys.stderr)
+            return 2
+    missed = 0
+    for m in chosen:
+        caught, detail, seconds = run(m)
+        missed += not caught
+        print(f"{m.name:32s} {'caught' if caught else 'MISSED'}  {detail}  ({seconds:.0f} s)", flush=True)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
