@@ -104,9 +104,14 @@ def output_dir(run: str) -> Path:
     return work_root() / "outputs" / run
 
 
+def offline_dir() -> Path:
+    """The Gradient Banks, one folder per top-k: ``offline/``."""
+    return work_root() / "offline"
+
+
 def bank_split_dir(topk: int, run: str, dataset: str, split: str) -> Path:
     """The Gradient Banks of one split, a folder per storage scheme: ``offline/<topk>/<run>/<dataset>/<split>_all``."""
-    return work_root() / "offline" / str(topk) / run / dataset / f"{split}_all"
+    return offline_dir() / str(topk) / run / dataset / f"{split}_all"
 
 
 def bank_dir(topk: int, run: str, dataset: str, split: str, scheme: str) -> Path:

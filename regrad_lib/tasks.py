@@ -6,6 +6,8 @@ answer NLL) all use, so the three can never format or truncate differently.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -81,8 +83,44 @@ def task_batch(tokenizer, tasks: Sequence[Task], cfg: LearnerConfig, *, passage_
                      group, collate(qa, tokenizer.pad_token_id), sum(e.truncated for e in qa))
 
 
-def load(dataset: str, name: str, topk: int, start: int = 0, end: int | None = None) -> list[Task]:
-    """Tasks ``start:end`` of ``data/augmented/<dataset>/<name>.json`` (02_augment's output), top ``topk`` each.
+def mixed_count(topk: int, mixed: float) -> int:
+    """How many of a question's ``topk`` passages the mixed-documents ablation replaces: ``⌊topk·mixed⌋`` (the
+    public code's ``int(topk * mixed)``; 1e-9 absorbs the rounding of shares such as 2/3)."""
+    if isinstance(mixed, bool) or not isinstance(mixed, (int, float)) or not 0.0 <= mixed <= 1.0:
+        raise ValueError(f"mixed={mixed!r}: the share of each question's top-k passages to replace, from 0.0 "
+                         "(none) to 1.0 (all)")
+    return math.floor(topk * mixed + 1e-9)
+
+
+def mix(tasks: Sequence[Task], mixed: float, topk: int) -> list[Task]:
+    """The mixed-documents ablation (the public code's ``encode.py --mixed p``): the last ``⌊topk·mixed⌋`` of each
+    task's ``topk`` passages are replaced by the first (best-ranked) ``⌊topk·mixed⌋`` passages of the next task
+    (the last task takes the first task's). Everything else of the task is unchanged; ``mixed = 0`` is the identity.
+
+    Applied to a whole augmented file before any slice is taken (:func:`load`), so 04_encode and 05_evaluate agree
+    on every question's passages whatever ``start``/``limit`` each uses.
+    """
+    m = mixed_count(topk, mixed)
+    if m == 0:
+        return list(tasks)
+    if len(tasks) < 2:
+        raise ValueError(f"mixed={mixed} needs at least two questions: a question's passages are replaced by the "
+                         f"next question's, and there are {len(tasks)}")
+    out = []
+    for i, task in enumerate(tasks):
+        other = tasks[(i + 1) % len(tasks)]
+        if len(task.passages) != topk or len(other.passages) < m:
+            raise ValueError(f"question {task.test_id}: mixing needs {topk} passages per question, it has "
+                             f"{len(task.passages)} (the next one {len(other.passages)})")
+        out.append(dataclasses.replace(task, passages=task.passages[:topk - m] + other.passages[:m],
+                                       passage_ids=task.passage_ids[:topk - m] + other.passage_ids[:m]))
+    return out
+
+
+def load(dataset: str, name: str, topk: int, start: int = 0, end: int | None = None,
+         mixed: float = 0.0) -> list[Task]:
+    """Tasks ``start:end`` of ``data/augmented/<dataset>/<name>.json`` (02_augment's output), top ``topk`` each;
+    with ``mixed`` > 0 the passages of :func:`mix` over the whole file.
 
     The one reader of augmented files for training, encoding and evaluation; a missing file names 02_augment.
     """
@@ -93,7 +131,10 @@ def load(dataset: str, name: str, topk: int, start: int = 0, end: int | None = N
     records = artifacts.read_json(path)
     if not isinstance(records, list):
         raise ValueError(f"{where}: expected a JSON list of augmented records, got {type(records).__name__}")
-    return [from_record(r, topk, where=f"{where}: record {i}") for i, r in enumerate(records[start:end], start)]
+    if mixed_count(topk, mixed) == 0:
+        return [from_record(r, topk, where=f"{where}: record {i}") for i, r in enumerate(records[start:end], start)]
+    every = [from_record(r, topk, where=f"{where}: record {i}") for i, r in enumerate(records)]
+    return mix(every, mixed, topk)[start:end]
 
 
 def augmented_path(dataset: str, name: str):
