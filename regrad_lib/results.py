@@ -26,8 +26,10 @@ SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "mixed", "scheme", "em", "
 
 
 def score_rows(rows: Sequence[dict]) -> dict:
-    """EM/F1/precision/recall ×100 (:func:`metrics.aggregate`), mean answer NLL and n of prediction rows."""
-    out = metrics.aggregate(metrics.score(r["prediction"], r["answers"]) for r in rows)
+    """EM/F1/precision/recall ×100 (:func:`metrics.aggregate`; accuracy for yes/no and multiple-choice rows), mean
+    answer NLL and n of prediction rows."""
+    out = metrics.aggregate(metrics.score_kind(r["prediction"], r["answers"], r.get("answer_kind", "short"),
+                                               r.get("choices", ())) for r in rows)
     finite = [r["answer_nll"] for r in rows if r["answer_nll"] is not None and math.isfinite(r["answer_nll"])]
     out["nll"] = sum(finite) / len(finite) if finite else math.nan
     out["truncated_prompts"] = sum(1 for r in rows if r.get("truncated_passages"))   # passages cut to fit

@@ -15,6 +15,7 @@ import torch
 
 from . import prompts
 from .config import LearnerConfig
+from .metrics import ANSWER_KINDS
 from .regrad import TaskBatch, TokenBatch, collate
 
 
@@ -26,6 +27,8 @@ class Task:
     answers: tuple[str, ...]
     passages: tuple[tuple[str, str], ...] = ()          # (title, text)
     passage_ids: tuple[str, ...] = ()
+    kind: str = "short"                                 # answer kind (metrics.ANSWER_KINDS)
+    choices: tuple[str, ...] = ()                       # yes/no labels allowed, or the lettered options
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -45,9 +48,13 @@ def from_record(record: dict, topk: int, where: str = "record") -> Task:
         raise ValueError(f"{where}: {len(record['passages'])} passages but topk={topk}; re-run 02_augment with "
                          f"topk >= {topk}")
     titles = record.get("titles") or [""] * len(record["passages"])
+    kind = record.get("answer_kind", "short")
+    if kind not in ANSWER_KINDS:
+        raise ValueError(f"{where}: field 'answer_kind' is {kind!r}, not one of {list(ANSWER_KINDS)}")
     return Task(test_id=int(record["test_id"]), question=record["question"], answers=tuple(record["answers"]),
                 passages=tuple(zip(titles[:topk], record["passages"][:topk])),
-                passage_ids=tuple(str(i) for i in record["passage_ids"][:topk]))
+                passage_ids=tuple(str(i) for i in record["passage_ids"][:topk]), kind=kind,
+                choices=tuple(record.get("choices", ())))
 
 
 def passage_batch(tokenizer, passages: Sequence[tuple[str, str]], max_len: int,
