@@ -153,6 +153,10 @@ def figures_dir(run: str, evaluation: str | None = None) -> Path:
     return results_dir(run, evaluation) / "figures"
 
 
-def executed_notebooks_dir(run: str) -> Path:
-    """papermill's executed copies ``runs/<run>/``."""
-    return work_root() / "runs" / run
+def executed_notebooks_dir(run: str, evaluation: str | None = None) -> Path:
+    """papermill's executed copies ``runs/<run>/`` (those of a runner call with a named evaluation in
+    ``runs/<run>/evaluations/<evaluation>/``, as its results, so they never overwrite the run's own)."""
+    if evaluation is None:
+        return work_root() / "runs" / run
+    results_dir(run, evaluation)          # checks the name
+    return work_root() / "runs" / run / "evaluations" / evaluation
