@@ -185,7 +185,8 @@ def read_summary(run: str, datasets: Sequence[str] | None = None, evaluation: st
 def read_sweeps(run: str, evaluation: str | None = None) -> list[Score]:
     """``results/<run>/sweeps.csv`` (gamma / top-k / mixed sweeps of 05_evaluate); FileNotFoundError when absent."""
     return _read_scores(sweeps_file(run, evaluation), SWEEP_FIELDS,
-                        f"05_evaluate when it runs a gamma, top-k or mixed sweep (run={run!r})")
+                        f"05_evaluate when it sweeps (gammas, topks or mixed_sweep) the evaluated datasets among "
+                        f"its sweep_datasets, default ['probe'] (run={run!r})")
 
 
 def _ordered(names: Iterable[str], order: Sequence[str]) -> list[str]:

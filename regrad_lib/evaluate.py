@@ -12,6 +12,7 @@ Outputs (all atomic, results of a finished method are kept unless ``overwrite``)
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -25,6 +26,8 @@ from .methods import METHODS, SPECS, check_methods, needs_bank, question_weights
 from .results import (SUMMARY_FIELDS, SWEEP_FIELDS, examples, merge_csv, method_files, plan,  # noqa: F401
                       predictions, read_csv, score_rows, summary, table, write_method)
 from .sweeps import sweep, sweep_all  # noqa: F401
+
+log = logging.getLogger(__name__)
 
 
 def load_tasks(dataset: str, split: str = "dev", topk: int = 3, limit: int | None = None,
@@ -140,8 +143,12 @@ class EvaluateSettings:
         for m in [self.mixed, *self.mixed_sweep]:
             tasks.mixed_count(self.topk, m)          # a share in [0, 1]
         # the sweep runs on the evaluated datasets among sweep_datasets (the demo sweeps the probe only)
-        self.sweep_datasets = list(self.datasets) if self.sweep_datasets is None else \
-            [d for d in self.datasets if d in set(self.sweep_datasets)]
+        asked = self.sweep_datasets
+        self.sweep_datasets = list(self.datasets) if asked is None else \
+            [d for d in self.datasets if d in set(asked)]
+        if (self.gammas or self.topks or self.mixed_sweep) and not self.sweep_datasets:
+            log.warning("no sweep runs: none of datasets %s is in sweep_datasets %s; set sweep_datasets = None "
+                        "(every evaluated dataset) or name yours", self.datasets, asked)
         paths.results_dir(self.run, self.evaluation)   # checks the name
         from . import bank
 

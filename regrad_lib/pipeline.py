@@ -118,6 +118,21 @@ def _failure_message(step: Step, output: Path, error: Exception) -> str:
            f"Executed copy: {paths.relative(output)}"
 
 
+def _quiet_kernel_manager():
+    """nbclient's kernel manager, except that a finished notebook's kernel is not sent SIGINT before its shutdown
+    request: jupyter_client interrupts every kernel it shuts down, and a kernel still handling a message then logs
+    a harmless but alarming ``[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.`` (seen after 02_augment,
+    where the next notebook starts). A kernel that does not stop is still terminated, then killed."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietShutdown(AsyncKernelManager):
+        async def _async_interrupt_kernel(self) -> None:
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
+    return QuietShutdown
+
+
 def domain_parameters(domain: str, given: dict[str, Any]) -> dict[str, Any]:
     """The parameters of ``--domain`` (:data:`DOMAINS`) that ``given`` does not set; ``med`` indexes the PubMedQA
     folder ``<data_root>/pubmedqa`` (its context paragraphs)."""
@@ -150,7 +165,7 @@ def run(run_name: str, shared: dict[str, Any], steps: str = "01-06", out_dir: Pa
         try:
             papermill.execute_notebook(str(step.source), str(output), parameters=params, prepare_only=prepare_only,
                                        kernel_name=kernel, cwd=str(paths.repo_root()), progress_bar=False,
-                                       log_output=False)
+                                       log_output=False, kernel_manager_class=_quiet_kernel_manager())
         except papermill.PapermillExecutionError as e:
             raise PipelineError(_failure_message(step, output, e)) from None
         if not prepare_only:

@@ -164,3 +164,11 @@ def test_a_larger_topk_bank_serves_smaller_k(run):
     with pytest.raises(ValueError, match="topk=4; re-run 02_augment"):     # top-4 needs 4 retrieved passages
         evaluate.sweep(RUN, DATASET, gammas=[1.0], topks=[4], limit=2, learner=learner, scheme="fp32",
                        evaluation="topk")
+
+
+def test_a_sweep_that_covers_no_evaluated_dataset_says_so(run, caplog):
+    settings = evaluate.EvaluateSettings(run=RUN, datasets=[DATASET], methods=["regrad"], scheme="fp32",
+                                         sweep_datasets=["probe"], gammas=[0.0, 1.0])
+    assert settings.sweep_datasets == [] and "no sweep runs: none of datasets ['mixqa']" in caplog.text
+    missing = analysis.optional(analysis.read_sweeps, "no-such-run")
+    assert "sweep_datasets" in missing.message
