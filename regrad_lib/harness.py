@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def prompt_of(learner: Learner, task: tasks.Task, context: bool) -> prompts.Prompt:
     """The run's prompt for ``task``, with its passages when ``context``."""
     return prompts.build_prompt(learner.tokenizer, task.question, task.passages if context else None,
-                                learner.preset.learner)
+                                learner.preset.learner, kind=task.kind, choices=task.choices)
 
 
 def answer(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, bank=None, gamma: float = 1.0,

@@ -69,8 +69,8 @@ def qa_examples(tokenizer, tasks: Sequence[Task], cfg: LearnerConfig, *,
                 with_context: bool | None = None) -> list[prompts.Example]:
     """Prompt + first gold answer per task; loss on the answer tokens only (``L_ans``)."""
     with_context = (not cfg.blind_context) if with_context is None else with_context
-    return [prompts.qa_example(tokenizer, t.question, t.answer, t.passages if with_context else None, cfg)
-            for t in tasks]
+    return [prompts.qa_example(tokenizer, t.question, t.answer, t.passages if with_context else None, cfg,
+                               kind=t.kind, choices=t.choices) for t in tasks]
 
 
 def qa_batch(tokenizer, tasks: Sequence[Task], cfg: LearnerConfig, *, with_context: bool | None = None) -> TokenBatch:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from regrad_lib import augment, corpora, corpus, datasets, effects, generation, harness, metrics, paths, pubmedqa
+from regrad_lib import augment, corpora, corpus, datasets, effects, generation, harness, metrics, paths, prompts
+from regrad_lib import pubmedqa
 from regrad_lib import results, retrieval, tasks
 from regrad_lib.datasets import DatasetFormatError
 
@@ -197,3 +198,63 @@ def test_pubmedqa_paragraphs_are_a_corpus_of_their_own():
     assert hits[0].passage_id.startswith(question.source_id + "-")      # BM25 finds the question's own abstract
     share = pubmedqa.own_passage_share([{"test_id": 0, "passage_ids": [h.passage_id for h in hits]}], SAMPLE)
     assert 0 < share <= 1 and not math.isnan(share)
+
+
+# --- prompts ---------------------------------------------------------------------------------------------------------
+
+def _chat(kind, choices=(), style="instruct", passages=None):
+    from regrad_lib.config import LearnerConfig
+
+    return prompts.messages("Is water wet?" if kind != "multiple_choice" else "Which bird?", passages,
+                            LearnerConfig(prompt_style=style), kind, choices)
+
+
+def test_instruct_style_asks_with_the_public_codes_wording():
+    blind, seen = _chat("yes_no")[0]["content"], _chat("yes_no", passages=[("T", "x")])[0]["content"]
+    assert blind == "You are a helpful AI assistant who is ready to answer user's question. \nAnswer only 'yes' or 'no'!"
+    assert seen.endswith("\nYour answer should be concise, which means it must be 'yes' or 'no' only!")
+    maybe = _chat("yes_no", metrics.YES_NO_MAYBE)[0]["content"]
+    assert maybe.endswith("Answer only 'yes', 'no' or 'maybe'!")
+    choice = _chat("multiple_choice", OPTIONS)
+    assert choice[0]["content"].endswith("Answer only with the option letter: A, B, C, D or E.")
+    assert _chat("multiple_choice", OPTIONS, passages=[("T", "x")])[0]["content"].endswith(
+        "the final answer is X, where X ∈ {A, B, C, D, E}.")
+    assert choice[-1]["content"] == "Question: Which bird?\nChoices:\n" + "\n".join(
+        f"{letter}. {option}" for letter, option in zip("ABCDE", OPTIONS))
+    assert _chat("short")[0]["content"] == prompts.SYSTEM_PROMPT and len(_chat("short")) == 2
+
+
+def test_the_example_frame_shows_worked_questions_of_the_same_kind():
+    chat = _chat("yes_no", metrics.YES_NO_MAYBE, style="example")
+    assert chat[0]["content"] == "Answer the question with 'yes', 'no' or 'maybe': one word, no explanation."
+    assert [m["content"] for m in chat if m["role"] == "assistant"] == ["Answer: no", "Answer: yes"]
+    chat = _chat("multiple_choice", OPTIONS, style="example")
+    assert [m["content"] for m in chat if m["role"] == "assistant"] == ["Answer: B", "Answer: D"]
+    assert "Choices:\nA. a dam\nB. a reef" in chat[1]["content"] and chat[-1]["content"].endswith("E. " + OPTIONS[4])
+    short = _chat("short", style="example")
+    assert [m["content"] for m in short if m["role"] == "assistant"] == [f"Answer: {a}" for *_, a in prompts.EXAMPLES]
+
+
+def test_the_label_kinds_worked_examples_are_in_no_bundled_data():
+    names = [title for examples in prompts.KIND_EXAMPLES.values() for (title, _), _, _ in examples]
+    for path in sorted(paths.sample_dir().rglob("*")):
+        if path.is_file() and path.suffix in (".json", ".tsv", ".jsonl"):
+            text = path.read_text(encoding="utf-8")
+            assert not [n for n in names if n in text], path
+
+
+def test_training_and_evaluation_prompts_carry_the_kind(tiny):
+    _, tok = tiny
+    task = tasks.Task(0, "Is the sky blue?", ("yes",), (("Sky", "The sky is blue."),), ("1",), kind="yes_no",
+                      choices=metrics.YES_NO)
+    from regrad_lib.config import LearnerConfig
+
+    cfg = LearnerConfig(blind_context=False)
+    [example] = tasks.qa_examples(tok, [task], cfg)
+    text = tok.decode(example.input_ids)
+    assert "Answer only 'yes' or 'no'" not in text and "it must be 'yes' or 'no' only!" in text
+    assert text.endswith("Answer: yes\n")
+    label = [t for t, lab in zip(example.input_ids, example.labels) if lab != prompts.IGNORE]
+    assert label == prompts.answer_ids(tok, "yes")
+    assert prompts.prompt_ids(tok, task.question, task.passages, cfg, kind="yes_no") == \
+        example.input_ids[:len(example.input_ids) - len(label)]
