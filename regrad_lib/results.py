@@ -51,8 +51,8 @@ def settings(method: str, split: str, topk: int, gamma: float, limit: int | None
     return {"split": split, "limit": limit, "topk": topk if spec.context or spec.source != "none" else None,
             "gamma": None if spec.source in ("none", "phi") else gamma,
             "scheme": schemes.parse(scheme).name if spec.source == "bank" else None,
-            "run_finished": None if spec.base else finished,
-            "mixed": float(mixed) if uses_passages else None}
+            "mixed": float(mixed) if uses_passages else None,
+            "run_finished": None if spec.base else finished}
 
 
 def saved_settings(saved: dict, wanted: dict) -> dict:
