@@ -2,7 +2,7 @@
 
 Output ``data/augmented/<dataset>/<name>.json`` (``paths.augmented_file``): a JSON list with one record per
 question, ``{test_id, question, answers, passages, passage_ids, titles, scores}`` plus ``gold_titles`` when the
-dataset has them; passage ids are strings. ``name`` is ``dev`` for the dev split, ``train_all`` for a whole train
+dataset has them and ``answer_kind`` + ``choices`` for questions answered yes/no or by an option letter; passage ids are strings. ``name`` is ``dev`` for the dev split, ``train_all`` for a whole train
 split and ``train_<n>`` for its first n questions (:func:`output_name`). The provenance (dataset, split, slice,
 index, backend, topk, corpus, git revision, versions) goes to ``<name>.meta.json`` beside it.
 
@@ -104,6 +104,8 @@ def _record(rec: datasets.QARecord, hits: list) -> dict:
            "titles": [h.title for h in hits], "scores": [round(float(h.score), 6) for h in hits]}
     if rec.gold_titles:
         row["gold_titles"] = list(rec.gold_titles)
+    if rec.kind != "short":                 # short answers keep the records as they were
+        row.update(answer_kind=rec.kind, choices=list(rec.choices))
     return row
 
 

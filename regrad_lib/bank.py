@@ -313,6 +313,17 @@ def open_bank(topk: int, run: str, dataset: str, split: str, scheme: str = DEFAU
     return GradientBank.open(paths.bank_dir(topk, run, dataset, split, name), scheme=name, **checks)
 
 
+def serving_topk(topk: int, run: str, dataset: str, split: str, scheme: str = DEFAULT_SCHEME) -> int:
+    """The top-K whose bank serves questions answered with their top ``topk`` passages: ``topk`` when it has a bank,
+    else the smallest K > ``topk`` with one (04_encode with ``topk = K`` banked every question's top K, which
+    hold its top ``topk``), else ``topk`` (whose absent bank is then reported by :func:`open_bank`)."""
+    name = schemes.parse(scheme).name
+    banked = sorted(int(p.name) for p in paths.offline_dir().iterdir() if p.name.isdigit()
+                    and (paths.bank_dir(int(p.name), run, dataset, split, name) / MANIFEST).is_file()) \
+        if paths.offline_dir().is_dir() else []
+    return next((k for k in banked if k >= topk), topk)
+
+
 def schemes_on_disk(topk: int, run: str, dataset: str, split: str) -> list[str]:
     """The schemes of ``dataset``/``split`` that have a bank in ``offline/<topk>/<run>/``."""
     return present_schemes(paths.bank_split_dir(topk, run, dataset, split))

@@ -104,9 +104,14 @@ def output_dir(run: str) -> Path:
     return work_root() / "outputs" / run
 
 
+def offline_dir() -> Path:
+    """The Gradient Banks, one folder per top-k: ``offline/``."""
+    return work_root() / "offline"
+
+
 def bank_split_dir(topk: int, run: str, dataset: str, split: str) -> Path:
     """The Gradient Banks of one split, a folder per storage scheme: ``offline/<topk>/<run>/<dataset>/<split>_all``."""
-    return work_root() / "offline" / str(topk) / run / dataset / f"{split}_all"
+    return offline_dir() / str(topk) / run / dataset / f"{split}_all"
 
 
 def bank_dir(topk: int, run: str, dataset: str, split: str, scheme: str) -> Path:
@@ -148,6 +153,10 @@ def figures_dir(run: str, evaluation: str | None = None) -> Path:
     return results_dir(run, evaluation) / "figures"
 
 
-def executed_notebooks_dir(run: str) -> Path:
-    """papermill's executed copies ``runs/<run>/``."""
-    return work_root() / "runs" / run
+def executed_notebooks_dir(run: str, evaluation: str | None = None) -> Path:
+    """papermill's executed copies ``runs/<run>/`` (those of a runner call with a named evaluation in
+    ``runs/<run>/evaluations/<evaluation>/``, as its results, so they never overwrite the run's own)."""
+    if evaluation is None:
+        return work_root() / "runs" / run
+    results_dir(run, evaluation)          # checks the name
+    return work_root() / "runs" / run / "evaluations" / evaluation

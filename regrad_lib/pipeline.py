@@ -6,6 +6,12 @@ says which notebook and cell failed and where the executed copy is. ``--prepare-
 copies without executing them (the test suite runs nbval on those). ``--num-processes N`` (and
 ``--accelerate-config FILE``) run the heavy steps 03_train, 04_encode and 05_evaluate as jobs of N processes
 under ``accelerate launch`` (:mod:`regrad_lib.launch`); a failing process names its rank in the error.
+The executed copies of a call with ``-p evaluation <name>`` go to ``runs/<run>/evaluations/<name>/``.
+
+``--domain`` selects the public code's settings of which data sets are trained and evaluated together (its
+``--domain``): ``general`` (2WikiMultihopQA, ComplexWebQuestions, PopQA and HotpotQA mixed in meta-training and
+evaluated) and ``med`` (PubMedQA, with its context paragraphs as the corpus, in an index of its own). Explicit
+``--datasets``, ``--train-datasets`` and ``-p`` values override the domain's.
 """
 
 from __future__ import annotations
@@ -24,6 +30,14 @@ from . import paths
 log = logging.getLogger(__name__)
 
 NOTEBOOKS = ("01_index", "02_augment", "03_train", "04_encode", "05_evaluate", "06_analyze")
+GENERAL = ["2wikimultihopqa", "complexwebquestions", "popqa", "hotpotqa"]
+# The public code's domains that have data here; law and sports (LHF, HousingQA, CaseHold; Basketball, Football)
+# could not be obtained. "med" reads PubMedQA from <data_root>/pubmedqa (the bundled sample unless -p data_root).
+DOMAINS: dict[str, dict[str, Any]] = {
+    "general": {"datasets": GENERAL, "train_datasets": GENERAL},
+    "med": {"datasets": ["pubmedqa"], "train_datasets": ["pubmedqa"], "probe": False, "index": "pubmedqa",
+            "sweep_datasets": ["pubmedqa"]},
+}
 
 
 class PipelineError(RuntimeError):
@@ -104,12 +118,39 @@ def _failure_message(step: Step, output: Path, error: Exception) -> str:
            f"Executed copy: {paths.relative(output)}"
 
 
+def _quiet_kernel_manager():
+    """nbclient's kernel manager, except that a finished notebook's kernel is not sent SIGINT before its shutdown
+    request: jupyter_client interrupts every kernel it shuts down, and a kernel still handling a message then logs
+    a harmless but alarming ``[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.`` (seen after 02_augment,
+    where the next notebook starts). A kernel that does not stop is still terminated, then killed."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietShutdown(AsyncKernelManager):
+        async def _async_interrupt_kernel(self) -> None:
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
+    return QuietShutdown
+
+
+def domain_parameters(domain: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of ``--domain`` (:data:`DOMAINS`) that ``given`` does not set; ``med`` indexes the PubMedQA
+    folder ``<data_root>/pubmedqa`` (its context paragraphs)."""
+    if domain not in DOMAINS:
+        raise ValueError(f"--domain {domain!r}: choose one of {sorted(DOMAINS)}")
+    out = dict(DOMAINS[domain])
+    if domain == "med":
+        out["corpus"] = f"{given.get('data_root', 'data/sample')}/pubmedqa"
+    return {k: v for k, v in out.items() if k not in given}
+
+
 def run(run_name: str, shared: dict[str, Any], steps: str = "01-06", out_dir: Path | None = None,
         prepare_only: bool = False, kernel: str | None = None) -> list[Path]:
-    """Execute (or only parameterise) the chosen notebooks in order; returns the executed copies."""
+    """Execute (or only parameterise) the chosen notebooks in order; returns the executed copies (in ``out_dir``,
+    default ``runs/<run>/``, or ``runs/<run>/evaluations/<evaluation>/`` for a named evaluation)."""
     import papermill
 
-    out_dir = out_dir or paths.executed_notebooks_dir(run_name)
+    out_dir = out_dir or paths.executed_notebooks_dir(run_name, shared.get("evaluation"))
     out_dir.mkdir(parents=True, exist_ok=True)
     shared = {"run": run_name, **shared}
     chosen = select_steps(steps)
@@ -124,7 +165,7 @@ def run(run_name: str, shared: dict[str, Any], steps: str = "01-06", out_dir: Pa
         try:
             papermill.execute_notebook(str(step.source), str(output), parameters=params, prepare_only=prepare_only,
                                        kernel_name=kernel, cwd=str(paths.repo_root()), progress_bar=False,
-                                       log_output=False)
+                                       log_output=False, kernel_manager_class=_quiet_kernel_manager())
         except papermill.PapermillExecutionError as e:
             raise PipelineError(_failure_message(step, output, e)) from None
         if not prepare_only:
@@ -177,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebooks' own)")
     parser.add_argument("--seeds", help="comma-separated seeds: the pipeline once per seed (<run>-s<seed>) and "
                                         "an 06_analyze across them in runs/<run>/")
+    parser.add_argument("--domain", help=f"data sets trained and evaluated together, as the public code's --domain: "
+                                         f"{', '.join(sorted(DOMAINS))} (general: {','.join(GENERAL)}; med: pubmedqa)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     shared: dict[str, Any] = {}
@@ -194,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         shared[key] = parse_value(value)
     started = time.perf_counter()
     try:
+        if args.domain:
+            shared.update(domain_parameters(args.domain, shared))
         if args.seeds:
             if args.prepare_only or args.out:
                 raise ValueError("--seeds runs the notebooks; it takes neither --prepare-only nor --out")

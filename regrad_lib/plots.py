@@ -94,22 +94,24 @@ def f1_bars(rows: Sequence[Score], metric: str = "f1") -> Figure:
 
 
 @styled
-def sweep_curve(rows: Sequence[Score], vary: str = "gamma") -> Figure:
-    """F1 (left) and the gold answer's NLL (right) against ``vary`` (gamma or topk), one line per dataset
-    (rows from :func:`analysis.sweep`): an update that overshoots shows as F1 falling while the NLL climbs."""
+def sweep_curve(rows: Sequence[Score], vary: str = "gamma", metric: str = "f1") -> Figure:
+    """``metric`` (F1 or EM, left) and the gold answer's NLL (right) against ``vary`` (gamma, topk or mixed), one
+    line per dataset (rows from :func:`analysis.sweep`): an update that overshoots shows as F1 falling while the NLL
+    climbs."""
+    label = {"f1": "F1", "em": "EM"}[metric]
     fig = new_figure(8.4, 3.4)
     ax, nll = fig.subplots(1, 2)
     for i, d in enumerate(dict.fromkeys(r.dataset for r in rows)):
-        pts = sorted((getattr(r, vary), r.f1, r.nll) for r in rows if r.dataset == d)
+        pts = sorted((getattr(r, vary), getattr(r, metric), r.nll) for r in rows if r.dataset == d)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, lw=1, color=f"C{i % 10}", label=d)
         nll.plot([p[0] for p in pts], [p[2] for p in pts], "o-", ms=3, lw=1, color=f"C{i % 10}", label=d)
     methods = sorted({r.method for r in rows})
-    ax.set_title(f"F1 vs {vary} ({', '.join(methods)})")
-    ax.set_ylabel("F1 (×100)")
+    ax.set_title(f"{label} vs {vary} ({', '.join(methods)})")
+    ax.set_ylabel(f"{label} (×100)")
     nll.set_title(f"Gold answer NLL vs {vary}")
     nll.set_ylabel("mean answer NLL (nats)")
     for a in (ax, nll):
-        a.set_xlabel(vary)
+        a.set_xlabel({"mixed": "share of top-k replaced by another question's passages"}.get(vary, vary))
         a.grid(alpha=0.3)
     if rows:
         ax.legend(loc="best")
@@ -124,6 +126,12 @@ def gamma_sweep(rows: Sequence[Score]) -> Figure:
 def topk_sweep(rows: Sequence[Score]) -> Figure:
     """F1 vs top-k for regrad, one line per dataset."""
     return sweep_curve(rows, "topk")
+
+
+def mixed_sweep(rows: Sequence[Score]) -> Figure:
+    """EM and answer NLL of regrad against the share of each question's top-k replaced by the next question's
+    passages (the mixed-documents ablation), one line per dataset."""
+    return sweep_curve(rows, "mixed", metric="em")
 
 
 @styled

@@ -121,7 +121,8 @@ def evaluate(learner: Learner, validation: list[Task], generate: bool = True) ->
         from .harness import predict_online  # the answering stack loads only when validation generates
 
         predictions = predict_online(learner, validation, gamma=1.0)
-        scores = metrics.aggregate(metrics.score(p, list(t.answers)) for p, t in zip(predictions, validation))
+        scores = metrics.aggregate(metrics.score_kind(p, list(t.answers), t.kind, t.choices)
+                                   for p, t in zip(predictions, validation))
         out.update(eval_em=scores["em"], eval_f1=scores["f1"])
     return out
 

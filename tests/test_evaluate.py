@@ -158,8 +158,8 @@ def test_sweep(run):
     rows = evaluate.sweep(RUN, DATASET, gammas=(0.0, 1.0), limit=4, learner=learner)
     assert [(r["gamma"], r["topk"], r["n"]) for r in rows] == [(0.0, 3, 4), (1.0, 3, 4)]
     text = (paths.results_dir(RUN) / "sweeps.csv").read_text().splitlines()
-    assert text[0] == "dataset,method,gamma,topk,scheme,em,f1,precision,recall,nll,n"
-    assert all(line.split(",")[4] == bank.DEFAULT_SCHEME for line in text[1:])
+    assert text[0] == "dataset,method,gamma,topk,mixed,scheme,em,f1,precision,recall,nll,n"
+    assert all(line.split(",")[4:6] == ["0.0", bank.DEFAULT_SCHEME] for line in text[1:])
     # gamma 0 is the meta-trained LoRA without update
     plain = evaluate.score_rows(evaluate.run_method("no_update", learner, evaluate.load_tasks(DATASET, limit=4)))
     assert rows[0]["nll"] == pytest.approx(plain["nll"], abs=1e-4)
