@@ -39,14 +39,16 @@ def method_files(run: str, dataset: str, method: str, evaluation: str | None = N
 
 
 def settings(method: str, split: str, topk: int, gamma: float, limit: int | None, finished: bool | None,
-              scheme: str = schemes.DEFAULT) -> dict:
+              scheme: str = schemes.DEFAULT, cpt: dict | None = None) -> dict:
     """What a method's results depend on (kept results must match); ``finished``: the run's training had;
-    ``scheme``: the storage scheme of the bank it read (bank methods only)."""
+    ``scheme``: the storage scheme of the bank it read (bank methods only); ``cpt``: the continual post-training
+    that made the weights of cpt / cpt_rag (:func:`regrad_lib.cpt.answer_settings`)."""
     spec = SPECS[method]
-    return {"split": split, "limit": limit, "topk": topk if spec.context or spec.source != "none" else None,
-            "gamma": None if spec.source in ("none", "phi") else gamma,
-            "scheme": schemes.parse(scheme).name if spec.source == "bank" else None,
-            "run_finished": None if spec.base else finished}
+    out = {"split": split, "limit": limit, "topk": topk if spec.context or spec.source != "none" else None,
+           "gamma": None if spec.source in ("none", "phi", "cpt") else gamma,
+           "scheme": schemes.parse(scheme).name if spec.source == "bank" else None,
+           "run_finished": None if spec.base else finished}
+    return {**out, "cpt": cpt} if spec.source == "cpt" else out
 
 
 def finished_scores(run: str, dataset: str, method: str, settings: dict, evaluation: str | None = None) -> dict | None:
@@ -59,7 +61,7 @@ def finished_scores(run: str, dataset: str, method: str, settings: dict, evaluat
 
 
 def plan(run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation,
-          finished, scheme=schemes.DEFAULT) -> tuple[dict[str, dict], list]:
+          finished, scheme=schemes.DEFAULT, cpt=None) -> tuple[dict[str, dict], list]:
     """(results kept from finished methods, the methods to compute); refuses results of other settings."""
     out: dict[str, dict] = {}
     todo = []
@@ -67,7 +69,7 @@ def plan(run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation
         _, metrics_file = method_files(run, dataset, method, evaluation)
         if metrics_file.exists() and not overwrite:
             saved = read_metrics(metrics_file)
-            wanted = settings(method, split, topk, gamma, limit, finished, scheme)
+            wanted = settings(method, split, topk, gamma, limit, finished, scheme, cpt)
             # results written before run_finished was recorded count as matching on it
             found = {k: saved.get(k, wanted[k] if k == "run_finished" else None) for k in wanted}
             if found != wanted:
@@ -82,13 +84,15 @@ def plan(run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation
 
 
 def write_method(run, dataset, method, rows, learner, split, topk, gamma, limit, finished, evaluation=None,
-                  scheme=schemes.DEFAULT) -> dict:
+                  scheme=schemes.DEFAULT, cpt=None, checks: dict | None = None) -> dict:
+    """Write a method's predictions and, last, its ``metrics.json``; ``checks``: facts verified while answering
+    (e.g. ``persistent_unchanged``), recorded beside the scores."""
     predictions_file, metrics_file = method_files(run, dataset, method, evaluation)
     scores = score_rows(rows)
     source = {"run": run, "dataset": dataset, "method": method, "evaluation": evaluation,
               "preset": learner.preset.to_dict(), "meta_hash": learner.meta_hash(), "device": str(learner.device)}
-    result = {**scores, **settings(method, split, topk, gamma, limit, finished, scheme), "method": method,
-              "dataset": dataset, "provenance": artifacts.provenance(source)}
+    result = {**scores, **settings(method, split, topk, gamma, limit, finished, scheme, cpt), **(checks or {}),
+              "method": method, "dataset": dataset, "provenance": artifacts.provenance(source)}
     artifacts.write_jsonl(predictions_file, [{**r, "answer_nll": json_number(r["answer_nll"])} for r in rows])
     artifacts.write_json(metrics_file, {**result, "nll": json_number(result["nll"])})   # last: marks it done
     log.info("%s/%s: EM %.1f F1 %.1f NLL %.3f (n=%d)", dataset, method, scores["em"], scores["f1"], scores["nll"],
