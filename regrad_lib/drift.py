@@ -262,17 +262,17 @@ def general_set(run: str, learner: Learner, *, corpus_path: str, datasets: Seque
                 evaluation: str | None = None, overwrite: bool = False) -> GeneralSet:
     """The held-out passages and general questions of this run (chosen once, kept in ``results/<run>/drift/``),
     with ‖θ‖ and the measures at the base and the meta-trained weights. Kept when chosen with the same settings;
-    other settings are refused unless ``overwrite``."""
+    chosen again for other settings only with ``overwrite``."""
     cfg = learner.preset.cpt
     file = paths.drift_dir(run, evaluation) / GENERAL_SET
     settings = {"corpus": paths.relative(paths.resolve(corpus_path)), "general_passages": cfg.general_passages,
                 "general_questions": cfg.general_questions, "datasets": list(datasets),
                 "model": learner.preset.learner.model_name_or_path, "meta_hash": learner.meta_hash(),
                 "learner": asdict(learner.preset.learner), "generation": asdict(learner.preset.generation)}
-    if file.is_file() and not overwrite:
-        saved = GeneralSet.from_json(artifacts.read_json(file))
-        if saved.settings == settings:
-            return saved
+    saved = GeneralSet.from_json(artifacts.read_json(file)) if file.is_file() else None
+    if saved is not None and saved.settings == settings:
+        return saved
+    if saved is not None and not overwrite:
         changed = sorted(k for k in settings if saved.settings.get(k) != settings[k])
         raise FileExistsError(f"{paths.relative(file)} was chosen with other settings ({', '.join(changed)}): pass "
                               "overwrite=True (05_evaluate: overwrite = True) to choose it again, or name this "

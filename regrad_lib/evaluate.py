@@ -87,7 +87,7 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
                     cfg = current.preset.cpt if cpt_cfg is None else cpt_cfg
                     cpt_learner = dataclasses.replace(current, preset=dataclasses.replace(current.preset, cpt=cfg))
                     general = drift.general_set(run, cpt_learner, corpus_path=general_corpus,
-                                                datasets=general_datasets, evaluation=evaluation)
+                                                datasets=general_datasets, evaluation=evaluation, overwrite=overwrite)
                     post = cpt_module.post_train(run, dataset, cpt_learner, items, cfg=cfg, general=general,
                                                  split=split, topk=topk, limit=limit, evaluation=evaluation,
                                                  overwrite=overwrite)

@@ -288,3 +288,21 @@ def test_the_questions_left_out_of_the_general_set_are_the_ones_meta_training_to
                                                                      2, 42).validation}
     assert drift.meta_trained("cpt-meta") == set(taken) | validation
     assert drift.training_file("cpt-meta", "cpttrain") == "train_all"
+
+
+def test_05s_cpt_parameters_are_checked_first_and_reach_the_command_line(study):
+    from regrad_lib import launch
+
+    common = dict(run=RUN, datasets=[DATASET], methods=["cpt", "cpt_rag"], general_datasets=[GENERAL],
+                  general_corpus=study["corpus"])
+    with pytest.raises(config.ConfigError, match="cpt parameters: .*weights = 'adapter' is not allowed"):
+        evaluate.EvaluateSettings(**common, cpt_weights="adapter")
+    with pytest.raises(FileNotFoundError, match="general_corpus='nope.tsv' not found"):
+        evaluate.EvaluateSettings(**{**common, "general_corpus": "nope.tsv"})
+    with pytest.raises(FileNotFoundError, match="written by 02_augment"):
+        evaluate.EvaluateSettings(**{**common, "general_datasets": ["nosuchqa"]})
+    settings = evaluate.EvaluateSettings(**common, cpt_chunks=2, cpt_learning_rate=0.5)
+    assert settings.cpt == {"learning_rate": 0.5, "epochs_per_chunk": None, "chunks": 2, "weights": None}
+    assert cpt.resolve(RUN, settings.cpt) == config.CptConfig(**{**CFG, "chunks": 2, "learning_rate": 0.5})
+    name, again, _ = launch.parse_args(["evaluate", *launch.to_argv(settings)])
+    assert name == "evaluate" and again.cpt == settings.cpt and again.general_datasets == [GENERAL]
