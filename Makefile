@@ -32,7 +32,8 @@ demo: model
 TEST_WORK := $(CURDIR)/.test-work
 NBVAL_PARAMS := --preset tiny --datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions,probe,pubmedqa \
 	--train-datasets popqa,hotpotqa,probe,pubmedqa -p limit 6 -p limit_per_dataset '{}' -p train_limit 16 -p max_steps 3 \
-	-p gammas '[0.0,1.0]' -p index nbval -p frontier_schemes '["fp32","int8"]'
+	-p gammas '[0.0,1.0]' -p index nbval -p frontier_schemes '["fp32","int8"]' \
+	-p methods closed_book,rag,regrad,shift,no_update,cpt,cpt_rag
 test: model
 	rm -rf $(TEST_WORK) && mkdir -p $(TEST_WORK)/unit $(TEST_WORK)/chain
 	REGRAD_TEST_WORK=$(TEST_WORK)/unit $(BIN)/python -m pytest -q -p no:cacheprovider tests

@@ -42,7 +42,7 @@ def recover(run_dir: str | Path) -> bool:
     return exists(run_dir)
 
 
-def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """The optimizer's state dict as (tensors for safetensors, everything else for JSON)."""
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
@@ -57,7 +57,7 @@ def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
     return tensors, {"state": scalars, "param_groups": groups}
 
 
-def _optimizer_join(tensors: dict[str, torch.Tensor], saved: dict) -> dict:
+def optimizer_state(tensors: dict[str, torch.Tensor], saved: dict) -> dict:
     state: dict[int, dict] = {int(i): dict(entry) for i, entry in saved["state"].items()}
     for key, value in tensors.items():
         if key.startswith("optim."):
@@ -82,7 +82,7 @@ def _python_rng() -> list:
 def save(run_dir: str | Path, learner, optimizer: torch.optim.Optimizer, trainer_state: dict) -> Path:
     """Write ``checkpoint/`` for resuming after the step ``trainer_state["step"]`` (atomic: all or nothing)."""
     tensors = dict(learner.state_dict())
-    optim_tensors, optim_json = _optimizer_split(optimizer)
+    optim_tensors, optim_json = optimizer_parts(optimizer)
     tensors.update(optim_tensors)
     tensors.update(_rng_tensors())
     state = {**trainer_state, "optimizer": optim_json, "python_rng": _python_rng(),
@@ -107,7 +107,7 @@ def load(run_dir: str | Path, learner, optimizer: torch.optim.Optimizer) -> dict
                          f"preset's {learner.layout_hash()}; the run's peft_config changed: use overwrite=True")
     tensors = load_file(str(ckpt / TENSORS))
     learner.load_state(ckpt / TENSORS)
-    optimizer.load_state_dict(_optimizer_join(tensors, state.pop("optimizer")))
+    optimizer.load_state_dict(optimizer_state(tensors, state.pop("optimizer")))
     torch.set_rng_state(tensors["rng.torch"])
     cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")),
                                         key=lambda k: int(k.rsplit(".", 1)[1]))]

@@ -144,6 +144,18 @@ def results_dir(run: str, evaluation: str | None = None) -> Path:
     return work_root() / "results" / run / "evaluations" / evaluation
 
 
+def cpt_dir(run: str, dataset: str, evaluation: str | None = None) -> Path:
+    """Continual post-training on one dataset's documents (methods cpt, cpt_rag): ``results/<run>/<dataset>/cpt/``
+    (its checkpoint, a chunk at a time, and ``drift.json``, the measures after every chunk)."""
+    return results_dir(run, evaluation) / dataset / "cpt"
+
+
+def drift_dir(run: str, evaluation: str | None = None) -> Path:
+    """What drift is measured on (held-out general text, general questions) and at the base and meta-trained
+    weights: ``results/<run>/drift/``."""
+    return results_dir(run, evaluation) / "drift"
+
+
 def question_adapter_dir(run: str, name: str) -> Path:
     """One question's adapted weights ``phi'_q`` as a PEFT adapter ``results/<run>/adapters/<name>/``."""
     return results_dir(run) / "adapters" / name

@@ -42,17 +42,19 @@ def method_files(run: str, dataset: str, method: str, evaluation: str | None = N
 
 
 def settings(method: str, split: str, topk: int, gamma: float, limit: int | None, finished: bool | None,
-              scheme: str = schemes.DEFAULT, mixed: float = 0.0) -> dict:
+              scheme: str = schemes.DEFAULT, mixed: float = 0.0, cpt: dict | None = None) -> dict:
     """What a method's results depend on (kept results must match); ``finished``: the run's training had;
     ``scheme``: the storage scheme of the bank it read (bank methods only); ``mixed``: the share of each question's
-    passages replaced by the next question's (methods that use passages only)."""
+    passages replaced by the next question's (methods that use passages only); ``cpt``: the continual
+    post-training that made the weights of cpt / cpt_rag (:func:`regrad_lib.cpt.answer_settings`)."""
     spec = SPECS[method]
     uses_passages = spec.context or spec.source not in ("none", "phi")
-    return {"split": split, "limit": limit, "topk": topk if spec.context or spec.source != "none" else None,
-            "gamma": None if spec.source in ("none", "phi") else gamma,
-            "scheme": schemes.parse(scheme).name if spec.source == "bank" else None,
-            "mixed": float(mixed) if uses_passages else None,
-            "run_finished": None if spec.base else finished}
+    out = {"split": split, "limit": limit, "topk": topk if spec.context or spec.source != "none" else None,
+           "gamma": None if spec.source in ("none", "phi", "cpt") else gamma,
+           "scheme": schemes.parse(scheme).name if spec.source == "bank" else None,
+           "mixed": float(mixed) if uses_passages else None,
+           "run_finished": None if spec.base else finished}
+    return {**out, "cpt": cpt} if spec.source == "cpt" else out
 
 
 def saved_settings(saved: dict, wanted: dict) -> dict:
@@ -72,7 +74,7 @@ def finished_scores(run: str, dataset: str, method: str, settings: dict, evaluat
 
 
 def plan(run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation,
-          finished, scheme=schemes.DEFAULT, mixed=0.0) -> tuple[dict[str, dict], list]:
+          finished, scheme=schemes.DEFAULT, mixed=0.0, cpt=None) -> tuple[dict[str, dict], list]:
     """(results kept from finished methods, the methods to compute); refuses results of other settings."""
     out: dict[str, dict] = {}
     todo = []
@@ -80,7 +82,7 @@ def plan(run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation
         _, metrics_file = method_files(run, dataset, method, evaluation)
         if metrics_file.exists() and not overwrite:
             saved = read_metrics(metrics_file)
-            wanted = settings(method, split, topk, gamma, limit, finished, scheme, mixed)
+            wanted = settings(method, split, topk, gamma, limit, finished, scheme, mixed, cpt)
             found = saved_settings(saved, wanted)
             if found != wanted:
                 raise FileExistsError(f"{paths.relative(metrics_file)} was computed with {found}, not {wanted}: "
@@ -94,13 +96,15 @@ def plan(run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation
 
 
 def write_method(run, dataset, method, rows, learner, split, topk, gamma, limit, finished, evaluation=None,
-                  scheme=schemes.DEFAULT, mixed=0.0) -> dict:
+                  scheme=schemes.DEFAULT, mixed=0.0, cpt=None, checks: dict | None = None) -> dict:
+    """Write a method's predictions and, last, its ``metrics.json``; ``checks``: facts verified while answering
+    (e.g. ``persistent_unchanged``), recorded beside the scores."""
     predictions_file, metrics_file = method_files(run, dataset, method, evaluation)
     scores = score_rows(rows)
     source = {"run": run, "dataset": dataset, "method": method, "evaluation": evaluation,
               "preset": learner.preset.to_dict(), "meta_hash": learner.meta_hash(), "device": str(learner.device)}
-    result = {**scores, **settings(method, split, topk, gamma, limit, finished, scheme, mixed), "method": method,
-              "dataset": dataset, "provenance": artifacts.provenance(source)}
+    result = {**scores, **settings(method, split, topk, gamma, limit, finished, scheme, mixed, cpt), **(checks or {}),
+              "method": method, "dataset": dataset, "provenance": artifacts.provenance(source)}
     artifacts.write_jsonl(predictions_file, [{**r, "answer_nll": json_number(r["answer_nll"])} for r in rows])
     artifacts.write_json(metrics_file, {**result, "nll": json_number(result["nll"])})   # last: marks it done
     log.info("%s/%s: EM %.1f F1 %.1f NLL %.3f (n=%d)", dataset, method, scores["em"], scores["f1"], scores["nll"],

@@ -66,9 +66,13 @@ def append_log(path: Path, row: dict) -> None:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+# preset sections meta-training never reads: changing them neither refuses a resume nor retrains a finished run
+NOT_TRAINED = ("name", "cpt")
+
+
 def request_of(preset: config.Preset, train_datasets: Sequence[str], train_file: str) -> dict:
     return {"train_datasets": list(train_datasets), "train_file": train_file,
-            "preset": {k: v for k, v in preset.to_dict().items() if k != "name"}}
+            "preset": {k: v for k, v in preset.to_dict().items() if k not in NOT_TRAINED}}
 
 
 def changed_settings(folder: Path, request: dict) -> list[str]:

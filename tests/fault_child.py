@@ -75,6 +75,9 @@ def run(stage: str, kwargs: dict, threads: int):
         return train.train(preset=preset, **kwargs)
     if stage == "encode":
         return encode.encode(**kwargs)
+    if stage == "cpt":
+        from regrad_lib import evaluate
+        return evaluate.evaluate(**kwargs)
     raise ValueError(f"unknown stage {stage!r}")
 
 

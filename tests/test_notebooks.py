@@ -37,6 +37,14 @@ def test_notebook_hygiene_and_list_parameters(name):
         assert not any(isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.For, ast.While)) for n in ast.walk(tree))
 
 
+@pytest.mark.parametrize("name", pipeline.NOTEBOOKS)
+def test_papermill_reads_every_parameter(name):
+    """A parameter papermill cannot parse (e.g. an '=' in its comment) is not declared: -p would not reach it."""
+    assigned = [node.targets[0].id for node in ast.parse("".join(_cells(name)[0]["source"])).body
+                if isinstance(node, ast.Assign)]
+    assert sorted(pipeline.declared_parameters(paths.notebooks_dir() / f"{name}.ipynb")) == sorted(assigned)
+
+
 @pytest.mark.parametrize("value, kind, expected", [
     (["popqa", "hotpotqa"], str, ["popqa", "hotpotqa"]),
     ('["closed_book","regrad"]', str, ["closed_book", "regrad"]),
