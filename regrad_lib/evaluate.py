@@ -158,7 +158,8 @@ def _run(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, ban
                                           weights=weights, score_ids=gold, stop=learner.preset.generation.stop)
             done.append([(i, {"test_id": task.test_id, "question": task.question, "answers": list(task.answers),
                               "prediction": gen.answer, "generated": gen.text, "passage_ids": used[i],
-                              "answer_nll": gen.answer_nll, "truncated_passages": built[i].truncated})
+                              "answer_nll": gen.answer_nll, "min_margin": gen.min_margin,
+                              "truncated_passages": built[i].truncated})
                          for i, task, gen in zip(index, batch, out)])
             bar.update(len(batch))
     rows: list[dict | None] = [None] * len(items)
@@ -347,7 +348,7 @@ def _write_method(run, dataset, method, rows, learner, split, topk, gamma, limit
                 "preset": learner.preset.to_dict(), "meta_hash": learner.meta_hash(), "device": str(learner.device)}
     result = {**scores, **_settings(method, split, topk, gamma, limit, finished, scheme), "method": method,
               "dataset": dataset, "provenance": artifacts.provenance(settings)}
-    artifacts.write_jsonl(predictions_file, [{**r, "answer_nll": _json_number(r["answer_nll"])} for r in rows])
+    artifacts.write_jsonl(predictions_file, _json_rows(rows))
     artifacts.write_json(metrics_file, {**result, "nll": _json_number(result["nll"])})   # last: marks it done
     log.info("%s/%s: EM %.1f F1 %.1f NLL %.3f (n=%d)", dataset, method, scores["em"], scores["f1"], scores["nll"],
              scores["n"])
@@ -358,6 +359,10 @@ def _read_metrics(file: Path) -> dict:
     """A ``metrics.json``; its null NLL (no finite answer NLL) read back as NaN."""
     saved = artifacts.read_json(file)
     return {**saved, "nll": math.nan if saved.get("nll") is None else saved["nll"]}
+
+
+def _json_rows(rows: Sequence[dict]) -> list[dict]:
+    return [{**r, "answer_nll": _json_number(r["answer_nll"])} for r in rows]
 
 
 def _json_number(value: float | None) -> float | None:
@@ -419,7 +424,10 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
                 from . import bank as bank_module
                 store = bank_module.open_bank(topk, run, dataset, split, scheme, learner=current)
             for gamma in todo:
-                reused[gamma] = score_rows(run_method(method, current, items, bank=store, gamma=gamma, topk=topk))
+                rows = run_method(method, current, items, bank=store, gamma=gamma, topk=topk)
+                distributed.on_main(artifacts.write_jsonl, paths.sweep_predictions_file(
+                    run, dataset, method, gamma, topk, stored_as, evaluation), _json_rows(rows))
+                reused[gamma] = score_rows(rows)
         new += [{"dataset": dataset, "method": method, "gamma": g, "topk": int(topk), "scheme": stored_as,
                  **reused[g]} for g in points]
     if new:
