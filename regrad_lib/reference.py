@@ -208,8 +208,10 @@ def machine() -> dict:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version()}
+    from .learner import cpu_has_bf16
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "native_bf16": cpu_has_bf16(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version()}
 
 
 def save(results: Results, folder: str | Path = DEFAULT_FOLDER, command: str | None = None) -> Path:

@@ -94,7 +94,8 @@ def probe_block(results: Results) -> str:
     if sweep:
         parts += ["", f"γ sweep ({sweep[0]['method']}, top-{sweep[0]['topk']}):", "",
                   _table(["γ", *(f"{r['gamma']:g}" for r in sweep)],
-                         [["EM", *(f"{r['em']:.1f}" for r in sweep)], ["answer NLL", *(f"{r['nll']:.2f}" for r in sweep)]])]
+                         [["EM", *(f"{r['em']:.1f}" for r in sweep)],
+                          ["answer NLL", *(f"{r['nll']:.2f}" for r in sweep)]])]
     return "\n".join(parts)
 
 
@@ -172,9 +173,15 @@ def source_block(results: Results, folder: str) -> str:
     runs = ", ".join(f"`{run}` (seed {seed})" for seed, run in meta.get("runs", {}).items())
     where = meta.get("machine", {})
     return (f"Rendered from `{folder}/` by `python -m regrad_lib.reference render`: runs {runs}, saved "
-            f"{meta.get('created', '?')} at commit {str(meta.get('git_revision') or '?')[:7]} on {where.get('cpu', '?')} "
-            f"({where.get('cores', '?')} cores, torch {where.get('torch', '?')}, {where.get('threads', '?')} "
-            f"thread(s)) with `{meta.get('command') or '?'}`.")
+            f"{meta.get('created', '?')} at commit {str(meta.get('git_revision') or '?')[:7]} on "
+            f"{where.get('cpu', '?')} "
+            f"({where.get('cores', '?')} cores, {_bf16(where.get('native_bf16'))}, torch {where.get('torch', '?')}, "
+            f"{where.get('threads', '?')} thread(s)) with `{meta.get('command') or '?'}`.")
+
+
+def _bf16(native) -> str:
+    return {True: "native bf16: gradient work in bf16", False: "no native bf16: gradient work in fp32"}.get(
+        native, "bf16 support not recorded")
 
 
 def block(name: str, results: Results, folder: str) -> str:
