@@ -183,8 +183,15 @@ def collect(run: str, seed_runs: Sequence[str] = (), data_root: str = "data/samp
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"runs {[run, *seed_runs]} have the training seeds {seeds}: each run must have its own")
     results.meta = {"run": run, "runs": dict(zip(seeds, [run, *seed_runs])), "main_seed": seeds[0],
+                    "trained_at": {seed: _trained_revision(r) for seed, r in zip(seeds, [run, *seed_runs])},
                     "evaluation": evaluation, "data_root": data_root, "split": split}
     return results
+
+
+def _trained_revision(run: str) -> str | None:
+    """The git revision 03_train recorded for ``run`` (the code that made the results), if any."""
+    file = paths.output_dir(run) / "provenance.json"
+    return artifacts.read_json(file).get("git_revision") if file.is_file() else None
 
 
 # --- the folder ------------------------------------------------------------------------------------------------
@@ -215,7 +222,8 @@ def machine() -> dict:
 
 
 def save(results: Results, folder: str | Path = DEFAULT_FOLDER, command: str | None = None) -> Path:
-    """Write ``results`` into ``folder`` (repo-relative), replacing what was there."""
+    """Write ``results`` into ``folder`` (repo-relative), replacing what was there. ``machine`` and
+    ``git_revision`` record where and with which code it was saved: save on the machine that ran the runs."""
     target = paths.resolve(folder)
     meta = {**results.meta, "created": datetime.date.today().isoformat(), "git_revision": artifacts.git_revision(),
             "machine": machine(), "command": command}

@@ -99,7 +99,7 @@ def judge_text_score(ref: dict[str, dict], new: dict[str, dict], column: str) ->
     nll = [abs(new[k]["answer_nll"] - ref[k]["answer_nll"]) for k in ref
            if isinstance(ref[k].get("answer_nll"), float) and isinstance(new[k].get("answer_nll"), float)]
     scale = max(nll, default=math.nan)
-    ties = sum(1 for k in changed if min(_margin(ref[k]), _margin(new[k])) <= scale)
+    ties = sum(1 for k in changed if _margin(ref[k]) <= scale or _margin(new[k]) <= scale)   # NaN: unknown
     why = (f"{len(up)} up / {len(down)} down, sign test p = {p:.2g}; {ties} of {len(changed)} at near ties "
            f"(margin ≤ {scale:.2g})")
     return ("ok" if p >= effects.ALPHA or ties == len(changed) else "OUT"), why

@@ -130,8 +130,8 @@ def datasets_block(results: Results) -> str:
 def seeds_block(results: Results) -> str:
     seeds = results.seeds
     if len(seeds) < 2:
-        return ("The reference holds one seed. To add others: `python -m regrad_lib.reference save --run demo "
-                "--seed-runs <runs>` (README, \"Three seeds\").")
+        return ("The reference holds one seed; `python -m regrad_lib.reference save --run <run> --seed-runs "
+                "<runs of other seeds>` adds others.")
     datasets = list(dict.fromkeys(r["dataset"] for r in results.summary))
     pairs = list(dict.fromkeys((r["a"], r["b"]) for r in results.effects))
     methods = [m for m in _ordered((r["method"] for r in results.summary), METHODS) if any(m in p for p in pairs)]
@@ -172,11 +172,13 @@ def source_block(results: Results, folder: str) -> str:
     meta = results.meta
     runs = ", ".join(f"`{run}` (seed {seed})" for seed, run in meta.get("runs", {}).items())
     where = meta.get("machine", {})
-    return (f"Rendered from `{folder}/` by `python -m regrad_lib.reference render`: runs {runs}, saved "
+    trained = sorted({str(v)[:7] for v in (meta.get("trained_at") or {}).values() if v})
+    return (f"Rendered from `{folder}/` by `python -m regrad_lib.reference render`: runs {runs}"
+            f"{' trained at commit ' + ', '.join(trained) if trained else ''}, saved "
             f"{meta.get('created', '?')} at commit {str(meta.get('git_revision') or '?')[:7]} on "
             f"{where.get('cpu', '?')} "
-            f"({where.get('cores', '?')} cores, {_bf16(where.get('native_bf16'))}, torch {where.get('torch', '?')}, "
-            f"{where.get('threads', '?')} thread(s)) with `{meta.get('command') or '?'}`.")
+            f"({where.get('cores', '?')} cores, {_bf16(where.get('native_bf16'))}, torch {where.get('torch', '?')}) "
+            f"with `{meta.get('command') or '?'}`.")
 
 
 def _bf16(native) -> str:
