@@ -109,7 +109,7 @@ def test_two_processes_resume_one_and_train_the_same_trajectory(solo, monkeypatc
     # training moved phi and alpha: the comparison is not between two untouched initial states
     start = Learner.create(_settings("x").config).state_dict()
     final = _state(paths.output_dir("duo") / checkpoint.FOLDER / checkpoint.TENSORS)
-    assert all((final[k] - start[k]).abs().max() > 100 * drift[5] for k in final if not k.endswith("lora_B"))
+    assert all((final[k] - start[k]).abs().max() > 10 * drift[5] for k in final if not k.endswith("lora_B"))
 
 
 def _training_tolerances(log: list[dict]) -> tuple[dict[int, float], float, int]:
