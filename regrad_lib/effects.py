@@ -80,6 +80,20 @@ def _answer_nll(run: str, dataset: str, method: str, evaluation: str | None = No
             for k, r in rows.items()}
 
 
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error (sample std / √n; NaN for one value) of ``values``."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean_se of no values")
+    mean = sum(values) / n
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else math.nan
+
+
+def proportion_se(share: float, n: int) -> float:
+    """Binomial standard error of a share (0-1) observed on ``n`` questions: √(p(1 − p) / n)."""
+    return math.sqrt(share * (1 - share) / n)
+
+
 def paired_difference(nll_a: dict[str, float], nll_b: dict[str, float], dataset: str = "",
                       method_a: str = "a", method_b: str = "b") -> PairedDifference:
     """Paired statistics of ``nll_a[id] - nll_b[id]`` over the test_ids both have with finite values."""
@@ -89,8 +103,7 @@ def paired_difference(nll_a: dict[str, float], nll_b: dict[str, float], dataset:
     n = len(diffs)
     if n == 0:
         raise ValueError(f"{dataset}: {method_a} and {method_b} share no test_id with a finite answer_nll")
-    mean = sum(diffs) / n
-    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else math.nan
+    mean, se = mean_se(diffs)
     lower = sum(d < 0 for d in diffs)
     unmatched = len(set(nll_a) ^ set(nll_b))
     if unmatched:

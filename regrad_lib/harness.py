@@ -82,7 +82,7 @@ def _row(task: tasks.Task, gen: generation.Generation, passage_ids: list[str], t
     when none can be found: :func:`metrics.extract`), ``generated`` the raw new text."""
     row = {"test_id": task.test_id, "question": task.question, "answers": list(task.answers),
            "prediction": metrics.extract(task.kind, gen.answer, task.choices), "generated": gen.text,
-           "passage_ids": passage_ids, "answer_nll": gen.answer_nll, "truncated_passages": truncated}
+           "passage_ids": passage_ids, "answer_nll": gen.answer_nll, "min_margin": gen.min_margin, "truncated_passages": truncated}
     if task.kind != "short":
         row.update(answer_kind=task.kind, choices=list(task.choices))
     return row

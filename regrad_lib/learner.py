@@ -34,7 +34,8 @@ def model_dtype(preset: config.Preset, device: str | torch.device) -> torch.dtyp
 
 
 def cpu_has_bf16() -> bool:
-    """True on CPUs with native bf16 matmuls (x86 AVX512-BF16 or AMX), where bf16 autocast is ~1.7x faster."""
+    """True on CPUs with native bf16 matmuls (x86 AVX512-BF16 or AMX); elsewhere torch emulates bf16, far slower
+    than fp32 (BENCHMARKS.md, "Precision on a CPU")."""
     cpu = getattr(torch, "cpu", None)
     return any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported",
                                                                       "_is_amx_tile_supported"))
@@ -129,8 +130,8 @@ class Learner:
     @property
     def eval_precision(self) -> str:
         """The autocast precision of evaluation's forward passes (decoding, answer NLL): as :attr:`precision` on an
-        accelerator, fp32 on a CPU, where bf16 speeds decoding little (≈1.15x measured) but moves a question's
-        answer NLL by ≈0.04 nats — more than the paired effects the demo measures."""
+        accelerator, fp32 on a CPU, where bf16 moves a question's answer NLL by 0.034 nats (SD; BENCHMARKS.md,
+        "Precision on a CPU") — noise in every paired difference."""
         return self.precision if self.device.type != "cpu" else "no"
 
     def autocast(self):

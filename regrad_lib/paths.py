@@ -156,6 +156,16 @@ def drift_dir(run: str, evaluation: str | None = None) -> Path:
     return results_dir(run, evaluation) / "drift"
 
 
+def sweep_predictions_file(run: str, dataset: str, method: str, gamma: float, topk: int, scheme: str = "",
+                           evaluation: str | None = None, mixed: float = 0.0) -> Path:
+    """Predictions of one computed point of 05_evaluate's sweep, ``results/<run>/<dataset>/sweeps/
+    <method>.gamma-<gamma>.topk-<topk>[.mixed-<mixed>][.<scheme>].predictions.jsonl`` (points reused from a method's
+    own results, such as gamma 0 from ``no_update``, are that method's predictions file)."""
+    name = (f"{method}.gamma-{float(gamma):g}.topk-{int(topk)}" + (f".mixed-{float(mixed):g}" if mixed else "")
+            + (f".{scheme}" if scheme else ""))
+    return results_dir(run, evaluation) / dataset / "sweeps" / f"{name}.predictions.jsonl"
+
+
 def question_adapter_dir(run: str, name: str) -> Path:
     """One question's adapted weights ``phi'_q`` as a PEFT adapter ``results/<run>/adapters/<name>/``."""
     return results_dir(run) / "adapters" / name

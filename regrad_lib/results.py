@@ -105,7 +105,7 @@ def write_method(run, dataset, method, rows, learner, split, topk, gamma, limit,
               "preset": learner.preset.to_dict(), "meta_hash": learner.meta_hash(), "device": str(learner.device)}
     result = {**scores, **settings(method, split, topk, gamma, limit, finished, scheme, mixed, cpt), **(checks or {}),
               "method": method, "dataset": dataset, "provenance": artifacts.provenance(source)}
-    artifacts.write_jsonl(predictions_file, [{**r, "answer_nll": json_number(r["answer_nll"])} for r in rows])
+    artifacts.write_jsonl(predictions_file, json_rows(rows))
     artifacts.write_json(metrics_file, {**result, "nll": json_number(result["nll"])})   # last: marks it done
     log.info("%s/%s: EM %.1f F1 %.1f NLL %.3f (n=%d)", dataset, method, scores["em"], scores["f1"], scores["nll"],
              scores["n"])
@@ -116,6 +116,12 @@ def read_metrics(file: Path) -> dict:
     """A ``metrics.json``; its null NLL (no finite answer NLL) read back as NaN."""
     saved = artifacts.read_json(file)
     return {**saved, "nll": math.nan if saved.get("nll") is None else saved["nll"]}
+
+
+def json_rows(rows: Sequence[dict]) -> list[dict]:
+    """Prediction rows for strict JSON (a non-finite answer NLL or margin written as null)."""
+    return [{**r, "answer_nll": json_number(r["answer_nll"]),
+             **({"min_margin": json_number(r["min_margin"])} if "min_margin" in r else {})} for r in rows]
 
 
 def json_number(value: float | None) -> float | None:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from . import config, distributed, paths, schemes
+from . import artifacts, config, distributed, paths, schemes
 from .harness import run_method
 from .lazy_learner import finished_state, loader
 from .learner import Learner
 from .methods import SPECS, check_methods
-from .results import SWEEP_FIELDS, finished_scores, merge_csv, read_csv, score_rows, settings
+from .results import SWEEP_FIELDS, finished_scores, json_rows, merge_csv, read_csv, score_rows, settings
 from .tasks import load as load_tasks
 from .tasks import mixed_count
 
@@ -62,7 +62,11 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
                 store = bank_module.open_bank(bank_module.serving_topk(topk, run, dataset, split, scheme), run,
                                               dataset, split, scheme, learner=current)
             for gamma in todo:
-                reused[gamma] = score_rows(run_method(method, current, items, bank=store, gamma=gamma, topk=topk))
+                rows = run_method(method, current, items, bank=store, gamma=gamma, topk=topk)
+                # kept per point, so a rerun can be paired with this one question by question
+                distributed.on_main(artifacts.write_jsonl, paths.sweep_predictions_file(
+                    run, dataset, method, gamma, topk, stored_as, evaluation, mixed), json_rows(rows))
+                reused[gamma] = score_rows(rows)
         new += [{"dataset": dataset, "method": method, "gamma": g, "topk": topk, "mixed": mixed, "scheme": stored_as,
                  **reused[g]} for g in points]
     if new:

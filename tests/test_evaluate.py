@@ -163,6 +163,16 @@ def test_sweep(run):
     # gamma 0 is the meta-trained LoRA without update
     plain = evaluate.score_rows(evaluate.run_method("no_update", learner, evaluate.load_tasks(DATASET, limit=4)))
     assert rows[0]["nll"] == pytest.approx(plain["nll"], abs=1e-4)
+    # each computed point keeps its per-question predictions (what the reference comparison pairs)
+    for row in rows:
+        file = paths.sweep_predictions_file(RUN, DATASET, "regrad", row["gamma"], 3, bank.DEFAULT_SCHEME)
+        assert file.name == f"regrad.gamma-{row['gamma']:g}.topk-3.{bank.DEFAULT_SCHEME}.predictions.jsonl"
+        saved = [json.loads(line) for line in file.read_text().splitlines()]
+        scores = evaluate.score_rows(saved)
+        assert [r["test_id"] for r in saved] == [t.test_id for t in evaluate.load_tasks(DATASET, limit=4)]
+        assert (scores["em"], scores["n"]) == (row["em"], row["n"]) and scores["nll"] == pytest.approx(row["nll"],
+                                                                                                    abs=1e-4)
+        assert all(r["min_margin"] > 0 for r in saved)
     assert evaluate.sweep(RUN, DATASET, gammas=(0.0, 1.0), limit=4, learner=lambda: pytest.fail("reloaded")) == rows
     assert evaluate.sweep_all(RUN, [DATASET], gammas=[]) == []
 

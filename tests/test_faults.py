@@ -4,8 +4,9 @@ Each child (tests/fault_child.py) runs one stage against this module's own work 
 (no clean-up runs) on the n-th matching call of a wrapped function, e.g. inside the checkpoint folder swap
 or between a bank shard's rename and the manifest update. The job is then resumed here and its artifacts are
 compared with an uninterrupted run's, bit for bit: the index's search results, the augmented file, the training
-run (tiny preset, CPU, fp32: meta weights, checkpoint tensors, log rows), the bank's gradients and continual
-post-training's weights, drift rows and answers.
+run (tiny preset, CPU, fp32: meta weights, checkpoint tensors, log rows), the bank's gradients, the evaluation's
+predictions, metrics and summary, and continual post-training's weights, drift rows and answers. Children run with
+this process's thread count, so the comparisons are exact.
 """
 
 from __future__ import annotations
@@ -299,3 +300,68 @@ def test_cpt_killed_mid_chunk_inside_its_checkpoint_swap_and_before_its_drift_fi
     assert results.predictions(CPT_RUN, CPT_DATA, "cpt", "killed") == \
         results.predictions(CPT_RUN, CPT_DATA, "cpt", "whole")
     assert _stream_state("killed")["steps"] == CPT_STEPS
+
+
+# --- evaluate -----------------------------------------------------------------------------------------------
+
+EVAL_METHODS = ["closed_book", "regrad", "shift", "no_update"]
+
+
+def _evaluate(evaluation: str) -> dict:
+    # 24 questions in batches of 8 (tiny preset): three generate() calls per method
+    return {"run": "reference", "dataset": "popqa", "methods": EVAL_METHODS, "split": "train_24", "scheme": "fp32",
+            "evaluation": evaluation}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_evaluation(work, reference_run):
+    encode.encode(**_encode())                       # the fp32 bank (resumes: nothing to do if it exists)
+    evaluate.evaluate(**_evaluate("whole"))
+    return "whole"
+
+
+def _evaluation_files(evaluation: str) -> dict[str, object]:
+    """Every file of a named evaluation: text as is, metrics.json without the evaluation's own name."""
+    root = paths.results_dir("reference", evaluation)
+    out = {}
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        if file.name.endswith(".metrics.json"):
+            saved = json.loads(file.read_text())
+            assert saved["provenance"]["config"].pop("evaluation") == evaluation
+            out[str(file.relative_to(root))] = saved
+        else:
+            out[str(file.relative_to(root))] = file.read_bytes()
+    return out
+
+
+# Kill points of 05_evaluate: inside a method (its second batch), between a method's predictions file and its
+# metrics.json (the predictions exist, the method is not done), and after the last metrics.json before summary.csv.
+EVAL_KILLS = {
+    "mid-method": ({"target": "regrad_lib.generation:generate", "nth": 5}, ["closed_book"]),
+    "predictions-not-metrics": ({"target": "regrad_lib.artifacts:write_json", "match": r"shift\.metrics\.json",
+                                 "nth": 1}, ["closed_book", "regrad"]),
+    "metrics-not-summary": ({"target": "regrad_lib.artifacts:write_text", "match": "summary.csv", "nth": 1},
+                            EVAL_METHODS),
+}
+
+
+@pytest.mark.parametrize("point", list(EVAL_KILLS))
+def test_evaluation_killed_resumes_method_by_method_to_the_same_results(work, uninterrupted_evaluation, point,
+                                                                       monkeypatch):
+    hook, finished = EVAL_KILLS[point]
+    name = f"killed-{point}"
+    killed("evaluate", hook, **_evaluate(name))
+    folder = paths.results_dir("reference", name) / "popqa"
+    assert sorted(p.name.split(".")[0] for p in folder.glob("*.metrics.json")) == sorted(finished)
+    assert not (paths.results_dir("reference", name) / "summary.csv").exists()
+    if point == "predictions-not-metrics":
+        assert (folder / "shift.predictions.jsonl").exists()      # written, but without metrics it is not done
+    computed = []
+    real = evaluate.run_method
+    monkeypatch.setattr(evaluate, "run_method", lambda method, *a, **k: computed.append(method) or real(method, *a,
+                                                                                                         **k))
+    result = evaluate.evaluate(**_evaluate(name))
+    assert computed == [m for m in EVAL_METHODS if m not in finished]     # finished methods are kept, not redone
+    assert {m: r["status"] for m, r in result.items()} == {m: "kept" if m in finished else "computed"
+                                                          for m in EVAL_METHODS}
+    assert _evaluation_files(name) == _evaluation_files(uninterrupted_evaluation)
