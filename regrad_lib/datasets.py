@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from . import artifacts, paths
+from . import artifacts, params, paths
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,11 @@ def load(name: str, data_dir: str | os.PathLike, split: str, start: int = 0,
     folder = paths.resolve(data_dir)
     loader = _LOADERS.get(name) or _custom.get(name) or _generic_loader(name, folder, split)
     records = loader(folder, split)
+    if not records:
+        present = sorted(p.name for p in folder.glob(f"*{split}*")) if folder.is_dir() else []
+        raise DatasetFormatError(f"dataset {name!r}, split {split!r} in {paths.relative(folder)} holds no questions"
+                                 f"{f' (files: {present})' if present else ''}: an empty file? Give at least one "
+                                 "{question, answer} record")
     out = records[start:end]
     log.info("loaded %d %s/%s records from %s (of %d in the split)", len(out), name, split,
              paths.relative(folder), len(records))
@@ -96,12 +101,16 @@ def register(name: str, loader: Callable[[Path, str], Iterable[QARecord | dict]]
     if name in _LOADERS:
         raise ValueError(f"{name!r} is one of the named datasets {list(NAMES)}; register the custom loader under "
                          "another name")
-    if not name or "/" in name or name in (".", ".."):
-        raise ValueError(f"dataset name {name!r}: a folder name, e.g. 'myqa'")
+    params.folder_name("dataset name", name)
 
     def checked(folder: Path, split: str) -> list[QARecord]:
+        records = loader(folder, split)
+        if records is None or isinstance(records, (str, bytes, dict)) or not hasattr(records, "__iter__"):
+            raise DatasetFormatError(f"the loader registered for dataset {name!r} returned {_show(records)} for "
+                                     f"{paths.relative(folder)}, split {split!r}: it must return or yield QARecord "
+                                     "objects or {question, answer} dicts")
         out = []
-        for i, rec in enumerate(loader(folder, split)):
+        for i, rec in enumerate(records):
             out.append(rec if isinstance(rec, QARecord) else _generic(folder / f"{split} (loader {name!r})", i, rec))
         return out
 
@@ -122,6 +131,7 @@ def import_loaders(modules: Sequence[str]) -> list[str]:
 def _generic_loader(name: str, folder: Path, split: str) -> Callable[[Path, str], list[QARecord]]:
     """The generic reader for a dataset without a loader, or the error: a typo of a known name, or no file."""
     files = [folder / f"{split}.json", folder / f"{split}.jsonl"]
+    _one_of(files)
     if not any(f.is_file() for f in files):
         known = [*NAMES, *sorted(_custom)]
         close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.5)
@@ -209,11 +219,12 @@ def _load_cwq(folder: Path, split: str) -> list[QARecord]:
 def _load_popqa(folder: Path, split: str) -> list[QARecord]:
     tsv = folder / "popQA.tsv"
     if split in POPQA_SPLITS and tsv.is_file():
+        _one_of([tsv, folder / f"{split}.json", folder / f"{split}.jsonl"])
         lo, hi = POPQA_SPLITS[split]
         rows = _read_popqa(tsv)
         if len(rows) <= lo:
-            log.warning("%s has %d rows: split %r (rows %d-%s) is empty", paths.relative(tsv), len(rows),
-                        split, lo, "end" if hi is None else hi - 1)
+            raise DatasetFormatError(f"{paths.relative(tsv)} has {len(rows)} rows: split {split!r} (rows {lo}-"
+                                     f"{'end' if hi is None else hi - 1}) holds no questions")
         return rows[lo:hi]
     generic = [f"{split}.json", f"{split}.jsonl"]
     if not any((folder / n).is_file() for n in generic) and split not in POPQA_SPLITS:
@@ -269,7 +280,17 @@ _custom: dict[str, Callable[[Path, str], list[QARecord]]] = {}   # register()
 
 # --- reading and validation helpers ----------------------------------------------------------------------
 
+def _one_of(files: Sequence[Path]) -> None:
+    """Refuse two files that could each be the split (``dev.json`` and ``dev.jsonl``): which one is meant?"""
+    present = [f for f in files if f.is_file()]
+    if len(present) > 1:
+        raise DatasetFormatError(f"{paths.relative(present[0].parent)} holds {' and '.join(f.name for f in present)} "
+                                 "for one split: keep one of them (only one is read, and it would be a silent "
+                                 "choice)")
+
+
 def _find(folder: Path, name: str, split: str, candidates: list[str]) -> Path:
+    _one_of([folder / c for c in candidates])
     for candidate in candidates:
         if (folder / candidate).is_file():
             return folder / candidate

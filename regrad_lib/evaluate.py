@@ -41,6 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import artifacts, config, distributed, generation, lora, metrics, paths, prompts, regrad, schemes, tasks
+from . import params, runlock
 from .learner import Learner, run_finished, trained_state
 
 log = logging.getLogger(__name__)
@@ -273,6 +274,8 @@ def default_gamma(run: str) -> float:
     return config.load_preset(trained_state(run, allow_unfinished=True).parent).learner.gamma   # only its config
 
 
+@params.typed
+@runlock.writer("05_evaluate")
 def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "dev", topk: int = 3,
              gamma: float | None = None, limit: int | None = None, device: str = "cpu", overwrite: bool = False,
              learner: Learner | Callable[[], Learner] | None = None, bank=None,
@@ -388,6 +391,8 @@ def summary(run: str, evaluation: str | None = None) -> list[dict]:
     return read_csv(paths.results_dir(run, evaluation) / "summary.csv")
 
 
+@params.typed
+@runlock.writer("05_evaluate")
 def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0), topks: Sequence[int] = (3,),
           method: str = "regrad", split: str = "dev", limit: int | None = None, device: str = "cpu",
           overwrite: bool = False, learner: Learner | Callable[[], Learner] | None = None,
@@ -484,6 +489,7 @@ class EvaluateSettings:
     frontier_schemes: list[str] = field(default_factory=list)   # regrad also on these banks (frontier.py)
 
     def __post_init__(self) -> None:
+        params.check_fields(self)
         self.datasets = [self.datasets] if isinstance(self.datasets, str) else list(self.datasets)
         self.methods = check_methods(self.methods)
         self.scheme = schemes.parse(self.scheme).name

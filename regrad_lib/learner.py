@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from . import artifacts, checkpoint, config, distributed, lora, modeling, paths
+from . import artifacts, checkpoint, config, distributed, lora, modeling, ownership, paths, tensorfile
 from .regrad import StepSizes, Weights
 
 log = logging.getLogger(__name__)
@@ -63,6 +62,20 @@ def unfinished_message(run: str) -> str:
             f"allow_unfinished=True to use its current {META_STATE} anyway (recorded in the outputs)")
 
 
+def is_weight(name: str) -> bool:
+    """The meta weights of a state file (``phi.*`` LoRA weights, ``alpha.*`` step sizes), which must be finite."""
+    return name.startswith(("phi.", "alpha."))
+
+
+def read_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a run's ``meta_state.safetensors``, checksum verified (required in a run folder with the
+    marker) and weights finite; a damaged file is refused naming it."""
+    path = Path(path)
+    tensors, _ = tensorfile.load(path, required=ownership.run_marked(path.parent), finite=is_weight,
+                                 fix=f"train the run again (03_train with overwrite=True) or restore {path.name}")
+    return tensors
+
+
 def trained_state(run: str, allow_unfinished: bool = False) -> Path:
     """``outputs/<run>/meta_state.safetensors`` of a finished run (else an error naming 03_train and the fix)."""
     state = paths.output_dir(run) / META_STATE
@@ -94,7 +107,7 @@ class Learner:
         lora.attach(model, preset.peft, seed=preset.train.seed if seed is None else seed)
         if warm_start and preset.learner.init_adapter is not None:
             from . import adapters
-            adapters.load_into(model, preset.learner.init_adapter, preset.peft)
+            adapters.load_into(model, preset.learner.init_adapter, preset.peft, preset.learner.model_name_or_path)
         phi = lora.parameters(model)
         alpha = StepSizes(phi, preset.learner.alpha_mode, preset.learner.init_alpha).to(device)
         return cls(model, tokenizer, preset, phi, alpha, torch.device(device))
@@ -125,13 +138,21 @@ class Learner:
         return out
 
     def save(self, path: str | Path) -> Path:
+        """``meta_state.safetensors`` (with its checksum); non-finite weights are refused, never written."""
+        tensors = self.state_dict()
+        tensorfile.check_finite(tensors, paths.relative(path), fix="the meta weights diverged: lower the learning "
+                                "rate, or check the warm-start adapter")
         with artifacts.atomic_path(path) as tmp:
-            save_file(self.state_dict(), str(tmp), metadata={"alpha_mode": self.alpha.mode,
-                                                             "layout_hash": self.layout_hash()})
+            tensorfile.save(tmp, tensors, {"alpha_mode": self.alpha.mode, "layout_hash": self.layout_hash()},
+                            shown_as=path)
         return Path(path)
 
     def load_state(self, path: str | Path) -> None:
-        tensors = load_file(str(path))
+        """Load a run's ``meta_state.safetensors`` (checked: :func:`read_state`)."""
+        self.load_tensors(read_state(path), path)
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+        """phi and alpha from a state file's tensors (``path`` names it in errors)."""
         lora.load_into(self.model, {k[4:]: v for k, v in tensors.items() if k.startswith("phi.")})
         alpha = {k[6:]: v for k, v in tensors.items() if k.startswith("alpha.")}
         if set(alpha) != set(self.alpha.values):

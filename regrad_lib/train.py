@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import adapters, artifacts, checkpoint, config, distributed, metrics, paths, regrad
+from . import ownership, params, runlock
 from . import tasks as tasks_mod
-from .learner import META_STATE, TRAIN_SUMMARY, Learner
+from .learner import META_STATE, TRAIN_SUMMARY, Learner, read_state
 from .tasks import Task
 
 log = logging.getLogger(__name__)
@@ -271,6 +271,8 @@ class TrainSettings:
     init_adapter: str | None = None    # a PEFT LoRA adapter folder to start phi from (None: a fresh LoRA)
 
     def __post_init__(self) -> None:
+        params.check_fields(self)
+        paths.output_dir(self.run)         # a run name that is no plain folder name is refused here
         if isinstance(self.train_datasets, str):
             self.train_datasets = [self.train_datasets]
         if not self.train_datasets:
@@ -294,13 +296,11 @@ def run(settings: TrainSettings) -> dict:
 
 def learned_alpha(run: str) -> dict[str, float]:
     """The selected step sizes of ``outputs/<run>/meta_state.safetensors``, per LoRA tensor (mean for ``full``)."""
-    from safetensors.torch import load_file
-
     path = paths.output_dir(run) / META_STATE
     if not path.is_file():
         raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 03_train (run={run!r})")
     return {k[len("alpha."):].replace("__", "."): float(v.float().mean())
-            for k, v in load_file(str(path)).items() if k.startswith("alpha.")}
+            for k, v in read_state(path).items() if k.startswith("alpha.")}
 
 
 # --- artifacts -----------------------------------------------------------------------------------------
@@ -323,7 +323,7 @@ def read_log(run: str) -> list[dict]:
 
 
 def _append(path: Path, row: dict) -> None:
-    with path.open("a", encoding="utf-8") as f:
+    with artifacts.naming(path), path.open("a", encoding="utf-8") as f:   # a full disk names the log
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
@@ -370,22 +370,24 @@ def _prepare_folder(folder: Path, request: dict, overwrite: bool, resume: bool) 
     if folder.exists() and any(folder.iterdir()):
         if overwrite:
             log.info("overwrite=True: removing %s", paths.relative(folder))
-            shutil.rmtree(folder)
+            ownership.remove_run(folder)
         elif not checkpoint.recover(folder):   # interrupted before its first complete checkpoint
             log.info("%s holds no complete checkpoint: starting the run again", paths.relative(folder))
-            shutil.rmtree(folder)
+            ownership.remove_run(folder)
         elif resume and (folder / REQUEST).exists():
             _check_resumable(folder, request)
             return True
         else:
             raise FileExistsError(f"{paths.relative(folder)} holds an unfinished run: resume=True continues it, "
                                   "overwrite=True starts again")
-    folder.mkdir(parents=True, exist_ok=True)
+    ownership.mark_run(folder)
     return False
 
 
 # --- the training loop ---------------------------------------------------------------------------------
 
+@params.typed
+@runlock.writer("03_train")
 def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], *, train_file: str = "train_all",
           device: str = "cpu", limit: int | None = None, overwrite: bool = False, resume: bool = True) -> dict:
     """Meta-train on the augmented training tasks; returns the summary (also ``train_summary.json``).
@@ -513,6 +515,10 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
         distributed.same_everywhere(learner.meta_hash(), "the meta weights at the end")
 
     def finish() -> dict:
+        if state["step"] and state["skipped_nonfinite"] >= state["step"]:
+            raise NonFiniteError(f"{paths.relative(folder)}: every one of the {state['step']} steps was skipped as "
+                                 "non-finite, so nothing was learned and the run is not finished; check the "
+                                 "warm-start adapter and the learning rate, then train again with overwrite=True")
         if not data.validation:
             learner.save(folder / META_STATE)
         summary = _summary(run, preset, train_datasets, train_file, data, state, read_log(run), elapsed())
