@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
 
-from . import paths
+from . import params, paths
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class AnalyzeConfig:
     evaluation: str | None = None
 
     def __post_init__(self):
+        params.check_fields(self)       # topk "3" -> 3 as everywhere (params), True refused
         if not isinstance(self.run, str) or not self.run.strip():
             raise ValueError(f"run={self.run!r}: give the run name used by 03_train and 05_evaluate, e.g. 'demo'")
         if isinstance(self.datasets, str) or not self.datasets or \
@@ -293,13 +294,10 @@ def read_alpha(run: str) -> dict[str, float]:
     path = meta_state_file(run)
     if not path.is_file():
         raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 03_train (run={run!r})")
-    from safetensors import safe_open
+    from .learner import read_state    # the checked reader (checksum, finite weights)
 
-    out = {}
-    with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():
-            if key.startswith("alpha."):
-                out[key[len("alpha."):].replace("__", ".")] = float(f.get_tensor(key).float().mean())
+    out = {key[len("alpha."):].replace("__", "."): float(value.float().mean())
+           for key, value in read_state(path).items() if key.startswith("alpha.")}
     if not out:
         raise ValueError(f"{paths.relative(path)} holds no 'alpha.*' tensors; is it a meta_state file of 03_train?")
     natural = lambda name: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]  # noqa: E731

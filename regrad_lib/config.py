@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -350,10 +349,21 @@ def available_presets() -> list[str]:
 
 
 def _preset_folder(name_or_dir: str | Path) -> Path:
+    if not isinstance(name_or_dir, (str, Path)):
+        raise ConfigError(f"preset = {name_or_dir!r} ({type(name_or_dir).__name__}): give a preset name such as "
+                          f"'tiny' (known: {available_presets()}) or a folder holding the four config files")
     candidate = paths.resolve(name_or_dir)
     if candidate.is_dir() and any((candidate / f).exists() for f in (*FILES.values(), "variant.json")):
         return candidate
-    folder = paths.preset_dir(str(name_or_dir))
+    if isinstance(name_or_dir, Path) or any(sep in str(name_or_dir) for sep in ("/", "\\")):
+        state = "holds none of " + ", ".join([*FILES.values(), "variant.json"]) if candidate.is_dir() else \
+            "is not a folder"
+        raise ConfigError(f"preset folder {candidate} {state}: give a preset name (known: {available_presets()}) or "
+                          "a folder holding the four config files")
+    try:
+        folder = paths.preset_dir(str(name_or_dir))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if folder.is_dir():
         return folder
     known = available_presets()
@@ -373,7 +383,10 @@ def _load(folder: Path, chain: tuple[Path, ...]) -> Preset:
     """The preset in ``folder``; ``chain``: the variant files that led here (a base naming one of them loops)."""
     variant = folder / "variant.json"
     if variant.exists():
-        diff = artifacts.read_json(variant)
+        try:
+            diff = artifacts.read_json(variant, unique_keys=True)
+        except ValueError as e:   # not JSON, not UTF-8, or a key given twice
+            raise ConfigError(str(e)) from None
         if not isinstance(diff, dict) or not isinstance(diff.get("base"), str):
             raise ConfigError(f"{variant}: needs a key 'base' naming the preset this variant changes, e.g. "
                               '{"base": "tiny", "train": {...}}')
@@ -395,10 +408,8 @@ def _load(folder: Path, chain: tuple[Path, ...]) -> Preset:
         if not path.exists():
             raise ConfigError(f"{path} not found: a preset folder needs {list(FILES.values())}")
         try:
-            data = json.loads(artifacts.read_text(path))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        except ValueError as e:   # not UTF-8
+            data = artifacts.read_json(path, unique_keys=True)
+        except ValueError as e:   # not JSON, not UTF-8, or a key given twice (the last would silently win)
             raise ConfigError(str(e)) from None
         sections[section] = _coerce(_SECTIONS[section], data, str(path))
     return Preset(name=folder.name, **sections)

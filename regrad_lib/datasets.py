@@ -36,7 +36,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from . import paths, pubmedqa
+from . import params, paths, pubmedqa
 from .metrics import ANSWER_KINDS
 from .qa_records import (DatasetFormatError, QARecord, answer_kind, dedupe, generic_record, locate,  # noqa: F401
                          read_records, read_text, record_id, show, strings_field, text_field)
@@ -72,6 +72,11 @@ def load(name: str, data_dir: str | os.PathLike, split: str, start: int = 0,
     folder = paths.resolve(data_dir)
     loader = _LOADERS.get(name) or _custom.get(name) or _generic_loader(name, folder, split)
     records = loader(folder, split)
+    if not records:
+        present = sorted(p.name for p in folder.glob(f"*{split}*")) if folder.is_dir() else []
+        raise DatasetFormatError(f"dataset {name!r}, split {split!r} in {paths.relative(folder)} holds no questions"
+                                 f"{f' (files: {present})' if present else ''}: an empty file? Give at least one "
+                                 "{question, answer} record")
     out = records[start:end]
     log.info("loaded %d %s/%s records from %s (of %d in the split)", len(out), name, split,
              paths.relative(folder), len(records))
@@ -89,14 +94,18 @@ def register(name: str, loader: Callable[[Path, str], Iterable[QARecord | dict]]
     if name in _LOADERS:
         raise ValueError(f"{name!r} is one of the named datasets {list(NAMES)}; register the custom loader under "
                          "another name")
-    if not name or "/" in name or name in (".", ".."):
-        raise ValueError(f"dataset name {name!r}: a folder name, e.g. 'myqa'")
+    params.folder_name("dataset name", name)
     if kind not in ANSWER_KINDS:
         raise ValueError(f"kind={kind!r}: the answer kind of {name!r}, one of {list(ANSWER_KINDS)}")
 
     def checked(folder: Path, split: str) -> list[QARecord]:
+        records = loader(folder, split)
+        if records is None or isinstance(records, (str, bytes, dict)) or not hasattr(records, "__iter__"):
+            raise DatasetFormatError(f"the loader registered for dataset {name!r} returned {show(records)} for "
+                                     f"{paths.relative(folder)}, split {split!r}: it must return or yield QARecord "
+                                     "objects or {question, answer} dicts")
         out, where = [], folder / f"{split} (loader {name!r})"
-        for i, rec in enumerate(loader(folder, split)):
+        for i, rec in enumerate(records):
             if not isinstance(rec, QARecord):
                 rec = generic_record(where, i, rec, kind)
             elif rec.kind == "short" and kind != "short":     # a record of the default kind gets the dataset's
@@ -122,6 +131,7 @@ def import_loaders(modules: Sequence[str]) -> list[str]:
 def _generic_loader(name: str, folder: Path, split: str) -> Callable[[Path, str], list[QARecord]]:
     """The generic reader for a dataset without a loader, or the error: a typo of a known name, or no file."""
     files = [folder / f"{split}.json", folder / f"{split}.jsonl"]
+    _one_of(files)
     if not any(f.is_file() for f in files):
         known = [*NAMES, *sorted(_custom)]
         close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.5)
@@ -209,11 +219,12 @@ def _load_cwq(folder: Path, split: str) -> list[QARecord]:
 def _load_popqa(folder: Path, split: str) -> list[QARecord]:
     tsv = folder / "popQA.tsv"
     if split in POPQA_SPLITS and tsv.is_file():
+        _one_of([tsv, folder / f"{split}.json", folder / f"{split}.jsonl"])
         lo, hi = POPQA_SPLITS[split]
         rows = _read_popqa(tsv)
         if len(rows) <= lo:
-            log.warning("%s has %d rows: split %r (rows %d-%s) is empty", paths.relative(tsv), len(rows),
-                        split, lo, "end" if hi is None else hi - 1)
+            raise DatasetFormatError(f"{paths.relative(tsv)} has {len(rows)} rows: split {split!r} (rows {lo}-"
+                                     f"{'end' if hi is None else hi - 1}) holds no questions")
         return rows[lo:hi]
     generic = [f"{split}.json", f"{split}.jsonl"]
     if not any((folder / n).is_file() for n in generic) and split not in POPQA_SPLITS:
@@ -278,7 +289,17 @@ _custom: dict[str, Callable[[Path, str], list[QARecord]]] = {}   # register()
 
 # --- reading and validation helpers ----------------------------------------------------------------------
 
+def _one_of(files: Sequence[Path]) -> None:
+    """Refuse two files that could each be the split (``dev.json`` and ``dev.jsonl``): which one is meant?"""
+    present = [f for f in files if f.is_file()]
+    if len(present) > 1:
+        raise DatasetFormatError(f"{paths.relative(present[0].parent)} holds {' and '.join(f.name for f in present)} "
+                                 "for one split: keep one of them (only one is read, and it would be a silent "
+                                 "choice)")
+
+
 def _find(folder: Path, name: str, split: str, candidates: list[str]) -> Path:
+    _one_of([folder / c for c in candidates])
     for candidate in candidates:
         if (folder / candidate).is_file():
             return folder / candidate

@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import bank, bank_writer, config, distributed, lora, paths, prompts, regrad, tasks
+from . import bank, bank_writer, config, distributed, lora, params, paths, prompts, regrad, runlock, tasks
 from .learner import Learner
 from .run_state import trained_state
 
@@ -79,6 +79,8 @@ def gradient_batches(learner: Learner, items: Sequence[Passage], batch_size: int
         yield [p.pid for p in chunk], lora.flatten(grads)
 
 
+@params.typed
+@runlock.writer("04_encode")
 def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0, end: int | None = None,
            scheme: str = bank.DEFAULT_SCHEME, batch_size: int = 8, device: str = "cpu", overwrite: bool = False,
            learner: Learner | None = None, shard_bytes: int = bank_writer.DEFAULT_SHARD_BYTES,
@@ -109,6 +111,8 @@ def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0,
                           allow_unfinished=allow_unfinished, mixed=mixed)[name]
 
 
+@params.typed
+@runlock.writer("04_encode")
 def encode_schemes(run: str, dataset: str, split: str, schemes: Sequence[str], *, topk: int = 3, start: int = 0,
                    end: int | None = None, batch_size: int = 8, device: str = "cpu", overwrite: bool = False,
                    learner: Learner | None = None, shard_bytes: int = bank_writer.DEFAULT_SHARD_BYTES,
@@ -253,6 +257,7 @@ class EncodeSettings:
     _loaded: Learner | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        params.check_fields(self)
         if isinstance(self.datasets, str):
             self.datasets = [self.datasets]
         if not self.datasets:

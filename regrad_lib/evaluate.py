@@ -23,7 +23,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from . import config, cpt as cpt_module, distributed, drift, paths, schemes, tasks
+from . import config, cpt as cpt_module, distributed, drift, params, paths, runlock, schemes, tasks
 # the public names of evaluation, re-exported so that notebooks and scripts need one import
 from .harness import predict_online, run_method  # noqa: F401
 from .lazy_learner import LearnerOnce, default_gamma, finished_state, loader
@@ -45,6 +45,8 @@ def load_tasks(dataset: str, split: str = "dev", topk: int = 3, limit: int | Non
     return tasks.load(dataset, split, topk, end=limit, mixed=mixed)
 
 
+@params.typed
+@runlock.writer("05_evaluate")
 def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "dev", topk: int = 3,
              gamma: float | None = None, limit: int | None = None, device: str = "cpu", overwrite: bool = False,
              learner: Learner | Callable[[], Learner] | None = None, bank=None,
@@ -169,6 +171,7 @@ class EvaluateSettings:
     general_datasets: list[str] = field(default_factory=lambda: ["popqa", "hotpotqa"])  # general questions' rows
 
     def __post_init__(self) -> None:
+        params.check_fields(self)
         self.datasets = [self.datasets] if isinstance(self.datasets, str) else list(self.datasets)
         self.methods = check_methods(self.methods)
         self.scheme = schemes.parse(self.scheme).name

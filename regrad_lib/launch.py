@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import artifacts, distributed, paths
+from . import artifacts, distributed, params, paths
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,9 @@ def to_argv(settings: Any) -> list[str]:
 
 
 def _parser_for(hint: Any, flag: str) -> Callable[[str], Any]:
-    """A command-line value by its field's type: str kept as is, None from null/None, lists from JSON or a,b."""
+    """A command-line value by its field's type (:mod:`regrad_lib.params`): str kept as is, None from null/None,
+    booleans from true/false, numbers from their text, lists from JSON or a,b; anything else refused, naming the
+    flag and the value."""
     args = typing.get_args(hint)
     optional = type(None) in args
     inner = [a for a in args if a is not type(None)] if typing.get_origin(hint) in (typing.Union, types.UnionType) \
@@ -104,14 +106,13 @@ def _parser_for(hint: Any, flag: str) -> Callable[[str], Any]:
         if kind is str:
             return text
         try:
-            if typing.get_origin(kind) is list:      # JSON or a,b: as the notebooks read list parameters
-                from .notebook import as_list
-                return as_list(flag, text, typing.get_args(kind)[0])
-            return json.loads(text)
-        except ValueError as e:   # JSONDecodeError included
-            if kind is bool and text in ("True", "False"):
-                return text == "True"
-            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected a value of type {hint} ({e})") from None
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text          # a,b lists, True/False, plain words: the type decides below
+        try:
+            return params.coerce(flag, value, hint)
+        except params.ParameterError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
     return parse
 
 
@@ -194,8 +195,7 @@ def run(settings: Any, num_processes: int = 1, accelerate_config: str | None = N
     process count unless ``num_processes`` > 1 overrides it). Returns what the step returns in one process.
     """
     name = step_name(settings)
-    if not isinstance(num_processes, int) or num_processes < 1:
-        raise ValueError(f"num_processes={num_processes!r} must be an integer >= 1")
+    num_processes = params.integer("num_processes", num_processes, minimum=1)
     if accelerate_config is not None and not paths.resolve(accelerate_config).is_file():
         raise FileNotFoundError(f"accelerate_config={accelerate_config!r}: no such file (the shipped ones are in "
                                 f"{CONFIGS}/)")

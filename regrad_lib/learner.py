@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from . import artifacts, config, distributed, lora, modeling, paths
+from . import artifacts, config, distributed, lora, modeling, paths, tensorfile
 from .regrad import StepSizes, Weights
 # the run's files (re-exported: callers asked the learner module for them before run_state existed)
-from .run_state import (META_STATE, TRAIN_SUMMARY, UnfinishedRunError, run_finished, trained_state,  # noqa: F401
-                        unfinished_message)
+from .run_state import (META_STATE, TRAIN_SUMMARY, UnfinishedRunError, is_weight, read_state,  # noqa: F401
+                        run_finished, trained_state, unfinished_message)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ class Learner:
         lora.attach(model, preset.peft, seed=preset.train.seed if seed is None else seed)
         if warm_start and preset.learner.init_adapter is not None:
             from . import adapters
-            adapters.load_into(model, preset.learner.init_adapter, preset.peft)
+            adapters.load_into(model, preset.learner.init_adapter, preset.peft, preset.learner.model_name_or_path)
         phi = lora.parameters(model)
         alpha = StepSizes(phi, preset.learner.alpha_mode, preset.learner.init_alpha).to(device)
         return cls(model, tokenizer, preset, phi, alpha, torch.device(device))
@@ -93,13 +92,21 @@ class Learner:
         return out
 
     def save(self, path: str | Path) -> Path:
+        """``meta_state.safetensors`` (with its checksum); non-finite weights are refused, never written."""
+        tensors = self.state_dict()
+        tensorfile.check_finite(tensors, paths.relative(path), fix="the meta weights diverged: lower the learning "
+                                "rate, or check the warm-start adapter")
         with artifacts.atomic_path(path) as tmp:
-            save_file(self.state_dict(), str(tmp), metadata={"alpha_mode": self.alpha.mode,
-                                                             "layout_hash": self.layout_hash()})
+            tensorfile.save(tmp, tensors, {"alpha_mode": self.alpha.mode, "layout_hash": self.layout_hash()},
+                            shown_as=path)
         return Path(path)
 
     def load_state(self, path: str | Path) -> None:
-        tensors = load_file(str(path))
+        """Load a run's ``meta_state.safetensors`` (checked: :func:`read_state`)."""
+        self.load_tensors(read_state(path), path)
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+        """phi and alpha from a state file's tensors (``path`` names it in errors)."""
         lora.load_into(self.model, {k[4:]: v for k, v in tensors.items() if k.startswith("phi.")})
         alpha = {k[6:]: v for k, v in tensors.items() if k.startswith("alpha.")}
         if set(alpha) != set(self.alpha.values):

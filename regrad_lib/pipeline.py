@@ -17,6 +17,7 @@ evaluated) and ``med`` (PubMedQA, with its context paragraphs as the corpus, in 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
 import sys
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import paths
+from . import params, paths
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,48 @@ def declared_by(steps: Sequence[Step], shared: dict[str, Any]) -> dict[str, set[
     return declared
 
 
+def declared_defaults(steps: Sequence[Step]) -> dict[str, list[Any]]:
+    """Each parameter's default values in the steps' ``parameters`` cells (those written as literals)."""
+    import papermill
+
+    out: dict[str, list[Any]] = {}
+    for step in steps:
+        for name, info in papermill.inspect_notebook(str(step.source)).items():
+            try:
+                out.setdefault(name, []).append(ast.literal_eval(info["default"]))
+            except (ValueError, SyntaxError, TypeError):
+                continue
+    return out
+
+
+def typed(key: str, value: Any, defaults: Sequence[Any]) -> Any:
+    """``value`` of the parameter ``key`` checked against the type of its defaults (:mod:`regrad_lib.params`):
+    a boolean default takes true/false only, an integer one an integer, a number one a number, a list one a
+    list or its text; None passes (each notebook decides what None means), other kinds are left to the notebook."""
+    kinds = {type(d) for d in defaults if d is not None}
+    if value is None or not kinds:
+        return value
+    if kinds == {bool}:
+        return params.flag(key, value)
+    if kinds == {int}:
+        return params.integer(key, value)
+    if kinds <= {int, float}:
+        return params.number(key, value)
+    if kinds == {list}:
+        return value if isinstance(value, str) else params.listing(key, value)
+    if kinds == {str}:
+        return params.text(key, value)
+    return value
+
+
+def typed_parameters(shared: dict[str, Any]) -> dict[str, Any]:
+    """``shared`` with every value checked against its defaults in all the notebooks (a parameter name means
+    the same everywhere: 02's ``limit = 30`` types 05's ``limit = None``), so a wrong type fails before any
+    notebook runs, naming the parameter (not "05_evaluate failed in cell 5")."""
+    defaults = declared_defaults(select_steps("-"))     # "-": every notebook
+    return {k: typed(k, v, defaults.get(k, ())) for k, v in shared.items()}
+
+
 def parameters_for(step: Step, shared: dict[str, Any]) -> dict[str, Any]:
     """The shared parameters this notebook declares in its ``parameters`` cell."""
     declared = declared_parameters(step.source)
@@ -151,10 +194,11 @@ def run(run_name: str, shared: dict[str, Any], steps: str = "01-06", out_dir: Pa
     import papermill
 
     out_dir = out_dir or paths.executed_notebooks_dir(run_name, shared.get("evaluation"))
-    out_dir.mkdir(parents=True, exist_ok=True)
     shared = {"run": run_name, **shared}
     chosen = select_steps(steps)
     declared_by(chosen, shared)
+    shared = typed_parameters(shared)
+    out_dir.mkdir(parents=True, exist_ok=True)
     outputs = []
     for step in chosen:
         output = out_dir / f"{step.name}.ipynb"
@@ -233,16 +277,18 @@ def main(argv: list[str] | None = None) -> int:
         shared["num_processes"] = args.num_processes
     if args.accelerate_config:
         shared["accelerate_config"] = args.accelerate_config
-    for key, value in args.parameter:
-        shared[key] = parse_value(value)
     started = time.perf_counter()
     try:
+        text_parameters = {k for k, d in declared_defaults(select_steps("-")).items()
+                           if {type(v) for v in d if v is not None} == {str}}
+        for key, value in args.parameter:   # a text parameter keeps its text: -p evaluation 2 is "2", not 2
+            shared[key] = value if key in text_parameters and value not in ("None", "null") else parse_value(value)
         if args.domain:
             shared.update(domain_parameters(args.domain, shared))
         if args.seeds:
             if args.prepare_only or args.out:
                 raise ValueError("--seeds runs the notebooks; it takes neither --prepare-only nor --out")
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+            seeds = [params.integer("--seeds", s) for s in args.seeds.split(",") if s.strip()]
             outputs = run_seeds(args.run, shared, seeds, args.steps, args.kernel)
         else:
             outputs = run(args.run, shared, args.steps, Path(args.out).resolve() if args.out else None,

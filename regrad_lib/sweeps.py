@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from . import artifacts, config, distributed, paths, schemes
+from . import artifacts, config, distributed, params, paths, runlock, schemes
 from .harness import run_method
 from .lazy_learner import finished_state, loader
 from .learner import Learner
@@ -25,6 +25,8 @@ from .tasks import mixed_count
 KEY = ("dataset", "method", "gamma", "topk", "mixed", "scheme")
 
 
+@params.typed
+@runlock.writer("05_evaluate")
 def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0), topks: Sequence[int] = (3,),
           mixes: Sequence[float] = (0.0,), method: str = "regrad", split: str = "dev", limit: int | None = None,
           device: str = "cpu", overwrite: bool = False, learner: Learner | Callable[[], Learner] | None = None,

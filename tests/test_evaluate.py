@@ -287,5 +287,5 @@ def test_named_evaluation_goes_beside_the_finished_results(run):
     assert len(evaluate.examples(RUN, DATASET, ["closed_book", "regrad"], n=2, evaluation="first4")) == 2
     rows = evaluate.sweep(RUN, DATASET, gammas=(0.0,), limit=4, learner=learner, evaluation="first4")
     assert (folder / "sweeps.csv").is_file() and rows[0]["n"] == 4
-    with pytest.raises(ValueError, match=r"evaluation='\.\./x': a name of letters"):
+    with pytest.raises(ValueError, match=r"evaluation = '\.\./x' is not a plain folder name \(it holds a path separator"):
         evaluate.EvaluateSettings(run=RUN, datasets=[DATASET], methods=["closed_book"], evaluation="../x")

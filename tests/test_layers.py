@@ -76,7 +76,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 # docs/design.md, "Layers": a module may import modules of its own layer (no circle) and of the layers below.
 LAYERS = {
-    0: "paths artifacts config checkpoint run_state schemes metrics distributed notebook pipeline tolerance",
+    0: "paths artifacts config checkpoint run_state schemes metrics distributed notebook pipeline tolerance "
+       "params ownership runlock tensorfile",
     1: "corpus qa_records pubmedqa datasets retriever retrieval_es retrieval probe corpora augment prompts",
     2: "lora tiny_model modeling regrad tasks generation bank_format bank bank_writer methods adapters learner",
     3: "analysis effects forgetting figure_style training_plots bank_plots plots reference_tables reference_render "

@@ -54,7 +54,6 @@ def test_papermill_reads_every_parameter(name):
     ("", float, []),
     ("0,0.5, 1", float, [0.0, 0.5, 1.0]),
     ("[0, 1]", float, [0.0, 1.0]),
-    (2, float, [2.0]),
     (None, str, None),
 ])
 def test_list_parameters_accept_lists_json_and_commas(value, kind, expected):
@@ -66,6 +65,8 @@ def test_list_parameters_accept_lists_json_and_commas(value, kind, expected):
     (3, str, r"parameter datasets = 3 \(int\) is not a list; pass -y 'datasets: \[\.\.\.\]' \(papermill\) or "
              r"-p datasets a,b"),
     ("0.5,high", float, r"parameter datasets = '0.5,high': an item is not float"),
+    (5, float, r"parameter datasets = 5 \(int\) is not a list"),        # a scalar, as papermill gives -p gammas 5
+    ("[true]", float, r"parameter datasets\[0\] = True \(bool\) is not a number"),
 ])
 def test_bad_list_parameters_name_the_parameter_and_the_y_form(value, kind, pattern):
     with pytest.raises(ValueError, match=pattern):
