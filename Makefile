@@ -30,11 +30,11 @@ demo: model
 
 # Unit tests, then nbval over papermill-prepared copies of the six notebooks (the whole 01->06 chain, tiny preset).
 TEST_WORK := $(CURDIR)/.test-work
-# Every method runs in the chain (regrad_icl, regrad_online and the controls too), and the binding probe.
-NBVAL_PARAMS := --preset tiny --datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions,probe,probe_binding \
-	--train-datasets popqa,hotpotqa,probe -p limit 6 -p limit_per_dataset '{}' -p train_limit 16 -p max_steps 3 \
+# Every method runs in the chain (regrad_icl, regrad_online, its controls, cpt), and the binding probe.
+NBVAL_PARAMS := --preset tiny --datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions,probe,pubmedqa,probe_binding \
+	--train-datasets popqa,hotpotqa,probe,pubmedqa -p limit 6 -p limit_per_dataset '{}' -p train_limit 16 -p max_steps 3 \
 	-p gammas '[0.0,1.0]' -p index nbval -p frontier_schemes '["fp32","int8"]' -p probe_binding true \
-	-p methods '["closed_book","rag","regrad","regrad_icl","regrad_online","shift","no_update","no_update_icl","shift_icl"]'
+	-p methods closed_book,rag,regrad,regrad_icl,regrad_online,shift,no_update,no_update_icl,shift_icl,cpt,cpt_rag
 test: model
 	rm -rf $(TEST_WORK) && mkdir -p $(TEST_WORK)/unit $(TEST_WORK)/chain
 	REGRAD_TEST_WORK=$(TEST_WORK)/unit $(BIN)/python -m pytest -q -p no:cacheprovider tests

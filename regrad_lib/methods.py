@@ -13,6 +13,9 @@ no_update      meta LoRA    no               ``phi`` (gamma = 0)
 no_update_icl  meta LoRA    prompt           ``phi`` (gamma = 0): regrad_icl's control without gradients
 shift_icl      meta LoRA    prompt           question ``q-1``'s gradients as ``shift``: regrad_icl's control
                                              with the wrong gradients and the right passages in the prompt
+cpt            CPT weights  no               the persistent weights after continual post-training on the
+                                             documents (:mod:`regrad_lib.cpt`): the learner passed in
+cpt_rag        CPT weights  prompt           the same, passages in the prompt
 ============== ============ ================ ===========================================================
 
 regrad_icl's two controls isolate the gradients in the combined setting: against ``rag`` it also differs in the
@@ -36,8 +39,8 @@ if TYPE_CHECKING:
     from .learner import Learner
 
 METHODS = ("closed_book", "rag", "regrad", "regrad_icl", "regrad_online", "shift", "no_update", "no_update_icl",
-           "shift_icl")
-Source = Literal["none", "phi", "bank", "online"]
+           "shift_icl", "cpt", "cpt_rag")
+Source = Literal["none", "phi", "bank", "online", "cpt"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ SPECS = {
     "no_update": MethodSpec(base=False, context=False, source="phi"),
     "no_update_icl": MethodSpec(base=False, context=True, source="phi"),
     "shift_icl": MethodSpec(base=False, context=True, source="bank", shift=True),
+    "cpt": MethodSpec(base=False, context=False, source="cpt"),
+    "cpt_rag": MethodSpec(base=False, context=True, source="cpt"),
 }
 
 
@@ -76,13 +81,23 @@ def needs_bank(methods: Sequence[str]) -> bool:
     return any(SPECS[m].source == "bank" for m in check_methods(methods))
 
 
+def adapts_per_question(method: str) -> bool:
+    """Whether ``method`` answers each question with its own update of the weights (ReGrad's family), whose
+    persistent weights must be the same after the whole evaluation."""
+    return SPECS[method].source in ("bank", "online")
+
+
 def method_weights(spec: MethodSpec, learner: Learner, batch: Sequence[tasks.Task], pids: Sequence[Sequence[str]],
                    bank, gamma: float) -> dict[str, torch.Tensor] | None:
-    """The LoRA weights of a batch: None (base model), ``phi`` (shared) or per-row ``phi'_q`` (equation 2)."""
+    """The LoRA weights of a batch: None (base model), ``phi`` (shared) or per-row ``phi'_q`` (equation 2).
+
+    ``source="cpt"``: the learner's own ``phi``, shared; the caller passes the learner continual post-training made
+    (:func:`regrad_lib.cpt.post_train`), whose ``model`` and ``phi`` are the persistent weights after the stream.
+    """
     if spec.base:
         return None
     phi = {n: p.detach() for n, p in learner.phi.items()}
-    if spec.source == "phi":
+    if spec.source in ("phi", "cpt"):
         return phi
     if spec.source == "online":
         grads = generation.online_gradients(learner, batch)

@@ -22,7 +22,8 @@ second, then all third), so ``shift`` (question ``i-1``'s passages) takes anothe
 ``dev.json`` and ``gold_passages_{train,dev}.json`` (deterministic in the seed). Records are the generic
 ``{question, answer}`` form plus ``relation``, ``entity``, ``passage_id``, ``family`` and ``distractors`` (the other
 members' ``entity``, ``value``, ``passage_id``). Names are checked against the bundled corpus and the probe's
-passages. :func:`combined_corpus` adds the passages to the probe's combined corpus (01_index, ``probe_binding``).
+passages. :func:`combined_corpus` adds the passages to the probe's combined corpus (01_index's ``probe_binding``,
+:func:`corpora.prepare`).
 """
 
 from __future__ import annotations
@@ -116,13 +117,6 @@ def combined_corpus(base: str | Path) -> Path:
     """``base`` + the probe's passages + the binding probe's: ``data/corpora/<base>+probe+binding.tsv``
     (written once, rewritten only when an input changes, as :func:`probe.combined_corpus`)."""
     return probe.combined_corpus(probe.combined_corpus(base), passages_file(), suffix="binding")
-
-
-def corpus_file(base: str | Path, with_probe: bool = True, with_binding: bool = False) -> Path:
-    """01_index's corpus: ``base``, plus the probe's passages and / or the binding probe's (combined files)."""
-    if with_binding:
-        return combined_corpus(base) if with_probe else probe.combined_corpus(base, passages_file(), suffix="binding")
-    return probe.combined_corpus(base) if with_probe else paths.resolve(base)
 
 
 def questions(dataset_dir: str | Path, split: str = "dev") -> list[dict]:
