@@ -52,11 +52,15 @@ experiments-sweeps: model
 	$(BIN)/python -m regrad_lib.reference save --run demo --evaluation sweeps --reference reference/experiments/sweeps
 
 # The medicine domain on the real PubMedQA PQA-L files (PUBMEDQA_ROOT holds pubmedqa/ori_pqal.json and
-# test_ground_truth.json): meta-training on the 500 non-test questions, evaluation on the 500 test questions.
+# test_ground_truth.json): meta-training on the 500 non-test questions, evaluation on the first PUBMEDQA_LIMIT of
+# the 500 test questions. The CPU budget: 30 steps and 200 test questions; PUBMEDQA_LIMIT=null PUBMEDQA_STEPS=121
+# (about one pass over the training questions) is the whole setting, for a GPU.
+PUBMEDQA_STEPS ?= 30
+PUBMEDQA_LIMIT ?= 200
 experiments-pubmedqa: model
-	$(RUNNER) --run pubmedqa --preset smollm2-135m-instruct --domain med -p data_root $(PUBMEDQA_ROOT) -p limit null \
-		-p train_limit null -p max_steps 121 -p methods closed_book,rag,regrad,regrad_icl,shift,no_update \
-		-p gammas '[]' -p question null
+	$(RUNNER) --run pubmedqa --preset smollm2-135m-instruct --domain med -p data_root $(PUBMEDQA_ROOT) \
+		-p limit $(PUBMEDQA_LIMIT) -p train_limit null -p max_steps $(PUBMEDQA_STEPS) \
+		-p methods closed_book,rag,regrad,regrad_icl,shift,no_update -p gammas '[]' -p question null
 	mkdir -p reference/experiments
 	$(BIN)/python bench/domain_report.py --run pubmedqa --dataset pubmedqa --data-root $(PUBMEDQA_ROOT) \
 		> reference/experiments/pubmedqa.md
