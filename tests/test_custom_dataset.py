@@ -69,7 +69,7 @@ def test_explore_a_typed_question(run):
             for m in ("closed_book", "rag", "regrad_online", "no_update")}
     assert seen.answers["rag"] == rows["rag"]["prediction"]
     assert seen.answers["regrad"] == rows["regrad_online"]["prediction"]
-    assert "".join(seen.tokens) == " Lubango\n"
+    assert "".join(seen.tokens) == " Lubango<|im_end|>"     # the label: answer + end-of-turn
     # the per-token probabilities are the answer NLL of the harness, token by token
     for key, method in (("before", "no_update"), ("after", "regrad_online")):
         probs = seen.probabilities[key]

@@ -360,7 +360,7 @@ def test_settings_round_trip_through_the_command_line(data):
     cmd = launch.command("train", settings, 2, None)
     assert cmd[cmd.index("--num_processes") + 1] == "2" and cmd[cmd.index("-m", 3) + 1] == "regrad_lib.launch"
     assert str(paths.resolve(launch.LOCAL_CONFIG)) in cmd
-    with pytest.raises(ValueError, match="num_processes=0"):
+    with pytest.raises(ValueError, match="num_processes = 0 must be >= 1"):
         launch.run(settings, num_processes=0)
     with pytest.raises(FileNotFoundError, match="accelerate_config='nope.yaml'"):
         launch.run(settings, accelerate_config="nope.yaml")
