@@ -31,6 +31,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from . import artifacts, corpus, paths
 
@@ -188,36 +189,48 @@ def passages_file(folder: str | Path | None = None) -> Path:
     return paths.resolve(folder or paths.sample_dir() / "probe") / "passages.tsv"
 
 
-def combined_corpus(base: str | Path, probe_passages: str | Path | None = None) -> Path:
+def transfer_passages_file() -> Path:
+    """The transfer split's passages (:mod:`regrad_lib.probe_transfer`), added to the corpus beside the probe's."""
+    return paths.sample_dir() / "probe_transfer" / "passages.tsv"
+
+
+def combined_corpus(base: str | Path, probe_passages: str | Path | Sequence[str | Path] | None = None) -> Path:
     """A corpus file holding ``base``'s passages then the probe's: ``data/corpora/<base>+probe.tsv``.
 
-    Written once (atomically) and rewritten only when either input changes (their signatures are kept in a
-    sidecar), so 01_index reopens its index instead of rebuilding it.
+    ``probe_passages``: one passages file or several; by default the probe's and its transfer split's (so one
+    index answers both). Written once (atomically) and rewritten only when an input changes (their signatures
+    are kept in a sidecar), so 01_index reopens its index instead of rebuilding it.
     """
     from .retriever import corpus_signature
 
-    base, extra = paths.resolve(base), paths.resolve(probe_passages or passages_file())
-    for f in (base, extra):
+    if probe_passages is None:
+        probe_passages = [passages_file(), transfer_passages_file()]
+    elif isinstance(probe_passages, (str, Path)):
+        probe_passages = [probe_passages]
+    base, extras = paths.resolve(base), [paths.resolve(p) for p in probe_passages]
+    for f in (base, *extras):
         if not f.is_file():
             raise FileNotFoundError(f"{f} not found: the combined corpus needs the base corpus and the probe's "
-                                    "passages.tsv (python -m regrad_lib.probe --write data/sample/probe)")
+                                    "passages.tsv (python -m regrad_lib.probe --write data/sample/probe; "
+                                    "python -m regrad_lib.probe_transfer --write data/sample/probe_transfer)")
     if corpus._kind(base) != "tsv" or base.suffix == ".gz":
         raise ValueError(f"{paths.relative(base)}: the probe can be added to a plain DPR .tsv corpus only")
     stem = base.name[: -len(".tsv")]
     target = paths.work_root() / "data" / "corpora" / f"{stem}+probe.tsv"
     sidecar = target.with_name(target.name + ".sources.json")
-    sources = {"base": corpus_signature(base), "probe": corpus_signature(extra)}
+    sources = {"base": corpus_signature(base), "probe": [corpus_signature(e) for e in extras]}
     if target.is_file() and sidecar.is_file() and artifacts.read_json(sidecar) == sources:
         return target
     with artifacts.atomic_path(target) as tmp, tmp.open("wb") as out:
-        for source, skip_header in ((base, False), (extra, True)):
+        for source, skip_header in ((base, False), *((e, True) for e in extras)):
             with source.open("rb") as f:
                 if skip_header:
                     f.readline()
                 data = f.read()
             out.write(data if data.endswith(b"\n") or not data else data + b"\n")
     artifacts.write_json(sidecar, sources)
-    log.info("wrote %s (%s + %s)", paths.relative(target), paths.relative(base), paths.relative(extra))
+    log.info("wrote %s (%s + %s)", paths.relative(target), paths.relative(base),
+             " + ".join(paths.relative(e) for e in extras))
     return target
 
 
