@@ -79,7 +79,7 @@ LAYERS = {
     0: "paths artifacts config checkpoint run_state schemes metrics distributed notebook pipeline",
     1: "corpus datasets retriever retrieval_es retrieval probe probe_transfer augment prompts",
     2: "lora tiny_model modeling regrad tasks generation bank_format bank bank_writer methods adapters learner",
-    3: "analysis effects figure_style training_plots bank_plots plots",
+    3: "analysis effects transfer figure_style training_plots bank_plots plots",
     4: "harness results lazy_learner sweeps train_data schedule run_folder train encode evaluate frontier explore launch",
     5: "testing",
 }
