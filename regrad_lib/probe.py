@@ -17,7 +17,8 @@ new word. Train and dev people are disjoint; the relation ``sport`` is never ask
 appear in training passages), so dev shows whether what was meta-learned transfers to an unseen relation.
 
 :func:`combined_corpus` writes a corpus file = a base corpus + the probe passages (``data/corpora/``), which
-01_index indexes when ``probe = True``.
+01_index indexes when ``probe = True`` (plus the transfer split's passages, :mod:`regrad_lib.probe_transfer`, in
+a separate index when ``transfer = True``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from . import artifacts, corpus, paths
 
@@ -190,25 +190,23 @@ def passages_file(folder: str | Path | None = None) -> Path:
 
 
 def transfer_passages_file() -> Path:
-    """The transfer split's passages (:mod:`regrad_lib.probe_transfer`), added to the corpus beside the probe's."""
+    """The transfer split's passages (:mod:`regrad_lib.probe_transfer`)."""
     return paths.sample_dir() / "probe_transfer" / "passages.tsv"
 
 
-def combined_corpus(base: str | Path, probe_passages: str | Path | Sequence[str | Path] | None = None) -> Path:
-    """A corpus file holding ``base``'s passages then the probe's: ``data/corpora/<base>+probe.tsv``.
+def combined_corpus(base: str | Path, probe_passages: str | Path | None = None, transfer: bool = False) -> Path:
+    """A corpus file holding ``base``'s passages then the probe's: ``data/corpora/<base>+probe.tsv``; with
+    ``transfer`` also the transfer split's (:mod:`regrad_lib.probe_transfer`): ``<base>+probe+transfer.tsv``, a
+    separate index, so the meta-training questions never retrieve a transfer passage.
 
-    ``probe_passages``: one passages file or several; by default the probe's and its transfer split's (so one
-    index answers both). Written once (atomically) and rewritten only when an input changes (their signatures
-    are kept in a sidecar), so 01_index reopens its index instead of rebuilding it.
+    Written once (atomically) and rewritten only when an input changes (their signatures are kept in a sidecar),
+    so 01_index reopens its index instead of rebuilding it.
     """
     from .retriever import corpus_signature
 
-    if probe_passages is None:
-        probe_passages = [passages_file(), transfer_passages_file()]
-    elif isinstance(probe_passages, (str, Path)):
-        probe_passages = [probe_passages]
-    base, extras = paths.resolve(base), [paths.resolve(p) for p in probe_passages]
-    for f in (base, *extras):
+    base, extra = paths.resolve(base), paths.resolve(probe_passages or passages_file())
+    extras = {"probe": extra, **({"transfer": transfer_passages_file()} if transfer else {})}
+    for f in (base, *extras.values()):
         if not f.is_file():
             raise FileNotFoundError(f"{f} not found: the combined corpus needs the base corpus and the probe's "
                                     "passages.tsv (python -m regrad_lib.probe --write data/sample/probe; "
@@ -216,13 +214,13 @@ def combined_corpus(base: str | Path, probe_passages: str | Path | Sequence[str 
     if corpus._kind(base) != "tsv" or base.suffix == ".gz":
         raise ValueError(f"{paths.relative(base)}: the probe can be added to a plain DPR .tsv corpus only")
     stem = base.name[: -len(".tsv")]
-    target = paths.work_root() / "data" / "corpora" / f"{stem}+probe.tsv"
+    target = paths.work_root() / "data" / "corpora" / f"{stem}+{'+'.join(extras)}.tsv"
     sidecar = target.with_name(target.name + ".sources.json")
-    sources = {"base": corpus_signature(base), "probe": [corpus_signature(e) for e in extras]}
+    sources = {"base": corpus_signature(base), **{k: corpus_signature(f) for k, f in extras.items()}}
     if target.is_file() and sidecar.is_file() and artifacts.read_json(sidecar) == sources:
         return target
     with artifacts.atomic_path(target) as tmp, tmp.open("wb") as out:
-        for source, skip_header in ((base, False), *((e, True) for e in extras)):
+        for source, skip_header in ((base, False), *((f, True) for f in extras.values())):
             with source.open("rb") as f:
                 if skip_header:
                     f.readline()
@@ -230,7 +228,7 @@ def combined_corpus(base: str | Path, probe_passages: str | Path | Sequence[str 
             out.write(data if data.endswith(b"\n") or not data else data + b"\n")
     artifacts.write_json(sidecar, sources)
     log.info("wrote %s (%s + %s)", paths.relative(target), paths.relative(base),
-             " + ".join(paths.relative(e) for e in extras))
+             " + ".join(paths.relative(f) for f in extras.values()))
     return target
 
 

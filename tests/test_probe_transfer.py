@@ -98,7 +98,12 @@ def test_loader_reads_the_split_and_the_corpus_holds_its_passages(tmp_path, monk
     monkeypatch.setenv("REGRAD_WORK", str(tmp_path))
     dev = datasets.load("probe_transfer", "data/sample/probe_transfer", "dev")
     assert [r.question for r in dev] == [r["question"] for r in probe_transfer.generate()["dev"]]
-    ids = [p.id for p in corpus.read(probe.combined_corpus("data/sample/psgs_w100.tsv"))]
-    assert {"probe-00000", "transfer-00000"} <= set(ids) and len(ids) == len(set(ids))
+    plain = [p.id for p in corpus.read(probe.combined_corpus("data/sample/psgs_w100.tsv"))]
+    both = probe.combined_corpus("data/sample/psgs_w100.tsv", transfer=True)
+    assert both.name == "psgs_w100+probe+transfer.tsv"
+    ids = [p.id for p in corpus.read(both)]
+    # the plain corpus (meta-training's retrieval) holds no transfer passage; the transfer index holds both
+    assert not any(i.startswith("transfer-") for i in plain) and "probe-00000" in plain
+    assert ids[:len(plain)] == plain and len(ids) == len(plain) + corpus.count(probe.transfer_passages_file())
     groups = probe_transfer.groups([{"answer_type": "closed"}, {"answer_type": "invented"}])
     assert groups == {"0": "out of template, closed answers", "1": "out of template, invented answers"}
