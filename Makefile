@@ -30,7 +30,7 @@ demo: model
 
 # Unit tests, then nbval over papermill-prepared copies of the six notebooks (the whole 01->06 chain, tiny preset).
 TEST_WORK := $(CURDIR)/.test-work
-NBVAL_PARAMS := --preset tiny --datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions,probe \
+NBVAL_PARAMS := --preset tiny --datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions,probe,probe_transfer -p transfer true \
 	--train-datasets popqa,hotpotqa,probe -p limit 6 -p limit_per_dataset '{}' -p train_limit 16 -p max_steps 3 \
 	-p gammas '[0.0,1.0]' -p index nbval -p frontier_schemes '["fp32","int8"]'
 test: model
