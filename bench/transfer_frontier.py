@@ -9,6 +9,8 @@ Every phase resumes and fits in a short job, so a long study is several locked j
     ... eval --run tf-alr3 [--gammas 0.5,2,4] [--methods regrad,shift,no_update,rag]
     ... report --run demo --run tf-alr3          # one JSON line per run (no model loaded)
 
+``paraphrase`` writes the template-diversity variant's training questions (dataset ``probe_para``: the probe's
+training questions, each with one of three templates; then ``train --train-datasets popqa,hotpotqa,probe_para``).
 ``train`` meta-trains ``outputs/<run>/`` (resuming its checkpoint after a killed job; ``--save-steps`` keeps the loss
 of a kill small; a finished run is kept). ``eval`` encodes the validation questions' passages into the run's bank
 and answers them (``results/<run>/evaluations/transfer-validation/``). It needs the transfer index and the
@@ -31,6 +33,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 DATASET, SPLIT, EVALUATION = "probe_transfer", "validation_all", "transfer-validation"
+# More question templates for the probe's meta-trained relations (the template-diversity variant): none is a
+# template of the transfer split, each shares no content word with the relation's passage sentences.
+PARAPHRASES = {
+    "birthplace": ("What is the birth city of {n}?", "{n} first saw daylight in which city?"),
+    "occupation": ("What does {n} do for a living?", "Which trade does {n} follow?"),
+    "instrument": ("What musical instrument is {n} known for?", "On what instrument can {n} be heard?"),
+    "colour": ("Which colour does {n} prefer?", "What hue does {n} like best?"),
+    "country": ("What country is {n} based in?", "Which nation is {n} settled in?"),
+}
 
 
 def _train(a) -> None:
@@ -41,6 +52,26 @@ def _train(a) -> None:
     summary = train.train(a.run, preset, a.train_datasets.split(","), limit=a.max_train_tasks)
     print(json.dumps({"run": a.run, "steps": summary["steps"], "tasks": summary["tasks"],
                       "best_eval": summary["best_eval"]}))
+
+
+def _paraphrase(a) -> None:
+    """``probe_para``: the probe's training questions, each asked with one of three templates (the original and
+    two of :data:`PARAPHRASES`, seeded), augmented from the demo index like the probe's."""
+    import random
+
+    from regrad_lib import artifacts, augment, paths, probe_transfer, retrieval
+
+    assert not {q for qs in PARAPHRASES.values() for q in qs} & {q for r in probe_transfer.RELATIONS
+                                                                 for q in r.questions}
+    rng = random.Random(a.seed)
+    records = artifacts.read_json(paths.sample_dir() / "probe" / "train.json")
+    for r in records:
+        template = rng.choice([None, *PARAPHRASES[r["relation"]]])
+        if template:
+            r["question"] = template.format(n=r["entity"])
+    folder = paths.work_root() / "data" / "probe_para"
+    artifacts.write_json(folder / "train.json", records, overwrite=True)
+    print(augment.augment("probe_para", "train", retriever=retrieval.open(a.index), data_dir=folder, topk=3))
 
 
 def _eval(a) -> None:
@@ -95,7 +126,7 @@ def _report(a) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=("train", "eval", "report"))
+    p.add_argument("phase", choices=("paraphrase", "train", "eval", "report"))
     p.add_argument("--run", required=True, action="append", help="run name (report: several)")
     p.add_argument("--preset", default="smollm2-135m-instruct")
     p.add_argument("--train", default="{}", help="train_args overrides (JSON object)")
@@ -106,14 +137,16 @@ def main() -> None:
     p.add_argument("--methods", default="regrad,shift,no_update")
     p.add_argument("--gammas", default="", help="gamma sweep on the validation questions, e.g. 0.5,2,4")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=42, help="paraphrase: which template each question gets")
+    p.add_argument("--index", default="miniwiki", help="paraphrase: the demo index (no transfer passages)")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    if a.phase != "report":
+    if a.phase in ("train", "eval"):
         import torch
 
         torch.set_num_threads(a.threads)
         a.run = a.run[0]
-    {"train": _train, "eval": _eval, "report": _report}[a.phase](a)
+    {"paraphrase": _paraphrase, "train": _train, "eval": _eval, "report": _report}[a.phase](a)
 
 
 if __name__ == "__main__":
