@@ -27,6 +27,7 @@ PROBE, TRANSFER = "probe", "probe_transfer"
 SHOWN = ("closed_book", "rag", "regrad", "regrad_icl", "shift", "no_update")
 TARGET_OVER_SHIFT = 20.0      # issue 24: out-of-template regrad EM ≥ shift + 20 points ...
 TARGET_SHARE_OF_RAG = 0.5     # ... and ≥ half of rag's
+FRAGMENT_START = 3            # a miss that starts with a gold word's first 3 letters counts as a fragment of it
 
 
 def _records(data_root: str, dataset: str, split: str) -> list[dict]:
@@ -169,8 +170,9 @@ def verdict(table: TransferTable | Missing) -> str:
 
 def echo_kind(prediction: str, entity: str, answers: Sequence[str]) -> str:
     """``"correct"`` (exact match), ``"name"`` (every word of the answer is the asked person's name or the start
-    of one of its words, e.g. "Ul" for "Ululan Moranford"), ``"fragment"`` (a proper piece of a gold answer's
-    word, e.g. "Zot" for "Zoterua"), ``"empty"`` or ``"other"``."""
+    of one of its words, e.g. "Ul" for "Ululan Moranford"), ``"fragment"`` (a word that is a proper piece of a gold
+    answer's word or starts with its first three letters: the update carried the start of an invented word the
+    model cannot spell on, e.g. "Zot" or "Zotarino" for "Zoterua"), ``"empty"`` or ``"other"``."""
     if metrics.score(prediction, list(answers))["em"] == 1.0:
         return "correct"
     words = metrics.normalize_answer(prediction).split()
@@ -180,7 +182,8 @@ def echo_kind(prediction: str, entity: str, answers: Sequence[str]) -> str:
     if all(any(n.startswith(w) for n in name) for w in words):
         return "name"
     golds = [w for a in answers for w in metrics.normalize_answer(a).split()]
-    if len(words) == 1 and any(words[0] in g and words[0] != g for g in golds):
+    if any((w in g and w != g) or (len(w) >= FRAGMENT_START and w[:FRAGMENT_START] == g[:FRAGMENT_START])
+           for w in words for g in golds):
         return "fragment"
     return "other"
 
