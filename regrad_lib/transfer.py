@@ -169,7 +169,8 @@ def verdict(table: TransferTable | Missing) -> str:
 # --- echoes: the person's own name, or a piece of the answer ---------------------------------------------------
 
 def echo_kind(prediction: str, entity: str, answers: Sequence[str]) -> str:
-    """``"correct"`` (exact match), ``"name"`` (every word of the answer is the asked person's name or the start
+    """``"correct"`` (exact match), ``"verbose"`` (the gold answer's words inside a longer answer: a sentence),
+    ``"name"`` (every word of the answer is the asked person's name or the start
     of one of its words, e.g. "Ul" for "Ululan Moranford"), ``"fragment"`` (a word that is a proper piece of a gold
     answer's word or starts with its first three letters: the update carried the start of an invented word the
     model cannot spell on, e.g. "Zot" or "Zotarino" for "Zoterua"), ``"empty"`` or ``"other"``."""
@@ -178,6 +179,8 @@ def echo_kind(prediction: str, entity: str, answers: Sequence[str]) -> str:
     words = metrics.normalize_answer(prediction).split()
     if not words:
         return "empty"
+    if any(set(metrics.normalize_answer(a).split()) <= set(words) for a in answers if metrics.normalize_answer(a)):
+        return "verbose"
     name = metrics.normalize_answer(entity).split()
     if all(any(n.startswith(w) for n in name) for w in words):
         return "name"
@@ -192,13 +195,14 @@ def echo_kind(prediction: str, entity: str, answers: Sequence[str]) -> str:
 class EchoTable(_Markdown):
     rows_: list[tuple[str, str, int, dict]]       # (method, group, n, kind -> count)
 
-    KINDS = ("correct", "name", "fragment", "empty", "other")
+    KINDS = ("correct", "verbose", "name", "fragment", "empty", "other")
 
     def __iter__(self):
         return iter(self.rows_)
 
     def header(self) -> list[str]:
-        return ["method", "questions", "n", "EM %", "own name %", "answer fragment %", "empty %", "other %"]
+        return ["method", "questions", "n", "EM %", "answer in a sentence %", "own name %", "answer fragment %",
+                "empty %", "other %"]
 
     def rows(self) -> list[list[str]]:
         return [[m, g, str(n), *(f"{100 * c.get(k, 0) / n:.1f}" for k in self.KINDS)] for m, g, n, c in self.rows_]
@@ -213,8 +217,8 @@ class EchoTable(_Markdown):
 def echo_table(run: str, datasets: Sequence[str], data_root: str = "data/sample", split: str = "dev",
                evaluation: str | None = None, methods: Sequence[str] = ("regrad", "rag", "no_update")
                ) -> EchoTable | Missing:
-    """Per method and question group (probe and transfer split), how each answer misses: the asked person's own
-    name, a fragment of the gold answer, empty, other (:func:`echo_kind`)."""
+    """Per method and question group (probe and transfer split), how each answer misses: the gold answer inside a
+    sentence, the asked person's own name, a fragment of the gold answer, empty, other (:func:`echo_kind`)."""
     try:
         groups = question_groups(datasets, data_root, split)
         entities = {(d, str(i)): r["entity"] for d in (PROBE, TRANSFER) if d in datasets

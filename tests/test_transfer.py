@@ -83,6 +83,7 @@ def test_verdict_names_where_regrad_is_below_rag_and_the_targets(run):
 @pytest.mark.parametrize("prediction, kind", [
     ("Zoterua Bek", "correct"), ("Ul", "name"), ("Ululan Moranford", "name"), ("moranford", "name"),
     ("Zot", "fragment"), ("Zotarino", "fragment"), ("Bek Zot", "fragment"), ("Zo", "fragment"), ("Xy Ko", "other"),
+    ("He was taught by Zoterua Bek.", "verbose"), ("Zoterua Bek Ululan", "verbose"),
     ("", "empty"), ("the", "empty"), ("Paris", "other")])
 def test_echo_kind(prediction, kind):
     assert transfer.echo_kind(prediction, "Ululan Moranford", ["Zoterua Bek"]) == kind
