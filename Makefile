@@ -9,7 +9,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup model demo test lab clean-artifacts
+.PHONY: setup model demo experiments experiments-cpt experiments-sweeps experiments-pubmedqa test lab clean-artifacts
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,11 +28,49 @@ model: setup $(DEMO_MODEL)
 demo: model
 	$(BIN)/python -m regrad_lib.pipeline --run demo --preset smollm2-135m-instruct
 
+# The experiments beside the demo, on its run (after `make demo`; times in README "More experiments"). Each writes
+# its results beside the demo's as a named evaluation or run, and its report under reference/experiments/.
+RUNNER := $(BIN)/python -m regrad_lib.pipeline
+PUBMEDQA_ROOT ?= ../shared/data/domains
+experiments: experiments-cpt experiments-sweeps experiments-pubmedqa
+
+# ReGrad against continual post-training (CPT) and RAG on the probe and PopQA, drift measured after every chunk.
+experiments-cpt: model
+	$(RUNNER) --run demo --steps 05,06 -p evaluation cpt -p datasets probe,popqa -p sweep_datasets '[]' \
+		-p methods closed_book,rag,regrad,regrad_icl,cpt,cpt_rag,shift,no_update -p gammas '[]' -p question null
+	mkdir -p reference/experiments
+	$(BIN)/python bench/cpt_report.py --run demo --evaluation cpt --datasets probe,popqa > reference/experiments/cpt.md
+
+# Top-k and mixed-documents sweeps of regrad (the public code's --mixed), and how gamma should follow k.
+experiments-sweeps: model
+	$(RUNNER) --run demo --steps 02 -p topk 5 -p overwrite true -p datasets probe,popqa -p train_datasets probe,popqa \
+		-p train_limit 60 --out runs/demo/topk5
+	$(RUNNER) --run demo --steps 04 -p topk 5 -p datasets probe,popqa --out runs/demo/topk5
+	$(RUNNER) --run demo --steps 05,06 -p evaluation sweeps -p datasets probe,popqa -p sweep_datasets probe,popqa \
+		-p methods regrad -p gammas '[]' -p topks '[1,2,3,5]' -p mixed_sweep '[0.0,0.34,0.67,1.0]' -p question null
+	mkdir -p reference/experiments
+	$(BIN)/python -m regrad_lib.reference save --run demo --evaluation sweeps --reference reference/experiments/sweeps
+
+# The medicine domain on the real PubMedQA PQA-L files (PUBMEDQA_ROOT holds pubmedqa/ori_pqal.json and
+# test_ground_truth.json): meta-training on the 500 non-test questions, evaluation on the first PUBMEDQA_LIMIT of
+# the 500 test questions. The CPU budget: 30 steps and 200 test questions; PUBMEDQA_LIMIT=null PUBMEDQA_STEPS=121
+# (about one pass over the training questions) is the whole setting, for a GPU.
+PUBMEDQA_STEPS ?= 30
+PUBMEDQA_LIMIT ?= 200
+experiments-pubmedqa: model
+	$(RUNNER) --run pubmedqa --preset smollm2-135m-instruct --domain med -p data_root $(PUBMEDQA_ROOT) \
+		-p limit $(PUBMEDQA_LIMIT) -p train_limit null -p max_steps $(PUBMEDQA_STEPS) \
+		-p methods closed_book,rag,regrad,regrad_icl,shift,no_update -p gammas '[]' -p question null
+	mkdir -p reference/experiments
+	$(BIN)/python bench/domain_report.py --run pubmedqa --dataset pubmedqa --data-root $(PUBMEDQA_ROOT) \
+		> reference/experiments/pubmedqa.md
+
 # Unit tests, then nbval over papermill-prepared copies of the six notebooks (the whole 01->06 chain, tiny preset).
 TEST_WORK := $(CURDIR)/.test-work
-NBVAL_PARAMS := --preset tiny --datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions,probe,probe_transfer -p transfer true \
-	--train-datasets popqa,hotpotqa,probe -p limit 6 -p limit_per_dataset '{}' -p train_limit 16 -p max_steps 3 \
-	-p gammas '[0.0,1.0]' -p index nbval -p frontier_schemes '["fp32","int8"]'
+NBVAL_PARAMS := --preset tiny --datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions,probe,pubmedqa,probe_transfer -p transfer true \
+	--train-datasets popqa,hotpotqa,probe,pubmedqa -p limit 6 -p limit_per_dataset '{}' -p train_limit 16 -p max_steps 3 \
+	-p gammas '[0.0,1.0]' -p index nbval -p frontier_schemes '["fp32","int8"]' \
+	-p methods closed_book,rag,regrad,shift,no_update,cpt,cpt_rag
 test: model
 	rm -rf $(TEST_WORK) && mkdir -p $(TEST_WORK)/unit $(TEST_WORK)/chain
 	REGRAD_TEST_WORK=$(TEST_WORK)/unit $(BIN)/python -m pytest -q -p no:cacheprovider tests

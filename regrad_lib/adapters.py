@@ -16,16 +16,16 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from . import artifacts, config, paths
-from .run_state import META_STATE, trained_state
+from . import artifacts, config, ownership, params, paths, runlock, tensorfile
+from .run_state import META_STATE, read_state, trained_state
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
-INFO_FILE = "regrad_adapter.json"        # what the adapter is (run, question, gamma); peft ignores it
+INFO_FILE = "regrad_adapter.json"        # what the adapter is (run, question, gamma); peft ignores it; always
+                                         # written: it marks a folder regrad may replace (regrad_lib.ownership)
 PREFIX = "base_model.model."
 Weights = dict[str, torch.Tensor]
 
@@ -56,19 +56,26 @@ def regrad_name(key: str, where: str = "adapter") -> str:
 
 def save(folder: str | Path, weights: Weights, peft: config.PeftConfig, *, base_model: str | None = None,
          info: dict | None = None) -> Path:
-    """Write ``weights`` (2-D LoRA tensors, this project's names) as a PEFT adapter folder, atomically."""
+    """Write ``weights`` (2-D LoRA tensors, this project's names) as a PEFT adapter folder, atomically.
+
+    An existing ``folder`` is replaced only when regrad wrote it (it holds ``regrad_adapter.json``) or it is
+    empty; non-finite weights are refused (a NaN adapter would load silently elsewhere)."""
     folder = paths.resolve(folder)
+    ownership.check_replaceable(folder, [INFO_FILE], "PEFT adapter",
+                                "choose another folder (adapters are written only into new folders or ones "
+                                "regrad wrote)")
     tensors = {}
     for name, t in weights.items():
         if t.dim() != 2:
             raise ValueError(f"LoRA tensor {name} has shape {tuple(t.shape)}: one adapter holds one set of 2-D "
                              "weights (take one row of per-question weights)")
         tensors[peft_key(name)] = t.detach().float().contiguous().cpu()
+    tensorfile.check_finite(tensors, f"adapter {paths.relative(folder)}", fix="not written: the weights are "
+                            "unusable (check the run's meta_state and the gradients)")
     with artifacts.atomic_dir(folder) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        tensorfile.save(tmp / WEIGHTS_FILE, tensors, {"format": "pt"}, shown_as=folder / WEIGHTS_FILE)
         lora_config(peft, base_model).save_pretrained(str(tmp))
-        if info is not None:
-            artifacts.write_json(tmp / INFO_FILE, artifacts.provenance(info))
+        artifacts.write_json(tmp / INFO_FILE, artifacts.provenance(info or {}))
     log.info("wrote PEFT adapter %s (%d tensors)", paths.relative(folder), len(tensors))
     return folder
 
@@ -82,11 +89,18 @@ def read(folder: str | Path):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} not found: a PEFT LoRA adapter folder holds {CONFIG_FILE} and "
                                     f"{WEIGHTS_FILE} (peft's save_pretrained, or adapters.export_run)")
-    cfg = PeftConfig.from_pretrained(str(folder))   # peft's own reader and checks
+    config_file = paths.relative(folder / CONFIG_FILE)
+    artifacts.read_json(folder / CONFIG_FILE, unique_keys=True)    # broken JSON or a key given twice: named here
+    try:
+        cfg = PeftConfig.from_pretrained(str(folder))   # peft's own reader and checks
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"{config_file}: peft cannot read it ({type(e).__name__}: {e})") from None
     if not isinstance(cfg, LoraConfig):
-        raise ValueError(f"{folder / CONFIG_FILE}: peft_type {cfg.peft_type} is not a LoRA adapter")
+        raise ValueError(f"{config_file}: peft_type {cfg.peft_type} is not a LoRA adapter")
     where = paths.relative(folder / WEIGHTS_FILE)
-    return cfg, {regrad_name(k, where): v for k, v in load_file(str(folder / WEIGHTS_FILE)).items()}
+    tensors, _ = tensorfile.load(folder / WEIGHTS_FILE, required=None, finite=lambda k: True,
+                                 fix="give a complete adapter with finite weights (export it again)")
+    return cfg, {regrad_name(k, where): v for k, v in tensors.items()}
 
 
 def describe(folder: str | Path) -> dict:
@@ -102,6 +116,8 @@ def describe(folder: str | Path) -> dict:
 
 # --- out ------------------------------------------------------------------------------------------------------
 
+@params.typed
+@runlock.writer("adapter export")
 def export_run(run: str, allow_unfinished: bool = False) -> Path:
     """``outputs/<run>/adapter/``: the run's selected ``phi`` (``meta_state.safetensors``) as a PEFT adapter.
 
@@ -110,7 +126,7 @@ def export_run(run: str, allow_unfinished: bool = False) -> Path:
     """
     state = trained_state(run, allow_unfinished)
     preset = config.load_preset(state.parent)
-    phi = {k[len("phi."):]: v for k, v in load_file(str(state)).items() if k.startswith("phi.")}
+    phi = {k[len("phi."):]: v for k, v in read_state(state).items() if k.startswith("phi.")}
     return save(paths.adapter_dir(run), phi, preset.peft, base_model=preset.learner.model_name_or_path,
                 info={"run": run, "weights": "phi (meta-trained LoRA initialisation)", "source": META_STATE})
 
@@ -164,12 +180,29 @@ def _check_layout(cfg, weights: Weights, live: dict[str, torch.Tensor], peft: co
                              f"needs {tuple(p.shape)} (another base model?)")
 
 
-def load_into(model: torch.nn.Module, folder: str | Path, peft: config.PeftConfig) -> None:
-    """Warm start: copy a PEFT LoRA adapter of the same layout into the model's live LoRA weights ``phi``."""
+def same_model(a: str | None, b: str | None) -> bool:
+    """Whether two ``model_name_or_path`` values name one model: the same last path component (case aside), so
+    a hub id and its local copy (``HuggingFaceTB/SmolLM2-135M-Instruct``, ``models/SmolLM2-135M-Instruct``) match."""
+    def last(name: str) -> str:
+        return name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].lower()
+    return a is None or b is None or last(a) == last(b)
+
+
+def load_into(model: torch.nn.Module, folder: str | Path, peft: config.PeftConfig,
+              base_model: str | None = None) -> None:
+    """Warm start: copy a PEFT LoRA adapter of the same layout into the model's live LoRA weights ``phi``.
+
+    ``base_model`` (the preset's ``model_name_or_path``): an adapter whose ``base_model_name_or_path`` names
+    another model is refused (a LoRA of one model means nothing on another, even where the shapes agree)."""
     from . import lora
 
     cfg, weights = read(folder)
+    where = paths.relative(paths.resolve(folder))
+    if not same_model(cfg.base_model_name_or_path, base_model):
+        raise ValueError(f"{where}: the adapter was made for the base model {cfg.base_model_name_or_path!r}, but the "
+                         f"preset's model is {base_model!r}; use an adapter of that model (if it is the same model "
+                         f"under another name, set base_model_name_or_path in its {CONFIG_FILE})")
     live = lora.parameters(model)
-    _check_layout(cfg, weights, live, peft, paths.relative(paths.resolve(folder)))
+    _check_layout(cfg, weights, live, peft, where)
     lora.load_into(model, {n: weights[n].float() for n in live})
     log.info("phi initialised from the PEFT adapter %s", paths.relative(paths.resolve(folder)))

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
 
-from . import paths
+from . import params, paths
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-METHODS = ("closed_book", "rag", "regrad", "regrad_icl", "regrad_online", "shift", "no_update")
+METHODS = ("closed_book", "rag", "regrad", "regrad_icl", "regrad_online", "shift", "no_update", "cpt", "cpt_rag")
 SUMMARY_FIELDS = ("dataset", "method", "em", "f1", "precision", "recall", "nll", "n")
 SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "em", "f1", "precision", "recall", "nll", "n")
 
@@ -88,6 +88,7 @@ class AnalyzeConfig:
     evaluation: str | None = None
 
     def __post_init__(self):
+        params.check_fields(self)       # topk "3" -> 3 as everywhere (params), True refused
         if not isinstance(self.run, str) or not self.run.strip():
             raise ValueError(f"run={self.run!r}: give the run name used by 03_train and 05_evaluate, e.g. 'demo'")
         if isinstance(self.datasets, str) or not self.datasets or \
@@ -132,6 +133,7 @@ class Score:
     n: int
     gamma: float | None = None
     topk: int | None = None
+    mixed: float | None = None
 
 
 def _number(path: Path, line: int, name: str, value: str, kind=float):
@@ -151,7 +153,7 @@ def _read_scores(path: Path, fields: Sequence[str], writer: str) -> list[Score]:
         raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by {writer}")
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in fields if c not in (reader.fieldnames or [])]
+        missing = [c for c in fields if c not in (reader.fieldnames or []) and c != "mixed"]   # older files: unmixed
         if missing:
             raise ValueError(f"{paths.relative(path)}: header {reader.fieldnames} lacks {missing}; "
                              f"expected {','.join(fields)}")
@@ -160,7 +162,8 @@ def _read_scores(path: Path, fields: Sequence[str], writer: str) -> list[Score]:
             extra = {}
             if "gamma" in fields:
                 extra = {"gamma": _number(path, line, "gamma", r["gamma"]),
-                         "topk": _number(path, line, "topk", r["topk"], int)}
+                         "topk": _number(path, line, "topk", r["topk"], int),
+                         "mixed": _number(path, line, "mixed", r["mixed"]) if "mixed" in r else 0.0}
             rows.append(Score(dataset=r["dataset"], method=r["method"],
                               **{k: _number(path, line, k, r[k]) for k in ("em", "f1", "precision", "recall", "nll")},
                               n=_number(path, line, "n", r["n"], int), **extra))
@@ -181,9 +184,10 @@ def read_summary(run: str, datasets: Sequence[str] | None = None, evaluation: st
 
 
 def read_sweeps(run: str, evaluation: str | None = None) -> list[Score]:
-    """``results/<run>/sweeps.csv`` (gamma / top-k sweeps of 05_evaluate); FileNotFoundError when absent."""
+    """``results/<run>/sweeps.csv`` (gamma / top-k / mixed sweeps of 05_evaluate); FileNotFoundError when absent."""
     return _read_scores(sweeps_file(run, evaluation), SWEEP_FIELDS,
-                        f"05_evaluate when it runs a gamma or top-k sweep (run={run!r})")
+                        f"05_evaluate when it sweeps (gammas, topks or mixed_sweep) the evaluated datasets among "
+                        f"its sweep_datasets, default ['probe'] (run={run!r})")
 
 
 def _ordered(names: Iterable[str], order: Sequence[str]) -> list[str]:
@@ -225,14 +229,17 @@ def score_table(rows: Sequence[Score], datasets: Sequence[str] | None = None,
 
 
 def sweep(rows: Sequence[Score] | Missing, vary: str, method: str = "regrad", **fixed) -> list[Score] | Missing:
-    """The sweep rows of ``method`` where ``vary`` (gamma or topk) takes 2+ values in a dataset, other params fixed.
+    """The sweep rows of ``method`` where ``vary`` (gamma, topk or mixed) takes 2+ values in a dataset, the
+    parameters in ``fixed`` (e.g. ``gamma=1.0``, ``mixed=0.0``) fixed.
 
     Returns a :class:`Missing` note when there is no such sweep (or no sweeps.csv at all).
     """
     if isinstance(rows, Missing):
         return rows
-    if vary not in ("gamma", "topk"):
-        raise ValueError(f"vary={vary!r}: choose 'gamma' or 'topk'")
+    if vary not in ("gamma", "topk", "mixed"):
+        raise ValueError(f"vary={vary!r}: choose 'gamma', 'topk' or 'mixed'")
+    if vary != "mixed":
+        fixed.setdefault("mixed", 0.0)        # the plain retrieval unless a mixed share is asked for
     picked = [r for r in rows if r.method == method
               and all(getattr(r, k) == v for k, v in fixed.items() if v is not None)]
     values: dict[str, set] = {}
@@ -287,13 +294,10 @@ def read_alpha(run: str) -> dict[str, float]:
     path = meta_state_file(run)
     if not path.is_file():
         raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 03_train (run={run!r})")
-    from safetensors import safe_open
+    from .learner import read_state    # the checked reader (checksum, finite weights)
 
-    out = {}
-    with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():
-            if key.startswith("alpha."):
-                out[key[len("alpha."):].replace("__", ".")] = float(f.get_tensor(key).float().mean())
+    out = {key[len("alpha."):].replace("__", "."): float(value.float().mean())
+           for key, value in read_state(path).items() if key.startswith("alpha.")}
     if not out:
         raise ValueError(f"{paths.relative(path)} holds no 'alpha.*' tensors; is it a meta_state file of 03_train?")
     natural = lambda name: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]  # noqa: E731

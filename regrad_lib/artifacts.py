@@ -44,17 +44,32 @@ def atomic_path(target: str | os.PathLike, overwrite: bool = True) -> Iterator[P
     target = Path(target)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    with naming(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        tmp_path.chmod(0o666 & ~_umask())
-        os.replace(tmp_path, target)
+        with naming(target):
+            yield tmp_path
+            tmp_path.chmod(0o666 & ~_umask())
+            os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def naming(target: str | os.PathLike) -> Iterator[None]:
+    """An OSError inside (a full disk, a read-only folder) re-raised naming ``target``: ``OSError: [Errno 28]
+    No space left on device`` alone does not say which file could not be written. Errors that already name a
+    file (``FileExistsError`` of a refusal, ``FileNotFoundError`` with a path) pass unchanged."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None or str(target) in str(e):
+            raise
+        raise type(e)(e.errno, f"{e.strerror} (writing {paths.relative(target)})", str(target)) from e
 
 
 # A folder is replaced in steps that each leave one complete copy findable by recover_dir:
@@ -117,8 +132,9 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     recover_dir(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
     try:
-        yield tmp
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private
+        with naming(target):
+            yield tmp
+        follow_umask(tmp)  # mkdtemp makes it private, safetensors writes 0600 files
         os.replace(tmp, _new(target))
         if target.exists():
             os.replace(target, _old(target))
@@ -128,6 +144,18 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def follow_umask(folder: str | os.PathLike) -> None:
+    """Give ``folder`` and everything in it the modes a plain ``mkdir``/``open`` would (0777/0666 less the umask):
+    some writers (mkdtemp, safetensors' ``save_file``) create private 0700/0600 entries."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
 
 
 def write_text(target: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
@@ -166,13 +194,30 @@ def read_text(path: str | os.PathLike) -> str:
                          f"{e.start}: {e.reason}); save the file as UTF-8") from None
 
 
-def read_json(path: str | os.PathLike) -> Any:
+def read_json(path: str | os.PathLike, unique_keys: bool = False) -> Any:
+    """A JSON file; ``unique_keys``: a key given twice in one object is an error (configs: the last one would
+    silently win), naming the file and the key."""
     path = Path(path)
-    text = read_text(path)
+    return parse_json(read_text(path), path, unique_keys)
+
+
+def parse_json(text: str, where: str | os.PathLike, unique_keys: bool = False) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique(where) if unique_keys else None)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+        raise ValueError(f"{where}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+
+
+def _unique(where: str | os.PathLike):
+    def pairs(items: list[tuple[str, Any]]) -> dict:
+        out: dict = {}
+        for key, value in items:
+            if key in out:
+                raise ValueError(f"{where}: key {key!r} appears twice in one JSON object ({out[key]!r}, then "
+                                 f"{value!r}); give each key once")
+            out[key] = value
+        return out
+    return pairs
 
 
 def git_revision() -> str | None:

@@ -2,7 +2,7 @@
 
 Output ``data/augmented/<dataset>/<name>.json`` (``paths.augmented_file``): a JSON list with one record per
 question, ``{test_id, question, answers, passages, passage_ids, titles, scores}`` plus ``gold_titles`` when the
-dataset has them; passage ids are strings. ``name`` is ``dev`` for the dev split, ``train_all`` for a whole train
+dataset has them and ``answer_kind`` + ``choices`` for questions answered yes/no or by an option letter; passage ids are strings. ``name`` is ``dev`` for the dev split, ``train_all`` for a whole train
 split and ``train_<n>`` for its first n questions (:func:`output_name`). The provenance (dataset, split, slice,
 index, backend, topk, corpus, git revision, versions) goes to ``<name>.meta.json`` beside it.
 
@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from . import artifacts, datasets, paths
+from . import artifacts, datasets, params, paths
 from .retrieval import Retriever
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def partial_file(output: Path) -> Path:
     return output.with_name(output.name + ".partial")
 
 
+@params.typed
 def augment(dataset: str, split: str, *, retriever: Retriever, data_dir: str | os.PathLike | None = None,
             topk: int = 3, start: int = 0, end: int | None = None, overwrite: bool = False,
             batch_size: int = 64) -> Path:
@@ -52,15 +53,19 @@ def augment(dataset: str, split: str, *, retriever: Retriever, data_dir: str | o
     (PopQA's ``train`` split already starts at file row 500, so ``start=0`` is the leakage-free default).
     An existing file made by the same request is kept (no work); one made differently needs ``overwrite=True``.
     """
-    if not isinstance(topk, int) or topk < 1:
+    if topk < 1:
         raise ValueError(f"topk={topk!r}: must be a positive integer (the public setup uses 3)")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: must be a positive integer")
+    paths.augmented_file(dataset, output_name(split))     # dataset and split names checked before any reading
     if retriever.count() == 0:
         raise ValueError(f"the index {retriever.describe().get('index')!r} holds no passages: every question would "
                          "get none; rebuild it from a corpus with passages (01_index)")
     folder = paths.resolve(data_dir) if data_dir is not None else paths.data_dir(dataset)
     records = datasets.load(dataset, folder, split, start=start, end=end)
+    if not records:
+        raise ValueError(f"{dataset}/{split}: questions [{start}:{end}] of {paths.relative(folder)} select none; "
+                         "nothing to augment (lower start, or raise end)")
     if end is not None and len(records) < end - start:
         log.warning("%s/%s has only %d questions in [%d:%d]", dataset, split, len(records), start, end)
     output = paths.augmented_file(dataset, output_name(split, None if end is None else len(records)))
@@ -104,6 +109,8 @@ def _record(rec: datasets.QARecord, hits: list) -> dict:
            "titles": [h.title for h in hits], "scores": [round(float(h.score), 6) for h in hits]}
     if rec.gold_titles:
         row["gold_titles"] = list(rec.gold_titles)
+    if rec.kind != "short":                 # short answers keep the records as they were
+        row.update(answer_kind=rec.kind, choices=list(rec.choices))
     return row
 
 
@@ -153,8 +160,8 @@ def _run(records: list, retriever: Retriever, topk: int, batch_size: int, partia
     if not done:
         partial.write_text(json.dumps({"request": request}, ensure_ascii=False) + "\n", encoding="utf-8")
     todo = records[len(done):]
-    with partial.open("a", encoding="utf-8") as f, tqdm(total=len(records), initial=len(done), desc=desc,
-                                                         unit="question") as bar:
+    with artifacts.naming(partial), partial.open("a", encoding="utf-8") as f, \
+            tqdm(total=len(records), initial=len(done), desc=desc, unit="question") as bar:
         for i in range(0, len(todo), batch_size):
             batch = todo[i:i + batch_size]
             hits = retriever.search([r.question for r in batch], topk)
@@ -164,6 +171,7 @@ def _run(records: list, retriever: Retriever, topk: int, batch_size: int, partia
             bar.update(len(batch))
 
 
+@params.typed
 def augment_all(datasets_: Sequence[str], split: str, *, retriever: Retriever, data_root: str = "data/sample",
                 topk: int = 3, limit: int | None = None, limits: dict[str, int | None] | None = None,
                 overwrite: bool = False) -> dict[str, Path]:

@@ -14,10 +14,9 @@ Reads are memory-mapped (``safe_open`` + ``get_slice``): a lookup reads only the
   (:class:`BankMismatchError`). Cost: one header read per shard (no gradient bytes).
 - every row read (``get``, ``rows``, ``sum``, ``sum_many``, ``iter_blocks``) is checked against its stored
   CRC-32, which also covers the passage id, so a damaged row or a shifted id list is refused
-  (:class:`BankCorruptError`), never served. Cost: zlib's CRC-32 at ≈ 3.3 GB/s of stored bytes on one CPU core,
-  i.e. 2.4 ms per Llama-3.2-1B-layout bf16 row and 0.55 ms per int4 row: ≈ 11 % (bf16) and 4 % (int4) of the
-  CPU time of a ``sum_many`` of 32 questions × 3 passages (BENCHMARKS.md); done on the CPU as rows are read,
-  before they move to the target device.
+  (:class:`BankCorruptError`), never served. Cost: zlib's CRC-32 over the stored bytes, on the CPU as rows are
+  read, before they move to the target device (measured by ``bench/integrity_bench.py``: BENCHMARKS.md,
+  "Integrity checks").
 - :meth:`GradientBank.verify` reads everything: file sha256, every row's CRC-32, finite decoded values.
 
 Decoding happens inside :meth:`GradientBank.sum_many` on the target device (stored codes are moved, not fp32
@@ -311,6 +310,17 @@ def open_bank(topk: int, run: str, dataset: str, split: str, scheme: str = DEFAU
     """``GradientBank.open(paths.bank_dir(topk, run, dataset, split, scheme), scheme=scheme, **checks)``."""
     name = schemes.parse(scheme).name
     return GradientBank.open(paths.bank_dir(topk, run, dataset, split, name), scheme=name, **checks)
+
+
+def serving_topk(topk: int, run: str, dataset: str, split: str, scheme: str = DEFAULT_SCHEME) -> int:
+    """The top-K whose bank serves questions answered with their top ``topk`` passages: ``topk`` when it has a bank,
+    else the smallest K > ``topk`` with one (04_encode with ``topk = K`` banked every question's top K, which
+    hold its top ``topk``), else ``topk`` (whose absent bank is then reported by :func:`open_bank`)."""
+    name = schemes.parse(scheme).name
+    banked = sorted(int(p.name) for p in paths.offline_dir().iterdir() if p.name.isdigit()
+                    and (paths.bank_dir(int(p.name), run, dataset, split, name) / MANIFEST).is_file()) \
+        if paths.offline_dir().is_dir() else []
+    return next((k for k in banked if k >= topk), topk)
 
 
 def schemes_on_disk(topk: int, run: str, dataset: str, split: str) -> list[str]:

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import save_file
 
-from . import artifacts, paths, schemes
+from . import artifacts, paths, schemes, tensorfile
 from .bank_format import (CRC, IDENTITY, MANIFEST, BankError, BankMismatchError, file_digest, ids_checksum,
                           layout_of, row_checksums, shard_metadata)
 
@@ -82,9 +81,11 @@ class BankWriter:
         path.mkdir(parents=True, exist_ok=True)
         listed = {s["file"] for s in manifest["shards"]}
         ours = re.compile(rf"\.?{re.escape(prefix)}-\d+\.safetensors(\..+\.tmp)?")   # not other writers' shards
+        manifest_tmp = re.compile(rf"\.{re.escape(MANIFEST)}\..+\.tmp")  # a manifest write cut short (atomic_path)
         for stray in path.iterdir():   # orphans of an interrupted write of this writer, or the old bank
-            if stray.name not in listed and (ours.fullmatch(stray.name) or overwrite and (
-                    stray.suffix == ".tmp" or stray.name.endswith(".safetensors"))):
+            if stray.name not in listed and (ours.fullmatch(stray.name) or manifest_tmp.fullmatch(stray.name) or
+                                             overwrite and (stray.suffix == ".tmp" or
+                                                            stray.name.endswith(".safetensors"))):
                 stray.unlink()
         manifest.setdefault("requests", []).append({**head.get("source", {}), "started": time.strftime("%FT%T%z")})
         row_bytes = schemes.parse(manifest["scheme"]).row_bytes(layout_of(manifest))
@@ -150,7 +151,8 @@ class BankWriter:
         shards = self.manifest["shards"]
         name = f"{self.prefix}-{len(shards):05d}.safetensors"
         with artifacts.atomic_path(self.path / name) as tmp:
-            save_file(tensors, str(tmp), metadata=shard_metadata(self.manifest, ids))
+            tensorfile.save(tmp, tensors, shard_metadata(self.manifest, ids), shown_as=self.path / name,
+                            checksum=False)    # rows carry CRC-32s, the file its SHA-256 in the manifest
             digest, size = file_digest(tmp, tensors)
         shards.append({"file": name, "rows": len(ids), "bytes": size, "sha256": digest,
                        "ids_sha256": ids_checksum(ids), "ids": ids})

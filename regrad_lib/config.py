@@ -1,15 +1,16 @@
-"""Typed configuration: the four JSON files of a preset, validated, unknown keys rejected.
+"""Typed configuration: the JSON files of a preset, validated, unknown keys rejected.
 
 A preset is a folder ``configs/<preset>/`` holding ``peft_config.json``, ``learner_config.json``,
-``train_args.json`` and ``generation_config.json`` (the seed's schema). A *variant* folder may instead hold a
-``variant.json``: ``{"base": "<preset>", "learner": {...}, "train": {...}, ...}``, a small diff on top of a preset.
+``train_args.json`` and ``generation_config.json`` (the seed's schema) and, optionally, ``cpt_config.json`` (the
+continual post-training baseline; its defaults when absent, as in runs trained before it existed). A *variant*
+folder may instead hold a ``variant.json``: ``{"base": "<preset>", "learner": {...}, "train": {...}, ...}``, a small
+diff on top of a preset.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -27,9 +28,11 @@ PassageFormat = Literal["text", "title_text"]
 PromptStyle = Literal["instruct", "example"]
 ContextOrder = Literal["rank", "reversed"]
 PromptPassages = Literal["whole", "as_gradient"]
+CptWeights = Literal["lora", "phi", "full"]
 
 FILES = {"peft": "peft_config.json", "learner": "learner_config.json", "train": "train_args.json",
          "generation": "generation_config.json"}
+OPTIONAL_FILES = {"cpt": "cpt_config.json"}     # absent: the section's defaults
 
 
 class ConfigError(ValueError):
@@ -229,7 +232,28 @@ class GenerationConfig:
         _check_positive(self, "max_new_tokens", "batch_size")
 
 
-_SECTIONS = {"peft": PeftConfig, "learner": LearnerConfig, "train": TrainArgs, "generation": GenerationConfig}
+@dataclass
+class CptConfig:
+    """Continual post-training, the baseline of methods ``cpt`` / ``cpt_rag`` (:mod:`regrad_lib.cpt`), and the
+    drift measured after every chunk (:mod:`regrad_lib.drift`). Not read by meta-training."""
+    learning_rate: float = 1e-4      # AdamW, constant (a stream has no known end), no weight decay
+    epochs_per_chunk: int = 1        # passes over each chunk of documents before the next chunk arrives
+    chunks: int = 4                  # the documents arrive in this many chunks (evaluated questions, in order)
+    batch_size: int = 8              # passages per optimizer step
+    weights: CptWeights = "lora"     # "lora": a fresh LoRA (the preset's modules) on the base model; "phi": the
+                                     # run's meta-trained LoRA; "full": every base weight (small fp32 models)
+    general_passages: int = 64       # held-out corpus passages whose NLL measures general text (never injected)
+    general_questions: int = 40      # at most this many general questions the base model answers (closed book)
+
+    def __post_init__(self) -> None:
+        _check_finite(self)
+        _check_literal(self, "weights", get_args(CptWeights))
+        _check_positive(self, "learning_rate", "epochs_per_chunk", "chunks", "batch_size", "general_passages",
+                        "general_questions")
+
+
+_SECTIONS = {"peft": PeftConfig, "learner": LearnerConfig, "train": TrainArgs, "generation": GenerationConfig,
+             "cpt": CptConfig}
 
 
 def _coerce(cls: type, data: Any, where: str):
@@ -283,19 +307,20 @@ def _check_type(value: Any, hint: Any, where: str) -> None:
 
 @dataclass
 class Preset:
-    """The four configs of a run."""
+    """The configs of a run."""
     name: str
     peft: PeftConfig
     learner: LearnerConfig
     train: TrainArgs
     generation: GenerationConfig
+    cpt: CptConfig = field(default_factory=CptConfig)
 
     def to_dict(self) -> dict:
         return {"name": self.name, **{k: asdict(getattr(self, k)) for k in _SECTIONS}}
 
     def save(self, folder: str | Path) -> None:
-        """Write the four config files (the seed's file names) into ``folder``."""
-        for section, filename in FILES.items():
+        """Write the config files (the seed's file names and ``cpt_config.json``) into ``folder``."""
+        for section, filename in {**FILES, **OPTIONAL_FILES}.items():
             artifacts.write_json(Path(folder) / filename, asdict(getattr(self, section)))
 
     def replace(self, **sections: dict) -> "Preset":
@@ -324,10 +349,21 @@ def available_presets() -> list[str]:
 
 
 def _preset_folder(name_or_dir: str | Path) -> Path:
+    if not isinstance(name_or_dir, (str, Path)):
+        raise ConfigError(f"preset = {name_or_dir!r} ({type(name_or_dir).__name__}): give a preset name such as "
+                          f"'tiny' (known: {available_presets()}) or a folder holding the four config files")
     candidate = paths.resolve(name_or_dir)
     if candidate.is_dir() and any((candidate / f).exists() for f in (*FILES.values(), "variant.json")):
         return candidate
-    folder = paths.preset_dir(str(name_or_dir))
+    if isinstance(name_or_dir, Path) or any(sep in str(name_or_dir) for sep in ("/", "\\")):
+        state = "holds none of " + ", ".join([*FILES.values(), "variant.json"]) if candidate.is_dir() else \
+            "is not a folder"
+        raise ConfigError(f"preset folder {candidate} {state}: give a preset name (known: {available_presets()}) or "
+                          "a folder holding the four config files")
+    try:
+        folder = paths.preset_dir(str(name_or_dir))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if folder.is_dir():
         return folder
     known = available_presets()
@@ -347,7 +383,10 @@ def _load(folder: Path, chain: tuple[Path, ...]) -> Preset:
     """The preset in ``folder``; ``chain``: the variant files that led here (a base naming one of them loops)."""
     variant = folder / "variant.json"
     if variant.exists():
-        diff = artifacts.read_json(variant)
+        try:
+            diff = artifacts.read_json(variant, unique_keys=True)
+        except ValueError as e:   # not JSON, not UTF-8, or a key given twice
+            raise ConfigError(str(e)) from None
         if not isinstance(diff, dict) or not isinstance(diff.get("base"), str):
             raise ConfigError(f"{variant}: needs a key 'base' naming the preset this variant changes, e.g. "
                               '{"base": "tiny", "train": {...}}')
@@ -362,15 +401,15 @@ def _load(folder: Path, chain: tuple[Path, ...]) -> Preset:
         preset = _apply(_load(base, (*chain, variant)), diff, str(variant))
         return dataclasses.replace(preset, name=folder.name)
     sections = {}
-    for section, filename in FILES.items():
+    for section, filename in {**FILES, **OPTIONAL_FILES}.items():
         path = folder / filename
+        if not path.exists() and section in OPTIONAL_FILES:
+            continue
         if not path.exists():
             raise ConfigError(f"{path} not found: a preset folder needs {list(FILES.values())}")
         try:
-            data = json.loads(artifacts.read_text(path))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        except ValueError as e:   # not UTF-8
+            data = artifacts.read_json(path, unique_keys=True)
+        except ValueError as e:   # not JSON, not UTF-8, or a key given twice (the last would silently win)
             raise ConfigError(str(e)) from None
         sections[section] = _coerce(_SECTIONS[section], data, str(path))
     return Preset(name=folder.name, **sections)

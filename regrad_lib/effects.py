@@ -68,10 +68,30 @@ def _rows_by_id(run: str, dataset: str, method: str, field: str, evaluation: str
     return out
 
 
+def _right(row: dict) -> bool:
+    """Whether a prediction row's answer is exact (EM, or the right label for yes/no and multiple-choice rows)."""
+    return metrics.score_kind(row["prediction"], row["answers"], row.get("answer_kind", "short"),
+                              row.get("choices", ()))["em"] == 1.0
+
+
 def _answer_nll(run: str, dataset: str, method: str, evaluation: str | None = None) -> dict[str, float]:
     rows = _rows_by_id(run, dataset, method, "answer_nll", evaluation)
     return {k: float(r["answer_nll"]) if isinstance(r["answer_nll"], (int, float)) else math.nan
             for k, r in rows.items()}
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error (sample std / √n; NaN for one value) of ``values``."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean_se of no values")
+    mean = sum(values) / n
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else math.nan
+
+
+def proportion_se(share: float, n: int) -> float:
+    """Binomial standard error of a share (0-1) observed on ``n`` questions: √(p(1 − p) / n)."""
+    return math.sqrt(share * (1 - share) / n)
 
 
 def paired_difference(nll_a: dict[str, float], nll_b: dict[str, float], dataset: str = "",
@@ -83,8 +103,7 @@ def paired_difference(nll_a: dict[str, float], nll_b: dict[str, float], dataset:
     n = len(diffs)
     if n == 0:
         raise ValueError(f"{dataset}: {method_a} and {method_b} share no test_id with a finite answer_nll")
-    mean = sum(diffs) / n
-    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else math.nan
+    mean, se = mean_se(diffs)
     lower = sum(d < 0 for d in diffs)
     unmatched = len(set(nll_a) ^ set(nll_b))
     if unmatched:
@@ -145,8 +164,8 @@ def paired_em(run: str, dataset: str, method_a: str = "regrad", method_b: str = 
     common = [k for k in a if k in b]
     if not common:
         raise ValueError(f"{dataset}: {method_a} and {method_b} share no test_id")
-    right_a = {k: metrics.score(a[k]["prediction"], a[k]["answers"])["em"] == 1.0 for k in common}
-    right_b = {k: metrics.score(b[k]["prediction"], b[k]["answers"])["em"] == 1.0 for k in common}
+    right_a = {k: _right(a[k]) for k in common}
+    right_b = {k: _right(b[k]) for k in common}
     n = len(common)
     return PairedEM(dataset, method_a, method_b, 100 * sum(right_a.values()) / n, 100 * sum(right_b.values()) / n,
                     sum(right_a[k] and not right_b[k] for k in common),
@@ -340,7 +359,7 @@ def em_by_group(run: str, dataset: str, methods: Sequence[str], group_of: dict[s
         scores: dict[str, list[float]] = {}
         for tid, r in rows.items():
             if tid in group_of:
-                scores.setdefault(group_of[tid], []).append(metrics.score(r["prediction"], r["answers"])["em"])
+                scores.setdefault(group_of[tid], []).append(float(_right(r)))
         cells.update({(g, method): (100 * sum(v) / len(v), len(v)) for g, v in scores.items()})
     if not present:
         return Missing(f"no predictions of {list(methods)} for {dataset} (05_evaluate writes them)")

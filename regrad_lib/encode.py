@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import bank, bank_writer, config, distributed, lora, paths, prompts, regrad, tasks
+from . import bank, bank_writer, config, distributed, lora, params, paths, prompts, regrad, runlock, tasks
 from .learner import Learner
 from .run_state import trained_state
 
@@ -37,14 +37,20 @@ class Passage:
     text: str
 
 
-def passages(dataset: str, split: str, topk: int = 3, start: int = 0, end: int | None = None) -> list[Passage]:
-    """The distinct top-``topk`` passages of records ``start:end`` of ``data/augmented/<dataset>/<split>.json``."""
+def passages(dataset: str, split: str, topk: int = 3, start: int = 0, end: int | None = None,
+             mixed: float = 0.0) -> list[Passage]:
+    """The distinct top-``topk`` passages of records ``start:end`` of ``data/augmented/<dataset>/<split>.json``;
+    with ``mixed`` > 0 also those the mixed-documents ablation puts in their place (:func:`tasks.mix`), so one
+    bank serves the plain and the mixed evaluation (and every smaller share)."""
     file = paths.augmented_file(dataset, split)
     chosen = tasks.load(dataset, split, topk, start, end)
     if not chosen:
         raise ValueError(f"{paths.relative(file)}: start={start}, end={end} selects none")
+    numbered = list(enumerate(chosen, start))
+    if tasks.mixed_count(topk, mixed):         # the same records with their mixed passages
+        numbered += list(enumerate(tasks.load(dataset, split, topk, start, end, mixed=mixed), start))
     seen: dict[str, Passage] = {}
-    for i, task in enumerate(chosen, start):
+    for i, task in numbered:
         for pid, (title, text) in zip(task.passage_ids, task.passages):
             passage = Passage(pid, title or "", text)
             if pid in seen and seen[pid] != passage:
@@ -73,10 +79,12 @@ def gradient_batches(learner: Learner, items: Sequence[Passage], batch_size: int
         yield [p.pid for p in chunk], lora.flatten(grads)
 
 
+@params.typed
+@runlock.writer("04_encode")
 def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0, end: int | None = None,
            scheme: str = bank.DEFAULT_SCHEME, batch_size: int = 8, device: str = "cpu", overwrite: bool = False,
            learner: Learner | None = None, shard_bytes: int = bank_writer.DEFAULT_SHARD_BYTES,
-           allow_unfinished: bool = False) -> Path:
+           allow_unfinished: bool = False, mixed: float = 0.0) -> Path:
     """Encode the passages of one augmented file into ``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>``.
 
     - ``run``: the trained learner ``outputs/<run>/`` (``Learner.from_run(run, device)``); pass ``learner`` to
@@ -91,6 +99,8 @@ def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0,
     - ``shard_bytes``: the size of one shard file (at most 2 GB).
     - ``allow_unfinished``: use a run whose training did not finish (refused otherwise); the manifest's
       ``source`` records ``run_finished``.
+    - ``mixed``: also encode the passages the mixed-documents ablation (05_evaluate's ``mixed``/``mixed_sweep`` up
+      to this share) puts in each question's top-k (:func:`passages`); the bank, keyed by passage id, holds both.
 
     In a job of several processes (:mod:`regrad_lib.distributed`) each process encodes its own turns of the
     passages into a part of the bank, merged once every process has finished (:func:`encode_parts`).
@@ -98,13 +108,15 @@ def encode(run: str, dataset: str, split: str, *, topk: int = 3, start: int = 0,
     name = bank.storage_scheme(scheme).name
     return encode_schemes(run, dataset, split, [name], topk=topk, start=start, end=end, batch_size=batch_size,
                           device=device, overwrite=overwrite, learner=learner, shard_bytes=shard_bytes,
-                          allow_unfinished=allow_unfinished)[name]
+                          allow_unfinished=allow_unfinished, mixed=mixed)[name]
 
 
+@params.typed
+@runlock.writer("04_encode")
 def encode_schemes(run: str, dataset: str, split: str, schemes: Sequence[str], *, topk: int = 3, start: int = 0,
                    end: int | None = None, batch_size: int = 8, device: str = "cpu", overwrite: bool = False,
                    learner: Learner | None = None, shard_bytes: int = bank_writer.DEFAULT_SHARD_BYTES,
-                   allow_unfinished: bool = False) -> dict[str, Path]:
+                   allow_unfinished: bool = False, mixed: float = 0.0) -> dict[str, Path]:
     """:func:`encode` into one bank per scheme from ONE gradient computation: ``{scheme: bank folder}``.
 
     Each bank resumes on its own: a passage is computed when any of the banks lacks it, and appended only to
@@ -115,11 +127,11 @@ def encode_schemes(run: str, dataset: str, split: str, schemes: Sequence[str], *
         raise ValueError("schemes is empty: name at least one, e.g. ['int4']")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
-    items = passages(dataset, split, topk, start, end)
+    items = passages(dataset, split, topk, start, end, mixed)
     learner = learner or Learner.from_run(run, device, allow_unfinished)
     learner.require_finished(allow_unfinished)
     source = {"run": run, "run_finished": learner.run_finished, "dataset": dataset, "split": split, "topk": topk,
-              "start": start, "end": end, "batch_size": batch_size, "device": str(learner.device),
+              "start": start, "end": end, "mixed": mixed, "batch_size": batch_size, "device": str(learner.device),
               "precision": learner.precision, "bank_context_len": learner.preset.learner.bank_context_len,
               "passage_format": learner.preset.learner.passage_format}
     targets = {n: paths.bank_dir(topk, run, dataset, split, n) for n in names}
@@ -240,10 +252,12 @@ class EncodeSettings:
     preset: str | None = None          # informational: the run's saved configs are authoritative
     shard_bytes: int = bank_writer.DEFAULT_SHARD_BYTES
     allow_unfinished: bool = False     # True: encode with a run whose training did not finish
+    mixed: float = 0.0                 # also bank the passages of the mixed-documents ablation up to this share
     missing: list[str] = field(default_factory=list, init=False)
     _loaded: Learner | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        params.check_fields(self)
         if isinstance(self.datasets, str):
             self.datasets = [self.datasets]
         if not self.datasets:
@@ -255,6 +269,7 @@ class EncodeSettings:
         for name in ("topk", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        tasks.mixed_count(self.topk, self.mixed)           # a share in [0, 1]
         if self.start < 0 or (self.limit is not None and self.limit < 1):
             raise ValueError(f"start={self.start} must be >= 0 and limit={self.limit} None or >= 1")
         if not 0 < self.shard_bytes <= bank_writer.MAX_SHARD_BYTES:
@@ -292,7 +307,7 @@ def encode_all(settings: EncodeSettings, learner: Learner | None = None) -> dict
     return {d: encode_schemes(settings.run, d, settings.split, settings.schemes, topk=settings.topk,
                               start=settings.start, end=settings.end, batch_size=settings.batch_size,
                               overwrite=settings.overwrite, learner=learner, shard_bytes=settings.shard_bytes,
-                              allow_unfinished=settings.allow_unfinished)
+                              allow_unfinished=settings.allow_unfinished, mixed=settings.mixed)
             for d in settings.datasets}
 
 

@@ -5,15 +5,18 @@ after (``phi'_q``) the update.
 The question need not be in any dataset, so its passages come from the index and ``regrad`` takes their
 gradients on the fly (``regrad_online``: the same sums the Gradient Bank would give). Every answer goes through
 the evaluation harness (:func:`regrad_lib.harness.run_method`): same prompts, decoding and answer extraction.
+``question = None`` skips the exploration (:class:`Skipped`: the notebook's cells show a note and load nothing).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import torch
 
-from . import harness, lora, methods, prompts, retrieval, tasks
+from . import adapters, harness, lora, methods, plots, prompts, retrieval, tasks
 from .learner import Learner
 
 METHODS = {"closed_book": "closed_book", "rag": "rag", "regrad": "regrad_online", "no_update": "no_update"}
@@ -30,6 +33,17 @@ class Exploration:
     probabilities: dict[str, list[float]]
     gamma: float
     task: tasks.Task
+    learner: Learner | None = field(default=None, repr=False, compare=False)
+
+    def figure(self):
+        """The answer tokens' probabilities before (``phi``) and after (``phi'_q``) the update."""
+        return plots.token_probabilities(self.tokens, {"before (phi)": self.probabilities["before"],
+                                                       "after (phi'_q)": self.probabilities["after"]},
+                                         f"Answer {self.scored_answer!r}: token probabilities")
+
+    def export(self, folder: str | Path, run: str | None = None) -> dict:
+        """``phi'_q`` of this question as a PEFT adapter in ``folder`` (:func:`adapters.export_question`), described."""
+        return adapters.describe(adapters.export_question(self.learner, self.task, folder, gamma=self.gamma, run=run))
 
     def _repr_markdown_(self) -> str:
         cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
@@ -43,6 +57,21 @@ class Exploration:
                   f"probability {_mean(self.probabilities['before']):.4g} before the update (phi), "
                   f"{_mean(self.probabilities['after']):.4g} after (phi'_q)."]
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """No question to explore: each of the notebook's exploration cells shows this note instead."""
+    reason: str = "question = None: the exploration is skipped"
+
+    def figure(self) -> "Skipped":
+        return self
+
+    def export(self, folder: str | Path, run: str | None = None) -> "Skipped":
+        return self
+
+    def _repr_markdown_(self) -> str:
+        return f"*{self.reason}*"
 
 
 def _mean(values: list[float]) -> float:
@@ -66,14 +95,20 @@ def token_probabilities(learner: Learner, question: str, answer: str,
     return tokens, [row[mask].exp().tolist() for row in logp]
 
 
-def explore(learner: Learner, retriever, question: str, *, topk: int = 3, gamma: float | None = None,
-            answer: str | None = None) -> Exploration:
+def explore(learner: Learner | Callable[[], Learner], retriever, question: str | None, *, topk: int = 3,
+            gamma: float | None = None, answer: str | None = None) -> Exploration | Skipped:
     """Retrieve ``topk`` passages for ``question``, answer it four ways, score the answer tokens before/after.
 
     ``answer``: a gold answer to score; None scores regrad's own answer. ``gamma`` defaults to ``learner.gamma``.
+    ``learner`` may be a loader (called only when there is a question); ``question = None`` gives :class:`Skipped`.
     """
-    if not question or not question.strip():
-        raise ValueError("question is empty: type a question in the parameters cell")
+    if question is None:
+        return Skipped()
+    if not question.strip():
+        raise ValueError("question is empty: type a question in the parameters cell, or question = None to skip "
+                         "the exploration")
+    if callable(learner) and not isinstance(learner, Learner):
+        learner = learner()
     gamma = learner.preset.learner.gamma if gamma is None else gamma
     [hits] = retriever.search([question], topk)
     if not hits:
@@ -87,4 +122,4 @@ def explore(learner: Learner, retriever, question: str, *, topk: int = 3, gamma:
     adapted = methods.question_weights(learner, task, gamma=gamma)
     tokens, (before, after) = token_probabilities(learner, task.question, scored or "?", [phi, adapted])
     return Exploration(task.question, hits, answers, scored, tokens, {"before": before, "after": after}, gamma,
-                       task)
+                       task, learner)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import analysis, artifacts, effects, harness, lazy_learner, paths, results, schemes, tasks
+from . import analysis, artifacts, effects, harness, lazy_learner, params, paths, results, runlock, schemes, tasks
 from .analysis import Missing
 from .effects import PairedDifference
 
@@ -37,6 +37,8 @@ def table_file(run: str, evaluation: str | None = None) -> Path:
     return paths.results_dir(run, evaluation) / "schemes.csv"
 
 
+@params.typed
+@runlock.writer("05_evaluate")
 def evaluate_schemes(run: str, dataset: str, schemes_: Sequence[str], *, split: str = "dev", topk: int = 3,
                      gamma: float = 1.0, limit: int | None = None, device: str = "cpu", overwrite: bool = False,
                      learner=None, evaluation: str | None = None) -> list[dict]:
@@ -66,6 +68,7 @@ def evaluate_schemes(run: str, dataset: str, schemes_: Sequence[str], *, split: 
     return rows
 
 
+@params.typed
 def evaluate_all(run: str, datasets: Sequence[str], schemes_: Sequence[str], *, device: str = "cpu",
                  learner=None, **kwargs) -> list[dict]:
     """:func:`evaluate_schemes` for every dataset, loading the learner at most once (nothing for no schemes)."""

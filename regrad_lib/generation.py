@@ -34,11 +34,20 @@ Weights = dict[str, torch.Tensor]
 @dataclass(frozen=True)
 class Generation:
     """One decoded row: the new token ids (stop token included, end-of-sequence excluded), text and answer;
-    ``answer_nll``: the mean token NLL of the scored gold answer (NaN when none was given)."""
+    ``answer_nll``: the mean token NLL of the scored gold answer (NaN when none was given); ``margins``: the
+    top-1 − top-2 logit gap of each greedy choice (one per token id, plus the end-of-sequence choice if one
+    ended the row)."""
     token_ids: tuple[int, ...]
     text: str
     answer: str
     answer_nll: float = math.nan
+    margins: tuple[float, ...] = ()
+
+    @property
+    def min_margin(self) -> float:
+        """The smallest gap: logits perturbed by less than half of it at every step give the same tokens (a
+        smaller gap is a near tie, which float rounding of another machine or thread count may flip)."""
+        return min(self.margins, default=math.inf)
 
 
 def stop_reached(text: str, stop: str = "\n") -> bool:
@@ -129,7 +138,7 @@ def _prefill_prefix(model: nn.Module, prefix: Sequence[int], rows: int, device):
 
 def _decode(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
             weights: Weights | None, score_ids: Sequence[Sequence[int]] | None,
-            stop: str = "\n", share_prefix: bool = True) -> tuple[list[list[int]], list[float]]:
+            stop: str = "\n", share_prefix: bool = True) -> tuple[list[list[int]], list[float], list[list[float]]]:
     n = len(prompt_ids)
     per_row = _check_weights(weights, n)
     device = next(model.parameters()).device
@@ -144,6 +153,7 @@ def _decode(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], ma
         mask = torch.cat([mask.new_ones((n, shared)), mask], dim=1)
     stops = eos_ids(model, tokenizer)
     out: list[list[int]] = [[] for _ in range(n)]
+    margins: list[list[float]] = [[] for _ in range(n)]
     nll = [math.nan] * n
     active = torch.arange(n, device=device)        # original row of each batch row
     rows = weights
@@ -157,9 +167,13 @@ def _decode(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], ma
                 nll = _score(model, result.cache, result.logits[:, -1], mask, step_pos, score_ids,
                              tokenizer.pad_token_id)
         cache = result.cache
-        next_ids = result.logits[:, -1].argmax(dim=-1)
+        last = result.logits[:, -1]
+        next_ids = last.argmax(dim=-1)
+        top2 = (last.float() if last.dtype in (torch.float16, torch.bfloat16) else last).topk(2, dim=-1).values
+        gaps = (top2[:, 0] - top2[:, 1]).tolist()
         keep = []
         for j, (row, token) in enumerate(zip(active.tolist(), next_ids.tolist())):
+            margins[row].append(gaps[j])
             if token in stops:
                 continue
             out[row].append(token)
@@ -178,7 +192,7 @@ def _decode(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], ma
         mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
         step_ids = next_ids[:, None]
         step_pos = step_pos[:, -1:] + 1
-    return out, nll
+    return out, nll, margins
 
 
 @torch.no_grad()
@@ -205,12 +219,15 @@ def generate(model: nn.Module, tokenizer, prompt_ids: Sequence[Sequence[int]], *
              weights: Weights | None = None, score_ids: Sequence[Sequence[int]] | None = None,
              stop: str = "\n", share_prefix: bool = True) -> list[Generation]:
     """:func:`greedy` then :func:`decode` for every prompt; with ``score_ids`` (one gold answer's label ids per
-    prompt) also each answer's mean token NLL, from the prefill's KV cache (the prompt runs once). ``stop``: the
-    stop string (``generation.stop``); ``share_prefix`` as in :func:`greedy`."""
+    prompt) also each answer's mean token NLL, from the prefill's KV cache (the prompt runs once); each row's
+    ``margins`` tell where its greedy choice was a near tie. ``stop``: the stop string (``generation.stop``);
+    ``share_prefix`` as in :func:`greedy`."""
     if not prompt_ids:
         return []
-    tokens, nll = _decode(model, tokenizer, prompt_ids, max_new_tokens, weights, score_ids, stop, share_prefix)
-    return [dataclasses.replace(decode(tokenizer, t, stop), answer_nll=v) for t, v in zip(tokens, nll)]
+    tokens, nll, margins = _decode(model, tokenizer, prompt_ids, max_new_tokens, weights, score_ids, stop,
+                                   share_prefix)
+    return [dataclasses.replace(decode(tokenizer, t, stop), answer_nll=v, margins=tuple(m))
+            for t, v, m in zip(tokens, nll, margins)]
 
 
 def online_gradients(learner, batch: Sequence[tasks.Task]) -> Weights:

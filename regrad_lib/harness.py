@@ -12,12 +12,13 @@ under that method's weights and prompt.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Sequence
 
 from tqdm.auto import tqdm
 
-from . import distributed, generation, lora, prompts, tasks
+from . import distributed, generation, lora, metrics, prompts, tasks
 from .methods import SPECS, MethodSpec, check_methods, checked_bank, method_weights
 
 if TYPE_CHECKING:
@@ -28,10 +29,10 @@ log = logging.getLogger(__name__)
 
 def prompt_of(learner: Learner, task: tasks.Task, context: bool) -> prompts.Prompt:
     """The run's prompt for ``task``, with its passages when ``context`` (cut as the bank's with
-    ``prompt_passages = "as_gradient"``)."""
+    ``prompt_passages = "as_gradient"``), asking for the task's answer kind."""
     cfg = learner.preset.learner
     return prompts.build_prompt(learner.tokenizer, task.question, task.passages if context else None, cfg,
-                                prompts.prompt_passage_len(cfg, "eval"))
+                                prompts.prompt_passage_len(cfg, "eval"), kind=task.kind, choices=task.choices)
 
 
 def answer(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, bank=None, gamma: float = 1.0,
@@ -42,7 +43,7 @@ def answer(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, b
                          "dataset, split, scheme, learner=learner), written by 04_encode)")
     if bank is not None:
         checked_bank(bank, learner)
-    items = [tasks.Task(t.test_id, t.question, t.answers, t.passages[:topk], t.passage_ids[:topk]) for t in items]
+    items = [dataclasses.replace(t, passages=t.passages[:topk], passage_ids=t.passage_ids[:topk]) for t in items]
     if spec.source in ("bank", "online") and any(not t.passages for t in items):
         raise ValueError("ReGrad methods need each question's retrieved passages; some tasks have none")
     pids = [list(t.passage_ids) for t in items]
@@ -68,15 +69,23 @@ def answer(spec: MethodSpec, learner: Learner, items: Sequence[tasks.Task], *, b
             with learner.autocast(), (lora.disabled(model) if spec.base else contextlib.nullcontext()):
                 out = generation.generate(model, tok, [prompt_ids[i] for i in index], max_new_tokens=max_new,
                                           weights=weights, score_ids=gold, stop=learner.preset.generation.stop)
-            done.append([(i, {"test_id": task.test_id, "question": task.question, "answers": list(task.answers),
-                              "prediction": gen.answer, "generated": gen.text, "passage_ids": used[i],
-                              "answer_nll": gen.answer_nll, "truncated_passages": built[i].truncated})
-                         for i, task, gen in zip(index, batch, out)])
+            done.append([(i, _row(task, gen, used[i], built[i].truncated)) for i, task, gen in zip(index, batch, out)])
             bar.update(len(batch))
     rows: list[dict | None] = [None] * len(items)
     for i, row in (pair for part in distributed.merge_turns(done, len(batches)) for pair in part):
         rows[i] = row
     return rows  # type: ignore[return-value]
+
+
+def _row(task: tasks.Task, gen: generation.Generation, passage_ids: list[str], truncated: int) -> dict:
+    """One prediction row; ``prediction`` is the answer of the task's kind (a yes/no label or an option letter, ""
+    when none can be found: :func:`metrics.extract`), ``generated`` the raw new text."""
+    row = {"test_id": task.test_id, "question": task.question, "answers": list(task.answers),
+           "prediction": metrics.extract(task.kind, gen.answer, task.choices), "generated": gen.text,
+           "passage_ids": passage_ids, "answer_nll": gen.answer_nll, "min_margin": gen.min_margin, "truncated_passages": truncated}
+    if task.kind != "short":
+        row.update(answer_kind=task.kind, choices=list(task.choices))
+    return row
 
 
 def run_method(method: str, learner: Learner, items: Sequence[tasks.Task], *, bank=None, gamma: float | None = None,

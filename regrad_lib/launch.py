@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import artifacts, distributed, paths
+from . import artifacts, distributed, params, paths
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,9 @@ def to_argv(settings: Any) -> list[str]:
 
 
 def _parser_for(hint: Any, flag: str) -> Callable[[str], Any]:
-    """A command-line value by its field's type: str kept as is, None from null/None, lists from JSON or a,b."""
+    """A command-line value by its field's type (:mod:`regrad_lib.params`): str kept as is, None from null/None,
+    booleans from true/false, numbers from their text, lists from JSON or a,b; anything else refused, naming the
+    flag and the value."""
     args = typing.get_args(hint)
     optional = type(None) in args
     inner = [a for a in args if a is not type(None)] if typing.get_origin(hint) in (typing.Union, types.UnionType) \
@@ -104,14 +106,13 @@ def _parser_for(hint: Any, flag: str) -> Callable[[str], Any]:
         if kind is str:
             return text
         try:
-            if typing.get_origin(kind) is list:      # JSON or a,b: as the notebooks read list parameters
-                from .notebook import as_list
-                return as_list(flag, text, typing.get_args(kind)[0])
-            return json.loads(text)
-        except ValueError as e:   # JSONDecodeError included
-            if kind is bool and text in ("True", "False"):
-                return text == "True"
-            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected a value of type {hint} ({e})") from None
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text          # a,b lists, True/False, plain words: the type decides below
+        try:
+            return params.coerce(flag, value, hint)
+        except params.ParameterError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
     return parse
 
 
@@ -149,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     where = f"[rank {job.rank}/{job.size}] " if job.size > 1 else ""
     logging.basicConfig(level=logging.INFO if job.main else logging.WARNING,
                         format=f"%(asctime)s {where}%(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    import torch
+
+    log.info("%s: %d process(es), %d torch thread(s) each", name, job.size, torch.get_num_threads())
     if not job.main:   # one set of progress bars: rank 0's
         from transformers.utils import logging as transformers_logging
         transformers_logging.disable_progress_bar()
@@ -191,8 +195,7 @@ def run(settings: Any, num_processes: int = 1, accelerate_config: str | None = N
     process count unless ``num_processes`` > 1 overrides it). Returns what the step returns in one process.
     """
     name = step_name(settings)
-    if not isinstance(num_processes, int) or num_processes < 1:
-        raise ValueError(f"num_processes={num_processes!r} must be an integer >= 1")
+    num_processes = params.integer("num_processes", num_processes, minimum=1)
     if accelerate_config is not None and not paths.resolve(accelerate_config).is_file():
         raise FileNotFoundError(f"accelerate_config={accelerate_config!r}: no such file (the shipped ones are in "
                                 f"{CONFIGS}/)")
@@ -205,13 +208,36 @@ def run(settings: Any, num_processes: int = 1, accelerate_config: str | None = N
         result = Path(tmp) / "result.json"
         cmd = command(name, settings, num_processes, accelerate_config, result)
         log.info("launching %s: %s", name, shlex.join(cmd))
-        execute(cmd, name, num_processes)
+        execute(cmd, name, num_processes, rank_threads(local_processes(num_processes, accelerate_config)))
         return steps()[name].result(json.loads(result.read_text(encoding="utf-8")))
 
 
-def execute(cmd: list[str], name: str, num_processes: int) -> None:
+def local_processes(num_processes: int, accelerate_config: str | None) -> int:
+    """How many ranks of the job run on this machine: ``num_processes``, or with an accelerate config of one's
+    own (and ``num_processes`` 1) its ``num_processes`` / ``num_machines``."""
+    if accelerate_config is None or num_processes > 1:
+        return num_processes
+    import yaml
+
+    cfg = yaml.safe_load(paths.resolve(accelerate_config).read_text(encoding="utf-8")) or {}
+    return max(1, int(cfg.get("num_processes") or 1) // max(1, int(cfg.get("num_machines") or 1)))
+
+
+def rank_threads(local: int, environ: dict | None = None) -> dict[str, str]:
+    """``OMP_NUM_THREADS`` for the ranks: unless it is set already, this process's torch thread count shared
+    among the ``local`` ranks of this machine (at least 1 each), so a job uses the cores one process would
+    (torchrun alone would give each rank 1 thread). The results equal one process's within float rounding
+    whatever the split (tests/test_distributed.py)."""
+    if "OMP_NUM_THREADS" in (os.environ if environ is None else environ):
+        return {}
+    import torch
+
+    return {"OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // max(1, local)))}
+
+
+def execute(cmd: list[str], name: str, num_processes: int, extra_env: dict[str, str] | None = None) -> None:
     """Run a launcher command, streaming its output; a non-zero exit raises :class:`LaunchError`."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=paths.repo_root(), env=env,
                             start_new_session=True)   # a terminal's Ctrl-C reaches this process only: see _stop

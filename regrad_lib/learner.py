@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from . import artifacts, config, distributed, lora, modeling, paths
+from . import artifacts, config, distributed, lora, modeling, paths, tensorfile
 from .regrad import StepSizes, Weights
 # the run's files (re-exported: callers asked the learner module for them before run_state existed)
-from .run_state import (META_STATE, TRAIN_SUMMARY, UnfinishedRunError, run_finished, trained_state,  # noqa: F401
-                        unfinished_message)
+from .run_state import (META_STATE, TRAIN_SUMMARY, UnfinishedRunError, is_weight, read_state,  # noqa: F401
+                        run_finished, trained_state, unfinished_message)
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,8 @@ def model_dtype(preset: config.Preset, device: str | torch.device) -> torch.dtyp
 
 
 def cpu_has_bf16() -> bool:
-    """True on CPUs with native bf16 matmuls (x86 AVX512-BF16 or AMX), where bf16 autocast is ~1.7x faster."""
+    """True on CPUs with native bf16 matmuls (x86 AVX512-BF16 or AMX); elsewhere torch emulates bf16, far slower
+    than fp32 (BENCHMARKS.md, "Precision on a CPU")."""
     cpu = getattr(torch, "cpu", None)
     return any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported",
                                                                       "_is_amx_tile_supported"))
@@ -61,7 +61,7 @@ class Learner:
         lora.attach(model, preset.peft, seed=preset.train.seed if seed is None else seed)
         if warm_start and preset.learner.init_adapter is not None:
             from . import adapters
-            adapters.load_into(model, preset.learner.init_adapter, preset.peft)
+            adapters.load_into(model, preset.learner.init_adapter, preset.peft, preset.learner.model_name_or_path)
         phi = lora.parameters(model)
         alpha = StepSizes(phi, preset.learner.alpha_mode, preset.learner.init_alpha).to(device)
         return cls(model, tokenizer, preset, phi, alpha, torch.device(device))
@@ -92,13 +92,21 @@ class Learner:
         return out
 
     def save(self, path: str | Path) -> Path:
+        """``meta_state.safetensors`` (with its checksum); non-finite weights are refused, never written."""
+        tensors = self.state_dict()
+        tensorfile.check_finite(tensors, paths.relative(path), fix="the meta weights diverged: lower the learning "
+                                "rate, or check the warm-start adapter")
         with artifacts.atomic_path(path) as tmp:
-            save_file(self.state_dict(), str(tmp), metadata={"alpha_mode": self.alpha.mode,
-                                                             "layout_hash": self.layout_hash()})
+            tensorfile.save(tmp, tensors, {"alpha_mode": self.alpha.mode, "layout_hash": self.layout_hash()},
+                            shown_as=path)
         return Path(path)
 
     def load_state(self, path: str | Path) -> None:
-        tensors = load_file(str(path))
+        """Load a run's ``meta_state.safetensors`` (checked: :func:`read_state`)."""
+        self.load_tensors(read_state(path), path)
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+        """phi and alpha from a state file's tensors (``path`` names it in errors)."""
         lora.load_into(self.model, {k[4:]: v for k, v in tensors.items() if k.startswith("phi.")})
         alpha = {k[6:]: v for k, v in tensors.items() if k.startswith("alpha.")}
         if set(alpha) != set(self.alpha.values):
@@ -129,8 +137,8 @@ class Learner:
     @property
     def eval_precision(self) -> str:
         """The autocast precision of evaluation's forward passes (decoding, answer NLL): as :attr:`precision` on an
-        accelerator, fp32 on a CPU, where bf16 speeds decoding little (≈1.15x measured) but moves a question's
-        answer NLL by ≈0.04 nats — more than the paired effects the demo measures."""
+        accelerator, fp32 on a CPU, where bf16 moves a question's answer NLL by 0.034 nats (SD; BENCHMARKS.md,
+        "Precision on a CPU") — noise in every paired difference."""
         return self.precision if self.device.type != "cpu" else "no"
 
     def autocast(self):

@@ -34,16 +34,8 @@ class LoRALinear(nn.Module):
         super().__init__()
         self.base = base
         self.scaling = scaling
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, dtype=torch.float32))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, dtype=torch.float32))
-        # peft's init_lora_weights: True = A as nn.Linear (kaiming), B = 0; "gaussian" = A ~ N(0, 1/r), B = 0;
-        # False = both as nn.Linear (LoRA is not a no-op at the start)
-        if init is True or init is False:
-            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        else:
-            nn.init.normal_(self.lora_A, std=1 / r)
-        if init is False:
-            nn.init.kaiming_uniform_(self.lora_B, a=math.sqrt(5))
+        a, b = initial_pair(base.in_features, base.out_features, r, init)
+        self.lora_A, self.lora_B = nn.Parameter(a), nn.Parameter(b)
         self.override: tuple[torch.Tensor, torch.Tensor] | None = None
         self.enabled = True
 
@@ -61,6 +53,33 @@ class LoRALinear(nn.Module):
                 raise ValueError(f"per-example LoRA weights for {a.shape[0]} rows, but the batch has {x.shape[0]}")
             delta = torch.bmm(torch.bmm(x.to(dtype), a.transpose(1, 2)), b.transpose(1, 2))
         return y + (delta * self.scaling).to(y.dtype)
+
+
+def initial_pair(in_features: int, out_features: int, r: int, init: bool | str = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fresh (A, B) in fp32, drawn from torch's global generator. peft's ``init_lora_weights``: True = A as
+    nn.Linear (kaiming), B = 0; "gaussian" = A ~ N(0, 1/r), B = 0; False = both as nn.Linear (not a no-op)."""
+    a = torch.empty(r, in_features, dtype=torch.float32)
+    b = torch.zeros(out_features, r, dtype=torch.float32)
+    if init is True or init is False:
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+    else:
+        nn.init.normal_(a, std=1 / r)
+    if init is False:
+        nn.init.kaiming_uniform_(b, a=math.sqrt(5))
+    return a, b
+
+
+def fresh(model: nn.Module, peft: PeftConfig, seed: int = 0) -> Weights:
+    """The LoRA weights :func:`attach` would give ``model``'s LoRA layers with this ``seed`` (same draws, same
+    order), as new leaves on their device: a fresh LoRA for a model whose LoRA already holds other weights."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    out = {}
+    for name, m in modules(model).items():
+        a, b = initial_pair(m.base.in_features, m.base.out_features, peft.r, peft.init_lora_weights)
+        out[f"{name}.lora_A"], out[f"{name}.lora_B"] = a.to(m.lora_A.device), b.to(m.lora_B.device)
+    torch.random.set_rng_state(generator_state)
+    return out
 
 
 def targeted(name: str, peft: PeftConfig) -> bool:

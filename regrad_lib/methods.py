@@ -10,6 +10,9 @@ regrad_icl     meta LoRA    prompt           same, for a model meta-trained with
 regrad_online  meta LoRA    no               same, gradients computed on the fly (no bank)
 shift          meta LoRA    no               gradients of question ``q-1``'s passages (question 0: the last's)
 no_update      meta LoRA    no               ``phi`` (gamma = 0)
+cpt            CPT weights  no               the persistent weights after continual post-training on the
+                                             documents (:mod:`regrad_lib.cpt`): the learner passed in
+cpt_rag        CPT weights  prompt           the same, passages in the prompt
 ============== ============ ================ ===========================================================
 
 A new method is one :class:`MethodSpec` in :data:`SPECS` (docs/design.md, "Where things go"); the harness
@@ -28,8 +31,8 @@ from . import generation, regrad, tasks
 if TYPE_CHECKING:
     from .learner import Learner
 
-METHODS = ("closed_book", "rag", "regrad", "regrad_icl", "regrad_online", "shift", "no_update")
-Source = Literal["none", "phi", "bank", "online"]
+METHODS = ("closed_book", "rag", "regrad", "regrad_icl", "regrad_online", "shift", "no_update", "cpt", "cpt_rag")
+Source = Literal["none", "phi", "bank", "online", "cpt"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ SPECS = {
     "regrad_online": MethodSpec(base=False, context=False, source="online"),
     "shift": MethodSpec(base=False, context=False, source="bank", shift=True),
     "no_update": MethodSpec(base=False, context=False, source="phi"),
+    "cpt": MethodSpec(base=False, context=False, source="cpt"),
+    "cpt_rag": MethodSpec(base=False, context=True, source="cpt"),
 }
 
 
@@ -66,13 +71,23 @@ def needs_bank(methods: Sequence[str]) -> bool:
     return any(SPECS[m].source == "bank" for m in check_methods(methods))
 
 
+def adapts_per_question(method: str) -> bool:
+    """Whether ``method`` answers each question with its own update of the weights (ReGrad's family), whose
+    persistent weights must be the same after the whole evaluation."""
+    return SPECS[method].source in ("bank", "online")
+
+
 def method_weights(spec: MethodSpec, learner: Learner, batch: Sequence[tasks.Task], pids: Sequence[Sequence[str]],
                    bank, gamma: float) -> dict[str, torch.Tensor] | None:
-    """The LoRA weights of a batch: None (base model), ``phi`` (shared) or per-row ``phi'_q`` (equation 2)."""
+    """The LoRA weights of a batch: None (base model), ``phi`` (shared) or per-row ``phi'_q`` (equation 2).
+
+    ``source="cpt"``: the learner's own ``phi``, shared; the caller passes the learner continual post-training made
+    (:func:`regrad_lib.cpt.post_train`), whose ``model`` and ``phi`` are the persistent weights after the stream.
+    """
     if spec.base:
         return None
     phi = {n: p.detach() for n, p in learner.phi.items()}
-    if spec.source == "phi":
+    if spec.source in ("phi", "cpt"):
         return phi
     if spec.source == "online":
         grads = generation.online_gradients(learner, batch)

@@ -50,8 +50,13 @@ def _convert_smollm2(folder: Path) -> Path:
 
 
 def _smollm2() -> Path:
+    """The converted demo model: under the work root's ``models/`` or, when ``REGRAD_WORK`` moves the artifacts
+    elsewhere, the checkout's own ``models/`` (made by ``make model``), so it is not converted a second time."""
     folder = paths.model_dir("SmolLM2-135M-Instruct")
-    return folder if (folder / "config.json").exists() else _convert_smollm2(folder)
+    for candidate in dict.fromkeys([folder, paths.repo_root() / "models" / folder.name]):
+        if (candidate / "config.json").exists():
+            return candidate
+    return _convert_smollm2(folder)
 
 
 LOCAL_MODELS: dict[str, Callable[[], Path]] = {

@@ -5,6 +5,10 @@
 - :func:`as_list`: papermill's ``-p datasets '["popqa"]'`` or ``-p datasets popqa,hotpotqa`` passes a *string*
   (only ``-y`` parses YAML); a list parameter accepts a list, a JSON list or a comma-separated string.
 - :func:`as_counts`: the same for a dataset → count mapping (``-p limit_per_dataset probe=60``).
+- :func:`flag`: a boolean parameter used by the notebook itself (``-p probe false`` arrives as the text "false").
+
+Scalar parameters given to a library call (a settings dataclass, ``retrieval.build``) are typed there, by
+:mod:`regrad_lib.params`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any, Callable
+
+from . import params
 
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 
@@ -22,27 +28,27 @@ def setup_logging(level: str | int = "WARNING") -> None:
 
 
 def as_list(name: str, value: Any, kind: Callable[[Any], Any] = str) -> list | None:
-    """The list parameter ``name``: a list, a JSON list string (``'["a","b"]'``) or ``"a,b"``; items made ``kind``.
+    """The list parameter ``name``: a list, a JSON list string (``'["a","b"]'``) or ``"a,b"``; items made ``kind``
+    (float and int items by :mod:`regrad_lib.params`: True is no number).
 
-    None stays None (parameters where None means "the default"). Anything else fails naming the parameter and the
-    ``-y`` form that passes a real list.
+    None stays None (parameters where None means "the default"). A scalar (``5``: papermill turns ``-p gammas 5``
+    into a number) and anything else fail naming the parameter and the forms that pass a list.
     """
     example = f"-y '{name}: [...]' (papermill) or -p {name} a,b"
     if value is None:
         return None
-    if isinstance(value, (list, tuple)):
-        items = list(value)
-    elif isinstance(value, str):
-        items = _json_or_parts(name, value, "[", "a JSON list", example)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool) and kind is not str:
-        items = [value]
-    else:
-        raise ValueError(f"parameter {name} = {value!r} ({type(value).__name__}) is not a list; pass {example}")
+    items = params.listing(name, value)
+    typed = {float: lambda n, v: float(params.number(n, v)), int: params.integer}.get(kind)
     try:
-        return [kind(item) for item in items]
+        return [typed(f"{name}[{i}]", item) if typed else kind(item) for i, item in enumerate(items)]
     except (TypeError, ValueError) as e:
         raise ValueError(f"parameter {name} = {value!r}: an item is not {getattr(kind, '__name__', kind)} ({e}); "
                          f"pass {example}") from None
+
+
+def flag(name: str, value: Any) -> bool:
+    """A boolean parameter: True/False or the text true/false (``bool("false")`` would be True)."""
+    return params.flag(name, value)
 
 
 def as_counts(name: str, value: Any) -> dict[str, int | None]:

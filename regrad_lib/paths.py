@@ -13,8 +13,9 @@ so nothing depends on the working directory.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
+
+from .params import folder_name, integer
 
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -54,7 +55,7 @@ def configs_dir() -> Path:
 
 
 def preset_dir(preset: str) -> Path:
-    return configs_dir() / preset
+    return configs_dir() / folder_name("preset", preset)
 
 
 def notebooks_dir() -> Path:
@@ -72,7 +73,7 @@ def sample_corpus() -> Path:
 
 def data_dir(dataset: str) -> Path:
     """Where a user puts a real dataset: ``data/<dataset>/``."""
-    return _REPO / "data" / dataset
+    return _REPO / "data" / folder_name("dataset", dataset)
 
 
 # --- generated artifacts ----------------------------------------------------------------------------------
@@ -82,31 +83,43 @@ def models_dir() -> Path:
 
 
 def model_dir(name: str) -> Path:
-    return models_dir() / name
+    return models_dir() / folder_name("model", name)
 
 
 def index_dir(name: str) -> Path:
     """Embedded BM25 index ``indexes/<name>/``."""
-    return work_root() / "indexes" / name
+    return work_root() / "indexes" / folder_name("index", name)
 
 
 def augmented_dir(dataset: str) -> Path:
-    return work_root() / "data" / "augmented" / dataset
+    return work_root() / "data" / "augmented" / folder_name("dataset", dataset)
 
 
 def augmented_file(dataset: str, name: str) -> Path:
     """02_augment output ``data/augmented/<dataset>/<name>.json`` (name: dev, train_all, train_<n>)."""
-    return augmented_dir(dataset) / f"{name}.json"
+    return augmented_dir(dataset) / f"{folder_name('split', name)}.json"
 
 
 def output_dir(run: str) -> Path:
     """03_train output ``outputs/<run>/``."""
-    return work_root() / "outputs" / run
+    return work_root() / "outputs" / folder_name("run", run)
+
+
+def run_lock_file(run: str) -> Path:
+    """The advisory lock of one run's writers (03_train, 04_encode, 05_evaluate): ``outputs/.locks/<run>.lock``
+    (outside the run folder, which training may replace; no run name starts with a dot)."""
+    return work_root() / "outputs" / ".locks" / f"{folder_name('run', run)}.lock"
+
+
+def offline_dir() -> Path:
+    """The Gradient Banks, one folder per top-k: ``offline/``."""
+    return work_root() / "offline"
 
 
 def bank_split_dir(topk: int, run: str, dataset: str, split: str) -> Path:
     """The Gradient Banks of one split, a folder per storage scheme: ``offline/<topk>/<run>/<dataset>/<split>_all``."""
-    return work_root() / "offline" / str(topk) / run / dataset / f"{split}_all"
+    return (work_root() / "offline" / str(integer("topk", topk, minimum=1)) / folder_name("run", run)
+            / folder_name("dataset", dataset) / f"{folder_name('split', split)}_all")
 
 
 def bank_dir(topk: int, run: str, dataset: str, split: str, scheme: str) -> Path:
@@ -131,23 +144,47 @@ def adapter_dir(run: str) -> Path:
 def results_dir(run: str, evaluation: str | None = None) -> Path:
     """05_evaluate output ``results/<run>/``; a named evaluation (other settings, exploration) goes beside it
     in ``results/<run>/evaluations/<evaluation>/``."""
+    root = work_root() / "results" / folder_name("run", run)
     if evaluation is None:
-        return work_root() / "results" / run
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(evaluation)):
-        raise ValueError(f"evaluation={evaluation!r}: a name of letters, digits, '.', '_' or '-' (it names the "
-                         "folder results/<run>/evaluations/<evaluation>/), or None for the run's main results")
-    return work_root() / "results" / run / "evaluations" / evaluation
+        return root
+    return root / "evaluations" / folder_name("evaluation", evaluation)
+
+
+def cpt_dir(run: str, dataset: str, evaluation: str | None = None) -> Path:
+    """Continual post-training on one dataset's documents (methods cpt, cpt_rag): ``results/<run>/<dataset>/cpt/``
+    (its checkpoint, a chunk at a time, and ``drift.json``, the measures after every chunk)."""
+    return results_dir(run, evaluation) / dataset / "cpt"
+
+
+def drift_dir(run: str, evaluation: str | None = None) -> Path:
+    """What drift is measured on (held-out general text, general questions) and at the base and meta-trained
+    weights: ``results/<run>/drift/``."""
+    return results_dir(run, evaluation) / "drift"
+
+
+def sweep_predictions_file(run: str, dataset: str, method: str, gamma: float, topk: int, scheme: str = "",
+                           evaluation: str | None = None, mixed: float = 0.0) -> Path:
+    """Predictions of one computed point of 05_evaluate's sweep, ``results/<run>/<dataset>/sweeps/
+    <method>.gamma-<gamma>.topk-<topk>[.mixed-<mixed>][.<scheme>].predictions.jsonl`` (points reused from a method's
+    own results, such as gamma 0 from ``no_update``, are that method's predictions file)."""
+    name = (f"{method}.gamma-{float(gamma):g}.topk-{int(topk)}" + (f".mixed-{float(mixed):g}" if mixed else "")
+            + (f".{scheme}" if scheme else ""))
+    return results_dir(run, evaluation) / dataset / "sweeps" / f"{name}.predictions.jsonl"
 
 
 def question_adapter_dir(run: str, name: str) -> Path:
     """One question's adapted weights ``phi'_q`` as a PEFT adapter ``results/<run>/adapters/<name>/``."""
-    return results_dir(run) / "adapters" / name
+    return results_dir(run) / "adapters" / folder_name("adapter name", name)
 
 
 def figures_dir(run: str, evaluation: str | None = None) -> Path:
     return results_dir(run, evaluation) / "figures"
 
 
-def executed_notebooks_dir(run: str) -> Path:
-    """papermill's executed copies ``runs/<run>/``."""
-    return work_root() / "runs" / run
+def executed_notebooks_dir(run: str, evaluation: str | None = None) -> Path:
+    """papermill's executed copies ``runs/<run>/`` (those of a runner call with a named evaluation in
+    ``runs/<run>/evaluations/<evaluation>/``, as its results, so they never overwrite the run's own)."""
+    if evaluation is None:
+        return work_root() / "runs" / folder_name("run", run)
+    results_dir(run, evaluation)          # checks the names
+    return work_root() / "runs" / run / "evaluations" / evaluation

@@ -6,11 +6,18 @@ says which notebook and cell failed and where the executed copy is. ``--prepare-
 copies without executing them (the test suite runs nbval on those). ``--num-processes N`` (and
 ``--accelerate-config FILE``) run the heavy steps 03_train, 04_encode and 05_evaluate as jobs of N processes
 under ``accelerate launch`` (:mod:`regrad_lib.launch`); a failing process names its rank in the error.
+The executed copies of a call with ``-p evaluation <name>`` go to ``runs/<run>/evaluations/<name>/``.
+
+``--domain`` selects the public code's settings of which data sets are trained and evaluated together (its
+``--domain``): ``general`` (2WikiMultihopQA, ComplexWebQuestions, PopQA and HotpotQA mixed in meta-training and
+evaluated) and ``med`` (PubMedQA, with its context paragraphs as the corpus, in an index of its own). Explicit
+``--datasets``, ``--train-datasets`` and ``-p`` values override the domain's.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
 import sys
@@ -19,11 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import paths
+from . import params, paths
 
 log = logging.getLogger(__name__)
 
 NOTEBOOKS = ("01_index", "02_augment", "03_train", "04_encode", "05_evaluate", "06_analyze")
+GENERAL = ["2wikimultihopqa", "complexwebquestions", "popqa", "hotpotqa"]
+# The public code's domains that have data here; law and sports (LHF, HousingQA, CaseHold; Basketball, Football)
+# could not be obtained. "med" reads PubMedQA from <data_root>/pubmedqa (the bundled sample unless -p data_root).
+DOMAINS: dict[str, dict[str, Any]] = {
+    "general": {"datasets": GENERAL, "train_datasets": GENERAL},
+    "med": {"datasets": ["pubmedqa"], "train_datasets": ["pubmedqa"], "probe": False, "index": "pubmedqa",
+            "sweep_datasets": ["pubmedqa"]},
+}
 
 
 class PipelineError(RuntimeError):
@@ -80,6 +95,48 @@ def declared_by(steps: Sequence[Step], shared: dict[str, Any]) -> dict[str, set[
     return declared
 
 
+def declared_defaults(steps: Sequence[Step]) -> dict[str, list[Any]]:
+    """Each parameter's default values in the steps' ``parameters`` cells (those written as literals)."""
+    import papermill
+
+    out: dict[str, list[Any]] = {}
+    for step in steps:
+        for name, info in papermill.inspect_notebook(str(step.source)).items():
+            try:
+                out.setdefault(name, []).append(ast.literal_eval(info["default"]))
+            except (ValueError, SyntaxError, TypeError):
+                continue
+    return out
+
+
+def typed(key: str, value: Any, defaults: Sequence[Any]) -> Any:
+    """``value`` of the parameter ``key`` checked against the type of its defaults (:mod:`regrad_lib.params`):
+    a boolean default takes true/false only, an integer one an integer, a number one a number, a list one a
+    list or its text; None passes (each notebook decides what None means), other kinds are left to the notebook."""
+    kinds = {type(d) for d in defaults if d is not None}
+    if value is None or not kinds:
+        return value
+    if kinds == {bool}:
+        return params.flag(key, value)
+    if kinds == {int}:
+        return params.integer(key, value)
+    if kinds <= {int, float}:
+        return params.number(key, value)
+    if kinds == {list}:
+        return value if isinstance(value, str) else params.listing(key, value)
+    if kinds == {str}:
+        return params.text(key, value)
+    return value
+
+
+def typed_parameters(shared: dict[str, Any]) -> dict[str, Any]:
+    """``shared`` with every value checked against its defaults in all the notebooks (a parameter name means
+    the same everywhere: 02's ``limit = 30`` types 05's ``limit = None``), so a wrong type fails before any
+    notebook runs, naming the parameter (not "05_evaluate failed in cell 5")."""
+    defaults = declared_defaults(select_steps("-"))     # "-": every notebook
+    return {k: typed(k, v, defaults.get(k, ())) for k, v in shared.items()}
+
+
 def parameters_for(step: Step, shared: dict[str, Any]) -> dict[str, Any]:
     """The shared parameters this notebook declares in its ``parameters`` cell."""
     declared = declared_parameters(step.source)
@@ -104,16 +161,44 @@ def _failure_message(step: Step, output: Path, error: Exception) -> str:
            f"Executed copy: {paths.relative(output)}"
 
 
+def _quiet_kernel_manager():
+    """nbclient's kernel manager, except that a finished notebook's kernel is not sent SIGINT before its shutdown
+    request: jupyter_client interrupts every kernel it shuts down, and a kernel still handling a message then logs
+    a harmless but alarming ``[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.`` (seen after 02_augment,
+    where the next notebook starts). A kernel that does not stop is still terminated, then killed."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietShutdown(AsyncKernelManager):
+        async def _async_interrupt_kernel(self) -> None:
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
+    return QuietShutdown
+
+
+def domain_parameters(domain: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of ``--domain`` (:data:`DOMAINS`) that ``given`` does not set; ``med`` indexes the PubMedQA
+    folder ``<data_root>/pubmedqa`` (its context paragraphs)."""
+    if domain not in DOMAINS:
+        raise ValueError(f"--domain {domain!r}: choose one of {sorted(DOMAINS)}")
+    out = dict(DOMAINS[domain])
+    if domain == "med":
+        out["corpus"] = f"{given.get('data_root', 'data/sample')}/pubmedqa"
+    return {k: v for k, v in out.items() if k not in given}
+
+
 def run(run_name: str, shared: dict[str, Any], steps: str = "01-06", out_dir: Path | None = None,
         prepare_only: bool = False, kernel: str | None = None) -> list[Path]:
-    """Execute (or only parameterise) the chosen notebooks in order; returns the executed copies."""
+    """Execute (or only parameterise) the chosen notebooks in order; returns the executed copies (in ``out_dir``,
+    default ``runs/<run>/``, or ``runs/<run>/evaluations/<evaluation>/`` for a named evaluation)."""
     import papermill
 
-    out_dir = out_dir or paths.executed_notebooks_dir(run_name)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = out_dir or paths.executed_notebooks_dir(run_name, shared.get("evaluation"))
     shared = {"run": run_name, **shared}
     chosen = select_steps(steps)
     declared_by(chosen, shared)
+    shared = typed_parameters(shared)
+    out_dir.mkdir(parents=True, exist_ok=True)
     outputs = []
     for step in chosen:
         output = out_dir / f"{step.name}.ipynb"
@@ -124,7 +209,7 @@ def run(run_name: str, shared: dict[str, Any], steps: str = "01-06", out_dir: Pa
         try:
             papermill.execute_notebook(str(step.source), str(output), parameters=params, prepare_only=prepare_only,
                                        kernel_name=kernel, cwd=str(paths.repo_root()), progress_bar=False,
-                                       log_output=False)
+                                       log_output=False, kernel_manager_class=_quiet_kernel_manager())
         except papermill.PapermillExecutionError as e:
             raise PipelineError(_failure_message(step, output, e)) from None
         if not prepare_only:
@@ -177,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebooks' own)")
     parser.add_argument("--seeds", help="comma-separated seeds: the pipeline once per seed (<run>-s<seed>) and "
                                         "an 06_analyze across them in runs/<run>/")
+    parser.add_argument("--domain", help=f"data sets trained and evaluated together, as the public code's --domain: "
+                                         f"{', '.join(sorted(DOMAINS))} (general: {','.join(GENERAL)}; med: pubmedqa)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     shared: dict[str, Any] = {}
@@ -190,14 +277,18 @@ def main(argv: list[str] | None = None) -> int:
         shared["num_processes"] = args.num_processes
     if args.accelerate_config:
         shared["accelerate_config"] = args.accelerate_config
-    for key, value in args.parameter:
-        shared[key] = parse_value(value)
     started = time.perf_counter()
     try:
+        text_parameters = {k for k, d in declared_defaults(select_steps("-")).items()
+                           if {type(v) for v in d if v is not None} == {str}}
+        for key, value in args.parameter:   # a text parameter keeps its text: -p evaluation 2 is "2", not 2
+            shared[key] = value if key in text_parameters and value not in ("None", "null") else parse_value(value)
+        if args.domain:
+            shared.update(domain_parameters(args.domain, shared))
         if args.seeds:
             if args.prepare_only or args.out:
                 raise ValueError("--seeds runs the notebooks; it takes neither --prepare-only nor --out")
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+            seeds = [params.integer("--seeds", s) for s in args.seeds.split(",") if s.strip()]
             outputs = run_seeds(args.run, shared, seeds, args.steps, args.kernel)
         else:
             outputs = run(args.run, shared, args.steps, Path(args.out).resolve() if args.out else None,

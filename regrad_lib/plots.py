@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from .analysis import METHODS, Score, ScoreTable
 from .bank_plots import bank_bytes, frontier  # noqa: F401
 from .effects import PairedDifference
-from .figure_style import DPI, finite, new_figure, publish, save_figure, styled  # noqa: F401
+from .figure_style import DPI, finite, new_figure, num, publish, save_figure, styled  # noqa: F401
 from .figure_style import _show_inline_in_jupyter  # noqa: F401
 from .training_plots import alpha_grid, alpha_over_steps, alpha_per_tensor, short_tensor_name, training_curves  # noqa: F401
 
@@ -94,22 +94,24 @@ def f1_bars(rows: Sequence[Score], metric: str = "f1") -> Figure:
 
 
 @styled
-def sweep_curve(rows: Sequence[Score], vary: str = "gamma") -> Figure:
-    """F1 (left) and the gold answer's NLL (right) against ``vary`` (gamma or topk), one line per dataset
-    (rows from :func:`analysis.sweep`): an update that overshoots shows as F1 falling while the NLL climbs."""
+def sweep_curve(rows: Sequence[Score], vary: str = "gamma", metric: str = "f1") -> Figure:
+    """``metric`` (F1 or EM, left) and the gold answer's NLL (right) against ``vary`` (gamma, topk or mixed), one
+    line per dataset (rows from :func:`analysis.sweep`): an update that overshoots shows as F1 falling while the NLL
+    climbs."""
+    label = {"f1": "F1", "em": "EM"}[metric]
     fig = new_figure(8.4, 3.4)
     ax, nll = fig.subplots(1, 2)
     for i, d in enumerate(dict.fromkeys(r.dataset for r in rows)):
-        pts = sorted((getattr(r, vary), r.f1, r.nll) for r in rows if r.dataset == d)
+        pts = sorted((getattr(r, vary), getattr(r, metric), r.nll) for r in rows if r.dataset == d)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, lw=1, color=f"C{i % 10}", label=d)
         nll.plot([p[0] for p in pts], [p[2] for p in pts], "o-", ms=3, lw=1, color=f"C{i % 10}", label=d)
     methods = sorted({r.method for r in rows})
-    ax.set_title(f"F1 vs {vary} ({', '.join(methods)})")
-    ax.set_ylabel("F1 (×100)")
+    ax.set_title(f"{label} vs {vary} ({', '.join(methods)})")
+    ax.set_ylabel(f"{label} (×100)")
     nll.set_title(f"Gold answer NLL vs {vary}")
     nll.set_ylabel("mean answer NLL (nats)")
     for a in (ax, nll):
-        a.set_xlabel(vary)
+        a.set_xlabel({"mixed": "share of top-k replaced by another question's passages"}.get(vary, vary))
         a.grid(alpha=0.3)
     if rows:
         ax.legend(loc="best")
@@ -124,6 +126,12 @@ def gamma_sweep(rows: Sequence[Score]) -> Figure:
 def topk_sweep(rows: Sequence[Score]) -> Figure:
     """F1 vs top-k for regrad, one line per dataset."""
     return sweep_curve(rows, "topk")
+
+
+def mixed_sweep(rows: Sequence[Score]) -> Figure:
+    """EM and answer NLL of regrad against the share of each question's top-k replaced by the next question's
+    passages (the mixed-documents ablation), one line per dataset."""
+    return sweep_curve(rows, "mixed", metric="em")
 
 
 @styled
@@ -179,4 +187,49 @@ def token_probabilities(tokens: Sequence[str], series: dict[str, Sequence[float]
     ax.set_title(title or "Answer-token probabilities")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper center", ncols=max(1, len(series)), frameon=False)
+    return fig
+
+
+@styled
+def knowledge_vs_general(table) -> Figure:
+    """Knowledge gained against general ability kept (a :class:`forgetting.DriftTable`), one row of panels per
+    dataset: knowledge EM against the held-out text NLL and against general-question EM (CPT's curve chunk by chunk,
+    numbered, from the closed-book point when it started from the base model; every other method a point), and
+    ‖Δθ‖/‖θ‖ of the persistent weights per chunk."""
+    datasets = list(dict.fromkeys(r.dataset for r in table))
+    fig = new_figure(12.0, 3.4 * len(datasets) + 0.4)
+    axes = fig.subplots(len(datasets), 3, squeeze=False)
+    colour = {m: f"C{i % 10}" for i, m in enumerate(METHODS)}
+    for row, dataset in zip(axes, datasets):
+        rows = [r for r in table if r.dataset == dataset]
+        stream = [r for r in rows if r.method == "cpt"]
+        start = next((r.knowledge_em for r in rows if r.method == "closed_book"), math.nan)
+        xs = [(start if r.chunk == 0 and r.from_base_rel == 0 else math.nan) if r.knowledge_em is None
+              else r.knowledge_em for r in stream]
+        for ax, field, label in ((row[0], "general_text_nll", "held-out text NLL (nats; lower keeps more)"),
+                                 (row[1], "general_em", "general-question EM (higher keeps more)")):
+            ys = [num(getattr(r, field)) for r in stream]
+            ax.plot(xs, ys, "o-", ms=4, lw=1.2, color=colour["cpt"], label="cpt (per chunk)")
+            for x, y, r in zip(xs, ys, stream):
+                ax.annotate(str(r.chunk), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            for r in rows:
+                if r.method != "cpt":
+                    ax.plot([num(r.knowledge_em)], [num(getattr(r, field))], "s" if r.method.startswith("regrad")
+                            else "D", ms=7, color=colour.get(r.method, "black"), label=r.method, ls="none")
+            ax.set_xlabel("knowledge EM (questions whose documents arrived)")
+            ax.set_ylabel(label)
+            ax.set_title(f"{dataset}: knowledge gained vs general ability kept", fontsize=9)
+            ax.grid(alpha=0.3)
+        drift = row[2]
+        drift.plot([r.chunk for r in stream], [r.delta_rel for r in stream], "o-", ms=4, color=colour["cpt"],
+                   label="cpt")
+        if any(r.method.startswith("regrad") for r in rows):
+            drift.axhline(0, color=colour["regrad"], ls="--", lw=1.2, label="regrad (unchanged)")
+        drift.set_xlabel("chunks injected")
+        drift.set_ylabel("‖Δθ‖ / ‖θ‖ of the persistent weights")
+        drift.set_title(f"{dataset}: persistent weight drift", fontsize=9)
+        drift.grid(alpha=0.3)
+        drift.legend(loc="best", fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, ncols=min(6, len(labels)), loc="outside lower center", frameon=False)
     return fig

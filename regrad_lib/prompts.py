@@ -23,6 +23,12 @@ small models need to answer with a short phrase instead of a sentence). The work
 no question template, passage template or answer value with the probe or the bundled datasets
 (``tests/test_worked_example.py`` checks it against them). ``context_order``: the passages in rank order
 (``rank``, the public code's) or ``reversed``, the best-ranked nearest the question, which small models read best.
+
+Answer kinds (:data:`metrics.ANSWER_KINDS`, declared per dataset and carried by each task): the instruction and the
+user turn ask for the kind's answer — a short phrase, ``yes``/``no`` (``maybe`` where the dataset allows it), or
+the letter of one of the options listed under the question (``Choices:`` then ``A. …``, as the public code). With
+``prompt_style = "instruct"`` (the Llama presets) the yes/no and multiple-choice instructions are the public code's
+wording; ``example`` shows worked questions of the same kind. :func:`metrics.extract` reads the answer back.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .config import LearnerConfig
+from .metrics import labels as kind_labels
 
 IGNORE = -100
 SYSTEM_PROMPT = "Answer the question with a short answer: a few words, no explanation."
@@ -58,6 +65,35 @@ EXAMPLES = (
                   "hut is known locally as the Tern House. Boats are not allowed on its ponds.",
                   "What do locals call the visitor hut at Quillon Marsh?", "Tern House", "Quillon Marsh"),
 )
+
+# The worked examples of the label kinds (invented like the short ones, in no dataset, corpus or probe): two each,
+# answered differently, so the frame teaches the form of the answer and no preferred label.
+KIND_EXAMPLES = {
+    "yes_no": (
+        (("Harrow Fen", "Harrow Fen is a small peat bog. Its boardwalk is closed every winter because it floods."),
+         "Is the boardwalk of Harrow Fen open all year?", "no"),
+        (("Tillet Mill", "Tillet Mill still grinds flour with a water wheel built in 1820."),
+         "Does Tillet Mill use a water wheel?", "yes")),
+    "multiple_choice": (
+        (("Ostry Bay", "Ostry Bay is sheltered by a reef, so its water stays calm."),
+         ("What keeps the water of Ostry Bay calm?", ("a dam", "a reef", "a wall", "an island")), "B"),
+        (("Pell Square", "Pell Square is paved with red brick and has a fountain at its centre."),
+         ("What is at the centre of Pell Square?", ("a statue", "a tree", "a clock", "a fountain")), "D")),
+}
+# The public code's instructions for its yes/no data sets (PubMedQA, LHF, HousingQA) and for CaseHold's options,
+# used with prompt_style "instruct" (its CaseHold line "Complete the following excerpt from a US court opinion." is
+# that data set's own; a generic question asks to choose an option instead). Passages sit in the user turn here,
+# not in a CONTEXT block of the system prompt, so "according to the CONTEXT" reads "according to the passages".
+PUBLIC_YES_NO = ("You are a helpful AI assistant who is ready to answer user's question. \nAnswer only {labels}!",
+                 "You are a helpful AI assistant who is ready to answer user's question according to the passages. "
+                 "\nYour answer should be concise, which means it must be {labels} only!")
+PUBLIC_CHOICE = ("Choose the option that answers the question or completes the text.\nAnswer only with the option "
+                 "letter: {letters}.",
+                 "Choose the option that answers the question or completes the text.\nAlways answer ONLY with the "
+                 "option letter: the final answer is X, where X ∈ {{{set}}}.")
+# The demo frame's instructions ("example" style), as plain as its short-answer one.
+EXAMPLE_INSTRUCTIONS = {"yes_no": "Answer the question with {labels}: one word, no explanation.",
+                        "multiple_choice": "Answer with the letter of the correct option ({letters}), no explanation."}
 
 Passages = Sequence[tuple[str | None, str]]
 
@@ -145,10 +181,37 @@ def passage_example(tokenizer, title: str | None, text: str, max_len: int, passa
     return Example(ids, list(ids))
 
 
+def _said(words: Sequence[str]) -> str:
+    """'yes' or 'no'; 'yes', 'no' or 'maybe' (or A, B, C, D or E without quotes: ``words`` given bare)."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def instruction(kind: str = "short", choices: Sequence[str] = (), style: str = "instruct",
+                with_passages: bool = False) -> str:
+    """The system instruction asking for an answer of ``kind`` (the yes/no labels or the options in ``choices``)."""
+    allowed = kind_labels(kind, choices)
+    if kind == "short":
+        return SYSTEM_PROMPT
+    quoted, letters = _said([f"'{x}'" for x in allowed]), _said(list(allowed))
+    if style == "example":
+        return EXAMPLE_INSTRUCTIONS[kind].format(labels=quoted, letters=letters)
+    if kind == "yes_no":
+        return PUBLIC_YES_NO[with_passages].format(labels=quoted)
+    return PUBLIC_CHOICE[with_passages].format(letters=letters, set=", ".join(allowed))
+
+
+def question_text(question: str, kind: str = "short", choices: Sequence[str] = ()) -> str:
+    """The question, followed for a multiple-choice one by its lettered options (the public code's layout)."""
+    if kind != "multiple_choice":
+        return question.strip()
+    options = [f"{letter}. {option.strip()}" for letter, option in zip(kind_labels(kind, choices), choices)]
+    return "\n".join([question.strip(), "Choices:", *options])
+
+
 def user_message(question: str, passages: Passages | None = None, passage_format: str = "text",
                  context_order: str = "rank") -> str:
     """The user turn: ``Passage i: …`` lines (with context; best-ranked first, or last with ``reversed``) then the
-    question."""
+    question (:func:`question_text`)."""
     passages = list(passages or [])
     if context_order == "reversed":
         passages = passages[::-1]
@@ -159,22 +222,29 @@ def user_message(question: str, passages: Passages | None = None, passage_format
     return "\n".join(lines)
 
 
-def messages(question: str, passages: Passages | None, cfg: LearnerConfig) -> list[dict]:
-    """The chat of one prompt (system instruction, the worked example for ``prompt_style='example'``, the
-    question); the frame is the same for every method, only the passages differ (the example shows its own
-    passage when the prompt has passages)."""
-    chat = [{"role": "system", "content": SYSTEM_PROMPT}]
+def messages(question: str, passages: Passages | None, cfg: LearnerConfig, kind: str = "short",
+             choices: Sequence[str] = ()) -> list[dict]:
+    """The chat of one prompt (system instruction, the worked examples for ``prompt_style='example'``, the
+    question); the frame is the same for every method, only the passages differ (an example shows its own
+    passage when the prompt has passages). ``kind``/``choices``: the answer kind asked for (module docstring)."""
+    chat = [{"role": "system", "content": instruction(kind, choices, cfg.prompt_style, bool(passages))}]
     if cfg.prompt_style == "example":
-        for example in EXAMPLES:
-            shown = [(example.title, example.text)] if passages else None
-            chat += [{"role": "user", "content": user_message(example.question, shown, cfg.passage_format)},
-                     {"role": "assistant", "content": f"{ANSWER_PREFIX} {example.answer}"}]
-    chat.append({"role": "user", "content": user_message(question, passages, cfg.passage_format, cfg.context_order)})
+        examples = [((e.title, e.text), e.question, e.answer) for e in EXAMPLES] if kind == "short" \
+            else KIND_EXAMPLES[kind]
+        for passage, example_question, example_answer in examples:
+            shown = [passage] if passages else None
+            text = question_text(example_question[0], kind, example_question[1]) if kind == "multiple_choice" \
+                else example_question
+            chat += [{"role": "user", "content": user_message(text, shown, cfg.passage_format)},
+                     {"role": "assistant", "content": f"{ANSWER_PREFIX} {example_answer}"}]
+    chat.append({"role": "user", "content": user_message(question_text(question, kind, choices), passages,
+                                                         cfg.passage_format, cfg.context_order)})
     return chat
 
 
-def _render(tokenizer, question: str, passages: Passages | None, cfg: LearnerConfig) -> list[int]:
-    text = tokenizer.apply_chat_template(messages(question, passages, cfg), tokenize=False,
+def _render(tokenizer, question: str, passages: Passages | None, cfg: LearnerConfig, kind: str = "short",
+            choices: Sequence[str] = ()) -> list[int]:
+    text = tokenizer.apply_chat_template(messages(question, passages, cfg, kind, choices), tokenize=False,
                                          add_generation_prompt=True, date_string=cfg.chat_date) + ANSWER_PREFIX
     # The template already holds any BOS the model wants: add none of the tokenizer's own.
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -201,19 +271,21 @@ def prompt_passage_len(cfg: LearnerConfig, stage: str) -> int | None:
 
 
 def build_prompt(tokenizer, question: str, passages: Passages | None = None, cfg: LearnerConfig | None = None,
-                 passage_len: int | None = None) -> Prompt:
-    """Chat-template prompt ending in ``Answer:``. ``passage_len``: each passage cut first by :func:`cut_passage`
-    (as its gradient; :func:`prompt_passage_len`); over ``cfg.max_prompt_len`` tokens only passage text is cut."""
+                 passage_len: int | None = None, *, kind: str = "short", choices: Sequence[str] = ()) -> Prompt:
+    """Chat-template prompt ending in ``Answer:`` asking for an answer of ``kind``. ``passage_len``: each passage
+    cut first by :func:`cut_passage` (as its gradient; :func:`prompt_passage_len`); over ``cfg.max_prompt_len``
+    tokens only passage text is cut."""
     cfg = cfg or LearnerConfig()
     if passages and passage_len is not None:
         start = document_start(tokenizer)
         passages = [(None, cut_passage(tokenizer, title, text, passage_len, cfg.passage_format, start))
                     for title, text in passages]
-    ids = _render(tokenizer, question, passages, cfg)
+    ids = _render(tokenizer, question, passages, cfg, kind, choices)
     limit = cfg.max_prompt_len
     if len(ids) <= limit:
         return Prompt(ids)
-    frame = _render(tokenizer, question, [(title, "") for title, _ in passages] if passages else None, cfg)
+    frame = _render(tokenizer, question, [(title, "") for title, _ in passages] if passages else None, cfg, kind,
+                    choices)
     if not passages or len(frame) + len(passages) > limit:
         raise ValueError(f"the prompt of question {question[:80]!r} needs {len(frame)} tokens without passage text, "
                          f"over the learner's max_prompt_len={limit}: raise max_prompt_len or shorten the question")
@@ -222,7 +294,7 @@ def build_prompt(tokenizer, question: str, passages: Passages | None = None, cfg
     for _ in range(8):     # re-tokenising cut text can merge differently: shrink until it fits
         caps = _caps([len(t) for t in tokens], budget)
         cut = [(title, tokenizer.decode(t[:c])) for (title, _), t, c in zip(passages, tokens, caps)]
-        ids = _render(tokenizer, question, cut, cfg)
+        ids = _render(tokenizer, question, cut, cfg, kind, choices)
         if len(ids) <= limit:
             return Prompt(ids, sum(c < len(t) for c, t in zip(caps, tokens)))
         budget -= len(ids) - limit
@@ -230,9 +302,10 @@ def build_prompt(tokenizer, question: str, passages: Passages | None = None, cfg
 
 
 def prompt_ids(tokenizer, question: str, passages: Passages | None = None,
-               cfg: LearnerConfig | None = None, passage_len: int | None = None) -> list[int]:
+               cfg: LearnerConfig | None = None, passage_len: int | None = None, *, kind: str = "short",
+               choices: Sequence[str] = ()) -> list[int]:
     """The token ids of :func:`build_prompt`."""
-    return build_prompt(tokenizer, question, passages, cfg, passage_len).ids
+    return build_prompt(tokenizer, question, passages, cfg, passage_len, kind=kind, choices=choices).ids
 
 
 def end_of_turn(tokenizer) -> list[int]:
@@ -257,9 +330,10 @@ def answer_ids(tokenizer, answer: str) -> list[int]:
 
 
 def qa_example(tokenizer, question: str, answer: str, passages: Passages | None = None,
-               cfg: LearnerConfig | None = None, passage_len: int | None = None) -> Example:
+               cfg: LearnerConfig | None = None, passage_len: int | None = None, *, kind: str = "short",
+               choices: Sequence[str] = ()) -> Example:
     """Prompt + answer; loss on the answer tokens only (``L_ans``, equation 3)."""
-    prompt = build_prompt(tokenizer, question, passages, cfg, passage_len)
+    prompt = build_prompt(tokenizer, question, passages, cfg, passage_len, kind=kind, choices=choices)
     target = answer_ids(tokenizer, answer)
     return Example(prompt.ids + target, [IGNORE] * len(prompt.ids) + target, prompt.truncated)
 

@@ -21,12 +21,15 @@ from .methods import SPECS, check_methods
 log = logging.getLogger(__name__)
 
 SUMMARY_FIELDS = ("dataset", "method", "em", "f1", "precision", "recall", "nll", "n")
-SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "scheme", "em", "f1", "precision", "recall", "nll", "n")
+SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "mixed", "scheme", "em", "f1", "precision", "recall", "nll",
+                "n")
 
 
 def score_rows(rows: Sequence[dict]) -> dict:
-    """EM/F1/precision/recall ×100 (:func:`metrics.aggregate`), mean answer NLL and n of prediction rows."""
-    out = metrics.aggregate(metrics.score(r["prediction"], r["answers"]) for r in rows)
+    """EM/F1/precision/recall ×100 (:func:`metrics.aggregate`; accuracy for yes/no and multiple-choice rows), mean
+    answer NLL and n of prediction rows."""
+    out = metrics.aggregate(metrics.score_kind(r["prediction"], r["answers"], r.get("answer_kind", "short"),
+                                               r.get("choices", ())) for r in rows)
     finite = [r["answer_nll"] for r in rows if r["answer_nll"] is not None and math.isfinite(r["answer_nll"])]
     out["nll"] = sum(finite) / len(finite) if finite else math.nan
     out["truncated_prompts"] = sum(1 for r in rows if r.get("truncated_passages"))   # passages cut to fit
@@ -39,27 +42,39 @@ def method_files(run: str, dataset: str, method: str, evaluation: str | None = N
 
 
 def settings(method: str, split: str, topk: int, gamma: float, limit: int | None, finished: bool | None,
-              scheme: str = schemes.DEFAULT) -> dict:
+              scheme: str = schemes.DEFAULT, mixed: float = 0.0, cpt: dict | None = None) -> dict:
     """What a method's results depend on (kept results must match); ``finished``: the run's training had;
-    ``scheme``: the storage scheme of the bank it read (bank methods only)."""
+    ``scheme``: the storage scheme of the bank it read (bank methods only); ``mixed``: the share of each question's
+    passages replaced by the next question's (methods that use passages only); ``cpt``: the continual
+    post-training that made the weights of cpt / cpt_rag (:func:`regrad_lib.cpt.answer_settings`)."""
     spec = SPECS[method]
-    return {"split": split, "limit": limit, "topk": topk if spec.context or spec.source != "none" else None,
-            "gamma": None if spec.source in ("none", "phi") else gamma,
-            "scheme": schemes.parse(scheme).name if spec.source == "bank" else None,
-            "run_finished": None if spec.base else finished}
+    uses_passages = spec.context or spec.source not in ("none", "phi")
+    out = {"split": split, "limit": limit, "topk": topk if spec.context or spec.source != "none" else None,
+           "gamma": None if spec.source in ("none", "phi", "cpt") else gamma,
+           "scheme": schemes.parse(scheme).name if spec.source == "bank" else None,
+           "mixed": float(mixed) if uses_passages else None,
+           "run_finished": None if spec.base else finished}
+    return {**out, "cpt": cpt} if spec.source == "cpt" else out
+
+
+def saved_settings(saved: dict, wanted: dict) -> dict:
+    """The settings a ``metrics.json`` was computed with, for comparison with ``wanted``: files written before
+    ``run_finished`` or ``mixed`` were recorded count as matching on the first and as unmixed (0.0)."""
+    legacy = {"run_finished": wanted.get("run_finished"), "mixed": None if wanted.get("mixed") is None else 0.0}
+    return {k: saved.get(k, legacy.get(k)) for k in wanted}
 
 
 def finished_scores(run: str, dataset: str, method: str, settings: dict, evaluation: str | None = None) -> dict | None:
     """Scores of a finished :func:`evaluate` of ``method`` with exactly these settings, else None."""
     file = method_files(run, dataset, method, evaluation)[1]
     saved = read_metrics(file) if file.exists() else {}
-    if not saved or any(saved.get(k) != v for k, v in settings.items()):
+    if not saved or saved_settings(saved, settings) != settings:
         return None
     return {k: saved[k] for k in ("em", "f1", "precision", "recall", "nll", "n")}
 
 
 def plan(run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation,
-          finished, scheme=schemes.DEFAULT) -> tuple[dict[str, dict], list]:
+          finished, scheme=schemes.DEFAULT, mixed=0.0, cpt=None) -> tuple[dict[str, dict], list]:
     """(results kept from finished methods, the methods to compute); refuses results of other settings."""
     out: dict[str, dict] = {}
     todo = []
@@ -67,9 +82,8 @@ def plan(run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation
         _, metrics_file = method_files(run, dataset, method, evaluation)
         if metrics_file.exists() and not overwrite:
             saved = read_metrics(metrics_file)
-            wanted = settings(method, split, topk, gamma, limit, finished, scheme)
-            # results written before run_finished was recorded count as matching on it
-            found = {k: saved.get(k, wanted[k] if k == "run_finished" else None) for k in wanted}
+            wanted = settings(method, split, topk, gamma, limit, finished, scheme, mixed, cpt)
+            found = saved_settings(saved, wanted)
             if found != wanted:
                 raise FileExistsError(f"{paths.relative(metrics_file)} was computed with {found}, not {wanted}: "
                                       "pass overwrite=True (05_evaluate: overwrite = True) to recompute it, or "
@@ -82,14 +96,16 @@ def plan(run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation
 
 
 def write_method(run, dataset, method, rows, learner, split, topk, gamma, limit, finished, evaluation=None,
-                  scheme=schemes.DEFAULT) -> dict:
+                  scheme=schemes.DEFAULT, mixed=0.0, cpt=None, checks: dict | None = None) -> dict:
+    """Write a method's predictions and, last, its ``metrics.json``; ``checks``: facts verified while answering
+    (e.g. ``persistent_unchanged``), recorded beside the scores."""
     predictions_file, metrics_file = method_files(run, dataset, method, evaluation)
     scores = score_rows(rows)
     source = {"run": run, "dataset": dataset, "method": method, "evaluation": evaluation,
               "preset": learner.preset.to_dict(), "meta_hash": learner.meta_hash(), "device": str(learner.device)}
-    result = {**scores, **settings(method, split, topk, gamma, limit, finished, scheme), "method": method,
-              "dataset": dataset, "provenance": artifacts.provenance(source)}
-    artifacts.write_jsonl(predictions_file, [{**r, "answer_nll": json_number(r["answer_nll"])} for r in rows])
+    result = {**scores, **settings(method, split, topk, gamma, limit, finished, scheme, mixed, cpt), **(checks or {}),
+              "method": method, "dataset": dataset, "provenance": artifacts.provenance(source)}
+    artifacts.write_jsonl(predictions_file, json_rows(rows))
     artifacts.write_json(metrics_file, {**result, "nll": json_number(result["nll"])})   # last: marks it done
     log.info("%s/%s: EM %.1f F1 %.1f NLL %.3f (n=%d)", dataset, method, scores["em"], scores["f1"], scores["nll"],
              scores["n"])
@@ -100,6 +116,12 @@ def read_metrics(file: Path) -> dict:
     """A ``metrics.json``; its null NLL (no finite answer NLL) read back as NaN."""
     saved = artifacts.read_json(file)
     return {**saved, "nll": math.nan if saved.get("nll") is None else saved["nll"]}
+
+
+def json_rows(rows: Sequence[dict]) -> list[dict]:
+    """Prediction rows for strict JSON (a non-finite answer NLL or margin written as null)."""
+    return [{**r, "answer_nll": json_number(r["answer_nll"]),
+             **({"min_margin": json_number(r["min_margin"])} if "min_margin" in r else {})} for r in rows]
 
 
 def json_number(value: float | None) -> float | None:
@@ -129,13 +151,16 @@ def examples(run: str, dataset: str, methods: Sequence[str], n: int = 5, evaluat
 
 
 def read_csv(file: Path) -> list[dict]:
-    """Rows of summary.csv / sweeps.csv: dataset, method and scheme as str, n and topk as int, the rest as float."""
+    """Rows of summary.csv / sweeps.csv: dataset, method and scheme as str, n and topk as int, the rest as float
+    (a sweeps.csv written before ``mixed`` was a column reads as unmixed, 0.0)."""
     if not file.exists():
         raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 05_evaluate")
     with file.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        legacy = {"mixed": "0.0"} if "gamma" in (reader.fieldnames or []) and "mixed" not in reader.fieldnames else {}
     kinds = {"dataset": str, "method": str, "scheme": str, "n": int, "topk": int}
-    return [{k: kinds.get(k, float)(v) for k, v in r.items()} for r in rows]
+    return [{k: kinds.get(k, float)(v) for k, v in {**r, **legacy}.items()} for r in rows]
 
 
 def merge_csv(file: Path, fields: Sequence[str], rows: Sequence[dict], key: Sequence[str]) -> Path:

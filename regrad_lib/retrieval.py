@@ -17,14 +17,13 @@ import difflib
 import itertools
 import logging
 import os
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from . import artifacts, paths
+from . import artifacts, ownership, params, paths
 # the shared interface (re-exported: retrieval.Hit, retrieval.RetrievalError, ... are the public names)
 from .retriever import (BACKENDS, MAX_QUERY_TOKENS, TIE_BREAKER, Backend, Hit, RetrievalError, Retriever,  # noqa: F401
                         corpus_signature, cut_query, same_corpus)
@@ -86,6 +85,7 @@ class TantivyOptions:
     search_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
 
     def __post_init__(self) -> None:
+        params.check_fields(self)          # rebuild="false" is False, not a truthy string
         for f in ("threads", "heap_mb", "commit_every", "search_threads"):
             value = getattr(self, f)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -188,9 +188,9 @@ class TantivyRetriever:
 
         folder = paths.index_dir(name)
         signature = corpus_signature(corpus_path)
-        if options.rebuild and folder.exists():
-            log.info("Removing %s to rebuild it", paths.relative(folder))
-            shutil.rmtree(folder)
+        if options.rebuild and (folder.exists() or folder.is_symlink()):
+            ownership.remove(folder, paths.index_dir(name).parent, "index", (MANIFEST, BUILD_STATE),
+                             "choose another index name")
         if (folder / MANIFEST).is_file():
             manifest = artifacts.read_json(folder / MANIFEST)
             if not same_corpus(manifest.get("corpus"), signature):
@@ -313,8 +313,7 @@ class TantivyRetriever:
     def search(self, queries: Sequence[str], k: int = 3) -> list[list[Hit]]:
         if isinstance(queries, str):
             raise TypeError("search() takes a list of queries; wrap a single query as [query]")
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k={k!r}: must be a positive integer")
+        k = params.integer("k", k, minimum=1)
         if self.options.search_threads > 1 and len(queries) > 1:
             with ThreadPoolExecutor(self.options.search_threads) as pool:
                 return list(pool.map(lambda q: self._search_one(q, k), queries))

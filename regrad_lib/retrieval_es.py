@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from . import paths
+from . import params, paths
 from .retriever import MAX_QUERY_TOKENS, TIE_BREAKER, Hit, RetrievalError, corpus_signature, cut_query, same_corpus
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class EsOptions:
     client: Any = None
 
     def __post_init__(self) -> None:
+        params.check_fields(self)
         self.url = self.url or os.environ.get("REGRAD_ES_URL")
         self.api_key = self.api_key or os.environ.get("REGRAD_ES_API_KEY")
         if self.client is None and not self.url:

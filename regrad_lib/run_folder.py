@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 from pathlib import Path
 from typing import Sequence
 
-from . import artifacts, checkpoint, config, paths
-from .run_state import META_STATE, TRAIN_SUMMARY
+from . import artifacts, checkpoint, config, ownership, paths
+from .run_state import META_STATE, TRAIN_SUMMARY, read_state
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +33,11 @@ def is_better(row: dict, best: dict | None, metric: str) -> bool:
 
 def learned_alpha(run: str) -> dict[str, float]:
     """The selected step sizes of ``outputs/<run>/meta_state.safetensors``, per LoRA tensor (mean for ``full``)."""
-    from safetensors.torch import load_file
-
     path = paths.output_dir(run) / META_STATE
     if not path.is_file():
         raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 03_train (run={run!r})")
     return {k[len("alpha."):].replace("__", "."): float(v.float().mean())
-            for k, v in load_file(str(path)).items() if k.startswith("alpha.")}
+            for k, v in read_state(path).items() if k.startswith("alpha.")}
 
 
 # --- artifacts -----------------------------------------------------------------------------------------
@@ -62,13 +59,17 @@ def read_log(run: str) -> list[dict]:
 
 
 def append_log(path: Path, row: dict) -> None:
-    with path.open("a", encoding="utf-8") as f:
+    with artifacts.naming(path), path.open("a", encoding="utf-8") as f:   # a full disk names the log
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+# preset sections meta-training never reads: changing them neither refuses a resume nor retrains a finished run
+NOT_TRAINED = ("name", "cpt")
 
 
 def request_of(preset: config.Preset, train_datasets: Sequence[str], train_file: str) -> dict:
     return {"train_datasets": list(train_datasets), "train_file": train_file,
-            "preset": {k: v for k, v in preset.to_dict().items() if k != "name"}}
+            "preset": {k: v for k, v in preset.to_dict().items() if k not in NOT_TRAINED}}
 
 
 def changed_settings(folder: Path, request: dict) -> list[str]:
@@ -109,17 +110,17 @@ def prepare(folder: Path, request: dict, overwrite: bool, resume: bool) -> bool:
     if folder.exists() and any(folder.iterdir()):
         if overwrite:
             log.info("overwrite=True: removing %s", paths.relative(folder))
-            shutil.rmtree(folder)
+            ownership.remove_run(folder)
         elif not checkpoint.recover(folder):   # interrupted before its first complete checkpoint
             log.info("%s holds no complete checkpoint: starting the run again", paths.relative(folder))
-            shutil.rmtree(folder)
+            ownership.remove_run(folder)
         elif resume and (folder / REQUEST).exists():
             check_resumable(folder, request)
             return True
         else:
             raise FileExistsError(f"{paths.relative(folder)} holds an unfinished run: resume=True continues it, "
                                   "overwrite=True starts again")
-    folder.mkdir(parents=True, exist_ok=True)
+    ownership.mark_run(folder)
     return False
 
 

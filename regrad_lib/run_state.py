@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import artifacts, checkpoint, paths
+import torch
+
+from . import artifacts, checkpoint, ownership, paths, tensorfile
 
 META_STATE = "meta_state.safetensors"
 TRAIN_SUMMARY = "train_summary.json"   # written last by 03_train: the run is finished
@@ -32,6 +34,20 @@ def unfinished_message(run: str) -> str:
             f"interrupted or stopped by an error such as a non-finite loss){where}. Resume it by running 03_train "
             f"again with the same settings (train.train({run!r}, ...) continues from its checkpoint), or pass "
             f"allow_unfinished=True to use its current {META_STATE} anyway (recorded in the outputs)")
+
+
+def is_weight(name: str) -> bool:
+    """The meta weights of a state file (``phi.*`` LoRA weights, ``alpha.*`` step sizes), which must be finite."""
+    return name.startswith(("phi.", "alpha."))
+
+
+def read_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a run's ``meta_state.safetensors``, checksum verified (required in a run folder with the
+    marker) and weights finite; a damaged file is refused naming it."""
+    path = Path(path)
+    tensors, _ = tensorfile.load(path, required=ownership.run_marked(path.parent), finite=is_weight,
+                                 fix=f"train the run again (03_train with overwrite=True) or restore {path.name}")
+    return tensors
 
 
 def trained_state(run: str, allow_unfinished: bool = False) -> Path:

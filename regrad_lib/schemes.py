@@ -34,6 +34,7 @@ FLOATS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 INT_BITS = {"int8": 8, "int4": 4, "int2": 2}
 KINDS = (*FLOATS, *INT_BITS)
 DEFAULT_GROUP = 64
+MAX_GROUP = 4096       # larger groups pad every LoRA tensor to a multiple of G and blur the scale: no use
 DEFAULT = "int4"                               # chosen from the measured frontier (README "Gradient Bank")
 SCALE_DTYPE = torch.bfloat16
 VALUES, SCALES = "values", "scales"           # tensor names in a shard
@@ -53,8 +54,9 @@ class Scheme:
             raise ValueError(f"bank scheme {self.kind!r} is not supported; choose one of {list(KINDS)}")
         if self.quantised:
             g = self.group_size
-            if not isinstance(g, int) or isinstance(g, bool) or g < 8 or g % 8:
-                raise ValueError(f"scheme {self.kind}: group_size={g!r} must be a multiple of 8, at least 8")
+            if not isinstance(g, int) or isinstance(g, bool) or g < 8 or g % 8 or g > MAX_GROUP:
+                raise ValueError(f"scheme {self.kind}: group_size={g!r} must be a multiple of 8 from 8 to {MAX_GROUP} "
+                                 "(a group shares one scale; the default is 64)")
         elif self.group_size is not None:
             raise ValueError(f"scheme {self.kind} stores plain values: it takes no group size ({self.group_size})")
 

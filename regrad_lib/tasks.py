@@ -6,6 +6,8 @@ answer NLL) all use, so the three can never format or truncate differently.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -13,6 +15,7 @@ import torch
 
 from . import prompts
 from .config import LearnerConfig
+from .metrics import ANSWER_KINDS
 from .regrad import TaskBatch, TokenBatch, collate
 
 
@@ -24,6 +27,8 @@ class Task:
     answers: tuple[str, ...]
     passages: tuple[tuple[str, str], ...] = ()          # (title, text)
     passage_ids: tuple[str, ...] = ()
+    kind: str = "short"                                 # answer kind (metrics.ANSWER_KINDS)
+    choices: tuple[str, ...] = ()                       # yes/no labels allowed, or the lettered options
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -43,9 +48,13 @@ def from_record(record: dict, topk: int, where: str = "record") -> Task:
         raise ValueError(f"{where}: {len(record['passages'])} passages but topk={topk}; re-run 02_augment with "
                          f"topk >= {topk}")
     titles = record.get("titles") or [""] * len(record["passages"])
+    kind = record.get("answer_kind", "short")
+    if kind not in ANSWER_KINDS:
+        raise ValueError(f"{where}: field 'answer_kind' is {kind!r}, not one of {list(ANSWER_KINDS)}")
     return Task(test_id=int(record["test_id"]), question=record["question"], answers=tuple(record["answers"]),
                 passages=tuple(zip(titles[:topk], record["passages"][:topk])),
-                passage_ids=tuple(str(i) for i in record["passage_ids"][:topk]))
+                passage_ids=tuple(str(i) for i in record["passage_ids"][:topk]), kind=kind,
+                choices=tuple(record.get("choices", ())))
 
 
 def passage_batch(tokenizer, passages: Sequence[tuple[str, str]], max_len: int,
@@ -66,8 +75,8 @@ def qa_examples(tokenizer, tasks: Sequence[Task], cfg: LearnerConfig, *, with_co
     cut = prompts.prompt_passage_len(cfg, stage)
     if cut is not None and passage_len is not None:     # the caller's budget for the gradients' passages
         cut = passage_len
-    return [prompts.qa_example(tokenizer, t.question, t.answer, t.passages if with_context else None, cfg, cut)
-            for t in tasks]
+    return [prompts.qa_example(tokenizer, t.question, t.answer, t.passages if with_context else None, cfg, cut,
+                               kind=t.kind, choices=t.choices) for t in tasks]
 
 
 def qa_batch(tokenizer, tasks: Sequence[Task], cfg: LearnerConfig, *, with_context: bool | None = None,
@@ -91,8 +100,44 @@ def task_batch(tokenizer, tasks: Sequence[Task], cfg: LearnerConfig, *, passage_
                      group, collate(qa, tokenizer.pad_token_id), sum(e.truncated for e in qa))
 
 
-def load(dataset: str, name: str, topk: int, start: int = 0, end: int | None = None) -> list[Task]:
-    """Tasks ``start:end`` of ``data/augmented/<dataset>/<name>.json`` (02_augment's output), top ``topk`` each.
+def mixed_count(topk: int, mixed: float) -> int:
+    """How many of a question's ``topk`` passages the mixed-documents ablation replaces: ``⌊topk·mixed⌋`` (the
+    public code's ``int(topk * mixed)``; 1e-9 absorbs the rounding of shares such as 2/3)."""
+    if isinstance(mixed, bool) or not isinstance(mixed, (int, float)) or not 0.0 <= mixed <= 1.0:
+        raise ValueError(f"mixed={mixed!r}: the share of each question's top-k passages to replace, from 0.0 "
+                         "(none) to 1.0 (all)")
+    return math.floor(topk * mixed + 1e-9)
+
+
+def mix(tasks: Sequence[Task], mixed: float, topk: int) -> list[Task]:
+    """The mixed-documents ablation (the public code's ``encode.py --mixed p``): the last ``⌊topk·mixed⌋`` of each
+    task's ``topk`` passages are replaced by the first (best-ranked) ``⌊topk·mixed⌋`` passages of the next task
+    (the last task takes the first task's). Everything else of the task is unchanged; ``mixed = 0`` is the identity.
+
+    Applied to a whole augmented file before any slice is taken (:func:`load`), so 04_encode and 05_evaluate agree
+    on every question's passages whatever ``start``/``limit`` each uses.
+    """
+    m = mixed_count(topk, mixed)
+    if m == 0:
+        return list(tasks)
+    if len(tasks) < 2:
+        raise ValueError(f"mixed={mixed} needs at least two questions: a question's passages are replaced by the "
+                         f"next question's, and there are {len(tasks)}")
+    out = []
+    for i, task in enumerate(tasks):
+        other = tasks[(i + 1) % len(tasks)]
+        if len(task.passages) != topk or len(other.passages) < m:
+            raise ValueError(f"question {task.test_id}: mixing needs {topk} passages per question, it has "
+                             f"{len(task.passages)} (the next one {len(other.passages)})")
+        out.append(dataclasses.replace(task, passages=task.passages[:topk - m] + other.passages[:m],
+                                       passage_ids=task.passage_ids[:topk - m] + other.passage_ids[:m]))
+    return out
+
+
+def load(dataset: str, name: str, topk: int, start: int = 0, end: int | None = None,
+         mixed: float = 0.0) -> list[Task]:
+    """Tasks ``start:end`` of ``data/augmented/<dataset>/<name>.json`` (02_augment's output), top ``topk`` each;
+    with ``mixed`` > 0 the passages of :func:`mix` over the whole file.
 
     The one reader of augmented files for training, encoding and evaluation; a missing file names 02_augment.
     """
@@ -103,7 +148,10 @@ def load(dataset: str, name: str, topk: int, start: int = 0, end: int | None = N
     records = artifacts.read_json(path)
     if not isinstance(records, list):
         raise ValueError(f"{where}: expected a JSON list of augmented records, got {type(records).__name__}")
-    return [from_record(r, topk, where=f"{where}: record {i}") for i, r in enumerate(records[start:end], start)]
+    if mixed_count(topk, mixed) == 0:
+        return [from_record(r, topk, where=f"{where}: record {i}") for i, r in enumerate(records[start:end], start)]
+    every = [from_record(r, topk, where=f"{where}: record {i}") for i, r in enumerate(records)]
+    return mix(every, mixed, topk)[start:end]
 
 
 def augmented_path(dataset: str, name: str):

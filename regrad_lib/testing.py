@@ -5,7 +5,7 @@ for the benchmarks and a saved "trained" run for tests. The tiny test model itse
 from __future__ import annotations
 
 from . import artifacts, paths
-from .tiny_model import build_tokenizer
+from .tiny_model import build_tokenizer, ensure_tiny_model
 
 # meta-llama/Llama-3.2-1B-Instruct's dimensions (as in ../shared/bench/ref_bench.py): benchmarks build a random
 # model of this shape, since no weights can be downloaded.
@@ -65,3 +65,28 @@ def saved_trained_run(run: str, preset, seed: int = 0, b_std: float = 0.3, alpha
     learner.save(paths.output_dir(run) / META_STATE)
     artifacts.write_json(paths.output_dir(run) / TRAIN_SUMMARY, {"run": run})   # finished, as 03_train marks it
     return learner
+
+
+CHAIN_DATASETS = ("popqa", "probe")
+
+
+def run_tiny_chain(run: str, seed: int = 42, limit: int = 8, steps: int = 3, index: str = "chain",
+                   gammas: tuple[float, ...] = (0.0, 0.5, 1.0)) -> None:
+    """The demo's chain on the tiny model, through the notebooks' library calls: a BM25 index of the bundled
+    corpus with the probe's passages (01), ``limit`` dev and 16 training questions of popqa and the probe (02),
+    ``steps`` meta-training steps with ``seed`` (03), an int4 bank (04), the five demo methods and a gamma
+    sweep on the probe (05). Index and augmented files are reused when present (as ``--seeds`` does)."""
+    from . import augment, encode, evaluate, launch, probe, retrieval, train
+
+    ensure_tiny_model()
+    if not paths.index_dir(index).is_dir():
+        retrieval.build(probe.combined_corpus("data/sample/psgs_w100.tsv"), index, threads=1)
+    bm25 = retrieval.open(index)
+    augment.augment_all(list(CHAIN_DATASETS), "dev", retriever=bm25, data_root="data/sample", topk=3, limit=limit)
+    augment.augment_all(list(CHAIN_DATASETS), "train", retriever=bm25, data_root="data/sample", topk=3, limit=16)
+    launch.run(train.TrainSettings(run=run, preset="tiny", train_datasets=list(CHAIN_DATASETS), train_limit=16,
+                                   max_steps=steps, seed=seed))
+    launch.run(encode.EncodeSettings(run=run, datasets=list(CHAIN_DATASETS)))
+    launch.run(evaluate.EvaluateSettings(run=run, datasets=list(CHAIN_DATASETS), gammas=list(gammas),
+                                         methods=["closed_book", "rag", "regrad", "shift", "no_update"],
+                                         sweep_datasets=["probe"]))

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import adapters, artifacts, checkpoint, config, distributed, metrics, paths, regrad
+from . import params, runlock
 from . import tasks as tasks_mod
 from .learner import Learner
 # the public names of training, re-exported so that notebooks and scripts need one import
@@ -121,7 +122,8 @@ def evaluate(learner: Learner, validation: list[Task], generate: bool = True) ->
         from .harness import predict_online  # the answering stack loads only when validation generates
 
         predictions = predict_online(learner, validation, gamma=1.0)
-        scores = metrics.aggregate(metrics.score(p, list(t.answers)) for p, t in zip(predictions, validation))
+        scores = metrics.aggregate(metrics.score_kind(p, list(t.answers), t.kind, t.choices)
+                                   for p, t in zip(predictions, validation))
         out.update(eval_em=scores["em"], eval_f1=scores["f1"])
     return out
 
@@ -153,6 +155,8 @@ class TrainSettings:
     init_adapter: str | None = None    # a PEFT LoRA adapter folder to start phi from (None: a fresh LoRA)
 
     def __post_init__(self) -> None:
+        params.check_fields(self)
+        paths.output_dir(self.run)         # a run name that is no plain folder name is refused here
         if isinstance(self.train_datasets, str):
             self.train_datasets = [self.train_datasets]
         if not self.train_datasets:
@@ -175,6 +179,8 @@ def run(settings: TrainSettings) -> dict:
 
 
 # --- the training loop ---------------------------------------------------------------------------------
+@params.typed
+@runlock.writer("03_train")
 def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], *, train_file: str = "train_all",
           device: str = "cpu", limit: int | None = None, overwrite: bool = False, resume: bool = True) -> dict:
     """Meta-train on the augmented training tasks; returns the summary (also ``train_summary.json``).
@@ -302,6 +308,10 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
         distributed.same_everywhere(learner.meta_hash(), "the meta weights at the end")
 
     def finish() -> dict:
+        if state["step"] and state["skipped_nonfinite"] >= state["step"]:
+            raise NonFiniteError(f"{paths.relative(folder)}: every one of the {state['step']} steps was skipped as "
+                                 "non-finite, so nothing was learned and the run is not finished; check the "
+                                 "warm-start adapter and the learning rate, then train again with overwrite=True")
         if not data.validation:
             learner.save(folder / META_STATE)
         summary = summary_of(run, preset, train_datasets, train_file, data, state, read_log(run), elapsed())

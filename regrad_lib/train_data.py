@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import random
 from dataclasses import dataclass
 from typing import Sequence
@@ -60,6 +61,20 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     order = list(range(n))
     random.Random(seed * 100_003 + epoch).shuffle(order)
     return order
+
+
+def stepped_tasks(train: Sequence[Task], seed: int, meta_batch_size: int, steps: int) -> list[Task]:
+    """The training tasks the first ``steps`` optimizer steps of 03_train took, in order: each epoch's
+    :func:`epoch_order` cut into meta batches, as the training loop takes them."""
+    per_epoch = math.ceil(len(train) / meta_batch_size)
+    out: list[Task] = []
+    order_epoch, order = None, []
+    for step in range(steps):
+        epoch, position = divmod(step, per_epoch)
+        if epoch != order_epoch:
+            order_epoch, order = epoch, epoch_order(len(train), seed, epoch)
+        out += [train[i] for i in order[position * meta_batch_size:(position + 1) * meta_batch_size]]
+    return out
 
 
 def describe(tasks: Sequence[Task], limit: int = 8) -> str:

@@ -67,7 +67,7 @@ def run(stage: str, kwargs: dict, threads: int):
         return augment.augment(retriever=retrieval.open(kwargs.pop("index")), **kwargs)
     import torch
 
-    from regrad_lib import config, encode, train
+    from regrad_lib import config, encode, evaluate, train
 
     torch.set_num_threads(threads)   # the parent's: results are compared bit for bit
     if stage == "train":
@@ -75,6 +75,9 @@ def run(stage: str, kwargs: dict, threads: int):
         return train.train(preset=preset, **kwargs)
     if stage == "encode":
         return encode.encode(**kwargs)
+    if stage in ("cpt", "evaluate"):
+        from regrad_lib import evaluate
+        return evaluate.evaluate(**kwargs)
     raise ValueError(f"unknown stage {stage!r}")
 
 

@@ -58,6 +58,10 @@ def test_unknown_key_names_file_and_key(tmp_path):
     ("train_args.json", {"meta_batch_size": "16"}, "meta_batch_size"),
     ("peft_config.json", {"lora_dropout": 0.1}, "lora_dropout"),
     ("generation_config.json", {"do_sample": True}, "do_sample"),
+    ("cpt_config.json", {"weights": "adapter"}, "weights = 'adapter' is not allowed"),
+    ("cpt_config.json", {"chunks": 0}, "chunks"),
+    ("cpt_config.json", {"learning_rate": "1e-4"}, "learning_rate"),
+    ("cpt_config.json", {"chunk": 4}, "unknown key 'chunk'. Did you mean: chunks"),
 ])
 def test_bad_values_are_named(tmp_path, filename, diff, pattern):
     _write(tmp_path, **{filename: diff})
@@ -155,3 +159,28 @@ def test_config_files_accept_a_bom_and_name_bytes_that_are_not_utf8(tmp_path):
     path.write_bytes(path.read_bytes().replace(b'"seed"', b'"s\xe9ed"'))
     with pytest.raises(config.ConfigError, match=r"train_args.json: line \d+: not UTF-8 text \(byte 0xe9"):
         config.load_preset(tmp_path)
+
+
+# --- issue 21: the cpt section -----------------------------------------------------------------------------------
+
+def test_the_cpt_section_is_optional_and_read_where_present(tmp_path):
+    _write(tmp_path)
+    (tmp_path / "cpt_config.json").unlink()                 # a run trained before the section existed
+    assert config.load_preset(tmp_path).cpt == config.CptConfig()
+    _write(tmp_path, **{"cpt_config.json": {"chunks": 6, "weights": "full"}})
+    assert (config.load_preset(tmp_path).cpt.chunks, config.load_preset(tmp_path).cpt.weights) == (6, "full")
+    assert config.load_preset("tiny", {"cpt": {"learning_rate": 0.5}}).cpt.learning_rate == 0.5
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "llama-3.2-1b-instruct", "llama-3.2-3b-instruct",
+                                  "llama-3.1-8b-instruct"])
+def test_every_model_preset_states_its_cpt_settings(name):
+    assert (config.paths.preset_dir(name) / "cpt_config.json").is_file()
+
+
+def test_cpt_settings_are_not_part_of_the_training_request():
+    from regrad_lib import run_folder
+
+    a, b = config.load_preset("tiny"), config.load_preset("tiny", {"cpt": {"chunks": 9}})
+    assert run_folder.request_of(a, ["popqa"], "train_all") == run_folder.request_of(b, ["popqa"], "train_all")
+    assert "cpt" not in run_folder.request_of(a, ["popqa"], "train_all")["preset"]

@@ -71,6 +71,13 @@ KEY_TESTS = {
     "generation.do_sample": "test_config.py::test_bad_values_are_named",
     "generation.stop": "test_config_keys.py::test_generation_keys_drive_the_harness",
     "generation.batch_size": "test_config_keys.py::test_generation_keys_drive_the_harness",
+    "cpt.learning_rate": "test_cpt.py::test_cpt_keys_shape_the_stream",
+    "cpt.epochs_per_chunk": "test_cpt.py::test_cpt_keys_shape_the_stream",
+    "cpt.chunks": "test_cpt.py::test_cpt_keys_shape_the_stream",
+    "cpt.batch_size": "test_cpt.py::test_cpt_keys_shape_the_stream",
+    "cpt.weights": "test_cpt.py::test_cpt_weights_choose_what_is_trained",
+    "cpt.general_passages": "test_cpt.py::test_the_general_set_is_held_out_text_and_training_questions_the_base_model_answers",
+    "cpt.general_questions": "test_cpt.py::test_the_general_set_is_held_out_text_and_training_questions_the_base_model_answers",
 }
 
 

@@ -69,7 +69,7 @@ def test_explore_a_typed_question(run):
             for m in ("closed_book", "rag", "regrad_online", "no_update")}
     assert seen.answers["rag"] == rows["rag"]["prediction"]
     assert seen.answers["regrad"] == rows["regrad_online"]["prediction"]
-    assert "".join(seen.tokens) == " Lubango\n"
+    assert "".join(seen.tokens) == " Lubango<|im_end|>"     # the label: answer + end-of-turn
     # the per-token probabilities are the answer NLL of the harness, token by token
     for key, method in (("before", "no_update"), ("after", "regrad_online")):
         probs = seen.probabilities[key]
@@ -77,5 +77,14 @@ def test_explore_a_typed_question(run):
         assert -sum(math.log(p) for p in probs) / len(probs) == pytest.approx(rows[method]["answer_nll"], rel=1e-5)
     assert seen.probabilities["before"] != pytest.approx(seen.probabilities["after"], rel=1e-3)   # the update acts
     assert "| regrad |" in seen._repr_markdown_() and "Lubango" in seen._repr_markdown_()
-    with pytest.raises(ValueError, match="question is empty"):
+    with pytest.raises(ValueError, match="question is empty.*None to skip"):
         explore.explore(learner, run["index"], "  ")
+    assert seen.figure().axes[0].get_title() == "Answer 'Lubango': token probabilities"
+    described = seen.export(paths.question_adapter_dir("custom", "explore"), run="custom")
+    assert described["r"] == learner.preset.peft.r
+
+
+def test_no_question_skips_the_exploration_without_loading_anything():
+    skipped = explore.explore(lambda: pytest.fail("loaded the learner"), None, None)
+    assert isinstance(skipped, explore.Skipped) and "skipped" in skipped._repr_markdown_()
+    assert skipped.figure() is skipped and skipped.export("unused") is skipped

@@ -65,7 +65,9 @@ def test_popqa_fixture_answers_parsed_as_json():
     assert recs[0].question == "What is George Rankin's occupation?" and recs[0].source_id == "0"
     assert recs[1].answers == ["journalist", "journo", "journalists"]
     assert all(len(set(r.answers)) == len(r.answers) for r in recs)
-    assert datasets.load("popqa", _dir("popqa"), "train") == []
+    with pytest.raises(DatasetFormatError, match=r"popQA.tsv has 40 rows: split 'train' \(rows 500-end\) holds no "
+                                                 "questions"):
+        datasets.load("popqa", _dir("popqa"), "train")         # an empty split is refused, not augmented
 
 
 def test_popqa_never_evaluates_fields(tmp_path):
@@ -160,7 +162,7 @@ def test_generic_json_and_jsonl(tmp_path):
         assert recs == [QARecord(0, "a?", ["x"], "0"), QARecord(1, "b?", ["y", "Y"], "q7")]
 
 
-@pytest.mark.parametrize("name", datasets.NAMES)
+@pytest.mark.parametrize("name", [n for n in datasets.NAMES if n != "pubmedqa"])   # yes/no: test_answer_kinds.py
 def test_named_loaders_accept_generic_split_file(tmp_path, name):
     (tmp_path / "dev.json").write_text(json.dumps([{"question": "a?", "answer": "x"}]))
     assert datasets.load(name, tmp_path, "dev") == [QARecord(0, "a?", ["x"], "0")]
@@ -223,7 +225,8 @@ def test_registered_loader_for_a_custom_format(tmp_path, monkeypatch):
                                             "datasets.register('fromplugin', lambda folder, split: [])\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "fromplugin" in datasets.import_loaders(["my_loaders"])
-    assert datasets.load("fromplugin", tmp_path, "dev") == []
+    with pytest.raises(datasets.DatasetFormatError, match="dataset 'fromplugin', split 'dev' in .* holds no questions"):
+        datasets.load("fromplugin", tmp_path, "dev")          # it loads nothing: refused, not an empty file
 
 
 def test_missing_file_names_path_split_and_help(tmp_path):

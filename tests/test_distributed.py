@@ -1,12 +1,20 @@
 """Several processes (accelerate launch, gloo, tiny model) give what one process gives; failures stop the job.
 
+What is guaranteed, and so what is compared: exactly, whatever is deterministic (which questions, in which order,
+with which passages; the files written and which rank wrote what; the step and task counts); within float
+rounding, every float result. The ranks may run another thread count than this process (``launch.rank_threads``,
+or the user's ``OMP_NUM_THREADS``) and see other batch neighbours, so their sums run in another order: the
+tolerances are derived from the arithmetic (:mod:`regrad_lib.tolerance`), and generated text is compared only where
+the greedy choice was no near tie. The module must pass with ``OMP_NUM_THREADS`` unset, 1 and 2.
+
 Each launched job costs ~20 s of process start-up on a small CPU, so the module launches few of them: 2-process
-training, 2-process evaluation, one job with a failing rank (and 2-process encoding in test_encode_sharded).
+training, 2-process evaluation, one job with a failing rank, 2-process encoding, and the refusal and timeout jobs.
 """
 
 import csv
 import itertools
 import json
+import math
 import shutil
 import subprocess
 import time
@@ -15,7 +23,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from regrad_lib import artifacts, bank, bank_writer, checkpoint, distributed, encode, evaluate, launch, lora, paths, train
+from regrad_lib import (artifacts, bank, bank_writer, checkpoint, config, distributed, encode, evaluate, launch, lora,
+                        paths, tolerance, train)
 from regrad_lib.learner import META_STATE, Learner
 
 CITIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Egypt", "Cairo"), ("Peru", "Lima"),
@@ -82,21 +91,40 @@ def test_two_processes_resume_one_and_train_the_same_trajectory(solo, monkeypatc
     assert summary["steps"] == 5 and summary["tasks"] == solo["tasks"] == 14
     one, two = _log("solo"), _log("duo")
     assert [(r["kind"], r["step"]) for r in two] == [(r["kind"], r["step"]) for r in one]   # rank 0 wrote once
+    drift, relative, values = _training_tolerances(one)
     for a, b in zip(one, two):
         for key in ("loss", "grad_norm", "eval_loss"):
             if a.get(key) is not None:
-                assert b[key] == pytest.approx(a[key], abs=1e-5), (a["step"], key)
+                # a logged loss: its own rounding, plus the weights' drift so far times the gradient (≤ ‖g‖·‖Δw‖)
+                shift = max(r["grad_norm"] for r in one if r["kind"] == "train") * math.sqrt(values) * \
+                    drift[a["step"]] if key != "grad_norm" else 0.0
+                assert b[key] == pytest.approx(a[key], rel=relative, abs=shift), (a["step"], key)
         assert b.get("best") == a.get("best") and b.get("tasks_seen") == a.get("tasks_seen")
     assert {r["loss"] for r in one if r["kind"] == "train"} != {None} and len(two) == 5 + 4   # 5 steps, 4 evals
     for name in (f"{checkpoint.FOLDER}/{checkpoint.TENSORS}", META_STATE):
         a, b = _state(paths.output_dir("solo") / name), _state(paths.output_dir("duo") / name)
         assert set(a) == set(b) and any(k.startswith("alpha.") for k in a)
         for key in a:
-            torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5, msg=key)
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=drift[5], msg=key)
     # training moved phi and alpha: the comparison is not between two untouched initial states
     start = Learner.create(_settings("x").config).state_dict()
     final = _state(paths.output_dir("duo") / checkpoint.FOLDER / checkpoint.TENSORS)
-    assert all((final[k] - start[k]).abs().max() > 1e-6 for k in final if not k.endswith("lora_B"))
+    assert all((final[k] - start[k]).abs().max() > 10 * drift[5] for k in final if not k.endswith("lora_B"))
+
+
+def _training_tolerances(log: list[dict]) -> tuple[dict[int, float], float, int]:
+    """({step: how far the weights may have drifted by then}, the relative rounding of one meta step's sums,
+    the number of trained values) for the tiny preset (tolerance.meta_step_terms, tolerance.adam_drift)."""
+    preset = config.load_preset("tiny")
+    learner = Learner.create(preset)
+    terms = tolerance.meta_step_terms(learner.model.config, preset.learner, preset.peft.r,
+                                      preset.train.meta_batch_size)
+    relative = tolerance.reorder_tolerance(terms, 1.0)
+    rates, drift = [], {0: 0.0}
+    for row in (r for r in log if r["kind"] == "train"):
+        rates.append(max(row["lr"], row["alpha_lr"]))
+        drift[row["step"]] = tolerance.adam_drift(relative, rates)
+    return drift, relative, sum(v.numel() for v in learner.state_dict().values())
 
 
 def _copy_run(source, target):
@@ -108,18 +136,61 @@ def _copy_run(source, target):
 METHODS = ["closed_book", "rag", "regrad", "regrad_online", "shift", "no_update"]
 
 
-def test_two_processes_evaluate_exactly_as_one(solo):
+def _logit_tolerance(learner: Learner, method: str) -> float:
+    """How far a logit of ``method`` may move when the sums run in another order: one forward pass over the
+    longest prompt and answer, after an online passage gradient for regrad_online (the bank methods read the
+    same fp32 bank in both runs)."""
+    cfg, lrn = learner.model.config, learner.preset.learner
+    terms = tolerance.forward_terms(cfg, lrn.max_prompt_len + learner.preset.generation.max_new_tokens,
+                                    learner.preset.peft.r)
+    if evaluate.SPECS[method].source == "online":
+        terms += tolerance.gradient_terms(cfg, lrn.bank_context_len, learner.preset.peft.r)
+    return tolerance.reorder_tolerance(terms, tolerance.logit_magnitude(learner.model))
+
+
+def _result_files(run: str) -> set[str]:
+    root = paths.results_dir(run)
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_two_processes_evaluate_as_one(solo):
+    """Exactly: the files, the questions, their order and passages, the counts. Within the sums' rounding
+    (twice a logit's tolerance for a mean token NLL): every answer NLL and the NLL columns. The generated text
+    wherever the greedy choice was no near tie in either run (the smallest margin above twice a logit's
+    tolerance), and the text scores (EM, F1, ...) where every text of the method is so compared."""
     _copy_run("solo", "duo-eval")
     one = launch.run(evaluate.EvaluateSettings(run="solo", datasets=["dist-a"], methods=METHODS, gammas=[0.0, 2.0],
                                                scheme="fp32"))
     two = launch.run(evaluate.EvaluateSettings(run="duo-eval", datasets=["dist-a"], methods=METHODS,
                                                gammas=[0.0, 2.0], scheme="fp32"), num_processes=2)
-    assert two == one and len(one["summary"]) == len(METHODS) and len(one["sweeps"]) == 2
-    for name in ("summary.csv", "sweeps.csv"):
-        assert (paths.results_dir("duo-eval") / name).read_text() == (paths.results_dir("solo") / name).read_text()
+    assert _result_files("duo-eval") == _result_files("solo")
+    assert len(one["summary"]) == len(METHODS) and len(one["sweeps"]) == 2
+    learner = Learner.from_run("solo")
+    logit = {m: _logit_tolerance(learner, m) for m in METHODS}
+    all_texts_compared, compared = {}, 0
     for method in METHODS:
         rows = [evaluate.predictions(run, "dist-a", method) for run in ("solo", "duo-eval")]
-        assert len(rows[0]) == len(CITIES) and rows[1] == rows[0], method
+        assert len(rows[0]) == len(CITIES)
+        clear = 0
+        for a, b in zip(*rows):
+            for key in ("test_id", "question", "answers", "passage_ids", "truncated_passages"):
+                assert b[key] == a[key], (method, key)
+            assert b["answer_nll"] == pytest.approx(a["answer_nll"], rel=0, abs=2 * logit[method]), method
+            if min(a["min_margin"], b["min_margin"]) > 2 * logit[method]:
+                assert (b["generated"], b["prediction"]) == (a["generated"], a["prediction"]), method
+                clear += 1
+        all_texts_compared[method] = clear == len(rows[0])
+        compared += clear
+    assert compared > len(CITIES)           # the comparison of texts is not empty
+    for table, key in (("summary", ("dataset", "method")), ("sweeps", ("dataset", "method", "gamma", "topk"))):
+        assert [tuple(r[k] for k in key) + (r["n"],) for r in two[table]] == \
+            [tuple(r[k] for k in key) + (r["n"],) for r in one[table]]
+        for a, b in zip(one[table], two[table]):
+            # the files keep 4 decimals (evaluate._cell): two roundings differ by at most 1e-4 more
+            assert b["nll"] == pytest.approx(a["nll"], rel=0, abs=2 * logit[a["method"]] + 1e-4)
+            if table == "summary" and all_texts_compared[a["method"]]:
+                assert [b[k] for k in ("em", "f1", "precision", "recall")] == \
+                    [a[k] for k in ("em", "f1", "precision", "recall")]
 
 
 def test_a_failing_rank_stops_the_job_with_its_error(solo):
@@ -159,13 +230,31 @@ def reference_bank(solo):
         "bf16"]
 
 
+def _gradient_tolerance(rows: torch.Tensor, layout) -> torch.Tensor:
+    """Per value: how far a passage gradient may move when the sums run in another order (tolerance.gradient_terms
+    over ``bank_context_len`` tokens, the magnitude of each LoRA tensor's largest value in the bank)."""
+    preset = config.load_preset("tiny")
+    terms = tolerance.gradient_terms(Learner.from_run("solo").model.config, preset.learner.bank_context_len,
+                                     preset.peft.r)
+    atol, offset = torch.empty(rows.shape[1]), 0
+    for _, shape in layout:
+        n = shape[0] * shape[1]
+        atol[offset:offset + n] = tolerance.reorder_tolerance(terms, float(rows[:, offset:offset + n].abs().max()))
+        offset += n
+    return atol
+
+
 def _same_bank(folder, reference):
-    """Same ids as ``reference``, every gradient equal within bf16 rounding, manifest and shards valid."""
+    """Same ids as ``reference``, every gradient equal within the sums' rounding and the bf16 storage (two
+    values that close may round to neighbouring bf16 numbers: one bf16 eps apart), manifest and shards valid."""
     with bank.GradientBank.open(folder) as got, bank.GradientBank.open(reference) as want:
         assert sorted(got.ids()) == sorted(want.ids()) and len(got) == 450
         assert got.verify()["entries"] == 450
         ids = want.ids()
-        torch.testing.assert_close(got.rows(ids).float(), want.rows(ids).float(), rtol=2 ** -7, atol=1e-12)
+        a, b = got.rows(ids).float(), want.rows(ids).float()
+        atol = _gradient_tolerance(b, want.layout)
+        assert ((a - b).abs() <= tolerance.eps(torch.bfloat16) * b.abs() + atol).all()
+        assert float(atol.max()) < 0.01 * float(b.abs().max())     # far below a passage's own gradient
         assert got.manifest["meta_hash"] == want.manifest["meta_hash"]
     assert not paths.bank_parts_dir(folder).exists()
     return got.manifest
@@ -247,7 +336,7 @@ def test_settings_round_trip_through_the_command_line(data):
     cmd = launch.command("train", settings, 2, None)
     assert cmd[cmd.index("--num_processes") + 1] == "2" and cmd[cmd.index("-m", 3) + 1] == "regrad_lib.launch"
     assert str(paths.resolve(launch.LOCAL_CONFIG)) in cmd
-    with pytest.raises(ValueError, match="num_processes=0"):
+    with pytest.raises(ValueError, match="num_processes = 0 must be >= 1"):
         launch.run(settings, num_processes=0)
     with pytest.raises(FileNotFoundError, match="accelerate_config='nope.yaml'"):
         launch.run(settings, accelerate_config="nope.yaml")

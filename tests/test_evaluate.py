@@ -158,11 +158,21 @@ def test_sweep(run):
     rows = evaluate.sweep(RUN, DATASET, gammas=(0.0, 1.0), limit=4, learner=learner)
     assert [(r["gamma"], r["topk"], r["n"]) for r in rows] == [(0.0, 3, 4), (1.0, 3, 4)]
     text = (paths.results_dir(RUN) / "sweeps.csv").read_text().splitlines()
-    assert text[0] == "dataset,method,gamma,topk,scheme,em,f1,precision,recall,nll,n"
-    assert all(line.split(",")[4] == bank.DEFAULT_SCHEME for line in text[1:])
+    assert text[0] == "dataset,method,gamma,topk,mixed,scheme,em,f1,precision,recall,nll,n"
+    assert all(line.split(",")[4:6] == ["0.0", bank.DEFAULT_SCHEME] for line in text[1:])
     # gamma 0 is the meta-trained LoRA without update
     plain = evaluate.score_rows(evaluate.run_method("no_update", learner, evaluate.load_tasks(DATASET, limit=4)))
     assert rows[0]["nll"] == pytest.approx(plain["nll"], abs=1e-4)
+    # each computed point keeps its per-question predictions (what the reference comparison pairs)
+    for row in rows:
+        file = paths.sweep_predictions_file(RUN, DATASET, "regrad", row["gamma"], 3, bank.DEFAULT_SCHEME)
+        assert file.name == f"regrad.gamma-{row['gamma']:g}.topk-3.{bank.DEFAULT_SCHEME}.predictions.jsonl"
+        saved = [json.loads(line) for line in file.read_text().splitlines()]
+        scores = evaluate.score_rows(saved)
+        assert [r["test_id"] for r in saved] == [t.test_id for t in evaluate.load_tasks(DATASET, limit=4)]
+        assert (scores["em"], scores["n"]) == (row["em"], row["n"]) and scores["nll"] == pytest.approx(row["nll"],
+                                                                                                    abs=1e-4)
+        assert all(r["min_margin"] > 0 for r in saved)
     assert evaluate.sweep(RUN, DATASET, gammas=(0.0, 1.0), limit=4, learner=lambda: pytest.fail("reloaded")) == rows
     assert evaluate.sweep_all(RUN, [DATASET], gammas=[]) == []
 
@@ -277,5 +287,5 @@ def test_named_evaluation_goes_beside_the_finished_results(run):
     assert len(evaluate.examples(RUN, DATASET, ["closed_book", "regrad"], n=2, evaluation="first4")) == 2
     rows = evaluate.sweep(RUN, DATASET, gammas=(0.0,), limit=4, learner=learner, evaluation="first4")
     assert (folder / "sweeps.csv").is_file() and rows[0]["n"] == 4
-    with pytest.raises(ValueError, match=r"evaluation='\.\./x': a name of letters"):
+    with pytest.raises(ValueError, match=r"evaluation = '\.\./x' is not a plain folder name \(it holds a path separator"):
         evaluate.EvaluateSettings(run=RUN, datasets=[DATASET], methods=["closed_book"], evaluation="../x")

@@ -4,7 +4,9 @@ Each child (tests/fault_child.py) runs one stage against this module's own work 
 (no clean-up runs) on the n-th matching call of a wrapped function, e.g. inside the checkpoint folder swap
 or between a bank shard's rename and the manifest update. The job is then resumed here and its artifacts are
 compared with an uninterrupted run's, bit for bit: the index's search results, the augmented file, the training
-run (tiny preset, CPU, fp32: meta weights, checkpoint tensors, log rows) and the bank's gradients.
+run (tiny preset, CPU, fp32: meta weights, checkpoint tensors, log rows), the bank's gradients, the evaluation's
+predictions, metrics and summary, and continual post-training's weights, drift rows and answers. Children run with
+this process's thread count, so the comparisons are exact.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from regrad_lib import augment, bank, config, encode, paths, retrieval, train
+from regrad_lib import artifacts, augment, bank, config, cpt, encode, evaluate, paths, results, retrieval, testing, train
 from regrad_lib.learner import META_STATE, Learner, UnfinishedRunError
 
 CHILD = Path(__file__).with_name("fault_child.py")
@@ -243,3 +245,123 @@ def test_a_log_line_cut_short_by_a_full_disk_is_dropped_on_resume(work, referenc
         f.write('{"kind": "train", "step": 8, "lo')          # an append that ran out of space
     assert _resume(run, monkeypatch) == STEPS - 6
     assert_same_training(run, reference_run)
+
+
+# --- continual post-training ----------------------------------------------------------------------------------
+
+CPT_RUN, CPT_DATA, CPT_GENERAL = "cpt-faults", "cptfaults", "cptfaultsgen"
+CPT_STEPS = 14            # 3 chunks of 5, 4 and 4 passages, batches of 2, 2 epochs: 6 + 4 + 4 steps
+
+
+def _cpt(work, evaluation: str) -> dict:
+    return {"run": CPT_RUN, "dataset": CPT_DATA, "methods": ["cpt"], "general_corpus": str(work / "corpus.tsv"),
+            "general_datasets": [CPT_GENERAL], "evaluation": evaluation}
+
+
+@pytest.fixture(scope="module")
+def cpt_reference(work):
+    """A saved tiny run, 6 dev questions, general candidates, and an uninterrupted stream (evaluation 'whole')."""
+    preset = config.load_preset("tiny", {"cpt": {"chunks": 3, "batch_size": 2, "learning_rate": 1e-2,
+                                                 "epochs_per_chunk": 2, "general_passages": 4, "general_questions": 2}})
+    testing.saved_trained_run(CPT_RUN, preset, seed=2)
+    artifacts.write_json(paths.augmented_file(CPT_DATA, "dev"), [
+        {"test_id": i, "question": f"Which river flows through city {i}?", "answers": [f"river {i}"],
+         "passages": [f"City {i} lies on river {i}.", f"River {i} is long.", "Rivers flow to the sea."],
+         "passage_ids": [f"{i}a", f"{i}b", "s"], "titles": ["", "", ""], "scores": [3.0, 2.0, 1.0]} for i in range(6)])
+    artifacts.write_json(paths.augmented_file(CPT_GENERAL, "train_all"), [
+        {"test_id": i, "question": f"What is thing {i}?", "answers": ["::::::::"], "passages": [], "passage_ids": [],
+         "titles": [], "scores": []} for i in range(4)])
+    evaluate.evaluate(**_cpt(work, "whole"))
+    return "whole"
+
+
+def _stream_state(evaluation: str) -> dict:
+    folder = paths.cpt_dir(CPT_RUN, CPT_DATA, evaluation) / cpt.CHECKPOINT
+    artifacts.recover_dir(folder)
+    return artifacts.read_json(folder / cpt.STATE)
+
+
+def test_cpt_killed_mid_chunk_inside_its_checkpoint_swap_and_before_its_drift_file_ends_with_the_same_weights(
+        work, cpt_reference, monkeypatch):
+    args = _cpt(work, "killed")
+    killed("cpt", {"target": "regrad_lib.cpt:train_step", "nth": 9}, **args)                 # in chunk 2
+    assert _stream_state("killed")["chunk"] == 1
+    killed("cpt", {"target": "os:replace", "match": "checkpoint", "nth": 2}, **args)           # chunk 2's swap
+    assert _stream_state("killed")["chunk"] == 2                # the complete new copy is put back
+    killed("cpt", {"target": "regrad_lib.artifacts:write_json", "match": cpt.DRIFT, "nth": 1}, **args)
+    steps, real = [], cpt.train_step
+    monkeypatch.setattr(cpt, "train_step", lambda *a, **k: steps.append(1) or real(*a, **k))
+    evaluate.evaluate(**args)
+    assert steps == []                                          # every chunk was done: only the files were missing
+    ours, whole = (paths.cpt_dir(CPT_RUN, CPT_DATA, e) for e in ("killed", cpt_reference))
+    a, b = (load_file(str(f / cpt.CHECKPOINT / cpt.TENSORS)) for f in (ours, whole))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert cpt.read_drift(CPT_RUN, CPT_DATA, "killed")["drift"] == cpt.read_drift(CPT_RUN, CPT_DATA, "whole")["drift"]
+    assert results.predictions(CPT_RUN, CPT_DATA, "cpt", "killed") == \
+        results.predictions(CPT_RUN, CPT_DATA, "cpt", "whole")
+    assert _stream_state("killed")["steps"] == CPT_STEPS
+
+
+# --- evaluate -----------------------------------------------------------------------------------------------
+
+EVAL_METHODS = ["closed_book", "regrad", "shift", "no_update"]
+
+
+def _evaluate(evaluation: str) -> dict:
+    # 24 questions in batches of 8 (tiny preset): three generate() calls per method
+    return {"run": "reference", "dataset": "popqa", "methods": EVAL_METHODS, "split": "train_24", "scheme": "fp32",
+            "evaluation": evaluation}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_evaluation(work, reference_run):
+    encode.encode(**_encode())                       # the fp32 bank (resumes: nothing to do if it exists)
+    evaluate.evaluate(**_evaluate("whole"))
+    return "whole"
+
+
+def _evaluation_files(evaluation: str) -> dict[str, object]:
+    """Every file of a named evaluation: text as is, metrics.json without the evaluation's own name."""
+    root = paths.results_dir("reference", evaluation)
+    out = {}
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        if file.name.endswith(".metrics.json"):
+            saved = json.loads(file.read_text())
+            assert saved["provenance"]["config"].pop("evaluation") == evaluation
+            out[str(file.relative_to(root))] = saved
+        else:
+            out[str(file.relative_to(root))] = file.read_bytes()
+    return out
+
+
+# Kill points of 05_evaluate: inside a method (its second batch), between a method's predictions file and its
+# metrics.json (the predictions exist, the method is not done), and after the last metrics.json before summary.csv.
+EVAL_KILLS = {
+    "mid-method": ({"target": "regrad_lib.generation:generate", "nth": 5}, ["closed_book"]),
+    "predictions-not-metrics": ({"target": "regrad_lib.artifacts:write_json", "match": r"shift\.metrics\.json",
+                                 "nth": 1}, ["closed_book", "regrad"]),
+    "metrics-not-summary": ({"target": "regrad_lib.artifacts:write_text", "match": "summary.csv", "nth": 1},
+                            EVAL_METHODS),
+}
+
+
+@pytest.mark.parametrize("point", list(EVAL_KILLS))
+def test_evaluation_killed_resumes_method_by_method_to_the_same_results(work, uninterrupted_evaluation, point,
+                                                                       monkeypatch):
+    hook, finished = EVAL_KILLS[point]
+    name = f"killed-{point}"
+    killed("evaluate", hook, **_evaluate(name))
+    folder = paths.results_dir("reference", name) / "popqa"
+    assert sorted(p.name.split(".")[0] for p in folder.glob("*.metrics.json")) == sorted(finished)
+    assert not (paths.results_dir("reference", name) / "summary.csv").exists()
+    if point == "predictions-not-metrics":
+        assert (folder / "shift.predictions.jsonl").exists()      # written, but without metrics it is not done
+    computed = []
+    real = evaluate.run_method
+    monkeypatch.setattr(evaluate, "run_method", lambda method, *a, **k: computed.append(method) or real(method, *a,
+                                                                                                         **k))
+    result = evaluate.evaluate(**_evaluate(name))
+    assert computed == [m for m in EVAL_METHODS if m not in finished]     # finished methods are kept, not redone
+    assert {m: r["status"] for m, r in result.items()} == {m: "kept" if m in finished else "computed"
+                                                          for m in EVAL_METHODS}
+    assert _evaluation_files(name) == _evaluation_files(uninterrupted_evaluation)

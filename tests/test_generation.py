@@ -152,3 +152,23 @@ def test_shared_prefix_gives_the_unshared_answers_and_nll(setup):
         assert calls[0][1] == max(map(len, prompt_ids))
     finally:
         hook.remove()
+
+
+def test_margins_are_each_greedy_choice_top1_minus_top2_gap(setup):
+    """One margin per generated token (plus the end-of-sequence choice that ended a row), each the gap between
+    the two largest logits of an unpadded forward of prompt + tokens so far; min_margin their smallest."""
+    model, tok, _, per_row, prompt_ids = setup
+    got = generation.generate(model, tok, prompt_ids, max_new_tokens=MAX_NEW, weights=per_row)
+    stops = generation.eos_ids(model, tok)
+    for i, (prompt, g) in enumerate(zip(prompt_ids, got)):
+        with torch.no_grad(), lora.use(model, {n: w[i] for n, w in per_row.items()}):
+            ids = torch.tensor([prompt + list(g.token_ids)])
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, len(prompt) - 1:]
+        top2 = logits.topk(2, dim=-1).values
+        gaps = (top2[:, 0] - top2[:, 1]).tolist()
+        ended_by_eos = len(g.token_ids) < MAX_NEW and not generation.stop_reached(g.text)
+        assert int(logits[len(g.token_ids)].argmax()) in stops if ended_by_eos else True
+        want = gaps[:len(g.token_ids) + (1 if ended_by_eos else 0)]
+        assert len(g.margins) == len(want) and g.margins == pytest.approx(want, rel=1e-9, abs=1e-12)
+        assert g.min_margin == min(g.margins) > 0
+    assert generation.Generation((), "", "").min_margin == math.inf

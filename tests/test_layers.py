@@ -76,11 +76,14 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 # docs/design.md, "Layers": a module may import modules of its own layer (no circle) and of the layers below.
 LAYERS = {
-    0: "paths artifacts config checkpoint run_state schemes metrics distributed notebook pipeline",
-    1: "corpus datasets retriever retrieval_es retrieval probe probe_transfer augment prompts",
+    0: "paths artifacts config checkpoint run_state schemes metrics distributed notebook pipeline tolerance "
+       "params ownership runlock tensorfile",
+    1: "corpus qa_records pubmedqa datasets retriever retrieval_es retrieval probe probe_transfer corpora augment prompts",
     2: "lora tiny_model modeling regrad tasks generation bank_format bank bank_writer methods adapters learner",
-    3: "analysis effects transfer figure_style training_plots bank_plots plots",
-    4: "harness results lazy_learner sweeps train_data schedule run_folder train encode evaluate frontier explore launch",
+    3: "analysis effects transfer forgetting figure_style training_plots bank_plots plots reference_tables reference_render "
+       "reference_compare reference",
+    4: "harness results lazy_learner sweeps train_data schedule run_folder train encode drift cpt evaluate frontier explore "
+       "launch",
     5: "testing",
 }
 LAYER = {m: n for n, names in LAYERS.items() for m in names.split()}

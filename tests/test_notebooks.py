@@ -37,6 +37,14 @@ def test_notebook_hygiene_and_list_parameters(name):
         assert not any(isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.For, ast.While)) for n in ast.walk(tree))
 
 
+@pytest.mark.parametrize("name", pipeline.NOTEBOOKS)
+def test_papermill_reads_every_parameter(name):
+    """A parameter papermill cannot parse (e.g. an '=' in its comment) is not declared: -p would not reach it."""
+    assigned = [node.targets[0].id for node in ast.parse("".join(_cells(name)[0]["source"])).body
+                if isinstance(node, ast.Assign)]
+    assert sorted(pipeline.declared_parameters(paths.notebooks_dir() / f"{name}.ipynb")) == sorted(assigned)
+
+
 @pytest.mark.parametrize("value, kind, expected", [
     (["popqa", "hotpotqa"], str, ["popqa", "hotpotqa"]),
     ('["closed_book","regrad"]', str, ["closed_book", "regrad"]),
@@ -46,7 +54,6 @@ def test_notebook_hygiene_and_list_parameters(name):
     ("", float, []),
     ("0,0.5, 1", float, [0.0, 0.5, 1.0]),
     ("[0, 1]", float, [0.0, 1.0]),
-    (2, float, [2.0]),
     (None, str, None),
 ])
 def test_list_parameters_accept_lists_json_and_commas(value, kind, expected):
@@ -58,6 +65,8 @@ def test_list_parameters_accept_lists_json_and_commas(value, kind, expected):
     (3, str, r"parameter datasets = 3 \(int\) is not a list; pass -y 'datasets: \[\.\.\.\]' \(papermill\) or "
              r"-p datasets a,b"),
     ("0.5,high", float, r"parameter datasets = '0.5,high': an item is not float"),
+    (5, float, r"parameter datasets = 5 \(int\) is not a list"),        # a scalar, as papermill gives -p gammas 5
+    ("[true]", float, r"parameter datasets\[0\] = True \(bool\) is not a number"),
 ])
 def test_bad_list_parameters_name_the_parameter_and_the_y_form(value, kind, pattern):
     with pytest.raises(ValueError, match=pattern):

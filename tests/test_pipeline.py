@@ -93,3 +93,45 @@ def test_seeds_run_index_and_augment_once_then_each_seed_then_an_analysis_across
                      ("demo", {"run": "demo-s1", "seed_runs": ["demo-s2"]}, "06")]
     with pytest.raises(ValueError, match="at least two different seeds"):
         pipeline.run_seeds("demo", {}, [1, 1])
+
+
+def test_domains_set_the_datasets_trained_and_evaluated_together():
+    general = pipeline.domain_parameters("general", {})
+    assert general == {"datasets": pipeline.GENERAL, "train_datasets": pipeline.GENERAL}
+    assert set(pipeline.GENERAL) == {"2wikimultihopqa", "complexwebquestions", "popqa", "hotpotqa"}
+    med = pipeline.domain_parameters("med", {"data_root": "../shared/data/domains", "index": "mine"})
+    assert med == {"datasets": ["pubmedqa"], "train_datasets": ["pubmedqa"], "probe": False,
+                   "sweep_datasets": ["pubmedqa"], "corpus": "../shared/data/domains/pubmedqa"}   # index: given
+    with pytest.raises(ValueError, match="--domain 'law'"):
+        pipeline.domain_parameters("law", {})
+
+
+def test_domain_reaches_the_real_notebooks_and_explicit_values_win(tmp_path):
+    out = tmp_path / "prepared"
+    assert pipeline.main(["--run", "g", "--domain", "general", "--datasets", "popqa", "--prepare-only",
+                          "--out", str(out)]) == 0
+    injected = {n: next(c.source for c in nbformat.read(str(out / f"{n}.ipynb"), as_version=4).cells
+                        if "injected-parameters" in c.metadata.get("tags", []))
+                for n in ("02_augment", "03_train")}
+    assert 'datasets = ["popqa"]' in injected["02_augment"]
+    assert 'train_datasets = ["2wikimultihopqa", "complexwebquestions", "popqa", "hotpotqa"]' in injected["03_train"]
+
+
+def test_a_named_evaluation_keeps_its_executed_notebooks_apart(fake_notebooks):
+    _notebook(fake_notebooks / "nb" / "01_ok.ipynb", "assert value == 7", extra="\nevaluation = None  # name")
+    assert pipeline.main(["--run", "r4", "--steps", "01", "-p", "value", "7", "-p", "evaluation", "mine"]) == 0
+    assert (paths.executed_notebooks_dir("r4", "mine") / "01_ok.ipynb").is_file()
+    assert paths.executed_notebooks_dir("r4", "mine") == paths.work_root() / "runs" / "r4" / "evaluations" / "mine"
+    assert not (paths.executed_notebooks_dir("r4") / "01_ok.ipynb").exists()
+
+
+def test_finished_kernels_are_shut_down_without_an_interrupt():
+    """jupyter_client sends SIGINT before every shutdown; a kernel still busy with a message then logged
+    '[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.' after 02_augment (2 of 3 tiny runs)."""
+    import asyncio
+
+    manager = pipeline._quiet_kernel_manager()()
+    with pytest.raises(RuntimeError, match="No kernel is running"):     # an interrupt otherwise goes through
+        asyncio.run(manager._async_interrupt_kernel())
+    manager.shutting_down = True
+    assert asyncio.run(manager._async_interrupt_kernel()) is None

@@ -107,3 +107,13 @@ def test_loader_reads_the_split_and_the_corpus_holds_its_passages(tmp_path, monk
     assert ids[:len(plain)] == plain and len(ids) == len(plain) + corpus.count(probe.transfer_passages_file())
     groups = probe_transfer.groups([{"answer_type": "closed"}, {"answer_type": "invented"}])
     assert groups == {"0": "out of template, closed answers", "1": "out of template, invented answers"}
+
+
+def test_01_index_corpus_with_the_transfer_split(tmp_path, monkeypatch):
+    from regrad_lib import corpora
+
+    monkeypatch.setenv("REGRAD_WORK", str(tmp_path))
+    assert corpora.prepare("data/sample/psgs_w100.tsv", True, True).name == "psgs_w100+probe+transfer.tsv"
+    assert corpora.prepare("data/sample/psgs_w100.tsv", True).name == "psgs_w100+probe.tsv"
+    with pytest.raises(ValueError, match="probe = True too"):
+        corpora.prepare("data/sample/psgs_w100.tsv", False, True)

@@ -1,0 +1,49 @@
+"""Print the drift study of a run as markdown (the numbers README.md quotes): every method's EM and answer NLL,
+CPT's drift chunk by chunk beside ReGrad's point, the paired comparisons, the paired general-ability changes and the
+verdict. Reads only files 05_evaluate wrote (no model).
+
+    .venv/bin/python bench/cpt_report.py --run demo --evaluation cpt --datasets probe
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+METHODS = ("closed_book", "rag", "regrad", "regrad_icl", "cpt", "cpt_rag", "shift", "no_update")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", default="demo")
+    p.add_argument("--evaluation", default=None)
+    p.add_argument("--datasets", default="probe")
+    a = p.parse_args()
+
+    from regrad_lib import analysis, forgetting
+
+    datasets = a.datasets.split(",")
+    rows = analysis.read_summary(a.run, datasets, a.evaluation)
+    print("| dataset | method | EM | answer NLL | n |\n|---|---|---:|---:|---:|")
+    order = {m: i for i, m in enumerate(METHODS)}
+    for r in sorted(rows, key=lambda r: (r.dataset, order.get(r.method, 99))):
+        print(f"| {r.dataset} | {r.method} | {r.em:.1f} | {r.nll:.2f} | {r.n} |")
+    table = forgetting.drift_table(a.run, datasets, a.evaluation)
+    print()
+    print(table.to_markdown() if hasattr(table, "to_markdown") else table)
+    paired = forgetting.paired(a.run, datasets, a.evaluation)
+    print()
+    print(paired.to_markdown() if hasattr(paired, "to_markdown") else paired)
+    changes = forgetting.general_changes(table)
+    print()
+    for c in [] if isinstance(changes, forgetting.Missing) else changes:
+        print(f"- {forgetting.describe_change(c)}")
+    print()
+    print(forgetting.verdict(paired, table, changes))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""Continual post-training (methods cpt, cpt_rag) and the drift measures, on the tiny model: the stream's order, the
+loss it lowers, the drift figures against a hand computation, ReGrad's persistent weights bit for bit, and what each
+cpt_config.json key changes. (Resume after a kill: tests/test_faults.py.)"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from regrad_lib import (artifacts, config, cpt, drift, encode, evaluate, generation, harness, lora, metrics, paths,
+                        prompts, results, tasks, testing)
+from regrad_lib.learner import Learner
+from regrad_lib.methods import SPECS
+
+RUN, DATASET, GENERAL = "cpt-run", "cptqa", "cptgen"
+CFG = {"chunks": 3, "batch_size": 2, "learning_rate": 1e-2, "epochs_per_chunk": 2, "general_passages": 6,
+       "general_questions": 3}
+CORPUS_LINES = 40
+
+
+def _records(n: int) -> list[dict]:
+    """n questions of 3 passages: two of their own and one shared by all (injected once, in chunk 1)."""
+    return [{"test_id": i, "question": f"Which river flows through city {i}?", "answers": [f"river {i}"],
+             "passages": [f"City {i} lies on the river {i} in the north.", f"River {i} is long and wide.",
+                          "Rivers flow to the sea."], "passage_ids": [f"{i}a", f"{i}b", "shared"],
+             "titles": [f"City {i}", f"River {i}", "Rivers"], "scores": [3.0, 2.0, 1.0]} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def study(tiny_model_dir):
+    """A saved tiny run with CFG, a 6-question dev set with its bank, a corpus, and general-question candidates of
+    which the base model answers every other one exactly (their gold set to its own closed-book answer)."""
+    preset = config.load_preset("tiny", {"cpt": CFG})
+    testing.saved_trained_run(RUN, preset, seed=2)
+    records = _records(6)
+    lines = paths.sample_corpus().read_text(encoding="utf-8").splitlines(keepends=True)[:CORPUS_LINES + 1]
+    records[1]["passage_ids"][0] = lines[2].split("\t")[0]       # a corpus passage the dev set retrieves
+    artifacts.write_json(paths.augmented_file(DATASET, "dev"), records)
+    corpus = paths.work_root() / "cpt-corpus.tsv"
+    corpus.write_text("".join(lines), encoding="utf-8")
+    learner = Learner.from_run(RUN)
+    candidates = [{"test_id": 100 + i, "question": f"What is the name of thing number {i}?", "answers": ["x"],
+                   "passages": [], "passage_ids": [], "titles": [], "scores": []} for i in range(10)]
+    asked = drift.answer(learner, [tasks.from_record(r, 0) for r in candidates], SPECS["closed_book"])
+    for i, (record, row) in enumerate(zip(candidates, asked)):
+        record["answers"] = [row["prediction"]] if i % 2 == 0 else ["no such answer at all"]
+    artifacts.write_json(paths.augmented_file(GENERAL, "train_all"), candidates)
+    encode.encode(RUN, DATASET, "dev")
+    return {"learner": learner, "items": evaluate.load_tasks(DATASET), "corpus": str(corpus), "candidates": candidates,
+            "dev_corpus_id": records[1]["passage_ids"][0]}
+
+
+def _evaluate(study, methods, **kwargs):
+    return evaluate.evaluate(RUN, DATASET, methods, learner=study["learner"], general_corpus=study["corpus"],
+                             general_datasets=[GENERAL], **kwargs)
+
+
+def _general(study, **cfg):
+    learner = study["learner"]
+    learner = dataclasses.replace(learner, preset=learner.preset.replace(cpt={**CFG, **cfg}))
+    return learner, drift.general_set(RUN, learner, corpus_path=study["corpus"], datasets=[GENERAL],
+                                      evaluation="g" + "".join(f"-{k}{v}" for k, v in sorted(cfg.items())))
+
+
+def _post(study, name: str, **cfg):
+    learner, general = _general(study)
+    learner = dataclasses.replace(learner, preset=learner.preset.replace(cpt={**CFG, **cfg}))
+    return cpt.post_train(RUN, DATASET, learner, study["items"], cfg=learner.preset.cpt, general=general,
+                          evaluation=name), learner, general
+
+
+# --- the stream ------------------------------------------------------------------------------------------------
+
+def test_the_stream_cuts_the_questions_in_evaluation_order_and_injects_each_bank_passage_once(study):
+    plan = cpt.stream(study["items"], 3)
+    assert [[t.test_id for t in b] for b in plan.blocks] == [[0, 1], [2, 3], [4, 5]]
+    ids = [[p[0] for p in c] for c in plan.chunks]
+    assert ids[0] == ["0a", "0b", "shared", study["dev_corpus_id"], "1b"] and ids[1] == ["2a", "2b", "3a", "3b"]
+    bank = [p.pid for p in encode.passages(DATASET, "dev", 3)]        # the passages the Gradient Bank holds
+    assert [i for c in ids for i in c] == bank
+    assert plan.chunks[0][0] == ("0a", "City 0", "City 0 lies on the river 0 in the north.")
+    with pytest.raises(ValueError, match="cpt chunks = 7 but only 6 questions"):
+        cpt.stream(study["items"], 7)
+
+
+def test_chunks_are_trained_one_after_another_in_stream_order(study, monkeypatch):
+    seen, real = [], cpt.train_chunk
+    monkeypatch.setattr(cpt, "train_chunk", lambda *a, **k: seen.append((a[6], [p[0] for p in a[3]])) or real(*a, **k))
+    post, _, _ = _post(study, "order")
+    plan = cpt.stream(study["items"], 3)
+    assert seen == [(c + 1, [p[0] for p in chunk]) for c, chunk in enumerate(plan.chunks)]
+    # steps: every chunk, epochs_per_chunk passes of ceil(len / batch_size) batches
+    assert [r["steps"] for r in post.drift] == [0, 6, 10, 14]
+    assert [r["documents"] for r in post.drift] == [0, 5, 9, 13] and [r["questions"] for r in post.drift] == [0, 2, 4, 6]
+
+
+def test_cpt_lowers_the_loss_of_the_injected_passages(study):
+    post, learner, _ = _post(study, "lowers")
+    injected = [p for c in post.stream.chunks for p in c]
+    before = drift.text_nll(dataclasses.replace(learner, phi=drift.zero_phi(learner.phi)), injected)
+    after = drift.text_nll(post.learner, injected)
+    assert sum(after) / len(after) < sum(before) / len(before) - 0.05
+    assert sum(a < b for a, b in zip(after, before)) >= len(injected) - 1
+    assert all(not t.requires_grad for t in post.learner.phi.values())
+
+
+# --- the drift figures against a hand computation ------------------------------------------------------------
+
+def _merged(learner: Learner) -> torch.nn.Module:
+    """A copy of the base model with every LoRA merged into its weight (W + s·B·A) and switched off."""
+    model = copy.deepcopy(learner.model)
+    with torch.no_grad():
+        for name, m in lora.modules(model).items():
+            m.base.weight += m.scaling * learner.phi[f"{name}.lora_B"].detach() @ learner.phi[f"{name}.lora_A"].detach()
+            m.enabled = False
+    return model
+
+
+def _hand_nll(model, tokenizer, title: str, text: str, cfg) -> float:
+    title, text = title.strip(), text.strip()
+    words = f"{title}: {text}" if cfg.passage_format == "title_text" and title else text
+    ids = tokenizer(words, add_special_tokens=True)["input_ids"]
+    ids = (prompts.document_start(tokenizer) + ids)[:cfg.bank_context_len]
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        logits = model(input_ids=x).logits[0, :-1]
+    return float(F.cross_entropy(logits, x[0, 1:]))
+
+
+def test_drift_figures_equal_a_hand_computation(study):
+    post, learner, general = _post(study, "hand")
+    last = post.drift[-1]
+    merged = _merged(post.learner)
+    base = [p for n, p in learner.model.named_parameters() if "lora_" not in n]
+    theta = math.sqrt(sum(float(p.double().pow(2).sum()) for p in base))
+    moved = [p.double() - p0.double() for (n, p), p0 in zip(((n, p) for n, p in merged.named_parameters()
+                                                             if "lora_" not in n), base)]
+    delta = math.sqrt(sum(float(d.pow(2).sum()) for d in moved))
+    assert general.theta_norm == pytest.approx(theta, rel=1e-12)
+    assert last["delta_norm"] == pytest.approx(delta, rel=1e-6) and delta > 0
+    assert last["delta_rel"] == pytest.approx(delta / theta, rel=1e-6)
+    assert last["delta_from_base"] == pytest.approx(delta, rel=1e-6)          # lora: the stream starts at the base
+    cfg = learner.preset.learner
+    hand = [_hand_nll(merged, learner.tokenizer, t, x, cfg) for _, t, x in general.passages]
+    assert last["general_text_nlls"] == pytest.approx(hand, abs=2e-5)
+    assert last["general_text_nll"] == pytest.approx(sum(hand) / len(hand), abs=2e-5)
+    # general questions and knowledge: the merged model's own greedy answers and gold NLLs, one by one
+    def answered(items):
+        out = []
+        for t in items:
+            ids = prompts.build_prompt(learner.tokenizer, t.question, None, cfg).ids
+            gen = generation.generate(merged, learner.tokenizer, [ids], max_new_tokens=learner.preset.generation.max_new_tokens,
+                                      score_ids=[prompts.answer_ids(learner.tokenizer, t.answer)], share_prefix=False)[0]
+            out.append((metrics.score(gen.answer, list(t.answers))["em"], gen.answer_nll))
+        return out
+    asked = answered(general.questions)
+    assert general.questions and last["general_correct"] == [em for em, _ in asked]
+    assert last["general_answer_nlls"] == pytest.approx([n for _, n in asked], abs=1e-4)
+    known = answered(study["items"])
+    assert last["knowledge_em"] == pytest.approx(100 * sum(em for em, _ in known) / len(known))
+    assert last["knowledge_nll"] == pytest.approx(sum(n for _, n in known) / len(known), abs=1e-4)
+    assert last["first_block_em"] == pytest.approx(100 * sum(em for em, _ in known[:2]) / 2)
+    assert [r["prediction"] for r in post.rows] == [r["prediction"] for r in
+                                                    harness.run_method("cpt", post.learner, study["items"])]
+
+
+# --- the methods in the harness, ReGrad's persistent weights ---------------------------------------------------
+
+def _persistent(learner: Learner) -> dict[str, torch.Tensor]:
+    return {**{k: v.clone() for k, v in learner.model.state_dict().items()},
+            **{f"alpha.{k}": v.detach().clone() for k, v in learner.alpha.values.items()}}
+
+
+def test_regrad_leaves_the_persistent_weights_bit_for_bit_and_cpt_answers_beside_it(study):
+    learner = study["learner"]
+    before = _persistent(learner)
+    out = _evaluate(study, ["regrad", "shift", "rag", "cpt", "cpt_rag"], evaluation="methods")
+    after = _persistent(learner)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    for method in ("regrad", "shift"):
+        assert out[method]["persistent_unchanged"] is True
+        assert out[method]["persistent_sha256"] == drift.fingerprint(learner)
+    assert "persistent_unchanged" not in out["rag"]
+    assert out["cpt"]["cpt"] == {**{k: CFG[k] for k in cpt.TRAINED_KEYS if k in CFG}, "weights": "lora", "seed": 42}
+    rows = {m: results.predictions(RUN, DATASET, m, "methods") for m in ("cpt", "cpt_rag", "rag")}
+    assert [r["passage_ids"] for r in rows["cpt"]] == [[] for _ in rows["cpt"]]
+    assert [r["passage_ids"] for r in rows["cpt_rag"]] == [r["passage_ids"] for r in rows["rag"]]
+    # kept on a re-run with the same settings; other cpt settings are refused, as for any method
+    assert _evaluate(study, ["cpt", "cpt_rag"], evaluation="methods")["cpt"]["status"] == "kept"
+    with pytest.raises(FileExistsError, match="was computed with"):
+        _evaluate(study, ["cpt"], evaluation="methods", cpt={"learning_rate": 0.5})
+
+
+def test_a_method_that_changes_the_persistent_weights_is_refused(study, monkeypatch):
+    real = evaluate.run_method
+
+    def leaky(method, learner, *args, **kwargs):
+        rows = real(method, learner, *args, **kwargs)
+        with torch.no_grad():
+            next(iter(learner.phi.values())).add_(1e-3)      # a per-question update that was not reverted
+        return rows
+
+    monkeypatch.setattr(evaluate, "run_method", leaky)
+    learner = Learner.from_run(RUN)
+    with pytest.raises(RuntimeError, match="regrad changed the persistent weights"):
+        evaluate.evaluate(RUN, DATASET, ["regrad", "cpt"], learner=learner, general_corpus=study["corpus"],
+                          general_datasets=[GENERAL], evaluation="leaky")
+
+
+# --- the general set -----------------------------------------------------------------------------------------
+
+def test_the_general_set_is_held_out_text_and_training_questions_the_base_model_answers(study):
+    learner, general = _general(study)
+    ids = [p[0] for p in general.passages]
+    corpus = [line.split("\t")[0] for line in open(study["corpus"], encoding="utf-8").read().splitlines()[1:]]
+    assert ids == [i for i in corpus if i != study["dev_corpus_id"]][:CFG["general_passages"]]
+    assert study["dev_corpus_id"] in corpus[:CFG["general_passages"]]          # the one retrieved was skipped
+    known = [c["test_id"] for i, c in enumerate(study["candidates"]) if c["answers"] != ["no such answer at all"]]
+    assert [q.extra["test_id"] for q in general.questions] == known[:CFG["general_questions"]]
+    assert general.points["base"]["general_em"] == 100.0 and general.points["base"]["delta_from_base"] == 0.0
+    assert general.points["meta"]["delta_from_base"] > 0
+    with pytest.raises(ValueError, match="include held-out general passages"):
+        drift.check_disjoint(general, [("zz", "", general.passages[2][2])], "text", "planted")
+    _, more = _general(study, general_questions=2, general_passages=4)
+    assert len(more.questions) == 2 and [p[0] for p in more.passages] == ids[:4]
+
+
+def test_cpt_keys_shape_the_stream(study):
+    lr = {}
+    for name, cfg in {"base": {}, "lr": {"learning_rate": 1e-3}, "epochs": {"epochs_per_chunk": 1},
+                      "chunks": {"chunks": 2}, "batch": {"batch_size": 4}}.items():
+        post, _, _ = _post(study, f"keys-{name}", **cfg)
+        lr[name] = post
+    assert [r["steps"] for r in lr["base"].drift] == [0, 6, 10, 14]
+    assert [r["steps"] for r in lr["epochs"].drift] == [0, 3, 5, 7]                   # epochs_per_chunk 1
+    assert [r["steps"] for r in lr["batch"].drift] == [0, 4, 6, 8]                    # batch_size 4
+    assert [r["chunk"] for r in lr["chunks"].drift] == [0, 1, 2]                      # chunks 2
+    assert [r["documents"] for r in lr["chunks"].drift] == [0, 7, 13]
+    state = artifacts.read_json(paths.cpt_dir(RUN, DATASET, "keys-lr") / cpt.CHECKPOINT / cpt.STATE)
+    assert state["optimizer"]["param_groups"][0]["lr"] == 1e-3
+    assert state["optimizer"]["param_groups"][0]["weight_decay"] == 0.0
+    assert 0 < lr["lr"].drift[-1]["delta_norm"] < lr["base"].drift[-1]["delta_norm"]
+
+
+def test_cpt_weights_choose_what_is_trained(study):
+    learner = study["learner"]
+    before = _persistent(learner)
+    fresh, _, general = _post(study, "w-lora")
+    assert fresh.learner.model is learner.model and fresh.drift[0]["delta_from_base"] == 0.0
+    fresh_start = lora.fresh(learner.model, learner.preset.peft, learner.preset.train.seed)
+    created = Learner.create(learner.preset).phi                   # what 03_train starts from with this seed
+    assert fresh_start.keys() == created.keys() and all(torch.equal(fresh_start[n], created[n]) for n in created)
+    phi, _, _ = _post(study, "w-phi", weights="phi")
+    assert phi.drift[0]["delta_from_base"] == pytest.approx(general.points["meta"]["delta_from_base"], rel=1e-9)
+    assert phi.drift[0]["general_text_nll"] == pytest.approx(general.points["meta"]["general_text_nll"], abs=1e-6)
+    full, _, _ = _post(study, "w-full", weights="full")
+    assert full.learner.model is not learner.model
+    assert all(not bool(t.any()) for t in full.learner.phi.values())            # the LoRA adds exactly nothing
+    assert full.drift[-1]["delta_norm"] > 0 and full.drift[-1]["delta_norm"] == full.drift[-1]["delta_from_base"]
+    after = _persistent(learner)
+    assert all(torch.equal(before[k], after[k]) for k in before)                # the run's weights untouched
+    half = dataclasses.replace(learner, model=copy.deepcopy(learner.model).to(torch.bfloat16))
+    with pytest.raises(ValueError, match="trains every base weight in fp32"):
+        cpt._trainee(half, config.CptConfig(weights="full"))
+
+
+def test_the_questions_left_out_of_the_general_set_are_the_ones_meta_training_took(tiny_model_dir, monkeypatch):
+    from regrad_lib import train
+
+    records = [{"test_id": i, "question": f"Capital of country {i}?", "answers": [f"city {i}"],
+                "passages": [f"City {i} is the capital of country {i}.", "A city."], "passage_ids": [f"c{i}", "c"],
+                "titles": ["", ""], "scores": [2.0, 1.0]} for i in range(10)]
+    artifacts.write_json(paths.augmented_file("cpttrain", "train_all"), records)
+    preset = config.load_preset("tiny", {"train": {"max_steps": 5, "meta_batch_size": 2, "tasks_per_forward": 2,
+                                                   "validation_size": 2, "topk": 2, "eval_steps": 100,
+                                                   "metric_for_best_model": "loss"}})
+    taken, real = [], train.meta_step
+    monkeypatch.setattr(train, "meta_step", lambda learner, opt, params, batch, lr: taken.extend(
+        (t.extra["dataset"], t.test_id) for t in batch) or real(learner, opt, params, batch, lr))
+    summary = train.train("cpt-meta", preset, ["cpttrain"])
+    assert summary["steps"] == 5 and len(taken) == 10 and len(set(taken)) < 10     # into a second epoch
+    validation = {("cpttrain", t.test_id) for t in train.split_tasks(train.load_tasks(["cpttrain"], "train_all", 2),
+                                                                     2, 42).validation}
+    assert drift.meta_trained("cpt-meta") == set(taken) | validation
+    assert drift.training_file("cpt-meta", "cpttrain") == "train_all"
+
+
+def test_05s_cpt_parameters_are_checked_first_and_reach_the_command_line(study):
+    from regrad_lib import launch
+
+    common = dict(run=RUN, datasets=[DATASET], methods=["cpt", "cpt_rag"], general_datasets=[GENERAL],
+                  general_corpus=study["corpus"])
+    with pytest.raises(config.ConfigError, match="cpt parameters: .*weights = 'adapter' is not allowed"):
+        evaluate.EvaluateSettings(**common, cpt_weights="adapter")
+    with pytest.raises(FileNotFoundError, match="general_corpus='nope.tsv' not found"):
+        evaluate.EvaluateSettings(**{**common, "general_corpus": "nope.tsv"})
+    with pytest.raises(FileNotFoundError, match="written by 02_augment"):
+        evaluate.EvaluateSettings(**{**common, "general_datasets": ["nosuchqa"]})
+    settings = evaluate.EvaluateSettings(**common, cpt_chunks=2, cpt_learning_rate=0.5)
+    assert settings.cpt == {"learning_rate": 0.5, "epochs_per_chunk": None, "chunks": 2, "weights": None}
+    assert cpt.resolve(RUN, settings.cpt) == config.CptConfig(**{**CFG, "chunks": 2, "learning_rate": 0.5})
+    name, again, _ = launch.parse_args(["evaluate", *launch.to_argv(settings)])
+    assert name == "evaluate" and again.cpt == settings.cpt and again.general_datasets == [GENERAL]
