@@ -32,7 +32,7 @@ demo: model
 # its results beside the demo's as a named evaluation or run, and its report under reference/experiments/.
 RUNNER := $(BIN)/python -m regrad_lib.pipeline
 PUBMEDQA_ROOT ?= ../shared/data/domains
-experiments: experiments-cpt experiments-sweeps experiments-pubmedqa
+experiments: experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer
 
 # ReGrad against continual post-training (CPT) and RAG on the probe and PopQA, drift measured after every chunk.
 experiments-cpt: model
@@ -64,6 +64,15 @@ experiments-pubmedqa: model
 	mkdir -p reference/experiments
 	$(BIN)/python bench/domain_report.py --run pubmedqa --dataset pubmedqa --data-root $(PUBMEDQA_ROOT) \
 		> reference/experiments/pubmedqa.md
+
+# The probe's transfer split (relations, question templates and passage styles never meta-trained) on the demo run:
+# its own index (no meta-training question can retrieve a transfer passage), its bank and the five methods; 06 then
+# shows in template beside out of template with rag beside regrad (README "How far the effect transfers").
+experiments-transfer: model
+	$(RUNNER) --run demo --steps 01-02 -p datasets probe_transfer -p index miniwiki-transfer -p transfer true \
+		-p train_datasets '[]' -p limit_per_dataset '{"probe_transfer": 60}'
+	$(RUNNER) --run demo --steps 04-06 -p datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions,probe,probe_transfer \
+		-p question null
 
 # Unit tests, then nbval over papermill-prepared copies of the six notebooks (the whole 01->06 chain, tiny preset).
 TEST_WORK := $(CURDIR)/.test-work
