@@ -73,6 +73,8 @@ experiments-transfer: model
 		-p train_datasets '[]' -p limit_per_dataset '{"probe_transfer": 60}'
 	$(RUNNER) --run demo --steps 04-06 -p datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions,probe,probe_transfer \
 		-p question null
+	mkdir -p reference/experiments
+	$(BIN)/python bench/transfer_report.py --run demo > reference/experiments/transfer.md
 
 # Unit tests, then nbval over papermill-prepared copies of the six notebooks (the whole 01->06 chain, tiny preset).
 TEST_WORK := $(CURDIR)/.test-work

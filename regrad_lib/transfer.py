@@ -113,6 +113,8 @@ def transfer_table(run: str, datasets: Sequence[str], data_root: str = "data/sam
         right = {m: {k: metrics.score(rows_of[(k[0], m)][k[1]]["prediction"],
                                       rows_of[(k[0], m)][k[1]]["answers"])["em"] == 1.0
                      for k in keys if (k[0], m) in rows_of and k[1] in rows_of[(k[0], m)]} for m in present}
+        if not right.get("regrad"):      # a group whose dataset was not evaluated
+            continue
         em = {m: 100 * sum(v.values()) / len(v) for m, v in right.items() if v}
         nll = None
         if "shift" in present:

@@ -75,6 +75,10 @@ def test_verdict_names_where_regrad_is_below_rag_and_the_targets(run):
     assert "Out of template, closed answers: regrad − shift = +100.0 EM points, half of rag = 50.0: the target " \
            "(≥ +20 and ≥ half of rag) is reached" in text
     assert "Out of template, invented answers: regrad − shift = +0.0 EM points" in text and "is not reached" in text
+    for method in PRED:                     # the probe not evaluated: its groups are left out, not shown empty
+        analysis.predictions_file(name, "probe", method).unlink()
+    only = transfer.transfer_table(name, ["probe", "probe_transfer"], root)
+    assert [r.group for r in only] == ["out of template, invented answers", "out of template, closed answers"]
     missing = transfer.transfer_table(name, ["probe"], root)
     assert isinstance(missing, analysis.Missing) and "probe_transfer" in missing.message
     assert transfer.verdict(missing).startswith("No transfer verdict")
