@@ -22,11 +22,18 @@ def main() -> None:
     p.add_argument("--evaluation", default=None)
     a = p.parse_args()
 
-    from regrad_lib import effects, transfer
+    from regrad_lib import effects, paths, results, transfer
 
     datasets = ["probe", "probe_transfer"]
     table = transfer.transfer_table(a.run, datasets, a.data_root, evaluation=a.evaluation)
     print(f"# How far the update transfers (run {a.run})\n")
+    for d in datasets:       # which code answered (git revision recorded in each result file)
+        file = results.method_files(a.run, d, "regrad", a.evaluation)[1]
+        if file.is_file():
+            rev = results.read_metrics(file).get("provenance", {}).get("git_revision", "?")
+            print(f"{d}: regrad answered at commit {rev[:7]}{' (dirty)' if rev.endswith('-dirty') else ''}"
+                  f" ({paths.relative(file)})  ")
+    print()
     print(table, "\n")
     print(transfer.verdict(table), "\n")
     print("## How the answers miss\n")
