@@ -49,7 +49,7 @@ experiments-sweeps: model
 	$(RUNNER) --run demo --steps 05,06 -p evaluation sweeps -p datasets probe,popqa -p sweep_datasets probe,popqa \
 		-p methods regrad -p gammas '[]' -p topks '[1,2,3,5]' -p mixed_sweep '[0.0,0.34,0.67,1.0]' -p question null
 	mkdir -p reference/experiments
-	$(BIN)/python -m regrad_lib.reference save --run demo --evaluation sweeps --reference reference/experiments/sweeps
+	cp results/demo/evaluations/sweeps/sweeps.csv reference/experiments/sweeps.csv
 
 # The medicine domain on the real PubMedQA PQA-L files (PUBMEDQA_ROOT holds pubmedqa/ori_pqal.json and
 # test_ground_truth.json): meta-training on the 500 non-test questions, evaluation on the first PUBMEDQA_LIMIT of

@@ -59,6 +59,9 @@ BEFORE = (
 SECOND = WorkedExample("Velloran Ferry", "The Velloran Ferry crosses the Ombrel Sound twice a day. Its hull is "
                        "painted in broad stripes. The crossing takes forty minutes.",
                        "Which stretch of water does the Velloran Ferry cross?", "Ombrel Sound", "Velloran Ferry")
+THIRD = WorkedExample("Orrin Lighthouse", "The Orrin Lighthouse stands on a granite spit. A stair of ninety-one steps "
+                      "leads to its lamp room. Its keeper's cottage is now a small museum.",
+                      "How many steps lead to the lamp room of the Orrin Lighthouse?", "ninety-one", "Orrin Lighthouse")
 
 
 def emit(**row) -> None:
@@ -182,7 +185,10 @@ def examples(args, preset) -> None:
 
     base = Learner.create(preset)
     tok = base.tokenizer
-    frames = (("one", prompts.EXAMPLES), ("two", (*prompts.EXAMPLES, SECOND)), ("before (three)", BEFORE))
+    frames = [(name, worked) for name, worked in (
+        ("one", prompts.EXAMPLES[:1]), ("two", (*prompts.EXAMPLES[:1], SECOND)),
+        ("three", (*prompts.EXAMPLES[:1], SECOND, THIRD)), ("before (three)", BEFORE))
+        if name.split()[0] in args.frames.split(",")]
     for dataset in args.datasets:
         items = evaluate.load_tasks(dataset, "train_all", args.topk, args.questions)
         for name, worked in frames:
@@ -234,6 +240,8 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="lengths: first dev questions per dataset")
     p.add_argument("--questions", type=int, default=20)
     p.add_argument("--run", default=None, help="terminator: a trained run of the preset, e.g. demo")
+    p.add_argument("--frames", default="one,two,three,before", help="examples: which frames (one, two, three: "
+                   "invented and neutral; before: the three of before issue 20)")
     p.add_argument("--budgets", default="128,256")
     p.add_argument("--passages", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=8)
