@@ -26,7 +26,7 @@ def main() -> None:
 
     datasets = ["probe", "probe_transfer"]
     table = transfer.transfer_table(a.run, datasets, a.data_root, evaluation=a.evaluation)
-    print(f"# How far the update transfers (run {a.run})\n")
+    print(f"**How far the update transfers (run {a.run})**\n")
     for d in datasets:       # which code answered (git revision recorded in each result file)
         file = results.method_files(a.run, d, "regrad", a.evaluation)[1]
         if file.is_file():
@@ -36,10 +36,10 @@ def main() -> None:
     print()
     print(table, "\n")
     print(transfer.verdict(table), "\n")
-    print("## How the answers miss\n")
+    print("**How the answers miss**\n")
     print(transfer.echo_table(a.run, datasets, a.data_root, evaluation=a.evaluation,
                               methods=("regrad", "rag", "shift", "no_update")), "\n")
-    print("## Paired effects on the transfer split (all 60 questions)\n")
+    print("**Paired effects on the transfer split (all its questions)**\n")
     print(effects.effect_table(a.run, ["probe_transfer"], evaluation=a.evaluation))
 
 
