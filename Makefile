@@ -32,7 +32,7 @@ demo: model
 # its results beside the demo's as a named evaluation or run, and its report under reference/experiments/.
 RUNNER := $(BIN)/python -m regrad_lib.pipeline
 PUBMEDQA_ROOT ?= ../shared/data/domains
-experiments: experiments-cpt experiments-sweeps experiments-pubmedqa
+experiments: experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer
 
 # ReGrad against continual post-training (CPT) and RAG on the probe and PopQA, drift measured after every chunk.
 experiments-cpt: model
@@ -65,10 +65,22 @@ experiments-pubmedqa: model
 	$(BIN)/python bench/domain_report.py --run pubmedqa --dataset pubmedqa --data-root $(PUBMEDQA_ROOT) \
 		> reference/experiments/pubmedqa.md
 
+# The probe's transfer split (relations, question templates and passage styles never meta-trained) on the demo run:
+# its own index (no meta-training question can retrieve a transfer passage), its bank and the five methods; 06 then
+# shows in template beside out of template with rag beside regrad (README "How far the effect transfers").
+experiments-transfer: model
+	$(RUNNER) --run demo --steps 01-02 -p datasets probe_transfer -p index miniwiki-transfer -p transfer true \
+		-p train_datasets '[]' -p limit_per_dataset '{"probe_transfer": 60}'
+	$(RUNNER) --run demo --steps 04-06 -p datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions,probe,probe_transfer \
+		-p question null
+	mkdir -p reference/experiments
+	$(BIN)/python bench/transfer_report.py --run demo > reference/experiments/transfer.md
+
 # Unit tests, then nbval over papermill-prepared copies of the six notebooks (the whole 01->06 chain, tiny preset).
 TEST_WORK := $(CURDIR)/.test-work
-# Every method runs in the chain (regrad_icl, regrad_online, its controls, cpt), and the binding probe.
-NBVAL_PARAMS := --preset tiny --datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions,probe,pubmedqa,probe_binding \
+# Every method runs in the chain (regrad_icl, regrad_online, its controls, cpt), the binding probe and the transfer split.
+NBVAL_PARAMS := --preset tiny --datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions,probe,pubmedqa,probe_binding,probe_transfer \
+	-p transfer true \
 	--train-datasets popqa,hotpotqa,probe,pubmedqa -p limit 6 -p limit_per_dataset '{}' -p train_limit 16 -p max_steps 3 \
 	-p gammas '[0.0,1.0]' -p index nbval -p frontier_schemes '["fp32","int8"]' -p probe_binding true \
 	-p methods closed_book,rag,regrad,regrad_icl,regrad_online,shift,no_update,no_update_icl,shift_icl,cpt,cpt_rag

@@ -17,7 +17,8 @@ new word. Train and dev people are disjoint; the relation ``sport`` is never ask
 appear in training passages), so dev shows whether what was meta-learned transfers to an unseen relation.
 
 :func:`combined_corpus` writes a corpus file = a base corpus + the probe passages (``data/corpora/``), which
-01_index indexes when ``probe = True``.
+01_index indexes when ``probe = True`` (plus the transfer split's passages, :mod:`regrad_lib.probe_transfer`, in
+a separate index when ``transfer = True``).
 """
 
 from __future__ import annotations
@@ -188,36 +189,48 @@ def passages_file(folder: str | Path | None = None) -> Path:
     return paths.resolve(folder or paths.sample_dir() / "probe") / "passages.tsv"
 
 
-def combined_corpus(base: str | Path, probe_passages: str | Path | None = None, suffix: str = "probe") -> Path:
-    """A corpus file holding ``base``'s passages then the probe's: ``data/corpora/<base>+<suffix>.tsv``.
+def transfer_passages_file() -> Path:
+    """The transfer split's passages (:mod:`regrad_lib.probe_transfer`)."""
+    return paths.sample_dir() / "probe_transfer" / "passages.tsv"
 
-    Written once (atomically) and rewritten only when either input changes (their signatures are kept in a
-    sidecar), so 01_index reopens its index instead of rebuilding it.
+
+def combined_corpus(base: str | Path, probe_passages: str | Path | None = None, transfer: bool = False,
+                    suffix: str = "probe") -> Path:
+    """A corpus file holding ``base``'s passages then the probe's (``probe_passages``, named ``suffix``):
+    ``data/corpora/<base>+<suffix>.tsv``; with
+    ``transfer`` also the transfer split's (:mod:`regrad_lib.probe_transfer`): ``<base>+probe+transfer.tsv``, a
+    separate index, so the meta-training questions never retrieve a transfer passage.
+
+    Written once (atomically) and rewritten only when an input changes (their signatures are kept in a sidecar),
+    so 01_index reopens its index instead of rebuilding it.
     """
     from .retriever import corpus_signature
 
     base, extra = paths.resolve(base), paths.resolve(probe_passages or passages_file())
-    for f in (base, extra):
+    extras = {suffix: extra, **({"transfer": transfer_passages_file()} if transfer else {})}
+    for f in (base, *extras.values()):
         if not f.is_file():
             raise FileNotFoundError(f"{f} not found: the combined corpus needs the base corpus and the probe's "
-                                    "passages.tsv (python -m regrad_lib.probe --write data/sample/probe)")
+                                    "passages.tsv (python -m regrad_lib.probe --write data/sample/probe; "
+                                    "python -m regrad_lib.probe_transfer --write data/sample/probe_transfer)")
     if corpus._kind(base) != "tsv" or base.suffix == ".gz":
         raise ValueError(f"{paths.relative(base)}: the probe can be added to a plain DPR .tsv corpus only")
     stem = base.name[: -len(".tsv")]
-    target = paths.work_root() / "data" / "corpora" / f"{stem}+{suffix}.tsv"
+    target = paths.work_root() / "data" / "corpora" / f"{stem}+{'+'.join(extras)}.tsv"
     sidecar = target.with_name(target.name + ".sources.json")
-    sources = {"base": corpus_signature(base), "probe": corpus_signature(extra)}
+    sources = {"base": corpus_signature(base), **{k: corpus_signature(f) for k, f in extras.items()}}
     if target.is_file() and sidecar.is_file() and artifacts.read_json(sidecar) == sources:
         return target
     with artifacts.atomic_path(target) as tmp, tmp.open("wb") as out:
-        for source, skip_header in ((base, False), (extra, True)):
+        for source, skip_header in ((base, False), *((f, True) for f in extras.values())):
             with source.open("rb") as f:
                 if skip_header:
                     f.readline()
                 data = f.read()
             out.write(data if data.endswith(b"\n") or not data else data + b"\n")
     artifacts.write_json(sidecar, sources)
-    log.info("wrote %s (%s + %s)", paths.relative(target), paths.relative(base), paths.relative(extra))
+    log.info("wrote %s (%s + %s)", paths.relative(target), paths.relative(base),
+             " + ".join(paths.relative(f) for f in extras.values()))
     return target
 
 

@@ -78,9 +78,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 LAYERS = {
     0: "paths artifacts config checkpoint run_state schemes metrics distributed notebook pipeline tolerance "
        "params ownership runlock tensorfile",
-    1: "corpus qa_records pubmedqa datasets retriever retrieval_es retrieval probe probe_binding corpora augment prompts",
+    1: "corpus qa_records pubmedqa datasets retriever retrieval_es retrieval probe probe_binding probe_transfer corpora augment prompts",
     2: "lora tiny_model modeling regrad tasks generation bank_format bank bank_writer methods adapters learner",
-    3: "analysis effects binding forgetting figure_style training_plots bank_plots plots reference_tables reference_render "
+    3: "analysis effects binding transfer forgetting figure_style training_plots bank_plots plots reference_tables reference_render "
        "reference_compare reference",
     4: "harness results lazy_learner sweeps train_data schedule run_folder train encode drift cpt evaluate frontier explore "
        "launch",
