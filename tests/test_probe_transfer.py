@@ -113,7 +113,8 @@ def test_01_index_corpus_with_the_transfer_split(tmp_path, monkeypatch):
     from regrad_lib import corpora
 
     monkeypatch.setenv("REGRAD_WORK", str(tmp_path))
-    assert corpora.prepare("data/sample/psgs_w100.tsv", True, True).name == "psgs_w100+probe+transfer.tsv"
+    assert corpora.prepare("data/sample/psgs_w100.tsv", True, transfer=True).name == "psgs_w100+probe+transfer.tsv"
+    assert corpora.prepare("data/sample/psgs_w100.tsv", True, True, True).name == "psgs_w100+probe+binding+transfer.tsv"
     assert corpora.prepare("data/sample/psgs_w100.tsv", True).name == "psgs_w100+probe.tsv"
     with pytest.raises(ValueError, match="probe = True too"):
-        corpora.prepare("data/sample/psgs_w100.tsv", False, True)
+        corpora.prepare("data/sample/psgs_w100.tsv", False, transfer=True)
