@@ -9,7 +9,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup model demo experiments experiments-cpt experiments-sweeps experiments-pubmedqa test lab clean-artifacts
+.PHONY: setup model demo experiments experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer experiments-binding test lab clean-artifacts
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ demo: model
 # its results beside the demo's as a named evaluation or run, and its report under reference/experiments/.
 RUNNER := $(BIN)/python -m regrad_lib.pipeline
 PUBMEDQA_ROOT ?= ../shared/data/domains
-experiments: experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer
+experiments: experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer experiments-binding
 
 # ReGrad against continual post-training (CPT) and RAG on the probe and PopQA, drift measured after every chunk.
 experiments-cpt: model
@@ -75,6 +75,20 @@ experiments-transfer: model
 		-p question null
 	mkdir -p reference/experiments
 	$(BIN)/python bench/transfer_report.py --run demo > reference/experiments/transfer.md
+
+# The binding probe (three family members with one relation's different values in every top-3: does the update carry
+# the asked person's value?) and regrad_icl against rag and its two controls (no_update_icl, shift_icl).
+ICL_METHODS := '["regrad_icl","no_update_icl","shift_icl"]'
+experiments-binding: model
+	$(RUNNER) --run demo --steps 01 -p probe_binding true -p index miniwiki-binding
+	$(RUNNER) --run demo --steps 02 --datasets probe_binding -p train_datasets '[]' -p index miniwiki-binding \
+		-p limit_per_dataset '{"probe_binding": 60}'
+	$(RUNNER) --run demo --steps 04 --datasets probe_binding
+	$(RUNNER) --run demo --steps 05 --datasets probe_binding -p gammas '[]' -p question null \
+		-p methods '["closed_book","rag","regrad","shift","no_update","regrad_icl","no_update_icl","shift_icl"]'
+	$(RUNNER) --run demo --steps 05 --datasets popqa,probe -p methods $(ICL_METHODS) -p gammas '[]' -p question null
+	mkdir -p reference/experiments
+	$(BIN)/python bench/binding_report.py --run demo --datasets popqa,probe,probe_binding > reference/experiments/binding.md
 
 # Unit tests, then nbval over papermill-prepared copies of the six notebooks (the whole 01->06 chain, tiny preset).
 TEST_WORK := $(CURDIR)/.test-work

@@ -200,7 +200,8 @@ def experiment_block(name: str) -> str:
 def block(name: str, results: Results, folder: str) -> str:
     makers = {"probe": probe_block, "datasets": datasets_block, "seeds": seeds_block,
               "source": lambda r: source_block(r, folder), "cpt": lambda r: experiment_block("cpt"),
-              "pubmedqa": lambda r: experiment_block("pubmedqa"), "transfer": lambda r: experiment_block("transfer")}
+              "pubmedqa": lambda r: experiment_block("pubmedqa"), "transfer": lambda r: experiment_block("transfer"),
+              "binding": lambda r: experiment_block("binding")}
     if name not in makers:
         raise ValueError(f"unknown reference block {name!r}; blocks are {sorted(makers)}")
     return makers[name](results)
