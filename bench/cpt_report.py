@@ -33,9 +33,14 @@ def main() -> None:
     a = p.parse_args()
     print(trained_at(a.run) + "\n")
 
-    from regrad_lib import analysis, forgetting
+    from regrad_lib import analysis, artifacts, forgetting, paths
 
     datasets = a.datasets.split(",")
+    for dataset in datasets:     # the CPT settings each stream was trained with (drift.json)
+        drift_file = paths.cpt_dir(a.run, dataset, a.evaluation) / "drift.json"
+        if drift_file.is_file():
+            print(f"CPT on {dataset}: {artifacts.read_json(drift_file)['settings']['cpt']}")
+    print()
     rows = analysis.read_summary(a.run, datasets, a.evaluation)
     print("| dataset | method | EM | answer NLL | n |\n|---|---|---:|---:|---:|")
     order = {m: i for i, m in enumerate(METHODS)}

@@ -97,7 +97,12 @@ def resolve(run: str, overrides: dict | None = None) -> config.CptConfig:
     keeps the run's value), validated."""
     from .run_state import trained_state
 
-    cfg = config.load_preset(trained_state(run, allow_unfinished=True).parent).cpt
+    folder = trained_state(run, allow_unfinished=True).parent
+    cfg = config.load_preset(folder).cpt
+    if not (folder / config.OPTIONAL_FILES["cpt"]).is_file():
+        # a run trained before cpt_config.json existed: its preset's chosen settings are not known here
+        log.warning("%s has no %s: continual post-training uses the defaults %s unless 05's cpt_* parameters "
+                    "say otherwise", paths.relative(folder), config.OPTIONAL_FILES["cpt"], dataclasses.asdict(cfg))
     changes = {k: v for k, v in (overrides or {}).items() if v is not None}
     unknown = set(changes) - {f.name for f in dataclasses.fields(config.CptConfig)}
     if unknown:
