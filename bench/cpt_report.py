@@ -39,7 +39,7 @@ def main() -> None:
     for dataset in datasets:     # the CPT settings each stream was trained with (drift.json)
         drift_file = paths.cpt_dir(a.run, dataset, a.evaluation) / "drift.json"
         if drift_file.is_file():
-            print(f"CPT on {dataset}: {artifacts.read_json(drift_file)['settings']['cpt']}")
+            print(f"- CPT on {dataset}: {artifacts.read_json(drift_file)['settings']['cpt']}")
     print()
     rows = analysis.read_summary(a.run, datasets, a.evaluation)
     print("| dataset | method | EM | answer NLL | n |\n|---|---|---:|---:|---:|")
