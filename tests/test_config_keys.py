@@ -95,7 +95,6 @@ def test_every_key_names_an_existing_test():
 
 def test_rank_and_lora_alpha_set_shapes_and_scale(tiny):
     base, tok = tiny
-    ids = torch.tensor([tok("Paris is a city").input_ids])
     deltas = {}
     for r, lora_alpha in ((2, 4), (2, 8)):
         model = copy.deepcopy(base)
