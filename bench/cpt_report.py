@@ -16,22 +16,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 METHODS = ("closed_book", "rag", "regrad", "regrad_icl", "cpt", "cpt_rag", "shift", "no_update")
 
 
-
-def trained_at(run: str) -> str:
-    """Which run the report reads and the commit it was trained at (its provenance.json)."""
-    from regrad_lib import artifacts, paths
-
-    file = paths.output_dir(run) / "provenance.json"
-    revision = artifacts.read_json(file).get("git_revision") if file.is_file() else None
-    return f"Run `{run}`, trained at commit {str(revision)[:7] if revision else '(not recorded)'}."
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default="demo")
     p.add_argument("--evaluation", default=None)
     p.add_argument("--datasets", default="probe")
     a = p.parse_args()
-    print(trained_at(a.run) + "\n")
+    from regrad_lib.run_state import trained_revision
+
+    revision = trained_revision(a.run)
+    print(f"Run `{a.run}`, trained at commit {revision[:7] if revision else '(not recorded)'}.\n")
 
     from regrad_lib import analysis, artifacts, forgetting, paths
 

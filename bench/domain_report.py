@@ -18,15 +18,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-
-def trained_at(run: str) -> str:
-    """Which run the report reads and the commit it was trained at (its provenance.json)."""
-    from regrad_lib import artifacts, paths
-
-    file = paths.output_dir(run) / "provenance.json"
-    revision = artifacts.read_json(file).get("git_revision") if file.is_file() else None
-    return f"Run `{run}`, trained at commit {str(revision)[:7] if revision else '(not recorded)'}."
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True)
@@ -34,7 +25,11 @@ def main() -> None:
     p.add_argument("--data-root", default="data/sample")
     p.add_argument("--evaluation", default=None)
     a = p.parse_args()
-    print(trained_at(a.run) + "\n")
+
+    from regrad_lib.run_state import trained_revision
+
+    revision = trained_revision(a.run)
+    print(f"Run `{a.run}`, trained at commit {revision[:7] if revision else '(not recorded)'}.\n")
 
     from regrad_lib import analysis, augment, datasets, effects, metrics, paths, pubmedqa
 

@@ -83,7 +83,8 @@ def _old(target: Path) -> Path:
     return target.with_name(f".{target.name}.old")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id exists (one of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -104,7 +105,7 @@ def recover_dir(target: str | os.PathLike) -> Path | None:
     if target.parent.is_dir():
         for stray in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
             pid = stray.name[len(target.name) + 2:].split(".", 1)[0]
-            if stray.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            if stray.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(stray, ignore_errors=True)
     if new.is_dir():                       # complete: promote it
         if target.exists():

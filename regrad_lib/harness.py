@@ -14,15 +14,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from tqdm.auto import tqdm
 
 from . import distributed, generation, lora, metrics, prompts, tasks
+from .learner import Learner
 from .methods import SPECS, MethodSpec, check_methods, checked_bank, method_weights
-
-if TYPE_CHECKING:
-    from .learner import Learner
 
 log = logging.getLogger(__name__)
 

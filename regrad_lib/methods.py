@@ -29,14 +29,15 @@ A new method is one :class:`MethodSpec` in :data:`SPECS` (docs/design.md, "Where
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
 from . import generation, regrad, tasks
 
-if TYPE_CHECKING:
-    from .learner import Learner
+# A regrad_lib.learner.Learner. Not imported, even for type checking: the learner sits above this module (it
+# loads warm-start adapters, which use question_weights), and tests/test_layers.py counts every import.
+Learner = Any
 
 METHODS = ("closed_book", "rag", "regrad", "regrad_icl", "regrad_online", "shift", "no_update", "no_update_icl",
            "shift_icl", "cpt", "cpt_rag")

@@ -35,6 +35,7 @@ from typing import Sequence
 from . import analysis, artifacts, effects, metrics, paths
 from .reference_tables import (DEFAULT_FOLDER, META, NOT_SCORES, PROBE, TABLES, TEXT_COLUMNS, Results,  # noqa: F401
                                read_table)
+from .run_state import trained_revision
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +138,9 @@ def collect(run: str, seed_runs: Sequence[str] = (), data_root: str = "data/samp
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"runs {[run, *seed_runs]} have the training seeds {seeds}: each run must have its own")
     results.meta = {"run": run, "runs": dict(zip(seeds, [run, *seed_runs])), "main_seed": seeds[0],
-                    "trained_at": {seed: _trained_revision(r) for seed, r in zip(seeds, [run, *seed_runs])},
+                    "trained_at": {seed: trained_revision(r) for seed, r in zip(seeds, [run, *seed_runs])},
                     "evaluation": evaluation, "data_root": data_root, "split": split}
     return results
-
-
-def _trained_revision(run: str) -> str | None:
-    """The git revision 03_train recorded for ``run`` (the code that made the results), if any."""
-    file = paths.output_dir(run) / "provenance.json"
-    return artifacts.read_json(file).get("git_revision") if file.is_file() else None
 
 
 # --- the folder ------------------------------------------------------------------------------------------------

@@ -58,3 +58,9 @@ def trained_state(run: str, allow_unfinished: bool = False) -> Path:
     if not allow_unfinished and not run_finished(run):
         raise UnfinishedRunError(unfinished_message(run))
     return state
+
+
+def trained_revision(run: str) -> str | None:
+    """The git revision 03_train recorded for ``run`` in its provenance (the code that made it), if any."""
+    file = paths.output_dir(run) / "provenance.json"
+    return artifacts.read_json(file).get("git_revision") if file.is_file() else None

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import distributed, paths
+from . import artifacts, distributed, paths
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +58,7 @@ def _describe(holder: dict) -> str:
 
 
 def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 and artifacts.pid_alive(pid)
 
 
 def _busy(run: str, path: Path, holder: dict) -> RunBusyError:

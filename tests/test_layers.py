@@ -2,7 +2,7 @@
 from the source with ``ast``.
 
 Every import of a ``regrad_lib`` module counts, also one inside a function (it is still a dependency, only a
-later one); imports under ``if TYPE_CHECKING:`` are annotations only and do not.
+later one), and so does one under ``if TYPE_CHECKING:`` (a type that points up the layers is a dependency too).
 """
 
 import ast
@@ -13,21 +13,11 @@ import pytest
 LIB = Path(__file__).resolve().parent.parent / "regrad_lib"
 
 
-def _type_checking_only(node: ast.AST) -> bool:
-    test = node.test if isinstance(node, ast.If) else None
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def _imports(tree: ast.AST, modules: set[str]) -> set[str]:
     """The regrad_lib modules a module's source imports (relative or absolute)."""
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _type_checking_only(node):
-            for child in node.orelse:
-                visit(child)
-            return
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level == 1 or base.startswith("regrad_lib"):
@@ -112,8 +102,10 @@ def test_the_cycle_finder_names_a_planted_circle(tmp_path):
                                    "import regrad_lib.a\n")
     (tmp_path / "d.py").write_text("from . import c\n")
     graph = import_graph(tmp_path)
-    assert graph == {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"c"}}
+    assert graph == {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": {"c"}}
     assert find_cycle(graph) == ["a", "b", "c", "a"]
+    (tmp_path / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import d\n")
+    assert find_cycle(import_graph(tmp_path)) == ["c", "d", "c"]     # a type-only import closes a circle too
     (tmp_path / "c.py").write_text("x = 1\n")
     assert find_cycle(import_graph(tmp_path)) is None
 
