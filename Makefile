@@ -66,13 +66,15 @@ experiments-pubmedqa: model
 		> reference/experiments/pubmedqa.md
 
 # The probe's transfer split (relations, question templates and passage styles never meta-trained) on the demo run:
-# its own index (no meta-training question can retrieve a transfer passage), its bank and the five methods; 06 then
-# shows in template beside out of template with rag beside regrad (README "How far the effect transfers").
+# its own index (no meta-training question can retrieve a transfer passage), its bank and six methods (regrad_icl also
+# on the probe, for the in-template row); 06 then shows in template beside out of template with rag beside regrad
+# (README "How far the effect transfers").
 experiments-transfer: model
 	$(RUNNER) --run demo --steps 01-02 -p datasets probe_transfer -p index miniwiki-transfer -p transfer true \
 		-p train_datasets '[]' -p limit_per_dataset '{"probe_transfer": 60}'
-	$(RUNNER) --run demo --steps 04-06 -p datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions,probe,probe_transfer \
-		-p question null
+	$(RUNNER) --run demo --steps 04-05 -p datasets probe,probe_transfer -p gammas '[]' -p question null \
+		-p methods closed_book,rag,regrad,regrad_icl,shift,no_update
+	$(RUNNER) --run demo --steps 06 -p datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions,probe,probe_transfer
 	mkdir -p reference/experiments
 	$(BIN)/python bench/transfer_report.py --run demo > reference/experiments/transfer.md
 

@@ -9,8 +9,9 @@ Groups of questions (from the datasets' own record fields, matched to prediction
   (:mod:`regrad_lib.probe_transfer`): relations, question templates and passage styles never meta-trained.
 
 :func:`transfer_table` gives each group's EM per method and regrad − shift answer NLL; :func:`verdict` says from
-these numbers where regrad is below rag and whether the issue's targets are reached; :func:`echo_table` counts how
-often an answer is the asked person's own name (or a piece of it) or a truncated piece of the gold answer.
+these numbers where regrad is below rag and whether the issue's targets are reached (regrad_icl against rag too);
+:func:`echo_table` counts how often an answer is the asked person's own name (or a piece of it) or a truncated piece
+of the gold answer.
 """
 
 from __future__ import annotations
@@ -62,10 +63,15 @@ class GroupRow:
     nll_shift: object        # effects.PairedDifference of regrad − shift, or None
     rag_only: int            # questions rag answers exactly and regrad does not
     regrad_only: int
+    icl_rag: tuple | None = None     # (regrad_icl only, rag only) where both were evaluated
 
     @property
     def p_rag(self) -> float:
         return mcnemar_exact(self.regrad_only, self.rag_only)
+
+    @property
+    def p_icl_rag(self) -> float:
+        return math.nan if self.icl_rag is None else mcnemar_exact(*self.icl_rag)
 
 
 @dataclass
@@ -127,10 +133,13 @@ def transfer_table(run: str, datasets: Sequence[str], data_root: str = "data/sam
                 nll = paired_difference(a, b, group, "regrad", "shift")
             except ValueError:
                 nll = None
-        rag, mine = right.get("rag", {}), right["regrad"]
+        rag, mine, icl = right.get("rag", {}), right["regrad"], right.get("regrad_icl", {})
         both = [k for k in mine if k in rag]
+        icl_both = [k for k in icl if k in rag]
         out.append(GroupRow(group, len(mine), em, nll, sum(rag[k] and not mine[k] for k in both),
-                            sum(mine[k] and not rag[k] for k in both)))
+                            sum(mine[k] and not rag[k] for k in both),
+                            (sum(icl[k] and not rag[k] for k in icl_both), sum(rag[k] and not icl[k] for k in icl_both))
+                            if icl_both else None))
     return TransferTable(present, out)
 
 
@@ -141,7 +150,8 @@ def _nll(row: dict | None) -> float:
 
 def verdict(table: TransferTable | Missing) -> str:
     """From the numbers alone: where regrad is below rag (McNemar p on the questions one of them answers), and
-    whether out of template reaches the targets (regrad ≥ shift + 20 points and ≥ half of rag)."""
+    whether out of template reaches the targets (regrad ≥ shift + 20 points and ≥ half of rag; regrad_icl ≥ rag
+    where regrad_icl was evaluated)."""
     if isinstance(table, Missing):
         return f"No transfer verdict: {table.message}"
     below, level, parts = [], [], []
@@ -165,6 +175,11 @@ def verdict(table: TransferTable | Missing) -> str:
                      f"{'reached' if reached else 'not reached'}"
                      + (f"; the gold answer's NLL {r.nll_shift.mean:+.2f} ± {r.nll_shift.se:.2f} nats against shift"
                         if r.nll_shift is not None else "") + ".")
+        if r.icl_rag is not None:
+            icl, rag = r.em["regrad_icl"], r.em["rag"]
+            parts.append(f"There regrad_icl (the update and the passages) answers {icl:.1f} against rag's {rag:.1f} "
+                         f"(McNemar p = {r.p_icl_rag:.2g}): the target (regrad_icl ≥ rag) is "
+                         f"{'reached' if icl >= rag else 'not reached'}.")
     return " ".join(parts) or "No transfer verdict: rag was not evaluated."
 
 

@@ -84,6 +84,28 @@ def test_verdict_names_where_regrad_is_below_rag_and_the_targets(run):
     assert transfer.verdict(missing).startswith("No transfer verdict")
 
 
+def test_verdict_reads_regrad_icl_against_rag(run):
+    """regrad_icl's out-of-template target (≥ rag), with McNemar on the questions one of the two answers."""
+    name, root = run
+    assert "regrad_icl" not in transfer.verdict(transfer.transfer_table(name, ["probe", "probe_transfer"], root))
+    icl = {"probe": [("Paris", 0.1), ("golf", 0.1)],
+           "probe_transfer": [("Zoterua Bek", 0.1), ("Dutch", 0.1), ("Velira", 0.1)]}
+    for dataset, rows in icl.items():
+        gold = PROBE if dataset == "probe" else TRANSFER
+        write_jsonl(analysis.predictions_file(name, dataset, "regrad_icl"),
+                    [{"test_id": i, "question": g["question"], "answers": g["answer"], "prediction": p,
+                      "answer_nll": v} for i, ((p, v), g) in enumerate(zip(rows, gold))])
+    table = transfer.transfer_table(name, ["probe", "probe_transfer"], root)
+    rows = {r.group: r for r in table}
+    assert rows["out of template, invented answers"].icl_rag == (0, 0)
+    assert rows["out of template, closed answers"].icl_rag == (0, 1)        # rag answers Greek, regrad_icl not
+    text = transfer.verdict(table)
+    assert ("Out of template, closed answers: regrad − shift" in text and "There regrad_icl (the update and the "
+            "passages) answers 0.0 against rag's 100.0 (McNemar p = 1): the target (regrad_icl ≥ rag) is not reached"
+            in text)
+    assert "answers 100.0 against rag's 100.0 (McNemar p = 1): the target (regrad_icl ≥ rag) is reached" in text
+
+
 @pytest.mark.parametrize("prediction, kind", [
     ("Zoterua Bek", "correct"), ("Ul", "name"), ("Ululan Moranford", "name"), ("moranford", "name"),
     ("Zot", "fragment"), ("Zotarino", "fragment"), ("Bek Zot", "fragment"), ("Zo", "fragment"), ("Xy Ko", "other"),
