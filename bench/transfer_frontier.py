@@ -212,6 +212,7 @@ def _measure(run: str, records: list[dict]) -> dict:
                        **{f"em_{k}": round(100 * sum(e for e, t in zip(em, kinds) if t == k)
                                            / max(1, kinds.count(k)), 1) for k in ("closed", "invented")}}
         if method == "regrad":
+            out[method]["by_id"] = {str(r["test_id"]): (e, n) for r, e, n in zip(rows, em, nll)}
             echoes = [transfer.echo_kind(r["prediction"], records[int(r["test_id"])]["entity"], r["answers"])
                       for r in rows]
             out[method]["own_name_share"] = round(echoes.count("name") / len(echoes), 3)
@@ -229,11 +230,33 @@ def _measure(run: str, records: list[dict]) -> dict:
     return out
 
 
+def _against_first(measured: list[dict]) -> None:
+    """Each run's regrad against the first run's on the same questions: paired answer-NLL difference (mean ± SE,
+    lower on) and EM questions only one of them answers, with McNemar's exact p."""
+    import statistics
+
+    from regrad_lib.effects import mcnemar_exact
+
+    base = measured[0].get("regrad", {}).get("by_id", {})
+    for m in measured[1:]:
+        mine = m.get("regrad", {}).get("by_id", {})
+        ids = [i for i in mine if i in base]
+        if len(ids) < 2:
+            continue
+        d = [mine[i][1] - base[i][1] for i in ids]
+        only_mine = sum(mine[i][0] > base[i][0] for i in ids)
+        only_base = sum(base[i][0] > mine[i][0] for i in ids)
+        m["vs_first"] = (f"{statistics.fmean(d):+.2f} ± {statistics.stdev(d) / len(d) ** 0.5:.2f} "
+                         f"({sum(x < 0 for x in d)}/{len(d)}); EM {only_mine} / {only_base}, "
+                         f"p = {mcnemar_exact(only_mine, only_base):.2g}")
+
+
 def _markdown(measured: list[dict]) -> str:
     """The frontier table: one row per run, rag (which no meta-training changes) named once below it."""
     head = ("| run | meta-training data | steps | α lr | training s | val. meta loss (best) | regrad EM (closed / "
             "invented) | regrad answer NLL | shift EM | no_update EM | regrad − shift NLL (lower on) | regrad own "
-            "name / fragment % | γ sweep EM / NLL |")
+            "name / fragment % | γ sweep EM / NLL | regrad against the first run: NLL (lower on); EM only this / "
+            "only first |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for m in measured:
         r, best = m.get("regrad", {}), m.get("best_eval") or {}
@@ -248,7 +271,7 @@ def _markdown(measured: list[dict]) -> str:
             f"{m['no_update']['em']:.1f}" if "no_update" in m else "–",
             m.get("regrad_minus_shift_nll", "–"),
             f"{100 * r['own_name_share']:.1f} / {100 * r['fragment_share']:.1f}" if r else "–",
-            sweep or "–"]) + " |")
+            sweep or "–", m.get("vs_first", "(the baseline)" if m is measured[0] else "–")]) + " |")
     rag = next((m["rag"] for m in measured if "rag" in m), None)
     if rag:
         lines.append(f"\nrag (the base model with the passages in the prompt; no meta-training changes it): EM "
@@ -262,6 +285,9 @@ def _report(a) -> None:
 
     records = artifacts.read_json(paths.sample_dir() / DATASET / "validation.json")
     measured = [_measure(run, records) for run in a.run]
+    _against_first(measured)
+    for m in measured:
+        m.get("regrad", {}).pop("by_id", None)
     print(_markdown(measured) if a.markdown else "\n".join(json.dumps(m) for m in measured))
 
 
