@@ -9,7 +9,8 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup model demo experiments experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer experiments-binding test lab clean-artifacts
+.PHONY: setup model demo experiments experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer \
+	experiments-transfer-frontier experiments-binding test lab clean-artifacts
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +33,8 @@ demo: model
 # its results beside the demo's as a named evaluation or run, and its report under reference/experiments/.
 RUNNER := $(BIN)/python -m regrad_lib.pipeline
 PUBMEDQA_ROOT ?= ../shared/data/domains
-experiments: experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer experiments-binding
+experiments: experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer experiments-transfer-frontier \
+	experiments-binding
 
 # ReGrad against continual post-training (CPT) and RAG on the probe and PopQA, drift measured after every chunk.
 experiments-cpt: model
@@ -77,6 +79,16 @@ experiments-transfer: model
 	$(RUNNER) --run demo --steps 06 -p datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions,probe,probe_transfer
 	mkdir -p reference/experiments
 	$(BIN)/python bench/transfer_report.py --run demo > reference/experiments/transfer.md
+
+# What moves transfer: variants of the demo preset (steps, α learning rate, template diversity, training-only
+# invented-answer relations with long passages) meta-trained and measured on the transfer split's validation questions
+# (never its dev questions); the demo's run is the first row. Resumes: finished runs and evaluations are kept.
+experiments-transfer-frontier: model
+	$(RUNNER) --run demo --steps 01-02 -p datasets probe_transfer -p index miniwiki-transfer -p transfer true \
+		-p train_datasets '[]' -p limit_per_dataset '{"probe_transfer": 60}'
+	mkdir -p reference/experiments
+	$(BIN)/python bench/transfer_frontier.py study --threads $$(nproc) --gammas 0.5,2 > reference/experiments/transfer_frontier.md.tmp
+	mv reference/experiments/transfer_frontier.md.tmp reference/experiments/transfer_frontier.md
 
 # The binding probe (three family members with one relation's different values in every top-3: does the update carry
 # the asked person's value?) and regrad_icl against rag and its two controls (no_update_icl, shift_icl).

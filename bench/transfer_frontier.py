@@ -112,26 +112,25 @@ WIDE_FILLERS = (
 )
 
 
-def _wide(a) -> None:
-    """``probe_wide`` (train.json, passages.tsv) in the work root, an index ``<index>-wide`` = the demo corpus + its
-    passages, and its augmented training file."""
+def wide_data(seed: int = 42, n_people: int = 200) -> tuple[list, list[dict]]:
+    """``probe_wide``'s people (``probe.Person``) and training records (two questions per person), deterministic in
+    ``seed``; names, invented answers and templates apart from the probe's and the transfer split's."""
     import random
     import re
 
-    from regrad_lib import artifacts, augment, paths, probe, probe_transfer, retrieval
+    from regrad_lib import paths, probe, probe_transfer
 
     transfer_templates = {q for r in probe_transfer.RELATIONS for q in r.questions}
     probe_templates = {r.question for r in probe.RELATIONS} | {q for qs in PARAPHRASES.values() for q in qs}
-    mine = {q for _, _, qs in WIDE_RELATIONS.values() for q in qs}
-    assert not mine & (transfer_templates | probe_templates)
-    rng = random.Random(a.seed)
+    assert not {q for _, _, qs in WIDE_RELATIONS.values() for q in qs} & (transfer_templates | probe_templates)
+    rng = random.Random(seed)
     taken = probe._corpus_words(paths.resolve(paths.sample_corpus()))
-    taken |= {w.lower() for s in [*transfer_templates, *probe_templates, *probe_transfer.FILLERS]
+    taken |= {w.lower() for s in [*transfer_templates, *probe_templates, *probe_transfer.FILLERS, *WIDE_FILLERS]
               for w in re.findall(r"[A-Za-z]+", s)}
     taken |= {w.lower() for r in (*probe.RELATIONS, *probe_transfer.RELATIONS) for v in r.values for w in v.split()}
     for text in (probe.passages_file(), probe.transfer_passages_file()):
         taken |= {w.lower() for w in re.findall(r"[A-Za-z]+", text.read_text(encoding="utf-8"))}
-    names = probe._names(rng, a.wide_people, taken)
+    names = probe._names(rng, n_people, taken)
     taken |= {w.lower() for n in names for w in n.split()}
     people, records = [], []
     for i, name in enumerate(names):
@@ -165,16 +164,21 @@ def _wide(a) -> None:
             records.append({"question": rng.choice(WIDE_RELATIONS[rel][2]).format(n=name), "answer": [facts[rel]],
                             "relation": rel, "entity": name, "passage_id": person.passage_id,
                             "answer_type": "closed" if WIDE_RELATIONS[rel][0] else "invented"})
+    return people, records
+
+
+def _wide(a) -> None:
+    """``probe_wide`` (train.json, passages.tsv) in the work root, an index ``<index>-wide`` = the demo corpus + its
+    passages, and its augmented training file."""
+    from regrad_lib import artifacts, augment, paths, probe, retrieval
+
+    people, records = wide_data(a.seed, a.wide_people)
     folder = paths.work_root() / "data" / "probe_wide"
     artifacts.write_text(folder / "passages.tsv", probe._tsv(people))
     artifacts.write_json(folder / "train.json", records, overwrite=True)
     base = probe.combined_corpus(paths.sample_corpus())
     corpus_path = probe.combined_corpus(base, folder / "passages.tsv", suffix="wide")
-    name = f"{a.index}-wide"
-    try:
-        retriever = retrieval.open(name)
-    except Exception:  # noqa: BLE001 - not built yet
-        retriever = retrieval.build(corpus_path, name)
+    retriever = retrieval.build(corpus_path, f"{a.index}-wide")      # a finished index of this corpus is reopened
     print(augment.augment("probe_wide", "train", retriever=retriever, data_dir=folder, topk=3))
 
 
@@ -232,32 +236,31 @@ def _measure(run: str, records: list[dict]) -> dict:
 
 def _against_first(measured: list[dict]) -> None:
     """Each run's regrad against the first run's on the same questions: paired answer-NLL difference (mean ± SE,
-    lower on) and EM questions only one of them answers, with McNemar's exact p."""
-    import statistics
-
-    from regrad_lib.effects import mcnemar_exact
+    lower on) and the questions only one of them answers exactly, with McNemar's exact p."""
+    from regrad_lib.effects import mcnemar_exact, paired_difference
 
     base = measured[0].get("regrad", {}).get("by_id", {})
     for m in measured[1:]:
         mine = m.get("regrad", {}).get("by_id", {})
         ids = [i for i in mine if i in base]
-        if len(ids) < 2:
+        if not ids:
             continue
-        d = [mine[i][1] - base[i][1] for i in ids]
+        d = paired_difference({i: mine[i][1] for i in ids}, {i: base[i][1] for i in ids})
         only_mine = sum(mine[i][0] > base[i][0] for i in ids)
         only_base = sum(base[i][0] > mine[i][0] for i in ids)
-        m["vs_first"] = (f"{statistics.fmean(d):+.2f} ± {statistics.stdev(d) / len(d) ** 0.5:.2f} "
-                         f"({sum(x < 0 for x in d)}/{len(d)}); EM {only_mine} / {only_base}, "
+        m["vs_first"] = (f"{d.mean:+.2f} ± {d.se:.2f} ({d.n_lower}/{d.n}); EM {only_mine} / {only_base}, "
                          f"p = {mcnemar_exact(only_mine, only_base):.2g}")
 
 
-def _markdown(measured: list[dict]) -> str:
+def _markdown(measured: list[dict], n_questions: int) -> str:
     """The frontier table: one row per run, rag (which no meta-training changes) named once below it."""
     head = ("| run | meta-training data | steps | α lr | training s | val. meta loss (best) | regrad EM (closed / "
             "invented) | regrad answer NLL | shift EM | no_update EM | regrad − shift NLL (lower on) | regrad own "
             "name / fragment % | γ sweep EM / NLL | regrad against the first run: NLL (lower on); EM only this / "
             "only first |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    lines = [f"**The transfer frontier: variants of the demo preset on the transfer split's {n_questions} validation "
+             "questions** (other people than its dev questions; training time as measured on this machine)\n",
+             head, "|" + "---|" * (head.count("|") - 1)]
     for m in measured:
         r, best = m.get("regrad", {}), m.get("best_eval") or {}
         sweep = "; ".join(f"{g}: {v['em']:.1f} / {v['nll']:.2f}" for g, v in (m.get("gamma_sweep") or {}).items())
@@ -272,6 +275,9 @@ def _markdown(measured: list[dict]) -> str:
             m.get("regrad_minus_shift_nll", "–"),
             f"{100 * r['own_name_share']:.1f} / {100 * r['fragment_share']:.1f}" if r else "–",
             sweep or "–", m.get("vs_first", "(the baseline)" if m is measured[0] else "–")]) + " |")
+    lines.append("\nThe validation meta loss is each run's own held-out slice of its meta-training tasks: comparable only "
+                 "between runs with the same meta-training data. The regrad columns use the trained γ; the γ sweep "
+                 "rescales the same update.")
     rag = next((m["rag"] for m in measured if "rag" in m), None)
     if rag:
         lines.append(f"\nrag (the base model with the passages in the prompt; no meta-training changes it): EM "
@@ -288,13 +294,50 @@ def _report(a) -> None:
     _against_first(measured)
     for m in measured:
         m.get("regrad", {}).pop("by_id", None)
-    print(_markdown(measured) if a.markdown else "\n".join(json.dumps(m) for m in measured))
+    print(_markdown(measured, len(records)) if a.markdown else "\n".join(json.dumps(m) for m in measured))
+
+
+# The measured variants of the demo preset (run name → train_args overrides, meta-training datasets); "demo" is the
+# demo's own run, measured as it is. `make experiments-frontier` runs them all (``study``).
+VARIANTS = {
+    "demo": None,
+    "tf-steps15": ({"max_steps": 15}, "popqa,hotpotqa,probe"),
+    "tf-steps60": ({"max_steps": 60}, "popqa,hotpotqa,probe"),
+    "tf-alr3": ({"alpha_learning_rate": 3.0}, "popqa,hotpotqa,probe"),
+    "tf-para": ({}, "popqa,hotpotqa,probe_para"),
+    "tf-wide": ({}, "popqa,hotpotqa,probe,probe_wide"),
+}
+
+
+def _study(a) -> None:
+    """Everything, resuming: the validation questions' augmented file, both extra training sets, every variant
+    trained and measured (finished runs, banks and methods are kept), then the table on stdout."""
+    import contextlib
+
+    import torch
+
+    from regrad_lib import augment, paths, retrieval
+
+    torch.set_num_threads(a.threads)
+    with contextlib.redirect_stdout(sys.stderr):
+        augment.augment(DATASET, "validation", retriever=retrieval.open(a.transfer_index),
+                        data_dir=paths.sample_dir() / DATASET)
+        _paraphrase(a)
+        _wide(a)
+        for run, variant in VARIANTS.items():
+            if variant is not None:
+                a.run, (a.train, a.train_datasets) = run, (json.dumps(variant[0]), variant[1])
+                _train(a)
+            a.run, a.methods = run, "regrad,shift,no_update" + (",rag" if variant is None else "")
+            _eval(a)
+    a.run, a.markdown = list(VARIANTS), True
+    _report(a)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=("paraphrase", "wide", "train", "eval", "report"))
-    p.add_argument("--run", required=True, action="append", help="run name (report: several)")
+    p.add_argument("phase", choices=("paraphrase", "wide", "train", "eval", "report", "study"))
+    p.add_argument("--run", action="append", help="run name (report: several; study: all of VARIANTS)")
     p.add_argument("--preset", default="smollm2-135m-instruct")
     p.add_argument("--train", default="{}", help="train_args overrides (JSON object)")
     p.add_argument("--learner", default="{}", help="learner_config overrides (JSON object)")
@@ -308,14 +351,18 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=42, help="paraphrase: which template each question gets")
     p.add_argument("--index", default="miniwiki", help="paraphrase: the demo index (no transfer passages)")
     p.add_argument("--wide-people", type=int, default=200, help="wide: invented people (two questions each)")
+    p.add_argument("--transfer-index", default="miniwiki-transfer", help="study: the transfer split's index")
     a = p.parse_args()
+    if not a.run and a.phase in ("train", "eval", "report"):
+        p.error(f"{a.phase} needs --run")
     logging.basicConfig(level=logging.WARNING)
     if a.phase in ("train", "eval"):
         import torch
 
         torch.set_num_threads(a.threads)
         a.run = a.run[0]
-    {"paraphrase": _paraphrase, "wide": _wide, "train": _train, "eval": _eval, "report": _report}[a.phase](a)
+    {"paraphrase": _paraphrase, "wide": _wide, "train": _train, "eval": _eval, "report": _report,
+     "study": _study}[a.phase](a)
 
 
 if __name__ == "__main__":
