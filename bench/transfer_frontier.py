@@ -317,7 +317,7 @@ def _study(a) -> None:
 
     import torch
 
-    from regrad_lib import augment, paths, retrieval
+    from regrad_lib import augment, paths, retrieval, run_state
 
     torch.set_num_threads(a.threads)
     with contextlib.redirect_stdout(sys.stderr):
@@ -326,7 +326,7 @@ def _study(a) -> None:
         _paraphrase(a)
         _wide(a)
         for run, variant in VARIANTS.items():
-            if variant is not None:
+            if variant is not None and not run_state.run_finished(run):
                 a.run, (a.train, a.train_datasets) = run, (json.dumps(variant[0]), variant[1])
                 _train(a)
             a.run, a.methods = run, "regrad,shift,no_update" + (",rag" if variant is None else "")
