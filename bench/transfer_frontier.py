@@ -306,6 +306,7 @@ VARIANTS = {
     "tf-alr3": ({"alpha_learning_rate": 3.0}, "popqa,hotpotqa,probe"),
     "tf-para": ({}, "popqa,hotpotqa,probe_para"),
     "tf-wide": ({}, "popqa,hotpotqa,probe,probe_wide"),
+    "tf-lr4e-3": ({"learning_rate": 0.004}, "popqa,hotpotqa,probe"),          # twice the LoRA step: 60 steps' worth?
     "tf-wide60": ({"max_steps": 60}, "popqa,hotpotqa,probe,probe_wide"),
 }
 
