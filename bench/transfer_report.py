@@ -40,7 +40,8 @@ def main() -> None:
     print(transfer.echo_table(a.run, datasets, a.data_root, evaluation=a.evaluation,
                               methods=("regrad", "rag", "shift", "no_update")), "\n")
     print("**Paired effects on the transfer split (all its questions)**\n")
-    print(effects.effect_table(a.run, ["probe_transfer"], evaluation=a.evaluation))
+    print(effects.effect_table(a.run, ["probe_transfer"], evaluation=a.evaluation,
+                               pairs=(*effects.PAIRS, ("regrad", "rag"), ("regrad_icl", "rag"))))
 
 
 if __name__ == "__main__":
