@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: setup model demo experiments experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer \
-	experiments-transfer-frontier experiments-binding test lab clean-artifacts
+	experiments-transfer-frontier experiments-transfer-long experiments-binding test lab clean-artifacts
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ demo: model
 RUNNER := $(BIN)/python -m regrad_lib.pipeline
 PUBMEDQA_ROOT ?= ../shared/data/domains
 experiments: experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer experiments-transfer-frontier \
-	experiments-binding
+	experiments-transfer-long experiments-binding
 
 # ReGrad against continual post-training (CPT) and RAG on the probe and PopQA, drift measured after every chunk.
 experiments-cpt: model
@@ -89,6 +89,13 @@ experiments-transfer-frontier: model
 	mkdir -p reference/experiments
 	$(BIN)/python bench/transfer_frontier.py study --threads $$(nproc) --gammas 0.5,2 > reference/experiments/transfer_frontier.md.tmp
 	mv reference/experiments/transfer_frontier.md.tmp reference/experiments/transfer_frontier.md
+
+# The best measured variant (tf-wide60: the probe_wide relations beside the demo's data, 60 steps; too long for
+# `make demo`) on the reported questions: the probe's and the transfer split's dev questions, six methods.
+experiments-transfer-long: experiments-transfer-frontier
+	$(RUNNER) --run tf-wide60 --steps 04-05 -p datasets probe,probe_transfer -p gammas '[]' -p question null \
+		-p methods closed_book,rag,regrad,regrad_icl,shift,no_update
+	$(BIN)/python bench/transfer_report.py --run tf-wide60 > reference/experiments/transfer_long.md
 
 # The binding probe (three family members with one relation's different values in every top-3: does the update carry
 # the asked person's value?) and regrad_icl against rag and its two controls (no_update_icl, shift_icl).

@@ -204,6 +204,7 @@ def block(name: str, results: Results, folder: str) -> str:
               "source": lambda r: source_block(r, folder), "cpt": lambda r: experiment_block("cpt"),
               "pubmedqa": lambda r: experiment_block("pubmedqa"), "transfer": lambda r: experiment_block("transfer"),
               "transferfrontier": lambda r: experiment_block("transfer_frontier", "experiments-transfer-frontier"),
+              "transferlong": lambda r: experiment_block("transfer_long", "experiments-transfer-long"),
               "binding": lambda r: experiment_block("binding")}
     if name not in makers:
         raise ValueError(f"unknown reference block {name!r}; blocks are {sorted(makers)}")
