@@ -308,6 +308,9 @@ VARIANTS = {
     "tf-wide": ({}, "popqa,hotpotqa,probe,probe_wide"),
     "tf-lr4e-3": ({"learning_rate": 0.004}, "popqa,hotpotqa,probe"),          # twice the LoRA step: 60 steps' worth?
     "tf-wide60": ({"max_steps": 60}, "popqa,hotpotqa,probe,probe_wide"),
+    # another seed (task order, validation slice) of the demo preset and of the best variant: how much is seed noise
+    "tf-seed43": ({"seed": 43}, "popqa,hotpotqa,probe"),
+    "tf-wide60-seed43": ({"max_steps": 60, "seed": 43}, "popqa,hotpotqa,probe,probe_wide"),
 }
 
 
