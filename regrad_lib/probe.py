@@ -245,13 +245,19 @@ def relation_groups(dataset_dir: str | Path, split: str = "dev") -> dict[str, st
             for i, r in enumerate(artifacts.read_json(file))}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write the knowledge-injection probe (deterministic).")
-    parser.add_argument("--write", required=True, help="output folder, e.g. data/sample/probe")
+def write_command(argv: list[str] | None, what: str, example: str, write_files) -> None:
+    """The command line of a deterministic generator: ``--write FOLDER`` runs ``write_files(FOLDER)`` (which returns
+    ``{name: path}``) and logs every file written."""
+    parser = argparse.ArgumentParser(description=f"Write {what} (deterministic).")
+    parser.add_argument("--write", required=True, help=f"output folder, e.g. {example}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name, path in write(args.write).items():
+    for path in write_files(args.write).values():
         log.info("wrote %s", paths.relative(path))
+
+
+def main(argv: list[str] | None = None) -> None:
+    write_command(argv, "the knowledge-injection probe", "data/sample/probe", write)
 
 
 if __name__ == "__main__":

@@ -28,16 +28,13 @@ passages. :func:`combined_corpus` adds the passages to the probe's combined corp
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import random
 import re
 from pathlib import Path
 
 from . import artifacts, paths, probe
 
-log = logging.getLogger(__name__)
 
 VERSION = 1
 SEED = 20261205
@@ -135,12 +132,7 @@ def questions(dataset_dir: str | Path, split: str = "dev") -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write the binding probe (deterministic).")
-    parser.add_argument("--write", required=True, help="output folder, e.g. data/sample/probe_binding")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for path in write(args.write).values():
-        log.info("wrote %s", paths.relative(path))
+    probe.write_command(argv, "the binding probe", "data/sample/probe_binding", write)
 
 
 if __name__ == "__main__":

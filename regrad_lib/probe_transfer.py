@@ -201,15 +201,7 @@ def write(folder, **kwargs) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-    import logging
-
-    parser = argparse.ArgumentParser(description="Write the probe's transfer split (deterministic).")
-    parser.add_argument("--write", required=True, help="output folder, e.g. data/sample/probe_transfer")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for path in write(args.write).values():
-        logging.getLogger(__name__).info("wrote %s", paths.relative(path))
+    probe.write_command(argv, "the probe's transfer split", "data/sample/probe_transfer", write)
 
 
 if __name__ == "__main__":
