@@ -71,9 +71,10 @@ experiments-pubmedqa: model
 # its own index (no meta-training question can retrieve a transfer passage), its bank and six methods (regrad_icl also
 # on the probe, for the in-template row); 06 then shows in template beside out of template with rag beside regrad
 # (README "How far the effect transfers").
+TRANSFER_INDEX := $(RUNNER) --run demo --steps 01-02 -p datasets probe_transfer -p index miniwiki-transfer \
+	-p transfer true -p train_datasets '[]' -p limit_per_dataset '{"probe_transfer": 60}'
 experiments-transfer: model
-	$(RUNNER) --run demo --steps 01-02 -p datasets probe_transfer -p index miniwiki-transfer -p transfer true \
-		-p train_datasets '[]' -p limit_per_dataset '{"probe_transfer": 60}'
+	$(TRANSFER_INDEX)
 	$(RUNNER) --run demo --steps 04-05 -p datasets probe,probe_transfer -p gammas '[]' -p question null \
 		-p methods closed_book,rag,regrad,regrad_icl,shift,no_update
 	$(RUNNER) --run demo --steps 06 -p datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions,probe,probe_transfer
@@ -84,8 +85,7 @@ experiments-transfer: model
 # invented-answer relations with long passages) meta-trained and measured on the transfer split's validation questions
 # (never its dev questions); the demo's run is the first row. Resumes: finished runs and evaluations are kept.
 experiments-transfer-frontier: model
-	$(RUNNER) --run demo --steps 01-02 -p datasets probe_transfer -p index miniwiki-transfer -p transfer true \
-		-p train_datasets '[]' -p limit_per_dataset '{"probe_transfer": 60}'
+	$(TRANSFER_INDEX)
 	mkdir -p reference/experiments
 	$(BIN)/python bench/transfer_frontier.py study --threads $$(nproc) --gammas 0.5,2 > reference/experiments/transfer_frontier.md.tmp
 	mv reference/experiments/transfer_frontier.md.tmp reference/experiments/transfer_frontier.md

@@ -298,7 +298,7 @@ def _report(a) -> None:
 
 
 # The measured variants of the demo preset (run name → train_args overrides, meta-training datasets); "demo" is the
-# demo's own run, measured as it is. `make experiments-frontier` runs them all (``study``).
+# demo's own run, measured as it is. `make experiments-transfer-frontier` runs them all (``study``).
 VARIANTS = {
     "demo": None,
     "tf-steps15": ({"max_steps": 15}, "popqa,hotpotqa,probe"),
@@ -306,7 +306,7 @@ VARIANTS = {
     "tf-alr3": ({"alpha_learning_rate": 3.0}, "popqa,hotpotqa,probe"),
     "tf-para": ({}, "popqa,hotpotqa,probe_para"),
     "tf-wide": ({}, "popqa,hotpotqa,probe,probe_wide"),
-    "tf-lr4e-3": ({"learning_rate": 0.004}, "popqa,hotpotqa,probe"),          # twice the LoRA step: 60 steps' worth?
+    "tf-lr4e-3": ({"learning_rate": 0.004}, "popqa,hotpotqa,probe"),     # twice the LoRA step instead of 60 steps
     "tf-wide60": ({"max_steps": 60}, "popqa,hotpotqa,probe,probe_wide"),
     # another seed (task order, validation slice) of the demo preset and of the best variant: how much is seed noise
     "tf-seed43": ({"seed": 43}, "popqa,hotpotqa,probe"),
