@@ -187,6 +187,8 @@ class TrainArgs:
     eval_steps: int = 1000
     metric_for_best_model: BestMetric = "f1"   # validation F1 (higher; generates answers) or meta loss (lower)
     save_steps: int = 1000
+    # steps after which the weights are also kept apart (outputs/<run>/steps/<step>/): the points of a learning curve
+    keep_steps: list[int] = field(default_factory=list)
     logging_steps: int = 1
     seed: int = 42
     on_nonfinite: OnNonFinite = "error"
@@ -206,6 +208,8 @@ class TrainArgs:
                         "max_train_tasks")
         _check_positive(self, "adam_epsilon")
         _check_positive(self, "weight_decay", "eta_min", "validation_size", allow_zero=True)
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.keep_steps):
+            raise ConfigError(f"TrainArgs.keep_steps = {self.keep_steps!r} must list optimizer steps >= 1")
         for name in ("adam_beta1", "adam_beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"TrainArgs.{name} = {getattr(self, name)!r} must be in [0, 1)")

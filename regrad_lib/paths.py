@@ -105,6 +105,12 @@ def output_dir(run: str) -> Path:
     return work_root() / "outputs" / folder_name("run", run)
 
 
+def kept_step_state(run: str, step: int) -> Path:
+    """The weights 03_train kept after optimizer step ``step`` (``keep_steps``):
+    ``outputs/<run>/steps/<step>/meta_state.safetensors``."""
+    return output_dir(run) / "steps" / f"{int(step):06d}" / "meta_state.safetensors"
+
+
 def run_lock_file(run: str) -> Path:
     """The advisory lock of one run's writers (03_train, 04_encode, 05_evaluate): ``outputs/.locks/<run>.lock``
     (outside the run folder, which training may replace; no run name starts with a dot)."""

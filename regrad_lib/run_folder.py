@@ -20,7 +20,7 @@ LOG = "training_log.jsonl"
 SUMMARY = TRAIN_SUMMARY
 REQUEST = "train_request.json"
 # Train args that may change between an interrupted run and its resumption (they do not change the math).
-RESUMABLE_CHANGES = {"eval_steps", "save_steps", "logging_steps", "on_nonfinite"}
+RESUMABLE_CHANGES = {"eval_steps", "save_steps", "keep_steps", "logging_steps", "on_nonfinite"}
 
 
 def is_better(row: dict, best: dict | None, metric: str) -> bool:

@@ -182,8 +182,13 @@ def run(settings: TrainSettings) -> dict:
 @params.typed
 @runlock.writer("03_train")
 def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], *, train_file: str = "train_all",
-          device: str = "cpu", limit: int | None = None, overwrite: bool = False, resume: bool = True) -> dict:
+          device: str = "cpu", limit: int | None = None, overwrite: bool = False, resume: bool = True,
+          stop_after: int | None = None) -> dict:
     """Meta-train on the augmented training tasks; returns the summary (also ``train_summary.json``).
+
+    ``stop_after``: pause after this optimizer step (checkpoint saved, the run left unfinished; training again
+    resumes it), e.g. a second seed of a learning curve that needs only its first kept steps; returns
+    ``{"status": "paused", "step": ...}``. The schedule is the whole run's either way.
 
     ``limit`` caps the training tasks (``train_args.max_train_tasks``). An unfinished run resumes from its
     checkpoint at the next step; a finished run is refused unless ``overwrite=True``. In a job of several
@@ -253,6 +258,13 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
         log.info("step %d: validation loss %s, F1 %s%s", step, row["eval_loss"], row["eval_f1"],
                  " (best)" if row["best"] else "")
 
+    def keep_step() -> None:
+        # before the checkpoint of this step: a kill in between redoes the step and writes the same weights again
+        if main and state["step"] in args.keep_steps:
+            kept = paths.kept_step_state(run, state["step"])
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            learner.save(kept)
+
     def save_checkpoint() -> None:
         if main:
             checkpoint.save(folder, learner, optimizer,
@@ -262,8 +274,9 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
         run_eval(0)
     recent: list[float] = []
     bar = tqdm(total=n_steps, initial=state["step"], desc="meta-train", unit="step", disable=not main)
+    stop = n_steps if stop_after is None else min(n_steps, stop_after)
     try:
-        while state["step"] < n_steps:
+        while state["step"] < stop:
             step = state["step"]
             epoch, position = divmod(step, per_epoch)
             if state["order_epoch"] != epoch:
@@ -295,7 +308,8 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
                     "truncated_prompts": state["truncated_prompts"], "elapsed_s": elapsed()})
             if data.validation and (state["step"] % args.eval_steps == 0 or state["step"] == n_steps):
                 run_eval(state["step"])
-            if state["step"] % args.save_steps == 0 or state["step"] == n_steps:
+            keep_step()
+            if state["step"] % args.save_steps == 0 or state["step"] in (n_steps, stop):
                 save_checkpoint()
     except KeyboardInterrupt:
         save_checkpoint()
@@ -306,6 +320,9 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
 
     if distributed.job().size > 1:
         distributed.same_everywhere(learner.meta_hash(), "the meta weights at the end")
+    if state["step"] < n_steps:
+        log.info("paused after step %d of %d (stop_after): train again to resume", state["step"], n_steps)
+        return {"status": "paused", "step": state["step"], "total_steps": n_steps}
 
     def finish() -> dict:
         if state["step"] and state["skipped_nonfinite"] >= state["step"]:

@@ -321,3 +321,26 @@ def test_meta_step_gradient_is_the_mean_over_the_batch(data):
     assert problem is None
     assert loss == pytest.approx(sum(losses) / len(batch), rel=1e-5)
     assert grad_norm == pytest.approx(want, rel=1e-4)
+
+
+def test_kept_steps_hold_the_weights_of_that_step_and_a_paused_run_resumes_to_the_same_end(data):
+    """keep_steps writes the weights after each named step; stop_after pauses (unfinished) and training again
+    resumes, and the kept weights equal those of an uninterrupted run of the same schedule."""
+    whole = train.train("kept-whole", _preset(max_steps=4, keep_steps=[1, 3]), data)
+    assert whole["steps"] == 4
+    assert sorted(p.parent.name for p in (paths.output_dir("kept-whole") / "steps").glob("*/" + META_STATE)) \
+        == ["000001", "000003"]
+    paused = train.train("kept-paused", _preset(max_steps=4, keep_steps=[1, 3]), data, stop_after=2)
+    assert paused == {"status": "paused", "step": 2, "total_steps": 4}
+    assert not (paths.output_dir("kept-paused") / train.SUMMARY).exists()
+    assert not paths.kept_step_state("kept-paused", 3).exists()
+    train.train("kept-paused", _preset(max_steps=4, keep_steps=[1, 3]), data)
+    for step in (1, 3):
+        from regrad_lib.run_state import read_state
+        left = read_state(paths.kept_step_state("kept-whole", step))
+        right = read_state(paths.kept_step_state("kept-paused", step))
+        assert left.keys() == right.keys()
+        assert all(torch.equal(left[k], right[k]) for k in left), step
+    # the step-1 weights differ from the step-3 weights (the snapshot is of its own step, not the last)
+    one, three = (read_state(paths.kept_step_state("kept-whole", s)) for s in (1, 3))
+    assert any(not torch.equal(one[k], three[k]) for k in one if k.startswith("phi."))
