@@ -22,16 +22,16 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 $(DEMO_MODEL): | $(STAMP)
-	$(BIN)/python -m regrad_lib.modeling --prepare smollm2-135m-instruct
+	$(BIN)/python -m regrad_lib.core.modeling --prepare smollm2-135m-instruct
 
 model: setup $(DEMO_MODEL)
 
 demo: model
-	$(BIN)/python -m regrad_lib.pipeline --run demo --preset smollm2-135m-instruct
+	$(BIN)/python -m regrad_lib.runner.pipeline --run demo --preset smollm2-135m-instruct
 
 # The experiments beside the demo, on its run (after `make demo`; times in README "More experiments"). Each writes
 # its results beside the demo's as a named evaluation or run, and its report under reference/experiments/.
-RUNNER := $(BIN)/python -m regrad_lib.pipeline
+RUNNER := $(BIN)/python -m regrad_lib.runner.pipeline
 PUBMEDQA_ROOT ?= ../shared/data/domains
 experiments: experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer experiments-transfer-frontier \
 	experiments-transfer-long experiments-binding
@@ -122,7 +122,7 @@ NBVAL_PARAMS := --preset tiny --datasets popqa,hotpotqa,2wikimultihopqa,complexw
 test: model
 	rm -rf $(TEST_WORK) && mkdir -p $(TEST_WORK)/unit $(TEST_WORK)/chain
 	REGRAD_TEST_WORK=$(TEST_WORK)/unit $(BIN)/python -m pytest -q -p no:cacheprovider tests
-	REGRAD_WORK=$(TEST_WORK)/chain $(BIN)/python -m regrad_lib.pipeline --run nbval --prepare-only \
+	REGRAD_WORK=$(TEST_WORK)/chain $(BIN)/python -m regrad_lib.runner.pipeline --run nbval --prepare-only \
 		--out $(TEST_WORK)/notebooks $(NBVAL_PARAMS)
 	REGRAD_WORK=$(TEST_WORK)/chain $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 		$(TEST_WORK)/notebooks

@@ -33,8 +33,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from regrad_lib import bank, bank_writer, effects, encode, evaluate, frontier, paths, schemes  # noqa: E402
-from regrad_lib.learner import Learner  # noqa: E402
+from regrad_lib.bank import encode, reader, schemes  # noqa: E402
+from regrad_lib.bank.writer import BankWriter
+from regrad_lib.core.learner import Learner  # noqa: E402
+from regrad_lib.evaluation import evaluate, frontier
+from regrad_lib.io import paths
+from regrad_lib.reporting import effects
 
 SCHEMES = ["fp32", "bf16", "int8", "int4", "int4-g128", "int2"]
 
@@ -58,7 +62,7 @@ def time_reads(folder, batches, device, repeat: int) -> tuple[float, float]:
     gc.collect()
     evict(folder)
     start = time.perf_counter()
-    with bank.GradientBank.open(folder) as b:
+    with reader.GradientBank.open(folder) as b:
         for groups in batches:
             b.sum_many(groups, device)
         cold = time.perf_counter() - start
@@ -92,13 +96,13 @@ def bench_dataset(args, learner: Learner, dataset: str) -> list[dict]:
     for name in args.schemes:
         folder = paths.bank_dir(args.topk, args.run, dataset, args.split, name)
         start = time.perf_counter()
-        with bank_writer.BankWriter.open(folder, bank.header_for(learner, name, **source), overwrite=True,
+        with BankWriter.open(folder, reader.header_for(learner, name, **source), overwrite=True,
                                   config=learner.preset.to_dict()) as writer:
             for ids, vectors in grads:
                 writer.append(ids, vectors)
         store_s = time.perf_counter() - start
         warm, cold = time_reads(folder, batches, learner.device, args.repeat)
-        with bank.GradientBank.open(folder) as b:
+        with reader.GradientBank.open(folder) as b:
             per_passage = b.bytes_per_passage
             on_disk = b.bytes_on_disk() / len(b)
         row = {"dataset": dataset, "scheme": name, "bytes_per_passage": per_passage,
@@ -112,7 +116,7 @@ def bench_dataset(args, learner: Learner, dataset: str) -> list[dict]:
                                                                  overwrite=True)}
     rows = {s: [json.loads(line) for line in frontier.files(args.run, dataset, s)[0].read_text().splitlines()]
             for s in args.schemes}
-    reference = bank.open_bank(args.topk, args.run, dataset, args.split, args.reference, learner=learner)
+    reference = reader.open_bank(args.topk, args.run, dataset, args.split, args.reference, learner=learner)
     shift = evaluate.run_method("shift", learner, tasks_, bank=reference)
     plain = evaluate.run_method("no_update", learner, tasks_)
     ref_rows = rows[args.reference]

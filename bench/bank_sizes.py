@@ -19,7 +19,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
-from regrad_lib import config, lora, modeling, schemes, testing, tiny_model  # noqa: E402
+from regrad_lib import config, testing  # noqa: E402
+from regrad_lib.bank import schemes
+from regrad_lib.core import lora, modeling, tiny_model
 
 SCHEMES = ["fp32", "bf16", "int8", "int4", "int4-g128", "int2"]
 PRESETS = {"tiny": "tiny", "SmolLM2-135M (r=8, layers 15–29)": "smollm2-135m-instruct",

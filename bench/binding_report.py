@@ -21,17 +21,17 @@ def main() -> None:
     p.add_argument("--datasets", default="popqa,probe,probe_binding")
     p.add_argument("--data-root", default="data/sample")
     a = p.parse_args()
-    from regrad_lib.run_state import trained_revision
+    from regrad_lib.io.run_state import trained_revision
 
     revision = trained_revision(a.run)
     print(f"Run `{a.run}`, trained at commit {revision[:7] if revision else '(not recorded)'}.\n")
 
-    from regrad_lib import binding, effects
+    from regrad_lib.reporting import binding_report, effects
 
     datasets = a.datasets.split(",")
     print("Whose value the answer carries on the binding probe (each question's top-3 = the asked person and two "
           "family members with the same relation, other values):\n")
-    print(binding.shares(a.run, datasets, a.data_root, "dev", a.evaluation))
+    print(binding_report.shares(a.run, datasets, a.data_root, "dev", a.evaluation))
     table = effects.effect_table(a.run, [d for d in datasets if d == "probe_binding"], evaluation=a.evaluation)
     print("\nregrad against shift and no_update on the binding probe:\n")
     print(table)

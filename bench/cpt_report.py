@@ -22,12 +22,13 @@ def main() -> None:
     p.add_argument("--evaluation", default=None)
     p.add_argument("--datasets", default="probe")
     a = p.parse_args()
-    from regrad_lib.run_state import trained_revision
+    from regrad_lib.io.run_state import trained_revision
 
     revision = trained_revision(a.run)
     print(f"Run `{a.run}`, trained at commit {revision[:7] if revision else '(not recorded)'}.\n")
 
-    from regrad_lib import analysis, artifacts, forgetting, paths
+    from regrad_lib.io import artifacts, paths
+    from regrad_lib.reporting import analysis, drift_report
 
     datasets = a.datasets.split(",")
     for dataset in datasets:     # the CPT settings each stream was trained with (drift.json)
@@ -40,18 +41,18 @@ def main() -> None:
     order = {m: i for i, m in enumerate(METHODS)}
     for r in sorted(rows, key=lambda r: (r.dataset, order.get(r.method, 99))):
         print(f"| {r.dataset} | {r.method} | {r.em:.1f} | {r.nll:.2f} | {r.n} |")
-    table = forgetting.drift_table(a.run, datasets, a.evaluation)
+    table = drift_report.drift_table(a.run, datasets, a.evaluation)
     print()
     print(table.to_markdown() if hasattr(table, "to_markdown") else table)
-    paired = forgetting.paired(a.run, datasets, a.evaluation)
+    paired = drift_report.paired(a.run, datasets, a.evaluation)
     print()
     print(paired.to_markdown() if hasattr(paired, "to_markdown") else paired)
-    changes = forgetting.general_changes(table)
+    changes = drift_report.general_changes(table)
     print()
-    for c in [] if isinstance(changes, forgetting.Missing) else changes:
-        print(f"- {forgetting.describe_change(c)}")
+    for c in [] if isinstance(changes, drift_report.Missing) else changes:
+        print(f"- {drift_report.describe_change(c)}")
     print()
-    print(forgetting.verdict(paired, table, changes))
+    print(drift_report.verdict(paired, table, changes))
 
 
 if __name__ == "__main__":

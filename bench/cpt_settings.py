@@ -1,6 +1,6 @@
 """Choose continual post-training's settings on validation data: the probe's *training* people (never the dev
 questions that are reported). Each setting injects the top-k passages of the first ``--limit`` probe training
-questions as a stream of chunks (regrad_lib.cpt, the same code as the cpt method) and prints, after the last chunk,
+questions as a stream of chunks (regrad_lib.cpt.continual, the same code as the cpt method) and prints, after the last chunk,
 the closed-book EM on those questions (the knowledge CPT is for), the EM of the first chunk's questions (what it
 kept), and the drift of its persistent weights (held-out text NLL, general questions, ||dtheta||/||theta||).
 
@@ -41,13 +41,15 @@ def main() -> None:
 
     import torch
 
-    from regrad_lib import config, cpt, drift, tasks
-    from regrad_lib.learner import Learner
+    from regrad_lib import config
+    from regrad_lib.core import task_batches
+    from regrad_lib.core.learner import Learner
+    from regrad_lib.cpt import continual, drift
 
     torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.WARNING)
     learner = Learner.from_run(a.run)
-    items = tasks.load(a.dataset, a.split, a.topk, end=a.limit)
+    items = task_batches.load(a.dataset, a.split, a.topk, end=a.limit)
     general = drift.general_set(a.run, learner, corpus_path=a.general_corpus,
                                 datasets=a.general_datasets.split(","), evaluation="cptsel")
     print(json.dumps({"general_passages": len(general.passages), "general_questions": len(general.questions),
@@ -56,7 +58,7 @@ def main() -> None:
         cfg = config.CptConfig(**{**dataclasses.asdict(learner.preset.cpt), **overrides})
         current = dataclasses.replace(learner, preset=dataclasses.replace(learner.preset, cpt=cfg))
         start = time.perf_counter()
-        post = cpt.post_train(a.run, a.dataset, current, items, cfg=cfg, general=general, split=a.split, topk=a.topk,
+        post = continual.post_train(a.run, a.dataset, current, items, cfg=cfg, general=general, split=a.split, topk=a.topk,
                               limit=a.limit, evaluation=f"cptsel-{i}")
         last = post.drift[-1]
         print(json.dumps({"setting": overrides, "seconds": round(time.perf_counter() - start),

@@ -15,7 +15,7 @@ Work, each timed in both precisions after one warm-up, best of ``--repeat`` (wal
 
 The model is the base model with the preset's LoRA at its initialisation (B = 0), the same for both precisions.
 Whether this CPU computes bf16 natively (AVX512-BF16 or AMX) is printed: without it torch emulates bf16, and
-:attr:`regrad_lib.learner.Learner.precision` keeps gradient work in fp32.
+:attr:`regrad_lib.core.learner.Learner.precision` keeps gradient work in fp32.
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from regrad_lib import config, datasets, generation, paths, prompts, reference, regrad, tasks  # noqa: E402
-from regrad_lib.learner import Learner  # noqa: E402
+from regrad_lib import config  # noqa: E402
+from regrad_lib.core import generation, regrad, task_batches
+from regrad_lib.core.learner import Learner  # noqa: E402
+from regrad_lib.data import datasets, prompts
+from regrad_lib.io import paths
+from regrad_lib.reporting import reference
 
 
 def emit(**row) -> None:
@@ -62,7 +66,7 @@ def main() -> None:
     records = datasets.load("popqa", paths.sample_dir() / "popqa", "dev", end=args.questions)
     corpus = [line.split("\t") for line in paths.sample_corpus().read_text(encoding="utf-8").splitlines()[1:]]
     passages = [(r[2], r[1]) for r in corpus[:args.passages]]
-    batches = [tasks.passage_batch(tok, passages[i:i + 8], cut, preset.learner.passage_format)
+    batches = [task_batches.passage_batch(tok, passages[i:i + 8], cut, preset.learner.passage_format)
                for i in range(0, len(passages), 8)]
     seconds = {}
     for precision in ("no", "bf16"):

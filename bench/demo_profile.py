@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/demo_profile.py --run demo [--top 12]
 
-Reads ``runs/<run>/0*.ipynb`` (written by ``python -m regrad_lib.pipeline``; ``make demo`` writes ``runs/demo``)
+Reads ``runs/<run>/0*.ipynb`` (written by ``python -m regrad_lib.runner.pipeline``; ``make demo`` writes ``runs/demo``)
 and prints one JSON line per notebook (seconds, share of the total) and the slowest cells with their first line.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from regrad_lib import paths  # noqa: E402
+from regrad_lib.io import paths  # noqa: E402
 
 
 def main() -> None:

@@ -26,12 +26,15 @@ def main() -> None:
     p.add_argument("--evaluation", default=None)
     a = p.parse_args()
 
-    from regrad_lib.run_state import trained_revision
+    from regrad_lib.io.run_state import trained_revision
 
     revision = trained_revision(a.run)
     print(f"Run `{a.run}`, trained at commit {revision[:7] if revision else '(not recorded)'}.\n")
 
-    from regrad_lib import analysis, augment, datasets, effects, metrics, paths, pubmedqa
+    from regrad_lib.data import datasets, metrics, pubmedqa
+    from regrad_lib.io import paths
+    from regrad_lib.reporting import analysis, effects
+    from regrad_lib.retrieval import augment
 
     folder = paths.resolve(a.data_root) / a.dataset
     train = datasets.load(a.dataset, folder, "train")

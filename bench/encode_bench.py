@@ -38,8 +38,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from regrad_lib import artifacts, bank, bank_writer, config, lora, paths, regrad, schemes, testing  # noqa: E402
-
+from regrad_lib import config, testing
+from regrad_lib.bank import reader, schemes
+from regrad_lib.bank.writer import BankWriter
+from regrad_lib.core import lora, regrad
+from regrad_lib.io import artifacts, paths  # noqa: E402
 
 
 def emit(**row) -> None:
@@ -59,7 +62,7 @@ def device_name(device: torch.device) -> str:
 
 def preset_learner(name: str, seq_len: int, device: str):
     """A learner of preset ``name`` with non-zero B, saved as run ``bench-<name>`` (bank_context_len = seq_len)."""
-    from regrad_lib.learner import META_STATE, Learner
+    from regrad_lib.core.learner import META_STATE, Learner
 
     preset = config.load_preset(name, {"learner": {"bank_context_len": seq_len}})
     learner = Learner.create(preset, device)
@@ -88,7 +91,7 @@ def random_1b(device: str):
 
 def sample_records(tokenizer, n: int, seq_len: int) -> list[dict]:
     """Augmented-style records (3 passages each) of sample passages at least ``seq_len`` tokens long."""
-    from regrad_lib import corpus, prompts
+    from regrad_lib.data import corpus, prompts
 
     chosen, need = [], -(-n // 3) * 3
     for p in corpus.read(paths.sample_corpus()):
@@ -103,7 +106,7 @@ def sample_records(tokenizer, n: int, seq_len: int) -> list[dict]:
 
 def token_batches(learner, records, seq_len, batch: int, n: int):
     """Passage TokenBatches of ``batch`` rows (``n`` passages in all), tokenised and cut like encode does."""
-    from regrad_lib import tasks
+    from regrad_lib.core import task_batches
 
     if records is None:  # random model: random ids, like ref_bench's DataGen
         g = torch.Generator().manual_seed(1234)
@@ -112,7 +115,7 @@ def token_batches(learner, records, seq_len, batch: int, n: int):
         return [regrad.TokenBatch(ids[i:i + batch], torch.ones_like(ids[i:i + batch]), ids[i:i + batch].clone())
                 for i in range(0, n, batch)]
     items = [(t, x) for r in records for t, x in zip(r["titles"], r["passages"])][:n]
-    return [tasks.passage_batch(learner.tokenizer, items[i:i + batch], seq_len) for i in range(0, n, batch)]
+    return [task_batches.passage_batch(learner.tokenizer, items[i:i + batch], seq_len) for i in range(0, n, batch)]
 
 
 def gradients_to_cpu(learner, batch) -> torch.Tensor:
@@ -176,18 +179,18 @@ def bench_model(name: str, args, device: torch.device, work: Path) -> None:
              ms_per_passage=round(1000 * dt / n, 2), **common)
     b = max(args.batch)
     if records is not None:
-        from regrad_lib import encode
+        from regrad_lib.bank import encode
         start = time.perf_counter()
         path = encode.encode(run, "bench", "dev", topk=3, batch_size=b, scheme="bf16", learner=learner, overwrite=True)
         dt = time.perf_counter() - start
-        entries = len(bank.GradientBank.open(path))
+        entries = len(reader.GradientBank.open(path))
         emit(name="encode", unit="passages/s", value=round(entries / dt, 2), n=entries, batch=b,
              speedup=round(entries / dt / one, 2), note="encode.encode end to end incl. tokenising and writes",
              **common)
     else:
-        head = bank.header(model=name, model_id=name, model_revision=None, preset=testing.PRESET_1B, phi=learner.phi,
+        head = reader.header(model=name, model_id=name, model_revision=None, preset=testing.PRESET_1B, phi=learner.phi,
                            meta_hash="random", scheme="bf16")
-        writer = bank_writer.BankWriter.open(work / "bank-1b", head, overwrite=True)
+        writer = BankWriter.open(work / "bank-1b", head, overwrite=True)
         dt = time_to_bank(learner, token_batches(learner, records, args.seq_len, b, n), writer)
         emit(name="to_bank", unit="passages/s", value=round(n / dt, 2), n=n, batch=b, speedup=round(n / dt / one, 2),
              note="gradients + bf16 + copy to CPU + shard writes", **common)
@@ -211,16 +214,16 @@ def bench_schemes_1b(work: Path, rows: int, repeat: int, device: torch.device, s
     batches = [torch.randn(min(8, rows - i), numel, generator=g) * 1e-3 for i in range(0, rows, 8)]
     folders = {}
     for name in schemes_:
-        head = bank.header(model="llama-1b-random", model_id="llama-1b-random", model_revision=None,
+        head = reader.header(model="llama-1b-random", model_id="llama-1b-random", model_revision=None,
                            preset=testing.PRESET_1B, phi=phi, meta_hash="random", scheme=name)
         folder = folders[name] = work / f"bank-1b-{name}"
-        writer = bank_writer.BankWriter.open(folder, head, overwrite=True)
+        writer = BankWriter.open(folder, head, overwrite=True)
         start = time.perf_counter()
         for i, vectors in enumerate(batches):
             writer.append([f"p{i}-{j}" for j in range(len(vectors))], vectors.to(device))
         writer.close()
         write_s = time.perf_counter() - start
-        b = bank.GradientBank.open(folder)
+        b = reader.GradientBank.open(folder)
         emit(name="bank_bytes_1b", unit="bytes/passage", value=b.bytes_per_passage, scheme=name,
              on_disk=round(b.bytes_on_disk() / len(b)), numel=numel, entries=len(b),
              vs_fp32=round(4 * numel / b.bytes_per_passage, 2), write_MB_per_s=round(b.bytes_on_disk() / write_s / 1e6, 1),
@@ -236,7 +239,7 @@ def bench_schemes_1b(work: Path, rows: int, repeat: int, device: torch.device, s
                 fd = os.open(file, os.O_RDONLY)
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                 os.close(fd)
-            with bank.GradientBank.open(folder) as b:
+            with reader.GradientBank.open(folder) as b:
                 for state in ("cold", "cached"):
                     sync(device)
                     wall, cpu = time.perf_counter(), time.process_time()

@@ -22,7 +22,7 @@
     flock /tmp/regrad-heavy.lock .venv/bin/python bench/frame_bench.py encode --budgets 128,256 --passages 48
 
 Needs 02_augment's files of the work root (``REGRAD_WORK``), e.g. from ``make demo`` or
-``python -m regrad_lib.pipeline --run demo --preset smollm2-135m-instruct --steps 01-02``.
+``python -m regrad_lib.runner.pipeline --run demo --preset smollm2-135m-instruct --steps 01-02``.
 """
 
 from __future__ import annotations
@@ -41,8 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from regrad_lib import config, evaluate, generation, metrics, prompts  # noqa: E402
-from regrad_lib.prompts import WorkedExample  # noqa: E402
+from regrad_lib import config  # noqa: E402
+from regrad_lib.core import generation
+from regrad_lib.data import metrics, prompts
+from regrad_lib.data.prompts import WorkedExample  # noqa: E402
+from regrad_lib.evaluation import evaluate
 
 DATASETS = ("probe", "popqa", "hotpotqa", "2wikimultihopqa", "complexwebquestions")
 # The frame before issue 20 (commit 861c7ff), for measurement only: three examples, two of them probe templates
@@ -87,7 +90,7 @@ def _mean(values) -> float:
 def lengths(args, preset) -> None:
     from transformers import AutoTokenizer
 
-    from regrad_lib import modeling
+    from regrad_lib.core import modeling
 
     tok = AutoTokenizer.from_pretrained(modeling.prepare(preset.learner.model_name_or_path))
     now = preset.learner
@@ -148,8 +151,9 @@ def _mean_f(values) -> float:
 def terminator(args, preset) -> None:
     import torch
 
-    from regrad_lib import lora, methods
-    from regrad_lib.learner import Learner
+    from regrad_lib.answering import methods
+    from regrad_lib.core import lora
+    from regrad_lib.core.learner import Learner
 
     items = evaluate.load_tasks("probe", "train_all", args.topk, args.questions)
     base = Learner.create(preset)
@@ -180,8 +184,8 @@ def terminator(args, preset) -> None:
 
 
 def examples(args, preset) -> None:
-    from regrad_lib import harness
-    from regrad_lib.learner import Learner
+    from regrad_lib.answering import harness
+    from regrad_lib.core.learner import Learner
 
     base = Learner.create(preset)
     tok = base.tokenizer
@@ -208,8 +212,8 @@ def examples(args, preset) -> None:
 def encode_time(args, preset) -> None:
     import torch
 
-    from regrad_lib import encode
-    from regrad_lib.learner import Learner
+    from regrad_lib.bank import encode
+    from regrad_lib.core.learner import Learner
 
     learner = Learner.create(preset)
     seen, items = set(), []

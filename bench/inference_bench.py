@@ -37,8 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from regrad_lib import bank, bank_writer, config, evaluate, generation, harness, lora, tasks, testing  # noqa: E402
-from regrad_lib.learner import Learner  # noqa: E402
+from regrad_lib import config, testing
+from regrad_lib.answering import harness
+from regrad_lib.bank import reader  # noqa: E402
+from regrad_lib.bank.writer import BankWriter
+from regrad_lib.core import generation, lora, task_batches
+from regrad_lib.core.learner import Learner  # noqa: E402
+from regrad_lib.evaluation import evaluate
+
 
 def emit(**row) -> None:
     print(json.dumps(row), flush=True)
@@ -65,8 +71,8 @@ def build_learner(name: str, device: str) -> Learner:
 
 def questions(tokenizer, n: int, prompt_len: int, max_prompt_len: int) -> list[str]:
     """``n`` synthetic questions whose chat prompt is about ``prompt_len`` tokens."""
-    from regrad_lib import prompts
     from regrad_lib.config import LearnerConfig
+    from regrad_lib.data import prompts
     words = (testing.paths.sample_corpus().read_text(encoding="utf-8").split())[1000:60000]
     out = []
     for q in range(n):
@@ -79,17 +85,17 @@ def questions(tokenizer, n: int, prompt_len: int, max_prompt_len: int) -> list[s
     return out
 
 
-def make_bank(learner: Learner, folder: Path, passages: int) -> bank.GradientBank:
+def make_bank(learner: Learner, folder: Path, passages: int) -> reader.GradientBank:
     """A real bf16 Gradient Bank of ``passages`` random gradients (the read path is what is measured)."""
-    head = bank.header_for(learner, "bf16", bench="inference_bench")
-    writer = bank_writer.BankWriter.open(folder, head, overwrite=True)
+    head = reader.header_for(learner, "bf16", bench="inference_bench")
+    writer = BankWriter.open(folder, head, overwrite=True)
     numel = lora.numel(learner.phi)
     generator = torch.Generator().manual_seed(1)
     for start in range(0, passages, 16):
         ids = [f"p{i}" for i in range(start, min(passages, start + 16))]
         writer.append(ids, 1e-3 * torch.randn(len(ids), numel, generator=generator))
     writer.close()
-    return bank.GradientBank.open(folder, learner=learner)
+    return reader.GradientBank.open(folder, learner=learner)
 
 
 def timed(learner, items, store, batch_size: int) -> tuple[float, list[dict]]:
@@ -108,7 +114,7 @@ def bench_model(name: str, args) -> None:
     learner.preset = preset.replace(generation={"max_new_tokens": args.new_tokens})
     texts = questions(learner.tokenizer, args.questions + args.warmup, args.prompt_len, preset.learner.max_prompt_len)
     npass = max(args.passages, args.topk)
-    items = [tasks.Task(test_id=i, question=q, answers=("an answer",), passages=(("t", "x"),) * args.topk,
+    items = [task_batches.Task(test_id=i, question=q, answers=("an answer",), passages=(("t", "x"),) * args.topk,
                         passage_ids=tuple(f"p{(i * 7 + j * 13) % npass}" for j in range(args.topk)))
              for i, q in enumerate(texts)]
     prompt_lens = [len(harness.prompt_of(learner, t, False).ids) for t in items]

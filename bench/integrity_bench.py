@@ -29,8 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from regrad_lib import bank, lora, reference, testing  # noqa: E402
-from regrad_lib.bank_format import row_checksums, sha256_file  # noqa: E402
+from regrad_lib import testing
+from regrad_lib.bank import reader  # noqa: E402
+from regrad_lib.bank.on_disk import row_checksums, sha256_file  # noqa: E402
+from regrad_lib.bank.writer import BankWriter
+from regrad_lib.core import lora
+from regrad_lib.reporting import reference
 
 
 def emit(**row) -> None:
@@ -43,17 +47,17 @@ def cpu_seconds(fn) -> float:
     return time.process_time() - start
 
 
-def build(folder: Path, scheme: str, rows: int, layout) -> bank.GradientBank:
+def build(folder: Path, scheme: str, rows: int, layout) -> reader.GradientBank:
     phi = lora.unflatten(torch.zeros(sum(a * b for _, (a, b) in layout)), layout)
-    head = bank.header(model="llama-1b-random", model_id="llama-1b-random", model_revision=None,
+    head = reader.header(model="llama-1b-random", model_id="llama-1b-random", model_revision=None,
                        preset=testing.PRESET_1B, phi=phi, meta_hash="random", scheme=scheme)
-    writer = bank.BankWriter.open(folder, head, overwrite=True)
+    writer = BankWriter.open(folder, head, overwrite=True)
     g = torch.Generator().manual_seed(0)
     for start in range(0, rows, 8):
         n = min(8, rows - start)
         writer.append([f"p{start + j}" for j in range(n)], torch.randn(n, lora.numel(phi), generator=g) * 1e-3)
     writer.close()
-    return bank.GradientBank.open(folder)
+    return reader.GradientBank.open(folder)
 
 
 def main() -> None:

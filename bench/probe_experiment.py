@@ -5,7 +5,7 @@ answer with regrad / shift / no_update, print the paired effects (and optionally
         --train '{"alpha_learning_rate": 1.0, "max_steps": 40, "eval_steps": 20, "save_steps": 20}' [--gammas 0.5,2]
 
 Needs the index and augmented files of that work root (01_index with ``probe = True`` and 02_augment, e.g.
-``python -m regrad_lib.pipeline --run exp --preset smollm2-135m-instruct --steps 01-02``). Choose settings on the
+``python -m regrad_lib.runner.pipeline --run exp --preset smollm2-135m-instruct --steps 01-02``). Choose settings on the
 validation meta loss the run logs (``training_log.jsonl``, ``kind = eval``), never on these dev numbers.
 """
 
@@ -37,8 +37,12 @@ def main() -> None:
 
     import torch
 
-    from regrad_lib import config, effects, encode, evaluate, train
-    from regrad_lib.learner import Learner
+    from regrad_lib import config
+    from regrad_lib.bank import encode
+    from regrad_lib.core.learner import Learner
+    from regrad_lib.evaluation import evaluate
+    from regrad_lib.reporting import effects
+    from regrad_lib.training import train
 
     torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.WARNING)

@@ -72,7 +72,7 @@ def mini(args) -> None:
     r = retrieval.build(data / "psgs_w100.tsv", "bench-miniwiki", rebuild=True, threads=args.threads,
                         heap_mb=args.heap_mb)
     build_s = time.perf_counter() - start
-    from regrad_lib import paths
+    from regrad_lib.io import paths
     emit(bench="miniwiki_build", passages=r.count(), build_s=round(build_s, 2),
          index_mb=round(dir_size(paths.index_dir("bench-miniwiki")) / 2**20, 1))
     all_questions = []

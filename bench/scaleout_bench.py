@@ -40,7 +40,7 @@ DATASET = "bench"
 
 def records(n: int, offset: int, topk: int = 3) -> list[dict]:
     """``n`` records with ``topk`` distinct sample passages each (records ``offset`` … of the corpus triples)."""
-    from regrad_lib import paths
+    from regrad_lib.io import paths
 
     with paths.sample_corpus().open(encoding="utf-8", newline="") as f:
         rows = csv.reader(f, delimiter="\t")
@@ -60,8 +60,12 @@ def records(n: int, offset: int, topk: int = 3) -> list[dict]:
 def child(args) -> None:
     import torch
 
-    from regrad_lib import config, distributed, encode, evaluate, train
-    from regrad_lib.learner import Learner
+    from regrad_lib import config
+    from regrad_lib.bank import encode
+    from regrad_lib.core.learner import Learner
+    from regrad_lib.evaluation import evaluate
+    from regrad_lib.io import distributed
+    from regrad_lib.training import train
 
     job = distributed.init("cpu")
     learner = None if args.step == "train" else Learner.from_run(args.run)
@@ -90,7 +94,8 @@ def child(args) -> None:
 
 
 def run_job(args, step: str, run: str, processes: int, extra: list[str]) -> dict:
-    from regrad_lib import launch, paths
+    from regrad_lib.io import paths
+    from regrad_lib.runner import launch
 
     own = [str(Path(__file__).resolve()), "--child", step, "--run", run, "--model", args.model, *extra]
     if processes == 1:
@@ -151,8 +156,10 @@ def base_run(args) -> str:
     bank of the evaluated questions, encoded once by one process: copied for every encode/evaluate job."""
     import torch
 
-    from regrad_lib import config, encode, paths
-    from regrad_lib.learner import META_STATE, Learner
+    from regrad_lib import config
+    from regrad_lib.bank import encode
+    from regrad_lib.core.learner import META_STATE, Learner
+    from regrad_lib.io import paths
 
     preset = config.load_preset(PRESETS[args.model], {"generation": {"batch_size": args.gen_batch}})
     learner = Learner.create(preset)
@@ -192,7 +199,8 @@ def main() -> None:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="scaleout-bench-"))
     os.environ["REGRAD_WORK"] = str(work)
-    from regrad_lib import artifacts, paths, tiny_model
+    from regrad_lib.core import tiny_model
+    from regrad_lib.io import artifacts, paths
 
     tiny_model.ensure_tiny_model()
     n_records = args.passages // 3

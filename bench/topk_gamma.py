@@ -48,8 +48,9 @@ def main() -> None:
 
     import torch
 
-    from regrad_lib import bank, evaluate
-    from regrad_lib.learner import Learner
+    from regrad_lib.bank import reader
+    from regrad_lib.core.learner import Learner
+    from regrad_lib.evaluation import evaluate
 
     torch.set_num_threads(a.threads)
     topks, gammas = [int(k) for k in a.topks.split(",")], [float(g) for g in a.gammas.split(",")]
@@ -60,7 +61,7 @@ def main() -> None:
     print(json.dumps({"sweep_seconds": round(time.perf_counter() - started), "points": len(rows)}))
     for dataset in a.datasets.split(","):
         top = max(topks)
-        with bank.open_bank(bank.serving_topk(top, a.run, dataset, a.split, a.scheme), a.run, dataset, a.split,
+        with reader.open_bank(reader.serving_topk(top, a.run, dataset, a.split, a.scheme), a.run, dataset, a.split,
                             a.scheme, learner=learner) as store:
             items = evaluate.load_tasks(dataset, a.split, top, a.limit)
             norms = {k: update_norms(learner, store, items, k) for k in topks}

@@ -1,4 +1,4 @@
-"""Meta-training throughput (issue 4): tasks/s and peak memory of regrad_lib.train's meta step, synthetic tasks.
+"""Meta-training throughput (issue 4): tasks/s and peak memory of regrad_lib.training.train's meta step, synthetic tasks.
 
 Task shapes as ../shared/bench/ref_bench.py: ``--topk`` passages of ``--seq-len`` (150) tokens, a ``--prompt-len``
 (60) token prompt and a ``--answer-len`` (5) token answer per task, ``--meta-batch`` tasks per optimizer step. The
@@ -31,9 +31,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from regrad_lib import config, lora, regrad, train  # noqa: E402
-from regrad_lib.learner import Learner  # noqa: E402
-from regrad_lib.prompts import IGNORE  # noqa: E402
+from regrad_lib import config  # noqa: E402
+from regrad_lib.core import lora, regrad
+from regrad_lib.core.learner import Learner  # noqa: E402
+from regrad_lib.data.prompts import IGNORE  # noqa: E402
+from regrad_lib.training import train
 
 PRESETS = {"tiny": "tiny", "smollm2": "smollm2-135m-instruct", "llama-1b-random": "llama-3.2-1b-instruct",
            "ref-tiny-random": "llama-3.2-1b-instruct"}

@@ -19,9 +19,9 @@ of a kill small; a finished run is kept). ``eval`` encodes the validation questi
 and answers them (``results/<run>/evaluations/transfer-validation/``). It needs the transfer index and the
 validation questions' augmented file of that work root:
 
-    python -m regrad_lib.pipeline --run demo --steps 01-02 --datasets probe_transfer -p index miniwiki-transfer \
+    python -m regrad_lib.runner.pipeline --run demo --steps 01-02 --datasets probe_transfer -p index miniwiki-transfer \
         -p transfer true -p train_datasets '[]'
-    python -c "from regrad_lib import augment, retrieval; augment.augment('probe_transfer', 'validation', \
+    python -c "from regrad_lib import retrieval; from regrad_lib.retrieval import augment; augment.augment('probe_transfer', 'validation', \
         retriever=retrieval.open('miniwiki-transfer'), data_dir='data/sample/probe_transfer')"
 """
 
@@ -48,7 +48,8 @@ PARAPHRASES = {
 
 
 def _train(a) -> None:
-    from regrad_lib import config, train
+    from regrad_lib import config
+    from regrad_lib.training import train
 
     overrides = {"save_steps": a.save_steps, **json.loads(a.train)}
     preset = config.load_preset(a.preset, {"train": overrides, "learner": json.loads(a.learner)})
@@ -62,7 +63,10 @@ def _paraphrase(a) -> None:
     two of :data:`PARAPHRASES`, seeded), augmented from the demo index like the probe's."""
     import random
 
-    from regrad_lib import artifacts, augment, paths, probe_transfer, retrieval
+    from regrad_lib import retrieval
+    from regrad_lib.data import probe_transfer
+    from regrad_lib.io import artifacts, paths
+    from regrad_lib.retrieval import augment
 
     assert not {q for qs in PARAPHRASES.values() for q in qs} & {q for r in probe_transfer.RELATIONS
                                                                  for q in r.questions}
@@ -118,7 +122,8 @@ def wide_data(seed: int = 42, n_people: int = 200) -> tuple[list, list[dict]]:
     import random
     import re
 
-    from regrad_lib import paths, probe, probe_transfer
+    from regrad_lib.data import probe, probe_transfer
+    from regrad_lib.io import paths
 
     transfer_templates = {q for r in probe_transfer.RELATIONS for q in r.questions}
     probe_templates = {r.question for r in probe.RELATIONS} | {q for qs in PARAPHRASES.values() for q in qs}
@@ -170,7 +175,10 @@ def wide_data(seed: int = 42, n_people: int = 200) -> tuple[list, list[dict]]:
 def _wide(a) -> None:
     """``probe_wide`` (train.json, passages.tsv) in the work root, an index ``<index>-wide`` = the demo corpus + its
     passages, and its augmented training file."""
-    from regrad_lib import artifacts, augment, paths, probe, retrieval
+    from regrad_lib import retrieval
+    from regrad_lib.data import probe
+    from regrad_lib.io import artifacts, paths
+    from regrad_lib.retrieval import augment
 
     people, records = wide_data(a.seed, a.wide_people)
     folder = paths.work_root() / "data" / "probe_wide"
@@ -183,8 +191,9 @@ def _wide(a) -> None:
 
 
 def _eval(a) -> None:
-    from regrad_lib import encode, evaluate, sweeps
-    from regrad_lib.learner import Learner
+    from regrad_lib.bank import encode
+    from regrad_lib.core.learner import Learner
+    from regrad_lib.evaluation import evaluate, sweeps
 
     learner = Learner.from_run(a.run)
     encode.encode_all(encode.EncodeSettings(run=a.run, datasets=[DATASET], split=SPLIT), learner)
@@ -197,7 +206,9 @@ def _eval(a) -> None:
 
 def _measure(run: str, records: list[dict]) -> dict:
     """One run's figures on the validation questions (what ``report`` prints)."""
-    from regrad_lib import analysis, artifacts, effects, metrics, paths, transfer
+    from regrad_lib.data import metrics
+    from regrad_lib.io import artifacts, paths
+    from regrad_lib.reporting import analysis, effects, transfer_report
 
     out: dict = {"run": run}
     summary = artifacts.read_json(paths.output_dir(run) / "train_summary.json")
@@ -217,7 +228,7 @@ def _measure(run: str, records: list[dict]) -> dict:
                                            / max(1, kinds.count(k)), 1) for k in ("closed", "invented")}}
         if method == "regrad":
             out[method]["by_id"] = {str(r["test_id"]): (e, n) for r, e, n in zip(rows, em, nll)}
-            echoes = [transfer.echo_kind(r["prediction"], records[int(r["test_id"])]["entity"], r["answers"])
+            echoes = [transfer_report.echo_kind(r["prediction"], records[int(r["test_id"])]["entity"], r["answers"])
                       for r in rows]
             out[method]["own_name_share"] = round(echoes.count("name") / len(echoes), 3)
             out[method]["fragment_share"] = round(echoes.count("fragment") / len(echoes), 3)
@@ -237,7 +248,7 @@ def _measure(run: str, records: list[dict]) -> dict:
 def _against_first(measured: list[dict]) -> None:
     """Each run's regrad against the first run's on the same questions: paired answer-NLL difference (mean ± SE,
     lower on) and the questions only one of them answers exactly, with McNemar's exact p."""
-    from regrad_lib.effects import mcnemar_exact, paired_difference
+    from regrad_lib.reporting.effects import mcnemar_exact, paired_difference
 
     base = measured[0].get("regrad", {}).get("by_id", {})
     for m in measured[1:]:
@@ -287,7 +298,7 @@ def _markdown(measured: list[dict], n_questions: int) -> str:
 
 
 def _report(a) -> None:
-    from regrad_lib import artifacts, paths
+    from regrad_lib.io import artifacts, paths
 
     records = artifacts.read_json(paths.sample_dir() / DATASET / "validation.json")
     measured = [_measure(run, records) for run in a.run]
@@ -321,7 +332,9 @@ def _study(a) -> None:
 
     import torch
 
-    from regrad_lib import augment, paths, retrieval, run_state
+    from regrad_lib import retrieval
+    from regrad_lib.io import paths, run_state
+    from regrad_lib.retrieval import augment
 
     torch.set_num_threads(a.threads)
     with contextlib.redirect_stdout(sys.stderr):

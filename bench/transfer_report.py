@@ -22,10 +22,12 @@ def main() -> None:
     p.add_argument("--evaluation", default=None)
     a = p.parse_args()
 
-    from regrad_lib import effects, paths, results, transfer
+    from regrad_lib.evaluation import results
+    from regrad_lib.io import paths
+    from regrad_lib.reporting import effects, transfer_report
 
     datasets = ["probe", "probe_transfer"]
-    table = transfer.transfer_table(a.run, datasets, a.data_root, evaluation=a.evaluation)
+    table = transfer_report.transfer_table(a.run, datasets, a.data_root, evaluation=a.evaluation)
     print(f"**How far the update transfers (run {a.run})**\n")
     for d in datasets:       # which code answered (git revision recorded in each result file)
         file = results.method_files(a.run, d, "regrad", a.evaluation)[1]
@@ -35,9 +37,9 @@ def main() -> None:
                   f" ({paths.relative(file)})  ")
     print()
     print(table, "\n")
-    print(transfer.verdict(table), "\n")
+    print(transfer_report.verdict(table), "\n")
     print("**How the answers miss**\n")
-    print(transfer.echo_table(a.run, datasets, a.data_root, evaluation=a.evaluation,
+    print(transfer_report.echo_table(a.run, datasets, a.data_root, evaluation=a.evaluation,
                               methods=("regrad", "rag", "shift", "no_update")), "\n")
     print("**Paired effects on the transfer split (all its questions)**\n")
     print(effects.effect_table(a.run, ["probe_transfer"], evaluation=a.evaluation,

@@ -1,9 +1,11 @@
 """regrad: ReGrad (Retrievable Gradients) as a Jupyter-first, reproducible pipeline.
 
-Modules (one responsibility each; docs/design.md, "Layers", shows which may import which): paths, artifacts,
-config, datasets, corpus, retrieval, augment, modeling, tiny_model (the offline test model), lora, prompts, regrad
-(the functional core), train, bank, encode, evaluate, metrics, plots, pipeline; testing holds test and benchmark
-helpers that no library module imports.
+Packages, bottom layer first (docs/design.md, "Layers": a package imports its own layer and those below):
+io (files, folders, processes) and config (presets) · data (questions, passages, probes, prompts) · retrieval (BM25,
+02_augment) and core (the method: LoRA, the functional core, the learner) · bank (the Gradient Bank, 04_encode) ·
+answering (one answering path for every method) and reporting (tables, effects, figures; no model) · training
+(03_train) · cpt (continual post-training and drift) · evaluation (05_evaluate) · runner (papermill, launch, the
+notebooks' set-up). testing holds test and benchmark helpers that no library module imports.
 """
 
 __version__ = "0.1.0"

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from . import artifacts, paths
+from regrad_lib.io import artifacts, paths
 
 AlphaMode = Literal["fix", "same", "tie", "full"]
 Precision = Literal["bf16", "no"]   # fp16 is refused for training (no loss scaling)
@@ -72,7 +72,7 @@ def _check_finite(obj: Any) -> None:
 @dataclass
 class PeftConfig:
     """LoRA layout, a typed view of peft's ``LoraConfig`` (peft itself validates the file first): where the fast
-    weights phi live, with peft's meaning for every key (:func:`regrad_lib.lora.targeted`)."""
+    weights phi live, with peft's meaning for every key (:func:`regrad_lib.core.lora.targeted`)."""
     r: int = 16
     lora_alpha: float = 32
     lora_dropout: float = 0.0
@@ -238,8 +238,8 @@ class GenerationConfig:
 
 @dataclass
 class CptConfig:
-    """Continual post-training, the baseline of methods ``cpt`` / ``cpt_rag`` (:mod:`regrad_lib.cpt`), and the
-    drift measured after every chunk (:mod:`regrad_lib.drift`). Not read by meta-training."""
+    """Continual post-training, the baseline of methods ``cpt`` / ``cpt_rag`` (:mod:`regrad_lib.cpt.continual`), and the
+    drift measured after every chunk (:mod:`regrad_lib.cpt.drift`). Not read by meta-training."""
     learning_rate: float = 1e-4      # AdamW, constant (a stream has no known end), no weight decay
     epochs_per_chunk: int = 1        # passes over each chunk of documents before the next chunk arrives
     chunks: int = 4                  # the documents arrive in this many chunks (evaluated questions, in order)

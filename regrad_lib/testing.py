@@ -1,11 +1,11 @@
 """Helpers for tests and benchmarks only (no library module imports this): a random Llama-3.2-1B-shaped learner
-for the benchmarks and a saved "trained" run for tests. The tiny test model itself is :mod:`regrad_lib.tiny_model`.
+for the benchmarks and a saved "trained" run for tests. The tiny test model itself is :mod:`regrad_lib.core.tiny_model`.
 """
 
 from __future__ import annotations
 
-from . import artifacts, paths
-from .tiny_model import build_tokenizer, ensure_tiny_model
+from regrad_lib.core.tiny_model import build_tokenizer, ensure_tiny_model
+from regrad_lib.io import artifacts, paths
 
 # meta-llama/Llama-3.2-1B-Instruct's dimensions (as in ../shared/bench/ref_bench.py): benchmarks build a random
 # model of this shape, since no weights can be downloaded.
@@ -27,9 +27,10 @@ def random_1b_learner(device: str = "cpu", seed: int = 42):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from . import config, lora
-    from .learner import Learner, model_dtype
-    from .regrad import StepSizes
+    from regrad_lib import config
+    from regrad_lib.core import lora
+    from regrad_lib.core.learner import Learner, model_dtype
+    from regrad_lib.core.regrad import StepSizes
 
     preset = config.load_preset(PRESET_1B)
     torch.manual_seed(seed)
@@ -50,8 +51,8 @@ def saved_trained_run(run: str, preset, seed: int = 0, b_std: float = 0.3, alpha
     ``preset`` with random non-zero ``lora_B`` (so the LoRA and its gradients act) and every step size ``alpha``."""
     import torch
 
-    from .learner import Learner
-    from .run_state import META_STATE, TRAIN_SUMMARY
+    from regrad_lib.core.learner import Learner
+    from regrad_lib.io.run_state import META_STATE, TRAIN_SUMMARY
 
     learner = Learner.create(preset)
     torch.manual_seed(seed)
@@ -76,7 +77,13 @@ def run_tiny_chain(run: str, seed: int = 42, limit: int = 8, steps: int = 3, ind
     corpus with the probe's passages (01), ``limit`` dev and 16 training questions of popqa and the probe (02),
     ``steps`` meta-training steps with ``seed`` (03), an int4 bank (04), the five demo methods and a gamma
     sweep on the probe (05). Index and augmented files are reused when present (as ``--seeds`` does)."""
-    from . import augment, encode, evaluate, launch, probe, retrieval, train
+    from regrad_lib import retrieval
+    from regrad_lib.bank import encode
+    from regrad_lib.data import probe
+    from regrad_lib.evaluation import evaluate
+    from regrad_lib.retrieval import augment
+    from regrad_lib.runner import launch
+    from regrad_lib.training import train
 
     ensure_tiny_model()
     if not paths.index_dir(index).is_dir():

@@ -8,7 +8,8 @@ import time
 
 import torch
 
-from regrad_lib import distributed, launch
+from regrad_lib.io import distributed
+from regrad_lib.runner import launch
 
 
 @launch._record

@@ -13,14 +13,14 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_model_dir():
-    from regrad_lib import tiny_model
+    from regrad_lib.core import tiny_model
     return tiny_model.ensure_tiny_model()
 
 
 @pytest.fixture(scope="session")
 def tiny(tiny_model_dir):
     """(model, tokenizer) of the offline tiny Llama, fp32, LoRA not attached."""
-    from regrad_lib import modeling
+    from regrad_lib.core import modeling
     return modeling.load(str(tiny_model_dir))
 
 

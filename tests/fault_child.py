@@ -59,7 +59,8 @@ def install(hook: dict) -> None:
 
 
 def run(stage: str, kwargs: dict, threads: int):
-    from regrad_lib import augment, retrieval
+    from regrad_lib import retrieval
+    from regrad_lib.retrieval import augment
 
     if stage == "index":
         return retrieval.build(**kwargs)
@@ -67,7 +68,10 @@ def run(stage: str, kwargs: dict, threads: int):
         return augment.augment(retriever=retrieval.open(kwargs.pop("index")), **kwargs)
     import torch
 
-    from regrad_lib import config, encode, evaluate, train
+    from regrad_lib import config
+    from regrad_lib.bank import encode
+    from regrad_lib.evaluation import evaluate
+    from regrad_lib.training import train
 
     torch.set_num_threads(threads)   # the parent's: results are compared bit for bit
     if stage == "train":
@@ -76,7 +80,7 @@ def run(stage: str, kwargs: dict, threads: int):
     if stage == "encode":
         return encode.encode(**kwargs)
     if stage in ("cpt", "evaluate"):
-        from regrad_lib import evaluate
+        from regrad_lib.evaluation import evaluate
         return evaluate.evaluate(**kwargs)
     raise ValueError(f"unknown stage {stage!r}")
 

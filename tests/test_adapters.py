@@ -7,8 +7,13 @@ import json
 import pytest
 import torch
 
-from regrad_lib import adapters, artifacts, bank, config, encode, evaluate, lora, modeling, paths, testing
-from regrad_lib.learner import Learner
+from regrad_lib import config, testing
+from regrad_lib.answering import methods
+from regrad_lib.bank import encode, reader
+from regrad_lib.core import adapters, lora, modeling
+from regrad_lib.core.learner import Learner
+from regrad_lib.evaluation import evaluate
+from regrad_lib.io import artifacts, paths
 
 RUN, DATASET = "peft-run", "peftqa"
 RECORDS = [{"test_id": i, "question": f"What is the capital of {c}?", "answers": [city],
@@ -69,10 +74,10 @@ def test_warm_start_round_trip(run):
 def test_question_adapter_from_bank_and_online(run):
     learner, _ = run
     task = evaluate.load_tasks(DATASET)[1]
-    with bank.open_bank(3, RUN, DATASET, "dev", "fp32", learner=learner) as store:
-        from_bank = adapters.export_question(learner, task, paths.question_adapter_dir(RUN, "q1-bank"), bank=store,
+    with reader.open_bank(3, RUN, DATASET, "dev", "fp32", learner=learner) as store:
+        from_bank = methods.export_question(learner, task, paths.question_adapter_dir(RUN, "q1-bank"), bank=store,
                                              gamma=2.0, run=RUN)
-    online = adapters.export_question(learner, task, paths.question_adapter_dir(RUN, "q1-online"), gamma=2.0)
+    online = methods.export_question(learner, task, paths.question_adapter_dir(RUN, "q1-online"), gamma=2.0)
     info = json.loads((from_bank / adapters.INFO_FILE).read_text())["config"]
     assert (info["gamma"], info["gradients"], info["passage_ids"]) == (2.0, "bank", ["1a", "1b", "1c"])
     weights = evaluate.question_weights(learner, task, gamma=2.0)

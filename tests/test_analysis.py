@@ -7,10 +7,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from regrad_lib import analysis, paths
-from regrad_lib import bank as gradient_bank
-from regrad_lib import bank_writer
-from regrad_lib.artifacts import write_jsonl, write_text
+from regrad_lib.bank import reader as gradient_bank
+from regrad_lib.bank import writer
+from regrad_lib.bank.writer import BankWriter
+from regrad_lib.io import paths
+from regrad_lib.io.artifacts import write_jsonl, write_text
+from regrad_lib.reporting import analysis
 
 SUMMARY = """dataset,method,em,f1,precision,recall,nll,n
 popqa,closed_book,2.0,5.0,6.0,7.0,3.1,3
@@ -68,7 +70,7 @@ def write_run(run: str, datasets=("popqa",), sweeps: bool = True, log: bool = Tr
         for dataset, scheme in zip(datasets, ("bf16", "fp32")):
             head = gradient_bank.header(model="tiny-llama", model_id="tiny-llama", model_revision=None,
                                         preset="tiny", phi=phi, meta_hash="m", scheme=scheme)
-            writer = bank_writer.BankWriter.open(paths.bank_dir(3, run, dataset, "dev", scheme), head,
+            writer = BankWriter.open(paths.bank_dir(3, run, dataset, "dev", scheme), head,
                                                    shard_bytes=2 * 14 * 4)
             writer.append([f"p{i}" for i in range(4)], torch.ones(4, 14))
             writer.close()

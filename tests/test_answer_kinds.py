@@ -9,10 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from regrad_lib import augment, corpora, corpus, datasets, effects, generation, harness, metrics, paths, prompts
-from regrad_lib import pubmedqa
-from regrad_lib import results, retrieval, tasks
-from regrad_lib.datasets import DatasetFormatError
+from regrad_lib import retrieval
+from regrad_lib.answering import harness
+from regrad_lib.core import generation, task_batches
+from regrad_lib.data import corpus, datasets, indexed_corpus, metrics, prompts, pubmedqa
+from regrad_lib.data.datasets import DatasetFormatError
+from regrad_lib.evaluation import results
+from regrad_lib.io import paths
+from regrad_lib.reporting import effects
+from regrad_lib.retrieval import augment
 
 SAMPLE = paths.sample_dir() / "pubmedqa"
 FULL = Path(__file__).resolve().parents[2] / "shared" / "data" / "domains" / "pubmedqa"   # the development machine's
@@ -65,10 +70,10 @@ def test_majority_baseline_is_chosen_on_training_labels():
 
 
 def test_the_harness_answers_with_the_label_and_keeps_the_raw_text():
-    task = tasks.Task(0, "Q?", ("maybe",), kind="yes_no", choices=metrics.YES_NO_MAYBE)
+    task = task_batches.Task(0, "Q?", ("maybe",), kind="yes_no", choices=metrics.YES_NO_MAYBE)
     row = harness._row(task, generation.Generation((1, 2), " Maybe so.\n", "Maybe so."), ["p1"], 0)
     assert (row["prediction"], row["generated"], row["answer_kind"]) == ("maybe", " Maybe so.\n", "yes_no")
-    short = harness._row(tasks.Task(0, "Q?", ("x",)), generation.Generation((1,), "Maybe so.", "Maybe so."), [], 0)
+    short = harness._row(task_batches.Task(0, "Q?", ("x",)), generation.Generation((1,), "Maybe so.", "Maybe so."), [], 0)
     assert short["prediction"] == "Maybe so." and "answer_kind" not in short
 
 
@@ -124,7 +129,7 @@ def test_augmented_records_carry_the_kind_to_the_tasks(tmp_path):
     file = augment.augment("kindsqa", "dev", retriever=index, data_dir=tmp_path / "q", topk=1)
     records = json.loads(file.read_text())
     assert [r.get("answer_kind") for r in records] == ["yes_no", "multiple_choice", None]   # short: as before
-    loaded = tasks.load("kindsqa", "dev", 1)
+    loaded = task_batches.load("kindsqa", "dev", 1)
     assert [(t.kind, t.choices) for t in loaded] == [("yes_no", ("yes", "no")), ("multiple_choice", ("blue", "green")),
                                                      ("short", ())]
 
@@ -181,7 +186,7 @@ def test_pubmedqa_errors_name_the_file_and_pmid(tmp_path):
 
 
 def test_pubmedqa_paragraphs_are_a_corpus_of_their_own():
-    path = corpora.prepare(SAMPLE)
+    path = indexed_corpus.prepare(SAMPLE)
     assert path.parent == paths.work_root() / "data" / "corpora" and path.suffix == ".tsv"
     read = list(corpus.read(path))
     original = json.loads((SAMPLE / "ori_pqal.json").read_text())
@@ -189,9 +194,9 @@ def test_pubmedqa_paragraphs_are_a_corpus_of_their_own():
     pmid = next(iter(original))
     assert read[0] == corpus.Passage(f"{pmid}-0", original[pmid]["LABELS"][0],
                                      " ".join(original[pmid]["CONTEXTS"][0].split()))
-    assert corpora.prepare(SAMPLE) == path and corpora.prepare(SAMPLE, with_probe=True).name.endswith("+probe.tsv")
+    assert indexed_corpus.prepare(SAMPLE) == path and indexed_corpus.prepare(SAMPLE, with_probe=True).name.endswith("+probe.tsv")
     with pytest.raises(FileNotFoundError, match="without ori_pqal.json"):
-        corpora.prepare(paths.sample_dir())
+        indexed_corpus.prepare(paths.sample_dir())
     index = retrieval.build(path, "pubmedqa-sample")
     question = datasets.load("pubmedqa", SAMPLE, "dev")[0]
     [hits] = index.search([question.question], 3)
@@ -245,12 +250,12 @@ def test_the_label_kinds_worked_examples_are_in_no_bundled_data():
 
 def test_training_and_evaluation_prompts_carry_the_kind(tiny):
     _, tok = tiny
-    task = tasks.Task(0, "Is the sky blue?", ("yes",), (("Sky", "The sky is blue."),), ("1",), kind="yes_no",
+    task = task_batches.Task(0, "Is the sky blue?", ("yes",), (("Sky", "The sky is blue."),), ("1",), kind="yes_no",
                       choices=metrics.YES_NO)
     from regrad_lib.config import LearnerConfig
 
     cfg = LearnerConfig(blind_context=False)
-    [example] = tasks.qa_examples(tok, [task], cfg)
+    [example] = task_batches.qa_examples(tok, [task], cfg)
     text = tok.decode(example.input_ids)
     assert "Answer only 'yes' or 'no'" not in text and "it must be 'yes' or 'no' only!" in text
     assert text.endswith("Answer: yes<|im_end|>")

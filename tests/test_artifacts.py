@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from regrad_lib import artifacts
+from regrad_lib.io import artifacts
 
 
 def _folder(path, content):
@@ -68,7 +68,7 @@ def test_written_files_and_folders_follow_the_umask(tmp_path, umask):
     script = f"""
 import os, sys
 sys.path.insert(0, {str(artifacts.paths.repo_root())!r})
-from regrad_lib import artifacts
+from regrad_lib.io import artifacts
 os.umask({umask})
 artifacts.write_json({str(tmp_path / "a.json")!r}, {{"x": 1}})
 with artifacts.atomic_dir({str(tmp_path / "d")!r}) as tmp:

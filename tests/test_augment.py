@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from regrad_lib import augment, paths, retrieval
+from regrad_lib import retrieval
+from regrad_lib.io import paths
+from regrad_lib.retrieval import augment
 
 QUESTIONS = [{"question": f"Where is monument {i}?", "answer": [f"city {i}", f"town {i}"]} for i in range(10)]
 

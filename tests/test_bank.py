@@ -6,7 +6,10 @@ import json
 import pytest
 import torch
 
-from regrad_lib import bank, bank_writer, lora, paths, schemes
+from regrad_lib.bank import reader, schemes
+from regrad_lib.bank.writer import BankWriter
+from regrad_lib.core import lora
+from regrad_lib.io import paths
 
 PHI = {"m.0.lora_A": torch.zeros(2, 3), "m.0.lora_B": torch.zeros(4, 2), "m.1.lora_A": torch.zeros(2, 5),
        "m.1.lora_B": torch.zeros(3, 2)}
@@ -15,12 +18,12 @@ SCHEMES = ["fp32", "bf16", "fp16", "int8", "int4", "int2"]
 
 
 def _head(scheme="fp32", meta_hash="meta-1"):
-    return bank.header(model="tiny-llama", model_id="tiny-llama", model_revision=None, preset="tiny", phi=PHI,
+    return reader.header(model="tiny-llama", model_id="tiny-llama", model_revision=None, preset="tiny", phi=PHI,
                        meta_hash=meta_hash, scheme=scheme, source={"run": "r", "dataset": "d", "split": "dev"})
 
 
 def _row_bytes(scheme):
-    return bank.storage_scheme(scheme).row_bytes(lora.layout(PHI))
+    return reader.storage_scheme(scheme).row_bytes(lora.layout(PHI))
 
 
 def _vectors(n, seed=0):
@@ -29,7 +32,7 @@ def _vectors(n, seed=0):
 
 
 def _write(path, ids, vectors, scheme="fp32", rows_per_shard=3, **kw):
-    writer = bank_writer.BankWriter.open(path, _head(scheme, **kw), shard_bytes=rows_per_shard * _row_bytes(scheme))
+    writer = BankWriter.open(path, _head(scheme, **kw), shard_bytes=rows_per_shard * _row_bytes(scheme))
     writer.append(ids, vectors)
     return writer.close()
 
@@ -58,7 +61,7 @@ def test_round_trip_fp32_exact_and_layout(folder):
     ids = [f"p{i}" for i in range(7)]
     vectors = _vectors(7)
     _write(folder, ids, vectors)
-    b = bank.GradientBank.open(folder)
+    b = reader.GradientBank.open(folder)
     assert b.ids() == ids and len(b) == 7 and "p3" in b and "zz" not in b
     assert len(b.manifest["shards"]) == 3  # 3 + 3 + 1 rows
     assert b.bytes_per_passage == D * 4 + 8 and b.scheme.name == "fp32"
@@ -73,7 +76,7 @@ def test_round_trip_fp32_exact_and_layout(folder):
 def test_round_trip_every_scheme_equals_its_decoding(folder, scheme):
     vectors = _vectors(5)
     _write(folder, list("abcde"), vectors, scheme=scheme, rows_per_shard=2)
-    b = bank.GradientBank.open(folder, scheme=scheme)
+    b = reader.GradientBank.open(folder, scheme=scheme)
     s = schemes.parse(scheme)
     assert b.bytes_per_passage == s.row_bytes(b.layout) + 8 and b.manifest["scheme"] == scheme
     expected = s.decode(s.encode(vectors, b.layout)[0], b.layout)
@@ -89,7 +92,7 @@ def test_round_trip_every_scheme_equals_its_decoding(folder, scheme):
 def test_sum_and_sum_many_equal_sums_of_entries(folder, scheme):
     ids = [f"p{i}" for i in range(6)]
     _write(folder, ids, _vectors(6, seed=1), scheme=scheme)
-    b = bank.GradientBank.open(folder)
+    b = reader.GradientBank.open(folder)
     total = b.sum(["p1", "p4", "p5"])
     expected = {n: (b.get("p1")[n] + b.get("p4")[n]) + b.get("p5")[n] for n in PHI}
     many = b.sum_many([["p1", "p4", "p5"], ["p0"], [], ["p0", "p0"]])
@@ -104,7 +107,7 @@ def test_sum_and_sum_many_equal_sums_of_entries(folder, scheme):
 
 def test_missing_id_names_id_bank_and_fix(folder):
     _write(folder, ["a"], _vectors(1))
-    b = bank.GradientBank.open(folder)
+    b = reader.GradientBank.open(folder)
     with pytest.raises(KeyError) as err:
         b.sum(["a", "nope"])
     message = str(err.value)
@@ -115,27 +118,27 @@ def test_missing_id_names_id_bank_and_fix(folder):
 @pytest.mark.parametrize("scheme", ["fp32", "int4", "int2"])
 def test_wrong_meta_layout_model_or_scheme_is_refused(folder, scheme):
     _write(folder, ["a"], _vectors(1), scheme=scheme)
-    with pytest.raises(bank.BankMismatchError) as err:
-        bank.GradientBank.open(folder, meta_hash="meta-2")
+    with pytest.raises(reader.BankMismatchError) as err:
+        reader.GradientBank.open(folder, meta_hash="meta-2")
     assert "meta-1" in str(err.value) and "meta-2" in str(err.value) and "04_encode" in str(err.value)
-    with pytest.raises(bank.BankMismatchError, match="layout_hash"):
-        bank.GradientBank.open(folder, layout_hash="0123456789abcdef")
-    with pytest.raises(bank.BankMismatchError, match="model"):
-        bank.GradientBank.open(folder, model="smollm2-135m-instruct")
-    with pytest.raises(bank.BankMismatchError, match=f"scheme: bank '{scheme}' != requested 'int8'"):
-        bank.GradientBank.open(folder, scheme="int8")
-    assert len(bank.GradientBank.open(folder, meta_hash="meta-1", layout_hash=lora.layout_hash(PHI))) == 1
+    with pytest.raises(reader.BankMismatchError, match="layout_hash"):
+        reader.GradientBank.open(folder, layout_hash="0123456789abcdef")
+    with pytest.raises(reader.BankMismatchError, match="model"):
+        reader.GradientBank.open(folder, model="smollm2-135m-instruct")
+    with pytest.raises(reader.BankMismatchError, match=f"scheme: bank '{scheme}' != requested 'int8'"):
+        reader.GradientBank.open(folder, scheme="int8")
+    assert len(reader.GradientBank.open(folder, meta_hash="meta-1", layout_hash=lora.layout_hash(PHI))) == 1
 
 
 def test_truncated_or_missing_shard_is_refused_naming_the_file(folder):
     _write(folder, list("abcd"), _vectors(4))
     shard = folder / "shard-00001.safetensors"
     shard.write_bytes(shard.read_bytes()[:-10])
-    with pytest.raises(bank.BankError, match="shard-00001.safetensors.*truncated"):
-        bank.GradientBank.open(folder)
+    with pytest.raises(reader.BankError, match="shard-00001.safetensors.*truncated"):
+        reader.GradientBank.open(folder)
     shard.unlink()
-    with pytest.raises(bank.BankError, match="shard-00001.safetensors.*missing"):
-        bank.GradientBank.open(folder)
+    with pytest.raises(reader.BankError, match="shard-00001.safetensors.*missing"):
+        reader.GradientBank.open(folder)
 
 
 @pytest.mark.parametrize("scheme", ["fp32", "bf16", "int4"])
@@ -144,19 +147,19 @@ def test_sixteen_flipped_bytes_are_never_served(folder, scheme):
     _write(folder, list("abcdef"), _vectors(6), scheme=scheme)
     shard = folder / "shard-00000.safetensors"
     data = bytearray(shard.read_bytes())
-    row_len = bank.storage_scheme(scheme).shapes(lora.layout(PHI))["values"][0] * \
-        bank.storage_scheme(scheme).value_dtype.itemsize
+    row_len = reader.storage_scheme(scheme).shapes(lora.layout(PHI))["values"][0] * \
+        reader.storage_scheme(scheme).value_dtype.itemsize
     start = _data_start(shard) + row_len + 2          # inside row 1 ('b')
     for i in range(start, start + 16):
         data[i] ^= 0xFF
     shard.write_bytes(bytes(data))                     # same size: only a checksum can tell
-    b = bank.GradientBank.open(folder)                 # the header is intact
+    b = reader.GradientBank.open(folder)                 # the header is intact
     assert torch.equal(b.get("a")["m.0.lora_A"], b.get("a")["m.0.lora_A"])    # other rows are still served
     for read in (lambda: b.get("b"), lambda: b.rows(["c", "b"]), lambda: b.sum(["a", "b"]),
                  lambda: b.sum_many([["a"], ["b"]]), lambda: b.norms()):
-        with pytest.raises(bank.BankCorruptError, match=r"shard-00000.safetensors row 1 \(passage 'b'\).*checksum"):
+        with pytest.raises(reader.BankCorruptError, match=r"shard-00000.safetensors row 1 \(passage 'b'\).*checksum"):
             read()
-    with pytest.raises(bank.BankCorruptError, match="sha256"):
+    with pytest.raises(reader.BankCorruptError, match="sha256"):
         b.verify()
 
 
@@ -166,8 +169,8 @@ def test_flipped_checksum_bytes_are_refused(folder):
     data = bytearray(shard.read_bytes())
     data[_data_start(shard, "crc32") + 8] ^= 0x01       # row 1's stored CRC
     shard.write_bytes(bytes(data))
-    with pytest.raises(bank.BankCorruptError, match="row 1"):
-        bank.GradientBank.open(folder).get("b")
+    with pytest.raises(reader.BankCorruptError, match="row 1"):
+        reader.GradientBank.open(folder).get("b")
 
 
 def test_corrupted_header_is_refused_on_open(folder):
@@ -176,8 +179,8 @@ def test_corrupted_header_is_refused_on_open(folder):
     data = bytearray(shard.read_bytes())
     data[8:12] = b"\x00\xff{["
     shard.write_bytes(bytes(data))
-    with pytest.raises(bank.BankCorruptError, match="shard-00000.safetensors cannot be read"):
-        bank.GradientBank.open(folder)
+    with pytest.raises(reader.BankCorruptError, match="shard-00000.safetensors cannot be read"):
+        reader.GradientBank.open(folder)
 
 
 def test_id_removed_from_a_shard_list_is_refused(folder):
@@ -187,20 +190,20 @@ def test_id_removed_from_a_shard_list_is_refused(folder):
     m = _manifest(folder)
     del m["shards"][0]["ids"][1]
     _save_manifest(folder, m)
-    with pytest.raises(bank.BankFormatError, match=r"manifest.json: field 'shards\[0\].ids' lists 2 ids for 3 rows"):
-        bank.GradientBank.open(folder)
+    with pytest.raises(reader.BankFormatError, match=r"manifest.json: field 'shards\[0\].ids' lists 2 ids for 3 rows"):
+        reader.GradientBank.open(folder)
     m["shards"][0]["rows"] = 2                               # made consistent in the manifest: the hash tells
     m["count"] = 5
     _save_manifest(folder, m)
-    with pytest.raises(bank.BankFormatError, match=r"'shards\[0\].ids' does not match shards\[0\].ids_sha256"):
-        bank.GradientBank.open(folder)
-    m["shards"][0]["ids_sha256"] = bank.ids_checksum(m["shards"][0]["ids"])
+    with pytest.raises(reader.BankFormatError, match=r"'shards\[0\].ids' does not match shards\[0\].ids_sha256"):
+        reader.GradientBank.open(folder)
+    m["shards"][0]["ids_sha256"] = reader.ids_checksum(m["shards"][0]["ids"])
     _save_manifest(folder, m)                                # and its hash: the shard header tells
-    with pytest.raises(bank.BankFormatError, match=r"shard-00000.safetensors \(manifest field 'shards\[0\]'\).*id "
+    with pytest.raises(reader.BankFormatError, match=r"shard-00000.safetensors \(manifest field 'shards\[0\]'\).*id "
                                                     r"list differs"):
-        bank.GradientBank.open(folder)
+        reader.GradientBank.open(folder)
     _save_manifest(folder, good)
-    assert bank.GradientBank.open(folder).ids() == list("abcdef")
+    assert reader.GradientBank.open(folder).ids() == list("abcdef")
 
 
 def test_swapped_ids_are_refused(folder, monkeypatch):
@@ -210,17 +213,17 @@ def test_swapped_ids_are_refused(folder, monkeypatch):
     ids = m["shards"][1]["ids"]
     ids[0], ids[2] = ids[2], ids[0]
     _save_manifest(folder, m)
-    with pytest.raises(bank.BankFormatError, match=r"'shards\[1\].ids' does not match"):
-        bank.GradientBank.open(folder)
-    m["shards"][1]["ids_sha256"] = bank.ids_checksum(ids)
+    with pytest.raises(reader.BankFormatError, match=r"'shards\[1\].ids' does not match"):
+        reader.GradientBank.open(folder)
+    m["shards"][1]["ids_sha256"] = reader.ids_checksum(ids)
     _save_manifest(folder, m)
-    with pytest.raises(bank.BankFormatError, match="id list differs"):
-        bank.GradientBank.open(folder)
-    monkeypatch.setattr(bank, "check_shard_header", lambda *a: None)   # without the header check: the row CRCs
-    b = bank.GradientBank.open(folder)
-    with pytest.raises(bank.BankCorruptError, match=r"row 0 \(passage 'f'\)"):
+    with pytest.raises(reader.BankFormatError, match="id list differs"):
+        reader.GradientBank.open(folder)
+    monkeypatch.setattr(reader, "check_shard_header", lambda *a: None)   # without the header check: the row CRCs
+    b = reader.GradientBank.open(folder)
+    with pytest.raises(reader.BankCorruptError, match=r"row 0 \(passage 'f'\)"):
         b.get("f")
-    with pytest.raises(bank.BankCorruptError):
+    with pytest.raises(reader.BankCorruptError):
         b.verify()
 
 
@@ -243,8 +246,8 @@ def test_swapped_ids_are_refused(folder, monkeypatch):
 def test_structural_manifest_errors_name_the_manifest_and_field(folder, edit, field):
     _write(folder, list("abcdef"), _vectors(6))
     _save_manifest(folder, edit(_manifest(folder)))
-    with pytest.raises(bank.BankFormatError, match=field) as err:
-        bank.GradientBank.open(folder)
+    with pytest.raises(reader.BankFormatError, match=field) as err:
+        reader.GradientBank.open(folder)
     assert "dev_all/fp32/manifest.json" in str(err.value) and "04_encode" in str(err.value)
 
 
@@ -252,11 +255,11 @@ def test_duplicate_ids_across_shards_are_refused(folder):
     _write(folder, list("abcdef"), _vectors(6))
     m = _manifest(folder)
     m["shards"][1]["ids"][2] = "a"
-    m["shards"][1]["ids_sha256"] = bank.ids_checksum(m["shards"][1]["ids"])
+    m["shards"][1]["ids_sha256"] = reader.ids_checksum(m["shards"][1]["ids"])
     _save_manifest(folder, m)
-    with pytest.raises(bank.BankFormatError, match=r"'shards\[1\].ids' repeats passage id 'a' \(also in "
+    with pytest.raises(reader.BankFormatError, match=r"'shards\[1\].ids' repeats passage id 'a' \(also in "
                                                     r"shards\[0\].ids\)"):
-        bank.GradientBank.open(folder)
+        reader.GradientBank.open(folder)
 
 
 def test_old_version_bank_asks_for_a_re_encode(folder):
@@ -264,8 +267,8 @@ def test_old_version_bank_asks_for_a_re_encode(folder):
     m = _manifest(folder)
     m["version"] = 1
     _save_manifest(folder, m)
-    with pytest.raises(bank.BankFormatError, match="format version 1.*reads version 2.*re-encode.*overwrite=True"):
-        bank.GradientBank.open(folder)
+    with pytest.raises(reader.BankFormatError, match="format version 1.*reads version 2.*re-encode.*overwrite=True"):
+        reader.GradientBank.open(folder)
 
 
 def test_a_shard_of_another_scheme_is_refused(tmp_path, folder):
@@ -276,27 +279,27 @@ def test_a_shard_of_another_scheme_is_refused(tmp_path, folder):
     (folder / "shard-00000.safetensors").write_bytes((other / "shard-00000.safetensors").read_bytes())
     m["shards"][0]["bytes"] = (folder / "shard-00000.safetensors").stat().st_size
     _save_manifest(folder, m)
-    with pytest.raises(bank.BankFormatError, match="scheme='int4', the manifest 'fp32'.*never mixed"):
-        bank.GradientBank.open(folder)
+    with pytest.raises(reader.BankFormatError, match="scheme='int4', the manifest 'fp32'.*never mixed"):
+        reader.GradientBank.open(folder)
 
 
 def test_non_finite_values_are_refused_when_written(folder):
     vectors = _vectors(2)
     vectors[1, 3] = float("nan")
     for scheme in ("fp32", "int4"):
-        writer = bank_writer.BankWriter.open(folder.parent / scheme, _head(scheme))
+        writer = BankWriter.open(folder.parent / scheme, _head(scheme))
         with pytest.raises(ValueError, match=r"\['b'\].*" + scheme):
             writer.append(["a", "b"], vectors)
     big = torch.full((1, D), 1e6)
     with pytest.raises(ValueError, match="fp16"):
-        bank_writer.BankWriter.open(folder.parent / "x", _head("fp16")).append(["a"], big)
+        BankWriter.open(folder.parent / "x", _head("fp16")).append(["a"], big)
 
 
 @pytest.mark.parametrize("background", [True, False])
 @pytest.mark.parametrize("scheme", ["fp32", "int4"])
 def test_interrupted_write_leaves_a_consistent_resumable_bank(folder, monkeypatch, background, scheme):
     ids, vectors = [f"p{i}" for i in range(8)], _vectors(8)
-    real = bank_writer.BankWriter._write_shard
+    real = BankWriter._write_shard
     calls = []
 
     def flaky(self, *args):
@@ -305,21 +308,21 @@ def test_interrupted_write_leaves_a_consistent_resumable_bank(folder, monkeypatc
             raise KeyboardInterrupt("power cut")
         real(self, *args)
 
-    monkeypatch.setattr(bank_writer.BankWriter, "_write_shard", flaky)
-    writer = bank_writer.BankWriter.open(folder, _head(scheme), shard_bytes=3 * _row_bytes(scheme), background=background)
+    monkeypatch.setattr(BankWriter, "_write_shard", flaky)
+    writer = BankWriter.open(folder, _head(scheme), shard_bytes=3 * _row_bytes(scheme), background=background)
     with pytest.raises(KeyboardInterrupt):
         writer.append(ids, vectors)
         writer.close()
-    monkeypatch.setattr(bank_writer.BankWriter, "_write_shard", real)
-    partial = bank.GradientBank.open(folder)
+    monkeypatch.setattr(BankWriter, "_write_shard", real)
+    partial = reader.GradientBank.open(folder)
     assert partial.ids() == ids[:3] and partial.verify()["entries"] == 3
     assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*"))
 
-    writer = bank_writer.BankWriter.open(folder, _head(scheme), shard_bytes=3 * _row_bytes(scheme))
+    writer = BankWriter.open(folder, _head(scheme), shard_bytes=3 * _row_bytes(scheme))
     assert writer.ids() == set(ids[:3])
     writer.append(ids[3:], vectors[3:])
     writer.close()
-    b = bank.GradientBank.open(folder)
+    b = reader.GradientBank.open(folder)
     assert b.ids() == ids and b.verify()["entries"] == 8
     s = schemes.parse(scheme)
     assert torch.equal(b.rows(ids), s.decode(s.encode(vectors, b.layout)[0], b.layout))
@@ -328,7 +331,7 @@ def test_interrupted_write_leaves_a_consistent_resumable_bank(folder, monkeypatc
 
 @pytest.mark.parametrize("scheme", ["fp32", "int4", "int2"])
 def test_duplicate_ids_are_refused(folder, scheme):
-    writer = bank_writer.BankWriter.open(folder, _head(scheme))
+    writer = BankWriter.open(folder, _head(scheme))
     with pytest.raises(ValueError, match="'a'"):
         writer.append(["a", "a"], _vectors(2))
     writer.append(["a"], _vectors(1))
@@ -340,7 +343,7 @@ def test_duplicate_ids_are_refused(folder, scheme):
 @pytest.mark.parametrize("scheme", ["bf16", "int4"])
 def test_shard_checksum_is_the_file_sha256_and_the_header_describes_the_shard(folder, scheme):
     _write(folder, list("abcde"), _vectors(5), scheme=scheme, rows_per_shard=2)
-    manifest = bank.GradientBank.open(folder).manifest
+    manifest = reader.GradientBank.open(folder).manifest
     for shard in manifest["shards"]:
         data = (folder / shard["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == shard["sha256"] and len(data) == shard["bytes"]
@@ -355,39 +358,39 @@ def test_stray_files_of_a_crash_are_removed_on_resume(folder):
     (folder / "shard-00001.safetensors").write_bytes(b"half a shard")
     (folder / ".shard-00001.safetensors.x.tmp").write_bytes(b"junk")
     (folder / "shard-w2-00000.safetensors").write_bytes(b"another writer's shard")
-    writer = bank_writer.BankWriter.open(folder, _head(), shard_bytes=3 * _row_bytes("fp32"))
+    writer = BankWriter.open(folder, _head(), shard_bytes=3 * _row_bytes("fp32"))
     writer.append(["d"], _vectors(1, seed=5))
     writer.close()
-    b = bank.GradientBank.open(folder)
+    b = reader.GradientBank.open(folder)
     assert b.ids() == list("abcd") and b.verify()["shards"] == 2
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "shard-00000.safetensors",
                                                         "shard-00001.safetensors", "shard-w2-00000.safetensors"]
 
 
 def test_shard_prefix_names_the_files(folder):
-    writer = bank_writer.BankWriter.open(folder, _head(), shard_bytes=2 * _row_bytes("fp32"), prefix="shard-w1")
+    writer = BankWriter.open(folder, _head(), shard_bytes=2 * _row_bytes("fp32"), prefix="shard-w1")
     writer.append(list("abc"), _vectors(3))
     writer.close()
     assert [s["file"] for s in _manifest(folder)["shards"]] == ["shard-w1-00000.safetensors",
                                                                "shard-w1-00001.safetensors"]
     with pytest.raises(ValueError, match="prefix"):
-        bank_writer.BankWriter.open(folder, _head(), prefix="../x")
+        BankWriter.open(folder, _head(), prefix="../x")
 
 
 def test_resume_with_other_settings_is_refused_unless_overwrite(folder):
     _write(folder, ["a"], _vectors(1))
-    with pytest.raises(bank.BankMismatchError, match="meta_hash.*overwrite=True"):
-        bank_writer.BankWriter.open(folder, _head(meta_hash="meta-2"))
-    with pytest.raises(bank.BankMismatchError, match="scheme: bank 'fp32' != now 'int4'.*never mixes"):
-        bank_writer.BankWriter.open(folder, _head(scheme="int4"))
+    with pytest.raises(reader.BankMismatchError, match="meta_hash.*overwrite=True"):
+        BankWriter.open(folder, _head(meta_hash="meta-2"))
+    with pytest.raises(reader.BankMismatchError, match="scheme: bank 'fp32' != now 'int4'.*never mixes"):
+        BankWriter.open(folder, _head(scheme="int4"))
     _write(folder.parent / "int4", ["a"], _vectors(1), scheme="int4")
-    with pytest.raises(bank.BankMismatchError, match="group_size: bank 64 != now 128"):
-        bank_writer.BankWriter.open(folder.parent / "int4", _head(scheme="int4-g128"))
-    writer = bank_writer.BankWriter.open(folder, _head(meta_hash="meta-2"), overwrite=True)
+    with pytest.raises(reader.BankMismatchError, match="group_size: bank 64 != now 128"):
+        BankWriter.open(folder.parent / "int4", _head(scheme="int4-g128"))
+    writer = BankWriter.open(folder, _head(meta_hash="meta-2"), overwrite=True)
     assert writer.ids() == set()
     writer.append(["z"], _vectors(1))
     writer.close()
-    assert bank.GradientBank.open(folder, meta_hash="meta-2").ids() == ["z"]
+    assert reader.GradientBank.open(folder, meta_hash="meta-2").ids() == ["z"]
 
 
 def test_manifest_records_identity_and_shard_map(folder):
@@ -399,21 +402,21 @@ def test_manifest_records_identity_and_shard_map(folder):
     assert manifest["layout"][1] == ["m.0.lora_B", [4, 2]]
     assert [s["ids"] for s in manifest["shards"]] == [["a", "b", "c"], ["d"]]
     assert {"git_revision", "versions"} <= set(manifest["provenance"])
-    assert bank.GradientBank.open(folder).bytes_on_disk() > 4 * _row_bytes("int8")
+    assert reader.GradientBank.open(folder).bytes_on_disk() > 4 * _row_bytes("int8")
 
 
 def test_bank_paths_are_keyed_by_scheme(tmp_path, monkeypatch):
     monkeypatch.setenv("REGRAD_WORK", str(tmp_path))
     for scheme in ("int4", "bf16"):
         _write(paths.bank_dir(3, "r", "d", "dev", scheme), ["a"], _vectors(1), scheme=scheme)
-    assert bank.schemes_on_disk(3, "r", "d", "dev") == ["bf16", "int4"]
-    assert bank.open_bank(3, "r", "d", "dev", "int4").scheme.name == "int4"
+    assert reader.schemes_on_disk(3, "r", "d", "dev") == ["bf16", "int4"]
+    assert reader.open_bank(3, "r", "d", "dev", "int4").scheme.name == "int4"
     with pytest.raises(FileNotFoundError, match=r"dev_all/int8 .*04_encode.*schemes \['bf16', 'int4'\]"):
-        bank.open_bank(3, "r", "d", "dev", "int8")
+        reader.open_bank(3, "r", "d", "dev", "int8")
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="int3"):
-        bank.storage_scheme("int3")
+        reader.storage_scheme("int3")
     with pytest.raises(FileNotFoundError, match="04_encode"):
-        bank.GradientBank.open("/nonexistent/offline/3/r/d/dev_all/bf16")
+        reader.GradientBank.open("/nonexistent/offline/3/r/d/dev_all/bf16")

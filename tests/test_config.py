@@ -179,7 +179,7 @@ def test_every_model_preset_states_its_cpt_settings(name):
 
 
 def test_cpt_settings_are_not_part_of_the_training_request():
-    from regrad_lib import run_folder
+    from regrad_lib.training import run_folder
 
     a, b = config.load_preset("tiny"), config.load_preset("tiny", {"cpt": {"chunks": 9}})
     assert run_folder.request_of(a, ["popqa"], "train_all") == run_folder.request_of(b, ["popqa"], "train_all")

@@ -11,9 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from regrad_lib import (artifacts, checkpoint, config, evaluate, generation, learner as learner_mod, lora, paths,
-                        prompts, regrad, tasks, testing, train)
-from regrad_lib.learner import Learner
+from regrad_lib import config, testing
+from regrad_lib.core import generation, lora, regrad, task_batches
+from regrad_lib.core import learner as learner_mod
+from regrad_lib.core.learner import Learner
+from regrad_lib.data import prompts
+from regrad_lib.evaluation import evaluate
+from regrad_lib.io import artifacts, checkpoint, paths
+from regrad_lib.training import train
 
 HERE = Path(__file__).parent
 KEY_TESTS = {
@@ -63,6 +68,7 @@ KEY_TESTS = {
     "train.eval_steps": "test_train.py::test_short_run_writes_every_artifact_with_the_log_schema",
     "train.metric_for_best_model": "test_config_keys.py::test_train_args_reach_the_optimizer_the_schedule_and_the_log",
     "train.save_steps": "test_train.py::test_resume_gives_the_same_next_step_loss",
+    "train.keep_steps": "test_train.py::test_kept_steps_hold_the_weights_of_that_step_and_a_paused_run_resumes_to_the_same_end",
     "train.logging_steps": "test_config_keys.py::test_train_args_reach_the_optimizer_the_schedule_and_the_log",
     "train.seed": "test_config_keys.py::test_seed_sets_the_lora_initialisation",
     "train.on_nonfinite": "test_train.py::test_skip_mode_counts_skipped_steps_and_never_trains_on_nan",
@@ -140,7 +146,7 @@ def test_peft_keys_at_peft_default_are_accepted(tmp_path):
 def test_model_name_or_path_is_the_model_loaded(tiny_model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="Model 'no-such-model' not found"):
         Learner.create(config.load_preset("tiny", {"learner": {"model_name_or_path": "no-such-model"}}))
-    from regrad_lib import tiny_model
+    from regrad_lib.core import tiny_model
     other = tiny_model.build_model(1024, seed=9)
     other.save_pretrained(tmp_path / "other")
     tiny_model.build_tokenizer().save_pretrained(tmp_path / "other")
@@ -163,15 +169,15 @@ def test_alpha_mode_and_init_alpha_shape_the_step_sizes(tiny_model_dir, mode, sh
 
 def test_blind_context_and_lengths_shape_the_batches(tiny):
     tok = tiny[1]
-    task = tasks.Task(0, "What is the capital of France? " * 3, ("Paris",),
+    task = task_batches.Task(0, "What is the capital of France? " * 3, ("Paris",),
                       (("Paris", "Paris is the capital and most populous city of France. " * 4),) * 2, ("1", "2"))
     cfg = lambda **kw: config.load_preset("tiny", {"learner": kw}).learner  # noqa: E731
-    blind = tasks.task_batch(tok, [task], cfg())
-    icl = tasks.task_batch(tok, [task], cfg(blind_context=False))
+    blind = task_batches.task_batch(tok, [task], cfg())
+    icl = task_batches.task_batch(tok, [task], cfg(blind_context=False))
     assert icl.qa.input_ids.shape[1] > blind.qa.input_ids.shape[1] + 20            # passages in the prompt
     assert blind.passages.input_ids.shape[1] == 64
-    assert tasks.task_batch(tok, [task], cfg(max_context_len=16)).passages.input_ids.shape[1] == 16
-    assert tasks.task_batch(tok, [task], cfg(blind_context=False, max_prompt_len=140)).qa.input_ids.shape[1] < \
+    assert task_batches.task_batch(tok, [task], cfg(max_context_len=16)).passages.input_ids.shape[1] == 16
+    assert task_batches.task_batch(tok, [task], cfg(blind_context=False, max_prompt_len=140)).qa.input_ids.shape[1] < \
         icl.qa.input_ids.shape[1]
 
 
@@ -183,20 +189,20 @@ def test_first_order_changes_the_meta_gradient(tiny_model_dir):
             for n, p in learner.phi.items():
                 if n.endswith("lora_B"):
                     p.normal_(0, 0.2, generator=torch.Generator().manual_seed(1))
-        task = tasks.Task(0, "Capital of France?", ("Paris",), (("Paris", "Paris is the capital of France."),), ("1",))
-        loss = train.chunk_losses(learner, tasks.task_batch(learner.tokenizer, [task], learner.preset.learner))
+        task = task_batches.Task(0, "Capital of France?", ("Paris",), (("Paris", "Paris is the capital of France."),), ("1",))
+        loss = train.chunk_losses(learner, task_batches.task_batch(learner.tokenizer, [task], learner.preset.learner))
         grads[first] = torch.autograd.grad(loss.sum(), list(learner.phi.values()))
     assert any(not torch.allclose(a, b, rtol=1e-4, atol=1e-9) for a, b in zip(grads[False], grads[True]))
 
 
 def test_bank_context_len_cuts_the_passages_of_the_update(tiny_model_dir):
-    task = tasks.Task(0, "Q?", ("A",), (("Nile", "The Nile is a major north-flowing river in Africa. " * 6),), ("1",))
+    task = task_batches.Task(0, "Q?", ("A",), (("Nile", "The Nile is a major north-flowing river in Africa. " * 6),), ("1",))
     out = {}
     for length in (8, 64):
         learner = Learner.create(config.load_preset("tiny", {"learner": {"bank_context_len": length}}))
         out[length] = generation.online_gradients(learner, [task])
         direct = regrad.summed_gradient(learner.model, learner.phi,
-                                        tasks.passage_batch(learner.tokenizer, task.passages, length))
+                                        task_batches.passage_batch(learner.tokenizer, task.passages, length))
         torch.testing.assert_close(out[length]["model.layers.2.mlp.up_proj.lora_B"][0],
                                    direct["model.layers.2.mlp.up_proj.lora_B"], rtol=1e-5, atol=1e-8)
     assert not torch.allclose(out[8]["model.layers.2.mlp.up_proj.lora_B"], out[64]["model.layers.2.mlp.up_proj.lora_B"])

@@ -8,8 +8,9 @@ import logging
 
 import pytest
 
-from regrad_lib import corpus, paths
-from regrad_lib.corpus import CorpusFormatError, Passage
+from regrad_lib.data import corpus
+from regrad_lib.data.corpus import CorpusFormatError, Passage
+from regrad_lib.io import paths
 
 HEADER = "id\ttext\ttitle\n"
 
@@ -51,7 +52,7 @@ def test_bad_rows_skipped_counted_and_logged(tmp_path, caplog):
     rows[9] = "10\tonly two fields"
     rows[19] = "\tno id\tT"
     path = _tsv(tmp_path, rows)
-    with caplog.at_level(logging.WARNING, logger="regrad_lib.corpus"):
+    with caplog.at_level(logging.WARNING, logger="regrad_lib.data.corpus"):
         got = list(corpus.read(path))
     assert len(got) == 98 and "10" not in {p.id for p in got}
     assert "line 11" in caplog.text and "line 21" in caplog.text and "2 of 100 rows" in caplog.text
@@ -95,7 +96,7 @@ def test_jsonl_corpus(tmp_path, caplog):
              "{not json", json.dumps({"id": "", "text": "x"})]
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    with caplog.at_level(logging.WARNING, logger="regrad_lib.corpus"):
+    with caplog.at_level(logging.WARNING, logger="regrad_lib.data.corpus"):
         got = list(corpus.read(path))
     assert got == [Passage("d1", "T1", "one"), Passage("2", "", "two")]
     assert "line 3" in caplog.text and "line 4" in caplog.text
@@ -134,7 +135,7 @@ def test_empty_or_header_only_corpus_is_refused(tmp_path, content):
 def test_a_non_utf8_byte_makes_a_bad_row_not_a_failed_build(tmp_path, caplog):
     path = tmp_path / "c.tsv"
     path.write_bytes(HEADER.encode() + b"1\tgood\tA\n2\tbad \xff byte\tB\n3\tgood too\tC\n")
-    with caplog.at_level(logging.WARNING, logger="regrad_lib.corpus"):
+    with caplog.at_level(logging.WARNING, logger="regrad_lib.data.corpus"):
         assert [p.id for p in corpus.read(path)] == ["1", "3"]
     assert "line 3 skipped: not UTF-8 (byte 0xff)" in caplog.text
     jsonl = tmp_path / "c.jsonl"

@@ -12,10 +12,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from regrad_lib import (artifacts, config, cpt, drift, encode, evaluate, generation, harness, lora, metrics, paths,
-                        prompts, results, tasks, testing)
-from regrad_lib.learner import Learner
-from regrad_lib.methods import SPECS
+from regrad_lib import config, testing
+from regrad_lib.answering import harness
+from regrad_lib.answering.methods import SPECS
+from regrad_lib.bank import encode
+from regrad_lib.core import generation, lora, task_batches
+from regrad_lib.core.learner import Learner
+from regrad_lib.cpt import continual, drift
+from regrad_lib.data import metrics, prompts
+from regrad_lib.evaluation import evaluate, results
+from regrad_lib.io import artifacts, paths
 
 RUN, DATASET, GENERAL = "cpt-run", "cptqa", "cptgen"
 CFG = {"chunks": 3, "batch_size": 2, "learning_rate": 1e-2, "epochs_per_chunk": 2, "general_passages": 6,
@@ -46,7 +52,7 @@ def study(tiny_model_dir):
     learner = Learner.from_run(RUN)
     candidates = [{"test_id": 100 + i, "question": f"What is the name of thing number {i}?", "answers": ["x"],
                    "passages": [], "passage_ids": [], "titles": [], "scores": []} for i in range(10)]
-    asked = drift.answer(learner, [tasks.from_record(r, 0) for r in candidates], SPECS["closed_book"])
+    asked = drift.answer(learner, [task_batches.from_record(r, 0) for r in candidates], SPECS["closed_book"])
     for i, (record, row) in enumerate(zip(candidates, asked)):
         record["answers"] = [row["prediction"]] if i % 2 == 0 else ["no such answer at all"]
     artifacts.write_json(paths.augmented_file(GENERAL, "train_all"), candidates)
@@ -70,14 +76,14 @@ def _general(study, **cfg):
 def _post(study, name: str, **cfg):
     learner, general = _general(study)
     learner = dataclasses.replace(learner, preset=learner.preset.replace(cpt={**CFG, **cfg}))
-    return cpt.post_train(RUN, DATASET, learner, study["items"], cfg=learner.preset.cpt, general=general,
+    return continual.post_train(RUN, DATASET, learner, study["items"], cfg=learner.preset.cpt, general=general,
                           evaluation=name), learner, general
 
 
 # --- the stream ------------------------------------------------------------------------------------------------
 
 def test_the_stream_cuts_the_questions_in_evaluation_order_and_injects_each_bank_passage_once(study):
-    plan = cpt.stream(study["items"], 3)
+    plan = continual.stream(study["items"], 3)
     assert [[t.test_id for t in b] for b in plan.blocks] == [[0, 1], [2, 3], [4, 5]]
     ids = [[p[0] for p in c] for c in plan.chunks]
     assert ids[0] == ["0a", "0b", "shared", study["dev_corpus_id"], "1b"] and ids[1] == ["2a", "2b", "3a", "3b"]
@@ -85,14 +91,14 @@ def test_the_stream_cuts_the_questions_in_evaluation_order_and_injects_each_bank
     assert [i for c in ids for i in c] == bank
     assert plan.chunks[0][0] == ("0a", "City 0", "City 0 lies on the river 0 in the north.")
     with pytest.raises(ValueError, match="cpt chunks = 7 but only 6 questions"):
-        cpt.stream(study["items"], 7)
+        continual.stream(study["items"], 7)
 
 
 def test_chunks_are_trained_one_after_another_in_stream_order(study, monkeypatch):
-    seen, real = [], cpt.train_chunk
-    monkeypatch.setattr(cpt, "train_chunk", lambda *a, **k: seen.append((a[6], [p[0] for p in a[3]])) or real(*a, **k))
+    seen, real = [], continual.train_chunk
+    monkeypatch.setattr(continual, "train_chunk", lambda *a, **k: seen.append((a[6], [p[0] for p in a[3]])) or real(*a, **k))
     post, _, _ = _post(study, "order")
-    plan = cpt.stream(study["items"], 3)
+    plan = continual.stream(study["items"], 3)
     assert seen == [(c + 1, [p[0] for p in chunk]) for c, chunk in enumerate(plan.chunks)]
     # steps: every chunk, epochs_per_chunk passes of ceil(len / batch_size) batches
     assert [r["steps"] for r in post.drift] == [0, 6, 10, 14]
@@ -186,7 +192,7 @@ def test_regrad_leaves_the_persistent_weights_bit_for_bit_and_cpt_answers_beside
         assert out[method]["persistent_unchanged"] is True
         assert out[method]["persistent_sha256"] == drift.fingerprint(learner)
     assert "persistent_unchanged" not in out["rag"]
-    assert out["cpt"]["cpt"] == {**{k: CFG[k] for k in cpt.TRAINED_KEYS if k in CFG}, "weights": "lora", "seed": 42}
+    assert out["cpt"]["cpt"] == {**{k: CFG[k] for k in continual.TRAINED_KEYS if k in CFG}, "weights": "lora", "seed": 42}
     rows = {m: results.predictions(RUN, DATASET, m, "methods") for m in ("cpt", "cpt_rag", "rag")}
     assert [r["passage_ids"] for r in rows["cpt"]] == [[] for _ in rows["cpt"]]
     assert [r["passage_ids"] for r in rows["cpt_rag"]] == [r["passage_ids"] for r in rows["rag"]]
@@ -241,7 +247,7 @@ def test_cpt_keys_shape_the_stream(study):
     assert [r["steps"] for r in lr["batch"].drift] == [0, 4, 6, 8]                    # batch_size 4
     assert [r["chunk"] for r in lr["chunks"].drift] == [0, 1, 2]                      # chunks 2
     assert [r["documents"] for r in lr["chunks"].drift] == [0, 7, 13]
-    state = artifacts.read_json(paths.cpt_dir(RUN, DATASET, "keys-lr") / cpt.CHECKPOINT / cpt.STATE)
+    state = artifacts.read_json(paths.cpt_dir(RUN, DATASET, "keys-lr") / continual.CHECKPOINT / continual.STATE)
     assert state["optimizer"]["param_groups"][0]["lr"] == 1e-3
     assert state["optimizer"]["param_groups"][0]["weight_decay"] == 0.0
     assert 0 < lr["lr"].drift[-1]["delta_norm"] < lr["base"].drift[-1]["delta_norm"]
@@ -266,11 +272,11 @@ def test_cpt_weights_choose_what_is_trained(study):
     assert all(torch.equal(before[k], after[k]) for k in before)                # the run's weights untouched
     half = dataclasses.replace(learner, model=copy.deepcopy(learner.model).to(torch.bfloat16))
     with pytest.raises(ValueError, match="trains every base weight in fp32"):
-        cpt._trainee(half, config.CptConfig(weights="full"))
+        continual._trainee(half, config.CptConfig(weights="full"))
 
 
 def test_the_questions_left_out_of_the_general_set_are_the_ones_meta_training_took(tiny_model_dir, monkeypatch):
-    from regrad_lib import train
+    from regrad_lib.training import train
 
     records = [{"test_id": i, "question": f"Capital of country {i}?", "answers": [f"city {i}"],
                 "passages": [f"City {i} is the capital of country {i}.", "A city."], "passage_ids": [f"c{i}", "c"],
@@ -291,7 +297,7 @@ def test_the_questions_left_out_of_the_general_set_are_the_ones_meta_training_to
 
 
 def test_05s_cpt_parameters_are_checked_first_and_reach_the_command_line(study):
-    from regrad_lib import launch
+    from regrad_lib.runner import launch
 
     common = dict(run=RUN, datasets=[DATASET], methods=["cpt", "cpt_rag"], general_datasets=[GENERAL],
                   general_corpus=study["corpus"])
@@ -303,6 +309,6 @@ def test_05s_cpt_parameters_are_checked_first_and_reach_the_command_line(study):
         evaluate.EvaluateSettings(**{**common, "general_datasets": ["nosuchqa"]})
     settings = evaluate.EvaluateSettings(**common, cpt_chunks=2, cpt_learning_rate=0.5)
     assert settings.cpt == {"learning_rate": 0.5, "epochs_per_chunk": None, "chunks": 2, "weights": None}
-    assert cpt.resolve(RUN, settings.cpt) == config.CptConfig(**{**CFG, "chunks": 2, "learning_rate": 0.5})
+    assert continual.resolve(RUN, settings.cpt) == config.CptConfig(**{**CFG, "chunks": 2, "learning_rate": 0.5})
     name, again, _ = launch.parse_args(["evaluate", *launch.to_argv(settings)])
     assert name == "evaluate" and again.cpt == settings.cpt and again.general_datasets == [GENERAL]

@@ -6,8 +6,13 @@ import math
 
 import pytest
 
-from regrad_lib import augment, encode, evaluate, explore, paths, retrieval, train
-from regrad_lib.learner import Learner
+from regrad_lib import retrieval
+from regrad_lib.bank import encode
+from regrad_lib.core.learner import Learner
+from regrad_lib.evaluation import evaluate, explore
+from regrad_lib.io import paths
+from regrad_lib.retrieval import augment
+from regrad_lib.training import train
 
 FACTS = [("Lubango", "Lubango is a city in Angola, the capital of Huíla Province."),
          ("Kyoto", "Kyoto is a city on the island of Honshu in Japan."),

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from regrad_lib import datasets, paths
-from regrad_lib.datasets import DatasetFormatError, QARecord
+from regrad_lib.data import datasets
+from regrad_lib.data.datasets import DatasetFormatError, QARecord
+from regrad_lib.io import paths
 
 FORMATS = Path(__file__).parent / "fixtures" / "formats"
 SAMPLE = "data/sample"
@@ -221,7 +222,7 @@ def test_registered_loader_for_a_custom_format(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="one of the named datasets"):
         datasets.register("popqa", tsv)
     # 02_augment's `loaders` parameter imports a module that registers its loader
-    (tmp_path / "my_loaders.py").write_text("from regrad_lib import datasets\n"
+    (tmp_path / "my_loaders.py").write_text("from regrad_lib.data import datasets\n"
                                             "datasets.register('fromplugin', lambda folder, split: [])\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "fromplugin" in datasets.import_loaders(["my_loaders"])

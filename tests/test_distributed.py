@@ -4,7 +4,7 @@ What is guaranteed, and so what is compared: exactly, whatever is deterministic 
 with which passages; the files written and which rank wrote what; the step and task counts); within float
 rounding, every float result. The ranks may run another thread count than this process (``launch.rank_threads``,
 or the user's ``OMP_NUM_THREADS``) and see other batch neighbours, so their sums run in another order: the
-tolerances are derived from the arithmetic (:mod:`regrad_lib.tolerance`), and generated text is compared only where
+tolerances are derived from the arithmetic (:mod:`regrad_lib.io.tolerance`), and generated text is compared only where
 the greedy choice was no near tie. The module must pass with ``OMP_NUM_THREADS`` unset, 1 and 2.
 
 Each launched job costs ~20 s of process start-up on a small CPU, so the module launches few of them: 2-process
@@ -23,9 +23,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from regrad_lib import (artifacts, bank, bank_writer, checkpoint, config, distributed, encode, evaluate, launch, lora,
-                        paths, tolerance, train)
-from regrad_lib.learner import META_STATE, Learner
+from regrad_lib import config
+from regrad_lib.bank import encode, reader
+from regrad_lib.bank.writer import BankWriter
+from regrad_lib.core import lora
+from regrad_lib.core.learner import META_STATE, Learner
+from regrad_lib.evaluation import evaluate
+from regrad_lib.io import artifacts, checkpoint, distributed, paths, tolerance
+from regrad_lib.runner import launch
+from regrad_lib.training import train
 
 CITIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Egypt", "Cairo"), ("Peru", "Lima"),
           ("Kenya", "Nairobi"), ("Chile", "Santiago"), ("Spain", "Madrid"), ("Norway", "Oslo"), ("Cuba", "Havana"),
@@ -271,7 +277,7 @@ def _gradient_tolerance(rows: torch.Tensor, layout) -> torch.Tensor:
 def _same_bank(folder, reference):
     """Same ids as ``reference``, every gradient equal within the sums' rounding and the bf16 storage (two
     values that close may round to neighbouring bf16 numbers: one bf16 eps apart), manifest and shards valid."""
-    with bank.GradientBank.open(folder) as got, bank.GradientBank.open(reference) as want:
+    with reader.GradientBank.open(folder) as got, reader.GradientBank.open(reference) as want:
         assert sorted(got.ids()) == sorted(want.ids()) and len(got) == 450
         assert got.verify()["entries"] == 450
         ids = want.ids()
@@ -298,7 +304,7 @@ def test_an_encode_killed_in_one_rank_resumes_with_one_process(reference_bank):
     import psutil
 
     shutil.copytree(paths.output_dir("solo"), paths.output_dir("enc-kill"), dirs_exist_ok=True)
-    row_bytes = bank.storage_scheme("bf16").row_bytes(lora.layout(Learner.from_run("solo").phi))
+    row_bytes = reader.storage_scheme("bf16").row_bytes(lora.layout(Learner.from_run("solo").phi))
     settings = encode.EncodeSettings(run="enc-kill", datasets=["dist-c"], batch_size=4, shard_bytes=4 * row_bytes,
                                      scheme="bf16")
     folder = paths.bank_dir(3, "enc-kill", "dist-c", "dev", "bf16")
@@ -306,21 +312,21 @@ def test_an_encode_killed_in_one_rank_resumes_with_one_process(reference_bank):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not (paths.bank_parts_dir(folder) / "a001-r1" / bank.MANIFEST).exists():
+        while not (paths.bank_parts_dir(folder) / "a001-r1" / reader.MANIFEST).exists():
             assert proc.poll() is None and time.monotonic() < deadline, "rank 1 never wrote a shard"
             time.sleep(0.05)
         ranks = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                 if p.environ().get("RANK") == "1" and "regrad_lib.launch" in " ".join(p.cmdline())]
+                 if p.environ().get("RANK") == "1" and "regrad_lib.runner.launch" in " ".join(p.cmdline())]
         assert len(ranks) == 1
         ranks[0].kill()
         assert proc.wait(timeout=60) != 0
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert not (folder / bank.MANIFEST).exists()
+    assert not (folder / reader.MANIFEST).exists()
     with pytest.raises(FileNotFoundError, match="manifest.json missing"):
-        bank.GradientBank.open(folder)
-    with bank.GradientBank.open(paths.bank_parts_dir(folder) / "a001-r1") as part:
+        reader.GradientBank.open(folder)
+    with reader.GradientBank.open(paths.bank_parts_dir(folder) / "a001-r1") as part:
         assert 0 < len(part) < 225          # rank 1 had done some of its 225 passages, not all
     encode.encode("enc-kill", "dist-c", "dev", batch_size=4, scheme="bf16")        # one process, resumes
     manifest = _same_bank(folder, reference_bank)
@@ -358,7 +364,7 @@ def test_settings_round_trip_through_the_command_line(data):
     with pytest.raises(SystemExit):
         launch.parse_args(["train", "--run", "r", "--preset", "tiny", "--train-datasets", "dist-a", "--max-stpes", "2"])
     cmd = launch.command("train", settings, 2, None)
-    assert cmd[cmd.index("--num_processes") + 1] == "2" and cmd[cmd.index("-m", 3) + 1] == "regrad_lib.launch"
+    assert cmd[cmd.index("--num_processes") + 1] == "2" and cmd[cmd.index("-m", 3) + 1] == "regrad_lib.runner.launch"
     assert str(paths.resolve(launch.LOCAL_CONFIG)) in cmd
     with pytest.raises(ValueError, match="num_processes = 0 must be >= 1"):
         launch.run(settings, num_processes=0)
@@ -392,9 +398,9 @@ PHI = {"m.0.lora_A": torch.zeros(2, 3), "m.0.lora_B": torch.zeros(4, 2)}
 
 
 def _part(folder, ids, meta_hash="meta-1"):
-    head = bank.header(model="tiny-llama", model_id="tiny-llama", model_revision=None, preset="tiny", phi=PHI,
+    head = reader.header(model="tiny-llama", model_id="tiny-llama", model_revision=None, preset="tiny", phi=PHI,
                        meta_hash=meta_hash, scheme="fp32")
-    writer = bank_writer.BankWriter.open(folder, head, shard_bytes=2 * lora.numel(PHI) * 4)
+    writer = BankWriter.open(folder, head, shard_bytes=2 * lora.numel(PHI) * 4)
     writer.append(ids, torch.arange(len(ids) * lora.numel(PHI), dtype=torch.float32).view(len(ids), -1))
     writer.close()
     return head
@@ -405,20 +411,20 @@ def test_parts_merge_once_and_never_mix_weights(tmp_path):
     parts = paths.bank_parts_dir(target)
     head = _part(parts / "a001-r0", ["a", "b", "c"])
     _part(parts / "a001-r1", ["d"])
-    assert not (target / bank.MANIFEST).exists()          # parts alone are no bank
+    assert not (target / reader.MANIFEST).exists()          # parts alone are no bank
     attempt, done = encode._prepare_parts(target, head, overwrite=False)
     assert (attempt, done) == ("a002", {"a", "b", "c", "d"})
-    writer = bank_writer.BankWriter.open(target, head)
+    writer = BankWriter.open(target, head)
     assert writer.adopt(parts / "a001-r0") == 3 and writer.adopt(parts / "a001-r0") == 0   # a rerun adds nothing
     assert writer.adopt(parts / "a001-r1") == 1
     writer.close()
-    with bank.GradientBank.open(target) as merged:
+    with reader.GradientBank.open(target) as merged:
         assert sorted(merged.ids()) == list("abcd") and merged.verify()["entries"] == 4
         assert torch.equal(merged.rows(["d"])[0], torch.arange(lora.numel(PHI), dtype=torch.float32))
     _part(parts / "a002-r0", ["e"], meta_hash="meta-2")
-    with pytest.raises(bank.BankMismatchError, match=r"a002-r0 was encoded with other settings.*overwrite=True"):
+    with pytest.raises(reader.BankMismatchError, match=r"a002-r0 was encoded with other settings.*overwrite=True"):
         encode._prepare_parts(target, head, overwrite=False)
-    with pytest.raises(bank.BankMismatchError, match="meta_hash"):
-        bank_writer.BankWriter.open(target, head).adopt(parts / "a002-r0")
+    with pytest.raises(reader.BankMismatchError, match="meta_hash"):
+        BankWriter.open(target, head).adopt(parts / "a002-r0")
     assert encode._prepare_parts(target, head, overwrite=True) == ("a001", set())
-    assert not parts.exists() and not (target / bank.MANIFEST).exists() and not list(target.glob("*.safetensors"))
+    assert not parts.exists() and not (target / reader.MANIFEST).exists() and not list(target.glob("*.safetensors"))

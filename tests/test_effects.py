@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from regrad_lib import analysis, effects
-from regrad_lib.artifacts import write_jsonl, write_text
+from regrad_lib.io.artifacts import write_jsonl, write_text
+from regrad_lib.reporting import analysis, effects
 
 # per test_id: (answer_nll, prediction) of each method; gold answer "x" everywhere
 ROWS = {"regrad": {"q1": (1.0, "x"), "q2": (2.0, "x"), "q3": (3.0, "y"), "q4": (0.5, "x")},
@@ -139,7 +139,8 @@ def test_em_by_group(run):
 
 def test_probe_relations_reads_the_probe_and_marks_the_held_out_relation(tmp_path, monkeypatch):
     monkeypatch.setenv("REGRAD_WORK", str(tmp_path))
-    from regrad_lib import paths, probe
+    from regrad_lib.data import probe
+    from regrad_lib.io import paths
 
     dev = paths.sample_dir() / "probe" / "dev.json"
     relations = [r["relation"] for r in __import__("json").loads(dev.read_text())]

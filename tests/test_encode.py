@@ -6,8 +6,12 @@ import itertools
 import pytest
 import torch
 
-from regrad_lib import artifacts, bank, bank_writer, config, encode, lora, paths, regrad, tasks, tolerance
-from regrad_lib.learner import META_STATE, TRAIN_SUMMARY, Learner
+from regrad_lib import config
+from regrad_lib.bank import encode, reader
+from regrad_lib.bank.writer import BankWriter
+from regrad_lib.core import lora, regrad, task_batches
+from regrad_lib.core.learner import META_STATE, TRAIN_SUMMARY, Learner
+from regrad_lib.io import artifacts, paths, tolerance
 
 
 def _corpus(n):
@@ -74,7 +78,7 @@ def test_round_trip_equals_computed_gradients_in_every_scheme(learner, dataset):
     for scheme in ("fp32", "bf16", "int8", "int4"):
         path = encode.encode("enc-test", dataset, "dev", scheme=scheme, batch_size=4, learner=learner, overwrite=True)
         assert path == paths.bank_dir(3, "enc-test", dataset, "dev", scheme)
-        b = bank.GradientBank.open(path, learner=learner, scheme=scheme)
+        b = reader.GradientBank.open(path, learner=learner, scheme=scheme)
         assert sorted(b.ids()) == sorted(computed) and b.manifest["scheme"] == scheme
         for pid, g in computed.items():
             got = lora.flatten(b.get(pid))
@@ -103,23 +107,23 @@ def test_several_schemes_from_one_gradient_computation(learner, dataset, monkeyp
     assert list(banks) == ["int4", "fp32", "int8"] and len(seen) == 7     # each passage computed once
     single = encode.encode("enc-test", dataset, "dev", scheme="fp32", learner=learner)   # resumes: nothing to do
     assert single == banks["fp32"] and len(seen) == 7
-    reference = bank.GradientBank.open(banks["fp32"])
+    reference = reader.GradientBank.open(banks["fp32"])
     for scheme, path in banks.items():
-        b = bank.GradientBank.open(path, scheme=scheme)
+        b = reader.GradientBank.open(path, scheme=scheme)
         s = b.scheme
         want = s.decode(s.encode(reference.rows(reference.ids()), b.layout)[0], b.layout)
         assert torch.equal(b.rows(reference.ids()), want)
     # one bank short of passages: only the missing ones are computed, and only that bank gets them
-    bank_writer.BankWriter.open(banks["int8"], bank.header_for(learner, "int8"), overwrite=True).abandon()
+    BankWriter.open(banks["int8"], reader.header_for(learner, "int8"), overwrite=True).abandon()
     encode.encode("enc-test", dataset, "dev", scheme="int8", end=2, learner=learner)
     seen.clear()
     encode.encode_schemes("enc-test", dataset, "dev", ["fp32", "int8"], learner=learner)
-    assert len(seen) == 7 - 4 and len(bank.GradientBank.open(banks["int8"])) == 7
+    assert len(seen) == 7 - 4 and len(reader.GradientBank.open(banks["int8"])) == 7
 
 
 def _gradient_atol(learner, grads: dict[str, torch.Tensor], passages: int = 1) -> dict[str, float]:
     """Per LoRA tensor: how far a gradient computed in another batch (other padding, so sums in another order)
-    may differ, for a sum of ``passages`` passage gradients (regrad_lib.tolerance: the chain of one passage
+    may differ, for a sum of ``passages`` passage gradients (regrad_lib.io.tolerance: the chain of one passage
     gradient over bank_context_len tokens, plus the sum over passages; magnitude: the tensor's largest value)."""
     terms = tolerance.gradient_terms(learner.model.config, learner.preset.learner.bank_context_len,
                                      learner.preset.peft.r) + passages
@@ -128,10 +132,10 @@ def _gradient_atol(learner, grads: dict[str, torch.Tensor], passages: int = 1) -
 
 def test_bank_equals_one_by_one_gradients(learner, dataset):
     path = encode.encode("enc-test", dataset, "dev", scheme="fp32", batch_size=8, learner=learner)
-    b = bank.GradientBank.open(path)
+    b = reader.GradientBank.open(path)
     cut = learner.preset.learner.bank_context_len
     for p in encode.passages(dataset, "dev"):
-        one = regrad.summed_gradient(learner.model, learner.phi, tasks.passage_batch(learner.tokenizer,
+        one = regrad.summed_gradient(learner.model, learner.phi, task_batches.passage_batch(learner.tokenizer,
                                                                                      [(p.title, p.text)], cut))
         got = b.get(p.pid)
         atol = _gradient_atol(learner, one)
@@ -142,10 +146,10 @@ def test_bank_equals_one_by_one_gradients(learner, dataset):
 
 def test_sum_matches_the_summed_gradient_of_a_question(learner, dataset):
     path = encode.encode("enc-test", dataset, "dev", scheme="fp32", learner=learner)
-    b = bank.GradientBank.open(path)
-    task = tasks.from_record(_records()[2], 3)
+    b = reader.GradientBank.open(path)
+    task = task_batches.from_record(_records()[2], 3)
     direct = regrad.summed_gradient(learner.model, learner.phi,
-                                    tasks.passage_batch(learner.tokenizer, task.passages, 64))
+                                    task_batches.passage_batch(learner.tokenizer, task.passages, 64))
     got = b.sum(list(task.passage_ids))
     many = b.sum_many([list(task.passage_ids), list(task.passage_ids[:1])])
     atol = _gradient_atol(learner, direct, passages=3)
@@ -155,13 +159,13 @@ def test_sum_matches_the_summed_gradient_of_a_question(learner, dataset):
 
 
 def test_resume_after_interruption_gives_the_same_bank(learner, dataset, monkeypatch):
-    row = bank.storage_scheme("fp32").row_bytes(lora.layout(learner.phi))
+    row = reader.storage_scheme("fp32").row_bytes(lora.layout(learner.phi))
     whole = encode.encode("enc-test", dataset, "dev", scheme="fp32", batch_size=2, learner=learner,
                           shard_bytes=2 * row)
-    reference = bank.GradientBank.open(whole)
+    reference = reader.GradientBank.open(whole)
     expected = {p: reference.rows([p])[0] for p in reference.ids()}
 
-    real, calls = bank_writer.BankWriter._write_shard, []
+    real, calls = BankWriter._write_shard, []
 
     def dies_after_first_shard(self, *args):
         if calls:
@@ -169,16 +173,16 @@ def test_resume_after_interruption_gives_the_same_bank(learner, dataset, monkeyp
         calls.append(args)
         real(self, *args)
 
-    monkeypatch.setattr(bank_writer.BankWriter, "_write_shard", dies_after_first_shard)
+    monkeypatch.setattr(BankWriter, "_write_shard", dies_after_first_shard)
     with pytest.raises(RuntimeError, match="killed"):
         encode.encode("enc-test", dataset, "dev", scheme="fp32", batch_size=2, learner=learner, shard_bytes=2 * row,
                       overwrite=True)
-    monkeypatch.setattr(bank_writer.BankWriter, "_write_shard", real)
-    assert len(bank.GradientBank.open(whole)) == 2
+    monkeypatch.setattr(BankWriter, "_write_shard", real)
+    assert len(reader.GradientBank.open(whole)) == 2
 
     resumed = encode.encode("enc-test", dataset, "dev", scheme="fp32", batch_size=2, learner=learner,
                             shard_bytes=2 * row)
-    b = bank.GradientBank.open(resumed, learner=learner)
+    b = reader.GradientBank.open(resumed, learner=learner)
     assert sorted(b.ids()) == sorted(expected) and b.verify()["entries"] == len(expected)
     for p, g in expected.items():
         torch.testing.assert_close(b.rows([p])[0], g, rtol=1e-4, atol=1e-7)
@@ -186,28 +190,28 @@ def test_resume_after_interruption_gives_the_same_bank(learner, dataset, monkeyp
 
 def test_resume_extends_a_bank_with_new_records_only(learner, dataset, monkeypatch):
     encode.encode("enc-test", dataset, "dev", end=2, learner=learner, overwrite=True)
-    assert len(bank.open_bank(3, "enc-test", dataset, "dev", bank.DEFAULT_SCHEME)) == 4
+    assert len(reader.open_bank(3, "enc-test", dataset, "dev", reader.DEFAULT_SCHEME)) == 4
     seen = []
     real = encode.gradient_batches
     monkeypatch.setattr(encode, "gradient_batches", lambda lr, items, bs: seen.extend(items) or real(lr, items, bs))
     encode.encode("enc-test", dataset, "dev", learner=learner)
-    assert len(seen) == 3 and len(bank.open_bank(3, "enc-test", dataset, "dev", bank.DEFAULT_SCHEME)) == 7
+    assert len(seen) == 3 and len(reader.open_bank(3, "enc-test", dataset, "dev", reader.DEFAULT_SCHEME)) == 7
 
 
 def test_bank_of_other_meta_weights_is_refused(learner, dataset):
     path = encode.encode("enc-test", dataset, "dev", end=1, learner=learner, overwrite=True)
     other = _make_run("enc-other", seed=1)
-    with pytest.raises(bank.BankMismatchError) as err:
-        bank.GradientBank.open(path, learner=other)
+    with pytest.raises(reader.BankMismatchError) as err:
+        reader.GradientBank.open(path, learner=other)
     assert learner.meta_hash() in str(err.value) and other.meta_hash() in str(err.value)
-    with pytest.raises(bank.BankMismatchError, match="overwrite=True"):
+    with pytest.raises(reader.BankMismatchError, match="overwrite=True"):
         encode.encode("enc-test", dataset, "dev", end=1, learner=other)
 
 
 def test_missing_id_error_names_how_to_fill_it(learner, dataset):
     path = encode.encode("enc-test", dataset, "dev", end=1, learner=learner, overwrite=True)
     with pytest.raises(KeyError, match=f"'999'.*04_encode.*dataset='{dataset}', split='dev'"):
-        bank.GradientBank.open(path).get("999")
+        reader.GradientBank.open(path).get("999")
 
 
 def test_input_errors(learner, dataset):

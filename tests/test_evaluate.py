@@ -5,8 +5,12 @@ import json
 import pytest
 import torch
 
-from regrad_lib import artifacts, bank, config, encode, evaluate, lora, paths, regrad, tasks
-from regrad_lib.learner import META_STATE, TRAIN_SUMMARY, Learner
+from regrad_lib import config
+from regrad_lib.bank import encode, reader
+from regrad_lib.core import lora, regrad, task_batches
+from regrad_lib.core.learner import META_STATE, TRAIN_SUMMARY, Learner
+from regrad_lib.evaluation import evaluate
+from regrad_lib.io import artifacts, paths
 
 PASSAGES = [("Paris", "Paris is the capital and most populous city of France."),
             ("Nile", "The Nile is a major north-flowing river in northeastern Africa."),
@@ -44,9 +48,9 @@ def run(tiny_model_dir):
     learner.save(folder / META_STATE)
     artifacts.write_json(folder / TRAIN_SUMMARY, {"run": RUN})   # finished, as 03_train marks it
     artifacts.write_json(paths.augmented_file(DATASET, "dev"), _records())
-    encode.encode_schemes(RUN, DATASET, "dev", ["fp32", "int8", "int4", bank.DEFAULT_SCHEME], batch_size=4,
+    encode.encode_schemes(RUN, DATASET, "dev", ["fp32", "int8", "int4", reader.DEFAULT_SCHEME], batch_size=4,
                           learner=learner, overwrite=True)
-    return learner, evaluate.load_tasks(DATASET), bank.open_bank(3, RUN, DATASET, "dev", "fp32", learner=learner)
+    return learner, evaluate.load_tasks(DATASET), reader.open_bank(3, RUN, DATASET, "dev", "fp32", learner=learner)
 
 
 def test_online_equals_bank(run):
@@ -79,14 +83,14 @@ def test_answer_nll_matches_equation_2_by_hand(run):
     learner, items, bank = run
     rows = evaluate.run_method("regrad", learner, items, bank=bank, gamma=2.0)
     task, cfg = items[2], learner.preset.learner
-    passages = tasks.passage_batch(learner.tokenizer, task.passages, cfg.bank_context_len)
+    passages = task_batches.passage_batch(learner.tokenizer, task.passages, cfg.bank_context_len)
     grad = regrad.summed_gradient(learner.model, learner.phi, passages)
     adapted = {n: (p - 2.0 * learner.alpha[n] * grad[n]).detach() for n, p in learner.phi.items()}
     with torch.no_grad(), lora.use(learner.model, adapted):
-        want = regrad.token_losses(learner.model, tasks.qa_batch(learner.tokenizer, [task], cfg)).item()
+        want = regrad.token_losses(learner.model, task_batches.qa_batch(learner.tokenizer, [task], cfg)).item()
     assert rows[2]["answer_nll"] == pytest.approx(want, rel=1e-5)
     with torch.no_grad(), lora.disabled(learner.model):
-        base = regrad.token_losses(learner.model, tasks.qa_batch(learner.tokenizer, [task], cfg)).item()
+        base = regrad.token_losses(learner.model, task_batches.qa_batch(learner.tokenizer, [task], cfg)).item()
     assert evaluate.run_method("closed_book", learner, items)[2]["answer_nll"] == pytest.approx(base, rel=1e-6)
 
 
@@ -98,12 +102,12 @@ def test_prompt_methods_match_equation_2_by_hand(run):
     phi = {n: p.detach() for n, p in learner.phi.items()}
 
     def nll(weights, context):
-        batch = tasks.qa_batch(tok, [task], cfg, with_context=context, stage="eval")
+        batch = task_batches.qa_batch(tok, [task], cfg, with_context=context, stage="eval")
         with torch.no_grad(), (lora.disabled(model) if weights is None else lora.use(model, weights)):
             return regrad.token_losses(model, batch).item()
 
     def updated(source):
-        grad = regrad.summed_gradient(model, learner.phi, tasks.passage_batch(tok, source.passages,
+        grad = regrad.summed_gradient(model, learner.phi, task_batches.passage_batch(tok, source.passages,
                                                                                cfg.bank_context_len))
         return {n: (p - cfg.gamma * learner.alpha[n] * grad[n]).detach() for n, p in learner.phi.items()}
 
@@ -124,7 +128,7 @@ def test_shift_uses_previous_question_gradients(run):
     shifted = evaluate.run_method("shift", learner, items, bank=bank)
     assert shifted[0]["passage_ids"] == list(items[-1].passage_ids)
     assert [r["passage_ids"] for r in shifted[1:]] == [list(t.passage_ids) for t in items[:-1]]
-    moved = [tasks.Task(t.test_id, t.question, t.answers, t.passages, items[i - 1].passage_ids)
+    moved = [task_batches.Task(t.test_id, t.question, t.answers, t.passages, items[i - 1].passage_ids)
              for i, t in enumerate(items)]
     want = evaluate.run_method("regrad", learner, moved, bank=bank)
     assert [r["generated"] for r in shifted] == [r["generated"] for r in want]
@@ -188,14 +192,14 @@ def test_sweep(run):
     assert [(r["gamma"], r["topk"], r["n"]) for r in rows] == [(0.0, 3, 4), (1.0, 3, 4)]
     text = (paths.results_dir(RUN) / "sweeps.csv").read_text().splitlines()
     assert text[0] == "dataset,method,gamma,topk,mixed,scheme,em,f1,precision,recall,nll,n"
-    assert all(line.split(",")[4:6] == ["0.0", bank.DEFAULT_SCHEME] for line in text[1:])
+    assert all(line.split(",")[4:6] == ["0.0", reader.DEFAULT_SCHEME] for line in text[1:])
     # gamma 0 is the meta-trained LoRA without update
     plain = evaluate.score_rows(evaluate.run_method("no_update", learner, evaluate.load_tasks(DATASET, limit=4)))
     assert rows[0]["nll"] == pytest.approx(plain["nll"], abs=1e-4)
     # each computed point keeps its per-question predictions (what the reference comparison pairs)
     for row in rows:
-        file = paths.sweep_predictions_file(RUN, DATASET, "regrad", row["gamma"], 3, bank.DEFAULT_SCHEME)
-        assert file.name == f"regrad.gamma-{row['gamma']:g}.topk-3.{bank.DEFAULT_SCHEME}.predictions.jsonl"
+        file = paths.sweep_predictions_file(RUN, DATASET, "regrad", row["gamma"], 3, reader.DEFAULT_SCHEME)
+        assert file.name == f"regrad.gamma-{row['gamma']:g}.topk-3.{reader.DEFAULT_SCHEME}.predictions.jsonl"
         saved = [json.loads(line) for line in file.read_text().splitlines()]
         scores = evaluate.score_rows(saved)
         assert [r["test_id"] for r in saved] == [t.test_id for t in evaluate.load_tasks(DATASET, limit=4)]
@@ -230,15 +234,15 @@ def test_an_explicit_bank_is_checked_against_the_learner(run):
     """Issue 11: another run's bank was accepted; another LoRA layout's gave a raw RuntimeError about sizes."""
     learner, items, own = run
     other = Learner.create(config.load_preset("tiny"), "cpu", seed=7)          # same layout, other meta weights
-    foreign = bank.GradientBank.open(encode.encode("evaltest-other", DATASET, "dev", scheme="fp32", learner=other,
+    foreign = reader.GradientBank.open(encode.encode("evaltest-other", DATASET, "dev", scheme="fp32", learner=other,
                                                    overwrite=True))
     narrow = Learner.create(config.load_preset("tiny", {"peft": {"r": 2}}), "cpu")   # another LoRA layout
-    wrong_layout = bank.GradientBank.open(encode.encode("evaltest-r2", DATASET, "dev", scheme="fp32", learner=narrow,
+    wrong_layout = reader.GradientBank.open(encode.encode("evaltest-r2", DATASET, "dev", scheme="fp32", learner=narrow,
                                                         overwrite=True))
     for store, field in ((foreign, "meta_hash"), (wrong_layout, "layout_hash")):
-        with pytest.raises(bank.BankMismatchError, match=field):
+        with pytest.raises(reader.BankMismatchError, match=field):
             evaluate.evaluate(RUN, DATASET, ["regrad"], limit=2, learner=learner, bank=store, overwrite=True)
-        with pytest.raises(bank.BankMismatchError, match=field):
+        with pytest.raises(reader.BankMismatchError, match=field):
             evaluate.run_method("shift", learner, items, bank=store)
     with pytest.raises(TypeError, match="GradientBank"):
         evaluate.run_method("regrad", learner, items, bank={"p0": None})
@@ -255,7 +259,7 @@ def test_a_damaged_bank_is_refused_by_evaluate(run):
     data[len(data) // 2:len(data) // 2 + 16] = bytes(b ^ 0xFF for b in data[len(data) // 2:len(data) // 2 + 16])
     try:
         shard.write_bytes(bytes(data))
-        with pytest.raises(bank.BankError):
+        with pytest.raises(reader.BankError):
             evaluate.evaluate(RUN, DATASET, ["regrad"], learner=learner, scheme="int8", overwrite=True)
     finally:
         shard.write_bytes(original)
@@ -263,7 +267,7 @@ def test_a_damaged_bank_is_refused_by_evaluate(run):
     text = manifest.read_text()
     try:
         manifest.write_text("[]")
-        with pytest.raises(bank.BankFormatError, match="manifest.json"):
+        with pytest.raises(reader.BankFormatError, match="manifest.json"):
             evaluate.EvaluateSettings(run=RUN, datasets=[DATASET], methods=["regrad"], scheme="int8")
     finally:
         manifest.write_text(text)
@@ -288,7 +292,7 @@ def test_quantised_banks_answer_like_fp32(run):
     assert effect > 1e-2
     exact = fp32.rows(fp32.ids())
     for scheme in ("int8", "int4"):
-        store = bank.open_bank(3, RUN, DATASET, "dev", scheme)
+        store = reader.open_bank(3, RUN, DATASET, "dev", scheme)
         r = float(((store.rows(fp32.ids()) - exact).norm(dim=1) / exact.norm(dim=1)).max())
         rows = evaluate.run_method("regrad", learner, items, bank=store)
         if scheme == "int8":

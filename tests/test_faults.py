@@ -22,8 +22,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from regrad_lib import artifacts, augment, bank, config, cpt, encode, evaluate, paths, results, retrieval, testing, train
-from regrad_lib.learner import META_STATE, Learner, UnfinishedRunError
+from regrad_lib import config, retrieval, testing
+from regrad_lib.bank import encode, reader
+from regrad_lib.core.learner import META_STATE, Learner, UnfinishedRunError
+from regrad_lib.cpt import continual
+from regrad_lib.evaluation import evaluate, results
+from regrad_lib.io import artifacts, paths
+from regrad_lib.retrieval import augment, tantivy
+from regrad_lib.training import train
 
 CHILD = Path(__file__).with_name("fault_child.py")
 KILLED = -signal.SIGKILL
@@ -82,10 +88,10 @@ def index(work):
 def test_index_build_resumes_after_kills_mid_batch_and_before_the_manifest(work, index):
     options = {"corpus_path": str(work / "corpus.tsv"), "name": "killed", "commit_every": 500, "threads": 1,
                "heap_mb": 64}
-    killed("index", {"target": "regrad_lib.corpus:read", "nth_item": 1234}, **options)   # 2 commits, 234 pending
+    killed("index", {"target": "regrad_lib.data.corpus:read", "nth_item": 1234}, **options)   # 2 commits, 234 pending
     with pytest.raises(retrieval.RetrievalError, match="incomplete"):
         retrieval.open("killed")
-    killed("index", {"target": "regrad_lib.artifacts:write_json", "match": retrieval.MANIFEST, "nth": 1},
+    killed("index", {"target": "regrad_lib.io.artifacts:write_json", "match": tantivy.MANIFEST, "nth": 1},
            **options)
     with pytest.raises(retrieval.RetrievalError, match="incomplete"):
         retrieval.open("killed")
@@ -112,9 +118,9 @@ def test_augment_resumes_after_kills_mid_file_and_before_its_sidecar(work, augme
     expected, meta = augmented.read_bytes(), json.loads(augment.meta_file(augmented).read_text())
     augmented.unlink()
     augment.meta_file(augmented).unlink()
-    killed("augment", {"target": "regrad_lib.augment:_record", "nth": 13}, **_augment())   # batch 3 of 5
+    killed("augment", {"target": "regrad_lib.retrieval.augment:_record", "nth": 13}, **_augment())   # batch 3 of 5
     assert augment.partial_file(augmented).exists() and not augmented.exists()
-    killed("augment", {"target": "regrad_lib.artifacts:write_json", "match": r".*\.meta\.json", "nth": 1},
+    killed("augment", {"target": "regrad_lib.io.artifacts:write_json", "match": r".*\.meta\.json", "nth": 1},
            **_augment())
     args = _augment()
     out = augment.augment(retriever=retrieval.open(args.pop("index")), **args)
@@ -199,8 +205,8 @@ def test_kill_inside_the_checkpoint_swap_resumes_from_the_newest_complete_checkp
 def test_training_killed_mid_step_then_before_its_summary_resumes_bit_identically(work, reference_run,
                                                                                 monkeypatch):
     run = "killed-twice"
-    killed_training(run, {"target": "regrad_lib.train:meta_step", "nth": 14})
-    killed_training(run, {"target": "regrad_lib.artifacts:write_json", "match": train.SUMMARY, "nth": 1})
+    killed_training(run, {"target": "regrad_lib.training.train:meta_step", "nth": 14})
+    killed_training(run, {"target": "regrad_lib.io.artifacts:write_json", "match": train.SUMMARY, "nth": 1})
     with pytest.raises(UnfinishedRunError, match="unfinished training run"):
         Learner.from_run(run)
     assert _resume(run, monkeypatch) == 0          # every step was done: only the summary was missing
@@ -219,28 +225,28 @@ def _encode(**kwargs) -> dict:
 def test_encode_killed_between_a_shard_and_its_manifest_resumes_to_the_same_bank(work, reference_run):
     args = _encode()
     whole = encode.encode(**args)
-    with bank.GradientBank.open(whole) as b:
+    with reader.GradientBank.open(whole) as b:
         expected = {p: b.rows([p])[0] for p in b.ids()}
     assert len(expected) > 24                       # several shards of 8 rows
     args["overwrite"] = True
     killed("encode", {"target": "os:replace", "match": r"shard-\d+\.safetensors", "nth": 2, "when": "after"},
            **args)
-    with bank.GradientBank.open(whole) as b:          # the manifest lists the first shard only
+    with reader.GradientBank.open(whole) as b:          # the manifest lists the first shard only
         assert len(b) == 8
     killed("encode", {"target": "os:replace", "match": r"shard-\d+\.safetensors", "nth": 2}, **_encode())
     resumed = encode.encode(**_encode())
-    with bank.GradientBank.open(resumed, learner=Learner.from_run("reference")) as b:
+    with reader.GradientBank.open(resumed, learner=Learner.from_run("reference")) as b:
         assert sorted(b.ids()) == sorted(expected)
         assert b.verify()["entries"] == len(expected)
         for p, g in expected.items():
             assert torch.equal(b.rows([p])[0], g), p
         listed = {s["file"] for s in b.manifest["shards"]}
-    assert {f.name for f in resumed.iterdir()} == listed | {bank.MANIFEST}
+    assert {f.name for f in resumed.iterdir()} == listed | {reader.MANIFEST}
 
 
 def test_a_log_line_cut_short_by_a_full_disk_is_dropped_on_resume(work, reference_run, monkeypatch):
     run = "torn-log"
-    killed_training(run, {"target": "regrad_lib.train:meta_step", "nth": 8})
+    killed_training(run, {"target": "regrad_lib.training.train:meta_step", "nth": 8})
     with (paths.output_dir(run) / train.LOG).open("a", encoding="utf-8") as f:
         f.write('{"kind": "train", "step": 8, "lo')          # an append that ran out of space
     assert _resume(run, monkeypatch) == STEPS - 6
@@ -276,27 +282,27 @@ def cpt_reference(work):
 
 
 def _stream_state(evaluation: str) -> dict:
-    folder = paths.cpt_dir(CPT_RUN, CPT_DATA, evaluation) / cpt.CHECKPOINT
+    folder = paths.cpt_dir(CPT_RUN, CPT_DATA, evaluation) / continual.CHECKPOINT
     artifacts.recover_dir(folder)
-    return artifacts.read_json(folder / cpt.STATE)
+    return artifacts.read_json(folder / continual.STATE)
 
 
 def test_cpt_killed_mid_chunk_inside_its_checkpoint_swap_and_before_its_drift_file_ends_with_the_same_weights(
         work, cpt_reference, monkeypatch):
     args = _cpt(work, "killed")
-    killed("cpt", {"target": "regrad_lib.cpt:train_step", "nth": 9}, **args)                 # in chunk 2
+    killed("cpt", {"target": "regrad_lib.cpt.continual:train_step", "nth": 9}, **args)                 # in chunk 2
     assert _stream_state("killed")["chunk"] == 1
     killed("cpt", {"target": "os:replace", "match": "checkpoint", "nth": 2}, **args)           # chunk 2's swap
     assert _stream_state("killed")["chunk"] == 2                # the complete new copy is put back
-    killed("cpt", {"target": "regrad_lib.artifacts:write_json", "match": cpt.DRIFT, "nth": 1}, **args)
-    steps, real = [], cpt.train_step
-    monkeypatch.setattr(cpt, "train_step", lambda *a, **k: steps.append(1) or real(*a, **k))
+    killed("cpt", {"target": "regrad_lib.io.artifacts:write_json", "match": continual.DRIFT, "nth": 1}, **args)
+    steps, real = [], continual.train_step
+    monkeypatch.setattr(continual, "train_step", lambda *a, **k: steps.append(1) or real(*a, **k))
     evaluate.evaluate(**args)
     assert steps == []                                          # every chunk was done: only the files were missing
     ours, whole = (paths.cpt_dir(CPT_RUN, CPT_DATA, e) for e in ("killed", cpt_reference))
-    a, b = (load_file(str(f / cpt.CHECKPOINT / cpt.TENSORS)) for f in (ours, whole))
+    a, b = (load_file(str(f / continual.CHECKPOINT / continual.TENSORS)) for f in (ours, whole))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert cpt.read_drift(CPT_RUN, CPT_DATA, "killed")["drift"] == cpt.read_drift(CPT_RUN, CPT_DATA, "whole")["drift"]
+    assert continual.read_drift(CPT_RUN, CPT_DATA, "killed")["drift"] == continual.read_drift(CPT_RUN, CPT_DATA, "whole")["drift"]
     assert results.predictions(CPT_RUN, CPT_DATA, "cpt", "killed") == \
         results.predictions(CPT_RUN, CPT_DATA, "cpt", "whole")
     assert _stream_state("killed")["steps"] == CPT_STEPS
@@ -337,10 +343,10 @@ def _evaluation_files(evaluation: str) -> dict[str, object]:
 # Kill points of 05_evaluate: inside a method (its second batch), between a method's predictions file and its
 # metrics.json (the predictions exist, the method is not done), and after the last metrics.json before summary.csv.
 EVAL_KILLS = {
-    "mid-method": ({"target": "regrad_lib.generation:generate", "nth": 5}, ["closed_book"]),
-    "predictions-not-metrics": ({"target": "regrad_lib.artifacts:write_json", "match": r"shift\.metrics\.json",
+    "mid-method": ({"target": "regrad_lib.core.generation:generate", "nth": 5}, ["closed_book"]),
+    "predictions-not-metrics": ({"target": "regrad_lib.io.artifacts:write_json", "match": r"shift\.metrics\.json",
                                  "nth": 1}, ["closed_book", "regrad"]),
-    "metrics-not-summary": ({"target": "regrad_lib.artifacts:write_text", "match": "summary.csv", "nth": 1},
+    "metrics-not-summary": ({"target": "regrad_lib.io.artifacts:write_text", "match": "summary.csv", "nth": 1},
                             EVAL_METHODS),
 }
 

@@ -7,7 +7,9 @@ import math
 
 import pytest
 
-from regrad_lib import artifacts, forgetting, paths, plots, results
+from regrad_lib.evaluation import results
+from regrad_lib.io import artifacts, paths
+from regrad_lib.reporting import drift_report, plots
 
 N, PASSAGES, GENERAL = 20, 8, 6
 
@@ -52,7 +54,7 @@ def _study(run: str, regrad_right: int, cpt_right: int, cpt_text: float, cpt_gen
 
 def test_the_drift_table_holds_every_method_and_a_row_per_chunk(tiny_model_dir):
     _study("fg-table", regrad_right=18, cpt_right=2, cpt_text=3.5, cpt_general_right=0)
-    table = forgetting.drift_table("fg-table", ["probe"])
+    table = drift_report.drift_table("fg-table", ["probe"])
     assert [(r.method, r.chunk) for r in table] == [("closed_book", None), ("rag", None), ("regrad", None),
                                                     ("cpt", 0), ("cpt", 1), ("cpt", 2)]
     regrad = table.rows_of("probe", "regrad")[0]
@@ -66,31 +68,31 @@ def test_the_drift_table_holds_every_method_and_a_row_per_chunk(tiny_model_dir):
 
 def test_the_verdict_calls_a_significant_loss_a_loss_and_a_gain_a_gain():
     _study("fg-harm", regrad_right=18, cpt_right=2, cpt_text=3.5, cpt_general_right=0)
-    table = forgetting.drift_table("fg-harm", ["probe"])
-    changes = forgetting.general_changes(table)
+    table = drift_report.drift_table("fg-harm", ["probe"])
+    changes = drift_report.general_changes(table)
     cpt = next(c for c in changes if c.kind == "cpt")
     assert cpt.text.mean == pytest.approx(0.5 * (1 + 0.01 * (PASSAGES - 1) / 2)) and (cpt.only_a, cpt.only_b) == (0, GENERAL)
     assert cpt.p == pytest.approx(2 * 0.5 ** GENERAL)
-    text = forgetting.verdict(forgetting.paired("fg-harm", ["probe"]), table, changes)
+    text = drift_report.verdict(drift_report.paired("fg-harm", ["probe"]), table, changes)
     assert "probe: regrad beats cpt" in text and "regrad beats rag" in text
     assert "general ability degraded" in text and "verified unchanged, bit for bit" in text
     _study("fg-gain", regrad_right=2, cpt_right=18, cpt_text=2.5, cpt_general_right=GENERAL)
-    table = forgetting.drift_table("fg-gain", ["probe"])
-    text = forgetting.verdict(forgetting.paired("fg-gain", ["probe"]), table, forgetting.general_changes(table))
+    table = drift_report.drift_table("fg-gain", ["probe"])
+    text = drift_report.verdict(drift_report.paired("fg-gain", ["probe"]), table, drift_report.general_changes(table))
     assert "probe: regrad is worse than cpt (a significant loss)" in text
     assert "regrad is worse than rag (a significant loss)" in text
     assert "general ability improved" in text
 
 
 def test_nothing_to_show_is_said_not_raised():
-    missing = forgetting.drift_table("fg-none", ["probe"])
-    assert isinstance(missing, forgetting.Missing) and "general_set.json not found" in missing.message
-    assert isinstance(forgetting.paired("fg-none", ["probe"]), forgetting.Missing)
-    assert forgetting.verdict(forgetting.paired("fg-none", ["probe"]), missing,
-                              forgetting.general_changes(missing)).startswith("No paired comparison")
-    assert math.isnan(forgetting.general_change(
-        forgetting.DriftRow("d", "cpt", 1, 1, None, 1.0, None, None, 0.0, 0.0, "", {"general_text_nlls": [1.0],
+    missing = drift_report.drift_table("fg-none", ["probe"])
+    assert isinstance(missing, drift_report.Missing) and "general_set.json not found" in missing.message
+    assert isinstance(drift_report.paired("fg-none", ["probe"]), drift_report.Missing)
+    assert drift_report.verdict(drift_report.paired("fg-none", ["probe"]), missing,
+                              drift_report.general_changes(missing)).startswith("No paired comparison")
+    assert math.isnan(drift_report.general_change(
+        drift_report.DriftRow("d", "cpt", 1, 1, None, 1.0, None, None, 0.0, 0.0, "", {"general_text_nlls": [1.0],
                                                                                     "general_correct": []}),
-        forgetting.DriftRow("d", "cpt", 0, 0, None, 1.0, None, None, 0.0, 0.0, "", {"general_text_nlls": [1.0],
+        drift_report.DriftRow("d", "cpt", 0, 0, None, 1.0, None, None, 0.0, 0.0, "", {"general_text_nlls": [1.0],
                                                                                     "general_correct": []}),
         "cpt", "one passage").text.se)

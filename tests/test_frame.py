@@ -7,8 +7,13 @@ import re
 import pytest
 import torch
 
-from regrad_lib import artifacts, bank, config, encode, evaluate, generation, harness, methods, paths, prompts, \
-    regrad, tasks
+from regrad_lib import config
+from regrad_lib.answering import harness, methods
+from regrad_lib.bank import encode, reader
+from regrad_lib.core import generation, regrad, task_batches
+from regrad_lib.data import prompts
+from regrad_lib.evaluation import evaluate
+from regrad_lib.io import artifacts, paths
 from regrad_lib.testing import saved_trained_run
 
 RUN, DATASET, BUDGET = "frametest", "frame-ds", 24
@@ -40,7 +45,7 @@ def run(tiny_model_dir):
     learner = saved_trained_run(RUN, _preset())
     artifacts.write_json(paths.augmented_file(DATASET, "dev"), _records())
     encode.encode(RUN, DATASET, "dev", scheme="fp32", batch_size=4, learner=learner, overwrite=True)
-    return learner, evaluate.load_tasks(DATASET), bank.open_bank(3, RUN, DATASET, "dev", "fp32", learner=learner)
+    return learner, evaluate.load_tasks(DATASET), reader.open_bank(3, RUN, DATASET, "dev", "fp32", learner=learner)
 
 
 def _captured(monkeypatch, learner, items, bank_, method):
@@ -87,7 +92,7 @@ def test_every_method_scores_the_answer_and_the_end_of_turn_only(run, monkeypatc
                                         tokenize=False, date_string=cfg.chat_date)
         assert whole.startswith(tok.decode(prompt + scored))
         # training's meta loss takes the very same label after the very same prompt
-        train = tasks.qa_examples(tok, [task], cfg, with_context=methods.SPECS[method].context)[0]
+        train = task_batches.qa_examples(tok, [task], cfg, with_context=methods.SPECS[method].context)[0]
         n = len(scored)
         assert train.input_ids == prompt + scored and train.labels[-n:] == scored
         assert set(train.labels[:-n]) == {prompts.IGNORE}
@@ -110,7 +115,7 @@ def test_prompt_passages_are_the_banks_passages_token_for_token(run, method):
         shown = _passages_in(tok.decode(harness.prompt_of(learner, task, methods.SPECS[method].context).ids))[::-1]
         assert len(shown) == 3
         for (title, text), pid, in_prompt in zip(task.passages, task.passage_ids, shown):
-            banked = tasks.passage_batch(tok, [(title, text)], cfg.bank_context_len, cfg.passage_format)
+            banked = task_batches.passage_batch(tok, [(title, text)], cfg.bank_context_len, cfg.passage_format)
             ids = banked.input_ids[0][banked.attention_mask[0].bool()].tolist()
             assert len(tok(prompts.format_passage(title, text, cfg.passage_format))["input_ids"]) > BUDGET  # cut
             assert ids[:len(start)] == start and len(ids) <= BUDGET
@@ -118,7 +123,7 @@ def test_prompt_passages_are_the_banks_passages_token_for_token(run, method):
             assert in_prompt == tok.decode(ids[len(start):])
             # and the bank's gradient is the gradient of exactly that text
             again = regrad.summed_gradient(learner.model, learner.phi,
-                                           tasks.passage_batch(tok, [(None, in_prompt)], 10 * BUDGET, "text"))
+                                           task_batches.passage_batch(tok, [(None, in_prompt)], 10 * BUDGET, "text"))
             row = bank_.get(pid)
             for name in again:
                 torch.testing.assert_close(row[name], again[name], rtol=1e-4, atol=1e-7)
@@ -127,7 +132,7 @@ def test_prompt_passages_are_the_banks_passages_token_for_token(run, method):
 def test_training_prompt_passages_are_the_inner_steps_passages(run):
     learner, items, _ = run
     tok, cfg = learner.tokenizer, learner.preset.learner
-    batch = tasks.task_batch(tok, items[:2], cfg)            # blind_context = false: passages in the prompt
+    batch = task_batches.task_batch(tok, items[:2], cfg)            # blind_context = false: passages in the prompt
     start = prompts.document_start(tok)
     inner = [tok.decode(row[m.bool()].tolist()[len(start):])
              for row, m in zip(batch.passages.input_ids, batch.passages.attention_mask)]
@@ -150,7 +155,7 @@ def test_prompt_passages_whole_changes_only_the_prompts_passages(run, tiny_model
     assert all(f.startswith(s) and len(s) < len(f) for f, s in zip(full, short))
     for context in (False,):
         assert prompts.prompt_ids(tok, task.question, None, whole) == harness.prompt_of(learner, task, context).ids
-    assert tasks.task_batch(tok, [task], whole).passages.input_ids.equal(tasks.task_batch(tok, [task], cut)
+    assert task_batches.task_batch(tok, [task], whole).passages.input_ids.equal(task_batches.task_batch(tok, [task], cut)
                                                                           .passages.input_ids)
     with pytest.raises(config.ConfigError, match="prompt_passages"):
         config.load_preset("tiny", {"learner": {"prompt_passages": "cut"}})
@@ -161,5 +166,5 @@ def test_a_bank_cut_at_another_budget_is_refused(run):
     other = saved_trained_run(RUN + "-other", config.load_preset("tiny", {"learner": {
         **learner.preset.learner.__dict__, "bank_context_len": 2 * BUDGET}}))
     other.phi, other.alpha = learner.phi, learner.alpha          # the same meta weights, another passage cut
-    with pytest.raises(bank.BankMismatchError, match="bank_context_len: bank 24 != learner 48"):
+    with pytest.raises(reader.BankMismatchError, match="bank_context_len: bank 24 != learner 48"):
         evaluate.run_method("regrad", other, items, bank=bank_)

@@ -3,9 +3,10 @@
 import json
 
 import pytest
-
-from regrad_lib import analysis, effects, evaluate, frontier, plots
 from test_evaluate import DATASET, RUN, run  # noqa: F401  (the module fixture: a tiny run with fp32/int8/int4 banks)
+
+from regrad_lib.evaluation import evaluate, frontier
+from regrad_lib.reporting import analysis, effects, plots
 
 SCHEMES = ["fp32", "int8", "int4"]
 

@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from regrad_lib import config, generation, lora, prompts, regrad
+from regrad_lib import config
+from regrad_lib.core import generation, lora, regrad
+from regrad_lib.data import prompts
 
 QUESTIONS = ["What is the capital of France?", "Who wrote it?",
              "Where is the Nile river, the longest river of Africa, located today?", "Kyoto?"]

@@ -13,9 +13,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from regrad_lib import (adapters, artifacts, bank, checkpoint, config, datasets, encode, ownership, paths, regrad,
-                        schemes, tensorfile, testing, train)
-from regrad_lib.learner import META_STATE, Learner, UnfinishedRunError
+from regrad_lib import config, testing
+from regrad_lib.bank import encode, reader, schemes
+from regrad_lib.core import adapters, regrad
+from regrad_lib.core.learner import META_STATE, Learner, UnfinishedRunError
+from regrad_lib.data import datasets
+from regrad_lib.io import artifacts, checkpoint, ownership, paths, tensorfile
+from regrad_lib.training import train
 
 DATASET = "integrityqa"
 
@@ -350,7 +354,7 @@ def test_a_leftover_manifest_temporary_is_removed_on_resume(run):
     stray.write_text("{")
     encode.encode(run, DATASET, "dev", scheme="fp32")
     assert not stray.exists()
-    with bank.GradientBank.open(folder) as b:
+    with reader.GradientBank.open(folder) as b:
         assert len(b) == 9
 
 

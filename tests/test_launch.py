@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from regrad_lib import distributed, launch, paths
+from regrad_lib.io import distributed, paths
+from regrad_lib.runner import launch
 
 CHILD = Path(__file__).with_name("collective_child.py")
 BASE = {"compute_environment": "LOCAL_MACHINE", "num_machines": 1, "machine_rank": 0, "num_processes": 2,

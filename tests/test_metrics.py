@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from regrad_lib.metrics import aggregate, by_group, normalize_answer, score, score_predictions
+from regrad_lib.data.metrics import (
+    aggregate,
+    by_group,
+    normalize_answer,
+    score,
+    score_predictions,
+)
 
 
 @pytest.mark.parametrize("raw, want", [

@@ -4,8 +4,13 @@
 import pytest
 import torch
 
-from regrad_lib import analysis, artifacts, bank, config, encode, evaluate, paths, plots, results, tasks
-from regrad_lib.learner import META_STATE, TRAIN_SUMMARY, Learner
+from regrad_lib import config
+from regrad_lib.bank import encode, reader
+from regrad_lib.core import task_batches
+from regrad_lib.core.learner import META_STATE, TRAIN_SUMMARY, Learner
+from regrad_lib.evaluation import evaluate, results
+from regrad_lib.io import artifacts, paths
+from regrad_lib.reporting import analysis, plots
 
 RUN, DATASET = "mixtest", "mixqa"
 TEXT = {"a": "Alder trees grow near rivers in cold places.", "b": "Birch bark is white and peels in thin sheets.",
@@ -14,7 +19,7 @@ TEXT = {"a": "Alder trees grow near rivers in cold places.", "b": "Birch bark is
 
 def _task(letter, i):
     """Question ``letter`` with passages ``<letter>0 <letter>1 <letter>2`` (ids and titles name them)."""
-    return tasks.Task(i, f"Question {letter}?", (letter,), tuple((f"{letter}{j}", f"{TEXT[letter]} ({j})")
+    return task_batches.Task(i, f"Question {letter}?", (letter,), tuple((f"{letter}{j}", f"{TEXT[letter]} ({j})")
                                                                 for j in range(3)),
                       tuple(f"{letter}{j}" for j in range(3)))
 
@@ -34,20 +39,20 @@ HAND = [_task(x, i) for i, x in enumerate("abcd")]
     (1.0, [["b0", "b1", "b2"], ["c0", "c1", "c2"], ["d0", "d1", "d2"], ["a0", "a1", "a2"]]),
 ])
 def test_mix_replaces_exactly_the_last_passages_by_the_next_questions_best(mixed, expected):
-    out = tasks.mix(HAND, mixed, 3)
+    out = task_batches.mix(HAND, mixed, 3)
     assert _ids(out) == expected
     for task, new in zip(HAND, out):        # only the passages change; titles and texts travel with their ids
         assert (new.test_id, new.question, new.answers) == (task.test_id, task.question, task.answers)
         assert [title for title, _ in new.passages] == list(new.passage_ids)
-    assert tasks.mixed_count(3, mixed) == sum(not pid.startswith("a") for pid in expected[0])
+    assert task_batches.mixed_count(3, mixed) == sum(not pid.startswith("a") for pid in expected[0])
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, "0.5", True, float("nan")])
 def test_mixed_share_is_checked(bad):
     with pytest.raises(ValueError, match="mixed="):
-        tasks.mixed_count(3, bad)
+        task_batches.mixed_count(3, bad)
     with pytest.raises(ValueError, match="at least two questions"):
-        tasks.mix(HAND[:1], 0.5, 3)
+        task_batches.mix(HAND[:1], 0.5, 3)
 
 
 def _record(task):
@@ -79,8 +84,8 @@ def run(tiny_model_dir):
 
 
 def test_load_mixes_over_the_whole_file_so_any_slice_agrees(run):
-    whole = tasks.mix(tasks.load(DATASET, "dev", 3), 0.67, 3)
-    assert _ids(tasks.load(DATASET, "dev", 3, start=1, end=3, mixed=0.67)) == _ids(whole[1:3])
+    whole = task_batches.mix(task_batches.load(DATASET, "dev", 3), 0.67, 3)
+    assert _ids(task_batches.load(DATASET, "dev", 3, start=1, end=3, mixed=0.67)) == _ids(whole[1:3])
     # the last question of a slice takes the next question of the file, not the first of the slice
     assert _ids(evaluate.load_tasks(DATASET, limit=2, mixed=0.67))[-1] == ["b0", "c0", "c1"]
 
@@ -88,7 +93,7 @@ def test_load_mixes_over_the_whole_file_so_any_slice_agrees(run):
 def test_the_bank_holds_the_plain_and_the_mixed_passages(run):
     wanted = {"a0", "a1", "a2", "b0", "b1", "b2", "c0", "c1"}        # both questions' own, and c's best two
     assert {p.pid for p in encode.passages(DATASET, "dev", 3, end=2, mixed=0.67)} == wanted
-    with bank.open_bank(3, RUN, DATASET, "dev", "fp32") as stored:
+    with reader.open_bank(3, RUN, DATASET, "dev", "fp32") as stored:
         assert set(stored.ids()) == wanted
         assert stored.manifest["requests"][-1]["mixed"] == 0.67
 
@@ -106,7 +111,7 @@ def test_evaluation_answers_with_the_mixed_passages_and_records_the_share(run):
     online = evaluate.run_method("regrad_online", learner, evaluate.load_tasks(DATASET, limit=2, mixed=0.67))
     assert [r["answer_nll"] for r in online] == pytest.approx([r["answer_nll"] for r in rows], rel=1e-5)
     plain = evaluate.run_method("regrad", learner, evaluate.load_tasks(DATASET, limit=2),
-                                bank=bank.open_bank(3, RUN, DATASET, "dev", "fp32"))
+                                bank=reader.open_bank(3, RUN, DATASET, "dev", "fp32"))
     assert all(abs(a["answer_nll"] - b["answer_nll"]) > 1e-6 for a, b in zip(rows, plain))
     # results of another share are refused, not mixed up; closed_book's do not depend on it
     with pytest.raises(FileExistsError, match="'mixed': 0.67"):
@@ -141,7 +146,7 @@ def test_mixed_sweep_rows_and_figure(run):
                           scheme="fp32", evaluation="sweep")
     assert [(r["mixed"], r["n"]) for r in rows] == [(0.0, 2), (0.34, 2), (0.67, 2)]
     plain = results.score_rows(evaluate.run_method("regrad", learner, evaluate.load_tasks(DATASET, limit=2),
-                                                   bank=bank.open_bank(3, RUN, DATASET, "dev", "fp32")))
+                                                   bank=reader.open_bank(3, RUN, DATASET, "dev", "fp32")))
     assert rows[0]["nll"] == pytest.approx(plain["nll"], abs=1e-4)
     read = analysis.read_sweeps(RUN, "sweep")
     series = analysis.sweep(read, "mixed", gamma=1.0, topk=3)
@@ -153,9 +158,9 @@ def test_mixed_sweep_rows_and_figure(run):
 
 def test_a_larger_topk_bank_serves_smaller_k(run):
     learner = run
-    assert bank.serving_topk(2, RUN, DATASET, "dev", "fp32") == 3       # no top-2 bank: the top-3 one holds it
-    assert bank.serving_topk(3, RUN, DATASET, "dev", "fp32") == 3
-    assert bank.serving_topk(5, RUN, DATASET, "dev", "fp32") == 5       # none: open_bank names 04_encode
+    assert reader.serving_topk(2, RUN, DATASET, "dev", "fp32") == 3       # no top-2 bank: the top-3 one holds it
+    assert reader.serving_topk(3, RUN, DATASET, "dev", "fp32") == 3
+    assert reader.serving_topk(5, RUN, DATASET, "dev", "fp32") == 5       # none: open_bank names 04_encode
     rows = evaluate.sweep(RUN, DATASET, gammas=[1.0], topks=[1, 2, 3], limit=2, learner=learner, scheme="fp32",
                           evaluation="topk")
     assert [r["topk"] for r in rows] == [1, 2, 3]

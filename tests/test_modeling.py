@@ -3,7 +3,8 @@ import copy
 import pytest
 import torch
 
-from regrad_lib import config, lora, modeling
+from regrad_lib import config
+from regrad_lib.core import lora, modeling
 
 
 def test_missing_model_names_the_three_sources(monkeypatch):
@@ -54,14 +55,15 @@ def test_flatten_round_trip(tiny):
 
 
 def test_tiny_model_is_deterministic(tmp_path, tiny_model_dir):
-    from regrad_lib import tiny_model
+    from regrad_lib.core import tiny_model
     other = tiny_model.ensure_tiny_model(tmp_path / "again")
     assert (other / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
 
 
 @pytest.mark.demo_model
 def test_demo_model_answers_a_simple_question():
-    from regrad_lib import paths, prompts
+    from regrad_lib.data import prompts
+    from regrad_lib.io import paths
     if not (paths.repo_root() / "models" / "SmolLM2-135M-Instruct" / "config.json").exists():
         pytest.skip("demo model not prepared (make model)")
     model, tok = modeling.load(str(paths.repo_root() / "models" / "SmolLM2-135M-Instruct"))

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from regrad_lib import notebook, paths, pipeline
+from regrad_lib.io import paths
+from regrad_lib.runner import notebook, pipeline
 
 
 def _cells(name):

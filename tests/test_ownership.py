@@ -1,13 +1,18 @@
 """Nothing is deleted that the user did not name (issue 23, items 1, 7 and the symlink of 13): run names cannot
-leave outputs/, and a folder regrad did not write is refused, never removed (regrad_lib.ownership)."""
+leave outputs/, and a folder regrad did not write is refused, never removed (regrad_lib.io.ownership)."""
 
 import os
 
 import pytest
 import torch
 
-from regrad_lib import adapters, artifacts, config, launch, ownership, params, paths, retrieval, tasks, train
-from regrad_lib.learner import Learner
+from regrad_lib import config, retrieval
+from regrad_lib.answering import methods
+from regrad_lib.core import adapters, task_batches
+from regrad_lib.core.learner import Learner
+from regrad_lib.io import artifacts, ownership, params, paths
+from regrad_lib.runner import launch
+from regrad_lib.training import train
 
 DATASET = "ownqa"
 
@@ -102,19 +107,19 @@ def test_remove_never_leaves_its_root(tmp_path):
 
 
 def test_export_question_refuses_a_folder_it_did_not_write(data, tmp_path):
-    """`adapters.export_question(folder=<an existing folder>)` deleted the user's notes.txt."""
+    """`methods.export_question(folder=<an existing folder>)` deleted the user's notes.txt."""
     learner = Learner.create(_preset())
-    [task] = tasks.load(DATASET, "train_all", 3, end=1)
+    [task] = task_batches.load(DATASET, "train_all", 3, end=1)
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "notes.txt").write_text("mine")
     with pytest.raises(ownership.NotOursError, match=r"mine exists and was not written by regrad \(it holds no "
                                                      r"regrad_adapter.json\): it is not replaced"):
-        adapters.export_question(learner, task, folder, gamma=1.0)
+        methods.export_question(learner, task, folder, gamma=1.0)
     assert sorted(os.listdir(folder)) == ["notes.txt"]
-    ours = adapters.export_question(learner, task, tmp_path / "ours", gamma=1.0)
+    ours = methods.export_question(learner, task, tmp_path / "ours", gamma=1.0)
     first = (ours / adapters.WEIGHTS_FILE).read_bytes()
-    adapters.export_question(learner, task, ours, gamma=2.0)      # its own folder: replaced
+    methods.export_question(learner, task, ours, gamma=2.0)      # its own folder: replaced
     assert (ours / adapters.WEIGHTS_FILE).read_bytes() != first and (ours / adapters.INFO_FILE).is_file()
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(ownership.NotOursError, match="is a file"):

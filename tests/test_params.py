@@ -1,4 +1,4 @@
-"""Typed parameters and plain names at every boundary (issue 23, items 1-3 and 8): regrad_lib.params, the paths
+"""Typed parameters and plain names at every boundary (issue 23, items 1-3 and 8): regrad_lib.io.params, the paths
 it guards, the settings of 03/04/05, library calls, the runner and the launch flags."""
 
 import argparse
@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from regrad_lib import artifacts, augment, config, encode, evaluate, launch, params, paths, pipeline, testing, train
-from regrad_lib.learner import TRAIN_SUMMARY, UnfinishedRunError
+from regrad_lib import config, testing
+from regrad_lib.bank import encode
+from regrad_lib.core.learner import TRAIN_SUMMARY, UnfinishedRunError
+from regrad_lib.evaluation import evaluate
+from regrad_lib.io import artifacts, params, paths
+from regrad_lib.retrieval import augment
+from regrad_lib.runner import launch, pipeline
+from regrad_lib.training import train
 
 RUN, DATASET = "typed-run", "typedqa"
 

@@ -2,7 +2,8 @@
 import nbformat
 import pytest
 
-from regrad_lib import paths, pipeline
+from regrad_lib.io import paths
+from regrad_lib.runner import pipeline
 
 
 def test_select_steps():

@@ -4,9 +4,9 @@ import math
 
 import pytest
 from matplotlib.figure import Figure
-
-from regrad_lib import analysis, effects, plots
 from test_analysis import write_run
+
+from regrad_lib.reporting import analysis, effects, plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -176,7 +176,7 @@ def test_alpha_over_steps_groups_modules_across_layers(run):
 
 
 def test_group_em_bars(tmp_path, monkeypatch):
-    from regrad_lib.effects import GroupTable
+    from regrad_lib.reporting.effects import GroupTable
 
     table = GroupTable(["city", "sport (held out)"], ["regrad", "shift"],
                        {("city", "regrad"): (50.0, 2), ("city", "shift"): (0.0, 2),

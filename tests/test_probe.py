@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from regrad_lib import corpus, datasets, paths, probe
+from regrad_lib.data import corpus, datasets, probe
+from regrad_lib.io import paths
 
 BUNDLED = paths.sample_dir() / "probe"
 _STOP = {"what", "which", "is", "the", "of", "does", "in", "a", "on", "do", "have", "from"}

@@ -5,8 +5,11 @@ import re
 
 import pytest
 
-from regrad_lib import analysis, binding, corpus, datasets, paths, probe, probe_binding, retrieval
-from regrad_lib.artifacts import write_jsonl
+from regrad_lib import retrieval
+from regrad_lib.data import corpus, datasets, probe, probe_binding
+from regrad_lib.io import paths
+from regrad_lib.io.artifacts import write_jsonl
+from regrad_lib.reporting import analysis, binding_report
 
 BUNDLED = paths.sample_dir() / "probe_binding"
 
@@ -94,22 +97,22 @@ def test_shares_counted_by_hand(tmp_path, monkeypatch):
     blind = ["Paris", "pilot", "paris.", "nurse", "The Paris", "baker"]
     # family A: asked, neither, distractor; family B: missing one member (incomplete family)
     mixed = {0: "Paris", 2: "Rome", 4: "Oslo", 1: "pilot", 3: "baker"}
-    write_jsonl(analysis.predictions_file("r", binding.DATASET, "regrad"),
+    write_jsonl(analysis.predictions_file("r", binding_report.DATASET, "regrad"),
                 [{"test_id": i, "prediction": p} for i, p in enumerate(blind)])
-    write_jsonl(analysis.predictions_file("r", binding.DATASET, "shift"),
+    write_jsonl(analysis.predictions_file("r", binding_report.DATASET, "shift"),
                 [{"test_id": i, "prediction": p} for i, p in mixed.items()])
     root = tmp_path / "data"
-    (root / binding.DATASET).mkdir(parents=True)
-    (root / binding.DATASET / "dev.json").write_text(json.dumps(QUESTIONS))
-    table = binding.shares("r", ["probe", binding.DATASET], data_root=str(root))
+    (root / binding_report.DATASET).mkdir(parents=True)
+    (root / binding_report.DATASET / "dev.json").write_text(json.dumps(QUESTIONS))
+    table = binding_report.shares("r", ["probe", binding_report.DATASET], data_root=str(root))
     regrad, shift = table.shares
     assert (regrad.method, regrad.n, regrad.asked, regrad.distractor, regrad.neither) == ("regrad", 6, 4, 2, 0)
     assert (regrad.families, regrad.name_blind, regrad.bound) == (2, 1, 1) and regrad.ratio == 2.0
     assert (shift.n, shift.asked, shift.distractor, shift.neither) == (5, 2, 2, 1)
     assert (shift.families, shift.name_blind, shift.bound) == (1, 0, 0)
     assert table.rows()[0] == ["regrad", "6", "66.7% (4)", "33.3% (2)", "0.0% (0)", "2.00", "1/2", "1/2"]
-    assert isinstance(binding.shares("r", ["probe"], data_root=str(root)), analysis.Missing)
-    assert isinstance(binding.shares("none", [binding.DATASET], data_root=str(root)), analysis.Missing)
-    (root / binding.DATASET / "dev.json").write_text(json.dumps([{"answer": ["x"]}]))
+    assert isinstance(binding_report.shares("r", ["probe"], data_root=str(root)), analysis.Missing)
+    assert isinstance(binding_report.shares("none", [binding_report.DATASET], data_root=str(root)), analysis.Missing)
+    (root / binding_report.DATASET / "dev.json").write_text(json.dumps([{"answer": ["x"]}]))
     with pytest.raises(ValueError, match="record 0: lacks"):
-        binding.shares("r", [binding.DATASET], data_root=str(root))
+        binding_report.shares("r", [binding_report.DATASET], data_root=str(root))

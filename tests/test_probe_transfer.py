@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from regrad_lib import corpus, datasets, paths, probe, probe_transfer
+from regrad_lib.data import corpus, datasets, probe, probe_transfer
+from regrad_lib.io import paths
 
 BUNDLED = paths.sample_dir() / "probe_transfer"
 _STOP = {"what", "which", "is", "the", "of", "does", "did", "in", "a", "on", "do", "from", "to", "with", "who",
@@ -110,11 +111,11 @@ def test_loader_reads_the_split_and_the_corpus_holds_its_passages(tmp_path, monk
 
 
 def test_01_index_corpus_with_the_transfer_split(tmp_path, monkeypatch):
-    from regrad_lib import corpora
+    from regrad_lib.data import indexed_corpus
 
     monkeypatch.setenv("REGRAD_WORK", str(tmp_path))
-    assert corpora.prepare("data/sample/psgs_w100.tsv", True, transfer=True).name == "psgs_w100+probe+transfer.tsv"
-    assert corpora.prepare("data/sample/psgs_w100.tsv", True, True, True).name == "psgs_w100+probe+binding+transfer.tsv"
-    assert corpora.prepare("data/sample/psgs_w100.tsv", True).name == "psgs_w100+probe.tsv"
+    assert indexed_corpus.prepare("data/sample/psgs_w100.tsv", True, transfer=True).name == "psgs_w100+probe+transfer.tsv"
+    assert indexed_corpus.prepare("data/sample/psgs_w100.tsv", True, True, True).name == "psgs_w100+probe+binding+transfer.tsv"
+    assert indexed_corpus.prepare("data/sample/psgs_w100.tsv", True).name == "psgs_w100+probe.tsv"
     with pytest.raises(ValueError, match="probe = True too"):
-        corpora.prepare("data/sample/psgs_w100.tsv", False, transfer=True)
+        indexed_corpus.prepare("data/sample/psgs_w100.tsv", False, transfer=True)

@@ -1,8 +1,9 @@
 import pytest
 
-from regrad_lib import prompts, tasks
 from regrad_lib.config import LearnerConfig
-from regrad_lib.tiny_model import CHATML_TEMPLATE as CHATML
+from regrad_lib.core import task_batches
+from regrad_lib.core.tiny_model import CHATML_TEMPLATE as CHATML
+from regrad_lib.data import prompts
 
 LLAMA3_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
                    "{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
@@ -49,10 +50,10 @@ def test_passage_format_changes_exactly_the_passage_text_everywhere(tiny):
     passage = [("Paris", "Paris is in France.")]
     for fmt, shown in (("text", "Paris is in France."), ("title_text", "Paris: Paris is in France.")):
         cfg = LearnerConfig(passage_format=fmt)
-        lm = tasks.passage_batch(tok, passage, 64, fmt)
+        lm = task_batches.passage_batch(tok, passage, 64, fmt)
         assert tok.decode(lm.input_ids[0], skip_special_tokens=True) == shown
-        task = tasks.Task(0, "Where?", ("France",), tuple(passage), ("1",))
-        tb = tasks.task_batch(tok, [task], cfg, with_context=True)
+        task = task_batches.Task(0, "Where?", ("France",), tuple(passage), ("1",))
+        tb = task_batches.task_batch(tok, [task], cfg, with_context=True)
         assert tok.decode(tb.passages.input_ids[0], skip_special_tokens=True) == shown
         assert f"Passage 0: {shown}\nQuestion: Where?" in tok.decode(tb.qa.input_ids[0])
 
@@ -182,7 +183,7 @@ def test_cut_passage_is_a_prefix_whose_tokens_are_the_lm_sequence(tiny):
     import csv
     import itertools
 
-    from regrad_lib import paths
+    from regrad_lib.io import paths
 
     _, tok = tiny
     start = prompts.document_start(tok)

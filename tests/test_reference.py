@@ -1,5 +1,5 @@
 """Same machine, same seed: identical results; the reference folder, README's rendered tables, and the comparison
-of a fresh run with the reference (regrad_lib.reference*), on tiny chains (train → encode → evaluate).
+of a fresh run with the reference (regrad_lib.reporting.reference*), on tiny chains (train → encode → evaluate).
 
 Each chain runs in a child process with a fresh work folder of its own (about 10 s on a small CPU).
 """
@@ -13,7 +13,8 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from regrad_lib import paths, reference, reference_compare, reference_render
+from regrad_lib.io import paths
+from regrad_lib.reporting import reference, reference_compare, reference_render
 
 RUN = "chain"
 
@@ -181,7 +182,7 @@ def test_render_rewrites_only_the_marked_blocks(chains, in_work, tmp_path):
 
 
 def test_readme_tables_are_rendered_from_the_committed_reference():
-    """README.md's marked blocks are exactly what `python -m regrad_lib.reference render` writes from the
+    """README.md's marked blocks are exactly what `python -m regrad_lib.reporting.reference render` writes from the
     committed reference/demo/ (no figure of these tables is typed by hand)."""
     readme = (paths.repo_root() / "README.md").read_text(encoding="utf-8")
     names = [m.group("name") for m in reference_render.BLOCK.finditer(readme)]
@@ -189,4 +190,4 @@ def test_readme_tables_are_rendered_from_the_committed_reference():
     rendered = reference_render.render_blocks(readme, reference.load(reference.DEFAULT_FOLDER),
                                               reference.DEFAULT_FOLDER)
     assert reference_render.stale_blocks(readme, rendered) == [], \
-        "README.md is out of sync with reference/demo: run python -m regrad_lib.reference render"
+        "README.md is out of sync with reference/demo: run python -m regrad_lib.reporting.reference render"

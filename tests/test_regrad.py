@@ -5,7 +5,9 @@ import copy
 import pytest
 import torch
 
-from regrad_lib import config, lora, prompts, regrad
+from regrad_lib import config
+from regrad_lib.core import lora, regrad
+from regrad_lib.data import prompts
 
 PASSAGES = [("Paris", "Paris is the capital and most populous city of France."),
             ("Ada Lovelace", "Ada Lovelace was an English mathematician and writer, chiefly known for her work."),

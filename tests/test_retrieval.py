@@ -9,8 +9,10 @@ import sys
 
 import pytest
 
-from regrad_lib import corpus, paths, retrieval
-from regrad_lib.retrieval import Hit, RetrievalError
+from regrad_lib import retrieval
+from regrad_lib.data import corpus
+from regrad_lib.io import paths
+from regrad_lib.retrieval import Hit, RetrievalError, tantivy
 
 PASSAGES = [
     ("1", "Dogs", "Running dogs chase the cat around the garden."),
@@ -102,7 +104,7 @@ def test_search_threads_same_answers(small):
 
 def test_reopen_and_manifest(small):
     retrieval.build(small, "small")
-    manifest = json.loads((paths.index_dir("small") / retrieval.MANIFEST).read_text())
+    manifest = json.loads((paths.index_dir("small") / tantivy.MANIFEST).read_text())
     assert manifest["count"] == 6 and manifest["corpus"]["size"] == small.stat().st_size
     assert retrieval.build(small, "small").count() == 6       # complete: reopened, not rebuilt
     assert retrieval.open("small").describe()["count"] == 6
@@ -123,7 +125,7 @@ def test_missing_index(work):
 
 def test_count_mismatch_refused(small):
     retrieval.build(small, "small")
-    path = paths.index_dir("small") / retrieval.MANIFEST
+    path = paths.index_dir("small") / tantivy.MANIFEST
     manifest = json.loads(path.read_text())
     manifest["count"] = 7
     path.write_text(json.dumps(manifest))
@@ -155,7 +157,7 @@ def test_interrupted_build_is_refused_then_resumed(work, monkeypatch, caplog):
     with pytest.raises(RetrievalError, match="incomplete.*resume"):
         retrieval.open("big")
 
-    state = json.loads((paths.index_dir("big") / retrieval.BUILD_STATE).read_text())
+    state = json.loads((paths.index_dir("big") / tantivy.BUILD_STATE).read_text())
     assert state["corpus"]["size"] == path.stat().st_size
     monkeypatch.setattr(corpus, "read", real_read)
     with caplog.at_level("INFO", logger="regrad_lib.retrieval"):
@@ -163,7 +165,7 @@ def test_interrupted_build_is_refused_then_resumed(work, monkeypatch, caplog):
     assert "after 40 committed passages" in caplog.text      # the last commit before the interruption
     assert r.count() == 100                                  # no duplicates, nothing missing
     assert [ids(h) for h in r.search(["word39", "word44", "word99"], k=1)] == [["39"], ["44"], ["99"]]
-    assert not (paths.index_dir("big") / retrieval.BUILD_STATE).exists()
+    assert not (paths.index_dir("big") / tantivy.BUILD_STATE).exists()
 
 
 def test_bad_arguments(small):
@@ -189,7 +191,7 @@ def test_corpus_with_duplicate_ids_or_no_passages_builds_no_index(work, rows, me
     path = write_tsv(work / "bad.tsv", rows)
     with pytest.raises(corpus.CorpusFormatError, match=rf"bad.tsv: {message}"):
         retrieval.build(path, "bad")
-    assert not (paths.index_dir("bad") / retrieval.MANIFEST).exists()
+    assert not (paths.index_dir("bad") / tantivy.MANIFEST).exists()
     with pytest.raises(RetrievalError, match="incomplete"):
         retrieval.open("bad")
 

@@ -10,14 +10,14 @@ import time
 
 import pytest
 
-from regrad_lib import retrieval, retrieval_es
-from regrad_lib.corpus import Passage
-from regrad_lib.retrieval import Hit, RetrievalError
-from regrad_lib.retrieval_es import EsOptions
+from regrad_lib import retrieval
+from regrad_lib.data.corpus import Passage
+from regrad_lib.retrieval import Hit, RetrievalError, elastic
+from regrad_lib.retrieval.elastic import EsOptions
 
 
 def test_index_body():
-    assert retrieval_es.index_body() == {
+    assert elastic.index_body() == {
         "settings": {"number_of_shards": 1, "number_of_replicas": 0},
         "mappings": {"properties": {
             "id": {"type": "keyword"},
@@ -28,14 +28,14 @@ def test_index_body():
 
 
 def test_bulk_operations():
-    ops = retrieval_es.bulk_operations([Passage("7", "T", "x"), Passage("9", "U", "y")], "wiki")
+    ops = elastic.bulk_operations([Passage("7", "T", "x"), Passage("9", "U", "y")], "wiki")
     assert ops == [{"index": {"_index": "wiki", "_id": "7"}}, {"id": "7", "title": "T", "text": "x"},
                    {"index": {"_index": "wiki", "_id": "9"}}, {"id": "9", "title": "U", "text": "y"}]
 
 
 def test_msearch_body_and_query_cut():
     long = " ".join(f"w{i}" for i in range(300))
-    body = retrieval_es.msearch_body(['Who wrote "Hamlet"?', long], 3, "wiki")
+    body = elastic.msearch_body(['Who wrote "Hamlet"?', long], 3, "wiki")
     assert body[0] == {"index": "wiki"}
     assert body[1] == {"query": {"multi_match": {"query": 'Who wrote "Hamlet"?', "type": "best_fields",
                                                  "fields": ["title", "text"], "tie_breaker": 0.5}},
@@ -115,13 +115,13 @@ def test_build_and_search_with_fake_client(tsv):
     es = FakeES()
     r = retrieval.build(tsv, "wiki", backend="elasticsearch", client=es, chunk_size=2)
     creates = [c for c in es.calls if c[0] == "create"]
-    assert creates == [("create", "wiki", retrieval_es.index_body())]
+    assert creates == [("create", "wiki", elastic.index_body())]
     bulks = [c[1] for c in es.calls if c[0] == "bulk"]
     assert [len(b) // 2 for b in bulks] == [2, 1]
     assert es.indexes["wiki"]["meta"]["regrad"]["count"] == 3
     [[hit], []] = r.search(["germany", "nothing"], k=1)
     assert hit == Hit("1", "Berlin", "berlin capital germany", 1.0)
-    assert es.calls[-1] == ("msearch", retrieval_es.msearch_body(["germany", "nothing"], 1, "wiki"))
+    assert es.calls[-1] == ("msearch", elastic.msearch_body(["germany", "nothing"], 1, "wiki"))
     assert retrieval.open("wiki", backend="elasticsearch", client=es).count() == 3
     assert retrieval.build(tsv, "wiki", backend="elasticsearch", client=es).count() == 3  # complete: reused
 

@@ -1,4 +1,4 @@
-"""One writer per run (issue 23, item 4): the run lock of regrad_lib.runlock, and the fault test of two trainings
+"""One writer per run (issue 23, item 4): the run lock of regrad_lib.io.runlock, and the fault test of two trainings
 of one run name at once (two child processes): one is refused naming the other, the survivor's run is intact
 and bit for bit a single training's."""
 
@@ -19,8 +19,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from regrad_lib import artifacts, config, distributed, paths, runlock, train
-from regrad_lib.learner import META_STATE
+from regrad_lib import config
+from regrad_lib.core.learner import META_STATE
+from regrad_lib.io import artifacts, distributed, paths, runlock
+from regrad_lib.training import train
 
 TESTS = Path(__file__).parent
 DATASET = "lockqa"
@@ -31,7 +33,7 @@ OVERRIDES = {"train": {"max_steps": 6, "save_steps": 3, "eval_steps": 3, "meta_b
 # A child that takes the lock of a run and holds it until its stdin closes (or is killed).
 HOLDER = """
 import sys
-from regrad_lib import runlock
+from regrad_lib.io import runlock
 runlock.acquire(sys.argv[1], "a test holder")
 print("held", flush=True)
 sys.stdin.read()
@@ -128,7 +130,7 @@ TRAINER = """
 import json, os, sys, time
 sys.path.insert(0, sys.argv[2])
 import fault_child
-from regrad_lib import train
+from regrad_lib.training import train
 spec, gate = json.loads(sys.argv[1]), sys.argv[3]
 real = train.meta_step
 def paused(*args, **kwargs):

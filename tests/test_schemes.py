@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from regrad_lib import schemes
+from regrad_lib.bank import schemes
 
 LAYOUT = [("m.0.lora_A", (8, 16)), ("m.0.lora_B", (32, 8)), ("m.1.lora_A", (8, 24)), ("m.1.lora_B", (16, 8))]
 ODD = [("a", (3, 5)), ("b", (1, 1)), ("c", (7, 9))]      # 15 + 1 + 63 values: every tensor needs padding

@@ -1,4 +1,4 @@
-"""Meta-training (regrad_lib.train): artifacts, log schema, learning, resume, non-finite handling, schedules."""
+"""Meta-training (regrad_lib.training.train): artifacts, log schema, learning, resume, non-finite handling, schedules."""
 
 import json
 import math
@@ -6,9 +6,11 @@ import math
 import pytest
 import torch
 
-from regrad_lib import artifacts, checkpoint, config, paths, regrad, train
-from regrad_lib import tasks as regrad_tasks
-from regrad_lib.learner import META_STATE, Learner
+from regrad_lib import config
+from regrad_lib.core import regrad, task_batches
+from regrad_lib.core.learner import META_STATE, Learner
+from regrad_lib.io import artifacts, checkpoint, paths
+from regrad_lib.training import train
 
 CITIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Egypt", "Cairo"), ("Peru", "Lima"),
           ("Kenya", "Nairobi"), ("Chile", "Santiago"), ("Spain", "Madrid"), ("Norway", "Oslo"), ("Cuba", "Havana")]
@@ -216,7 +218,7 @@ def test_outer_loss_false_trains_the_passage_lm_loss_and_leaves_alpha(data):
     learner = Learner.create(preset)
     batch = train.split_tasks(train.load_tasks(data, "train_all", 3), 0, 42).train
     first = [batch[i] for i in train.epoch_order(len(batch), 42, 0)[:2]]
-    tb = regrad_tasks.task_batch(learner.tokenizer, first, preset.learner)
+    tb = task_batches.task_batch(learner.tokenizer, first, preset.learner)
     expected = float(regrad.passage_losses(learner.model, learner.phi, tb).mean().detach())
     summary = train.train("plain_lm", preset, data)
     assert summary["first_loss"] == pytest.approx(expected, rel=1e-6)
@@ -248,7 +250,7 @@ def test_alpha_learning_rate_reaches_the_optimizer_and_moves_alpha_faster(data):
 
 def test_cpu_precision_policy(monkeypatch):
     """bf16 autocast for gradient work on a CPU only where bf16 is native; evaluation on a CPU always fp32."""
-    from regrad_lib import learner as learner_module
+    from regrad_lib.core import learner as learner_module
 
     preset = _preset().replace(train={"mixed_precision": "bf16"})
     fake = Learner(None, None, preset, {}, None, torch.device("cpu"))
@@ -310,7 +312,7 @@ def test_meta_step_gradient_is_the_mean_over_the_batch(data):
     optimizer, params = train.make_optimizer(learner)
     grads, losses = [], []
     for task in batch:
-        tb = regrad_tasks.task_batch(learner.tokenizer, [task], preset.learner)
+        tb = task_batches.task_batch(learner.tokenizer, [task], preset.learner)
         loss = train.chunk_losses(learner, tb).sum()
         grads.append(torch.autograd.grad(loss, params, allow_unused=True))
         losses.append(loss.item())
@@ -336,7 +338,7 @@ def test_kept_steps_hold_the_weights_of_that_step_and_a_paused_run_resumes_to_th
     assert not paths.kept_step_state("kept-paused", 3).exists()
     train.train("kept-paused", _preset(max_steps=4, keep_steps=[1, 3]), data)
     for step in (1, 3):
-        from regrad_lib.run_state import read_state
+        from regrad_lib.io.run_state import read_state
         left = read_state(paths.kept_step_state("kept-whole", step))
         right = read_state(paths.kept_step_state("kept-paused", step))
         assert left.keys() == right.keys()

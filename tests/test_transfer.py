@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from regrad_lib import analysis, transfer
-from regrad_lib.artifacts import write_jsonl
+from regrad_lib.io.artifacts import write_jsonl
+from regrad_lib.reporting import analysis, transfer_report
 
 PROBE = [{"question": "Which city is Ab Cd originally from?", "answer": ["Paris"], "relation": "birthplace",
           "entity": "Ab Cd"},
@@ -47,12 +47,12 @@ def run(tmp_path, monkeypatch):
 
 def test_groups_and_table_hand_computed(run):
     name, root = run
-    groups = transfer.question_groups(["probe", "probe_transfer"], root)
+    groups = transfer_report.question_groups(["probe", "probe_transfer"], root)
     assert groups == {("probe", "0"): "in template", ("probe", "1"): "held-out relation (sport)",
                       ("probe_transfer", "0"): "out of template, invented answers",
                       ("probe_transfer", "1"): "out of template, closed answers",
                       ("probe_transfer", "2"): "out of template, invented answers"}
-    table = transfer.transfer_table(name, ["probe", "probe_transfer"], root)
+    table = transfer_report.transfer_table(name, ["probe", "probe_transfer"], root)
     assert table.methods == ["rag", "regrad", "shift"]                  # the methods with predictions
     rows = {r.group: r for r in table}
     invented = rows["out of template, invented answers"]
@@ -68,7 +68,7 @@ def test_groups_and_table_hand_computed(run):
 
 def test_verdict_names_where_regrad_is_below_rag_and_the_targets(run):
     name, root = run
-    text = transfer.verdict(transfer.transfer_table(name, ["probe", "probe_transfer"], root))
+    text = transfer_report.verdict(transfer_report.transfer_table(name, ["probe", "probe_transfer"], root))
     assert "regrad is below rag (the same passages in the prompt) on held-out relation (sport) (EM 0.0 vs 100.0" in text
     assert "out of template, invented answers (EM 0.0 vs 100.0, McNemar p = 0.5)" in text
     assert "regrad matches or passes rag on in template (EM 100.0 vs 100.0" in text
@@ -77,17 +77,17 @@ def test_verdict_names_where_regrad_is_below_rag_and_the_targets(run):
     assert "Out of template, invented answers: regrad − shift = +0.0 EM points" in text and "is not reached" in text
     for method in PRED:                     # the probe not evaluated: its groups are left out, not shown empty
         analysis.predictions_file(name, "probe", method).unlink()
-    only = transfer.transfer_table(name, ["probe", "probe_transfer"], root)
+    only = transfer_report.transfer_table(name, ["probe", "probe_transfer"], root)
     assert [r.group for r in only] == ["out of template, invented answers", "out of template, closed answers"]
-    missing = transfer.transfer_table(name, ["probe"], root)
+    missing = transfer_report.transfer_table(name, ["probe"], root)
     assert isinstance(missing, analysis.Missing) and "probe_transfer" in missing.message
-    assert transfer.verdict(missing).startswith("No transfer verdict")
+    assert transfer_report.verdict(missing).startswith("No transfer verdict")
 
 
 def test_verdict_reads_regrad_icl_against_rag(run):
     """regrad_icl's out-of-template target (≥ rag), with McNemar on the questions one of the two answers."""
     name, root = run
-    assert "regrad_icl" not in transfer.verdict(transfer.transfer_table(name, ["probe", "probe_transfer"], root))
+    assert "regrad_icl" not in transfer_report.verdict(transfer_report.transfer_table(name, ["probe", "probe_transfer"], root))
     icl = {"probe": [("Paris", 0.1), ("golf", 0.1)],
            "probe_transfer": [("Zoterua Bek", 0.1), ("Dutch", 0.1), ("Velira", 0.1)]}
     for dataset, rows in icl.items():
@@ -95,11 +95,11 @@ def test_verdict_reads_regrad_icl_against_rag(run):
         write_jsonl(analysis.predictions_file(name, dataset, "regrad_icl"),
                     [{"test_id": i, "question": g["question"], "answers": g["answer"], "prediction": p,
                       "answer_nll": v} for i, ((p, v), g) in enumerate(zip(rows, gold))])
-    table = transfer.transfer_table(name, ["probe", "probe_transfer"], root)
+    table = transfer_report.transfer_table(name, ["probe", "probe_transfer"], root)
     rows = {r.group: r for r in table}
     assert rows["out of template, invented answers"].icl_rag == (0, 0)
     assert rows["out of template, closed answers"].icl_rag == (0, 1)        # rag answers Greek, regrad_icl not
-    text = transfer.verdict(table)
+    text = transfer_report.verdict(table)
     assert ("Out of template, closed answers: regrad − shift" in text and "There regrad_icl (the update and the "
             "passages) answers 0.0 against rag's 100.0 (McNemar p = 1): the target (regrad_icl ≥ rag) is not reached"
             in text)
@@ -112,16 +112,16 @@ def test_verdict_reads_regrad_icl_against_rag(run):
     ("He was taught by Zoterua Bek.", "verbose"), ("Zoterua Bek Ululan", "verbose"),
     ("", "empty"), ("the", "empty"), ("Paris", "other")])
 def test_echo_kind(prediction, kind):
-    assert transfer.echo_kind(prediction, "Ululan Moranford", ["Zoterua Bek"]) == kind
+    assert transfer_report.echo_kind(prediction, "Ululan Moranford", ["Zoterua Bek"]) == kind
 
 
 def test_echo_table_counts(run):
     name, root = run
-    table = transfer.echo_table(name, ["probe", "probe_transfer"], root, methods=("regrad", "shift"))
+    table = transfer_report.echo_table(name, ["probe", "probe_transfer"], root, methods=("regrad", "shift"))
     # regrad on invented: "Ul" (own name), "Vel" (answer fragment); shift: "Ululan" (name), "Ma No" (name)
     assert table.share("regrad", "out of template, invented answers", "name") == 0.5
     assert table.share("regrad", "out of template, invented answers", "fragment") == 0.5
     assert table.share("shift", "out of template, invented answers", "name") == 1.0
     assert table.share("regrad", "in template", "correct") == 1.0
     assert math.isclose(sum(table.share("regrad", "held-out relation (sport)", k) for k in table.KINDS), 1.0)
-    assert isinstance(transfer.echo_table(name, ["popqa"], root), analysis.Missing)
+    assert isinstance(transfer_report.echo_table(name, ["popqa"], root), analysis.Missing)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from regrad_lib.effects import mcnemar_exact
+from regrad_lib.reporting.effects import mcnemar_exact
 
 spec = importlib.util.spec_from_file_location(
     "transfer_frontier", Path(__file__).resolve().parent.parent / "bench" / "transfer_frontier.py")
@@ -56,7 +56,7 @@ def test_markdown_rows_and_rag_once():
 def test_wide_data_is_apart_from_the_probe_and_the_transfer_split():
     """Training-only relations: no template, name or invented answer of the probe or of the transfer split; every
     answer stands in its passage; half the passages are narratives of 74–90+ words; deterministic in the seed."""
-    from regrad_lib import probe, probe_transfer
+    from regrad_lib.data import probe, probe_transfer
 
     people, records = frontier.wide_data(seed=3, n_people=40)
     assert (people, records) == frontier.wide_data(seed=3, n_people=40)

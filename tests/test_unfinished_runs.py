@@ -4,8 +4,13 @@ import math
 
 import pytest
 
-from regrad_lib import artifacts, bank, config, encode, evaluate, paths, regrad, train
-from regrad_lib.learner import Learner, UnfinishedRunError
+from regrad_lib import config
+from regrad_lib.bank import encode, reader
+from regrad_lib.core import regrad
+from regrad_lib.core.learner import Learner, UnfinishedRunError
+from regrad_lib.evaluation import evaluate
+from regrad_lib.io import artifacts, paths
+from regrad_lib.training import train
 
 RUN, DATASET = "stopped", "unfinished-ds"
 PLACES = ["Paris", "Tokyo", "Rome", "Cairo", "Lima", "Oslo", "Madrid", "Havana"]
@@ -68,7 +73,7 @@ def test_an_unfinished_run_is_refused_everywhere_with_how_to_resume(stopped):
 def test_allow_unfinished_is_recorded_and_finishing_the_run_invalidates_the_results(stopped):
     settings = encode.EncodeSettings(run=RUN, datasets=[DATASET], split="train_all", allow_unfinished=True)
     banks = encode.encode_all(settings)
-    with bank.GradientBank.open(banks[DATASET][bank.DEFAULT_SCHEME]) as b:
+    with reader.GradientBank.open(banks[DATASET][reader.DEFAULT_SCHEME]) as b:
         assert b.manifest["source"]["run_finished"] is False
     evaluate.EvaluateSettings(run=RUN, datasets=[DATASET], methods=["no_update"], split="train_all",
                               allow_unfinished=True)

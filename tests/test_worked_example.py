@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from regrad_lib import datasets, metrics, paths, probe, prompts
+from regrad_lib.data import datasets, metrics, probe, prompts
+from regrad_lib.io import paths
 
 SAMPLES = {"popqa": ("dev", "train"), "hotpotqa": ("dev", "train"), "2wikimultihopqa": ("dev",),
            "complexwebquestions": ("dev",), "probe": ("dev", "train")}
@@ -122,6 +123,6 @@ def test_the_worked_example_is_invented(example):
 
 
 def _corpus():
-    from regrad_lib import corpus
+    from regrad_lib.data import corpus
 
     return list(corpus.read(paths.sample_corpus())) + list(corpus.read(probe.passages_file()))

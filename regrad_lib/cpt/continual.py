@@ -1,0 +1,298 @@
+"""Continual post-training (CPT): the baseline the paper says ReGrad beats, trained here on the very documents the
+Gradient Bank holds and answered by the same harness (methods ``cpt`` and ``cpt_rag``; method.md, "Continual
+post-training and drift").
+
+The documents to inject are the bank's: the distinct top-k passages of the evaluated questions
+(``data/augmented/<dataset>/<split>.json``, records ``:limit``), formatted and cut as the bank formats them
+(:func:`tasks.passage_batch`: ``passage_format``, the document start, ``bank_context_len``). They arrive as a stream
+of ``chunks`` chunks in a fixed order: the questions, in the order they are evaluated, are cut into ``chunks``
+consecutive blocks of (nearly) equal size, and chunk c holds the passages of block c that no earlier chunk held, in
+order of first retrieval (the bank's order). Each chunk is trained ``epochs_per_chunk`` times (its passages in a
+seeded shuffle per epoch, never mixed with another chunk's) on the next-token loss ``L_LM`` (equation 1, the mean
+over a batch of passages), with AdamW at a constant ``learning_rate`` (no weight decay; one optimizer state for the
+whole stream) and gradients clipped at norm 1 (transformers' Trainer default). ``weights``: ``lora`` trains a fresh
+LoRA on the preset's modules of the base model (initialised as 03_train's, seeded), ``phi`` continues the run's
+meta-trained LoRA, ``full`` trains every base weight (fp32 base weights only: small models).
+
+Before the first chunk and after each one :mod:`regrad_lib.cpt.drift` measures the persistent weights: general text,
+general questions, ‖Δθ‖, and the EM of the questions whose block has arrived (closed book, the harness; after the
+last chunk these are the ``cpt`` method's answers). Files, in ``results/<run>/<dataset>/cpt/``: ``checkpoint/``
+after every chunk (the trained weights, AdamW's state, the drift rows so far; an atomic folder swap), so a killed
+stream resumes after its last finished chunk and ends with the same weights as an uninterrupted one; ``drift.json``
+once the stream is done. Every process of a job trains the same stream (the training is not split); rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from regrad_lib import config
+from regrad_lib.answering.methods import SPECS
+from regrad_lib.core import lora, regrad, task_batches
+from regrad_lib.core.learner import Learner
+from regrad_lib.cpt import drift
+from regrad_lib.io import artifacts, checkpoint, distributed, paths
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint"
+TENSORS = "state.safetensors"
+STATE = "stream_state.json"
+DRIFT = "drift.json"
+MAX_GRAD_NORM = 1.0
+TRAINED_KEYS = ("learning_rate", "epochs_per_chunk", "chunks", "batch_size", "weights")   # what the answers depend on
+
+Passage = tuple[str, str, str]      # (id, title, text)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """The questions of each block and the documents of each chunk (chunk c = block c's new passages)."""
+    blocks: list[list[task_batches.Task]]
+    chunks: list[list[Passage]]
+
+    def describe(self) -> dict:
+        return {"questions": [[t.test_id for t in b] for b in self.blocks], "passages": [[p[0] for p in c]
+                                                                                        for c in self.chunks]}
+
+
+def stream(items: Sequence[task_batches.Task], n_chunks: int, where: str = "stream") -> Stream:
+    """The questions cut into ``n_chunks`` consecutive blocks and each block's passages no earlier block held."""
+    if n_chunks > len(items):
+        raise ValueError(f"{where}: cpt chunks = {n_chunks} but only {len(items)} questions; lower chunks "
+                         "(cpt_config.json or the cpt_chunks parameter) or evaluate more questions")
+    bounds = [round(c * len(items) / n_chunks) for c in range(n_chunks + 1)]
+    blocks = [list(items[bounds[c]:bounds[c + 1]]) for c in range(n_chunks)]
+    seen: dict[str, Passage] = {}
+    chunks: list[list[Passage]] = []
+    for block in blocks:
+        chunk = []
+        for task in block:
+            for pid, (title, text) in zip(task.passage_ids, task.passages):
+                passage = (pid, title or "", text)
+                if pid in seen:
+                    if seen[pid] != passage:
+                        raise ValueError(f"{where}: passage id {pid!r} has another title or text in question "
+                                         f"{task.test_id} than before; passage ids must name one passage")
+                    continue
+                seen[pid] = passage
+                chunk.append(passage)
+        chunks.append(chunk)
+    return Stream(blocks, chunks)
+
+
+def resolve(run: str, overrides: dict | None = None) -> config.CptConfig:
+    """The run's ``cpt_config.json`` (its defaults when the run has none) with the notebook's overrides (None
+    keeps the run's value), validated."""
+    from regrad_lib.io.run_state import trained_state
+
+    folder = trained_state(run, allow_unfinished=True).parent
+    cfg = config.load_preset(folder).cpt
+    if not (folder / config.OPTIONAL_FILES["cpt"]).is_file():
+        # a run trained before cpt_config.json existed: its preset's chosen settings are not known here
+        log.warning("%s has no %s: continual post-training uses the defaults %s unless 05's cpt_* parameters "
+                    "say otherwise", paths.relative(folder), config.OPTIONAL_FILES["cpt"], dataclasses.asdict(cfg))
+    changes = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = set(changes) - {f.name for f in dataclasses.fields(config.CptConfig)}
+    if unknown:
+        raise config.ConfigError(f"cpt overrides {sorted(unknown)} are not cpt_config.json keys")
+    try:
+        return config.CptConfig(**{**dataclasses.asdict(cfg), **changes})
+    except config.ConfigError as e:
+        raise config.ConfigError(f"cpt parameters: {e}") from None
+
+
+def answer_settings(cfg: config.CptConfig, seed: int) -> dict:
+    """What cpt / cpt_rag answers depend on besides the questions (kept results must match): the training keys."""
+    return {**{k: getattr(cfg, k) for k in TRAINED_KEYS}, "seed": seed}
+
+
+@dataclass
+class PostTrained:
+    """The stream's result: a learner holding the persistent weights (answer cpt / cpt_rag with it), the cpt
+    method's rows (the knowledge measure after the last chunk), the drift rows and the stream."""
+    learner: Learner
+    rows: list[dict]
+    drift: list[dict]
+    stream: Stream
+
+
+def _trainee(learner: Learner, cfg: config.CptConfig) -> tuple[Learner, dict[str, torch.Tensor]]:
+    """A learner whose ``model`` + ``phi`` are the weights CPT trains, and those trainable tensors by name."""
+    if cfg.weights == "full":
+        base = drift._base_parameters(learner.model)
+        odd = sorted({str(p.dtype) for _, p in base} - {"torch.float32"})
+        if odd:
+            raise ValueError(f"cpt weights = 'full' trains every base weight in fp32, but the model's are {odd}: "
+                             "use weights 'lora' (or 'phi'), or a model loaded in fp32 (mixed_precision 'no')")
+        model = copy.deepcopy(learner.model)
+        named = dict(drift._base_parameters(model))
+        for p in named.values():
+            p.requires_grad_(True)
+        return dataclasses.replace(learner, model=model, phi=drift.zero_phi(learner.phi)), named
+    if cfg.weights == "lora":
+        phi = lora.fresh(learner.model, learner.preset.peft, learner.preset.train.seed)
+    else:
+        phi = {n: p.detach().clone() for n, p in learner.phi.items()}
+    phi = {n: t.requires_grad_(True) for n, t in phi.items()}
+    return dataclasses.replace(learner, phi=phi), phi
+
+
+def train_step(trainee: Learner, params: list[torch.Tensor], optimizer: torch.optim.Optimizer,
+               batch: regrad.TokenBatch) -> float:
+    """One AdamW step on the mean ``L_LM`` of a batch of passages (forward under the preset's autocast, gradient
+    outside it, clipped at ``MAX_GRAD_NORM``); the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    with lora.use(trainee.model, trainee.phi), regrad.autocast(trainee.device, trainee.precision):
+        loss = regrad.token_losses(trainee.model, batch).mean()
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"cpt: non-finite loss {value}: lower the cpt learning rate")
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+    optimizer.step()
+    return value
+
+
+def train_chunk(trainee: Learner, params: list[torch.Tensor], optimizer: torch.optim.Optimizer,
+                passages: Sequence[Passage], cfg: config.CptConfig, seed: int, chunk: int) -> tuple[float | None, int]:
+    """``epochs_per_chunk`` passes over one chunk (a seeded shuffle per epoch): (mean loss of the last pass,
+    optimizer steps)."""
+    lc = trainee.preset.learner
+    last: list[float] = []
+    steps = 0
+    for epoch in range(cfg.epochs_per_chunk):
+        order = list(range(len(passages)))
+        random.Random(seed * 1_000_003 + chunk * 1_009 + epoch).shuffle(order)
+        last = []
+        for start in tqdm(range(0, len(order), cfg.batch_size), desc=f"cpt chunk {chunk} epoch {epoch + 1}",
+                          unit="batch", leave=False, disable=not distributed.job().main):
+            chosen = [passages[i][1:] for i in order[start:start + cfg.batch_size]]
+            batch = task_batches.passage_batch(trainee.tokenizer, chosen, lc.bank_context_len, lc.passage_format)
+            last.append(train_step(trainee, params, optimizer, batch.to(trainee.device)))
+            steps += 1
+    return (sum(last) / len(last) if last else None), steps
+
+
+def measure(trainee: Learner, start: Learner, base: Learner, theta: float, general: drift.GeneralSet,
+            blocks: Sequence[Sequence[task_batches.Task]], chunk: int) -> tuple[dict, list[dict]]:
+    """The drift row after ``chunk`` chunks (0: before any) and the knowledge rows (questions of blocks 1..chunk)."""
+    so_far = [t for block in blocks[:chunk] for t in block]
+    rows = drift.answer(trainee, so_far, SPECS["cpt"], desc=f"cpt knowledge after chunk {chunk}")
+    first = drift.scores(rows[:len(blocks[0])] if chunk else [])
+    latest = drift.scores(rows[len(so_far) - len(blocks[chunk - 1]):] if chunk else [])
+    known = drift.scores(rows)
+    delta, from_base = drift.delta_norm(trainee, start), drift.delta_norm(trainee, base)
+    row = {"chunk": chunk, "questions": known["n"], "knowledge_em": known["em"], "knowledge_nll": known["nll"],
+           "first_block_em": first["em"], "latest_block_em": latest["em"], **drift.general_measures(trainee, general),
+           "delta_norm": delta, "delta_rel": delta / theta, "delta_from_base": from_base,
+           "delta_from_base_rel": from_base / theta}
+    return row, rows
+
+
+def post_train(run: str, dataset: str, learner: Learner, items: Sequence[task_batches.Task], *, cfg: config.CptConfig,
+               general: drift.GeneralSet, split: str = "dev", topk: int = 3, limit: int | None = None,
+               evaluation: str | None = None, overwrite: bool = False) -> PostTrained:
+    """Continual post-training of ``learner``'s persistent weights on ``items``' documents, chunk by chunk, with
+    the drift measured before and after every chunk; resumes from ``results/<run>/<dataset>/cpt/checkpoint/``
+    (same settings) and keeps a finished stream. ``learner`` itself is never changed."""
+    folder = paths.cpt_dir(run, dataset, evaluation)
+    where = f"{paths.relative(folder)}"
+    plan = stream(items, cfg.chunks, where)
+    drift.check_disjoint(general, [p for c in plan.chunks for p in c], learner.preset.learner.passage_format, where)
+    seed = learner.preset.train.seed
+    settings = {"dataset": dataset, "split": split, "topk": topk, "limit": limit,
+                "cpt": answer_settings(cfg, seed), "model": learner.preset.learner.model_name_or_path,
+                "meta_hash": learner.meta_hash() if cfg.weights == "phi" else None,
+                "learner": dataclasses.asdict(learner.preset.learner),
+                "generation": dataclasses.asdict(learner.preset.generation),
+                "stream": _digest(plan.describe()), "general": _digest(general.settings)}
+    if overwrite:
+        distributed.on_main(shutil.rmtree, folder, ignore_errors=True)
+    trainee, named = _trainee(learner, cfg)
+    params = list(named.values())
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    base = dataclasses.replace(learner, phi=drift.zero_phi(learner.phi))
+    start = base if cfg.weights == "full" else \
+        dataclasses.replace(learner, phi={n: t.detach().clone() for n, t in trainee.phi.items()})
+    state = distributed.on_main(_saved_state, folder, settings)
+    if state is None:
+        state = {"settings": settings, "chunk": -1, "steps": 0, "drift": [], "rows": []}
+    else:
+        _load(folder, named, optimizer, state.pop("optimizer"))
+        log.info("%s: resuming after chunk %d of %d", where, state["chunk"], cfg.chunks)
+    theta = general.theta_norm
+    for chunk in range(state["chunk"] + 1, cfg.chunks + 1):
+        loss, steps = (None, 0) if chunk == 0 else \
+            train_chunk(trainee, params, optimizer, plan.chunks[chunk - 1], cfg, seed, chunk)
+        row, rows = measure(trainee, start, base, theta, general, plan.blocks, chunk)
+        state["steps"] += steps
+        row.update(documents=sum(len(c) for c in plan.chunks[:chunk]), train_loss=loss, steps=state["steps"])
+        state.update(chunk=chunk, drift=state["drift"] + [row], rows=rows)
+        distributed.on_main(_save, folder, named, optimizer, state)
+        log.info("%s chunk %d: knowledge EM %s, general text NLL %.4f, |Δθ|/|θ| %.3g", where, chunk,
+                 row["knowledge_em"], row["general_text_nll"], row["delta_rel"])
+    if not (folder / DRIFT).is_file() or artifacts.read_json(folder / DRIFT).get("settings") != settings:
+        distributed.on_main(artifacts.write_json, folder / DRIFT,
+                            {"settings": settings, "stream": plan.describe(), "drift": state["drift"],
+                             "theta_norm": theta, "general_points": general.points})
+    for t in params:
+        t.requires_grad_(False)
+    return PostTrained(trainee, state["rows"], state["drift"], plan)
+
+
+def read_drift(run: str, dataset: str, evaluation: str | None = None) -> dict:
+    """``results/<run>/<dataset>/cpt/drift.json`` (FileNotFoundError naming 05_evaluate when absent)."""
+    file = paths.cpt_dir(run, dataset, evaluation) / DRIFT
+    if not file.is_file():
+        raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 05_evaluate with the method cpt")
+    return artifacts.read_json(file)
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _saved_state(folder: Path, settings: dict) -> dict | None:
+    """The checkpoint's state when one exists (after putting back a swap cut short), else None; other settings
+    are refused."""
+    ckpt = folder / CHECKPOINT
+    if artifacts.recover_dir(ckpt) is None or not (ckpt / STATE).is_file() or not (ckpt / TENSORS).is_file():
+        return None
+    state = artifacts.read_json(ckpt / STATE)
+    if state.get("settings") != settings:
+        changed = sorted(k for k in settings if state.get("settings", {}).get(k) != settings[k])
+        raise FileExistsError(f"{paths.relative(ckpt)} holds continual post-training with other settings "
+                              f"({', '.join(changed)}): pass overwrite=True (05_evaluate: overwrite = True) to train "
+                              "it again, or name this evaluation (evaluation='...')")
+    return state
+
+
+def _save(folder: Path, named: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, state: dict) -> None:
+    tensors = {f"w.{n}": t.detach().contiguous().cpu() for n, t in named.items()}
+    optim_tensors, optim_json = checkpoint.optimizer_parts(optimizer)
+    with artifacts.atomic_dir(folder / CHECKPOINT) as tmp:
+        save_file({**tensors, **optim_tensors}, str(tmp / TENSORS), metadata={"chunk": str(state["chunk"])})
+        artifacts.write_json(tmp / STATE, {**state, "optimizer": optim_json})
+
+
+def _load(folder: Path, named: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    tensors = load_file(str(folder / CHECKPOINT / TENSORS))
+    with torch.no_grad():
+        for n, t in named.items():
+            t.copy_(tensors[f"w.{n}"])
+    optimizer.load_state_dict(checkpoint.optimizer_state(tensors, saved))

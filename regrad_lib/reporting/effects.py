@@ -1,0 +1,452 @@
+"""Does ReGrad work? Paired effects of one method over another, with their uncertainty, for 06_analyze.
+
+Per dataset, questions matched by ``test_id`` in two methods' ``predictions.jsonl`` (05_evaluate):
+
+- answer NLL: the mean of ``nll_a - nll_b`` with its standard error (sample std / √n) and how often ``a`` is lower;
+- EM: both methods' EM, the paired difference and the exact McNemar test on the discordant questions (two-sided
+  binomial test of ``b`` "only a right" against ``c`` "only b right" with p = 1/2);
+- a verdict: one paragraph that says, from these numbers alone, on which datasets a method is better or worse than
+  another in EM and in NLL (direction-aware, Holm-corrected across datasets).
+
+Across seeds (the same setting trained with several seeds, :func:`across_seeds`): mean and spread of each
+method's EM/F1 and of each paired NLL difference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from regrad_lib.data import metrics
+from regrad_lib.io import paths
+from regrad_lib.reporting.analysis import (
+    Missing,
+    _Markdown,
+    predictions_file,
+    read_predictions,
+    read_summary,
+)
+
+PAIRS = (("regrad", "shift"), ("regrad", "no_update"))
+# the combined configuration (gradients and passages in the prompt) against rag and its two controls
+ICL_PAIRS = (("regrad_icl", "rag"), ("regrad_icl", "no_update_icl"), ("regrad_icl", "shift_icl"))
+ALPHA = 0.05          # significance level of the verdict
+CLEAR_SE = 2.0        # the "beyond 2 SE" rule of README's rendered tables and the drift study (not 06's verdict)
+
+
+# --- paired answer-NLL differences -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Per-question ``nll_a - nll_b`` matched by test_id: mean, standard error (sample std / √n), share a lower."""
+
+    dataset: str
+    method_a: str
+    method_b: str
+    mean: float
+    se: float
+    share_lower: float
+    n_lower: int
+    n: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.method_a} − {self.method_b}"
+
+    @property
+    def z(self) -> float:
+        """The mean in standard errors (NaN for one question)."""
+        return self.mean / self.se if self.se and math.isfinite(self.se) else math.nan
+
+    def __str__(self) -> str:
+        return (f"{self.dataset}: {self.label} = {self.mean:+.4g} ± {self.se:.2g} nats, "
+                f"lower on {self.n_lower} of {self.n} ({100 * self.share_lower:.0f}%)")
+
+
+def _rows_by_id(run: str, dataset: str, method: str, field: str, evaluation: str | None = None) -> dict[str, dict]:
+    path = predictions_file(run, dataset, method, evaluation)
+    out: dict[str, dict] = {}
+    for i, r in enumerate(read_predictions(run, dataset, method, evaluation), start=1):
+        if "test_id" not in r or field not in r:
+            raise ValueError(f"{paths.relative(path)} row {i}: lacks 'test_id' or {field!r} "
+                             f"(keys {sorted(r)}); re-run 05_evaluate")
+        tid = str(r["test_id"])
+        if tid in out:
+            raise ValueError(f"{paths.relative(path)} row {i}: duplicate test_id {tid!r}")
+        out[tid] = r
+    return out
+
+
+def _right(row: dict) -> bool:
+    """Whether a prediction row's answer is exact (EM, or the right label for yes/no and multiple-choice rows)."""
+    return metrics.score_kind(row["prediction"], row["answers"], row.get("answer_kind", "short"),
+                              row.get("choices", ()))["em"] == 1.0
+
+
+def _answer_nll(run: str, dataset: str, method: str, evaluation: str | None = None) -> dict[str, float]:
+    rows = _rows_by_id(run, dataset, method, "answer_nll", evaluation)
+    return {k: float(r["answer_nll"]) if isinstance(r["answer_nll"], (int, float)) else math.nan
+            for k, r in rows.items()}
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error (sample std / √n; NaN for one value) of ``values``."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean_se of no values")
+    mean = sum(values) / n
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else math.nan
+
+
+def proportion_se(share: float, n: int) -> float:
+    """Binomial standard error of a share (0-1) observed on ``n`` questions: √(p(1 − p) / n)."""
+    return math.sqrt(share * (1 - share) / n)
+
+
+def paired_difference(nll_a: dict[str, float], nll_b: dict[str, float], dataset: str = "",
+                      method_a: str = "a", method_b: str = "b") -> PairedDifference:
+    """Paired statistics of ``nll_a[id] - nll_b[id]`` over the test_ids both have with finite values."""
+    import logging
+
+    diffs = [nll_a[k] - nll_b[k] for k in nll_a if k in nll_b and math.isfinite(nll_a[k]) and math.isfinite(nll_b[k])]
+    n = len(diffs)
+    if n == 0:
+        raise ValueError(f"{dataset}: {method_a} and {method_b} share no test_id with a finite answer_nll")
+    mean, se = mean_se(diffs)
+    lower = sum(d < 0 for d in diffs)
+    unmatched = len(set(nll_a) ^ set(nll_b))
+    if unmatched:
+        logging.getLogger(__name__).warning("%s: %d test_id(s) appear in only one of %s / %s; compared %d",
+                                            dataset, unmatched, method_a, method_b, n)
+    return PairedDifference(dataset, method_a, method_b, mean, se, lower / n, lower, n)
+
+
+def paired_nll_differences(run: str, dataset: str, method_a: str = "regrad", method_b: str = "shift",
+                           evaluation: str | None = None) -> PairedDifference:
+    """Mean, SE and share-lower of ``answer_nll[method_a] - answer_nll[method_b]`` per question of ``dataset``."""
+    return paired_difference(_answer_nll(run, dataset, method_a, evaluation),
+                             _answer_nll(run, dataset, method_b, evaluation),
+                             dataset, method_a, method_b)
+
+
+# --- paired EM and McNemar's exact test ---------------------------------------------------------------------
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: the binomial test of ``only_a`` successes in ``only_a + only_b`` trials
+    at p = 1/2 (doubled smaller tail, at most 1; 1 when there is no discordant pair)."""
+    if only_a < 0 or only_b < 0:
+        raise ValueError(f"discordant counts must be >= 0, got {only_a}, {only_b}")
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+@dataclass(frozen=True)
+class PairedEM:
+    """EM of two methods on the same questions: the difference (points) and McNemar's exact test."""
+
+    dataset: str
+    method_a: str
+    method_b: str
+    em_a: float
+    em_b: float
+    only_a: int          # questions a answers exactly and b does not
+    only_b: int
+    n: int
+
+    @property
+    def difference(self) -> float:
+        return self.em_a - self.em_b
+
+    @property
+    def p(self) -> float:
+        return mcnemar_exact(self.only_a, self.only_b)
+
+
+def paired_em(run: str, dataset: str, method_a: str = "regrad", method_b: str = "shift",
+              evaluation: str | None = None) -> PairedEM:
+    """Exact-match of ``method_a`` and ``method_b`` on the questions both answered, with McNemar's test."""
+    a = _rows_by_id(run, dataset, method_a, "prediction", evaluation)
+    b = _rows_by_id(run, dataset, method_b, "prediction", evaluation)
+    common = [k for k in a if k in b]
+    if not common:
+        raise ValueError(f"{dataset}: {method_a} and {method_b} share no test_id")
+    right_a = {k: _right(a[k]) for k in common}
+    right_b = {k: _right(b[k]) for k in common}
+    n = len(common)
+    return PairedEM(dataset, method_a, method_b, 100 * sum(right_a.values()) / n, 100 * sum(right_b.values()) / n,
+                    sum(right_a[k] and not right_b[k] for k in common),
+                    sum(right_b[k] and not right_a[k] for k in common), n)
+
+
+# --- the effects table and the verdict ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Effect:
+    """One (dataset, method_a − method_b): the paired NLL difference and the paired EM difference."""
+
+    nll: PairedDifference
+    em: PairedEM
+
+
+@dataclass
+class EffectTable(_Markdown):
+    """Every available (dataset, pair); iterable; shown inline as a markdown table."""
+
+    effects: list[Effect]
+
+    def __iter__(self):
+        return iter(self.effects)
+
+    def __len__(self) -> int:
+        return len(self.effects)
+
+    def header(self) -> list[str]:
+        return ["dataset", "difference", "Δ answer NLL (nats)", "SE", "a lower", "EM a", "EM b", "ΔEM",
+                "a only / b only", "McNemar p", "n"]
+
+    def rows(self) -> list[list[str]]:
+        return [[e.nll.dataset, e.nll.label, f"{e.nll.mean:+.4g}", f"{e.nll.se:.2g}",
+                 f"{e.nll.n_lower}/{e.nll.n}", f"{e.em.em_a:.1f}", f"{e.em.em_b:.1f}", f"{e.em.difference:+.1f}",
+                 f"{e.em.only_a} / {e.em.only_b}", _p(e.em.p), str(e.em.n)] for e in self.effects]
+
+
+def _p(p: float) -> str:
+    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def effect_table(run: str, datasets: Sequence[str], pairs: Sequence[tuple[str, str]] = PAIRS,
+                 evaluation: str | None = None) -> EffectTable | Missing:
+    """:func:`paired_nll_differences` and :func:`paired_em` of every (dataset, pair) whose predictions exist."""
+    import logging
+
+    out, skipped = [], []
+    for dataset in datasets:
+        for a, b in pairs:
+            try:
+                out.append(Effect(paired_nll_differences(run, dataset, a, b, evaluation),
+                                  paired_em(run, dataset, a, b, evaluation)))
+            except FileNotFoundError as e:
+                skipped.append(str(e).split(":")[0])
+    if out and skipped:      # one line, not one per (dataset, pair): a section of pairs 05 did not run stays quiet
+        logging.getLogger(__name__).warning("%d paired comparison(s) skipped, their predictions are missing: %s%s",
+                                            len(skipped), ", ".join(skipped[:3]), " …" if len(skipped) > 3 else "")
+    if not out:
+        return Missing(f"no prediction files to pair ({', '.join(skipped[:3])}{' …' if len(skipped) > 3 else ''}); "
+                       f"05_evaluate writes them with the methods {sorted({m for p in pairs for m in p})}")
+    return EffectTable(out)
+
+
+def _nll_phrase(d: PairedDifference) -> str:
+    return f"{d.mean:+.3g} ± {d.se:.2g} nats (lower on {d.n_lower}/{d.n})"
+
+
+def nll_p(d: PairedDifference) -> float:
+    """Two-sided p of the paired NLL difference: the normal tail of mean / SE (1 when the SE is undefined)."""
+    z = d.z
+    return math.erfc(abs(z) / math.sqrt(2)) if math.isfinite(z) else 1.0
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order (monotone, at most 1): a test is significant at
+    level alpha across the family when its adjusted p is below alpha."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [1.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+@dataclass(frozen=True)
+class Call:
+    """One dataset's verdict: the direction of EM and of NLL (+1 a better, -1 a worse, 0 not significant after
+    Holm's correction across the datasets) with the adjusted p-values."""
+
+    effect: Effect
+    em: int
+    nll: int
+    em_p: float          # Holm-adjusted McNemar p
+    nll_p: float         # Holm-adjusted p of the paired NLL difference
+
+
+def calls(table: EffectTable, method: str = "regrad", reference: str = "shift",
+          alpha: float = ALPHA) -> list[Call]:
+    """Per dataset of ``method`` − ``reference``: EM (McNemar) and answer NLL (paired SE, normal p) each tested,
+    Holm-corrected across the datasets (one family for EM, one for NLL), with the direction of each effect: a
+    lower NLL and a higher EM are gains."""
+    chosen = [e for e in table if e.nll.method_a == method and e.nll.method_b == reference]
+    em_adj = holm([e.em.p for e in chosen])
+    nll_adj = holm([nll_p(e.nll) for e in chosen])
+    out = []
+    for e, pe, pn in zip(chosen, em_adj, nll_adj):
+        em_dir = (1 if e.em.difference > 0 else -1) if pe < alpha and e.em.difference != 0 else 0
+        nll_dir = (1 if e.nll.mean < 0 else -1) if pn < alpha and e.nll.mean != 0 else 0
+        out.append(Call(e, em_dir, nll_dir, pe, pn))
+    return out
+
+
+_OUTCOMES = {  # (EM direction, NLL direction) -> how the sentence reads
+    (1, 1): "{m} beats {r} in exact match and in the gold answer's likelihood on ",
+    (1, 0): "{m} beats {r} in exact match, with no significant change of the gold answer's likelihood, on ",
+    (0, 1): "{m} raises the gold answer's likelihood over {r}, with no significant change of exact match, on ",
+    (-1, -1): "{m} is worse than {r} in exact match and in the gold answer's likelihood on ",
+    (-1, 0): "{m} is worse than {r} in exact match, with no significant change of the gold answer's likelihood, on ",
+    (0, -1): "{m} lowers the gold answer's likelihood below {r}, with no significant change of exact match, on ",
+    (1, -1): "Mixed: {m} beats {r} in exact match but lowers the gold answer's likelihood on ",
+    (-1, 1): "Mixed: {m} is worse than {r} in exact match but raises the gold answer's likelihood on ",
+    (0, 0): "No significant difference between {m} and {r} on ",
+}
+
+
+def verdict(table: EffectTable | Missing, reference: str = "shift", method: str = "regrad",
+            alpha: float = ALPHA) -> str:
+    """One paragraph, from the numbers alone: per dataset whether ``method`` is better, worse or not
+    distinguishable from ``reference`` in EM (McNemar) and in answer NLL (paired SE), each direction-aware and
+    Holm-corrected across the datasets at level ``alpha`` (:func:`calls`)."""
+    if isinstance(table, Missing):
+        return f"No verdict: {table.message}"
+    found = calls(table, method, reference, alpha)
+    if not found:
+        return f"No verdict: no {method} − {reference} pair was evaluated."
+    groups: dict[tuple[int, int], list[str]] = {}
+    for c in found:
+        e = c.effect
+        groups.setdefault((c.em, c.nll), []).append(
+            f"{e.nll.dataset} (EM {e.em.em_a:.1f} vs {e.em.em_b:.1f}, McNemar p = {_p(e.em.p)}, Holm {_p(c.em_p)}; "
+            f"answer NLL {_nll_phrase(e.nll)}, Holm p = {_p(c.nll_p)})")
+    parts = [_OUTCOMES[k].format(m=method, r=reference) + "; ".join(groups[k]) + "."
+             for k in _OUTCOMES if k in groups]
+    parts.append(f"(Significant: Holm-adjusted p < {alpha:g} across the {len(found)} dataset(s), separately for EM "
+                 "and for NLL; a lower NLL is better.)")
+    return " ".join(parts)
+
+
+def verdicts(table: EffectTable | Missing, pairs: Sequence[tuple[str, str]]) -> str:
+    """:func:`verdict` of each pair, one paragraph each (pairs not evaluated are left out)."""
+    if isinstance(table, Missing):
+        return f"No verdict: {table.message}"
+    present = {(e.nll.method_a, e.nll.method_b) for e in table}
+    return "\n\n".join(verdict(table, b, a) for a, b in pairs if (a, b) in present)
+
+
+# --- several seeds of one setting ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Spread:
+    """A statistic over seeds: mean, sample standard deviation, min, max, and the values."""
+
+    name: str
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / len(self.values)
+
+    @property
+    def sd(self) -> float:
+        n = len(self.values)
+        return math.sqrt(sum((v - self.mean) ** 2 for v in self.values) / (n - 1)) if n > 1 else math.nan
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4g} ± {self.sd:.2g} (min {min(self.values):.4g}, max {max(self.values):.4g})"
+
+
+@dataclass
+class SeedTable(_Markdown):
+    """Per (dataset, statistic): mean ± SD across the runs of several seeds."""
+
+    runs: list[str]
+    spreads: list[tuple[str, Spread]]     # (dataset, spread)
+
+    def header(self) -> list[str]:
+        return ["dataset", "statistic", f"mean ± SD over {len(self.runs)} seeds", "min", "max"]
+
+    def rows(self) -> list[list[str]]:
+        return [[d, s.name, f"{s.mean:.4g} ± {s.sd:.2g}", f"{min(s.values):.4g}", f"{max(s.values):.4g}"]
+                for d, s in self.spreads]
+
+
+def across_seeds(runs: Sequence[str], datasets: Sequence[str], methods: Sequence[str] = ("regrad", "shift", "no_update"),
+                 pairs: Sequence[tuple[str, str]] = PAIRS, evaluation: str | None = None) -> SeedTable | Missing:
+    """EM and F1 of ``methods`` and the paired NLL differences of ``pairs``, across ``runs`` (one per seed;
+    ``evaluation``: the same named evaluation of each)."""
+    if len(runs) < 2:
+        return Missing(f"runs={list(runs)}: give at least two runs of the same setting with different seeds")
+    spreads: list[tuple[str, Spread]] = []
+    try:
+        summaries = {run: {(s.dataset, s.method): s for s in read_summary(run, datasets, evaluation)} for run in runs}
+        for dataset in datasets:
+            for method in methods:
+                for stat in ("em", "f1"):
+                    values = [getattr(summaries[r][(dataset, method)], stat) for r in runs
+                              if (dataset, method) in summaries[r]]
+                    if len(values) == len(runs):
+                        spreads.append((dataset, Spread(f"{method} {stat.upper()}", tuple(values))))
+            for a, b in pairs:
+                diffs = [paired_nll_differences(r, dataset, a, b, evaluation).mean for r in runs]
+                spreads.append((dataset, Spread(f"{a} − {b} answer NLL", tuple(diffs))))
+    except FileNotFoundError as e:
+        return Missing(str(e))
+    return SeedTable(list(runs), spreads)
+
+
+# --- exact match per group of questions (the probe's relations) ------------------------------------------------
+
+@dataclass
+class GroupTable(_Markdown):
+    """EM of each method per group of questions (e.g. the probe's relations); ``cells[(group, method)]``."""
+
+    groups: list[str]
+    methods: list[str]
+    cells: dict[tuple[str, str], tuple[float, int]]      # (EM ×100, n)
+
+    def header(self) -> list[str]:
+        return ["group", "n", *(f"{m} EM" for m in self.methods)]
+
+    def rows(self) -> list[list[str]]:
+        return [[g, str(self.cells[(g, self.methods[0])][1]),
+                 *(f"{self.cells[(g, m)][0]:.1f}" if (g, m) in self.cells else "–" for m in self.methods)]
+                for g in self.groups]
+
+
+def em_by_group(run: str, dataset: str, methods: Sequence[str], group_of: dict[str, str] | Missing,
+                evaluation: str | None = None) -> GroupTable | Missing:
+    """EM ×100 of every method on each group of questions; ``group_of[test_id]`` names a question's group."""
+    if isinstance(group_of, Missing):
+        return group_of
+    present, cells = [], {}
+    for method in methods:
+        try:
+            rows = _rows_by_id(run, dataset, method, "prediction", evaluation)
+        except FileNotFoundError:
+            continue
+        present.append(method)
+        scores: dict[str, list[float]] = {}
+        for tid, r in rows.items():
+            if tid in group_of:
+                scores.setdefault(group_of[tid], []).append(float(_right(r)))
+        cells.update({(g, method): (100 * sum(v) / len(v), len(v)) for g, v in scores.items()})
+    if not present:
+        return Missing(f"no predictions of {list(methods)} for {dataset} (05_evaluate writes them)")
+    groups = list(dict.fromkeys(group_of[k] for k in sorted(group_of, key=lambda k: int(k) if k.isdigit() else k)
+                                if any((group_of[k], m) in cells for m in present)))
+    return GroupTable(groups, present, cells)
+
+
+def probe_relations(run: str, datasets: Sequence[str], data_root: str = "data/sample",
+                    split: str = "dev", evaluation: str | None = None) -> GroupTable | Missing:
+    """EM per relation of the knowledge-injection probe (the held-out relation shows transfer), every method."""
+    from regrad_lib.data import probe
+    from regrad_lib.reporting.analysis import METHODS
+
+    if "probe" not in datasets:
+        return Missing("the probe was not among the evaluated datasets")
+    try:
+        groups = probe.relation_groups(f"{data_root}/probe", split)
+    except FileNotFoundError as e:
+        return Missing(str(e))
+    return em_by_group(run, "probe", METHODS, groups, evaluation)

@@ -1,0 +1,255 @@
+"""Reference results: a finished run's figures kept in a small committed folder (``reference/demo/``), README's
+demo tables rendered from them, and a fresh run compared with them figure by figure.
+
+    python -m regrad_lib.reporting.reference save --run demo [--seed-runs demo-seeds-s43,demo-seeds-s44]
+    python -m regrad_lib.reporting.reference render      # rewrites README.md's marked blocks from reference/demo
+    python -m regrad_lib.reporting.reference check       # exit 1 when README.md's blocks are not what render writes
+    python -m regrad_lib.reporting.reference compare --run demo [--seed-runs ...]   # exit 1: a figure moved beyond its
+                                                                            # own uncertainty
+
+The folder holds plain CSV files and ``reference.json`` (which runs, their training seeds, when, where, with which
+command). Everything is read through the library's readers and computed with 06_analyze's statistics
+(:mod:`regrad_lib.reporting.effects`): ``summary.csv`` and ``sweeps.csv`` as 05_evaluate wrote them, ``questions.csv``
+(one row per question of every evaluated method and computed sweep point: EM, F1, answer NLL, the smallest
+greedy margin, the prediction), ``effects.csv`` (the paired effects), ``relations.csv`` (EM per probe relation).
+Rows carry the training ``seed`` of their run, so several seeds of one setting sit side by side. Datasets,
+methods and score columns are whatever the run's files hold: a new method or a new column flows through.
+Rendering: :mod:`regrad_lib.reporting.reference_render`; comparing: :mod:`regrad_lib.reporting.reference_compare`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import io
+import json
+import logging
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from regrad_lib.data import metrics
+from regrad_lib.io import artifacts, paths
+from regrad_lib.io.run_state import trained_revision
+from regrad_lib.reporting import analysis, effects
+from regrad_lib.reporting.reference_tables import (
+    DEFAULT_FOLDER,
+    META,
+    NOT_SCORES,
+    PROBE,
+    TABLES,
+    TEXT_COLUMNS,
+    Results,
+    read_table,
+)
+
+log = logging.getLogger(__name__)
+
+# --- collecting a run's figures --------------------------------------------------------------------------------
+
+def _rounded(value):
+    """Floats to 7 significant digits (far below any tolerance; keeps the folder small); the same for a saved
+    reference and a fresh run, so a run compared with its own reference differs by exactly zero."""
+    return float(f"{value:.7g}") if isinstance(value, float) and math.isfinite(value) else value
+
+
+def run_seed(run: str) -> str:
+    """The training seed of ``run`` (its saved ``train_args.json``), or the run's name when it has none."""
+    from regrad_lib import config
+
+    try:
+        return str(config.load_preset(paths.output_dir(run)).train.seed)
+    except (FileNotFoundError, ValueError, config.ConfigError):
+        return run
+
+
+def _question_rows(rows: list[dict], seed: str, dataset: str, method: str, gamma, groups: dict[str, str],
+                   topk="", mixed=""):
+    """One row per question; a sweep point's rows carry its ``gamma``, ``topk`` and ``mixed`` (a method's: '')."""
+    for r in rows:
+        scores = {k: 100 * v for k, v in metrics.score(r["prediction"], r["answers"]).items()}
+        extra = {k: v for k, v in r.items() if k not in NOT_SCORES and isinstance(v, (int, float))
+                 and not isinstance(v, bool)}
+        yield {"seed": seed, "dataset": dataset, "method": method, "gamma": gamma, "topk": topk, "mixed": mixed,
+               "test_id": str(r["test_id"]),
+               "group": groups.get(str(r["test_id"]), "") if dataset == PROBE else "",
+               **{k: _rounded(float(v)) for k, v in {**scores, **extra}.items()},
+               "prediction": r["prediction"]}
+
+
+def sweep_point_rows(run: str, point: dict, evaluation: str | None = None) -> list[dict] | None:
+    """The prediction rows of one sweeps.csv point: its own file, or (a point 05_evaluate reused) the rows of
+    ``no_update`` for gamma 0 or of the method itself at the gamma it was evaluated with; None if neither."""
+    file = paths.sweep_predictions_file(run, point["dataset"], point["method"], point["gamma"], point["topk"],
+                                        point.get("scheme") or "", evaluation, float(point.get("mixed") or 0.0))
+    if file.is_file():
+        return analysis._read_jsonl(file, "05_evaluate's sweep")
+    source = "no_update" if float(point["gamma"]) == 0.0 else point["method"]
+    metrics_file = paths.results_dir(run, evaluation) / point["dataset"] / f"{source}.metrics.json"
+    if not metrics_file.is_file():
+        return None
+    saved = artifacts.read_json(metrics_file)
+    if source != "no_update" and (saved.get("gamma") != point["gamma"] or saved.get("topk") != point["topk"]):
+        return None
+    return analysis.read_predictions(run, point["dataset"], source, evaluation)
+
+
+def collect_run(run: str, results: Results, data_root: str = "data/sample", split: str = "dev",
+                evaluation: str | None = None) -> Results:
+    """Add the figures of one run (05_evaluate's files, 06_analyze's statistics) to ``results``."""
+    seed = run_seed(run)
+    file = analysis.summary_file(run, evaluation)
+    if not file.is_file():
+        raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 05_evaluate (run={run!r}, "
+                                f"evaluation={evaluation!r})")
+    summary = read_table(file)
+    results.summary += [{"seed": seed, **r} for r in summary]
+    datasets = list(dict.fromkeys(r["dataset"] for r in summary))
+    groups = {}
+    if PROBE in datasets:
+        from regrad_lib.data import probe
+        groups = analysis.optional(probe.relation_groups, f"{data_root}/{PROBE}", split)
+        groups = {} if isinstance(groups, analysis.Missing) else groups
+    for r in summary:
+        rows = analysis.read_predictions(run, r["dataset"], r["method"], evaluation)
+        results.questions += _question_rows(rows, seed, r["dataset"], r["method"], "", groups)
+    sweeps = analysis.sweeps_file(run, evaluation)
+    for point in read_table(sweeps) if sweeps.is_file() else []:
+        results.sweeps.append({"seed": seed, **point})
+        rows = sweep_point_rows(run, point, evaluation)
+        if rows is not None:
+            results.questions += _question_rows(rows, seed, point["dataset"], point["method"], point["gamma"],
+                                                groups, point["topk"], float(point.get("mixed") or 0.0))
+    table = effects.effect_table(run, datasets, evaluation=evaluation)
+    for e in [] if isinstance(table, analysis.Missing) else table:
+        results.effects.append({"seed": seed, "dataset": e.nll.dataset, "a": e.nll.method_a, "b": e.nll.method_b,
+                                "mean": _rounded(e.nll.mean), "se": _rounded(e.nll.se), "n_lower": e.nll.n_lower,
+                                "n": e.nll.n, "em_a": _rounded(e.em.em_a), "em_b": _rounded(e.em.em_b),
+                                "only_a": e.em.only_a, "only_b": e.em.only_b, "p": _rounded(e.em.p)})
+    relations = effects.probe_relations(run, datasets, data_root, split, evaluation)
+    if not isinstance(relations, analysis.Missing):
+        for (relation, method), (em, n) in relations.cells.items():
+            results.relations.append({"seed": seed, "relation": relation, "method": method, "em": _rounded(em),
+                                      "n": n})
+    return results
+
+
+def collect(run: str, seed_runs: Sequence[str] = (), data_root: str = "data/sample", split: str = "dev",
+            evaluation: str | None = None) -> Results:
+    """The figures of ``run`` and of the runs of the same setting with other seeds."""
+    results = Results()
+    for r in [run, *seed_runs]:
+        collect_run(r, results, data_root, split, evaluation)
+    seeds = [run_seed(r) for r in [run, *seed_runs]]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"runs {[run, *seed_runs]} have the training seeds {seeds}: each run must have its own")
+    results.meta = {"run": run, "runs": dict(zip(seeds, [run, *seed_runs])), "main_seed": seeds[0],
+                    "trained_at": {seed: trained_revision(r) for seed, r in zip(seeds, [run, *seed_runs])},
+                    "evaluation": evaluation, "data_root": data_root, "split": split}
+    return results
+
+
+# --- the folder ------------------------------------------------------------------------------------------------
+
+def _csv(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def machine() -> dict:
+    """Where the reference was made (for the record; results must not depend on it beyond rounding)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    from regrad_lib.core.learner import cpu_has_bf16
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "native_bf16": cpu_has_bf16(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version()}
+
+
+def save(results: Results, folder: str | Path = DEFAULT_FOLDER, command: str | None = None) -> Path:
+    """Write ``results`` into ``folder`` (repo-relative), replacing what was there. ``machine`` and
+    ``git_revision`` record where and with which code it was saved: save on the machine that ran the runs."""
+    target = paths.resolve(folder)
+    meta = {**results.meta, "created": datetime.date.today().isoformat(), "git_revision": artifacts.git_revision(),
+            "machine": machine(), "command": command}
+    with artifacts.atomic_dir(target) as tmp:
+        for name in TABLES:
+            rows = getattr(results, name)
+            if rows:
+                (tmp / f"{name}.csv").write_text(_csv(rows), encoding="utf-8")
+        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return target
+
+
+def load(folder: str | Path = DEFAULT_FOLDER) -> Results:
+    """A saved reference (tables it lacks are empty)."""
+    source = paths.resolve(folder)
+    if not (source / META).is_file():
+        raise FileNotFoundError(f"{paths.relative(source)}/{META} not found: write a reference with "
+                                "python -m regrad_lib.reporting.reference save --run <run>")
+    results = Results(meta=json.loads((source / META).read_text(encoding="utf-8")))
+    for name in TABLES:
+        file = source / f"{name}.csv"
+        if file.is_file():
+            setattr(results, name, read_table(file))
+    return results
+
+
+# --- command line ----------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    from regrad_lib.reporting import reference_compare, reference_render
+
+    parser = argparse.ArgumentParser(prog="python -m regrad_lib.reporting.reference", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["save", "render", "check", "compare"])
+    parser.add_argument("--run", help="the run (save, compare), e.g. demo")
+    parser.add_argument("--seed-runs", default="", help="runs of the same setting with other seeds, a,b")
+    parser.add_argument("--evaluation", help="a named evaluation of the runs (default: their main results)")
+    parser.add_argument("--data-root", default="data/sample", help="where the probe's questions are")
+    parser.add_argument("--reference", default=DEFAULT_FOLDER, help=f"the reference folder (default {DEFAULT_FOLDER})")
+    parser.add_argument("--readme", default="README.md", help="the file whose marked blocks render/check rewrite")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    seed_runs = [r.strip() for r in args.seed_runs.split(",") if r.strip()]
+    if args.action in ("save", "compare") and not args.run:
+        parser.error(f"{args.action} needs --run")
+    if args.action == "save":
+        folder = save(collect(args.run, seed_runs, args.data_root, evaluation=args.evaluation), args.reference,
+                      command="python -m regrad_lib.reporting.reference " + " ".join(argv if argv is not None else sys.argv[1:]))
+        print(f"wrote {paths.relative(folder)}")
+        return 0
+    if args.action in ("render", "check"):
+        readme = paths.resolve(args.readme)
+        text = readme.read_text(encoding="utf-8")
+        rendered = reference_render.render_blocks(text, load(args.reference), args.reference)
+        if args.action == "render":
+            if rendered != text:
+                artifacts.write_text(readme, rendered)
+            print(f"{paths.relative(readme)}: {'rewritten' if rendered != text else 'already in sync'}")
+            return 0
+        stale = reference_render.stale_blocks(text, rendered)
+        print(f"{paths.relative(readme)}: " + (f"blocks out of sync with {args.reference}: {', '.join(stale)}; "
+                                               "run python -m regrad_lib.reporting.reference render" if stale else "in sync"))
+        return 1 if stale else 0
+    report = reference_compare.compare(load(args.reference), collect(args.run, seed_runs, args.data_root,
+                                                                     evaluation=args.evaluation))
+    print(report.text())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

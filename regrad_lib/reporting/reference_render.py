@@ -1,0 +1,224 @@
+"""README's demo tables, rendered from a reference folder (:mod:`regrad_lib.reporting.reference`) between marker comments:
+
+    <!-- reference:probe -->  ...  <!-- /reference:probe -->
+
+``python -m regrad_lib.reporting.reference render`` rewrites every marked block; ``check`` (and the test suite) fails when
+a block differs from its rendering, so no figure of these tables is typed by hand. Blocks: ``probe`` (the probe's
+methods, paired effects, EM per relation, gamma sweep), ``datasets`` (every dataset's paired effects and EM,
+then 06_analyze's verdict), ``seeds`` (mean ± SD across seeds and each seed's effect), ``source`` (what the
+reference is). Methods, datasets and pairs are whatever the reference holds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from regrad_lib.io import paths
+from regrad_lib.reporting import effects
+from regrad_lib.reporting.analysis import METHODS, _ordered
+from regrad_lib.reporting.reference_tables import PROBE, Results
+
+BLOCK = re.compile(r"(<!-- reference:(?P<name>[a-z]+) -->\n)(?P<body>.*?)(<!-- /reference:(?P=name) -->)", re.S)
+DESCRIPTIONS = {"rag": "rag (passages in the prompt)", "shift": "shift (another question's gradients)",
+                "no_update": "no_update (meta-trained LoRA, γ = 0)", "closed_book": "closed_book (question only)",
+                "regrad_online": "regrad_online (gradients computed on the fly)",
+                "regrad_icl": "regrad_icl (gradients and passages in the prompt)"}
+MAIN = "regrad"
+
+
+def _signed(value: float, digits: int = 2) -> str:
+    return f"{value:+.{digits}f}".replace("-", "−")
+
+
+def _p(p: float) -> str:
+    return effects._p(p)
+
+
+def _methods(results: Results, seed: str, dataset: str | None = None) -> list[str]:
+    rows = results.table("summary", seed, **({"dataset": dataset} if dataset else {}))
+    return _ordered((r["method"] for r in rows), METHODS)
+
+
+def _summary(results: Results, seed: str, dataset: str, method: str) -> dict | None:
+    rows = results.table("summary", seed, dataset=dataset, method=method)
+    return rows[0] if rows else None
+
+
+def _effect(row: dict) -> effects.Effect:
+    """A stored effects row as 06_analyze's :class:`effects.Effect` (for its verdict)."""
+    nll = effects.PairedDifference(row["dataset"], row["a"], row["b"], row["mean"], row["se"],
+                                   row["n_lower"] / row["n"], row["n_lower"], row["n"])
+    em = effects.PairedEM(row["dataset"], row["a"], row["b"], row["em_a"], row["em_b"], row["only_a"], row["only_b"],
+                          row["n"])
+    return effects.Effect(nll, em)
+
+
+def _effect_sentence(row: dict) -> str:
+    e = _effect(row)
+    return (f"{e.nll.label}: EM {_signed(e.em.difference, 1)} ({e.em.only_a} questions only {e.nll.method_a} "
+            f"answers, {e.em.only_b} only {e.nll.method_b}; exact McNemar p = {_p(e.em.p)}), answer NLL "
+            f"{_signed(e.nll.mean)} ± {e.nll.se:.2f} nats (lower on {e.nll.n_lower}/{e.nll.n})")
+
+
+def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
+    align = ["---" if i < numeric_from else "---:" for i in range(len(header))]
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+                     + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def probe_block(results: Results) -> str:
+    seed = results.main_seed
+    if not results.table("summary", seed, dataset=PROBE):
+        return "The reference holds no probe results."
+    rows = []
+    for method in _methods(results, seed, PROBE):
+        s = _summary(results, seed, PROBE, method)
+        cells = [DESCRIPTIONS.get(method, method), f"{s['em']:.1f}", f"{s['nll']:.2f}"]
+        rows.append([f"**{c}**" for c in cells] if method == MAIN else cells)
+    n = _summary(results, seed, PROBE, _methods(results, seed, PROBE)[0])["n"]
+    parts = [f"Probe, {n} questions (seed {seed}):", "", _table(["method", "EM", "answer NLL"], rows)]
+    sentences = [_effect_sentence(r) for r in results.table("effects", seed, dataset=PROBE)]
+    if sentences:
+        parts += ["", "; ".join(sentences) + "."]
+    relations = results.table("relations", seed)
+    if relations:
+        groups = list(dict.fromkeys(r["relation"] for r in relations))
+        methods = _ordered((r["method"] for r in relations), METHODS)
+        cell = {(r["relation"], r["method"]): r for r in relations}
+        parts += ["", "EM per relation (a relation marked *held out* is never asked in meta-training):", "",
+                  _table(["relation", "n", *methods],
+                         [[g, str(cell[(g, methods[0])]["n"]) if (g, methods[0]) in cell else "–",
+                           *(f"{cell[(g, m)]['em']:.1f}" if (g, m) in cell else "–" for m in methods)]
+                          for g in groups])]
+    sweep = sorted(results.table("sweeps", seed, dataset=PROBE), key=lambda r: (r["method"], r["topk"], r["gamma"]))
+    if sweep:
+        parts += ["", f"γ sweep ({sweep[0]['method']}, top-{sweep[0]['topk']}):", "",
+                  _table(["γ", *(f"{r['gamma']:g}" for r in sweep)],
+                         [["EM", *(f"{r['em']:.1f}" for r in sweep)],
+                          ["answer NLL", *(f"{r['nll']:.2f}" for r in sweep)]])]
+    return "\n".join(parts)
+
+
+def _effect_cell(row: dict | None) -> str:
+    if row is None:
+        return "–"
+    e = _effect(row)
+    text = f"{_signed(e.nll.mean)} ± {e.nll.se:.2f} ({e.nll.n_lower}/{e.nll.n})"
+    clear = e.nll.mean < 0 and abs(e.nll.z) > effects.CLEAR_SE
+    return (f"**{text}**" if clear else text) + f"; EM {_signed(e.em.difference, 1)}, p = {_p(e.em.p)}"
+
+
+def datasets_block(results: Results) -> str:
+    seed = results.main_seed
+    datasets = list(dict.fromkeys(r["dataset"] for r in results.table("summary", seed)))
+    pairs = list(dict.fromkeys((r["a"], r["b"]) for r in results.table("effects", seed)))
+    methods = _methods(results, seed)
+    rows = []
+    for d in datasets:
+        first = _summary(results, seed, d, _methods(results, seed, d)[0])
+        found = {(r["a"], r["b"]): r for r in results.table("effects", seed, dataset=d)}
+        rows.append([d, str(first["n"]), *(_effect_cell(found.get(p)) for p in pairs),
+                     *(f"{s['em']:.1f}" if (s := _summary(results, seed, d, m)) else "–" for m in methods)])
+    header = ["dataset", "n", *(f"{a} − {b}: answer NLL (lower on) ; EM, McNemar p" for a, b in pairs),
+              *(f"{m} EM" for m in methods)]
+    table = effects.EffectTable([_effect(r) for r in results.table("effects", seed)])
+    return "\n".join([f"Every dataset (seed {seed}; answer NLL differences in nats, mean ± SE; bold: beyond "
+                      f"{effects.CLEAR_SE:g} SE):", "", _table(header, rows, numeric_from=2), "",
+                      "06_analyze's verdict, written from these numbers: " + effects.verdict(table)])
+
+
+def seeds_block(results: Results) -> str:
+    seeds = results.seeds
+    if len(seeds) < 2:
+        return ("The reference holds one seed; `python -m regrad_lib.reporting.reference save --run <run> --seed-runs "
+                "<runs of other seeds>` adds others.")
+    datasets = list(dict.fromkeys(r["dataset"] for r in results.summary))
+    pairs = list(dict.fromkeys((r["a"], r["b"]) for r in results.effects))
+    methods = [m for m in _ordered((r["method"] for r in results.summary), METHODS) if any(m in p for p in pairs)]
+    rows, notes = [], []
+    for d in datasets:
+        cells = [d]
+        for m in methods:
+            values = [s["em"] for seed in seeds if (s := _summary(results, seed, d, m))]
+            cells.append(_spread(values))
+        for a, b in pairs:
+            found = [r for seed in seeds for r in results.table("effects", seed, dataset=d, a=a, b=b)]
+            cells.append(_spread([r["mean"] for r in found], signed=True))
+            if (a, b) == pairs[0]:
+                cells.append(", ".join(f"{_signed(r['mean'])} ± {r['se']:.2f}" for r in found))
+                clear = [r["seed"] for r in found if r["mean"] < 0 and abs(_effect(r).nll.z) > effects.CLEAR_SE]
+                significant = [r["seed"] for r in found if r["em_a"] > r["em_b"] and _effect(r).em.p < effects.ALPHA]
+                notes.append(f"{d}: {a} − {b} answer NLL lower in {sum(r['mean'] < 0 for r in found)} of "
+                             f"{len(found)} seeds, beyond {effects.CLEAR_SE:g} SE in {len(clear)}"
+                             f"{' (' + ', '.join(clear) + ')' if 0 < len(clear) < len(found) else ''}; EM higher "
+                             f"with McNemar p < {effects.ALPHA:g} in {len(significant)}")
+        rows.append(cells)
+    a, b = pairs[0]
+    header = ["dataset", *(f"{m} EM" for m in methods), *(f"{x} − {y} answer NLL" for x, y in pairs)]
+    header.insert(1 + len(methods) + 1, f"{a} − {b} per seed (mean ± SE)")
+    return "\n".join([f"Seeds {', '.join(seeds)}, mean ± SD over seeds:", "", _table(header, rows), "",
+                      "; ".join(notes) + "."])
+
+
+def _spread(values: list[float], signed: bool = False) -> str:
+    if not values:
+        return "–"
+    s = effects.Spread("", tuple(values))
+    sd = "–" if math.isnan(s.sd) else f"{s.sd:.2f}" if signed else f"{s.sd:.1f}"
+    return f"{_signed(s.mean)} ± {sd}" if signed else f"{s.mean:.1f} ± {sd}"
+
+
+def source_block(results: Results, folder: str) -> str:
+    meta = results.meta
+    runs = ", ".join(f"`{run}` (seed {seed})" for seed, run in meta.get("runs", {}).items())
+    where = meta.get("machine", {})
+    trained = sorted({str(v)[:7] for v in (meta.get("trained_at") or {}).values() if v})
+    return (f"Rendered from `{folder}/` by `python -m regrad_lib.reporting.reference render`: runs {runs}"
+            f"{' trained at commit ' + ', '.join(trained) if trained else ''}, saved "
+            f"{meta.get('created', '?')} at commit {str(meta.get('git_revision') or '?')[:7]} on "
+            f"{where.get('cpu', '?')} "
+            f"({where.get('cores', '?')} cores, {_bf16(where.get('native_bf16'))}, torch {where.get('torch', '?')}) "
+            f"with `{meta.get('command') or '?'}`.")
+
+
+def _bf16(native) -> str:
+    return {True: "native bf16: gradient work in bf16", False: "no native bf16: gradient work in fp32"}.get(
+        native, "bf16 support not recorded")
+
+
+EXPERIMENTS = "reference/experiments"    # reports of `make experiments`, each generated by its bench script
+
+
+def experiment_block(name: str, target: str | None = None) -> str:
+    """The committed report ``reference/experiments/<name>.md`` (written by ``make <target>``, by default
+    ``experiments-<name>``)."""
+    target = target or f"experiments-{name}"
+    file = paths.resolve(f"{EXPERIMENTS}/{name}.md")
+    if not file.is_file():
+        raise FileNotFoundError(f"{EXPERIMENTS}/{name}.md not found: it is written by `make {target}`")
+    return f"From `{EXPERIMENTS}/{name}.md` (`make {target}`):\n\n" + file.read_text(encoding="utf-8").strip()
+
+
+def block(name: str, results: Results, folder: str) -> str:
+    makers = {"probe": probe_block, "datasets": datasets_block, "seeds": seeds_block,
+              "source": lambda r: source_block(r, folder), "cpt": lambda r: experiment_block("cpt"),
+              "pubmedqa": lambda r: experiment_block("pubmedqa"), "transfer": lambda r: experiment_block("transfer"),
+              "transferfrontier": lambda r: experiment_block("transfer_frontier", "experiments-transfer-frontier"),
+              "transferlong": lambda r: experiment_block("transfer_long", "experiments-transfer-long"),
+              "binding": lambda r: experiment_block("binding")}
+    if name not in makers:
+        raise ValueError(f"unknown reference block {name!r}; blocks are {sorted(makers)}")
+    return makers[name](results)
+
+
+def render_blocks(text: str, results: Results, folder: str) -> str:
+    """``text`` with every marked block's body replaced by its rendering."""
+    return BLOCK.sub(lambda m: m.group(1) + block(m.group("name"), results, folder) + "\n" + m.group(4), text)
+
+
+def stale_blocks(text: str, rendered: str) -> list[str]:
+    """Names of the blocks whose body differs between ``text`` and ``rendered``."""
+    old = {m.group("name"): m.group("body") for m in BLOCK.finditer(text)}
+    new = {m.group("name"): m.group("body") for m in BLOCK.finditer(rendered)}
+    return [name for name in old if old[name] != new.get(name)]

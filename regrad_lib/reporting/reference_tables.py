@@ -1,0 +1,57 @@
+"""The tables of a reference (:mod:`regrad_lib.reporting.reference`): the :class:`Results` they hold, their names and how a
+CSV cell is read back; shared by saving, rendering and comparing."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_FOLDER = "reference/demo"
+TABLES = ("summary", "sweeps", "questions", "effects", "relations")
+META = "reference.json"
+PROBE = "probe"
+# prediction-row fields that are not per-question scores
+NOT_SCORES = {"test_id", "truncated_passages"}
+TEXT_COLUMNS = {"seed", "dataset", "method", "scheme", "test_id", "group", "prediction", "relation", "a", "b"}
+
+
+@dataclass
+class Results:
+    """The figures of one run (and its seed runs): one list of row dicts per table, and what made them."""
+
+    summary: list[dict] = field(default_factory=list)
+    sweeps: list[dict] = field(default_factory=list)
+    questions: list[dict] = field(default_factory=list)
+    effects: list[dict] = field(default_factory=list)
+    relations: list[dict] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[str]:
+        return list(dict.fromkeys(r["seed"] for r in self.summary))
+
+    @property
+    def main_seed(self) -> str:
+        return str(self.meta.get("main_seed") or self.seeds[0])
+
+    def table(self, name: str, seed: str | None = None, **match) -> list[dict]:
+        """Rows of table ``name`` (of one ``seed`` when given) whose fields equal ``match``."""
+        return [r for r in getattr(self, name) if (seed is None or r["seed"] == seed)
+                and all(r.get(k) == v for k, v in match.items())]
+
+
+def _number(text: str):
+    """A CSV cell: int or float where it parses as one, else the text ('' stays '')."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except (TypeError, ValueError):
+            continue
+    return text
+
+
+def read_table(file: Path) -> list[dict]:
+    """A CSV file as row dicts, numbers parsed (any columns: new ones flow through)."""
+    with file.open(newline="", encoding="utf-8") as f:
+        return [{k: v if k in TEXT_COLUMNS else _number(v) for k, v in r.items()} for r in csv.DictReader(f)]

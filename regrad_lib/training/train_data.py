@@ -1,0 +1,82 @@
+"""03_train's tasks: every training dataset's augmented records, shuffled (seeded) into the validation slice and the
+training tasks, and the reproducible task order of each epoch.
+
+The validation slice for checkpoint selection is held out of the *training* tasks, never the dev file that
+05_evaluate reports (method.md, "Known flaws").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+from regrad_lib.core import task_batches
+from regrad_lib.core.task_batches import Task
+
+
+@dataclass
+class TrainData:
+    """The shuffled training tasks and the held-out validation slice."""
+    train: list[Task]
+    validation: list[Task]
+
+    def fingerprint(self) -> str:
+        ids = [[[t.extra.get("dataset"), t.test_id, t.question] for t in part] for part in (self.train, self.validation)]
+        return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+
+
+def load_tasks(train_datasets: Sequence[str], train_file: str, topk: int) -> list[Task]:
+    """Every record of ``data/augmented/<dataset>/<train_file>.json`` as a :class:`Task` (dataset in ``extra``)."""
+    if isinstance(train_datasets, str):
+        raise TypeError(f"train_datasets={train_datasets!r}: give a list of dataset names, e.g. [{train_datasets!r}]")
+    if not train_datasets:
+        raise ValueError("train_datasets is empty: name at least one dataset, e.g. ['popqa', 'hotpotqa']")
+    out = []
+    for dataset in train_datasets:
+        out += [dataclasses.replace(task, extra={"dataset": dataset})
+                for task in task_batches.load(dataset, train_file, topk)]
+    return out
+
+
+def split_tasks(all_tasks: list[Task], validation_size: int, seed: int,
+                max_train_tasks: int | None = None) -> TrainData:
+    """Mix and shuffle (seeded); the first ``validation_size`` are the validation slice, then ``max_train_tasks``."""
+    if validation_size >= len(all_tasks):
+        raise ValueError(f"validation_size={validation_size} but only {len(all_tasks)} training tasks: lower "
+                         "train_args validation_size or augment more training questions")
+    order = list(range(len(all_tasks)))
+    random.Random(seed).shuffle(order)
+    validation = [all_tasks[i] for i in order[:validation_size]]
+    train = [all_tasks[i] for i in order[validation_size:]]
+    return TrainData(train[:max_train_tasks] if max_train_tasks else train, validation)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The task order of one epoch (reproducible from the seed and the epoch number)."""
+    order = list(range(n))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return order
+
+
+def stepped_tasks(train: Sequence[Task], seed: int, meta_batch_size: int, steps: int) -> list[Task]:
+    """The training tasks the first ``steps`` optimizer steps of 03_train took, in order: each epoch's
+    :func:`epoch_order` cut into meta batches, as the training loop takes them."""
+    per_epoch = math.ceil(len(train) / meta_batch_size)
+    out: list[Task] = []
+    order_epoch, order = None, []
+    for step in range(steps):
+        epoch, position = divmod(step, per_epoch)
+        if epoch != order_epoch:
+            order_epoch, order = epoch, epoch_order(len(train), seed, epoch)
+        out += [train[i] for i in order[position * meta_batch_size:(position + 1) * meta_batch_size]]
+    return out
+
+
+def describe(tasks: Sequence[Task], limit: int = 8) -> str:
+    shown = [f"{t.extra.get('dataset', '?')}:{t.test_id} {t.question[:60]!r}" for t in tasks[:limit]]
+    return "; ".join(shown) + (f"; ... ({len(tasks) - limit} more)" if len(tasks) > limit else "")
