@@ -151,7 +151,7 @@ def _mean_f(values) -> float:
 def terminator(args, preset) -> None:
     import torch
 
-    from regrad_lib.answering import methods
+    from regrad_lib.answering import methods, specs
     from regrad_lib.core import lora
     from regrad_lib.core.learner import Learner
 
@@ -174,7 +174,7 @@ def terminator(args, preset) -> None:
             for method in ("no_update", "regrad_online"):
                 rows = []
                 for t in items:
-                    weights = methods.method_weights(methods.SPECS[method], run, [t], [list(t.passage_ids)], None,
+                    weights = methods.method_weights(specs.SPECS[method], run, [t], [list(t.passage_ids)], None,
                                                      1.0)
                     one = {n: w[0] for n, w in weights.items()} if weights[next(iter(weights))].dim() == 3 else weights
                     with lora.use(run.model, one), torch.no_grad():

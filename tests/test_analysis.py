@@ -8,7 +8,6 @@ import torch
 from safetensors.torch import save_file
 
 from regrad_lib.bank import reader as gradient_bank
-from regrad_lib.bank import writer
 from regrad_lib.bank.writer import BankWriter
 from regrad_lib.io import paths
 from regrad_lib.io.artifacts import write_jsonl, write_text

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from regrad_lib import config, testing
 from regrad_lib.answering import harness
-from regrad_lib.answering.methods import SPECS
+from regrad_lib.answering.specs import SPECS
 from regrad_lib.bank import encode
 from regrad_lib.core import generation, lora, task_batches
 from regrad_lib.core.learner import Learner

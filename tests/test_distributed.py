@@ -173,7 +173,7 @@ def _logit_tolerance(learner: Learner, method: str) -> float:
     cfg, lrn = learner.model.config, learner.preset.learner
     terms = tolerance.forward_terms(cfg, lrn.max_prompt_len + learner.preset.generation.max_new_tokens,
                                     learner.preset.peft.r)
-    if evaluate.SPECS[method].source == "online":
+    if evaluate.SPECS[method].update == "online":
         terms += tolerance.gradient_terms(cfg, lrn.bank_context_len, learner.preset.peft.r)
     return tolerance.reorder_tolerance(terms, tolerance.logit_magnitude(learner.model))
 

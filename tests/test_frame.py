@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from regrad_lib import config
-from regrad_lib.answering import harness, methods
+from regrad_lib.answering import harness, specs
 from regrad_lib.bank import encode, reader
 from regrad_lib.core import generation, regrad, task_batches
 from regrad_lib.data import prompts
@@ -63,7 +63,7 @@ def _captured(monkeypatch, learner, items, bank_, method):
     monkeypatch.undo()
     out = []
     for task in items:
-        prompt = harness.prompt_of(learner, task, methods.SPECS[method].context).ids
+        prompt = harness.prompt_of(learner, task, specs.SPECS[method].context).ids
         out.append((prompt, seen[tuple(prompt)]))
     return out
 
@@ -74,7 +74,7 @@ def _passages_in(prompt_text: str) -> list[str]:
     return re.findall(r"^Passage \d+: (.*)$", turn.split("\nQuestion: ")[0], flags=re.MULTILINE)
 
 
-@pytest.mark.parametrize("method", methods.METHODS)
+@pytest.mark.parametrize("method", specs.METHODS)
 def test_every_method_scores_the_answer_and_the_end_of_turn_only(run, monkeypatch, method):
     learner, items, bank_ = run
     tok, cfg = learner.tokenizer, learner.preset.learner
@@ -84,15 +84,15 @@ def test_every_method_scores_the_answer_and_the_end_of_turn_only(run, monkeypatc
         assert tok.decode(scored) == f" {task.answer}<|im_end|>" and scored[-1] == eot
         assert scored[:-1] == tok(f" {task.answer}", add_special_tokens=False)["input_ids"]
         # the frame teaches exactly these tokens: the chat with the answer as an assistant turn, up to its end
-        chat = prompts.messages(task.question, task.passages if methods.SPECS[method].context else None, cfg)
-        if methods.SPECS[method].context:
+        chat = prompts.messages(task.question, task.passages if specs.SPECS[method].context else None, cfg)
+        if specs.SPECS[method].context:
             chat[-1]["content"] = prompts.user_message(task.question, [(None, p) for p in _passages_in(
                 tok.decode(prompt))][::-1], cfg.passage_format, cfg.context_order)
         whole = tok.apply_chat_template(chat + [{"role": "assistant", "content": f"Answer: {task.answer}"}],
                                         tokenize=False, date_string=cfg.chat_date)
         assert whole.startswith(tok.decode(prompt + scored))
         # training's meta loss takes the very same label after the very same prompt
-        train = task_batches.qa_examples(tok, [task], cfg, with_context=methods.SPECS[method].context)[0]
+        train = task_batches.qa_examples(tok, [task], cfg, with_context=specs.SPECS[method].context)[0]
         n = len(scored)
         assert train.input_ids == prompt + scored and train.labels[-n:] == scored
         assert set(train.labels[:-n]) == {prompts.IGNORE}
@@ -112,7 +112,7 @@ def test_prompt_passages_are_the_banks_passages_token_for_token(run, method):
     tok, cfg = learner.tokenizer, learner.preset.learner
     start = prompts.document_start(tok)
     for task in items:
-        shown = _passages_in(tok.decode(harness.prompt_of(learner, task, methods.SPECS[method].context).ids))[::-1]
+        shown = _passages_in(tok.decode(harness.prompt_of(learner, task, specs.SPECS[method].context).ids))[::-1]
         assert len(shown) == 3
         for (title, text), pid, in_prompt in zip(task.passages, task.passage_ids, shown):
             banked = task_batches.passage_batch(tok, [(title, text)], cfg.bank_context_len, cfg.passage_format)

@@ -6,8 +6,6 @@ import math
 import re
 from pathlib import Path
 
-import pytest
-
 from regrad_lib.reporting.effects import mcnemar_exact
 
 spec = importlib.util.spec_from_file_location(

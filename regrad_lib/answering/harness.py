@@ -18,13 +18,8 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from regrad_lib.answering.methods import (
-    SPECS,
-    MethodSpec,
-    check_methods,
-    checked_bank,
-    method_weights,
-)
+from regrad_lib.answering.methods import checked_bank, method_weights
+from regrad_lib.answering.specs import SPECS, MethodSpec, check_methods
 from regrad_lib.core import generation, lora, task_batches
 from regrad_lib.core.learner import Learner
 from regrad_lib.data import metrics, prompts
@@ -44,18 +39,18 @@ def prompt_of(learner: Learner, task: task_batches.Task, context: bool) -> promp
 def answer(spec: MethodSpec, learner: Learner, items: Sequence[task_batches.Task], *, bank=None, gamma: float = 1.0,
            topk: int = 3, batch_size: int | None = None, nll: bool = True, desc: str = "evaluate") -> list[dict]:
     """Answer ``items`` as ``spec`` says, in batches sorted by prompt length; rows in the input order."""
-    if spec.source == "bank" and bank is None:
+    if spec.reads_bank and bank is None:
         raise ValueError("this method reads gradients from a Gradient Bank: pass bank= (bank.open_bank(topk, run, "
                          "dataset, split, scheme, learner=learner), written by 04_encode)")
     if bank is not None:
         checked_bank(bank, learner)
     items = [dataclasses.replace(t, passages=t.passages[:topk], passage_ids=t.passage_ids[:topk]) for t in items]
-    if spec.source in ("bank", "online") and any(not t.passages for t in items):
+    if spec.adapts and any(not t.passages for t in items):
         raise ValueError("ReGrad methods need each question's retrieved passages; some tasks have none")
     pids = [list(t.passage_ids) for t in items]
     if spec.shift:      # question i takes question i-1's passages; question 0 the last question's
         pids = pids[-1:] + pids[:-1]
-    used = pids if spec.source in ("bank", "online") else [list(t.passage_ids) if spec.context else [] for t in items]
+    used = pids if spec.adapts else [list(t.passage_ids) if spec.context else [] for t in items]
     batch_size = batch_size or learner.preset.generation.batch_size
     built = [prompt_of(learner, t, spec.context) for t in items]
     prompt_ids = [p.ids for p in built]
@@ -109,7 +104,7 @@ def run_method(method: str, learner: Learner, items: Sequence[task_batches.Task]
     if spec.context and not spec.base and learner.preset.learner.blind_context:
         log.warning("%s on a learner meta-trained with blind_context=true: it never saw passages in "
                     "its prompt during meta-training", method)
-    return answer(spec, learner, items, bank=bank, gamma=0.0 if spec.source == "phi" else gamma, topk=topk,
+    return answer(spec, learner, items, bank=bank, gamma=gamma if spec.adapts else 0.0, topk=topk,
                   batch_size=batch_size, desc=method)
 
 
@@ -119,7 +114,7 @@ def predict_online(learner: Learner, items: Sequence[task_batches.Task], *, gamm
 
     The prompt follows the learner's ``blind_context`` (question only, or with its passages as in training).
     """
-    spec = MethodSpec(base=False, context=not learner.preset.learner.blind_context, source="online")
+    spec = MethodSpec("meta", context=not learner.preset.learner.blind_context, update="online")
     topk = max((len(t.passages) for t in items), default=0)
     rows = answer(spec, learner, items, gamma=gamma, topk=topk, batch_size=batch_size, nll=False, desc="validate")
     return [r["prediction"] for r in rows]

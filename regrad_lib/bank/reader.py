@@ -36,10 +36,10 @@ from safetensors import SafetensorError, safe_open
 from regrad_lib.bank import schemes
 from regrad_lib.bank.on_disk import (
     CRC,
-    FORMAT,
-    IDENTITY,
+    FORMAT,  # noqa: F401
+    IDENTITY,  # noqa: F401
     MANIFEST,
-    VERSION,
+    VERSION,  # noqa: F401
     BankCorruptError,
     BankError,
     BankFormatError,
@@ -47,7 +47,7 @@ from regrad_lib.bank.on_disk import (
     check_rows,
     check_shard_header,
     header,
-    ids_checksum,
+    ids_checksum,  # noqa: F401
     layout_of,
     rebuild,
     sha256_file,

@@ -41,7 +41,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from regrad_lib import config
-from regrad_lib.answering.methods import SPECS
+from regrad_lib.answering.specs import SPECS
 from regrad_lib.core import lora, regrad, task_batches
 from regrad_lib.core.learner import Learner
 from regrad_lib.cpt import drift

@@ -34,7 +34,7 @@ import torch
 
 from regrad_lib import config
 from regrad_lib.answering import harness
-from regrad_lib.answering.methods import SPECS, MethodSpec
+from regrad_lib.answering.specs import SPECS, MethodSpec
 from regrad_lib.core import lora, regrad, task_batches
 from regrad_lib.core.learner import Learner
 from regrad_lib.data import corpus, metrics
@@ -47,7 +47,6 @@ from regrad_lib.training.run_folder import REQUEST
 log = logging.getLogger(__name__)
 
 GENERAL_SET = "general_set.json"
-CLOSED_BOOK = MethodSpec(base=False, context=False, source="phi")    # the persistent weights, the question only
 CANDIDATE_BATCH = 64       # general-question candidates answered at a time (selection stops once it has enough)
 
 
@@ -130,8 +129,10 @@ def text_nll(learner: Learner, passages: Sequence[tuple[str, str, str]], batch_s
 
 # --- (b) general questions and (d) knowledge ------------------------------------------------------------------
 
-def answer(learner: Learner, items: Sequence[task_batches.Task], spec: MethodSpec = CLOSED_BOOK, desc: str = "drift") -> list[dict]:
-    """Harness rows of ``items`` answered with the learner's persistent weights (closed book by default)."""
+def answer(learner: Learner, items: Sequence[task_batches.Task], spec: MethodSpec = SPECS["no_update"],
+           desc: str = "drift") -> list[dict]:
+    """Harness rows of ``items`` answered with the learner's persistent weights (its ``phi``, question only, by
+    default)."""
     if not items:
         return []
     topk = max(len(t.passages) for t in items)

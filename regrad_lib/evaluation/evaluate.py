@@ -27,15 +27,8 @@ from regrad_lib import config
 
 # the public names of evaluation, re-exported so that notebooks and scripts need one import
 from regrad_lib.answering.harness import predict_online, run_method  # noqa: F401
-from regrad_lib.answering.methods import (
-    METHODS,
-    SPECS,
-    adapts_per_question,
-    check_methods,
-    needs_bank,
-    question_weights,
-    require_bank,
-)
+from regrad_lib.answering.methods import question_weights, require_bank  # noqa: F401
+from regrad_lib.answering.specs import METHODS, SPECS, check_methods, needs_bank  # noqa: F401
 from regrad_lib.bank import schemes
 from regrad_lib.core import task_batches
 from regrad_lib.core.learner import Learner
@@ -49,16 +42,16 @@ from regrad_lib.evaluation.learner_once import (
 )
 from regrad_lib.evaluation.results import (
     SUMMARY_FIELDS,
-    SWEEP_FIELDS,
-    examples,
+    SWEEP_FIELDS,  # noqa: F401
+    examples,  # noqa: F401
     merge_csv,
-    method_files,
+    method_files,  # noqa: F401
     plan,
-    predictions,
-    read_csv,
-    score_rows,
+    predictions,  # noqa: F401
+    read_csv,  # noqa: F401
+    score_rows,  # noqa: F401
     summary,
-    table,
+    table,  # noqa: F401
     write_method,
 )
 from regrad_lib.evaluation.sweeps import sweep, sweep_all  # noqa: F401
@@ -106,7 +99,7 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
     finished = finished_state(run, get_learner)
     if bank is not None:
         scheme = require_bank(bank).scheme.name
-    study = any(SPECS[m].source == "cpt" for m in methods)       # the drift study: CPT against ReGrad
+    study = any(SPECS[m].weights == "cpt" for m in methods)       # the drift study: CPT against ReGrad
     cpt_cfg = cpt_module.resolve(run, cpt) if study else None
     cpt_settings = cpt_module.answer_settings(cpt_cfg, config.load_preset(
         trained_state(run, allow_unfinished=True).parent).train.seed) if study else None
@@ -122,7 +115,7 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
         post = None
         for method in todo:
             checks, answering = None, current
-            if SPECS[method].source == "cpt":
+            if SPECS[method].weights == "cpt":
                 if post is None:
                     cfg = current.preset.cpt if cpt_cfg is None else cpt_cfg
                     cpt_learner = dataclasses.replace(current, preset=dataclasses.replace(current.preset, cpt=cfg))
@@ -132,17 +125,17 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
                                                  split=split, topk=topk, limit=limit, evaluation=evaluation,
                                                  overwrite=overwrite)
                 answering = post.learner
-            before = drift.fingerprint(current) if study and adapts_per_question(method) else None
+            before = drift.fingerprint(current) if study and SPECS[method].adapts else None
             if method == "cpt":          # the stream's last knowledge measure answered every question already
                 rows = post.rows
             else:
-                rows = run_method(method, answering, items, bank=bank if SPECS[method].source == "bank" else None,
+                rows = run_method(method, answering, items, bank=bank if SPECS[method].reads_bank else None,
                                   gamma=gamma, topk=topk)
             if before is not None:
                 checks = {"persistent_unchanged": _unchanged(current, before, method), "persistent_sha256": before}
             out[method] = distributed.on_main(write_method, run, dataset, method, rows, answering, split, topk,
                                               gamma, limit, finished, evaluation, scheme, mixed,
-                                              cpt_settings if SPECS[method].source == "cpt" else None, checks)
+                                              cpt_settings if SPECS[method].weights == "cpt" else None, checks)
     distributed.on_main(merge_csv, paths.results_dir(run, evaluation) / "summary.csv", SUMMARY_FIELDS,
                         [{"dataset": dataset, "method": m, **{k: out[m][k] for k in SUMMARY_FIELDS[2:]}}
                          for m in methods], key=("dataset", "method"))
@@ -235,7 +228,7 @@ class EvaluateSettings:
         paths.results_dir(self.run, self.evaluation)   # checks the name
         self.general_datasets = [self.general_datasets] if isinstance(self.general_datasets, str) else \
             list(self.general_datasets)
-        if any(SPECS[m].source == "cpt" for m in self.methods):     # the drift study's inputs, checked now
+        if any(SPECS[m].weights == "cpt" for m in self.methods):     # the drift study's inputs, checked now
             cpt_module.resolve(self.run, self.cpt)
             if not paths.resolve(self.general_corpus).is_file():
                 raise FileNotFoundError(f"general_corpus={self.general_corpus!r} not found: give the corpus whose "

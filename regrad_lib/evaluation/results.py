@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from regrad_lib.answering.methods import SPECS, check_methods
+from regrad_lib.answering.specs import SPECS, check_methods
 from regrad_lib.bank import schemes
 from regrad_lib.data import metrics
 from regrad_lib.io import artifacts, paths
@@ -50,13 +50,12 @@ def settings(method: str, split: str, topk: int, gamma: float, limit: int | None
     passages replaced by the next question's (methods that use passages only); ``cpt``: the continual
     post-training that made the weights of cpt / cpt_rag (:func:`regrad_lib.cpt.continual.answer_settings`)."""
     spec = SPECS[method]
-    uses_passages = spec.context or spec.source not in ("none", "phi")
-    out = {"split": split, "limit": limit, "topk": topk if spec.context or spec.source != "none" else None,
-           "gamma": None if spec.source in ("none", "phi", "cpt") else gamma,
-           "scheme": schemes.parse(scheme).name if spec.source == "bank" else None,
-           "mixed": float(mixed) if uses_passages else None,
+    out = {"split": split, "limit": limit, "topk": topk if spec.context or not spec.base else None,
+           "gamma": gamma if spec.adapts else None,
+           "scheme": schemes.parse(scheme).name if spec.reads_bank else None,
+           "mixed": float(mixed) if spec.uses_passages else None,
            "run_finished": None if spec.base else finished}
-    return {**out, "cpt": cpt} if spec.source == "cpt" else out
+    return {**out, "cpt": cpt} if spec.weights == "cpt" else out
 
 
 def saved_settings(saved: dict, wanted: dict) -> dict:

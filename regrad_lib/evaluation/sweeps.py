@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from regrad_lib import config
 from regrad_lib.answering.harness import run_method
-from regrad_lib.answering.methods import SPECS, check_methods
+from regrad_lib.answering.specs import SPECS, check_methods
 from regrad_lib.bank import schemes
 from regrad_lib.core.learner import Learner
 from regrad_lib.core.task_batches import load as load_tasks
@@ -57,7 +57,7 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
     get_learner = loader(run, device, learner, allow_unfinished)
     finished = finished_state(run, get_learner)
     file = paths.results_dir(run, evaluation) / "sweeps.csv"
-    stored_as = schemes.parse(scheme).name if SPECS[method].source == "bank" else ""
+    stored_as = schemes.parse(scheme).name if SPECS[method].reads_bank else ""
     grid = [(int(k), float(m)) for k in topks for m in mixes]
     plan = distributed.on_main(sweep_plan, run, dataset, method, gammas, grid, split, limit, overwrite, evaluation,
                                finished, scheme)
@@ -69,7 +69,7 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
             current, store = get_learner(), None
             current.require_finished(allow_unfinished)
             items = load_tasks(dataset, split, topk, end=limit, mixed=mixed)
-            if SPECS[method].source == "bank":
+            if SPECS[method].reads_bank:
                 from regrad_lib.bank import reader as bank_module
                 store = bank_module.open_bank(bank_module.serving_topk(topk, run, dataset, split, scheme), run,
                                               dataset, split, scheme, learner=current)
@@ -95,7 +95,7 @@ def sweep_plan(run, dataset, method, gammas, grid, split, limit, overwrite, eval
     """Per (topk, mixed) of ``grid``: ``{gamma: scores of a finished evaluation with these settings, or None}`` for
     the points not yet in sweeps.csv (all points with ``overwrite``); points of another bank scheme do not count."""
     file = paths.results_dir(run, evaluation) / "sweeps.csv"
-    stored_as = schemes.parse(scheme).name if SPECS[method].source == "bank" else ""
+    stored_as = schemes.parse(scheme).name if SPECS[method].reads_bank else ""
     done = {(r["dataset"], r["method"], float(r["gamma"]), int(r["topk"]), float(r["mixed"]), r.get("scheme") or "")
             for r in read_csv(file)} if file.exists() and not overwrite else set()
     plan = []
@@ -103,7 +103,7 @@ def sweep_plan(run, dataset, method, gammas, grid, split, limit, overwrite, eval
         points = [float(g) for g in gammas if (dataset, method, float(g), topk, mixed, stored_as) not in done]
         reused = {g: finished_scores(run, dataset, method, settings(method, split, topk, g, limit, finished, scheme,
                                                                     mixed), evaluation) for g in points}
-        if 0.0 in reused and reused[0.0] is None and SPECS[method].source != "none" and not SPECS[method].context:
+        if 0.0 in reused and reused[0.0] is None and SPECS[method].weights == "meta" and not SPECS[method].context:
             # gamma 0 is no update at all: exactly no_update's answers (tested), so its finished results serve
             reused[0.0] = finished_scores(run, dataset, "no_update", settings("no_update", split, topk, 0.0, limit,
                                                                               finished, scheme), evaluation)

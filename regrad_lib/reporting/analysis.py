@@ -15,16 +15,15 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
+from regrad_lib.answering.specs import METHODS, ordered
 from regrad_lib.io import params, paths
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-METHODS = ("closed_book", "rag", "regrad", "regrad_icl", "regrad_online", "shift", "no_update", "no_update_icl",
-           "shift_icl", "cpt", "cpt_rag")
 SUMMARY_FIELDS = ("dataset", "method", "em", "f1", "precision", "recall", "nll", "n")
 SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "em", "f1", "precision", "recall", "nll", "n")
 
@@ -191,11 +190,6 @@ def read_sweeps(run: str, evaluation: str | None = None) -> list[Score]:
                         f"its sweep_datasets, default ['probe'] (run={run!r})")
 
 
-def _ordered(names: Iterable[str], order: Sequence[str]) -> list[str]:
-    names = list(dict.fromkeys(names))
-    return [n for n in order if n in names] + [n for n in names if n not in order]
-
-
 @dataclass
 class ScoreTable(_Markdown):
     """Datasets × methods, EM and F1 (×100); shown inline as a markdown table."""
@@ -219,8 +213,8 @@ class ScoreTable(_Markdown):
 def score_table(rows: Sequence[Score], datasets: Sequence[str] | None = None,
                 methods: Sequence[str] | None = None) -> ScoreTable:
     """Pivot summary rows into datasets × methods (methods in :data:`METHODS` order, then any others)."""
-    ds = list(datasets) if datasets else _ordered((r.dataset for r in rows), ())
-    ms = list(methods) if methods else _ordered((r.method for r in rows), METHODS)
+    ds = list(datasets) if datasets else ordered((r.dataset for r in rows), ())
+    ms = list(methods) if methods else ordered((r.method for r in rows), METHODS)
     table = ScoreTable(ds, ms)
     for r in rows:
         if r.dataset in ds and r.method in ms:

@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from regrad_lib.answering.specs import METHODS
 from regrad_lib.data import metrics
-from regrad_lib.reporting.analysis import METHODS, Missing, _Markdown, read_predictions
+from regrad_lib.reporting.analysis import Missing, _Markdown, read_predictions
 
 DATASET = "probe_binding"
 

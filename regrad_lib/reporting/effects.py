@@ -440,8 +440,8 @@ def em_by_group(run: str, dataset: str, methods: Sequence[str], group_of: dict[s
 def probe_relations(run: str, datasets: Sequence[str], data_root: str = "data/sample",
                     split: str = "dev", evaluation: str | None = None) -> GroupTable | Missing:
     """EM per relation of the knowledge-injection probe (the held-out relation shows transfer), every method."""
+    from regrad_lib.answering.specs import METHODS
     from regrad_lib.data import probe
-    from regrad_lib.reporting.analysis import METHODS
 
     if "probe" not in datasets:
         return Missing("the probe was not among the evaluated datasets")

@@ -11,7 +11,8 @@ from typing import Iterable, Sequence
 
 from matplotlib.figure import Figure
 
-from regrad_lib.reporting.analysis import METHODS, Score, ScoreTable
+from regrad_lib.answering.specs import METHODS
+from regrad_lib.reporting.analysis import Score, ScoreTable
 from regrad_lib.reporting.bank_plots import bank_bytes, frontier  # noqa: F401
 from regrad_lib.reporting.effects import PairedDifference
 from regrad_lib.reporting.figure_style import (  # noqa: F401

@@ -42,7 +42,7 @@ from regrad_lib.reporting.reference_tables import (
     NOT_SCORES,
     PROBE,
     TABLES,
-    TEXT_COLUMNS,
+    TEXT_COLUMNS,  # noqa: F401
     Results,
     read_table,
 )

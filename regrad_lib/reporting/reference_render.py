@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 import re
 
+from regrad_lib.answering.specs import METHODS, ordered
 from regrad_lib.io import paths
 from regrad_lib.reporting import effects
-from regrad_lib.reporting.analysis import METHODS, _ordered
 from regrad_lib.reporting.reference_tables import PROBE, Results
 
 BLOCK = re.compile(r"(<!-- reference:(?P<name>[a-z]+) -->\n)(?P<body>.*?)(<!-- /reference:(?P=name) -->)", re.S)
@@ -37,7 +37,7 @@ def _p(p: float) -> str:
 
 def _methods(results: Results, seed: str, dataset: str | None = None) -> list[str]:
     rows = results.table("summary", seed, **({"dataset": dataset} if dataset else {}))
-    return _ordered((r["method"] for r in rows), METHODS)
+    return ordered((r["method"] for r in rows), METHODS)
 
 
 def _summary(results: Results, seed: str, dataset: str, method: str) -> dict | None:
@@ -84,7 +84,7 @@ def probe_block(results: Results) -> str:
     relations = results.table("relations", seed)
     if relations:
         groups = list(dict.fromkeys(r["relation"] for r in relations))
-        methods = _ordered((r["method"] for r in relations), METHODS)
+        methods = ordered((r["method"] for r in relations), METHODS)
         cell = {(r["relation"], r["method"]): r for r in relations}
         parts += ["", "EM per relation (a relation marked *held out* is never asked in meta-training):", "",
                   _table(["relation", "n", *methods],
@@ -135,7 +135,7 @@ def seeds_block(results: Results) -> str:
                 "<runs of other seeds>` adds others.")
     datasets = list(dict.fromkeys(r["dataset"] for r in results.summary))
     pairs = list(dict.fromkeys((r["a"], r["b"]) for r in results.effects))
-    methods = [m for m in _ordered((r["method"] for r in results.summary), METHODS) if any(m in p for p in pairs)]
+    methods = [m for m in ordered((r["method"] for r in results.summary), METHODS) if any(m in p for p in pairs)]
     rows, notes = [], []
     for d in datasets:
         cells = [d]

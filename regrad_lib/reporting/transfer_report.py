@@ -20,9 +20,10 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from regrad_lib.answering.specs import METHODS
 from regrad_lib.data import metrics
 from regrad_lib.io import artifacts, paths
-from regrad_lib.reporting.analysis import METHODS, Missing, _Markdown
+from regrad_lib.reporting.analysis import Missing, _Markdown
 from regrad_lib.reporting.effects import _rows_by_id, mcnemar_exact, paired_difference
 
 PROBE, TRANSFER = "probe", "probe_transfer"

@@ -39,7 +39,7 @@ from regrad_lib.training.run_folder import (
     append_log,
     is_better,
     kept_summary,
-    learned_alpha,
+    learned_alpha,  # noqa: F401
     prepare,
     read_log,
     request_of,
