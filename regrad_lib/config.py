@@ -32,7 +32,7 @@ CptWeights = Literal["lora", "phi", "full"]
 
 FILES = {"peft": "peft_config.json", "learner": "learner_config.json", "train": "train_args.json",
          "generation": "generation_config.json"}
-OPTIONAL_FILES = {"cpt": "cpt_config.json"}     # absent: the section's defaults
+OPTIONAL_FILES = {"cpt": "cpt_config.json", "baselines": "baseline_config.json"}     # absent: the defaults
 
 
 class ConfigError(ValueError):
@@ -256,8 +256,24 @@ class CptConfig:
                         "general_questions")
 
 
+@dataclass
+class BaselineConfig:
+    """The baselines trained on what meta-training used, ``sft`` and ``rag_sft`` (:mod:`regrad_lib.training.sft`):
+    their learning rate is chosen on the run's validation slice from ``learning_rates``. Not read by meta-training."""
+    learning_rates: list[float] = field(default_factory=lambda: [3e-4, 1e-3, 3e-3])
+
+    def __post_init__(self) -> None:
+        if not self.learning_rates:
+            raise ConfigError("BaselineConfig.learning_rates is empty: give the grid to choose from, e.g. [3e-4, 1e-3]")
+        for i, rate in enumerate(self.learning_rates):
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
+                raise ConfigError(f"BaselineConfig.learning_rates[{i}] = {rate!r} must be a positive number")
+        if len(set(self.learning_rates)) != len(self.learning_rates):
+            raise ConfigError(f"BaselineConfig.learning_rates = {self.learning_rates} names a rate twice")
+
+
 _SECTIONS = {"peft": PeftConfig, "learner": LearnerConfig, "train": TrainArgs, "generation": GenerationConfig,
-             "cpt": CptConfig}
+             "cpt": CptConfig, "baselines": BaselineConfig}
 
 
 def _coerce(cls: type, data: Any, where: str):
@@ -318,6 +334,7 @@ class Preset:
     train: TrainArgs
     generation: GenerationConfig
     cpt: CptConfig = field(default_factory=CptConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
 
     def to_dict(self) -> dict:
         return {"name": self.name, **{k: asdict(getattr(self, k)) for k in _SECTIONS}}

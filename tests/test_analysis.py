@@ -107,13 +107,23 @@ def test_score_table_pivot_and_order(run):
     table = analysis.score_table(analysis.read_summary(run))
     assert table.datasets == ["popqa", "hotpotqa"]
     assert table.methods == ["closed_book", "rag", "regrad", "shift", "no_update"]
-    assert table.header()[:3] == ["dataset", "closed_book EM", "closed_book F1"]
-    assert table.rows()[0][:5] == ["popqa", "2.0", "5.0", "10.0", "20.0"]
-    assert table.rows()[1][3:5] == ["–", "–"]  # no rag on hotpotqa
+    assert table.header()[:4] == ["dataset", "closed_book acc", "closed_book EM", "closed_book F1"]
+    # this summary.csv was written before answer accuracy existed: acc reads as not measured
+    assert table.rows()[0][:7] == ["popqa", "–", "2.0", "5.0", "–", "10.0", "20.0"]
+    assert table.rows()[1][4:7] == ["–", "–", "–"]  # no rag on hotpotqa
     md = table.to_markdown().splitlines()
-    assert len(md) == 4 and md[2].startswith("| popqa | 2.0 | 5.0 |")
+    assert len(md) == 4 and md[2].startswith("| popqa | – | 2.0 | 5.0 |")
     sub = analysis.score_table(analysis.read_summary(run), datasets=["hotpotqa"], methods=["regrad"])
-    assert sub.rows() == [["hotpotqa", "2.0", "4.0"]]
+    assert sub.rows() == [["hotpotqa", "–", "2.0", "4.0"]]
+
+
+def test_score_table_shows_answer_accuracy_beside_em(tmp_path, monkeypatch):
+    monkeypatch.setenv("REGRAD_WORK", str(tmp_path))
+    write_text(analysis.summary_file("acc"), "dataset,method,em,acc,f1,precision,recall,nll,n\n"
+                                              "popqa,rag,6.7,50.0,26.4,20.0,40.0,2.1,30\n")
+    [row] = analysis.read_summary("acc")
+    assert (row.em, row.acc, row.f1) == (6.7, 50.0, 26.4)
+    assert analysis.score_table([row]).rows() == [["popqa", "50.0", "6.7", "26.4"]]
 
 
 def test_sweeps_and_sweep_selection(run):

@@ -50,7 +50,7 @@ def test_multiple_choice_takes_the_letter(said, expected):
 
 def test_label_kinds_score_accuracy_and_short_answers_keep_em_f1():
     assert metrics.score_kind("Yes, clearly", ["yes"], "yes_no", metrics.YES_NO_MAYBE) == \
-        {"em": 1.0, "f1": 1.0, "precision": 1.0, "recall": 1.0}
+        {"em": 1.0, "acc": 1.0, "f1": 1.0, "precision": 1.0, "recall": 1.0}
     assert metrics.score_kind("no", ["maybe"], "yes_no", metrics.YES_NO_MAYBE)["f1"] == 0.0
     assert metrics.score_kind("(B)", ["b"], "multiple_choice", OPTIONS)["em"] == 1.0
     assert metrics.score_kind("the Nile river", ["Nile"]) == metrics.score("the Nile river", ["Nile"])

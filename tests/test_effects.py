@@ -103,10 +103,11 @@ def test_effect_table_and_verdict(tmp_path, monkeypatch):
                                                                 ("popqa", "shift"), ("popqa", "no_update")]
     assert table.rows()[0][:3] == ["probe", "regrad − shift", "-1.095"]
     assert table.rows()[0][-3:] == ["12 / 0", "0.00049", "20"]
+    assert table.rows()[0][5:10] == ["70.0", "10.0", "+60.0", "12 / 0", "0.00049"]    # "x" contains the gold "x"
     text = effects.verdict(table)
-    assert text.startswith("regrad beats shift in exact match and in the gold answer's likelihood on probe (EM 70.0 "
-                           "vs 10.0, McNemar p = 0.00049, Holm 0.00098")
-    assert "No significant difference between regrad and shift on popqa" in text
+    assert text.startswith(KNOWS + "probe (acc 70.0 vs 10.0, McNemar p = 0.00049, Holm 0.00098")
+    assert "No significant difference in answer accuracy or the gold answer's likelihood between regrad and shift " \
+           "on popqa" in text
     assert isinstance(effects.effect_table("strong", ["nq"]), analysis.Missing)
     assert effects.verdict(effects.effect_table("strong", ["nq"])).startswith("No verdict")
 
@@ -174,10 +175,14 @@ def test_a_named_evaluation_is_read_instead_of_the_main_results(run):
 
 # --- the verdict: direction-aware, EM and NLL together, Holm across datasets ---------------------------------
 
-def effect(dataset, em_a, em_b, only_a, only_b, n, mean, se, a="regrad", b="shift"):
-    """One constructed (dataset, a − b) effect; EM in points, NLL mean and SE in nats."""
+def effect(dataset, em_a, em_b, only_a, only_b, n, mean, se, a="regrad", b="shift", acc=None):
+    """One constructed (dataset, a − b) effect; EM in points, NLL mean and SE in nats; ``acc``: (acc_a, acc_b,
+    only_a, only_b) of answer accuracy, by default the same numbers as EM (an answer that is exact contains the
+    gold answer; "no acc" is ``acc=False``)."""
     nll = effects.PairedDifference(dataset, a, b, mean, se, 0.5, n // 2, n)
-    return effects.Effect(nll, effects.PairedEM(dataset, a, b, em_a, em_b, only_a, only_b, n))
+    acc = (em_a, em_b, only_a, only_b) if acc is None else acc
+    return effects.Effect(nll, effects.PairedEM(dataset, a, b, em_a, em_b, only_a, only_b, n),
+                          effects.PairedEM(dataset, a, b, *acc, n, "acc") if acc is not False else None)
 
 
 def verdict_of(*items, **kw):
@@ -197,63 +202,86 @@ def test_nll_p_is_the_two_sided_normal_tail():
     assert effects.nll_p(effect("p", 0, 0, 0, 0, 1, -1.0, math.nan).nll) == 1.0
 
 
+KNOWS = "regrad beats shift on knowledge (answer accuracy and the gold answer's likelihood both better) on "
+
+
 def test_verdict_gain():
     text = verdict_of(effect("probe", 70, 10, 12, 0, 20, -1.0, 0.1))
-    assert text.startswith("regrad beats shift in exact match and in the gold answer's likelihood on probe")
+    assert text.startswith(KNOWS + "probe (acc 70.0 vs 10.0, McNemar p = 0.00049")
+    assert "Format only" not in text and "Mixed" not in text
 
 
 def test_verdict_harm_in_both():
     text = verdict_of(effect("probe", 10, 70, 0, 12, 20, +1.0, 0.1))
-    assert text.startswith("regrad is worse than shift in exact match and in the gold answer's likelihood on probe")
+    assert text.startswith("regrad is worse than shift on knowledge (answer accuracy and the gold answer's likelihood "
+                           "both worse) on probe")
+    assert "beats" not in text
 
 
-def test_verdict_em_only_and_nll_only_and_none():
-    text = verdict_of(effect("popqa", 70, 10, 12, 0, 20, -0.05, 0.1),     # EM gain, NLL 0.5 SE
-                      effect("probe", 30, 30, 2, 2, 20, -0.5, 0.1),        # NLL gain (5 SE), EM equal
+def test_an_em_gain_without_an_accuracy_gain_is_format_not_knowledge():
+    # EM 70 vs 10 (12 / 0 discordant, p = 0.00049) but both answers contain the gold alias as often (acc 70 vs 70,
+    # no discordant question); the NLL is 10 SE lower: only the likelihood speaks for regrad
+    text = verdict_of(effect("probe", 70, 10, 12, 0, 20, -1.0, 0.1, acc=(70, 70, 0, 0)))
+    assert text.startswith("regrad raises the gold answer's likelihood over shift, with no significant change of "
+                           "answer accuracy, on probe (acc 70.0 vs 70.0, McNemar p = 1")
+    assert "Format only: regrad has a significantly higher exact match than shift without the same change in answer " \
+           "accuracy on probe" in text
+    assert "beats shift on knowledge" not in text
+    # the same EM gain with accuracy gained too is knowledge, and then not format
+    assert "Format only" not in verdict_of(effect("probe", 70, 10, 12, 0, 20, -1.0, 0.1))
+
+
+def test_an_accuracy_gain_against_a_likelihood_loss_is_mixed_never_knowledge():
+    text = verdict_of(effect("probe", 30, 30, 0, 0, 60, +0.5, 0.1, acc=(50, 30, 12, 0)))
+    assert text.startswith("Mixed: regrad answers more questions than shift but lowers the gold answer's likelihood")
+    assert "beats shift on knowledge" not in text and "Format only" not in text
+
+
+def test_verdict_accuracy_only_nll_only_and_none():
+    text = verdict_of(effect("popqa", 70, 10, 12, 0, 20, -0.05, 0.1),     # acc (= EM) gain, NLL 0.5 SE
+                      effect("probe", 30, 30, 2, 2, 20, -0.5, 0.1),        # NLL gain (5 SE), acc equal
                       effect("nq", 30, 25, 3, 2, 20, 0.01, 0.1))           # nothing
-    assert "regrad beats shift in exact match, with no significant change of the gold answer's likelihood, on popqa" in text
-    assert "regrad raises the gold answer's likelihood over shift, with no significant change of exact match, on probe" in text
-    assert "No significant difference between regrad and shift on nq" in text
+    assert "regrad answers more questions than shift (answer accuracy), with no significant change of the gold " \
+           "answer's likelihood, on popqa" in text
+    assert "regrad raises the gold answer's likelihood over shift, with no significant change of answer accuracy, " \
+           "on probe" in text
+    assert "No significant difference in answer accuracy or the gold answer's likelihood between regrad and shift " \
+           "on nq" in text
+    assert "beats shift on knowledge" not in text
 
 
-def test_verdict_the_issues_constructed_tables():
-    # EM significantly worse (10 vs 30 on 60 questions: 0 / 12 discordant, p = 0.00049) with NLL 5 SE lower
-    worse = effect("probe", 10, 30, 0, 12, 60, -0.5, 0.1)
-    text = verdict_of(worse)
-    assert "do not change exact match" not in text and "No clear effect" not in text
-    assert text.startswith("Mixed: regrad is worse than shift in exact match but raises the gold answer's likelihood "
-                           "on probe (EM 10.0 vs 30.0, McNemar p = 0.00049")
-    # a significant EM gain with the NLL at 0.5 SE is an EM-only gain, not "no clear effect"
-    assert verdict_of(effect("probe", 30, 10, 12, 0, 60, -0.05, 0.1)).startswith(
-        "regrad beats shift in exact match, with no significant change")
-    # a clear harm in NLL (+0.5 ± 0.1) with EM unchanged
-    assert verdict_of(effect("probe", 30, 30, 1, 1, 60, +0.5, 0.1)).startswith(
-        "regrad lowers the gold answer's likelihood below shift, with no significant change of exact match")
-    # EM gain with a clear NLL harm is mixed
-    assert verdict_of(effect("probe", 30, 10, 12, 0, 60, +0.5, 0.1)).startswith(
-        "Mixed: regrad beats shift in exact match but lowers")
+def test_verdict_without_accuracy_never_calls_knowledge():
+    """A table saved before answer accuracy existed: EM and NLL are shown, knowledge is never claimed."""
+    text = verdict_of(effect("probe", 70, 10, 12, 0, 20, -1.0, 0.1, acc=False))
+    assert text.startswith("regrad raises the gold answer's likelihood over shift (answer accuracy not measured) on "
+                           "probe (acc not measured; answer NLL")
+    assert "beats shift on knowledge" not in text
+    assert "Format only: regrad has a significantly higher exact match" in text
+    assert effects.calls(effects.EffectTable([effect("probe", 70, 10, 12, 0, 20, -1.0, 0.1, acc=False)]))[0].knowledge == 0
 
 
 def test_verdict_significance_level_and_holm_correction():
     # McNemar p = 2 * P(X <= 3 | 13) = 0.0923: not significant at 0.05 (but would be at 0.20)
     weak = effect("probe", 45, 30, 10, 3, 60, 0.0, 0.1)
-    assert weak.em.p == pytest.approx(0.0923, abs=1e-4)
+    assert weak.em.p == pytest.approx(0.0923, abs=1e-4) and weak.acc.p == pytest.approx(0.0923, abs=1e-4)
     assert verdict_of(weak).startswith("No significant difference")
-    assert verdict_of(weak, alpha=0.2).startswith("regrad beats shift in exact match")
+    assert verdict_of(weak, alpha=0.2).startswith("regrad answers more questions than shift")
     # McNemar p = 2 * P(X <= 1 | 9) = 0.039 alone is significant; twice across two datasets Holm makes it 0.078
     one = effect("probe", 40, 30, 8, 1, 60, 0.0, 0.1)
-    assert one.em.p == pytest.approx(0.0390625)
-    assert verdict_of(one).startswith("regrad beats shift in exact match")
+    assert one.acc.p == pytest.approx(0.0390625)
+    assert verdict_of(one).startswith("regrad answers more questions than shift")
     both = verdict_of(one, effect("popqa", 40, 30, 8, 1, 60, 0.0, 0.1))
-    assert both.startswith("No significant difference between regrad and shift on probe") and "Holm 0.078" in both
+    assert both.startswith("No significant difference in answer accuracy or the gold answer's likelihood between "
+                           "regrad and shift on probe") and "Holm 0.078" in both
     # the family is the datasets of the chosen pair only: a no_update row does not widen it
-    assert verdict_of(one, effect("probe", 40, 30, 8, 1, 60, 0.0, 0.1, b="no_update")).startswith("regrad beats")
+    assert verdict_of(one, effect("probe", 40, 30, 8, 1, 60, 0.0, 0.1, b="no_update")).startswith(
+        "regrad answers more")
 
 
 def test_verdict_chooses_the_pair():
     table = [effect("probe", 88, 72, 14, 4, 60, -2.0, 0.1, a="regrad_icl", b="rag"),
              effect("probe", 50, 50, 0, 0, 60, 0.0, 0.1)]
-    assert verdict_of(*table, method="regrad_icl", reference="rag").startswith("regrad_icl beats rag")
+    assert verdict_of(*table, method="regrad_icl", reference="rag").startswith("regrad_icl beats rag on knowledge")
     assert verdict_of(*table, reference="rag").startswith("No verdict: no regrad − rag pair")
 
 
@@ -262,6 +290,7 @@ def test_verdicts_one_paragraph_per_evaluated_pair():
                                  effect("probe", 88, 88, 0, 0, 60, 0.0, 0.1, a="regrad_icl", b="shift_icl")])
     text = effects.verdicts(table, effects.ICL_PAIRS)
     first, second = text.split("\n\n")
-    assert first.startswith("regrad_icl beats rag") and second.startswith("No significant difference between "
-                                                                          "regrad_icl and shift_icl")
+    assert first.startswith("regrad_icl beats rag on knowledge")
+    assert second.startswith("No significant difference in answer accuracy or the gold answer's likelihood between "
+                             "regrad_icl and shift_icl")
     assert effects.verdicts(analysis.Missing("x"), effects.ICL_PAIRS) == "No verdict: x"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from regrad_lib.data import metrics
 from regrad_lib.data.metrics import (
     aggregate,
     by_group,
@@ -27,7 +28,8 @@ def test_normalize_answer(raw, want):
 
 
 def test_exact_match_after_normalisation():
-    assert score("the Eiffel tower.", ["Eiffel Tower"]) == {"em": 1.0, "f1": 1.0, "precision": 1.0, "recall": 1.0}
+    assert score("the Eiffel tower.", ["Eiffel Tower"]) == {"em": 1.0, "acc": 1.0, "f1": 1.0, "precision": 1.0,
+                                                            "recall": 1.0}
 
 
 def test_precision_recall_hand_computed():
@@ -54,7 +56,7 @@ def test_best_alias_drives_f1_precision_recall_together():
 
 def test_several_aliases_em_is_max():
     assert score("Port of Spain", ["Port-of-Spain", "Port of Spain"])["em"] == 1.0
-    assert score("Lyon", ["Paris", "Marseille"]) == {"em": 0.0, "f1": 0.0, "precision": 0.0, "recall": 0.0}
+    assert score("Lyon", ["Paris", "Marseille"]) == {"em": 0.0, "acc": 0.0, "f1": 0.0, "precision": 0.0, "recall": 0.0}
 
 
 @pytest.mark.parametrize("pred, gold, f1", [
@@ -73,9 +75,33 @@ def test_public_evaluate_rules_for_a_bare_a_and_empty_answers():
     """As the public evaluate.py: a bare "a" keeps its article; two empty normalisations: EM 1, F1 0."""
     assert normalize_answer("A") == "a" and normalize_answer("A.") == "a" and normalize_answer(" a ") == ""
     assert normalize_answer("Vitamin A") == "vitamin"      # an article inside longer text still goes
-    assert score("A", ["a"]) == {"em": 1.0, "f1": 1.0, "precision": 1.0, "recall": 1.0}
-    assert score("The", ["an"]) == {"em": 1.0, "f1": 0.0, "precision": 0.0, "recall": 0.0}
+    assert score("A", ["a"]) == {"em": 1.0, "acc": 1.0, "f1": 1.0, "precision": 1.0, "recall": 1.0}
+    assert score("The", ["an"]) == {"em": 1.0, "acc": 1.0, "f1": 0.0, "precision": 0.0, "recall": 0.0}
     assert score("", ["Paris"])["f1"] == 0.0
+
+
+@pytest.mark.parametrize("prediction, golds, acc", [
+    ("He was born in Paris, France.", ["Paris"], 1.0),       # contained after normalisation, whole words
+    ("Parisian", ["Paris"], 0.0),                             # a word that merely starts with the answer
+    ("new york city", ["York"], 1.0),                         # a whole word inside
+    ("the new-york", ["New York"], 0.0),                      # punctuation removed joins "newyork": not the words
+    ("A violin and a cello", ["the cello"], 1.0),             # articles dropped on both sides
+    ("cellist", ["cello", "violin"], 0.0),
+    ("", ["Paris"], 0.0),
+    ("", ["the"], 1.0),                                       # an empty gold only matches an empty answer
+    ("Paris", ["the"], 0.0),
+])
+def test_answer_accuracy_is_a_whole_word_containment_of_any_alias(prediction, golds, acc):
+    s = score(prediction, golds)
+    assert s["acc"] == acc
+    assert s["acc"] >= s["em"]            # an exact answer always contains itself
+
+
+def test_answer_accuracy_is_the_label_accuracy_for_label_kinds():
+    assert metrics.score_kind("Yes, probably", ["no"], "yes_no")["acc"] == 0.0        # "no" is not the first label
+    assert metrics.score_kind("B", ["B"], "multiple_choice", ["x", "y"])["acc"] == 1.0
+    agg = metrics.aggregate([score("in Paris", ["Paris"]), score("Paris", ["Paris"]), score("Rome", ["Paris"])])
+    assert agg["em"] == pytest.approx(100 / 3) and agg["acc"] == pytest.approx(200 / 3)
 
 
 def test_answers_must_be_a_list():

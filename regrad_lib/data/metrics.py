@@ -9,6 +9,10 @@
 - As the public evaluate.py (and unlike SQuAD's script): a text that is exactly ``"a"`` after lower-casing and
   punctuation removal keeps it (answer "A" stays "a"); two answers that both normalise to nothing score
   F1 = 0 (no shared token) while EM = 1 (equal strings). An empty prediction earns no F1.
+- Answer accuracy ``acc`` (PopQA's own measure, robust to answer format): 1 when a gold alias, normalised as for
+  EM, occurs in the normalised prediction as whole words (``"paris"`` in ``"it is paris france"``, not in
+  ``"parisian"``); a gold alias that normalises to nothing counts only against an equally empty prediction. EM
+  implies acc; a gain in EM without one in acc is a gain in format, not in knowledge.
 - :func:`aggregate` turns per-question scores into means x100 plus ``n``.
 
 Answer kinds (``ANSWER_KINDS``, declared per dataset; the instruction that asks for each is in :mod:`prompts`):
@@ -23,7 +27,7 @@ Answer kinds (``ANSWER_KINDS``, declared per dataset; the instruction that asks 
   characters (the public code's fallback), else nothing.
 
 For both label kinds :func:`score` gives accuracy: em = f1 = precision = recall = 1 when the extracted label is
-the gold one (a label is one word: token F1 could only repeat EM).
+the gold one (a label is one word: token F1 could only repeat EM), and acc is that same accuracy.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import string
 from collections import Counter
 from typing import Hashable, Iterable, Mapping, Sequence
 
-METRICS = ("em", "f1", "precision", "recall")
+METRICS = ("em", "acc", "f1", "precision", "recall")
 ANSWER_KINDS = ("short", "yes_no", "multiple_choice")
 YES_NO = ("yes", "no")
 YES_NO_MAYBE = ("yes", "no", "maybe")
@@ -64,15 +68,24 @@ def _f1(prediction: str, gold: str) -> tuple[float, float, float]:
     return 2 * precision * recall / (precision + recall), precision, recall
 
 
+def contains(prediction: str, gold: str) -> bool:
+    """Whether the normalised ``gold`` occurs in the normalised ``prediction`` as whole words (both already
+    normalised: :func:`normalize_answer`); an empty gold only in an empty prediction."""
+    if not gold:
+        return not prediction
+    return f" {gold} " in f" {prediction} "
+
+
 def score(prediction: str, answers: list[str]) -> dict[str, float]:
-    """``{em, f1, precision, recall}`` (0-1) of ``prediction`` against the gold ``answers`` (aliases)."""
+    """``{em, acc, f1, precision, recall}`` (0-1) of ``prediction`` against the gold ``answers`` (aliases)."""
     if isinstance(answers, str) or not answers:
         raise ValueError(f"answers must be a non-empty list of gold strings, got {answers!r}")
     pred = normalize_answer(prediction)
     golds = [normalize_answer(a) for a in answers]
     em = float(any(pred == g for g in golds))
+    acc = float(any(contains(pred, g) for g in golds))
     f1, precision, recall = max((_f1(pred, g) for g in golds), key=lambda t: t[0])
-    return {"em": em, "f1": f1, "precision": precision, "recall": recall}
+    return {"em": em, "acc": acc, "f1": f1, "precision": precision, "recall": recall}
 
 
 def check_kind(kind: str) -> str:

@@ -57,6 +57,7 @@ from regrad_lib.evaluation.results import (
 from regrad_lib.evaluation.sweeps import sweep, sweep_all  # noqa: F401
 from regrad_lib.io import distributed, params, paths, runlock
 from regrad_lib.io.run_state import trained_state
+from regrad_lib.training import sft
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,9 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
     cpt_cfg = cpt_module.resolve(run, cpt) if study else None
     cpt_settings = cpt_module.answer_settings(cpt_cfg, config.load_preset(
         trained_state(run, allow_unfinished=True).parent).train.seed) if study else None
+    baselines = {m: sft.planned(run, m) for m in methods if SPECS[m].weights in ("sft", "rag_sft")}
     out, todo = distributed.on_main(plan, run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation,
-                                    finished, scheme, mixed, cpt_settings)
+                                    finished, scheme, mixed, cpt_settings, baselines)
     if todo:
         items = load_tasks(dataset, split, topk, limit, mixed)
         current = get_learner()
@@ -125,6 +127,8 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
                                                  split=split, topk=topk, limit=limit, evaluation=evaluation,
                                                  overwrite=overwrite)
                 answering = post.learner
+            elif method in baselines:        # fine-tuned on what meta-training used (trained once per run)
+                answering, _ = sft.learner_for(run, method, current, overwrite=overwrite)
             before = drift.fingerprint(current) if study and SPECS[method].adapts else None
             if method == "cpt":          # the stream's last knowledge measure answered every question already
                 rows = post.rows
@@ -135,7 +139,8 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
                 checks = {"persistent_unchanged": _unchanged(current, before, method), "persistent_sha256": before}
             out[method] = distributed.on_main(write_method, run, dataset, method, rows, answering, split, topk,
                                               gamma, limit, finished, evaluation, scheme, mixed,
-                                              cpt_settings if SPECS[method].weights == "cpt" else None, checks)
+                                              cpt_settings if SPECS[method].weights == "cpt" else None, checks,
+                                              baselines.get(method))
     distributed.on_main(merge_csv, paths.results_dir(run, evaluation) / "summary.csv", SUMMARY_FIELDS,
                         [{"dataset": dataset, "method": m, **{k: out[m][k] for k in SUMMARY_FIELDS[2:]}}
                          for m in methods], key=("dataset", "method"))
@@ -228,6 +233,8 @@ class EvaluateSettings:
         paths.results_dir(self.run, self.evaluation)   # checks the name
         self.general_datasets = [self.general_datasets] if isinstance(self.general_datasets, str) else \
             list(self.general_datasets)
+        if any(SPECS[m].weights in ("sft", "rag_sft") for m in self.methods):
+            sft.check_inputs(self.run)
         if any(SPECS[m].weights == "cpt" for m in self.methods):     # the drift study's inputs, checked now
             cpt_module.resolve(self.run, self.cpt)
             if not paths.resolve(self.general_corpus).is_file():

@@ -22,14 +22,14 @@ from regrad_lib.io import artifacts, paths
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FIELDS = ("dataset", "method", "em", "f1", "precision", "recall", "nll", "n")
-SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "mixed", "scheme", "em", "f1", "precision", "recall", "nll",
-                "n")
+SUMMARY_FIELDS = ("dataset", "method", "em", "acc", "f1", "precision", "recall", "nll", "n")
+SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "mixed", "scheme", "em", "acc", "f1", "precision", "recall",
+                "nll", "n")
 
 
 def score_rows(rows: Sequence[dict]) -> dict:
-    """EM/F1/precision/recall ×100 (:func:`metrics.aggregate`; accuracy for yes/no and multiple-choice rows), mean
-    answer NLL and n of prediction rows."""
+    """EM/acc/F1/precision/recall ×100 (:func:`metrics.aggregate`; label accuracy for yes/no and multiple-choice
+    rows), mean answer NLL and n of prediction rows."""
     out = metrics.aggregate(metrics.score_kind(r["prediction"], r["answers"], r.get("answer_kind", "short"),
                                                r.get("choices", ())) for r in rows)
     finite = [r["answer_nll"] for r in rows if r["answer_nll"] is not None and math.isfinite(r["answer_nll"])]
@@ -44,18 +44,22 @@ def method_files(run: str, dataset: str, method: str, evaluation: str | None = N
 
 
 def settings(method: str, split: str, topk: int, gamma: float, limit: int | None, finished: bool | None,
-              scheme: str = schemes.DEFAULT, mixed: float = 0.0, cpt: dict | None = None) -> dict:
+              scheme: str = schemes.DEFAULT, mixed: float = 0.0, cpt: dict | None = None,
+              baseline: dict | None = None) -> dict:
     """What a method's results depend on (kept results must match); ``finished``: the run's training had;
     ``scheme``: the storage scheme of the bank it read (bank methods only); ``mixed``: the share of each question's
     passages replaced by the next question's (methods that use passages only); ``cpt``: the continual
-    post-training that made the weights of cpt / cpt_rag (:func:`regrad_lib.cpt.continual.answer_settings`)."""
+    post-training that made the weights of cpt / cpt_rag (:func:`regrad_lib.cpt.continual.answer_settings`);
+    ``baseline``: the fine-tuning that made the weights of sft / rag_sft (:func:`regrad_lib.training.sft.planned`)."""
     spec = SPECS[method]
     out = {"split": split, "limit": limit, "topk": topk if spec.context or not spec.base else None,
            "gamma": gamma if spec.adapts else None,
            "scheme": schemes.parse(scheme).name if spec.reads_bank else None,
            "mixed": float(mixed) if spec.uses_passages else None,
            "run_finished": None if spec.base else finished}
-    return {**out, "cpt": cpt} if spec.weights == "cpt" else out
+    if spec.weights == "cpt":
+        return {**out, "cpt": cpt}
+    return {**out, "baseline": baseline} if spec.weights in ("sft", "rag_sft") else out
 
 
 def saved_settings(saved: dict, wanted: dict) -> dict:
@@ -71,11 +75,22 @@ def finished_scores(run: str, dataset: str, method: str, settings: dict, evaluat
     saved = read_metrics(file) if file.exists() else {}
     if not saved or saved_settings(saved, settings) != settings:
         return None
-    return {k: saved[k] for k in ("em", "f1", "precision", "recall", "nll", "n")}
+    saved = with_current_scores(saved, run, dataset, method, evaluation)
+    return {k: saved[k] for k in ("em", "acc", "f1", "precision", "recall", "nll", "n")}
+
+
+def with_current_scores(saved: dict, run: str, dataset: str, method: str, evaluation: str | None = None) -> dict:
+    """A kept ``metrics.json`` with every score of today's :func:`score_rows`: one written before a score existed
+    (``acc``) is scored again from its predictions, which hold everything a score needs."""
+    missing = [m for m in metrics.METRICS if m not in saved]
+    if not missing:
+        return saved
+    rescored = score_rows(predictions(run, dataset, method, evaluation))
+    return {**saved, **{m: rescored[m] for m in missing}}
 
 
 def plan(run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation,
-          finished, scheme=schemes.DEFAULT, mixed=0.0, cpt=None) -> tuple[dict[str, dict], list]:
+          finished, scheme=schemes.DEFAULT, mixed=0.0, cpt=None, baselines=None) -> tuple[dict[str, dict], list]:
     """(results kept from finished methods, the methods to compute); refuses results of other settings."""
     out: dict[str, dict] = {}
     todo = []
@@ -83,33 +98,36 @@ def plan(run, dataset, methods, split, topk, gamma, limit, overwrite, evaluation
         _, metrics_file = method_files(run, dataset, method, evaluation)
         if metrics_file.exists() and not overwrite:
             saved = read_metrics(metrics_file)
-            wanted = settings(method, split, topk, gamma, limit, finished, scheme, mixed, cpt)
+            wanted = settings(method, split, topk, gamma, limit, finished, scheme, mixed, cpt,
+                              (baselines or {}).get(method))
             found = saved_settings(saved, wanted)
             if found != wanted:
                 raise FileExistsError(f"{paths.relative(metrics_file)} was computed with {found}, not {wanted}: "
                                       "pass overwrite=True (05_evaluate: overwrite = True) to recompute it, or "
                                       "name this evaluation (evaluation='...') to keep both")
             log.info("%s/%s: kept the existing results (overwrite=False)", dataset, method)
-            out[method] = {**saved, "status": "kept"}
+            out[method] = {**with_current_scores(saved, run, dataset, method, evaluation), "status": "kept"}
         else:
             todo.append(method)
     return out, todo
 
 
 def write_method(run, dataset, method, rows, learner, split, topk, gamma, limit, finished, evaluation=None,
-                  scheme=schemes.DEFAULT, mixed=0.0, cpt=None, checks: dict | None = None) -> dict:
+                  scheme=schemes.DEFAULT, mixed=0.0, cpt=None, checks: dict | None = None,
+                  baseline: dict | None = None) -> dict:
     """Write a method's predictions and, last, its ``metrics.json``; ``checks``: facts verified while answering
     (e.g. ``persistent_unchanged``), recorded beside the scores."""
     predictions_file, metrics_file = method_files(run, dataset, method, evaluation)
     scores = score_rows(rows)
     source = {"run": run, "dataset": dataset, "method": method, "evaluation": evaluation,
               "preset": learner.preset.to_dict(), "meta_hash": learner.meta_hash(), "device": str(learner.device)}
-    result = {**scores, **settings(method, split, topk, gamma, limit, finished, scheme, mixed, cpt), **(checks or {}),
+    result = {**scores, **settings(method, split, topk, gamma, limit, finished, scheme, mixed, cpt, baseline),
+              **(checks or {}),
               "method": method, "dataset": dataset, "provenance": artifacts.provenance(source)}
     artifacts.write_jsonl(predictions_file, json_rows(rows))
     artifacts.write_json(metrics_file, {**result, "nll": json_number(result["nll"])})   # last: marks it done
-    log.info("%s/%s: EM %.1f F1 %.1f NLL %.3f (n=%d)", dataset, method, scores["em"], scores["f1"], scores["nll"],
-             scores["n"])
+    log.info("%s/%s: EM %.1f acc %.1f F1 %.1f NLL %.3f (n=%d)", dataset, method, scores["em"], scores["acc"],
+             scores["f1"], scores["nll"], scores["n"])
     return {**result, "status": "computed"}
 
 
@@ -153,7 +171,8 @@ def examples(run: str, dataset: str, methods: Sequence[str], n: int = 5, evaluat
 
 def read_csv(file: Path) -> list[dict]:
     """Rows of summary.csv / sweeps.csv: dataset, method and scheme as str, n and topk as int, the rest as float
-    (a sweeps.csv written before ``mixed`` was a column reads as unmixed, 0.0)."""
+    (a sweeps.csv written before ``mixed`` was a column reads as unmixed, 0.0; an empty score cell, e.g. ``acc`` of
+    a row merged from a file written before acc existed, as NaN)."""
     if not file.exists():
         raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 05_evaluate")
     with file.open(newline="", encoding="utf-8") as f:
@@ -161,7 +180,11 @@ def read_csv(file: Path) -> list[dict]:
         rows = list(reader)
         legacy = {"mixed": "0.0"} if "gamma" in (reader.fieldnames or []) and "mixed" not in reader.fieldnames else {}
     kinds = {"dataset": str, "method": str, "scheme": str, "n": int, "topk": int}
-    return [{k: kinds.get(k, float)(v) for k, v in {**r, **legacy}.items()} for r in rows]
+    return [{k: kinds.get(k, _float)(v) for k, v in {**r, **legacy}.items()} for r in rows]
+
+
+def _float(text: str | None) -> float:
+    return math.nan if text is None or text == "" else float(text)
 
 
 def merge_csv(file: Path, fields: Sequence[str], rows: Sequence[dict], key: Sequence[str]) -> Path:

@@ -105,6 +105,11 @@ def output_dir(run: str) -> Path:
     return work_root() / "outputs" / folder_name("run", run)
 
 
+def baseline_dir(run: str, method: str) -> Path:
+    """A baseline trained on what meta-training used (``sft``, ``rag_sft``): ``outputs/<run>/baselines/<method>/``."""
+    return output_dir(run) / "baselines" / folder_name("method", method)
+
+
 def kept_step_state(run: str, step: int) -> Path:
     """The weights 03_train kept after optimizer step ``step`` (``keep_steps``):
     ``outputs/<run>/steps/<step>/meta_state.safetensors``."""

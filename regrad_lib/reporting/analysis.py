@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SUMMARY_FIELDS = ("dataset", "method", "em", "f1", "precision", "recall", "nll", "n")
-SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "em", "f1", "precision", "recall", "nll", "n")
+SUMMARY_FIELDS = ("dataset", "method", "em", "acc", "f1", "precision", "recall", "nll", "n")
+SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "em", "acc", "f1", "precision", "recall", "nll", "n")
+OPTIONAL_FIELDS = ("mixed", "acc")    # read as unmixed / NaN from files written before they existed
 
 
 # --- where things are -------------------------------------------------------------------------------------
@@ -131,6 +132,7 @@ class Score:
     recall: float
     nll: float
     n: int
+    acc: float = math.nan     # answer accuracy (gold alias contained); NaN in files written before it existed
     gamma: float | None = None
     topk: int | None = None
     mixed: float | None = None
@@ -153,7 +155,7 @@ def _read_scores(path: Path, fields: Sequence[str], writer: str) -> list[Score]:
         raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by {writer}")
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in fields if c not in (reader.fieldnames or []) and c != "mixed"]   # older files: unmixed
+        missing = [c for c in fields if c not in (reader.fieldnames or []) and c not in OPTIONAL_FIELDS]
         if missing:
             raise ValueError(f"{paths.relative(path)}: header {reader.fieldnames} lacks {missing}; "
                              f"expected {','.join(fields)}")
@@ -166,7 +168,8 @@ def _read_scores(path: Path, fields: Sequence[str], writer: str) -> list[Score]:
                          "mixed": _number(path, line, "mixed", r["mixed"]) if "mixed" in r else 0.0}
             rows.append(Score(dataset=r["dataset"], method=r["method"],
                               **{k: _number(path, line, k, r[k]) for k in ("em", "f1", "precision", "recall", "nll")},
-                              n=_number(path, line, "n", r["n"], int), **extra))
+                              n=_number(path, line, "n", r["n"], int),
+                              acc=_number(path, line, "acc", r["acc"]) if "acc" in r else math.nan, **extra))
     return rows
 
 
@@ -192,22 +195,24 @@ def read_sweeps(run: str, evaluation: str | None = None) -> list[Score]:
 
 @dataclass
 class ScoreTable(_Markdown):
-    """Datasets × methods, EM and F1 (×100); shown inline as a markdown table."""
+    """Datasets × methods, answer accuracy (gold contained), EM and F1 (×100); shown inline as a markdown table."""
 
     datasets: list[str]
     methods: list[str]
     em: dict[tuple[str, str], float] = field(default_factory=dict)
     f1: dict[tuple[str, str], float] = field(default_factory=dict)
+    acc: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def header(self) -> list[str]:
-        return ["dataset"] + [f"{m} {k}" for m in self.methods for k in ("EM", "F1")]
+        return ["dataset"] + [f"{m} {k}" for m in self.methods for k in ("acc", "EM", "F1")]
 
     def rows(self) -> list[list[str]]:
-        """One row per dataset: EM and F1 of each method, one decimal; '–' where a method was not run."""
+        """One row per dataset: acc, EM and F1 of each method, one decimal; '–' where a method was not run."""
         def cell(table, d, m):
             v = table.get((d, m))
             return "–" if v is None or not math.isfinite(v) else f"{v:.1f}"
-        return [[d] + [cell(t, d, m) for m in self.methods for t in (self.em, self.f1)] for d in self.datasets]
+        return [[d] + [cell(t, d, m) for m in self.methods for t in (self.acc, self.em, self.f1)]
+                for d in self.datasets]
 
 
 def score_table(rows: Sequence[Score], datasets: Sequence[str] | None = None,
@@ -220,6 +225,7 @@ def score_table(rows: Sequence[Score], datasets: Sequence[str] | None = None,
         if r.dataset in ds and r.method in ms:
             table.em[(r.dataset, r.method)] = r.em
             table.f1[(r.dataset, r.method)] = r.f1
+            table.acc[(r.dataset, r.method)] = r.acc
     return table
 
 

@@ -3,10 +3,13 @@
 Per dataset, questions matched by ``test_id`` in two methods' ``predictions.jsonl`` (05_evaluate):
 
 - answer NLL: the mean of ``nll_a - nll_b`` with its standard error (sample std / √n) and how often ``a`` is lower;
-- EM: both methods' EM, the paired difference and the exact McNemar test on the discordant questions (two-sided
-  binomial test of ``b`` "only a right" against ``c`` "only b right" with p = 1/2);
+- answer accuracy (acc: a gold alias contained in the answer) and EM: both methods' score, the paired difference and
+  the exact McNemar test on the discordant questions (two-sided binomial test of ``b`` "only a right" against ``c``
+  "only b right" with p = 1/2);
 - a verdict: one paragraph that says, from these numbers alone, on which datasets a method is better or worse than
-  another in EM and in NLL (direction-aware, Holm-corrected across datasets).
+  another (direction-aware, Holm-corrected across datasets). A method is better *on knowledge* only where answer
+  accuracy and answer NLL agree; an EM difference without the same acc difference is answer format and is called
+  that.
 
 Across seeds (the same setting trained with several seeds, :func:`across_seeds`): mean and spread of each
 method's EM/F1 and of each paired NLL difference.
@@ -78,10 +81,11 @@ def _rows_by_id(run: str, dataset: str, method: str, field: str, evaluation: str
     return out
 
 
-def _right(row: dict) -> bool:
-    """Whether a prediction row's answer is exact (EM, or the right label for yes/no and multiple-choice rows)."""
+def _right(row: dict, metric: str = "em") -> bool:
+    """Whether a prediction row's answer is right by ``metric``: ``em`` exact, ``acc`` a gold alias contained (for
+    yes/no and multiple-choice rows both: the right label)."""
     return metrics.score_kind(row["prediction"], row["answers"], row.get("answer_kind", "short"),
-                              row.get("choices", ()))["em"] == 1.0
+                              row.get("choices", ()))[metric] == 1.0
 
 
 def _answer_nll(run: str, dataset: str, method: str, evaluation: str | None = None) -> dict[str, float]:
@@ -146,16 +150,18 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
 
 @dataclass(frozen=True)
 class PairedEM:
-    """EM of two methods on the same questions: the difference (points) and McNemar's exact test."""
+    """A 0/1 score of two methods on the same questions (``metric``: EM, or acc — a gold alias contained): both
+    scores ×100 (``em_a``, ``em_b``: named for EM, the first use), the difference and McNemar's exact test."""
 
     dataset: str
     method_a: str
     method_b: str
     em_a: float
     em_b: float
-    only_a: int          # questions a answers exactly and b does not
+    only_a: int          # questions a gets right and b does not
     only_b: int
     n: int
+    metric: str = "em"
 
     @property
     def difference(self) -> float:
@@ -167,29 +173,32 @@ class PairedEM:
 
 
 def paired_em(run: str, dataset: str, method_a: str = "regrad", method_b: str = "shift",
-              evaluation: str | None = None) -> PairedEM:
-    """Exact-match of ``method_a`` and ``method_b`` on the questions both answered, with McNemar's test."""
+              evaluation: str | None = None, metric: str = "em") -> PairedEM:
+    """``metric`` (exact match, or ``acc``: answer accuracy) of ``method_a`` and ``method_b`` on the questions both
+    answered, with McNemar's test."""
     a = _rows_by_id(run, dataset, method_a, "prediction", evaluation)
     b = _rows_by_id(run, dataset, method_b, "prediction", evaluation)
     common = [k for k in a if k in b]
     if not common:
         raise ValueError(f"{dataset}: {method_a} and {method_b} share no test_id")
-    right_a = {k: _right(a[k]) for k in common}
-    right_b = {k: _right(b[k]) for k in common}
+    right_a = {k: _right(a[k], metric) for k in common}
+    right_b = {k: _right(b[k], metric) for k in common}
     n = len(common)
     return PairedEM(dataset, method_a, method_b, 100 * sum(right_a.values()) / n, 100 * sum(right_b.values()) / n,
                     sum(right_a[k] and not right_b[k] for k in common),
-                    sum(right_b[k] and not right_a[k] for k in common), n)
+                    sum(right_b[k] and not right_a[k] for k in common), n, metric)
 
 
 # --- the effects table and the verdict ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Effect:
-    """One (dataset, method_a − method_b): the paired NLL difference and the paired EM difference."""
+    """One (dataset, method_a − method_b): the paired NLL difference and the paired EM and answer-accuracy
+    differences (``acc`` None where it was not measured, e.g. a reference saved before acc existed)."""
 
     nll: PairedDifference
     em: PairedEM
+    acc: PairedEM | None = None
 
 
 @dataclass
@@ -205,13 +214,17 @@ class EffectTable(_Markdown):
         return len(self.effects)
 
     def header(self) -> list[str]:
-        return ["dataset", "difference", "Δ answer NLL (nats)", "SE", "a lower", "EM a", "EM b", "ΔEM",
-                "a only / b only", "McNemar p", "n"]
+        return ["dataset", "difference", "Δ answer NLL (nats)", "SE", "a lower", "acc a", "acc b", "Δacc",
+                "acc a only / b only", "acc McNemar p", "EM a", "EM b", "ΔEM", "EM a only / b only", "EM McNemar p",
+                "n"]
 
     def rows(self) -> list[list[str]]:
-        return [[e.nll.dataset, e.nll.label, f"{e.nll.mean:+.4g}", f"{e.nll.se:.2g}",
-                 f"{e.nll.n_lower}/{e.nll.n}", f"{e.em.em_a:.1f}", f"{e.em.em_b:.1f}", f"{e.em.difference:+.1f}",
-                 f"{e.em.only_a} / {e.em.only_b}", _p(e.em.p), str(e.em.n)] for e in self.effects]
+        def binary(p: PairedEM | None) -> list[str]:
+            if p is None:
+                return ["–"] * 5
+            return [f"{p.em_a:.1f}", f"{p.em_b:.1f}", f"{p.difference:+.1f}", f"{p.only_a} / {p.only_b}", _p(p.p)]
+        return [[e.nll.dataset, e.nll.label, f"{e.nll.mean:+.4g}", f"{e.nll.se:.2g}", f"{e.nll.n_lower}/{e.nll.n}",
+                 *binary(e.acc), *binary(e.em), str(e.em.n)] for e in self.effects]
 
 
 def _p(p: float) -> str:
@@ -228,7 +241,8 @@ def effect_table(run: str, datasets: Sequence[str], pairs: Sequence[tuple[str, s
         for a, b in pairs:
             try:
                 out.append(Effect(paired_nll_differences(run, dataset, a, b, evaluation),
-                                  paired_em(run, dataset, a, b, evaluation)))
+                                  paired_em(run, dataset, a, b, evaluation),
+                                  paired_em(run, dataset, a, b, evaluation, metric="acc")))
             except FileNotFoundError as e:
                 skipped.append(str(e).split(":")[0])
     if out and skipped:      # one line, not one per (dataset, pair): a section of pairs 05 did not run stays quiet
@@ -263,49 +277,87 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 @dataclass(frozen=True)
 class Call:
-    """One dataset's verdict: the direction of EM and of NLL (+1 a better, -1 a worse, 0 not significant after
-    Holm's correction across the datasets) with the adjusted p-values."""
+    """One dataset's verdict: the direction of answer accuracy, of NLL and of EM (+1 a better, -1 a worse, 0 not
+    significant after Holm's correction across the datasets) with the adjusted p-values. ``acc`` is 0 and ``acc_p``
+    NaN where accuracy was not measured."""
 
     effect: Effect
     em: int
     nll: int
-    em_p: float          # Holm-adjusted McNemar p
+    em_p: float          # Holm-adjusted McNemar p of EM
     nll_p: float         # Holm-adjusted p of the paired NLL difference
+    acc: int = 0
+    acc_p: float = math.nan   # Holm-adjusted McNemar p of answer accuracy
+
+    @property
+    def knowledge(self) -> int:
+        """+1 where answer accuracy and answer NLL are both significantly better, -1 both worse, else 0: the only
+        reading under which a method is called better (or worse) on knowledge."""
+        return self.acc if self.acc == self.nll else 0
+
+    @property
+    def format_only(self) -> bool:
+        """A significant EM difference that answer accuracy does not share: answer format, not knowledge."""
+        return self.em != 0 and self.acc != self.em
+
+
+def _direction(difference: float, p_adjusted: float, alpha: float, higher_is_better: bool = True) -> int:
+    if not (p_adjusted < alpha) or difference == 0 or not math.isfinite(difference):
+        return 0
+    return (1 if difference > 0 else -1) * (1 if higher_is_better else -1)
 
 
 def calls(table: EffectTable, method: str = "regrad", reference: str = "shift",
           alpha: float = ALPHA) -> list[Call]:
-    """Per dataset of ``method`` − ``reference``: EM (McNemar) and answer NLL (paired SE, normal p) each tested,
-    Holm-corrected across the datasets (one family for EM, one for NLL), with the direction of each effect: a
-    lower NLL and a higher EM are gains."""
+    """Per dataset of ``method`` − ``reference``: answer accuracy and EM (McNemar) and answer NLL (paired SE,
+    normal p) each tested, Holm-corrected across the datasets (one family per measure), with the direction of each
+    effect: a higher accuracy or EM and a lower NLL are gains."""
     chosen = [e for e in table if e.nll.method_a == method and e.nll.method_b == reference]
     em_adj = holm([e.em.p for e in chosen])
     nll_adj = holm([nll_p(e.nll) for e in chosen])
+    measured = [e for e in chosen if e.acc is not None]
+    acc_adj = dict(zip(map(id, measured), holm([e.acc.p for e in measured])))
     out = []
     for e, pe, pn in zip(chosen, em_adj, nll_adj):
-        em_dir = (1 if e.em.difference > 0 else -1) if pe < alpha and e.em.difference != 0 else 0
-        nll_dir = (1 if e.nll.mean < 0 else -1) if pn < alpha and e.nll.mean != 0 else 0
-        out.append(Call(e, em_dir, nll_dir, pe, pn))
+        pa = acc_adj.get(id(e), math.nan)
+        out.append(Call(e, _direction(e.em.difference, pe, alpha), _direction(e.nll.mean, pn, alpha, False), pe, pn,
+                        _direction(e.acc.difference, pa, alpha) if e.acc is not None else 0, pa))
     return out
 
 
-_OUTCOMES = {  # (EM direction, NLL direction) -> how the sentence reads
-    (1, 1): "{m} beats {r} in exact match and in the gold answer's likelihood on ",
-    (1, 0): "{m} beats {r} in exact match, with no significant change of the gold answer's likelihood, on ",
-    (0, 1): "{m} raises the gold answer's likelihood over {r}, with no significant change of exact match, on ",
-    (-1, -1): "{m} is worse than {r} in exact match and in the gold answer's likelihood on ",
-    (-1, 0): "{m} is worse than {r} in exact match, with no significant change of the gold answer's likelihood, on ",
-    (0, -1): "{m} lowers the gold answer's likelihood below {r}, with no significant change of exact match, on ",
-    (1, -1): "Mixed: {m} beats {r} in exact match but lowers the gold answer's likelihood on ",
-    (-1, 1): "Mixed: {m} is worse than {r} in exact match but raises the gold answer's likelihood on ",
-    (0, 0): "No significant difference between {m} and {r} on ",
+_KNOWLEDGE = {  # (acc direction, NLL direction) -> how the sentence reads
+    (1, 1): "{m} beats {r} on knowledge (answer accuracy and the gold answer's likelihood both better) on ",
+    (1, 0): "{m} answers more questions than {r} (answer accuracy), with no significant change of the gold answer's "
+            "likelihood, on ",
+    (0, 1): "{m} raises the gold answer's likelihood over {r}, with no significant change of answer accuracy, on ",
+    (-1, -1): "{m} is worse than {r} on knowledge (answer accuracy and the gold answer's likelihood both worse) on ",
+    (-1, 0): "{m} answers fewer questions than {r} (answer accuracy), with no significant change of the gold "
+             "answer's likelihood, on ",
+    (0, -1): "{m} lowers the gold answer's likelihood below {r}, with no significant change of answer accuracy, on ",
+    (1, -1): "Mixed: {m} answers more questions than {r} but lowers the gold answer's likelihood on ",
+    (-1, 1): "Mixed: {m} answers fewer questions than {r} but raises the gold answer's likelihood on ",
+    (0, 0): "No significant difference in answer accuracy or the gold answer's likelihood between {m} and {r} on ",
+    # answer accuracy not measured (results saved before it existed): the likelihood alone, never "knowledge"
+    (None, 1): "{m} raises the gold answer's likelihood over {r} (answer accuracy not measured) on ",
+    (None, -1): "{m} lowers the gold answer's likelihood below {r} (answer accuracy not measured) on ",
+    (None, 0): "No significant difference in the gold answer's likelihood between {m} and {r} (answer accuracy not "
+               "measured) on ",
 }
+
+
+def _detail(c: Call) -> str:
+    e = c.effect
+    acc = (f"acc {e.acc.em_a:.1f} vs {e.acc.em_b:.1f}, McNemar p = {_p(e.acc.p)}, Holm {_p(c.acc_p)}; "
+           if e.acc is not None else "acc not measured; ")
+    return (f"{e.nll.dataset} ({acc}answer NLL {_nll_phrase(e.nll)}, Holm p = {_p(c.nll_p)}; "
+            f"EM {e.em.em_a:.1f} vs {e.em.em_b:.1f}, McNemar p = {_p(e.em.p)}, Holm {_p(c.em_p)})")
 
 
 def verdict(table: EffectTable | Missing, reference: str = "shift", method: str = "regrad",
             alpha: float = ALPHA) -> str:
     """One paragraph, from the numbers alone: per dataset whether ``method`` is better, worse or not
-    distinguishable from ``reference`` in EM (McNemar) and in answer NLL (paired SE), each direction-aware and
+    distinguishable from ``reference`` in answer accuracy (McNemar) and answer NLL (paired SE) — better on knowledge
+    only where the two agree — and where EM moves without accuracy (format only); each test direction-aware and
     Holm-corrected across the datasets at level ``alpha`` (:func:`calls`)."""
     if isinstance(table, Missing):
         return f"No verdict: {table.message}"
@@ -314,14 +366,17 @@ def verdict(table: EffectTable | Missing, reference: str = "shift", method: str 
         return f"No verdict: no {method} − {reference} pair was evaluated."
     groups: dict[tuple[int, int], list[str]] = {}
     for c in found:
-        e = c.effect
-        groups.setdefault((c.em, c.nll), []).append(
-            f"{e.nll.dataset} (EM {e.em.em_a:.1f} vs {e.em.em_b:.1f}, McNemar p = {_p(e.em.p)}, Holm {_p(c.em_p)}; "
-            f"answer NLL {_nll_phrase(e.nll)}, Holm p = {_p(c.nll_p)})")
-    parts = [_OUTCOMES[k].format(m=method, r=reference) + "; ".join(groups[k]) + "."
-             for k in _OUTCOMES if k in groups]
-    parts.append(f"(Significant: Holm-adjusted p < {alpha:g} across the {len(found)} dataset(s), separately for EM "
-                 "and for NLL; a lower NLL is better.)")
+        groups.setdefault((c.acc if c.effect.acc is not None else None, c.nll), []).append(_detail(c))
+    parts = [_KNOWLEDGE[k].format(m=method, r=reference) + "; ".join(groups[k]) + "."
+             for k in _KNOWLEDGE if k in groups]
+    for direction, word in ((1, "higher"), (-1, "lower")):
+        fmt = [c.effect.nll.dataset for c in found if c.format_only and c.em == direction]
+        if fmt:
+            parts.append(f"Format only: {method} has a significantly {word} exact match than {reference} without the "
+                         f"same change in answer accuracy on {', '.join(fmt)}: that EM difference is answer format, "
+                         "not knowledge.")
+    parts.append(f"(Significant: Holm-adjusted p < {alpha:g} across the {len(found)} dataset(s), separately for "
+                 "accuracy, NLL and EM; a lower NLL is better; better on knowledge means accuracy and NLL agree.)")
     return " ".join(parts)
 
 

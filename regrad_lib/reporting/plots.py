@@ -71,7 +71,7 @@ def histogram(values: Iterable[float], title: str, xlabel: str, bins: int = 30) 
 
 @styled
 def score_table(table: ScoreTable) -> Figure:
-    """The datasets × methods EM/F1 table drawn as a figure (for the PNG; notebooks also show it as HTML)."""
+    """The datasets × methods acc/EM/F1 table drawn as a figure (for the PNG; notebooks also show it as HTML)."""
     header, rows = table.header(), table.rows() or [["(no rows)"] + [""] * (len(table.header()) - 1)]
     fig = new_figure(max(4.0, 0.85 * len(header) + 1.0), 0.35 * (len(rows) + 1) + 0.6)
     ax = fig.subplots()
@@ -81,7 +81,7 @@ def score_table(table: ScoreTable) -> Figure:
     t.set_fontsize(8)
     t.scale(1.0, 1.5)
     t.auto_set_column_width([0])  # dataset names are longer than the numbers
-    ax.set_title("EM / F1 (×100) by dataset and method")
+    ax.set_title("answer accuracy / EM / F1 (×100) by dataset and method")
     return fig
 
 

@@ -65,7 +65,7 @@ def append_log(path: Path, row: dict) -> None:
 
 
 # preset sections meta-training never reads: changing them neither refuses a resume nor retrains a finished run
-NOT_TRAINED = ("name", "cpt")
+NOT_TRAINED = ("name", "cpt", "baselines")
 
 
 def request_of(preset: config.Preset, train_datasets: Sequence[str], train_file: str) -> dict:

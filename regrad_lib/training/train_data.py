@@ -63,18 +63,24 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def stepped_tasks(train: Sequence[Task], seed: int, meta_batch_size: int, steps: int) -> list[Task]:
-    """The training tasks the first ``steps`` optimizer steps of 03_train took, in order: each epoch's
-    :func:`epoch_order` cut into meta batches, as the training loop takes them."""
-    per_epoch = math.ceil(len(train) / meta_batch_size)
-    out: list[Task] = []
+def step_batches(n_train: int, seed: int, meta_batch_size: int, steps: int) -> list[list[int]]:
+    """The training-task indices of each of 03_train's first ``steps`` optimizer steps: each epoch's
+    :func:`epoch_order` cut into meta batches (an epoch's last batch possibly smaller), as the training loop takes
+    them."""
+    per_epoch = math.ceil(n_train / meta_batch_size)
+    out: list[list[int]] = []
     order_epoch, order = None, []
     for step in range(steps):
         epoch, position = divmod(step, per_epoch)
         if epoch != order_epoch:
-            order_epoch, order = epoch, epoch_order(len(train), seed, epoch)
-        out += [train[i] for i in order[position * meta_batch_size:(position + 1) * meta_batch_size]]
+            order_epoch, order = epoch, epoch_order(n_train, seed, epoch)
+        out.append(order[position * meta_batch_size:(position + 1) * meta_batch_size])
     return out
+
+
+def stepped_tasks(train: Sequence[Task], seed: int, meta_batch_size: int, steps: int) -> list[Task]:
+    """The training tasks the first ``steps`` optimizer steps of 03_train took, in order (:func:`step_batches`)."""
+    return [train[i] for batch in step_batches(len(train), seed, meta_batch_size, steps) for i in batch]
 
 
 def describe(tasks: Sequence[Task], limit: int = 8) -> str:
