@@ -116,3 +116,28 @@ def test_shares_counted_by_hand(tmp_path, monkeypatch):
     (root / binding_report.DATASET / "dev.json").write_text(json.dumps([{"answer": ["x"]}]))
     with pytest.raises(ValueError, match="record 0: lacks"):
         binding_report.shares("r", [binding_report.DATASET], data_root=str(root))
+
+
+def test_the_position_free_order_is_the_same_for_every_member_of_a_family():
+    from regrad_lib.data import probe_binding as pb
+
+    def record(tid, asked):        # BM25's rank order: the asked member's passage first
+        ids = ["p7", "p3", "p5"]
+        ids = [ids[asked]] + [p for k, p in enumerate(ids) if k != asked]
+        return {"test_id": tid, "question": f"q{tid}", "answers": ["v"], "passage_ids": ids,
+                "passages": [f"text {p}" for p in ids], "titles": [f"title {p}" for p in ids],
+                "scores": [3.0, 2.0, 1.0]}
+
+    ranked = [record(0, 0), record(1, 1), record(2, 2)]
+    assert len({tuple(r["passage_ids"]) for r in ranked}) == 3          # rank order says who is asked
+    free = pb.position_free(ranked)
+    assert {tuple(r["passage_ids"]) for r in free} == {("p3", "p5", "p7")}
+    for r in free:      # every per-passage field moved with its id
+        assert r["passages"] == [f"text {p}" for p in r["passage_ids"]]
+        assert r["titles"] == [f"title {p}" for p in r["passage_ids"]]
+        assert sorted(r["scores"]) == [1.0, 2.0, 3.0] and r["question"] in ("q0", "q1", "q2")
+    assert free[0]["scores"] == [2.0, 1.0, 3.0]                           # p3, p5, p7 of record 0's ranks
+    assert ranked[0]["passage_ids"] == ["p7", "p3", "p5"]                 # the input is left as it was
+    bad = dict(ranked[0], titles=["only one"])
+    with pytest.raises(ValueError, match="unequal length"):
+        pb.position_free([bad])

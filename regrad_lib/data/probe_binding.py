@@ -116,6 +116,37 @@ def combined_corpus(base: str | Path) -> Path:
     return probe.combined_corpus(probe.combined_corpus(base), passages_file(), suffix="binding")
 
 
+POSITION_FREE = "dev_position_free"     # the augmented dev split whose passages reach every method in one order
+
+
+def position_free(records: list[dict]) -> list[dict]:
+    """Augmented records with each question's passages in an order that does not depend on who is asked: by passage
+    id. The asked member's passage is ranked first by BM25, so a prompt in rank order tells RAG which passage is
+    about the asked person (a position cue regrad's order-free sum has not); here the three members' questions share
+    one order (their top-3 is the family). Every per-passage field (``passages``, ``passage_ids``, ``titles``,
+    ``scores``) moves together."""
+    fields = ("passages", "passage_ids", "titles", "scores")
+    out = []
+    for i, r in enumerate(records):
+        lengths = {f: len(r[f]) for f in fields if f in r}
+        if len(set(lengths.values())) != 1 or "passage_ids" not in lengths:
+            raise ValueError(f"augmented record {i} (test_id {r.get('test_id')!r}): per-passage fields of unequal "
+                             f"length {lengths}; re-run 02_augment")
+        order = sorted(range(lengths["passage_ids"]), key=lambda k: str(r["passage_ids"][k]))
+        out.append({**r, **{f: [r[f][k] for k in order] for f in lengths}})
+    return out
+
+
+def write_position_free(source: str = "dev", overwrite: bool = True) -> Path:
+    """``data/augmented/probe_binding/dev_position_free.json``: 02_augment's ``source`` split in the position-free
+    order (:func:`position_free`), for 04_encode and 05_evaluate with ``split = "dev_position_free"``."""
+    dataset = "probe_binding"
+    records = artifacts.read_json(paths.augmented_file(dataset, source))
+    target = paths.augmented_file(dataset, POSITION_FREE)
+    artifacts.write_json(target, position_free(records), overwrite=overwrite)
+    return target
+
+
 def questions(dataset_dir: str | Path, split: str = "dev") -> list[dict]:
     """The records of a binding-probe split (test_id = position), checked for the fields the analysis reads."""
     file = paths.resolve(dataset_dir) / f"{split}.json"
