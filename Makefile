@@ -9,7 +9,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup model demo experiments experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer \
+.PHONY: setup model demo experiments experiments-fair experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer \
 	experiments-transfer-frontier experiments-transfer-long experiments-binding test lab clean-artifacts
 
 $(STAMP): pyproject.toml
@@ -33,8 +33,18 @@ demo: model
 # its results beside the demo's as a named evaluation or run, and its report under reference/experiments/.
 RUNNER := $(BIN)/python -m regrad_lib.runner.pipeline
 PUBMEDQA_ROOT ?= ../shared/data/domains
-experiments: experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer experiments-transfer-frontier \
+experiments: experiments-fair experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer experiments-transfer-frontier \
 	experiments-transfer-long experiments-binding
+
+# The fair comparison (README's first tables): on the demo run, sft and rag_sft — LoRAs fine-tuned on the training
+# questions, answer frame, label and number of examples meta-training used, the learning rate chosen on the run's
+# validation slice from the preset's grid — beside closed_book, rag, regrad and regrad_icl on every dataset (the named
+# evaluation `fair`), its figures saved to reference/fair/ and rendered into README.
+FAIR_METHODS := closed_book,rag,sft,rag_sft,regrad,regrad_icl,shift,no_update
+experiments-fair: model
+	$(RUNNER) --run demo --steps 05,06 -p evaluation fair -p methods $(FAIR_METHODS) -p gammas '[]' -p question null
+	$(BIN)/python -m regrad_lib.reporting.reference save --run demo --evaluation fair --reference reference/fair
+	$(BIN)/python -m regrad_lib.reporting.reference render
 
 # ReGrad against continual post-training (CPT) and RAG on the probe and PopQA, drift measured after every chunk.
 experiments-cpt: model

@@ -157,10 +157,12 @@ def test_render_rewrites_only_the_marked_blocks(chains, in_work, tmp_path):
             "between\n<!-- reference:datasets -->\n<!-- /reference:datasets -->\n<!-- reference:seeds -->\nx\n"
             "<!-- /reference:seeds -->\n<!-- reference:source -->\n<!-- /reference:source -->\nend\n")
     rendered = reference_render.render_blocks(text, results, "reference/x")
-    assert rendered.startswith("# Title\n\ntyped text 1.23\n\n<!-- reference:probe -->\nProbe, 8 questions (seed 42)")
+    assert rendered.startswith("# Title\n\ntyped text 1.23\n\n<!-- reference:probe -->\nProbe, 8 questions (seed 42; "
+                               "acc: a gold answer contained in the answer):\n\n| method | acc | EM | answer NLL |")
     assert "\n<!-- /reference:probe -->\n\nbetween\n" in rendered and rendered.endswith("end\n")
     assert "| **regrad** |" in rendered and "γ sweep (regrad, top-3):" in rendered and "sport (held out)" in rendered
-    assert "06_analyze's verdict" in rendered and "The reference holds one seed;" in rendered
+    assert "06_analyze's verdicts" in rendered and "The reference holds one seed;" in rendered
+    assert "regrad − rag: answer NLL" in rendered        # the chain evaluates rag: regrad − rag is reported too
     assert "Rendered from `reference/x/`" in rendered
     assert reference_render.render_blocks(rendered, results, "reference/x") == rendered          # idempotent
     assert reference_render.stale_blocks(text, rendered) == ["probe", "datasets", "seeds", "source"]

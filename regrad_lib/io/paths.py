@@ -110,6 +110,11 @@ def baseline_dir(run: str, method: str) -> Path:
     return output_dir(run) / "baselines" / folder_name("method", method)
 
 
+def baseline_selection(run: str, method: str) -> Path:
+    """The fine-tuned baseline's grid, validation rows and chosen learning rate, written last (it is trained)."""
+    return baseline_dir(run, method) / "selected.json"
+
+
 def kept_step_state(run: str, step: int) -> Path:
     """The weights 03_train kept after optimizer step ``step`` (``keep_steps``):
     ``outputs/<run>/steps/<step>/meta_state.safetensors``."""

@@ -34,6 +34,11 @@ from regrad_lib.reporting.analysis import (
 PAIRS = (("regrad", "shift"), ("regrad", "no_update"))
 # the combined configuration (gradients and passages in the prompt) against rag and its two controls
 ICL_PAIRS = (("regrad_icl", "rag"), ("regrad_icl", "no_update_icl"), ("regrad_icl", "shift_icl"))
+# the fair comparisons: regrad and regrad_icl against the baselines trained on what meta-training used (rag_sft: the
+# RAG that learned the answer format; sft: the same closed book) and against plain rag
+FAIR_PAIRS = (("regrad", "rag_sft"), ("regrad_icl", "rag_sft"), ("regrad", "sft"), ("regrad", "rag"),
+              ("regrad_icl", "rag"))
+REPORTED_PAIRS = PAIRS + FAIR_PAIRS      # what a saved reference holds, where both methods were evaluated
 ALPHA = 0.05          # significance level of the verdict
 CLEAR_SE = 2.0        # the "beyond 2 SE" rule of README's rendered tables and the drift study (not 06's verdict)
 

@@ -85,9 +85,14 @@ def score_table(table: ScoreTable) -> Figure:
     return fig
 
 
+def accuracy_bars(rows: Sequence[Score]) -> Figure:
+    """:func:`f1_bars` of answer accuracy (a gold answer contained: robust to the answer's format)."""
+    return f1_bars(rows, "acc")
+
+
 @styled
 def f1_bars(rows: Sequence[Score], metric: str = "f1") -> Figure:
-    """Grouped bars: one group per dataset, one bar per method (``metric``: f1 or em)."""
+    """Grouped bars: one group per dataset, one bar per method (``metric``: f1, em or acc)."""
     datasets = list(dict.fromkeys(r.dataset for r in rows))
     methods = [m for m in METHODS if any(r.method == m for r in rows)] + \
         list(dict.fromkeys(r.method for r in rows if r.method not in METHODS))
@@ -99,8 +104,9 @@ def f1_bars(rows: Sequence[Score], metric: str = "f1") -> Figure:
         xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(datasets))]
         ax.bar(xs, [value.get((d, m), math.nan) for d in datasets], width, label=m, color=f"C{j % 10}")
     ax.set_xticks(range(len(datasets)), datasets)
-    ax.set_title(f"{metric.upper()} by dataset and method")
-    ax.set_ylabel(f"{metric.upper()} (×100)")
+    name = {"acc": "answer accuracy"}.get(metric, metric.upper())
+    ax.set_title(f"{name} by dataset and method")
+    ax.set_ylabel(f"{name} (×100)")
     ax.set_xlabel("dataset")
     ax.grid(axis="y", alpha=0.3)
     if methods:

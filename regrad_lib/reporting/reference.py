@@ -44,6 +44,7 @@ from regrad_lib.reporting.reference_tables import (
     TABLES,
     TEXT_COLUMNS,  # noqa: F401
     Results,
+    load,
     read_table,
 )
 
@@ -124,12 +125,18 @@ def collect_run(run: str, results: Results, data_root: str = "data/sample", spli
         if rows is not None:
             results.questions += _question_rows(rows, seed, point["dataset"], point["method"], point["gamma"],
                                                 groups, point["topk"], float(point.get("mixed") or 0.0))
-    table = effects.effect_table(run, datasets, evaluation=evaluation)
+    evaluated = {(r["dataset"], r["method"]) for r in summary}
+    pairs = [p for p in effects.REPORTED_PAIRS if any((d, p[0]) in evaluated and (d, p[1]) in evaluated
+                                                      for d in datasets)]
+    table = effects.effect_table(run, datasets, pairs, evaluation=evaluation)
     for e in [] if isinstance(table, analysis.Missing) else table:
+        acc = {} if e.acc is None else {"acc_a": _rounded(e.acc.em_a), "acc_b": _rounded(e.acc.em_b),
+                                        "acc_only_a": e.acc.only_a, "acc_only_b": e.acc.only_b,
+                                        "acc_p": _rounded(e.acc.p)}
         results.effects.append({"seed": seed, "dataset": e.nll.dataset, "a": e.nll.method_a, "b": e.nll.method_b,
                                 "mean": _rounded(e.nll.mean), "se": _rounded(e.nll.se), "n_lower": e.nll.n_lower,
                                 "n": e.nll.n, "em_a": _rounded(e.em.em_a), "em_b": _rounded(e.em.em_b),
-                                "only_a": e.em.only_a, "only_b": e.em.only_b, "p": _rounded(e.em.p)})
+                                "only_a": e.em.only_a, "only_b": e.em.only_b, "p": _rounded(e.em.p), **acc})
     relations = effects.probe_relations(run, datasets, data_root, split, evaluation)
     if not isinstance(relations, analysis.Missing):
         for (relation, method), (em, n) in relations.cells.items():
@@ -150,7 +157,21 @@ def collect(run: str, seed_runs: Sequence[str] = (), data_root: str = "data/samp
     results.meta = {"run": run, "runs": dict(zip(seeds, [run, *seed_runs])), "main_seed": seeds[0],
                     "trained_at": {seed: trained_revision(r) for seed, r in zip(seeds, [run, *seed_runs])},
                     "evaluation": evaluation, "data_root": data_root, "split": split}
+    chosen = baselines_chosen(run)
+    if chosen:
+        results.meta["baselines"] = chosen
     return results
+
+
+def baselines_chosen(run: str) -> dict:
+    """The fine-tuned baselines of ``run`` (sft, rag_sft) that were trained: each one's grid with its validation
+    rows and the chosen learning rate (``selected.json``)."""
+    out = {}
+    for method in ("sft", "rag_sft"):
+        file = paths.baseline_selection(run, method)
+        if file.is_file():
+            out[method] = artifacts.read_json(file)
+    return out
 
 
 # --- the folder ------------------------------------------------------------------------------------------------
@@ -193,20 +214,6 @@ def save(results: Results, folder: str | Path = DEFAULT_FOLDER, command: str | N
                 (tmp / f"{name}.csv").write_text(_csv(rows), encoding="utf-8")
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return target
-
-
-def load(folder: str | Path = DEFAULT_FOLDER) -> Results:
-    """A saved reference (tables it lacks are empty)."""
-    source = paths.resolve(folder)
-    if not (source / META).is_file():
-        raise FileNotFoundError(f"{paths.relative(source)}/{META} not found: write a reference with "
-                                "python -m regrad_lib.reporting.reference save --run <run>")
-    results = Results(meta=json.loads((source / META).read_text(encoding="utf-8")))
-    for name in TABLES:
-        file = source / f"{name}.csv"
-        if file.is_file():
-            setattr(results, name, read_table(file))
-    return results
 
 
 # --- command line ----------------------------------------------------------------------------------------------

@@ -17,13 +17,15 @@ import re
 from regrad_lib.answering.specs import METHODS, ordered
 from regrad_lib.io import paths
 from regrad_lib.reporting import effects
-from regrad_lib.reporting.reference_tables import PROBE, Results
+from regrad_lib.reporting.reference_tables import META, PROBE, Results, load
 
 BLOCK = re.compile(r"(<!-- reference:(?P<name>[a-z]+) -->\n)(?P<body>.*?)(<!-- /reference:(?P=name) -->)", re.S)
 DESCRIPTIONS = {"rag": "rag (passages in the prompt)", "shift": "shift (another question's gradients)",
                 "no_update": "no_update (meta-trained LoRA, γ = 0)", "closed_book": "closed_book (question only)",
                 "regrad_online": "regrad_online (gradients computed on the fly)",
-                "regrad_icl": "regrad_icl (gradients and passages in the prompt)"}
+                "regrad_icl": "regrad_icl (gradients and passages in the prompt)",
+                "sft": "sft (LoRA fine-tuned on the training questions, question only)",
+                "rag_sft": "rag_sft (LoRA fine-tuned on the training questions with their passages)"}
 MAIN = "regrad"
 
 
@@ -51,14 +53,25 @@ def _effect(row: dict) -> effects.Effect:
                                    row["n_lower"] / row["n"], row["n_lower"], row["n"])
     em = effects.PairedEM(row["dataset"], row["a"], row["b"], row["em_a"], row["em_b"], row["only_a"], row["only_b"],
                           row["n"])
-    return effects.Effect(nll, em)
+    acc = None
+    if row.get("acc_a") not in (None, ""):       # saved before answer accuracy existed: none
+        acc = effects.PairedEM(row["dataset"], row["a"], row["b"], row["acc_a"], row["acc_b"], row["acc_only_a"],
+                               row["acc_only_b"], row["n"], "acc")
+    return effects.Effect(nll, em, acc)
 
 
 def _effect_sentence(row: dict) -> str:
     e = _effect(row)
-    return (f"{e.nll.label}: EM {_signed(e.em.difference, 1)} ({e.em.only_a} questions only {e.nll.method_a} "
-            f"answers, {e.em.only_b} only {e.nll.method_b}; exact McNemar p = {_p(e.em.p)}), answer NLL "
-            f"{_signed(e.nll.mean)} ± {e.nll.se:.2f} nats (lower on {e.nll.n_lower}/{e.nll.n})")
+    acc = "" if e.acc is None else (f"accuracy {_signed(e.acc.difference, 1)} ({e.acc.only_a} questions only "
+                                    f"{e.nll.method_a} answers, {e.acc.only_b} only {e.nll.method_b}; exact McNemar "
+                                    f"p = {_p(e.acc.p)}), ")
+    return (f"{e.nll.label}: {acc}answer NLL {_signed(e.nll.mean)} ± {e.nll.se:.2f} nats (lower on "
+            f"{e.nll.n_lower}/{e.nll.n}), EM {_signed(e.em.difference, 1)} (McNemar p = {_p(e.em.p)})")
+
+
+def _score(s: dict, key: str) -> str:
+    value = s.get(key)
+    return "–" if value in (None, "") or not math.isfinite(float(value)) else f"{float(value):.1f}"
 
 
 def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
@@ -74,10 +87,11 @@ def probe_block(results: Results) -> str:
     rows = []
     for method in _methods(results, seed, PROBE):
         s = _summary(results, seed, PROBE, method)
-        cells = [DESCRIPTIONS.get(method, method), f"{s['em']:.1f}", f"{s['nll']:.2f}"]
+        cells = [DESCRIPTIONS.get(method, method), _score(s, "acc"), f"{s['em']:.1f}", f"{s['nll']:.2f}"]
         rows.append([f"**{c}**" for c in cells] if method == MAIN else cells)
     n = _summary(results, seed, PROBE, _methods(results, seed, PROBE)[0])["n"]
-    parts = [f"Probe, {n} questions (seed {seed}):", "", _table(["method", "EM", "answer NLL"], rows)]
+    parts = [f"Probe, {n} questions (seed {seed}; acc: a gold answer contained in the answer):", "",
+             _table(["method", "acc", "EM", "answer NLL"], rows)]
     sentences = [_effect_sentence(r) for r in results.table("effects", seed, dataset=PROBE)]
     if sentences:
         parts += ["", "; ".join(sentences) + "."]
@@ -106,7 +120,8 @@ def _effect_cell(row: dict | None) -> str:
     e = _effect(row)
     text = f"{_signed(e.nll.mean)} ± {e.nll.se:.2f} ({e.nll.n_lower}/{e.nll.n})"
     clear = e.nll.mean < 0 and abs(e.nll.z) > effects.CLEAR_SE
-    return (f"**{text}**" if clear else text) + f"; EM {_signed(e.em.difference, 1)}, p = {_p(e.em.p)}"
+    acc = "" if e.acc is None else f"; acc {_signed(e.acc.difference, 1)}, p = {_p(e.acc.p)}"
+    return (f"**{text}**" if clear else text) + acc + f"; EM {_signed(e.em.difference, 1)}, p = {_p(e.em.p)}"
 
 
 def datasets_block(results: Results) -> str:
@@ -119,13 +134,63 @@ def datasets_block(results: Results) -> str:
         first = _summary(results, seed, d, _methods(results, seed, d)[0])
         found = {(r["a"], r["b"]): r for r in results.table("effects", seed, dataset=d)}
         rows.append([d, str(first["n"]), *(_effect_cell(found.get(p)) for p in pairs),
-                     *(f"{s['em']:.1f}" if (s := _summary(results, seed, d, m)) else "–" for m in methods)])
-    header = ["dataset", "n", *(f"{a} − {b}: answer NLL (lower on) ; EM, McNemar p" for a, b in pairs),
-              *(f"{m} EM" for m in methods)]
+                     *(f"{_score(s, 'acc')} / {s['em']:.1f}" if (s := _summary(results, seed, d, m)) else "–"
+                       for m in methods)])
+    header = ["dataset", "n", *(f"{a} − {b}: answer NLL (lower on); acc, McNemar p; EM, McNemar p" for a, b in pairs),
+              *(f"{m} acc / EM" for m in methods)]
     table = effects.EffectTable([_effect(r) for r in results.table("effects", seed)])
+    verdicts = [effects.verdict(table, b, a) for a, b in pairs]
     return "\n".join([f"Every dataset (seed {seed}; answer NLL differences in nats, mean ± SE; bold: beyond "
-                      f"{effects.CLEAR_SE:g} SE):", "", _table(header, rows, numeric_from=2), "",
-                      "06_analyze's verdict, written from these numbers: " + effects.verdict(table)])
+                      f"{effects.CLEAR_SE:g} SE; acc: a gold answer contained in the answer):", "",
+                      _table(header, rows, numeric_from=2), "",
+                      "06_analyze's verdicts, written from these numbers:", "",
+                      *[f"- {v}" for v in verdicts]])
+
+
+FAIR_FOLDER = "reference/fair"
+FAIR_METHODS = ("closed_book", "rag", "sft", "rag_sft", "regrad", "regrad_icl")
+
+
+def _grid(selected: dict) -> str:
+    rows = ", ".join(f"{g['learning_rate']:g}: {g['validation']['eval_loss']:.3f}" for g in selected["grid"]
+                     if g.get("validation"))
+    return f"{selected['method']} {selected['learning_rate']:g} (validation answer loss per rate: {rows})"
+
+
+def fair_block(results: Results) -> str:
+    """The comparison in which every baseline that can be trained got what meta-training got (``make
+    experiments-fair``): acc / EM / answer NLL of each method per dataset, the paired effects of regrad and regrad_icl
+    against rag_sft, sft and rag, and one verdict per pair."""
+    seed = results.main_seed
+    datasets = list(dict.fromkeys(r["dataset"] for r in results.table("summary", seed)))
+    methods = [m for m in FAIR_METHODS if results.table("summary", seed, method=m)]
+    rows = []
+    for d in datasets:
+        cells = [d, str(results.table("summary", seed, dataset=d)[0]["n"])]
+        for m in methods:
+            s = _summary(results, seed, d, m)
+            cells.append("–" if s is None else f"{_score(s, 'acc')} / {s['em']:.1f} / {s['nll']:.2f}")
+        rows.append(cells)
+    pairs = [p for p in effects.FAIR_PAIRS if results.table("effects", seed, a=p[0], b=p[1])]
+    paired = []
+    for d in datasets:
+        found = {(r["a"], r["b"]): r for r in results.table("effects", seed, dataset=d)}
+        paired.append([d, *(_effect_cell(found.get(p)) for p in pairs)])
+    table = effects.EffectTable([_effect(r) for r in results.table("effects", seed) if (r["a"], r["b"]) in pairs])
+    chosen = results.meta.get("baselines", {})
+    parts = [f"Every dataset, seed {seed}: answer accuracy (a gold answer contained) / EM / answer NLL (nats) of each "
+             "method; sft and rag_sft were fine-tuned on the very training questions, answer frame and label, "
+             "and number of examples meta-training used:", "",
+             _table(["dataset", "n", *methods], rows, numeric_from=2)]
+    if chosen:
+        parts += ["", "Learning rates chosen on the run's validation slice: " +
+                  "; ".join(_grid(chosen[m]) for m in ("sft", "rag_sft") if m in chosen) + "."]
+    parts += ["", "Paired by question (answer NLL mean ± SE, lower on; acc and EM differences in points with exact "
+              f"McNemar p; bold: NLL lower beyond {effects.CLEAR_SE:g} SE):", "",
+              _table(["dataset", *(f"{a} − {b}" for a, b in pairs)], paired), "",
+              "06_analyze's verdicts, written from these numbers:", "",
+              *[f"- {effects.verdict(table, b, a)}" for a, b in pairs]]
+    return "\n".join(parts)
 
 
 def seeds_block(results: Results) -> str:
@@ -200,13 +265,21 @@ def experiment_block(name: str, target: str | None = None) -> str:
     return f"From `{EXPERIMENTS}/{name}.md` (`make {target}`):\n\n" + file.read_text(encoding="utf-8").strip()
 
 
+def _from_folder(folder: str, render, target: str) -> str:
+    """A block rendered from another saved reference (``make <target>`` writes it)."""
+    if not (paths.resolve(folder) / META).is_file():
+        raise FileNotFoundError(f"{folder}/{META} not found: it is written by `make {target}`")
+    return f"From `{folder}/` (`make {target}`):\n\n" + render(load(folder))
+
+
 def block(name: str, results: Results, folder: str) -> str:
     makers = {"probe": probe_block, "datasets": datasets_block, "seeds": seeds_block,
               "source": lambda r: source_block(r, folder), "cpt": lambda r: experiment_block("cpt"),
               "pubmedqa": lambda r: experiment_block("pubmedqa"), "transfer": lambda r: experiment_block("transfer"),
               "transferfrontier": lambda r: experiment_block("transfer_frontier", "experiments-transfer-frontier"),
               "transferlong": lambda r: experiment_block("transfer_long", "experiments-transfer-long"),
-              "binding": lambda r: experiment_block("binding")}
+              "binding": lambda r: experiment_block("binding"),
+              "fair": lambda r: _from_folder(FAIR_FOLDER, fair_block, "experiments-fair")}
     if name not in makers:
         raise ValueError(f"unknown reference block {name!r}; blocks are {sorted(makers)}")
     return makers[name](results)

@@ -4,6 +4,7 @@ CSV cell is read back; shared by saving, rendering and comparing."""
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,3 +56,19 @@ def read_table(file: Path) -> list[dict]:
     """A CSV file as row dicts, numbers parsed (any columns: new ones flow through)."""
     with file.open(newline="", encoding="utf-8") as f:
         return [{k: v if k in TEXT_COLUMNS else _number(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def load(folder: str | Path = DEFAULT_FOLDER) -> Results:
+    """A saved reference (tables it lacks are empty)."""
+    from regrad_lib.io import paths
+
+    source = paths.resolve(folder)
+    if not (source / META).is_file():
+        raise FileNotFoundError(f"{paths.relative(source)}/{META} not found: write a reference with "
+                                "python -m regrad_lib.reporting.reference save --run <run>")
+    results = Results(meta=json.loads((source / META).read_text(encoding="utf-8")))
+    for name in TABLES:
+        file = source / f"{name}.csv"
+        if file.is_file():
+            setattr(results, name, read_table(file))
+    return results

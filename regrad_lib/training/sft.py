@@ -51,7 +51,7 @@ from regrad_lib.training.train_data import TrainData, load_tasks, split_tasks, s
 log = logging.getLogger(__name__)
 
 METHODS = tuple(m for m, spec in SPECS.items() if spec.weights in ("sft", "rag_sft"))
-REQUEST, SELECTED, WEIGHTS = "request.json", "selected.json", "weights.safetensors"
+REQUEST, WEIGHTS = "request.json", "weights.safetensors"
 RESULT, LOG = "result.json", "log.jsonl"
 TENSORS, STATE = "state.safetensors", "state.json"
 FIX = "train the baseline again (05_evaluate with overwrite = True)"
@@ -296,8 +296,8 @@ def train(run: str, method: str, learner: Learner, *, overwrite: bool = False) -
     folder = paths.baseline_dir(run, method)
     request = request_of(run, learner, data, method, steps, selection)
     distributed.on_main(_prepare, folder, request, overwrite)
-    if (folder / SELECTED).is_file() and (folder / WEIGHTS).is_file():
-        return artifacts.read_json(folder / SELECTED)
+    if paths.baseline_selection(run, method).is_file() and (folder / WEIGHTS).is_file():
+        return artifacts.read_json(paths.baseline_selection(run, method))
     metric = learner.preset.train.metric_for_best_model
     points = {}
     for rate in learner.preset.baselines.learning_rates:
@@ -312,7 +312,7 @@ def train(run: str, method: str, learner: Learner, *, overwrite: bool = False) -
     if distributed.job().main:
         shutil.copyfile(folder / f"lr-{chosen:g}" / WEIGHTS, folder / f".{WEIGHTS}.tmp")
         (folder / f".{WEIGHTS}.tmp").replace(folder / WEIGHTS)
-        artifacts.write_json(folder / SELECTED, selected)     # last: the baseline is trained
+        artifacts.write_json(paths.baseline_selection(run, method), selected)     # last: the baseline is trained
     log.info("%s: learning rate %g chosen on the validation slice (%s)", method, chosen,
              ", ".join(f"{r:g}: {p['validation']}" for r, p in points.items()))
     return selected
