@@ -193,6 +193,10 @@ class TrainArgs:
     seed: int = 42
     on_nonfinite: OnNonFinite = "error"
     max_train_tasks: int | None = None
+    # binding in meta-training: this share of the training tasks of ``distractor_datasets`` get, as their last
+    # passage, the best passage of another question asking the same relation with another answer
+    distractor_share: float = 0.0
+    distractor_datasets: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check_finite(self)
@@ -208,6 +212,11 @@ class TrainArgs:
                         "max_train_tasks")
         _check_positive(self, "adam_epsilon")
         _check_positive(self, "weight_decay", "eta_min", "validation_size", allow_zero=True)
+        if not 0.0 <= self.distractor_share <= 1.0:
+            raise ConfigError(f"TrainArgs.distractor_share = {self.distractor_share!r} must be in [0, 1]")
+        if self.distractor_share > 0 and not self.distractor_datasets:
+            raise ConfigError("TrainArgs.distractor_share > 0 needs distractor_datasets: the training datasets whose "
+                              "questions get another question's passage of the same relation, e.g. [\"probe\"]")
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.keep_steps):
             raise ConfigError(f"TrainArgs.keep_steps = {self.keep_steps!r} must list optimizer steps >= 1")
         for name in ("adam_beta1", "adam_beta2"):

@@ -68,6 +68,8 @@ KEY_TESTS = {
     "train.eval_steps": "test_train.py::test_short_run_writes_every_artifact_with_the_log_schema",
     "train.metric_for_best_model": "test_config_keys.py::test_train_args_reach_the_optimizer_the_schedule_and_the_log",
     "train.save_steps": "test_train.py::test_resume_gives_the_same_next_step_loss",
+    "train.distractor_share": "test_distractors.py::test_the_share_the_datasets_and_the_seed_decide_exactly_which_tasks_change",
+    "train.distractor_datasets": "test_distractors.py::test_the_share_the_datasets_and_the_seed_decide_exactly_which_tasks_change",
     "baselines.learning_rates": "test_sft.py::test_another_grid_is_refused_unless_overwritten",
     "train.keep_steps": "test_train.py::test_kept_steps_hold_the_weights_of_that_step_and_a_paused_run_resumes_to_the_same_end",
     "train.logging_steps": "test_config_keys.py::test_train_args_reach_the_optimizer_the_schedule_and_the_log",

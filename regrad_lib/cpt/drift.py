@@ -165,8 +165,7 @@ def meta_trained(run: str) -> set[tuple[str, int]]:
         return set()
     request = artifacts.read_json(folder / REQUEST)
     args = config.load_preset(folder).train
-    data = train_data.split_tasks(train_data.load_tasks(request["train_datasets"], request["train_file"], args.topk),
-                                  args.validation_size, args.seed, args.max_train_tasks)
+    data = train_data.training_data(request["train_datasets"], request["train_file"], args)
     summary = folder / TRAIN_SUMMARY
     steps = artifacts.read_json(summary)["steps"] if summary.is_file() else None    # unfinished: assume all
     taken = data.train if steps is None else train_data.stepped_tasks(data.train, args.seed, args.meta_batch_size,

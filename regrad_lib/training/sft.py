@@ -46,7 +46,7 @@ from regrad_lib.data import metrics
 from regrad_lib.io import artifacts, checkpoint, distributed, ownership, paths, tensorfile
 from regrad_lib.training import run_folder
 from regrad_lib.training.schedule import learning_rate, total_steps
-from regrad_lib.training.train_data import TrainData, load_tasks, split_tasks, step_batches
+from regrad_lib.training.train_data import TrainData, step_batches, training_data
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,7 @@ def check_inputs(run: str) -> None:
 def run_data(run: str, learner: Learner) -> TrainData:
     """The training tasks and validation slice of ``run``'s meta-training (its saved request and preset)."""
     request = artifacts.read_json(paths.output_dir(run) / run_folder.REQUEST)
-    args = learner.preset.train
-    return split_tasks(load_tasks(request["train_datasets"], request["train_file"], args.topk),
-                       args.validation_size, args.seed, args.max_train_tasks)
+    return training_data(request["train_datasets"], request["train_file"], learner.preset.train)
 
 
 def examples(learner: Learner, tasks: Sequence[Task], method: str) -> regrad.TokenBatch:

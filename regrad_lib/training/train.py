@@ -58,6 +58,7 @@ from regrad_lib.training.train_data import (  # noqa: F401
     epoch_order,
     load_tasks,
     split_tasks,
+    training_data,
 )
 
 log = logging.getLogger(__name__)
@@ -228,8 +229,7 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
     args = preset.train
     folder = paths.output_dir(run)
     request = request_of(preset, train_datasets, train_file)
-    data = split_tasks(load_tasks(train_datasets, train_file, args.topk), args.validation_size, args.seed,
-                       args.max_train_tasks)
+    data = training_data(train_datasets, train_file, args)
     kept = None if overwrite else distributed.on_main(kept_summary, folder, request)
     if kept is not None:
         return kept

@@ -43,6 +43,44 @@ def load_tasks(train_datasets: Sequence[str], train_file: str, topk: int) -> lis
     return out
 
 
+def with_distractors(tasks: Sequence[Task], relation_of: dict[tuple[str, int], str], share: float, seed: int,
+                     datasets: Sequence[str]) -> list[Task]:
+    """``tasks`` of which a seeded ``share`` of those of ``datasets`` with a known relation have their *last*
+    passage replaced by the best-ranked passage of another training question of the same dataset that asks the same
+    relation with another answer (and whose passage is not already in the top-k): the top-k then holds two entities
+    with the same relation and different values, and only binding the value to the asked entity answers right.
+    ``relation_of``: ``{(dataset, test_id): relation}`` (:mod:`regrad_lib.data.relations`). The replaced task keeps
+    its question and answer; ``extra["distractor_of"]`` names the question the passage came from."""
+    from regrad_lib.data.metrics import normalize_answer
+
+    if share == 0:
+        return list(tasks)
+    pools: dict[tuple[str, str], list[int]] = {}
+    for i, t in enumerate(tasks):
+        key = (t.extra.get("dataset"), relation_of.get((t.extra.get("dataset"), t.test_id)))
+        if key[0] in datasets and key[1] is not None:
+            pools.setdefault(key, []).append(i)
+    rng = random.Random(seed * 7_919 + 17)
+    out = []
+    for i, t in enumerate(tasks):
+        key = (t.extra.get("dataset"), relation_of.get((t.extra.get("dataset"), t.test_id)))
+        if key not in pools or rng.random() >= share or not t.passages:
+            out.append(t)
+            continue
+        mine = {normalize_answer(a) for a in t.answers}
+        candidates = [j for j in pools[key] if j != i and tasks[j].passages and
+                      not mine & {normalize_answer(a) for a in tasks[j].answers} and
+                      tasks[j].passage_ids[0] not in t.passage_ids]
+        if not candidates:
+            out.append(t)
+            continue
+        other = tasks[candidates[rng.randrange(len(candidates))]]
+        out.append(dataclasses.replace(t, passages=t.passages[:-1] + other.passages[:1],
+                                       passage_ids=t.passage_ids[:-1] + other.passage_ids[:1],
+                                       extra={**t.extra, "distractor_of": other.test_id}))
+    return out
+
+
 def split_tasks(all_tasks: list[Task], validation_size: int, seed: int,
                 max_train_tasks: int | None = None) -> TrainData:
     """Mix and shuffle (seeded); the first ``validation_size`` are the validation slice, then ``max_train_tasks``."""
@@ -54,6 +92,26 @@ def split_tasks(all_tasks: list[Task], validation_size: int, seed: int,
     validation = [all_tasks[i] for i in order[:validation_size]]
     train = [all_tasks[i] for i in order[validation_size:]]
     return TrainData(train[:max_train_tasks] if max_train_tasks else train, validation)
+
+
+def training_data(train_datasets: Sequence[str], train_file: str, args) -> TrainData:
+    """The tasks a run with train args ``args`` meta-trains and validates on (the one recipe 03_train, the fine-tuned
+    baselines and the drift study's exclusions share): every training file's tasks, the binding distractors of
+    ``args.distractor_share``, then the seeded split into training tasks and the validation slice."""
+    from regrad_lib.data import relations
+
+    tasks = load_tasks(train_datasets, train_file, args.topk)
+    if args.distractor_share > 0:
+        relation_of = {}
+        for dataset in args.distractor_datasets:
+            known = relations.of_augmented(dataset, train_file) if dataset in train_datasets else {}
+            if not known:
+                raise ValueError(f"distractor_datasets names {dataset!r}, but no relation is known for its training "
+                                 f"questions (it is not trained on, or data/augmented/{dataset}/{train_file}.json's "
+                                 "sidecar names no dataset folder with relations: the probes and PopQA have them)")
+            relation_of.update({(dataset, i): r for i, r in known.items()})
+        tasks = with_distractors(tasks, relation_of, args.distractor_share, args.seed, args.distractor_datasets)
+    return split_tasks(tasks, args.validation_size, args.seed, args.max_train_tasks)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
