@@ -177,3 +177,34 @@ def test_evaluate_answers_with_the_baselines_weights_and_records_them(run, learn
     trained, _ = sft.learner_for(run["name"], "sft", learner)
     direct = evaluate.run_method("sft", trained, evaluate.load_tasks("sftqa"))
     assert [r["answer_nll"] for r in direct] == pytest.approx(nll["sft"], abs=1e-6)
+
+
+def test_kept_steps_become_runs_whose_baselines_share_one_training(run, monkeypatch):
+    """A learning curve's points: each kept step is a run of its own (kept_steps.point_run), and the baselines of
+    the points are one training of the parent's schedule, taken at each kept step (not one training per point)."""
+    from regrad_lib.training import kept_steps
+
+    train.train("sft-curve", _preset(keep_steps=[2, 4]), ["sftqa"])
+    assert kept_steps.kept_steps("sft-curve") == [2, 4]
+    names = [kept_steps.point_run("sft-curve", s, baselines={"learning_rates": [1e-2]}) for s in (2, 4)]
+    assert names == ["sft-curve-002", "sft-curve-004"]
+    assert kept_steps.point_run("sft-curve", 2, baselines={"learning_rates": [1e-2]}) == names[0]     # kept
+    point = Learner.from_run(names[0])
+    assert point.meta_hash() != Learner.from_run(names[1]).meta_hash()
+    assert sft.trained_like(names[0]) == (2, "last")
+    seen = _recorded_training(monkeypatch)
+    for name in names:
+        sft.train(name, "sft", Learner.from_run(name))
+    assert len(seen) == 4                                    # steps 1-2 once, then 3-4 continued: not 2 + 4
+    weights = [tensorfile.load(paths.baseline_dir(n, "sft") / sft.WEIGHTS, required=True, fix="-")[0] for n in names]
+    straight = {}
+    for steps in (2, 4):          # the same schedule trained in one go: identical weights
+        folder = paths.output_dir("sft-curve") / f"straight-{steps}"
+        sft.train_point(point, sft.run_data("sft-curve", point), "sft", 1e-2, steps, folder, "last")
+        straight[steps] = tensorfile.load(folder / sft.WEIGHTS, required=True, fix="-")[0]
+    for got, steps in zip(weights, (2, 4)):
+        assert all(torch.equal(got[k], straight[steps][k]) for k in got), steps
+    assert artifacts.read_json(paths.baseline_selection(names[1], "sft"))["kept_from"] == "sft-curve"
+    with pytest.raises(ValueError, match="one learning rate"):
+        kept_steps.point_run("sft-curve", 2, overwrite=True)          # the run's grid of two rates
+        sft.train(names[0], "sft", Learner.from_run(names[0]))

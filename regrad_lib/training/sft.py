@@ -160,13 +160,22 @@ def _load_point(folder: Path, phi, best_phi, optimizer) -> PointState | None:
     return PointState(**saved)
 
 
+def snapshot(folder: Path, step: int) -> Path:
+    """The weights a training kept after ``step`` (``keep`` of :func:`train_point`)."""
+    return folder / "steps" / f"{int(step):06d}.safetensors"
+
+
 def train_point(learner: Learner, data: TrainData, method: str, rate: float, steps: int, folder: Path,
-                selection: str = "best") -> dict:
+                selection: str = "best", keep: Sequence[int] = ()) -> dict:
     """Fine-tune a fresh LoRA at ``rate`` for ``steps`` of 03_train's steps; ``result.json`` in ``folder``:
     the weights chosen (``selection``: the best validation row, as 03_train keeps its checkpoint, or the ``last``
-    step's, as a kept step of a learning curve) and their validation row. Resumes from ``folder/checkpoint``."""
+    step's, as a kept step of a learning curve) and their validation row. Resumes from ``folder/checkpoint`` — also
+    a finished training asked for more steps, which continues it; ``keep``: steps whose weights are also kept
+    (:func:`snapshot`), as 03_train's ``keep_steps``."""
     if (folder / RESULT).is_file():
-        return artifacts.read_json(folder / RESULT)
+        done = artifacts.read_json(folder / RESULT)
+        if done["steps"] >= steps:
+            return done
     args = learner.preset.train
     n_steps, _ = total_steps(len(data.train), args)
     phi = {n: t.requires_grad_(True) for n, t in lora.fresh(learner.model, learner.preset.peft, args.seed).items()}
@@ -212,6 +221,10 @@ def train_point(learner: Learner, data: TrainData, method: str, rate: float, ste
                               "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm})
             if data.validation and (state.step % args.eval_steps == 0 or state.step == steps):
                 evaluate(state.step)
+            if state.step in keep and main:        # before the checkpoint: a kill in between redoes this step
+                snapshot(folder, state.step).parent.mkdir(parents=True, exist_ok=True)
+                tensorfile.save(snapshot(folder, state.step), {n: t.detach().contiguous().cpu() for n, t in phi.items()},
+                                {"learning_rate": repr(rate), "step": str(state.step)})
             if state.step % args.save_steps == 0 or state.step == steps:
                 distributed.on_main(_save_point, folder, phi, best_phi, optimizer, state)
             bar.update(1)
@@ -280,11 +293,44 @@ def planned(run: str, method: str) -> dict:
     return {"method": method, "learning_rates": list(rates), "steps": steps, "selection": selection}
 
 
+def kept_weights(parent: str, method: str, learner: Learner, rate: float, step: int) -> Path:
+    """The baseline's weights after ``step`` of the schedule of ``parent`` (a run with kept steps), at ``rate``:
+    one training per (parent, method, rate), ``outputs/<parent>/baselines/<method>-kept/lr-<rate>/``, that keeps
+    the weights at every kept step of ``parent`` and continues when a later step is asked for."""
+    folder = paths.baseline_dir(parent, method).with_name(f"{method}-kept") / f"lr-{rate:g}"
+    if not snapshot(folder, step).is_file():
+        train_point(learner, run_data(parent, learner), method, rate, step, folder, "last",
+                    keep=learner.preset.train.keep_steps)
+    if not snapshot(folder, step).is_file():
+        raise FileNotFoundError(f"{paths.relative(snapshot(folder, step))} was not written: step {step} is not among "
+                                f"{parent}'s keep_steps {learner.preset.train.keep_steps}")
+    return snapshot(folder, step)
+
+
+def _train_kept_point(run: str, method: str, learner: Learner, parent: str, steps: int, folder: Path) -> dict:
+    """A kept step's baseline (:mod:`regrad_lib.training.kept_steps`): the parent's training at the point's one
+    learning rate, taken at the point's step."""
+    rates = learner.preset.baselines.learning_rates
+    if len(rates) != 1:
+        raise ValueError(f"{run} is step {steps} of {parent}: its baselines take one learning rate (its "
+                         f"baseline_config.json has {rates}); choose it on a grid first and give only that rate")
+    weights = kept_weights(parent, method, learner, float(rates[0]), steps)
+    selected = {"method": method, "learning_rate": rates[0], "metric": learner.preset.train.metric_for_best_model,
+                "steps": steps, "selection": "last", "kept_from": parent,
+                "grid": [{"learning_rate": rates[0], "validation": None}]}
+    if distributed.job().main:
+        shutil.copyfile(weights, folder / f".{WEIGHTS}.tmp")
+        (folder / f".{WEIGHTS}.tmp").replace(folder / WEIGHTS)
+        artifacts.write_json(paths.baseline_selection(run, method), selected)
+    return selected
+
+
 def train(run: str, method: str, learner: Learner, *, overwrite: bool = False) -> dict:
     """Train ``method`` (``sft`` or ``rag_sft``) for ``run`` at every rate of the grid, choose the rate on the
     validation slice and write the chosen weights; returns ``selected.json``. It trains as many steps as the run's
-    meta weights took, with their checkpoint rule (:func:`trained_like`). A finished baseline of the same request is
-    kept; one of another request is refused unless ``overwrite``."""
+    meta weights took, with their checkpoint rule (:func:`trained_like`); a kept step of a run takes the run's own
+    training at that step (:func:`kept_weights`). A finished baseline of the same request is kept; one of another
+    request is refused unless ``overwrite``."""
     check_method(method)
     steps, selection = trained_like(run)
     data = run_data(run, learner)
@@ -296,6 +342,9 @@ def train(run: str, method: str, learner: Learner, *, overwrite: bool = False) -
     distributed.on_main(_prepare, folder, request, overwrite)
     if paths.baseline_selection(run, method).is_file() and (folder / WEIGHTS).is_file():
         return artifacts.read_json(paths.baseline_selection(run, method))
+    parent = artifacts.read_json(paths.output_dir(run) / run_folder.SUMMARY).get("kept_step_of")
+    if parent is not None:
+        return _train_kept_point(run, method, learner, parent, steps, folder)
     metric = learner.preset.train.metric_for_best_model
     points = {}
     for rate in learner.preset.baselines.learning_rates:
