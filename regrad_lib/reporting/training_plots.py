@@ -134,3 +134,58 @@ def alpha_over_steps(log_rows: Sequence[dict]) -> Figure:
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="best", ncol=2)
     return fig
+
+
+@styled
+def learning_curve(curve) -> Figure:
+    """One panel per evaluated split: answer accuracy of each method against meta-training tasks (log axis, ± binomial
+    SE; the main run's points joined, other seeds' as open markers), and a last panel with the accuracy gap
+    regrad − rag (± paired SE) and its fitted trend (:mod:`regrad_lib.reporting.learning_curve`)."""
+    splits = list(dict.fromkeys((s.dataset, s.split) for s in curve.scores))
+    main = curve.scores[0].run if curve.scores else None
+    fig = new_figure(4.2 * min(3, len(splits) + 1), 3.2 * math.ceil((len(splits) + 1) / 3))
+    axes = fig.subplots(math.ceil((len(splits) + 1) / 3), min(3, len(splits) + 1), squeeze=False).ravel()
+    methods = ("rag", "rag_sft", "regrad", "regrad_icl", "no_update")
+    for ax, (dataset, split) in zip(axes, splits):
+        rows = [s for s in curve.scores if (s.dataset, s.split) == (dataset, split)]
+        for i, method in enumerate(m for m in methods if any(s.method == m for s in rows)):
+            for run in dict.fromkeys(s.run for s in rows):
+                pts = sorted((s for s in rows if s.method == method and s.run == run), key=lambda s: s.tasks)
+                if not pts:
+                    continue
+                se = [100 * math.sqrt(max(s.acc / 100 * (1 - s.acc / 100), 0) / s.n) for s in pts]
+                ax.errorbar([s.tasks for s in pts], [s.acc for s in pts], yerr=se, color=f"C{i}", capsize=2,
+                            marker="o", mfc=None if run == main else "none", ls="-" if run == main else "none",
+                            label=method if run == main else None)
+        ax.set_xscale("log")
+        ax.set_title(f"{dataset} ({split})")
+        ax.set_xlabel("meta-training tasks")
+        ax.set_ylabel("answer accuracy (×100)")
+        ax.grid(alpha=0.3)
+    ax = axes[len(splits)]
+    for i, (dataset, split) in enumerate(splits):
+        gaps = sorted((g for g in curve.gaps if (g.dataset, g.split, g.a, g.b) == (dataset, split, "regrad", "rag")
+                       and g.run == main), key=lambda g: g.tasks)
+        if not gaps:
+            continue
+        ax.errorbar([g.tasks for g in gaps], [g.acc for g in gaps], yerr=[g.acc_se for g in gaps], marker="o",
+                    capsize=2, color=f"C{i}", ls="none", label=f"{dataset} ({split})")
+        found = next((t for t in curve.trends if (t.dataset, t.split, t.a, t.b) == (dataset, split, "regrad", "rag")),
+                     None)
+        if found is not None:
+            xs = [gaps[0].tasks, 1e5]
+            at = {x: found.at[100000][0] + found.slope * (math.log10(x) - 5) for x in xs}
+            ax.plot(xs, [at[x] for x in xs], color=f"C{i}", ls=":", lw=1)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_title("regrad − rag, accuracy (dotted: trend)")
+    ax.set_xlabel("meta-training tasks")
+    ax.set_ylabel("Δ accuracy (points)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    for extra in axes[len(splits) + 1:]:
+        extra.axis("off")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, ncols=len(handles), loc="outside lower center", frameon=False)
+    return fig
