@@ -101,3 +101,81 @@ def shares(run: str, datasets: Sequence[str], data_root: str = "data/sample", sp
     if not out:
         return Missing(f"no predictions of {DATASET} (05_evaluate with datasets including {DATASET!r})")
     return BindingTable(out)
+
+
+# --- why it binds or not: the name's effect on what the update predicts ------------------------------------------
+
+@dataclass(frozen=True)
+class NameEffect:
+    """From ``binding_matrix.json`` (:mod:`regrad_lib.evaluation.binding_matrix`), under the update and without it:
+
+    - ``asked_margin``: per question, the answer NLL of the asked member's value minus the mean of the two other
+      members' values (negative: the asked value is the likeliest), mean ± SE over questions;
+    - ``name_effect``: per family member's value, its NLL when its owner is asked minus its mean NLL when another
+      member is asked (the update and passages are the same: only the name differs; negative means naming the owner
+      makes its value likelier — binding), mean ± SE;
+    - ``lowest``: the share of questions whose asked value has the lowest NLL of the three (1/3 by chance)."""
+    setting: str
+    asked_margin: tuple[float, float]
+    name_effect: tuple[float, float]
+    lowest: float
+    questions: int
+
+
+@dataclass
+class NameEffectTable(_Markdown):
+    effects: list[NameEffect]
+
+    def __iter__(self):
+        return iter(self.effects)
+
+    def header(self) -> list[str]:
+        return ["weights", "asked value − other values (NLL)", "owner asked − other asked (NLL of a value)",
+                "asked value likeliest", "questions"]
+
+    def rows(self) -> list[list[str]]:
+        return [[e.setting, f"{e.asked_margin[0]:+.3f} ± {e.asked_margin[1]:.3f}",
+                 f"{e.name_effect[0]:+.3f} ± {e.name_effect[1]:.3f}", f"{100 * e.lowest:.1f}%", str(e.questions)]
+                for e in self.effects]
+
+
+def _mean_se(values: Sequence[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    return mean, ((sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5 if n > 1 else float("nan"))
+
+
+def name_effects(rows: Sequence[dict]) -> NameEffectTable:
+    """:class:`NameEffect` of the matrix rows, under the update (``nll``) and without it (``nll_no_update``)."""
+    out = []
+    for key, setting in (("nll", "regrad (the family's summed update)"), ("nll_no_update", "no_update (phi)")):
+        by_question: dict = {}
+        for r in rows:
+            by_question.setdefault(r["test_id"], []).append(r)
+        margins, lowest = [], 0
+        for members in by_question.values():
+            asked = next(r for r in members if r["is_asked"])
+            others = [r[key] for r in members if not r["is_asked"]]
+            margins.append(asked[key] - sum(others) / len(others))
+            lowest += asked[key] <= min(r[key] for r in members)
+        cells: dict = {}
+        for r in rows:
+            cells.setdefault((r["family"], r["value_of"]), {})[r["asked"]] = r[key]
+        effects_ = [by[owner] - sum(v for a, v in by.items() if a != owner) / (len(by) - 1)
+                    for (_, owner), by in cells.items() if owner in by and len(by) > 1]
+        out.append(NameEffect(setting, _mean_se(margins), _mean_se(effects_), lowest / len(by_question),
+                              len(by_question)))
+    return NameEffectTable(out)
+
+
+def name_effect(run: str, evaluation: str | None = None) -> NameEffectTable | Missing:
+    """:func:`name_effects` of ``results/<run>/probe_binding/binding_matrix.json`` (05_evaluate writes it when the
+    binding probe is evaluated)."""
+    import json
+
+    from regrad_lib.io import paths
+
+    file = paths.results_dir(run, evaluation) / DATASET / "binding_matrix.json"
+    if not file.is_file():
+        return Missing(f"{paths.relative(file)} not found: 05_evaluate writes it when probe_binding is evaluated")
+    return name_effects(json.loads(file.read_text(encoding="utf-8"))["rows"])

@@ -72,7 +72,8 @@ class PairedDifference:
                 f"lower on {self.n_lower} of {self.n} ({100 * self.share_lower:.0f}%)")
 
 
-def _rows_by_id(run: str, dataset: str, method: str, field: str, evaluation: str | None = None) -> dict[str, dict]:
+def rows_by_id(run: str, dataset: str, method: str, field: str = "prediction",
+               evaluation: str | None = None) -> dict[str, dict]:
     path = predictions_file(run, dataset, method, evaluation)
     out: dict[str, dict] = {}
     for i, r in enumerate(read_predictions(run, dataset, method, evaluation), start=1):
@@ -94,7 +95,7 @@ def _right(row: dict, metric: str = "em") -> bool:
 
 
 def _answer_nll(run: str, dataset: str, method: str, evaluation: str | None = None) -> dict[str, float]:
-    rows = _rows_by_id(run, dataset, method, "answer_nll", evaluation)
+    rows = rows_by_id(run, dataset, method, "answer_nll", evaluation)
     return {k: float(r["answer_nll"]) if isinstance(r["answer_nll"], (int, float)) else math.nan
             for k, r in rows.items()}
 
@@ -181,8 +182,14 @@ def paired_em(run: str, dataset: str, method_a: str = "regrad", method_b: str = 
               evaluation: str | None = None, metric: str = "em") -> PairedEM:
     """``metric`` (exact match, or ``acc``: answer accuracy) of ``method_a`` and ``method_b`` on the questions both
     answered, with McNemar's test."""
-    a = _rows_by_id(run, dataset, method_a, "prediction", evaluation)
-    b = _rows_by_id(run, dataset, method_b, "prediction", evaluation)
+    a = rows_by_id(run, dataset, method_a, "prediction", evaluation)
+    b = rows_by_id(run, dataset, method_b, "prediction", evaluation)
+    return paired_binary(a, b, dataset, method_a, method_b, metric)
+
+
+def paired_binary(a: dict[str, dict], b: dict[str, dict], dataset: str, method_a: str, method_b: str,
+                  metric: str = "em") -> PairedEM:
+    """:class:`PairedEM` of two methods' prediction rows by test_id (``a`` and ``b`` may come from two runs)."""
     common = [k for k in a if k in b]
     if not common:
         raise ValueError(f"{dataset}: {method_a} and {method_b} share no test_id")
@@ -192,6 +199,17 @@ def paired_em(run: str, dataset: str, method_a: str = "regrad", method_b: str = 
     return PairedEM(dataset, method_a, method_b, 100 * sum(right_a.values()) / n, 100 * sum(right_b.values()) / n,
                     sum(right_a[k] and not right_b[k] for k in common),
                     sum(right_b[k] and not right_a[k] for k in common), n, metric)
+
+
+def paired_rows(a: dict[str, dict], b: dict[str, dict], dataset: str, method_a: str, method_b: str) -> Effect:
+    """The :class:`Effect` (answer NLL, EM, acc) of two sets of prediction rows keyed by test_id — e.g. the same
+    method of two runs on the same questions."""
+    def nll(rows):
+        return {k: float(r["answer_nll"]) if isinstance(r.get("answer_nll"), (int, float)) else math.nan
+                for k, r in rows.items()}
+    return Effect(paired_difference(nll(a), nll(b), dataset, method_a, method_b),
+                  paired_binary(a, b, dataset, method_a, method_b, "em"),
+                  paired_binary(a, b, dataset, method_a, method_b, "acc"))
 
 
 # --- the effects table and the verdict ------------------------------------------------------------------------
@@ -481,7 +499,7 @@ def em_by_group(run: str, dataset: str, methods: Sequence[str], group_of: dict[s
     present, cells = [], {}
     for method in methods:
         try:
-            rows = _rows_by_id(run, dataset, method, "prediction", evaluation)
+            rows = rows_by_id(run, dataset, method, "prediction", evaluation)
         except FileNotFoundError:
             continue
         present.append(method)

@@ -24,7 +24,7 @@ from regrad_lib.answering.specs import METHODS
 from regrad_lib.data import metrics
 from regrad_lib.io import artifacts, paths
 from regrad_lib.reporting.analysis import Missing, _Markdown
-from regrad_lib.reporting.effects import _rows_by_id, mcnemar_exact, paired_difference
+from regrad_lib.reporting.effects import rows_by_id, mcnemar_exact, paired_difference
 
 PROBE, TRANSFER = "probe", "probe_transfer"
 SHOWN = ("closed_book", "rag", "regrad", "regrad_icl", "shift", "no_update")
@@ -109,7 +109,7 @@ def transfer_table(run: str, datasets: Sequence[str], data_root: str = "data/sam
     for dataset in {d for d, _ in groups}:
         for method in methods:
             try:
-                rows_of[(dataset, method)] = _rows_by_id(run, dataset, method, "prediction", evaluation)
+                rows_of[(dataset, method)] = rows_by_id(run, dataset, method, "prediction", evaluation)
             except FileNotFoundError:
                 pass
     present = [m for m in methods if any((d, m) in rows_of for d in (PROBE, TRANSFER))]
@@ -253,7 +253,7 @@ def echo_table(run: str, datasets: Sequence[str], data_root: str = "data/sample"
         counts: dict[str, dict[str, int]] = {}
         for dataset in dict.fromkeys(d for d, _ in groups):
             try:
-                rows = _rows_by_id(run, dataset, method, "prediction", evaluation)
+                rows = rows_by_id(run, dataset, method, "prediction", evaluation)
             except FileNotFoundError:
                 continue
             for tid, row in rows.items():
