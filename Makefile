@@ -128,7 +128,7 @@ NBVAL_PARAMS := --preset tiny --datasets popqa,hotpotqa,2wikimultihopqa,complexw
 	-p transfer true \
 	--train-datasets popqa,hotpotqa,probe,pubmedqa -p limit 6 -p limit_per_dataset '{}' -p train_limit 16 -p max_steps 3 \
 	-p gammas '[0.0,1.0]' -p index nbval -p frontier_schemes '["fp32","int8"]' -p probe_binding true \
-	-p methods closed_book,rag,regrad,regrad_icl,regrad_online,shift,no_update,no_update_icl,shift_icl,cpt,cpt_rag
+	-p methods closed_book,rag,sft,rag_sft,regrad,regrad_icl,regrad_online,shift,no_update,no_update_icl,shift_icl,cpt,cpt_rag
 test: model
 	rm -rf $(TEST_WORK) && mkdir -p $(TEST_WORK)/unit $(TEST_WORK)/chain
 	REGRAD_TEST_WORK=$(TEST_WORK)/unit $(BIN)/python -m pytest -q -p no:cacheprovider tests

@@ -3,6 +3,8 @@
 import json
 import re
 
+import math
+
 import pytest
 
 from regrad_lib import retrieval
@@ -157,3 +159,13 @@ def test_the_names_effect_on_the_updates_predictions_is_computed_as_by_hand():
     assert updated.name_effect[0] == pytest.approx(-2 / 3) and updated.name_effect[1] == pytest.approx(0.1667, abs=1e-3)
     assert updated.lowest == pytest.approx(2 / 3) and updated.questions == 3
     assert plain.name_effect == (0.0, 0.0) and plain.lowest == 1.0         # ties: the asked value counts as lowest
+
+
+def test_a_family_with_one_member_asked_has_no_name_effect():
+    from regrad_lib.reporting import binding_report
+
+    rows = [{"test_id": 0, "family": "f", "asked": "A", "value_of": o, "value": o, "is_asked": o == "A",
+             "nll": v, "nll_no_update": v} for o, v in (("A", 1.0), ("B", 2.0), ("C", 3.0))]
+    updated, _ = binding_report.name_effects(rows)
+    assert updated.asked_margin[0] == pytest.approx(-1.5) and math.isnan(updated.name_effect[0])
+    assert "nan" in binding_report.NameEffectTable([updated]).to_markdown()

@@ -140,7 +140,10 @@ class NameEffectTable(_Markdown):
 
 
 def _mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and SE; NaN for no value (e.g. a family of which one member was asked: no name to swap)."""
     n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
     mean = sum(values) / n
     return mean, ((sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5 if n > 1 else float("nan"))
 
