@@ -9,7 +9,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup model demo experiments experiments-fair experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer \
+.PHONY: setup model demo experiments experiments-fair experiments-curve experiments-binding-training experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer \
 	experiments-transfer-frontier experiments-transfer-long experiments-binding test lab clean-artifacts
 
 $(STAMP): pyproject.toml
@@ -33,7 +33,7 @@ demo: model
 # its results beside the demo's as a named evaluation or run, and its report under reference/experiments/.
 RUNNER := $(BIN)/python -m regrad_lib.runner.pipeline
 PUBMEDQA_ROOT ?= ../shared/data/domains
-experiments: experiments-fair experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer experiments-transfer-frontier \
+experiments: experiments-fair experiments-curve experiments-binding-training experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer experiments-transfer-frontier \
 	experiments-transfer-long experiments-binding
 
 # The fair comparison (README's first tables): on the demo run, sft and rag_sft — LoRAs fine-tuned on the training
@@ -45,6 +45,43 @@ experiments-fair: model
 	$(RUNNER) --run demo --steps 05,06 -p evaluation fair -p methods $(FAIR_METHODS) -p gammas '[]' -p question null
 	$(BIN)/python -m regrad_lib.reporting.reference save --run demo --evaluation fair --reference reference/fair
 	$(BIN)/python -m regrad_lib.reporting.reference render
+
+# How far meta-training carries (README "The learning curve"): the demo preset meta-trained 240 steps with its weights
+# kept after 30, 60, 120 and 240 steps (a second seed to 120), each kept step evaluated as a run of its own, then the
+# report. Hours on a 2-core CPU; every step resumes. On a GPU: CURVE_PRESET=llama-3.2-1b-curve DEVICE=cuda.
+CURVE := $(BIN)/python -m experiments.learning_curve
+CURVE_PRESET ?= smollm2-135m-curve
+CURVE_RUN ?= curve
+DEVICE ?= cpu
+experiments-curve: model
+	$(CURVE) prepare
+	$(CURVE) train --preset $(CURVE_PRESET) --run $(CURVE_RUN) --device $(DEVICE)
+	$(CURVE) train --preset $(CURVE_PRESET) --run $(CURVE_RUN) --device $(DEVICE) --seed 43 --stop-after 120
+	$(CURVE) points --run $(CURVE_RUN)
+	$(CURVE) points --run $(CURVE_RUN)-s43
+	for p in $$(ls -d outputs/$(CURVE_RUN)-[0-9]* outputs/$(CURVE_RUN)-s43-[0-9]* 2>/dev/null | xargs -n1 basename); do \
+		$(CURVE) eval --point $$p --device $(DEVICE) && $(CURVE) cost --point $$p --device $(DEVICE) || exit 1; done
+	mkdir -p reference/experiments
+	$(CURVE) report --runs $(CURVE_RUN),$(CURVE_RUN)-s43 --figure reference/experiments/learning_curve.png \
+		--csv reference/experiments/learning_curve.csv > reference/experiments/learning_curve.md.tmp
+	mv reference/experiments/learning_curve.md.tmp reference/experiments/learning_curve.md
+
+# Updates that bind the value to the entity asked: the demo preset meta-trained with the binding probe's training
+# families and distractor passages (variants of experiments/binding_training.py), measured on the dev families
+# (position-free passage order) beside the probe, PopQA and the transfer split, the demo run as the reference.
+BINDING := $(BIN)/python -m experiments.binding_training
+BINDING_RUNS := demo,bind,bind-mix,bind-mix60,bind-mix-s43
+experiments-binding-training: model
+	$(CURVE) prepare
+	$(BINDING) prepare
+	$(BINDING) train --variant bind
+	$(BINDING) train --variant bind-mix
+	$(BINDING) train --variant bind-mix60
+	$(BINDING) train --variant bind-mix --seed 43
+	for r in $$(echo $(BINDING_RUNS) | tr , ' '); do $(BINDING) eval --run $$r || exit 1; done
+	mkdir -p reference/experiments
+	$(BINDING) report --runs $(BINDING_RUNS) > reference/experiments/binding_training.md.tmp
+	mv reference/experiments/binding_training.md.tmp reference/experiments/binding_training.md
 
 # ReGrad against continual post-training (CPT) and RAG on the probe and PopQA, drift measured after every chunk.
 experiments-cpt: model

@@ -1,6 +1,8 @@
 """How far does meta-training carry? One long meta-training run of the demo preset's model (``smollm2-135m-curve``:
 the demo preset to 240 steps, 960 tasks, with its weights kept after 30, 60, 120 and 240 steps), each kept step
-evaluated as a run of its own on the reported questions and on a validation set chosen before looking.
+evaluated as a run of its own on the reported questions and on a validation set chosen before looking. On a GPU the
+same curve at Llama-3.2-1B's shape is ``--preset llama-3.2-1b-curve --device cuda`` (the same 120-960 tasks in
+batches of 16), e.g. ``make experiments-curve CURVE_PRESET=llama-3.2-1b-curve CURVE_RUN=curve-llama DEVICE=cuda``.
 
 Every command resumes (finished work is kept), so the study is several short jobs:
 
@@ -9,7 +11,8 @@ Every command resumes (finished work is kept), so the study is several short job
     python -m experiments.learning_curve train --seed 43 --stop-after 120    # the second seed's first points
     python -m experiments.learning_curve points --run curve      # each kept step as a run: curve-030, ...
     python -m experiments.learning_curve eval --point curve-030  # banks + methods on every evaluated split
-    python -m experiments.learning_curve report > reference/experiments/learning_curve.md
+    python -m experiments.learning_curve cost --point curve-030  # the meta-trained LoRA's cost to general ability
+    python -m experiments.learning_curve report --runs curve,curve-s43 > reference/experiments/learning_curve.md
 
 What is evaluated at each point: the probe's dev questions (60), PopQA's (30), the transfer split's dev (60) and the
 binding probe's (60, position-free passage order) — and, chosen before looking, the transfer split's validation
@@ -65,9 +68,9 @@ def _train(a) -> None:
     from regrad_lib.training import train
 
     torch.set_num_threads(a.threads)
-    preset = config.load_preset(PRESET, {"train": {"seed": a.seed}})
-    run = RUN if a.seed == 42 else f"{RUN}-s{a.seed}"
-    print(json.dumps(train.train(run, preset, TRAIN_DATASETS, stop_after=a.stop_after), default=str))
+    preset = config.load_preset(a.preset, {"train": {"seed": a.seed}})
+    run = a.run if a.seed == 42 else f"{a.run}-s{a.seed}"
+    print(json.dumps(train.train(run, preset, TRAIN_DATASETS, device=a.device, stop_after=a.stop_after), default=str))
 
 
 def _rag_sft_rate(a) -> float:
@@ -100,14 +103,21 @@ def _eval(a) -> None:
     from regrad_lib.training import kept_steps
 
     torch.set_num_threads(a.threads)
-    learner = Learner.from_run(a.point)
-    first = a.point == kept_steps.point_name(RUN, 30)
+    learner = Learner.from_run(a.point, a.device)
+    parent = learner_summary(a.point)["kept_step_of"]
+    first = a.point == kept_steps.point_name(parent, kept_steps.kept_steps(parent)[0])
     for dataset, split, _, _ in SPLITS:
         encode.encode(a.point, dataset, split, learner=learner)
         methods = METHODS + (BASE_METHODS if first else [])
         evaluate.evaluate(a.point, dataset, methods, split=split, learner=learner,
                           evaluation=None if split in ("dev",) else split.replace("_", "-"))
     print(json.dumps({"point": a.point, "evaluated": [f"{d}/{s}" for d, s, _, _ in SPLITS]}))
+
+
+def learner_summary(point: str) -> dict:
+    from regrad_lib.io import artifacts, paths
+
+    return artifacts.read_json(paths.output_dir(point) / "train_summary.json")
 
 
 def _cost(a) -> None:
@@ -117,7 +127,7 @@ def _cost(a) -> None:
     from regrad_lib.cpt import drift
 
     torch.set_num_threads(a.threads)
-    learner = Learner.from_run(a.point)
+    learner = Learner.from_run(a.point, a.device)
     general = drift.general_set(a.point, learner, corpus_path="data/sample/psgs_w100.tsv",
                                 datasets=["popqa", "hotpotqa"])
     print(json.dumps({"point": a.point, "points": {k: {m: v for m, v in p.items() if not isinstance(v, list)}
@@ -127,7 +137,11 @@ def _cost(a) -> None:
 def _report(a) -> None:
     from regrad_lib.reporting import learning_curve
 
-    table = learning_curve.collect([RUN, f"{RUN}-s43"], SPLITS, VALIDATION, base_point=f"{RUN}-030")
+    from regrad_lib.training import kept_steps
+
+    runs = a.runs.split(",")
+    base = kept_steps.point_name(runs[0], kept_steps.kept_steps(runs[0])[0])
+    table = learning_curve.collect(runs, SPLITS, VALIDATION, base_point=base)
     print(learning_curve.markdown(table))
     if a.figure:
         from regrad_lib.reporting import figure_style, training_plots
@@ -143,6 +157,8 @@ def main() -> None:
     sub.add_parser("prepare")
     t = sub.add_parser("train")
     t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--preset", default=PRESET)
+    t.add_argument("--run", default=RUN, help="the run's name (another seed: <run>-s<seed>)")
     t.add_argument("--stop-after", type=int, default=None)
     pts = sub.add_parser("points")
     pts.add_argument("--run", default=RUN)
@@ -151,10 +167,12 @@ def main() -> None:
         e = sub.add_parser(name)
         e.add_argument("--point", required=True)
     r = sub.add_parser("report")
+    r.add_argument("--runs", default=f"{RUN},{RUN}-s43", help="the main run first, then other seeds")
     r.add_argument("--figure", default=None)
     r.add_argument("--csv", default=None)
     for s in sub.choices.values():
         s.add_argument("--threads", type=int, default=1)
+        s.add_argument("--device", default="cpu")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     {"prepare": _prepare, "train": _train, "points": _points, "eval": _eval, "cost": _cost,
