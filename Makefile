@@ -47,7 +47,7 @@ experiments-fair: model
 	$(BIN)/python -m regrad_lib.reporting.reference render
 
 # How far meta-training carries (README "The learning curve"): the demo preset meta-trained 240 steps with its weights
-# kept after 30, 60, 120 and 240 steps (a second seed to 120), each kept step evaluated as a run of its own, then the
+# kept after 30, 60, 120 and 240 steps (a second seed to 60), each kept step evaluated as a run of its own, then the
 # report. Hours on a 2-core CPU; every step resumes. On a GPU: CURVE_PRESET=llama-3.2-1b-curve DEVICE=cuda.
 CURVE := $(BIN)/python -m experiments.learning_curve
 CURVE_PRESET ?= smollm2-135m-curve
@@ -56,7 +56,7 @@ DEVICE ?= cpu
 experiments-curve: model
 	$(CURVE) prepare
 	$(CURVE) train --preset $(CURVE_PRESET) --run $(CURVE_RUN) --device $(DEVICE)
-	$(CURVE) train --preset $(CURVE_PRESET) --run $(CURVE_RUN) --device $(DEVICE) --seed 43 --stop-after 120
+	$(CURVE) train --preset $(CURVE_PRESET) --run $(CURVE_RUN) --device $(DEVICE) --seed 43 --stop-after 60
 	$(CURVE) points --run $(CURVE_RUN)
 	$(CURVE) points --run $(CURVE_RUN)-s43
 	for p in $$(ls -d outputs/$(CURVE_RUN)-[0-9]* outputs/$(CURVE_RUN)-s43-[0-9]* 2>/dev/null | xargs -n1 basename); do \
@@ -70,13 +70,12 @@ experiments-curve: model
 # families and distractor passages (variants of experiments/binding_training.py), measured on the dev families
 # (position-free passage order) beside the probe, PopQA and the transfer split, the demo run as the reference.
 BINDING := $(BIN)/python -m experiments.binding_training
-BINDING_RUNS := demo,bind,bind-mix,bind-mix60,bind-mix-s43
+BINDING_RUNS := demo,bind,bind-mix,bind-mix-s43
 experiments-binding-training: model
 	$(CURVE) prepare
 	$(BINDING) prepare
 	$(BINDING) train --variant bind
 	$(BINDING) train --variant bind-mix
-	$(BINDING) train --variant bind-mix60
 	$(BINDING) train --variant bind-mix --seed 43
 	for r in $$(echo $(BINDING_RUNS) | tr , ' '); do $(BINDING) eval --run $$r || exit 1; done
 	mkdir -p reference/experiments

@@ -8,7 +8,7 @@ Every command resumes (finished work is kept), so the study is several short job
 
     python -m experiments.learning_curve prepare                 # indexes and augmented files (the demo's + more)
     python -m experiments.learning_curve train --seed 42         # the long run (hours on a 2-core CPU)
-    python -m experiments.learning_curve train --seed 43 --stop-after 120    # the second seed's first points
+    python -m experiments.learning_curve train --seed 43 --stop-after 60     # the second seed: its first two points
     python -m experiments.learning_curve points --run curve      # each kept step as a run: curve-030, ...
     python -m experiments.learning_curve eval --point curve-030  # banks + methods on every evaluated split
     python -m experiments.learning_curve cost --point curve-030  # the meta-trained LoRA's cost to general ability
