@@ -269,7 +269,7 @@ class CptConfig:
 class BaselineConfig:
     """The baselines trained on what meta-training used, ``sft`` and ``rag_sft`` (:mod:`regrad_lib.training.sft`):
     their learning rate is chosen on the run's validation slice from ``learning_rates``. Not read by meta-training."""
-    learning_rates: list[float] = field(default_factory=lambda: [3e-4, 1e-3, 3e-3])
+    learning_rates: list[float] = field(default_factory=lambda: [3e-4, 1e-3, 3e-3, 1e-2])
 
     def __post_init__(self) -> None:
         if not self.learning_rates:

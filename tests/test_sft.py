@@ -208,3 +208,17 @@ def test_kept_steps_become_runs_whose_baselines_share_one_training(run, monkeypa
     with pytest.raises(ValueError, match="one learning rate"):
         kept_steps.point_run("sft-curve", 2, overwrite=True)          # the run's grid of two rates
         sft.train(names[0], "sft", Learner.from_run(names[0]))
+
+
+def test_a_grid_that_gains_rates_keeps_the_rates_already_trained(run, learner, monkeypatch):
+    sft.train(run["name"], "sft", learner)                             # the grid 1e-3, 1e-2
+    seen = _recorded_training(monkeypatch)
+    wider = dataclasses.replace(learner, preset=learner.preset.replace(
+        baselines={"learning_rates": [1e-3, 1e-2, 3e-2]}))
+    selected = sft.train(run["name"], "sft", wider)
+    assert len(seen) == 4                                               # only the new rate's 4 steps trained
+    assert [g["learning_rate"] for g in selected["grid"]] == [1e-3, 1e-2, 3e-2]
+    narrower = dataclasses.replace(learner, preset=learner.preset.replace(baselines={"learning_rates": [1e-2]}))
+    with pytest.raises(FileExistsError, match="learning_rates"):       # losing a rate is another request
+        sft.train(run["name"], "sft", narrower)
+    sft.train(run["name"], "sft", learner, overwrite=True)

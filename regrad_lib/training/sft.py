@@ -259,12 +259,22 @@ def request_of(run: str, learner: Learner, data: TrainData, method: str, steps: 
             "data": data.fingerprint()}
 
 
-def _prepare(folder: Path, request: dict, overwrite: bool) -> None:
-    """Make ``folder`` ready for ``request``: a folder of another request is refused unless ``overwrite``."""
+def _prepare(folder: Path, request: dict, overwrite: bool, selection_file: Path | None = None) -> None:
+    """Make ``folder`` ready for ``request``: a folder of another request is refused unless ``overwrite``. A grid
+    that only gains learning rates keeps the rates already trained (the choice is made again over the whole grid)."""
     file = folder / REQUEST
     if file.is_file():
         saved = artifacts.read_json(file)
         if saved == request:
+            return
+        others = {k for k in request if saved.get(k) != request[k]}
+        if others == {"learning_rates"} and set(saved["learning_rates"]) <= set(request["learning_rates"]):
+            log.info("%s: the grid gains %s; the rates already trained are kept", paths.relative(folder),
+                     sorted(set(request["learning_rates"]) - set(saved["learning_rates"])))
+            for stale in (selection_file, folder / WEIGHTS):   # chosen over the old grid: chosen again
+                if stale is not None and stale.is_file():
+                    stale.unlink()
+            artifacts.write_json(file, request)
             return
         if not overwrite:
             changed = sorted(k for k in request if saved.get(k) != request[k])
@@ -339,7 +349,7 @@ def train(run: str, method: str, learner: Learner, *, overwrite: bool = False) -
         raise ValueError(f"{run}: its summary says {steps} steps but its preset meta-trains {n_steps}")
     folder = paths.baseline_dir(run, method)
     request = request_of(run, learner, data, method, steps, selection)
-    distributed.on_main(_prepare, folder, request, overwrite)
+    distributed.on_main(_prepare, folder, request, overwrite, paths.baseline_selection(run, method))
     if paths.baseline_selection(run, method).is_file() and (folder / WEIGHTS).is_file():
         return artifacts.read_json(paths.baseline_selection(run, method))
     parent = artifacts.read_json(paths.output_dir(run) / run_folder.SUMMARY).get("kept_step_of")
