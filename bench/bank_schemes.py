@@ -33,6 +33,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from regrad_lib.answering import harness
 from regrad_lib.bank import encode, reader, schemes  # noqa: E402
 from regrad_lib.bank.writer import BankWriter
 from regrad_lib.core.learner import Learner  # noqa: E402
@@ -117,8 +118,8 @@ def bench_dataset(args, learner: Learner, dataset: str) -> list[dict]:
     rows = {s: [json.loads(line) for line in frontier.files(args.run, dataset, s)[0].read_text().splitlines()]
             for s in args.schemes}
     reference = reader.open_bank(args.topk, args.run, dataset, args.split, args.reference, learner=learner)
-    shift = evaluate.run_method("shift", learner, tasks_, bank=reference)
-    plain = evaluate.run_method("no_update", learner, tasks_)
+    shift = harness.run_method("shift", learner, tasks_, bank=reference)
+    plain = harness.run_method("no_update", learner, tasks_)
     ref_rows = rows[args.reference]
     vs_shift = pairs(ref_rows, shift, dataset, "regrad", "shift")
     vs_plain = pairs(ref_rows, plain, dataset, "regrad", "no_update")

@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from regrad_lib.reporting import analysis
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 METHODS = ("closed_book", "rag", "regrad", "regrad_icl", "cpt", "cpt_rag", "shift", "no_update")
@@ -28,7 +30,7 @@ def main() -> None:
     print(f"Run `{a.run}`, trained at commit {revision[:7] if revision else '(not recorded)'}.\n")
 
     from regrad_lib.io import artifacts, paths
-    from regrad_lib.reporting import analysis, drift_report
+    from regrad_lib.reporting import drift_report
 
     datasets = a.datasets.split(",")
     for dataset in datasets:     # the CPT settings each stream was trained with (drift.json)
@@ -49,7 +51,7 @@ def main() -> None:
     print(paired.to_markdown() if hasattr(paired, "to_markdown") else paired)
     changes = drift_report.general_changes(table)
     print()
-    for c in [] if isinstance(changes, drift_report.Missing) else changes:
+    for c in [] if isinstance(changes, analysis.Missing) else changes:
         print(f"- {drift_report.describe_change(c)}")
     print()
     print(drift_report.verdict(paired, table, changes))

@@ -39,7 +39,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from regrad_lib import config, testing
-from regrad_lib.bank import reader, schemes
+from regrad_lib.bank import on_disk, reader, schemes
 from regrad_lib.bank.writer import BankWriter
 from regrad_lib.core import lora, regrad
 from regrad_lib.io import artifacts, paths  # noqa: E402
@@ -62,7 +62,8 @@ def device_name(device: torch.device) -> str:
 
 def preset_learner(name: str, seq_len: int, device: str):
     """A learner of preset ``name`` with non-zero B, saved as run ``bench-<name>`` (bank_context_len = seq_len)."""
-    from regrad_lib.core.learner import META_STATE, Learner
+    from regrad_lib.core.learner import Learner
+    from regrad_lib.io.run_state import META_STATE
 
     preset = config.load_preset(name, {"learner": {"bank_context_len": seq_len}})
     learner = Learner.create(preset, device)
@@ -188,8 +189,8 @@ def bench_model(name: str, args, device: torch.device, work: Path) -> None:
              speedup=round(entries / dt / one, 2), note="encode.encode end to end incl. tokenising and writes",
              **common)
     else:
-        head = reader.header(model=name, model_id=name, model_revision=None, preset=testing.PRESET_1B, phi=learner.phi,
-                           meta_hash="random", scheme="bf16")
+        head = on_disk.header(model=name, model_id=name, model_revision=None, preset=testing.PRESET_1B, phi=learner.phi,
+                            meta_hash="random", scheme="bf16")
         writer = BankWriter.open(work / "bank-1b", head, overwrite=True)
         dt = time_to_bank(learner, token_batches(learner, records, args.seq_len, b, n), writer)
         emit(name="to_bank", unit="passages/s", value=round(n / dt, 2), n=n, batch=b, speedup=round(n / dt / one, 2),
@@ -214,8 +215,8 @@ def bench_schemes_1b(work: Path, rows: int, repeat: int, device: torch.device, s
     batches = [torch.randn(min(8, rows - i), numel, generator=g) * 1e-3 for i in range(0, rows, 8)]
     folders = {}
     for name in schemes_:
-        head = reader.header(model="llama-1b-random", model_id="llama-1b-random", model_revision=None,
-                           preset=testing.PRESET_1B, phi=phi, meta_hash="random", scheme=name)
+        head = on_disk.header(model="llama-1b-random", model_id="llama-1b-random", model_revision=None,
+                            preset=testing.PRESET_1B, phi=phi, meta_hash="random", scheme=name)
         folder = folders[name] = work / f"bank-1b-{name}"
         writer = BankWriter.open(folder, head, overwrite=True)
         start = time.perf_counter()

@@ -1,6 +1,6 @@
 """ReGrad inference speed: batched (per-row LoRA weights) vs one question at a time; one JSON line per measurement.
 
-Both paths are the real evaluation harness, ``evaluate.run_method("regrad", ...)``: the top-k gradients are read
+Both paths are the real evaluation harness, ``harness.run_method("regrad", ...)``: the top-k gradients are read
 from a real Gradient Bank (bf16, memory-mapped, in a temporary folder) and summed, ``phi'_q`` is formed
 (equation 2), the answer is decoded greedily and the gold answer's NLL is computed (as ref_bench.py's
 ``_loss_evaluate``). Only ``batch_size`` differs: 1 (one question at a time) or ``--batch-size``.
@@ -43,7 +43,7 @@ from regrad_lib.bank import reader  # noqa: E402
 from regrad_lib.bank.writer import BankWriter
 from regrad_lib.core import generation, lora, task_batches
 from regrad_lib.core.learner import Learner  # noqa: E402
-from regrad_lib.evaluation import evaluate
+from regrad_lib.io import paths
 
 
 def emit(**row) -> None:
@@ -73,7 +73,7 @@ def questions(tokenizer, n: int, prompt_len: int, max_prompt_len: int) -> list[s
     """``n`` synthetic questions whose chat prompt is about ``prompt_len`` tokens."""
     from regrad_lib.config import LearnerConfig
     from regrad_lib.data import prompts
-    words = (testing.paths.sample_corpus().read_text(encoding="utf-8").split())[1000:60000]
+    words = (paths.sample_corpus().read_text(encoding="utf-8").split())[1000:60000]
     out = []
     for q in range(n):
         start, k = (q * 37) % (len(words) - 200), 1
@@ -101,7 +101,7 @@ def make_bank(learner: Learner, folder: Path, passages: int) -> reader.GradientB
 def timed(learner, items, store, batch_size: int) -> tuple[float, list[dict]]:
     sync(learner.device)
     start = time.perf_counter()
-    rows = evaluate.run_method("regrad", learner, items, bank=store, batch_size=batch_size)
+    rows = harness.run_method("regrad", learner, items, bank=store, batch_size=batch_size)
     sync(learner.device)
     return time.perf_counter() - start, rows
 

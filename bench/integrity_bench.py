@@ -30,7 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from regrad_lib import testing
-from regrad_lib.bank import reader  # noqa: E402
+from regrad_lib.bank import (
+    on_disk,
+    reader,  # noqa: E402
+)
 from regrad_lib.bank.on_disk import row_checksums, sha256_file  # noqa: E402
 from regrad_lib.bank.writer import BankWriter
 from regrad_lib.core import lora
@@ -49,8 +52,8 @@ def cpu_seconds(fn) -> float:
 
 def build(folder: Path, scheme: str, rows: int, layout) -> reader.GradientBank:
     phi = lora.unflatten(torch.zeros(sum(a * b for _, (a, b) in layout)), layout)
-    head = reader.header(model="llama-1b-random", model_id="llama-1b-random", model_revision=None,
-                       preset=testing.PRESET_1B, phi=phi, meta_hash="random", scheme=scheme)
+    head = on_disk.header(model="llama-1b-random", model_id="llama-1b-random", model_revision=None,
+                        preset=testing.PRESET_1B, phi=phi, meta_hash="random", scheme=scheme)
     writer = BankWriter.open(folder, head, overwrite=True)
     g = torch.Generator().manual_seed(0)
     for start in range(0, rows, 8):

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from regrad_lib.evaluation import results, sweeps
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
@@ -59,16 +61,16 @@ def main() -> None:
     start = time.perf_counter()
     rows = evaluate.evaluate_all(a.run, datasets, a.methods.split(","), limit=a.limit, learner=learner)
     print(json.dumps({"evaluate_seconds": round(time.perf_counter() - start)}))
-    print(evaluate.table(rows))
+    print(results.table(rows))
     table = effects.effect_table(a.run, datasets)
     print(table)
     print(effects.verdict(table))
     if "probe" in datasets:
         print(effects.probe_relations(a.run, datasets))
     if a.gammas:
-        sweep = evaluate.sweep_all(a.run, datasets, gammas=[float(g) for g in a.gammas.split(",")], limit=a.limit,
-                                   learner=learner)
-        print(evaluate.table(sweep, evaluate.SWEEP_FIELDS))
+        sweep = sweeps.sweep_all(a.run, datasets, gammas=[float(g) for g in a.gammas.split(",")], limit=a.limit,
+                                 learner=learner)
+        print(results.table(sweep, results.SWEEP_FIELDS))
 
 
 if __name__ == "__main__":

@@ -158,8 +158,9 @@ def base_run(args) -> str:
 
     from regrad_lib import config
     from regrad_lib.bank import encode
-    from regrad_lib.core.learner import META_STATE, Learner
+    from regrad_lib.core.learner import Learner
     from regrad_lib.io import paths
+    from regrad_lib.io.run_state import META_STATE
 
     preset = config.load_preset(PRESETS[args.model], {"generation": {"batch_size": args.gen_batch}})
     learner = Learner.create(preset)

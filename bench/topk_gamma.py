@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from regrad_lib.evaluation import sweeps
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
@@ -56,8 +58,8 @@ def main() -> None:
     topks, gammas = [int(k) for k in a.topks.split(",")], [float(g) for g in a.gammas.split(",")]
     learner = Learner.from_run(a.run)
     started = time.perf_counter()
-    rows = evaluate.sweep_all(a.run, a.datasets.split(","), gammas=gammas, topks=topks, split=a.split, limit=a.limit,
-                              learner=learner, evaluation=a.evaluation, scheme=a.scheme)
+    rows = sweeps.sweep_all(a.run, a.datasets.split(","), gammas=gammas, topks=topks, split=a.split, limit=a.limit,
+                            learner=learner, evaluation=a.evaluation, scheme=a.scheme)
     print(json.dumps({"sweep_seconds": round(time.perf_counter() - started), "points": len(rows)}))
     for dataset in a.datasets.split(","):
         top = max(topks)

@@ -3,7 +3,7 @@
 Task shapes as ../shared/bench/ref_bench.py: ``--topk`` passages of ``--seq-len`` (150) tokens, a ``--prompt-len``
 (60) token prompt and a ``--answer-len`` (5) token answer per task, ``--meta-batch`` tasks per optimizer step. The
 step is exactly 03_train's: per chunk of ``tasks_per_forward`` tasks ``train.chunk_losses`` (one batched
-forward/backward of all passages, second order), backward of the mean, then ``train.optimizer_step`` (clip 0.5 +
+forward/backward of all passages, second order), backward of the mean, then ``schedule.optimizer_step`` (clip 0.5 +
 AdamW). "batched" uses the preset's tasks_per_forward, "sequential" one task per forward (same code).
 
 CPU (default): every (model, variant, threads) runs in its own child process, so peak RSS is its own:
@@ -35,7 +35,7 @@ from regrad_lib import config  # noqa: E402
 from regrad_lib.core import lora, regrad
 from regrad_lib.core.learner import Learner  # noqa: E402
 from regrad_lib.data.prompts import IGNORE  # noqa: E402
-from regrad_lib.training import train
+from regrad_lib.training import schedule, train
 
 PRESETS = {"tiny": "tiny", "smollm2": "smollm2-135m-instruct", "llama-1b-random": "llama-3.2-1b-instruct",
            "ref-tiny-random": "llama-3.2-1b-instruct"}
@@ -146,7 +146,7 @@ def preset_learner(name: str, device: torch.device, tasks_per_forward: int | Non
 def our_steps(learner: Learner, tasks: list[dict], meta_batch: int, tpf: int, lr_of=None) -> tuple[list[float], list[float]]:
     """03_train's optimizer steps over ``tasks``; (per-step mean losses, per-step seconds)."""
     if not hasattr(learner, "_bench_opt"):
-        learner._bench_opt, learner._bench_params = train.make_optimizer(learner)
+        learner._bench_opt, learner._bench_params = schedule.make_optimizer(learner)
         learner._bench_step = 0
     opt, params = learner._bench_opt, learner._bench_params
     losses, times = [], []
@@ -161,7 +161,7 @@ def our_steps(learner: Learner, tasks: list[dict], meta_batch: int, tpf: int, lr
             (chunk.sum() / len(batch)).backward()
             total += float(chunk.detach().sum())
         lr = lr_of(learner._bench_step) if lr_of else learner.preset.train.learning_rate
-        train.optimizer_step(opt, params, learner.preset.train.max_grad_norm, lr)
+        schedule.optimizer_step(opt, params, learner.preset.train.max_grad_norm, lr)
         learner._bench_step += 1
         sync(learner.device)
         times.append(time.perf_counter() - t0)
@@ -225,8 +225,8 @@ def compare(args) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    schedule = config.TrainArgs(learning_rate=ref.META_LR)
-    ours, our_times = our_steps(learner, tasks, args.meta_batch, tpf, lambda s: train.learning_rate(s, schedule, 1000))
+    ref_args = config.TrainArgs(learning_rate=ref.META_LR)
+    ours, our_times = our_steps(learner, tasks, args.meta_batch, tpf, lambda s: schedule.learning_rate(s, ref_args, 1000))
     timed = len(tasks) - args.meta_batch  # the first step is warm-up for both
     ref_rate, our_rate = timed / sum(ref_times[1:]), timed / sum(our_times[1:])
     diffs = [abs(a - b) for a, b in zip(ours, ref_losses)]

@@ -129,13 +129,13 @@ def wide_data(seed: int = 42, n_people: int = 200) -> tuple[list, list[dict]]:
     probe_templates = {r.question for r in probe.RELATIONS} | {q for qs in PARAPHRASES.values() for q in qs}
     assert not {q for _, _, qs in WIDE_RELATIONS.values() for q in qs} & (transfer_templates | probe_templates)
     rng = random.Random(seed)
-    taken = probe._corpus_words(paths.resolve(paths.sample_corpus()))
+    taken = probe.corpus_words(paths.resolve(paths.sample_corpus()))
     taken |= {w.lower() for s in [*transfer_templates, *probe_templates, *probe_transfer.FILLERS, *WIDE_FILLERS]
               for w in re.findall(r"[A-Za-z]+", s)}
     taken |= {w.lower() for r in (*probe.RELATIONS, *probe_transfer.RELATIONS) for v in r.values for w in v.split()}
     for text in (probe.passages_file(), probe.transfer_passages_file()):
         taken |= {w.lower() for w in re.findall(r"[A-Za-z]+", text.read_text(encoding="utf-8"))}
-    names = probe._names(rng, n_people, taken)
+    names = probe.invented_names(rng, n_people, taken)
     taken |= {w.lower() for n in names for w in n.split()}
     people, records = [], []
     for i, name in enumerate(names):
@@ -146,15 +146,15 @@ def wide_data(seed: int = 42, n_people: int = 200) -> tuple[list, list[dict]]:
             if values:
                 facts[rel] = rng.choice(values)
             elif rel == "friend":
-                facts[rel] = probe._names(rng, 1, taken)[0]
+                facts[rel] = probe.invented_names(rng, 1, taken)[0]
                 taken |= {w.lower() for w in facts[rel].split()}
             else:
-                while (v := (probe._syllable(rng) + probe._syllable(rng) + rng.choice("nrl") + "o").capitalize()
+                while (v := (probe.syllable(rng) + probe.syllable(rng) + rng.choice("nrl") + "o").capitalize()
                        ).lower() in taken:
                     pass
                 taken.add(v.lower())
                 facts[rel] = v
-        sentences = [probe._sentence(rng.choice(WIDE_RELATIONS[r][1]), name, v) for r, v in facts.items()]
+        sentences = [probe.fact_sentence(rng.choice(WIDE_RELATIONS[r][1]), name, v) for r, v in facts.items()]
         if i % 2:       # a narrative of realistic length: each fact then filler, then filler up to 74–90 words
             first, fillers, mixed = name.split()[0], rng.sample(WIDE_FILLERS, len(WIDE_FILLERS)), []
             for s in sentences:
@@ -182,7 +182,7 @@ def _wide(a) -> None:
 
     people, records = wide_data(a.seed, a.wide_people)
     folder = paths.work_root() / "data" / "probe_wide"
-    artifacts.write_text(folder / "passages.tsv", probe._tsv(people))
+    artifacts.write_text(folder / "passages.tsv", probe.passages_tsv(people))
     artifacts.write_json(folder / "train.json", records, overwrite=True)
     base = probe.combined_corpus(paths.sample_corpus())
     corpus_path = probe.combined_corpus(base, folder / "passages.tsv", suffix="wide")

@@ -136,7 +136,6 @@ def _cost(a) -> None:
 
 def _report(a) -> None:
     from regrad_lib.reporting import learning_curve
-
     from regrad_lib.training import kept_steps
 
     runs = a.runs.split(",")

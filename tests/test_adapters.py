@@ -80,7 +80,7 @@ def test_question_adapter_from_bank_and_online(run):
     online = methods.export_question(learner, task, paths.question_adapter_dir(RUN, "q1-online"), gamma=2.0)
     info = json.loads((from_bank / adapters.INFO_FILE).read_text())["config"]
     assert (info["gamma"], info["gradients"], info["passage_ids"]) == (2.0, "bank", ["1a", "1b", "1c"])
-    weights = evaluate.question_weights(learner, task, gamma=2.0)
+    weights = methods.question_weights(learner, task, gamma=2.0)
     _, exported = adapters.read(online)
     assert all(torch.equal(exported[n], weights[n]) for n in weights)
     _, banked = adapters.read(from_bank)

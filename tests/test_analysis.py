@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from regrad_lib.bank import reader as gradient_bank
+from regrad_lib.bank import on_disk
 from regrad_lib.bank.writer import BankWriter
 from regrad_lib.io import paths
 from regrad_lib.io.artifacts import write_jsonl, write_text
@@ -67,8 +67,8 @@ def write_run(run: str, datasets=("popqa",), sweeps: bool = True, log: bool = Tr
     if bank:
         phi = {"m.0.lora_A": torch.zeros(2, 3), "m.0.lora_B": torch.zeros(4, 2)}  # 14 numbers per passage
         for dataset, scheme in zip(datasets, ("bf16", "fp32")):
-            head = gradient_bank.header(model="tiny-llama", model_id="tiny-llama", model_revision=None,
-                                        preset="tiny", phi=phi, meta_hash="m", scheme=scheme)
+            head = on_disk.header(model="tiny-llama", model_id="tiny-llama", model_revision=None,
+                                  preset="tiny", phi=phi, meta_hash="m", scheme=scheme)
             writer = BankWriter.open(paths.bank_dir(3, run, dataset, "dev", scheme), head,
                                                    shard_bytes=2 * 14 * 4)
             writer.append([f"p{i}" for i in range(4)], torch.ones(4, 14))

@@ -12,8 +12,16 @@ import pytest
 from regrad_lib import retrieval
 from regrad_lib.answering import harness
 from regrad_lib.core import generation, task_batches
-from regrad_lib.data import corpus, datasets, indexed_corpus, metrics, prompts, pubmedqa
-from regrad_lib.data.datasets import DatasetFormatError
+from regrad_lib.data import (
+    corpus,
+    datasets,
+    indexed_corpus,
+    metrics,
+    prompts,
+    pubmedqa,
+    qa_records,
+)
+from regrad_lib.data.qa_records import DatasetFormatError
 from regrad_lib.evaluation import results
 from regrad_lib.io import paths
 from regrad_lib.reporting import effects
@@ -110,7 +118,7 @@ def test_bad_kind_declarations_name_the_record_and_field(tmp_path, record, messa
 
 def test_a_registered_loader_declares_the_kind_of_its_records(tmp_path):
     datasets.register("myyesno", lambda folder, split: [{"question": "Is it?", "answer": "No"},
-                                                        datasets.QARecord(1, "Is that?", ["YES"], "1")],
+                                                        qa_records.QARecord(1, "Is that?", ["YES"], "1")],
                       kind="yes_no")
     recs = datasets.load("myyesno", tmp_path, "dev")
     assert [(r.kind, r.answers, r.choices) for r in recs] == [("yes_no", ["no"], metrics.YES_NO)] * 1 + \

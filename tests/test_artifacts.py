@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from regrad_lib.io import artifacts
+from regrad_lib.io import artifacts, paths
 
 
 def _folder(path, content):
@@ -67,7 +67,7 @@ def test_a_failed_write_leaves_the_old_folder(tmp_path):
 def test_written_files_and_folders_follow_the_umask(tmp_path, umask):
     script = f"""
 import os, sys
-sys.path.insert(0, {str(artifacts.paths.repo_root())!r})
+sys.path.insert(0, {str(paths.repo_root())!r})
 from regrad_lib.io import artifacts
 os.umask({umask})
 artifacts.write_json({str(tmp_path / "a.json")!r}, {{"x": 1}})

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from regrad_lib.bank import reader, schemes
+from regrad_lib.bank import on_disk, reader, schemes
 from regrad_lib.bank.writer import BankWriter
 from regrad_lib.core import lora
 from regrad_lib.io import paths
@@ -18,8 +18,8 @@ SCHEMES = ["fp32", "bf16", "fp16", "int8", "int4", "int2"]
 
 
 def _head(scheme="fp32", meta_hash="meta-1"):
-    return reader.header(model="tiny-llama", model_id="tiny-llama", model_revision=None, preset="tiny", phi=PHI,
-                       meta_hash=meta_hash, scheme=scheme, source={"run": "r", "dataset": "d", "split": "dev"})
+    return on_disk.header(model="tiny-llama", model_id="tiny-llama", model_revision=None, preset="tiny", phi=PHI,
+                        meta_hash=meta_hash, scheme=scheme, source={"run": "r", "dataset": "d", "split": "dev"})
 
 
 def _row_bytes(scheme):
@@ -118,14 +118,14 @@ def test_missing_id_names_id_bank_and_fix(folder):
 @pytest.mark.parametrize("scheme", ["fp32", "int4", "int2"])
 def test_wrong_meta_layout_model_or_scheme_is_refused(folder, scheme):
     _write(folder, ["a"], _vectors(1), scheme=scheme)
-    with pytest.raises(reader.BankMismatchError) as err:
+    with pytest.raises(on_disk.BankMismatchError) as err:
         reader.GradientBank.open(folder, meta_hash="meta-2")
     assert "meta-1" in str(err.value) and "meta-2" in str(err.value) and "04_encode" in str(err.value)
-    with pytest.raises(reader.BankMismatchError, match="layout_hash"):
+    with pytest.raises(on_disk.BankMismatchError, match="layout_hash"):
         reader.GradientBank.open(folder, layout_hash="0123456789abcdef")
-    with pytest.raises(reader.BankMismatchError, match="model"):
+    with pytest.raises(on_disk.BankMismatchError, match="model"):
         reader.GradientBank.open(folder, model="smollm2-135m-instruct")
-    with pytest.raises(reader.BankMismatchError, match=f"scheme: bank '{scheme}' != requested 'int8'"):
+    with pytest.raises(on_disk.BankMismatchError, match=f"scheme: bank '{scheme}' != requested 'int8'"):
         reader.GradientBank.open(folder, scheme="int8")
     assert len(reader.GradientBank.open(folder, meta_hash="meta-1", layout_hash=lora.layout_hash(PHI))) == 1
 
@@ -134,10 +134,10 @@ def test_truncated_or_missing_shard_is_refused_naming_the_file(folder):
     _write(folder, list("abcd"), _vectors(4))
     shard = folder / "shard-00001.safetensors"
     shard.write_bytes(shard.read_bytes()[:-10])
-    with pytest.raises(reader.BankError, match="shard-00001.safetensors.*truncated"):
+    with pytest.raises(on_disk.BankError, match="shard-00001.safetensors.*truncated"):
         reader.GradientBank.open(folder)
     shard.unlink()
-    with pytest.raises(reader.BankError, match="shard-00001.safetensors.*missing"):
+    with pytest.raises(on_disk.BankError, match="shard-00001.safetensors.*missing"):
         reader.GradientBank.open(folder)
 
 
@@ -157,9 +157,9 @@ def test_sixteen_flipped_bytes_are_never_served(folder, scheme):
     assert torch.equal(b.get("a")["m.0.lora_A"], b.get("a")["m.0.lora_A"])    # other rows are still served
     for read in (lambda: b.get("b"), lambda: b.rows(["c", "b"]), lambda: b.sum(["a", "b"]),
                  lambda: b.sum_many([["a"], ["b"]]), lambda: b.norms()):
-        with pytest.raises(reader.BankCorruptError, match=r"shard-00000.safetensors row 1 \(passage 'b'\).*checksum"):
+        with pytest.raises(on_disk.BankCorruptError, match=r"shard-00000.safetensors row 1 \(passage 'b'\).*checksum"):
             read()
-    with pytest.raises(reader.BankCorruptError, match="sha256"):
+    with pytest.raises(on_disk.BankCorruptError, match="sha256"):
         b.verify()
 
 
@@ -169,7 +169,7 @@ def test_flipped_checksum_bytes_are_refused(folder):
     data = bytearray(shard.read_bytes())
     data[_data_start(shard, "crc32") + 8] ^= 0x01       # row 1's stored CRC
     shard.write_bytes(bytes(data))
-    with pytest.raises(reader.BankCorruptError, match="row 1"):
+    with pytest.raises(on_disk.BankCorruptError, match="row 1"):
         reader.GradientBank.open(folder).get("b")
 
 
@@ -179,7 +179,7 @@ def test_corrupted_header_is_refused_on_open(folder):
     data = bytearray(shard.read_bytes())
     data[8:12] = b"\x00\xff{["
     shard.write_bytes(bytes(data))
-    with pytest.raises(reader.BankCorruptError, match="shard-00000.safetensors cannot be read"):
+    with pytest.raises(on_disk.BankCorruptError, match="shard-00000.safetensors cannot be read"):
         reader.GradientBank.open(folder)
 
 
@@ -190,16 +190,16 @@ def test_id_removed_from_a_shard_list_is_refused(folder):
     m = _manifest(folder)
     del m["shards"][0]["ids"][1]
     _save_manifest(folder, m)
-    with pytest.raises(reader.BankFormatError, match=r"manifest.json: field 'shards\[0\].ids' lists 2 ids for 3 rows"):
+    with pytest.raises(on_disk.BankFormatError, match=r"manifest.json: field 'shards\[0\].ids' lists 2 ids for 3 rows"):
         reader.GradientBank.open(folder)
     m["shards"][0]["rows"] = 2                               # made consistent in the manifest: the hash tells
     m["count"] = 5
     _save_manifest(folder, m)
-    with pytest.raises(reader.BankFormatError, match=r"'shards\[0\].ids' does not match shards\[0\].ids_sha256"):
+    with pytest.raises(on_disk.BankFormatError, match=r"'shards\[0\].ids' does not match shards\[0\].ids_sha256"):
         reader.GradientBank.open(folder)
-    m["shards"][0]["ids_sha256"] = reader.ids_checksum(m["shards"][0]["ids"])
+    m["shards"][0]["ids_sha256"] = on_disk.ids_checksum(m["shards"][0]["ids"])
     _save_manifest(folder, m)                                # and its hash: the shard header tells
-    with pytest.raises(reader.BankFormatError, match=r"shard-00000.safetensors \(manifest field 'shards\[0\]'\).*id "
+    with pytest.raises(on_disk.BankFormatError, match=r"shard-00000.safetensors \(manifest field 'shards\[0\]'\).*id "
                                                     r"list differs"):
         reader.GradientBank.open(folder)
     _save_manifest(folder, good)
@@ -213,17 +213,17 @@ def test_swapped_ids_are_refused(folder, monkeypatch):
     ids = m["shards"][1]["ids"]
     ids[0], ids[2] = ids[2], ids[0]
     _save_manifest(folder, m)
-    with pytest.raises(reader.BankFormatError, match=r"'shards\[1\].ids' does not match"):
+    with pytest.raises(on_disk.BankFormatError, match=r"'shards\[1\].ids' does not match"):
         reader.GradientBank.open(folder)
-    m["shards"][1]["ids_sha256"] = reader.ids_checksum(ids)
+    m["shards"][1]["ids_sha256"] = on_disk.ids_checksum(ids)
     _save_manifest(folder, m)
-    with pytest.raises(reader.BankFormatError, match="id list differs"):
+    with pytest.raises(on_disk.BankFormatError, match="id list differs"):
         reader.GradientBank.open(folder)
     monkeypatch.setattr(reader, "check_shard_header", lambda *a: None)   # without the header check: the row CRCs
     b = reader.GradientBank.open(folder)
-    with pytest.raises(reader.BankCorruptError, match=r"row 0 \(passage 'f'\)"):
+    with pytest.raises(on_disk.BankCorruptError, match=r"row 0 \(passage 'f'\)"):
         b.get("f")
-    with pytest.raises(reader.BankCorruptError):
+    with pytest.raises(on_disk.BankCorruptError):
         b.verify()
 
 
@@ -246,7 +246,7 @@ def test_swapped_ids_are_refused(folder, monkeypatch):
 def test_structural_manifest_errors_name_the_manifest_and_field(folder, edit, field):
     _write(folder, list("abcdef"), _vectors(6))
     _save_manifest(folder, edit(_manifest(folder)))
-    with pytest.raises(reader.BankFormatError, match=field) as err:
+    with pytest.raises(on_disk.BankFormatError, match=field) as err:
         reader.GradientBank.open(folder)
     assert "dev_all/fp32/manifest.json" in str(err.value) and "04_encode" in str(err.value)
 
@@ -255,9 +255,9 @@ def test_duplicate_ids_across_shards_are_refused(folder):
     _write(folder, list("abcdef"), _vectors(6))
     m = _manifest(folder)
     m["shards"][1]["ids"][2] = "a"
-    m["shards"][1]["ids_sha256"] = reader.ids_checksum(m["shards"][1]["ids"])
+    m["shards"][1]["ids_sha256"] = on_disk.ids_checksum(m["shards"][1]["ids"])
     _save_manifest(folder, m)
-    with pytest.raises(reader.BankFormatError, match=r"'shards\[1\].ids' repeats passage id 'a' \(also in "
+    with pytest.raises(on_disk.BankFormatError, match=r"'shards\[1\].ids' repeats passage id 'a' \(also in "
                                                     r"shards\[0\].ids\)"):
         reader.GradientBank.open(folder)
 
@@ -267,7 +267,7 @@ def test_old_version_bank_asks_for_a_re_encode(folder):
     m = _manifest(folder)
     m["version"] = 1
     _save_manifest(folder, m)
-    with pytest.raises(reader.BankFormatError, match="format version 1.*reads version 2.*re-encode.*overwrite=True"):
+    with pytest.raises(on_disk.BankFormatError, match="format version 1.*reads version 2.*re-encode.*overwrite=True"):
         reader.GradientBank.open(folder)
 
 
@@ -279,7 +279,7 @@ def test_a_shard_of_another_scheme_is_refused(tmp_path, folder):
     (folder / "shard-00000.safetensors").write_bytes((other / "shard-00000.safetensors").read_bytes())
     m["shards"][0]["bytes"] = (folder / "shard-00000.safetensors").stat().st_size
     _save_manifest(folder, m)
-    with pytest.raises(reader.BankFormatError, match="scheme='int4', the manifest 'fp32'.*never mixed"):
+    with pytest.raises(on_disk.BankFormatError, match="scheme='int4', the manifest 'fp32'.*never mixed"):
         reader.GradientBank.open(folder)
 
 
@@ -379,12 +379,12 @@ def test_shard_prefix_names_the_files(folder):
 
 def test_resume_with_other_settings_is_refused_unless_overwrite(folder):
     _write(folder, ["a"], _vectors(1))
-    with pytest.raises(reader.BankMismatchError, match="meta_hash.*overwrite=True"):
+    with pytest.raises(on_disk.BankMismatchError, match="meta_hash.*overwrite=True"):
         BankWriter.open(folder, _head(meta_hash="meta-2"))
-    with pytest.raises(reader.BankMismatchError, match="scheme: bank 'fp32' != now 'int4'.*never mixes"):
+    with pytest.raises(on_disk.BankMismatchError, match="scheme: bank 'fp32' != now 'int4'.*never mixes"):
         BankWriter.open(folder, _head(scheme="int4"))
     _write(folder.parent / "int4", ["a"], _vectors(1), scheme="int4")
-    with pytest.raises(reader.BankMismatchError, match="group_size: bank 64 != now 128"):
+    with pytest.raises(on_disk.BankMismatchError, match="group_size: bank 64 != now 128"):
         BankWriter.open(folder.parent / "int4", _head(scheme="int4-g128"))
     writer = BankWriter.open(folder, _head(meta_hash="meta-2"), overwrite=True)
     assert writer.ids() == set()

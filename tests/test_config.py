@@ -3,6 +3,7 @@ import json
 import pytest
 
 from regrad_lib import config
+from regrad_lib.io import paths
 
 
 @pytest.mark.parametrize("name", ["tiny", "smollm2-135m-instruct", "llama-3.2-1b-instruct", "llama-3.2-3b-instruct",
@@ -175,7 +176,7 @@ def test_the_cpt_section_is_optional_and_read_where_present(tmp_path):
 @pytest.mark.parametrize("name", ["smollm2-135m-instruct", "llama-3.2-1b-instruct", "llama-3.2-3b-instruct",
                                   "llama-3.1-8b-instruct"])
 def test_every_model_preset_states_its_cpt_settings(name):
-    assert (config.paths.preset_dir(name) / "cpt_config.json").is_file()
+    assert (paths.preset_dir(name) / "cpt_config.json").is_file()
 
 
 def test_cpt_settings_are_not_part_of_the_training_request():

@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from regrad_lib import config, testing
+from regrad_lib.answering import harness
 from regrad_lib.core import generation, lora, regrad, task_batches
 from regrad_lib.core import learner as learner_mod
 from regrad_lib.core.learner import Learner
 from regrad_lib.data import prompts
-from regrad_lib.evaluation import evaluate
+from regrad_lib.evaluation import evaluate, learner_once
 from regrad_lib.io import artifacts, checkpoint, paths
-from regrad_lib.training import train
+from regrad_lib.training import run_folder, schedule, train
 
 HERE = Path(__file__).parent
 KEY_TESTS = {
@@ -227,12 +228,12 @@ def saved_run(tiny_model_dir):
 
 def test_learner_gamma_is_the_default_gamma(saved_run):
     learner, items = saved_run
-    assert evaluate.default_gamma("keys-run") == 3.0
-    default = evaluate.run_method("regrad_online", learner, items)
+    assert learner_once.default_gamma("keys-run") == 3.0
+    default = harness.run_method("regrad_online", learner, items)
     assert [r["answer_nll"] for r in default] == [r["answer_nll"] for r in
-                                                  evaluate.run_method("regrad_online", learner, items, gamma=3.0)]
+                                                  harness.run_method("regrad_online", learner, items, gamma=3.0)]
     assert [r["answer_nll"] for r in default] != \
-        [r["answer_nll"] for r in evaluate.run_method("regrad_online", learner, items, gamma=1.0)]
+        [r["answer_nll"] for r in harness.run_method("regrad_online", learner, items, gamma=1.0)]
     out = evaluate.evaluate("keys-run", "keysqa", ["regrad_online"], learner=learner)
     assert out["regrad_online"]["gamma"] == 3.0
     assert evaluate.EvaluateSettings(run="keys-run", datasets=["keysqa"], methods=["closed_book"]).gamma == 3.0
@@ -241,15 +242,15 @@ def test_learner_gamma_is_the_default_gamma(saved_run):
 def test_generation_keys_drive_the_harness(saved_run, monkeypatch):
     learner, items = saved_run
     with_generation = lambda **kw: dataclass_replace(learner, generation=kw)  # noqa: E731
-    rows = evaluate.run_method("closed_book", learner, items)
-    short = evaluate.run_method("closed_book", with_generation(max_new_tokens=1), items)
+    rows = harness.run_method("closed_book", learner, items)
+    short = harness.run_method("closed_book", with_generation(max_new_tokens=1), items)
     assert all(r["generated"].startswith(s["generated"]) for r, s in zip(rows, short))
     assert sum(len(s["generated"]) for s in short) < sum(len(r["generated"]) for r in rows)
     # stop: cut at a character the default run produced after the answer's first one
     row = max(range(len(rows)), key=lambda i: len(rows[i]["generated"].lstrip()))
     text = rows[row]["generated"].lstrip()
     stop = next(c for c in text[1:] if not c.isspace())
-    cut = evaluate.run_method("closed_book", with_generation(stop=stop), items)[row]
+    cut = harness.run_method("closed_book", with_generation(stop=stop), items)[row]
     assert text.startswith(cut["generated"].lstrip()) and stop in cut["generated"]
     assert cut["prediction"] == prompts.extract_answer(rows[row]["generated"], stop) != rows[row]["prediction"]
     assert generation.stop_reached(" ab", "b") and not generation.stop_reached(" ab", "\n")
@@ -257,7 +258,7 @@ def test_generation_keys_drive_the_harness(saved_run, monkeypatch):
     calls = []
     original = generation.generate
     monkeypatch.setattr(generation, "generate", lambda *a, **k: calls.append(len(a[2])) or original(*a, **k))
-    evaluate.run_method("closed_book", with_generation(batch_size=2), items)
+    harness.run_method("closed_book", with_generation(batch_size=2), items)
     assert calls == [2, 2, 1]
 
 
@@ -288,7 +289,7 @@ def test_train_args_reach_the_optimizer_the_schedule_and_the_log(tiny_model_dir,
     assert (summary["train_tasks"], summary["steps"], summary["tasks"]) == (3, 4, 6)
     assert len(seen) == 6 and all(len(tb) == 1 for tb in seen)               # tasks_per_forward = 1: a chunk a task
     assert all(len(tb.task_of_passage) == 2 for tb in seen)                   # topk = 2 passages a task
-    rows = train.read_log("keys-train")
+    rows = run_folder.read_log("keys-train")
     assert [r["step"] for r in rows if r["kind"] == "train"] == [2, 4]        # logging_steps = 2
     lrs = [r["lr"] for r in rows if r["kind"] == "train"]
     # warm-up over int(0.5 * 4) = 2 steps from 0.2 * lr, then linear decay: steps 2 and 4 ran at 0-based 1 and 3
@@ -303,7 +304,7 @@ def test_train_args_reach_the_optimizer_the_schedule_and_the_log(tiny_model_dir,
 def test_max_grad_norm_clips_the_step():
     p = torch.nn.Parameter(torch.zeros(4))
     p.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])
-    norm = train.optimizer_step(torch.optim.SGD([p], lr=1.0), [p], 0.5, lr=1.0)
+    norm = schedule.optimizer_step(torch.optim.SGD([p], lr=1.0), [p], 0.5, lr=1.0)
     assert norm == pytest.approx(5.0) and float(p.detach().norm()) == pytest.approx(0.5, rel=1e-5)
 
 

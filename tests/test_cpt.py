@@ -22,6 +22,7 @@ from regrad_lib.cpt import continual, drift
 from regrad_lib.data import metrics, prompts
 from regrad_lib.evaluation import evaluate, results
 from regrad_lib.io import artifacts, paths
+from regrad_lib.training import train_data
 
 RUN, DATASET, GENERAL = "cpt-run", "cptqa", "cptgen"
 CFG = {"chunks": 3, "batch_size": 2, "learning_rate": 1e-2, "epochs_per_chunk": 2, "general_passages": 6,
@@ -203,7 +204,7 @@ def test_regrad_leaves_the_persistent_weights_bit_for_bit_and_cpt_answers_beside
 
 
 def test_a_method_that_changes_the_persistent_weights_is_refused(study, monkeypatch):
-    real = evaluate.run_method
+    real = harness.run_method
 
     def leaky(method, learner, *args, **kwargs):
         rows = real(method, learner, *args, **kwargs)
@@ -290,8 +291,8 @@ def test_the_questions_left_out_of_the_general_set_are_the_ones_meta_training_to
         (t.extra["dataset"], t.test_id) for t in batch) or real(learner, opt, params, batch, lr))
     summary = train.train("cpt-meta", preset, ["cpttrain"])
     assert summary["steps"] == 5 and len(taken) == 10 and len(set(taken)) < 10     # into a second epoch
-    validation = {("cpttrain", t.test_id) for t in train.split_tasks(train.load_tasks(["cpttrain"], "train_all", 2),
-                                                                     2, 42).validation}
+    validation = {("cpttrain", t.test_id) for t in train_data.split_tasks(train_data.load_tasks(["cpttrain"], "train_all", 2),
+                                                                          2, 42).validation}
     assert drift.meta_trained("cpt-meta") == set(taken) | validation
     assert drift.training_file("cpt-meta", "cpttrain") == "train_all"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from regrad_lib.data import datasets
-from regrad_lib.data.datasets import DatasetFormatError, QARecord
+from regrad_lib.data import datasets, qa_records
+from regrad_lib.data.qa_records import DatasetFormatError, QARecord
 from regrad_lib.io import paths
 
 FORMATS = Path(__file__).parent / "fixtures" / "formats"
@@ -197,7 +197,7 @@ def test_any_name_reads_the_generic_form(tmp_path):
     rows = datasets.load("myqa", tmp_path, "dev")
     assert [(r.test_id, r.question, r.answers) for r in rows] == [(0, "Who?", ["Ada"]), (1, "Where?", ["Rome", "Roma"])]
     (tmp_path / "train.json").write_text(json.dumps([{"question": "Q", "answer": []}]))
-    with pytest.raises(datasets.DatasetFormatError, match=r"train\.json: record 0: field 'answer' is an empty list"):
+    with pytest.raises(qa_records.DatasetFormatError, match=r"train\.json: record 0: field 'answer' is an empty list"):
         datasets.load("myqa", tmp_path, "train")
     # a near-miss of a known name with its own generic file is a dataset of that name, not a typo
     assert len(datasets.load("hotpot", tmp_path, "dev")) == 2
@@ -213,7 +213,7 @@ def test_registered_loader_for_a_custom_format(tmp_path, monkeypatch):
 
     monkeypatch.setattr(datasets, "_custom", {})
     datasets.register("tsvqa", tsv)
-    with pytest.raises(datasets.DatasetFormatError,
+    with pytest.raises(qa_records.DatasetFormatError,
                        match=r"dev \(loader 'tsvqa'\): record 1: field 'answer' is an empty"):
         datasets.load("tsvqa", tmp_path, "dev")
     (tmp_path / "qa.tsv").write_text("Who wrote it?\tAda|Ada Lovelace\n")
@@ -226,7 +226,7 @@ def test_registered_loader_for_a_custom_format(tmp_path, monkeypatch):
                                             "datasets.register('fromplugin', lambda folder, split: [])\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "fromplugin" in datasets.import_loaders(["my_loaders"])
-    with pytest.raises(datasets.DatasetFormatError, match="dataset 'fromplugin', split 'dev' in .* holds no questions"):
+    with pytest.raises(qa_records.DatasetFormatError, match="dataset 'fromplugin', split 'dev' in .* holds no questions"):
         datasets.load("fromplugin", tmp_path, "dev")          # it loads nothing: refused, not an empty file
 
 

@@ -24,14 +24,16 @@ import torch
 from safetensors.torch import load_file
 
 from regrad_lib import config
-from regrad_lib.bank import encode, reader
+from regrad_lib.answering import specs
+from regrad_lib.bank import encode, on_disk, reader
 from regrad_lib.bank.writer import BankWriter
 from regrad_lib.core import lora
-from regrad_lib.core.learner import META_STATE, Learner
-from regrad_lib.evaluation import evaluate
+from regrad_lib.core.learner import Learner
+from regrad_lib.evaluation import evaluate, results
 from regrad_lib.io import artifacts, checkpoint, distributed, paths, tolerance
+from regrad_lib.io.run_state import META_STATE
 from regrad_lib.runner import launch
-from regrad_lib.training import train
+from regrad_lib.training import run_folder, train
 
 CITIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Egypt", "Cairo"), ("Peru", "Lima"),
           ("Kenya", "Nairobi"), ("Chile", "Santiago"), ("Spain", "Madrid"), ("Norway", "Oslo"), ("Cuba", "Havana"),
@@ -78,7 +80,7 @@ def solo(data):
 
 
 def _log(run):
-    return train.read_log(run)
+    return run_folder.read_log(run)
 
 
 def _state(path):
@@ -173,7 +175,7 @@ def _logit_tolerance(learner: Learner, method: str) -> float:
     cfg, lrn = learner.model.config, learner.preset.learner
     terms = tolerance.forward_terms(cfg, lrn.max_prompt_len + learner.preset.generation.max_new_tokens,
                                     learner.preset.peft.r)
-    if evaluate.SPECS[method].update == "online":
+    if specs.SPECS[method].update == "online":
         terms += tolerance.gradient_terms(cfg, lrn.bank_context_len, learner.preset.peft.r)
     return tolerance.reorder_tolerance(terms, tolerance.logit_magnitude(learner.model))
 
@@ -199,7 +201,7 @@ def test_two_processes_evaluate_as_one(solo):
     logit = {m: _logit_tolerance(learner, m) for m in METHODS}
     all_texts_compared, compared = {}, 0
     for method in METHODS:
-        rows = [evaluate.predictions(run, "dist-a", method) for run in ("solo", "duo-eval")]
+        rows = [results.predictions(run, "dist-a", method) for run in ("solo", "duo-eval")]
         assert len(rows[0]) == len(CITIES)
         clear = 0
         for a, b in zip(*rows):
@@ -239,7 +241,7 @@ def test_a_failing_rank_stops_the_job_with_its_error(solo):
     assert "evaluate failed on rank 1 of 2" in message
     assert "KeyError" in message and "passage id '1645' is not in the Gradient Bank" in message
     assert "Traceback of rank 1" in message and "sum_many" in message
-    assert not evaluate.method_files("broken", "dist-b", "regrad")[1].exists()   # nothing half-written
+    assert not results.method_files("broken", "dist-b", "regrad")[1].exists()   # nothing half-written
 
 
 def _sample_records(n):
@@ -312,7 +314,7 @@ def test_an_encode_killed_in_one_rank_resumes_with_one_process(reference_bank):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not (paths.bank_parts_dir(folder) / "a001-r1" / reader.MANIFEST).exists():
+        while not (paths.bank_parts_dir(folder) / "a001-r1" / on_disk.MANIFEST).exists():
             assert proc.poll() is None and time.monotonic() < deadline, "rank 1 never wrote a shard"
             time.sleep(0.05)
         ranks = [p for p in psutil.Process(proc.pid).children(recursive=True)
@@ -323,7 +325,7 @@ def test_an_encode_killed_in_one_rank_resumes_with_one_process(reference_bank):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert not (folder / reader.MANIFEST).exists()
+    assert not (folder / on_disk.MANIFEST).exists()
     with pytest.raises(FileNotFoundError, match="manifest.json missing"):
         reader.GradientBank.open(folder)
     with reader.GradientBank.open(paths.bank_parts_dir(folder) / "a001-r1") as part:
@@ -398,8 +400,8 @@ PHI = {"m.0.lora_A": torch.zeros(2, 3), "m.0.lora_B": torch.zeros(4, 2)}
 
 
 def _part(folder, ids, meta_hash="meta-1"):
-    head = reader.header(model="tiny-llama", model_id="tiny-llama", model_revision=None, preset="tiny", phi=PHI,
-                       meta_hash=meta_hash, scheme="fp32")
+    head = on_disk.header(model="tiny-llama", model_id="tiny-llama", model_revision=None, preset="tiny", phi=PHI,
+                        meta_hash=meta_hash, scheme="fp32")
     writer = BankWriter.open(folder, head, shard_bytes=2 * lora.numel(PHI) * 4)
     writer.append(ids, torch.arange(len(ids) * lora.numel(PHI), dtype=torch.float32).view(len(ids), -1))
     writer.close()
@@ -411,7 +413,7 @@ def test_parts_merge_once_and_never_mix_weights(tmp_path):
     parts = paths.bank_parts_dir(target)
     head = _part(parts / "a001-r0", ["a", "b", "c"])
     _part(parts / "a001-r1", ["d"])
-    assert not (target / reader.MANIFEST).exists()          # parts alone are no bank
+    assert not (target / on_disk.MANIFEST).exists()          # parts alone are no bank
     attempt, done = encode._prepare_parts(target, head, overwrite=False)
     assert (attempt, done) == ("a002", {"a", "b", "c", "d"})
     writer = BankWriter.open(target, head)
@@ -422,9 +424,9 @@ def test_parts_merge_once_and_never_mix_weights(tmp_path):
         assert sorted(merged.ids()) == list("abcd") and merged.verify()["entries"] == 4
         assert torch.equal(merged.rows(["d"])[0], torch.arange(lora.numel(PHI), dtype=torch.float32))
     _part(parts / "a002-r0", ["e"], meta_hash="meta-2")
-    with pytest.raises(reader.BankMismatchError, match=r"a002-r0 was encoded with other settings.*overwrite=True"):
+    with pytest.raises(on_disk.BankMismatchError, match=r"a002-r0 was encoded with other settings.*overwrite=True"):
         encode._prepare_parts(target, head, overwrite=False)
-    with pytest.raises(reader.BankMismatchError, match="meta_hash"):
+    with pytest.raises(on_disk.BankMismatchError, match="meta_hash"):
         BankWriter.open(target, head).adopt(parts / "a002-r0")
     assert encode._prepare_parts(target, head, overwrite=True) == ("a001", set())
-    assert not parts.exists() and not (target / reader.MANIFEST).exists() and not list(target.glob("*.safetensors"))
+    assert not parts.exists() and not (target / on_disk.MANIFEST).exists() and not list(target.glob("*.safetensors"))

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from regrad_lib import config
-from regrad_lib.bank import encode, reader
+from regrad_lib.bank import encode, on_disk, reader
 from regrad_lib.bank.writer import BankWriter
 from regrad_lib.core import lora, regrad, task_batches
-from regrad_lib.core.learner import META_STATE, TRAIN_SUMMARY, Learner
+from regrad_lib.core.learner import Learner
 from regrad_lib.io import artifacts, paths, tolerance
+from regrad_lib.io.run_state import META_STATE, TRAIN_SUMMARY
 
 
 def _corpus(n):
@@ -201,10 +202,10 @@ def test_resume_extends_a_bank_with_new_records_only(learner, dataset, monkeypat
 def test_bank_of_other_meta_weights_is_refused(learner, dataset):
     path = encode.encode("enc-test", dataset, "dev", end=1, learner=learner, overwrite=True)
     other = _make_run("enc-other", seed=1)
-    with pytest.raises(reader.BankMismatchError) as err:
+    with pytest.raises(on_disk.BankMismatchError) as err:
         reader.GradientBank.open(path, learner=other)
     assert learner.meta_hash() in str(err.value) and other.meta_hash() in str(err.value)
-    with pytest.raises(reader.BankMismatchError, match="overwrite=True"):
+    with pytest.raises(on_disk.BankMismatchError, match="overwrite=True"):
         encode.encode("enc-test", dataset, "dev", end=1, learner=other)
 
 

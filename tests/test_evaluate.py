@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from regrad_lib import config
-from regrad_lib.bank import encode, reader
+from regrad_lib.answering import harness
+from regrad_lib.bank import encode, on_disk, reader
 from regrad_lib.core import lora, regrad, task_batches
-from regrad_lib.core.learner import META_STATE, TRAIN_SUMMARY, Learner
-from regrad_lib.evaluation import evaluate
+from regrad_lib.core.learner import Learner
+from regrad_lib.evaluation import evaluate, results, sweeps
 from regrad_lib.io import artifacts, paths
+from regrad_lib.io.run_state import META_STATE, TRAIN_SUMMARY
 
 PASSAGES = [("Paris", "Paris is the capital and most populous city of France."),
             ("Nile", "The Nile is a major north-flowing river in northeastern Africa."),
@@ -55,24 +57,24 @@ def run(tiny_model_dir):
 
 def test_online_equals_bank(run):
     learner, items, bank = run
-    regrad_rows = evaluate.run_method("regrad", learner, items, bank=bank)
-    online_rows = evaluate.run_method("regrad_online", learner, items)
+    regrad_rows = harness.run_method("regrad", learner, items, bank=bank)
+    online_rows = harness.run_method("regrad_online", learner, items)
     assert [r["prediction"] for r in regrad_rows] == [r["prediction"] for r in online_rows]
     assert [r["generated"] for r in regrad_rows] == [r["generated"] for r in online_rows]
     for a, b in zip(regrad_rows, online_rows):
         assert a["answer_nll"] == pytest.approx(b["answer_nll"], rel=1e-5)
         assert a["passage_ids"] == b["passage_ids"] == [str(p) for p in items[regrad_rows.index(a)].passage_ids]
     # the gradients do change the answers' likelihood
-    plain = evaluate.run_method("no_update", learner, items)
+    plain = harness.run_method("no_update", learner, items)
     assert any(abs(a["answer_nll"] - b["answer_nll"]) > 1e-3 for a, b in zip(regrad_rows, plain))
-    assert evaluate.predict_online(learner, items, batch_size=3) == [r["prediction"] for r in online_rows]
+    assert harness.predict_online(learner, items, batch_size=3) == [r["prediction"] for r in online_rows]
 
 
 def test_batched_equals_one_question_at_a_time(run):
     learner, items, bank = run
     for method in ("regrad", "rag", "no_update"):
-        batched = evaluate.run_method(method, learner, items, bank=bank, batch_size=4)
-        single = evaluate.run_method(method, learner, items, bank=bank, batch_size=1)
+        batched = harness.run_method(method, learner, items, bank=bank, batch_size=4)
+        single = harness.run_method(method, learner, items, bank=bank, batch_size=1)
         assert [r["generated"] for r in batched] == [r["generated"] for r in single], method
         assert [r["answer_nll"] for r in batched] == pytest.approx([r["answer_nll"] for r in single], rel=1e-5)
         assert [r["test_id"] for r in batched] == [t.test_id for t in items]    # input order kept
@@ -81,7 +83,7 @@ def test_batched_equals_one_question_at_a_time(run):
 def test_answer_nll_matches_equation_2_by_hand(run):
     """Row 2 of regrad: phi' = phi - alpha * (sum of its passages' gradients), loss on ' answer' + end-of-turn only."""
     learner, items, bank = run
-    rows = evaluate.run_method("regrad", learner, items, bank=bank, gamma=2.0)
+    rows = harness.run_method("regrad", learner, items, bank=bank, gamma=2.0)
     task, cfg = items[2], learner.preset.learner
     passages = task_batches.passage_batch(learner.tokenizer, task.passages, cfg.bank_context_len)
     grad = regrad.summed_gradient(learner.model, learner.phi, passages)
@@ -91,7 +93,7 @@ def test_answer_nll_matches_equation_2_by_hand(run):
     assert rows[2]["answer_nll"] == pytest.approx(want, rel=1e-5)
     with torch.no_grad(), lora.disabled(learner.model):
         base = regrad.token_losses(learner.model, task_batches.qa_batch(learner.tokenizer, [task], cfg)).item()
-    assert evaluate.run_method("closed_book", learner, items)[2]["answer_nll"] == pytest.approx(base, rel=1e-6)
+    assert harness.run_method("closed_book", learner, items)[2]["answer_nll"] == pytest.approx(base, rel=1e-6)
 
 
 def test_prompt_methods_match_equation_2_by_hand(run):
@@ -114,7 +116,7 @@ def test_prompt_methods_match_equation_2_by_hand(run):
     want = {"rag": nll(None, True), "regrad_icl": nll(updated(task), True), "no_update_icl": nll(phi, True),
             "shift_icl": nll(updated(items[1]), True)}
     for method, value in want.items():
-        rows = evaluate.run_method(method, learner, items, bank=bank)
+        rows = harness.run_method(method, learner, items, bank=bank)
         assert rows[2]["answer_nll"] == pytest.approx(value, rel=1e-5), method
     # the four differ from each other and from their passage-less twins: the test can tell them apart
     twins = {"rag": nll(None, False), "regrad_icl": nll(updated(task), False), "no_update_icl": nll(phi, False),
@@ -125,34 +127,34 @@ def test_prompt_methods_match_equation_2_by_hand(run):
 
 def test_shift_uses_previous_question_gradients(run):
     learner, items, bank = run
-    shifted = evaluate.run_method("shift", learner, items, bank=bank)
+    shifted = harness.run_method("shift", learner, items, bank=bank)
     assert shifted[0]["passage_ids"] == list(items[-1].passage_ids)
     assert [r["passage_ids"] for r in shifted[1:]] == [list(t.passage_ids) for t in items[:-1]]
     moved = [task_batches.Task(t.test_id, t.question, t.answers, t.passages, items[i - 1].passage_ids)
              for i, t in enumerate(items)]
-    want = evaluate.run_method("regrad", learner, moved, bank=bank)
+    want = harness.run_method("regrad", learner, moved, bank=bank)
     assert [r["generated"] for r in shifted] == [r["generated"] for r in want]
     assert [r["answer_nll"] for r in shifted] == pytest.approx([r["answer_nll"] for r in want], rel=1e-6)
-    own = evaluate.run_method("regrad", learner, items, bank=bank)
+    own = harness.run_method("regrad", learner, items, bank=bank)
     assert [r["answer_nll"] for r in shifted] != pytest.approx([r["answer_nll"] for r in own], rel=1e-4)
 
 
 def test_no_update_is_gamma_zero_and_prompts_differ(run):
     learner, items, bank = run
-    a = evaluate.run_method("no_update", learner, items)
-    b = evaluate.run_method("regrad", learner, items, bank=bank, gamma=0.0)
+    a = harness.run_method("no_update", learner, items)
+    b = harness.run_method("regrad", learner, items, bank=bank, gamma=0.0)
     assert [r["generated"] for r in a] == [r["generated"] for r in b]
     assert a[0]["passage_ids"] == [] and b[0]["passage_ids"] == list(items[0].passage_ids)
-    closed, rag = (evaluate.run_method(m, learner, items) for m in ("closed_book", "rag"))
+    closed, rag = (harness.run_method(m, learner, items) for m in ("closed_book", "rag"))
     assert [r["answer_nll"] for r in closed] != pytest.approx([r["answer_nll"] for r in rag], rel=1e-4)
 
 
 def test_errors(run):
     learner, items, _ = run
     with pytest.raises(ValueError, match="Unknown method.*choose from"):
-        evaluate.run_method("regard", learner, items)
+        harness.run_method("regard", learner, items)
     with pytest.raises(ValueError, match="Gradient Bank"):
-        evaluate.run_method("regrad", learner, items)
+        harness.run_method("regrad", learner, items)
     with pytest.raises(FileNotFoundError, match="written by 02_augment"):
         evaluate.load_tasks("hotpotqa", "dev")
 
@@ -162,7 +164,7 @@ def test_evaluate_writes_resumes_and_overwrites(run):
     methods = ["closed_book", "regrad", "shift", "no_update"]
     out = evaluate.evaluate(RUN, DATASET, methods, limit=5, learner=learner)
     assert {m: r["status"] for m, r in out.items()} == dict.fromkeys(methods, "computed")
-    predictions, metrics_file = evaluate.method_files(RUN, DATASET, "regrad")
+    predictions, metrics_file = results.method_files(RUN, DATASET, "regrad")
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert len(rows) == 5 and set(rows[0]) >= {"test_id", "question", "answers", "prediction", "passage_ids",
                                                 "answer_nll"}
@@ -178,7 +180,7 @@ def test_evaluate_writes_resumes_and_overwrites(run):
     again = evaluate.evaluate(RUN, DATASET, ["regrad", "rag"], limit=5, learner=lambda: learner)
     assert again["regrad"]["status"] == "kept" and again["rag"]["status"] == "computed"
     assert metrics_file.stat().st_mtime_ns == before
-    assert {r["method"] for r in evaluate.summary(RUN)} == {*methods, "rag"}
+    assert {r["method"] for r in results.summary(RUN)} == {*methods, "rag"}
     with pytest.raises(FileExistsError, match="overwrite=True"):
         evaluate.evaluate(RUN, DATASET, ["regrad"], limit=5, gamma=2.0, learner=learner)
     redone = evaluate.evaluate(RUN, DATASET, ["regrad"], limit=5, gamma=2.0, learner=learner, overwrite=True)
@@ -188,26 +190,26 @@ def test_evaluate_writes_resumes_and_overwrites(run):
 
 def test_sweep(run):
     learner, _, _ = run
-    rows = evaluate.sweep(RUN, DATASET, gammas=(0.0, 1.0), limit=4, learner=learner)
+    rows = sweeps.sweep(RUN, DATASET, gammas=(0.0, 1.0), limit=4, learner=learner)
     assert [(r["gamma"], r["topk"], r["n"]) for r in rows] == [(0.0, 3, 4), (1.0, 3, 4)]
     text = (paths.results_dir(RUN) / "sweeps.csv").read_text().splitlines()
     assert text[0] == "dataset,method,gamma,topk,mixed,scheme,em,f1,precision,recall,nll,n"
     assert all(line.split(",")[4:6] == ["0.0", reader.DEFAULT_SCHEME] for line in text[1:])
     # gamma 0 is the meta-trained LoRA without update
-    plain = evaluate.score_rows(evaluate.run_method("no_update", learner, evaluate.load_tasks(DATASET, limit=4)))
+    plain = results.score_rows(harness.run_method("no_update", learner, evaluate.load_tasks(DATASET, limit=4)))
     assert rows[0]["nll"] == pytest.approx(plain["nll"], abs=1e-4)
     # each computed point keeps its per-question predictions (what the reference comparison pairs)
     for row in rows:
         file = paths.sweep_predictions_file(RUN, DATASET, "regrad", row["gamma"], 3, reader.DEFAULT_SCHEME)
         assert file.name == f"regrad.gamma-{row['gamma']:g}.topk-3.{reader.DEFAULT_SCHEME}.predictions.jsonl"
         saved = [json.loads(line) for line in file.read_text().splitlines()]
-        scores = evaluate.score_rows(saved)
+        scores = results.score_rows(saved)
         assert [r["test_id"] for r in saved] == [t.test_id for t in evaluate.load_tasks(DATASET, limit=4)]
         assert (scores["em"], scores["n"]) == (row["em"], row["n"]) and scores["nll"] == pytest.approx(row["nll"],
                                                                                                     abs=1e-4)
         assert all(r["min_margin"] > 0 for r in saved)
-    assert evaluate.sweep(RUN, DATASET, gammas=(0.0, 1.0), limit=4, learner=lambda: pytest.fail("reloaded")) == rows
-    assert evaluate.sweep_all(RUN, [DATASET], gammas=[]) == []
+    assert sweeps.sweep(RUN, DATASET, gammas=(0.0, 1.0), limit=4, learner=lambda: pytest.fail("reloaded")) == rows
+    assert sweeps.sweep_all(RUN, [DATASET], gammas=[]) == []
 
 
 def test_settings_and_examples(run):
@@ -226,7 +228,7 @@ def test_settings_and_examples(run):
     only = evaluate.EvaluateSettings(run=RUN, datasets=[DATASET], methods=["regrad"], sweep_datasets=["probe"])
     assert only.sweep_datasets == []        # the sweep covers the evaluated datasets among sweep_datasets
     evaluate.evaluate(RUN, DATASET, ["closed_book", "regrad"], limit=5, learner=run[0], overwrite=True)
-    rows = evaluate.examples(RUN, DATASET, ["closed_book", "regrad"], n=2)
+    rows = results.examples(RUN, DATASET, ["closed_book", "regrad"], n=2)
     assert [set(r) for r in rows] == [{"question", "gold", "closed_book", "regrad"}] * 2
 
 
@@ -240,12 +242,12 @@ def test_an_explicit_bank_is_checked_against_the_learner(run):
     wrong_layout = reader.GradientBank.open(encode.encode("evaltest-r2", DATASET, "dev", scheme="fp32", learner=narrow,
                                                         overwrite=True))
     for store, field in ((foreign, "meta_hash"), (wrong_layout, "layout_hash")):
-        with pytest.raises(reader.BankMismatchError, match=field):
+        with pytest.raises(on_disk.BankMismatchError, match=field):
             evaluate.evaluate(RUN, DATASET, ["regrad"], limit=2, learner=learner, bank=store, overwrite=True)
-        with pytest.raises(reader.BankMismatchError, match=field):
-            evaluate.run_method("shift", learner, items, bank=store)
+        with pytest.raises(on_disk.BankMismatchError, match=field):
+            harness.run_method("shift", learner, items, bank=store)
     with pytest.raises(TypeError, match="GradientBank"):
-        evaluate.run_method("regrad", learner, items, bank={"p0": None})
+        harness.run_method("regrad", learner, items, bank={"p0": None})
     out = evaluate.evaluate(RUN, DATASET, ["regrad"], limit=2, learner=learner, bank=own, overwrite=True)
     assert out["regrad"]["scheme"] == "fp32"
 
@@ -259,7 +261,7 @@ def test_a_damaged_bank_is_refused_by_evaluate(run):
     data[len(data) // 2:len(data) // 2 + 16] = bytes(b ^ 0xFF for b in data[len(data) // 2:len(data) // 2 + 16])
     try:
         shard.write_bytes(bytes(data))
-        with pytest.raises(reader.BankError):
+        with pytest.raises(on_disk.BankError):
             evaluate.evaluate(RUN, DATASET, ["regrad"], learner=learner, scheme="int8", overwrite=True)
     finally:
         shard.write_bytes(original)
@@ -267,7 +269,7 @@ def test_a_damaged_bank_is_refused_by_evaluate(run):
     text = manifest.read_text()
     try:
         manifest.write_text("[]")
-        with pytest.raises(reader.BankFormatError, match="manifest.json"):
+        with pytest.raises(on_disk.BankFormatError, match="manifest.json"):
             evaluate.EvaluateSettings(run=RUN, datasets=[DATASET], methods=["regrad"], scheme="int8")
     finally:
         manifest.write_text(text)
@@ -286,15 +288,15 @@ def test_quantised_banks_answer_like_fp32(run):
     near-equal logits, so int4's perturbation flips some of them (as any perturbation of that size would).
     """
     learner, items, fp32 = run
-    plain = [r["answer_nll"] for r in evaluate.run_method("no_update", learner, items)]
-    ref = evaluate.run_method("regrad", learner, items, bank=fp32)
+    plain = [r["answer_nll"] for r in harness.run_method("no_update", learner, items)]
+    ref = harness.run_method("regrad", learner, items, bank=fp32)
     effect = abs(sum(r["answer_nll"] - p for r, p in zip(ref, plain)) / len(ref))
     assert effect > 1e-2
     exact = fp32.rows(fp32.ids())
     for scheme in ("int8", "int4"):
         store = reader.open_bank(3, RUN, DATASET, "dev", scheme)
         r = float(((store.rows(fp32.ids()) - exact).norm(dim=1) / exact.norm(dim=1)).max())
-        rows = evaluate.run_method("regrad", learner, items, bank=store)
+        rows = harness.run_method("regrad", learner, items, bank=store)
         if scheme == "int8":
             assert [row["prediction"] for row in rows] == [row["prediction"] for row in ref]
         change = sum(abs(a["answer_nll"] - b["answer_nll"]) for a, b in zip(rows, ref)) / len(ref)
@@ -304,7 +306,7 @@ def test_quantised_banks_answer_like_fp32(run):
 def test_named_evaluation_goes_beside_the_finished_results(run):
     learner = run[0]
     evaluate.evaluate(RUN, DATASET, ["regrad"], limit=5, learner=learner, overwrite=True)
-    main = evaluate.method_files(RUN, DATASET, "regrad")[1]
+    main = results.method_files(RUN, DATASET, "regrad")[1]
     before = main.read_bytes()
     with pytest.raises(FileExistsError, match=r"overwrite=True .* or name this evaluation \(evaluation='...'\)"):
         evaluate.evaluate(RUN, DATASET, ["regrad"], limit=4, gamma=0.5, learner=learner)
@@ -312,13 +314,13 @@ def test_named_evaluation_goes_beside_the_finished_results(run):
                             evaluation="first4")
     folder = paths.results_dir(RUN) / "evaluations" / "first4"
     assert paths.results_dir(RUN, "first4") == folder
-    assert evaluate.method_files(RUN, DATASET, "regrad", "first4")[1] == folder / DATASET / "regrad.metrics.json"
+    assert results.method_files(RUN, DATASET, "regrad", "first4")[1] == folder / DATASET / "regrad.metrics.json"
     assert out["regrad"]["n"] == 4 and artifacts.read_json(folder / DATASET / "regrad.metrics.json")["gamma"] == 0.5
     assert main.read_bytes() == before                                   # the finished results are untouched
-    assert {r["method"] for r in evaluate.summary(RUN, "first4")} == {"regrad", "closed_book"}
-    assert all(r["n"] == 4 for r in evaluate.summary(RUN, "first4"))
-    assert len(evaluate.examples(RUN, DATASET, ["closed_book", "regrad"], n=2, evaluation="first4")) == 2
-    rows = evaluate.sweep(RUN, DATASET, gammas=(0.0,), limit=4, learner=learner, evaluation="first4")
+    assert {r["method"] for r in results.summary(RUN, "first4")} == {"regrad", "closed_book"}
+    assert all(r["n"] == 4 for r in results.summary(RUN, "first4"))
+    assert len(results.examples(RUN, DATASET, ["closed_book", "regrad"], n=2, evaluation="first4")) == 2
+    rows = sweeps.sweep(RUN, DATASET, gammas=(0.0,), limit=4, learner=learner, evaluation="first4")
     assert (folder / "sweeps.csv").is_file() and rows[0]["n"] == 4
     with pytest.raises(ValueError, match=r"evaluation = '\.\./x' is not a plain folder name \(it holds a path separator"):
         evaluate.EvaluateSettings(run=RUN, datasets=[DATASET], methods=["closed_book"], evaluation="../x")

@@ -23,13 +23,15 @@ import torch
 from safetensors.torch import load_file
 
 from regrad_lib import config, retrieval, testing
-from regrad_lib.bank import encode, reader
-from regrad_lib.core.learner import META_STATE, Learner, UnfinishedRunError
+from regrad_lib.answering import harness
+from regrad_lib.bank import encode, on_disk, reader
+from regrad_lib.core.learner import Learner
 from regrad_lib.cpt import continual
 from regrad_lib.evaluation import evaluate, results
 from regrad_lib.io import artifacts, paths
-from regrad_lib.retrieval import augment, tantivy
-from regrad_lib.training import train
+from regrad_lib.io.run_state import META_STATE, UnfinishedRunError
+from regrad_lib.retrieval import augment, interface, tantivy
+from regrad_lib.training import run_folder, train
 
 CHILD = Path(__file__).with_name("fault_child.py")
 KILLED = -signal.SIGKILL
@@ -89,11 +91,11 @@ def test_index_build_resumes_after_kills_mid_batch_and_before_the_manifest(work,
     options = {"corpus_path": str(work / "corpus.tsv"), "name": "killed", "commit_every": 500, "threads": 1,
                "heap_mb": 64}
     killed("index", {"target": "regrad_lib.data.corpus:read", "nth_item": 1234}, **options)   # 2 commits, 234 pending
-    with pytest.raises(retrieval.RetrievalError, match="incomplete"):
+    with pytest.raises(interface.RetrievalError, match="incomplete"):
         retrieval.open("killed")
     killed("index", {"target": "regrad_lib.io.artifacts:write_json", "match": tantivy.MANIFEST, "nth": 1},
            **options)
-    with pytest.raises(retrieval.RetrievalError, match="incomplete"):
+    with pytest.raises(interface.RetrievalError, match="incomplete"):
         retrieval.open("killed")
     retrieval.build(**options)
     assert retrieval.open("killed").count() == PASSAGES
@@ -169,7 +171,7 @@ def assert_same_training(run: str, reference: str) -> None:
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
     def rows(r):
-        return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in train.read_log(r)]
+        return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in run_folder.read_log(r)]
     assert rows(run) == rows(reference)
     assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in want.iterdir())
 
@@ -195,7 +197,7 @@ def test_kill_inside_the_checkpoint_swap_resumes_from_the_newest_complete_checkp
     hook, resumed_from = SWAP_KILLS[point]
     run = f"swap-{point}"
     killed_training(run, hook)
-    assert not (paths.output_dir(run) / train.SUMMARY).exists()
+    assert not (paths.output_dir(run) / run_folder.SUMMARY).exists()
     if point == "old-moved-aside":    # no `checkpoint/` at all, as where the old code lost the run
         assert not (paths.output_dir(run) / "checkpoint").exists()
     assert _resume(run, monkeypatch) == STEPS - resumed_from
@@ -206,7 +208,7 @@ def test_training_killed_mid_step_then_before_its_summary_resumes_bit_identicall
                                                                                 monkeypatch):
     run = "killed-twice"
     killed_training(run, {"target": "regrad_lib.training.train:meta_step", "nth": 14})
-    killed_training(run, {"target": "regrad_lib.io.artifacts:write_json", "match": train.SUMMARY, "nth": 1})
+    killed_training(run, {"target": "regrad_lib.io.artifacts:write_json", "match": run_folder.SUMMARY, "nth": 1})
     with pytest.raises(UnfinishedRunError, match="unfinished training run"):
         Learner.from_run(run)
     assert _resume(run, monkeypatch) == 0          # every step was done: only the summary was missing
@@ -241,13 +243,13 @@ def test_encode_killed_between_a_shard_and_its_manifest_resumes_to_the_same_bank
         for p, g in expected.items():
             assert torch.equal(b.rows([p])[0], g), p
         listed = {s["file"] for s in b.manifest["shards"]}
-    assert {f.name for f in resumed.iterdir()} == listed | {reader.MANIFEST}
+    assert {f.name for f in resumed.iterdir()} == listed | {on_disk.MANIFEST}
 
 
 def test_a_log_line_cut_short_by_a_full_disk_is_dropped_on_resume(work, reference_run, monkeypatch):
     run = "torn-log"
     killed_training(run, {"target": "regrad_lib.training.train:meta_step", "nth": 8})
-    with (paths.output_dir(run) / train.LOG).open("a", encoding="utf-8") as f:
+    with (paths.output_dir(run) / run_folder.LOG).open("a", encoding="utf-8") as f:
         f.write('{"kind": "train", "step": 8, "lo')          # an append that ran out of space
     assert _resume(run, monkeypatch) == STEPS - 6
     assert_same_training(run, reference_run)
@@ -363,7 +365,7 @@ def test_evaluation_killed_resumes_method_by_method_to_the_same_results(work, un
     if point == "predictions-not-metrics":
         assert (folder / "shift.predictions.jsonl").exists()      # written, but without metrics it is not done
     computed = []
-    real = evaluate.run_method
+    real = harness.run_method
     monkeypatch.setattr(evaluate, "run_method", lambda method, *a, **k: computed.append(method) or real(method, *a,
                                                                                                          **k))
     result = evaluate.evaluate(**_evaluate(name))

@@ -9,7 +9,7 @@ import pytest
 
 from regrad_lib.evaluation import results
 from regrad_lib.io import artifacts, paths
-from regrad_lib.reporting import drift_report, plots
+from regrad_lib.reporting import analysis, drift_report, plots
 
 N, PASSAGES, GENERAL = 20, 8, 6
 
@@ -86,8 +86,8 @@ def test_the_verdict_calls_a_significant_loss_a_loss_and_a_gain_a_gain():
 
 def test_nothing_to_show_is_said_not_raised():
     missing = drift_report.drift_table("fg-none", ["probe"])
-    assert isinstance(missing, drift_report.Missing) and "general_set.json not found" in missing.message
-    assert isinstance(drift_report.paired("fg-none", ["probe"]), drift_report.Missing)
+    assert isinstance(missing, analysis.Missing) and "general_set.json not found" in missing.message
+    assert isinstance(drift_report.paired("fg-none", ["probe"]), analysis.Missing)
     assert drift_report.verdict(drift_report.paired("fg-none", ["probe"]), missing,
                               drift_report.general_changes(missing)).startswith("No paired comparison")
     assert math.isnan(drift_report.general_change(

@@ -9,7 +9,7 @@ import torch
 
 from regrad_lib import config
 from regrad_lib.answering import harness, specs
-from regrad_lib.bank import encode, reader
+from regrad_lib.bank import encode, on_disk, reader
 from regrad_lib.core import generation, regrad, task_batches
 from regrad_lib.data import prompts
 from regrad_lib.evaluation import evaluate
@@ -59,7 +59,7 @@ def _captured(monkeypatch, learner, items, bank_, method):
         return real(model, tok, prompt_ids, **kwargs)
 
     monkeypatch.setattr(generation, "generate", spy)
-    evaluate.run_method(method, learner, items, bank=bank_, batch_size=3)
+    harness.run_method(method, learner, items, bank=bank_, batch_size=3)
     monkeypatch.undo()
     out = []
     for task in items:
@@ -101,7 +101,7 @@ def test_every_method_scores_the_answer_and_the_end_of_turn_only(run, monkeypatc
 def test_answer_nll_of_the_harness_is_the_label_nll(run):
     """rag's answer NLL (from the prefill's cache) equals the base model's mean NLL of answer + end-of-turn."""
     learner, items, _ = run
-    rows = evaluate.run_method("rag", learner, items)
+    rows = harness.run_method("rag", learner, items)
     want = generation.answer_nll(learner, items, None, context=True)
     assert [r["answer_nll"] for r in rows] == pytest.approx(want, rel=1e-5)
 
@@ -166,5 +166,5 @@ def test_a_bank_cut_at_another_budget_is_refused(run):
     other = saved_trained_run(RUN + "-other", config.load_preset("tiny", {"learner": {
         **learner.preset.learner.__dict__, "bank_context_len": 2 * BUDGET}}))
     other.phi, other.alpha = learner.phi, learner.alpha          # the same meta weights, another passage cut
-    with pytest.raises(reader.BankMismatchError, match="bank_context_len: bank 24 != learner 48"):
-        evaluate.run_method("regrad", other, items, bank=bank_)
+    with pytest.raises(on_disk.BankMismatchError, match="bank_context_len: bank 24 != learner 48"):
+        harness.run_method("regrad", other, items, bank=bank_)

@@ -6,7 +6,7 @@ import pytest
 from test_evaluate import DATASET, RUN, run  # noqa: F401  (the module fixture: a tiny run with fp32/int8/int4 banks)
 
 from regrad_lib.evaluation import evaluate, frontier
-from regrad_lib.reporting import analysis, effects, plots
+from regrad_lib.reporting import analysis, bank_plots, effects
 
 SCHEMES = ["fp32", "int8", "int4"]
 
@@ -36,7 +36,7 @@ def test_evaluate_schemes_writes_resumes_and_reads_back(run):  # noqa: F811
     assert points["int4"].ratio == pytest.approx(points["int4"].mean_abs_delta / abs(effect.mean))
     assert points["int8"].em == rows[1]["em"]
     assert table.to_markdown().splitlines()[0].startswith("| dataset | scheme | bytes/passage |")
-    fig = plots.frontier(table)
+    fig = bank_plots.frontier(table)
     assert len(fig.axes) == 4 and fig.axes[0].get_xscale() == "log"
     assert [t.get_text() for t in fig.axes[0].texts] == SCHEMES[::-1]  # one label per scheme, smallest first
     assert list(fig.axes[2].lines[0].get_xdata()) == sorted(p.bytes_per_passage for p in table)

@@ -16,10 +16,11 @@ from safetensors.torch import save_file
 from regrad_lib import config, testing
 from regrad_lib.bank import encode, reader, schemes
 from regrad_lib.core import adapters, regrad
-from regrad_lib.core.learner import META_STATE, Learner, UnfinishedRunError
-from regrad_lib.data import datasets
+from regrad_lib.core.learner import Learner
+from regrad_lib.data import datasets, qa_records
 from regrad_lib.io import artifacts, checkpoint, ownership, paths, tensorfile
-from regrad_lib.training import train
+from regrad_lib.io.run_state import META_STATE, UnfinishedRunError
+from regrad_lib.training import run_folder, train
 
 DATASET = "integrityqa"
 
@@ -72,7 +73,7 @@ def test_a_flipped_exponent_bit_in_meta_state_is_refused_naming_the_file(run):
     path = paths.output_dir(run) / META_STATE
     original = _flip(path, _data_start(path) + 3, 0x40)          # the exponent byte of the first fp32 value
     try:
-        for load in (lambda: Learner.from_run(run), lambda: train.learned_alpha(run),
+        for load in (lambda: Learner.from_run(run), lambda: run_folder.learned_alpha(run),
                      lambda: adapters.export_run(run)):
             with pytest.raises(tensorfile.IntegrityError, match=rf"outputs/{run}/meta_state.safetensors: its "
                                                                 r"tensors do not match their checksum"):
@@ -100,10 +101,10 @@ def interrupted(data):
     name = "integrity-interrupted"
     train.train(name, _preset(max_steps=2), data, overwrite=True)
     folder = paths.output_dir(name)
-    (folder / train.SUMMARY).unlink()
-    state = artifacts.read_json(folder / train.REQUEST)
+    (folder / run_folder.SUMMARY).unlink()
+    state = artifacts.read_json(folder / run_folder.REQUEST)
     state["preset"]["train"]["max_steps"] = 4               # the same run, asked for 4 steps: it resumes at 2
-    artifacts.write_json(folder / train.REQUEST, state)
+    artifacts.write_json(folder / run_folder.REQUEST, state)
     ckpt_state = checkpoint.folder(folder) / checkpoint.STATE
     saved = artifacts.read_json(ckpt_state)
     assert saved["step"] == 2
@@ -189,7 +190,7 @@ def test_a_non_finite_warm_start_adapter_is_refused_naming_the_file(data, tmp_pa
     with pytest.raises(ValueError, match=r"bad/adapter_model.safetensors: non-finite weights \(NaN or inf\) in "
                                          r"base_model.model.*lora_.\.weight \(1 of"):
         train.train("integrity-warm-nan", preset, data)
-    assert not (paths.output_dir("integrity-warm-nan") / train.SUMMARY).exists()
+    assert not (paths.output_dir("integrity-warm-nan") / run_folder.SUMMARY).exists()
 
 
 def test_a_run_whose_steps_were_all_skipped_is_not_finished(data, monkeypatch):
@@ -203,7 +204,7 @@ def test_a_run_whose_steps_were_all_skipped_is_not_finished(data, monkeypatch):
     with pytest.raises(train.NonFiniteError, match=r"every one of the 4 steps was skipped as non-finite.* not "
                                                    "finished"):
         train.train("integrity-all-skipped", _preset(on_nonfinite="skip"), data)
-    assert not (paths.output_dir("integrity-all-skipped") / train.SUMMARY).exists()
+    assert not (paths.output_dir("integrity-all-skipped") / run_folder.SUMMARY).exists()
     with pytest.raises(UnfinishedRunError):
         Learner.from_run("integrity-all-skipped")
 
@@ -291,7 +292,7 @@ def test_an_adapter_of_another_base_model_is_refused(data, tmp_path):
 
 def test_a_custom_loader_returning_none_is_named(tmp_path):
     datasets.register("returns-none", lambda folder, split: None)
-    with pytest.raises(datasets.DatasetFormatError, match=r"the loader registered for dataset 'returns-none' "
+    with pytest.raises(qa_records.DatasetFormatError, match=r"the loader registered for dataset 'returns-none' "
                                                           r"returned NoneType .* for .*, split 'dev'"):
         datasets.load("returns-none", tmp_path, "dev")
 
@@ -300,7 +301,7 @@ def test_a_custom_loader_returning_none_is_named(tmp_path):
 
 def test_an_empty_dataset_file_is_refused(tmp_path):
     (tmp_path / "dev.json").write_text("[]")
-    with pytest.raises(datasets.DatasetFormatError, match=r"dataset 'emptyqa', split 'dev' in .* holds no questions "
+    with pytest.raises(qa_records.DatasetFormatError, match=r"dataset 'emptyqa', split 'dev' in .* holds no questions "
                                                           r"\(files: \['dev.json'\]\)"):
         datasets.load("emptyqa", tmp_path, "dev")
 
@@ -309,7 +310,7 @@ def test_two_files_for_one_split_are_refused(tmp_path):
     (tmp_path / "dev.json").write_text('[{"question": "q?", "answer": "a"}]')
     (tmp_path / "dev.jsonl").write_text('{"question": "q2?", "answer": "b"}\n')
     for name in ("myqa", "probe"):
-        with pytest.raises(datasets.DatasetFormatError, match=r"holds dev.json and dev.jsonl for one split"):
+        with pytest.raises(qa_records.DatasetFormatError, match=r"holds dev.json and dev.jsonl for one split"):
             datasets.load(name, tmp_path, "dev")
 
 
@@ -341,7 +342,7 @@ def test_training_files_follow_the_umask(data, umask):
     finally:
         os.umask(old)
     for name in (META_STATE, "checkpoint/state.safetensors", "checkpoint/trainer_state.json",
-                 "adapter/adapter_model.safetensors", "adapter/adapter_config.json", train.LOG, train.SUMMARY):
+                 "adapter/adapter_model.safetensors", "adapter/adapter_config.json", run_folder.LOG, run_folder.SUMMARY):
         assert (folder / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     for name in ("checkpoint", "adapter"):
         assert (folder / name).stat().st_mode & 0o777 == 0o777 & ~umask, name

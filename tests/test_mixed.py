@@ -5,11 +5,13 @@ import pytest
 import torch
 
 from regrad_lib import config
+from regrad_lib.answering import harness
 from regrad_lib.bank import encode, reader
 from regrad_lib.core import task_batches
-from regrad_lib.core.learner import META_STATE, TRAIN_SUMMARY, Learner
-from regrad_lib.evaluation import evaluate, results
+from regrad_lib.core.learner import Learner
+from regrad_lib.evaluation import evaluate, results, sweeps
 from regrad_lib.io import artifacts, paths
+from regrad_lib.io.run_state import META_STATE, TRAIN_SUMMARY
 from regrad_lib.reporting import analysis, plots
 
 RUN, DATASET = "mixtest", "mixqa"
@@ -108,10 +110,10 @@ def test_evaluation_answers_with_the_mixed_passages_and_records_the_share(run):
         [r["passage_ids"] for r in rows]
     assert out["regrad"]["mixed"] == 0.67 and out["closed_book"]["mixed"] is None    # passages unused
     # the bank's mixed sums are the on-the-fly gradients of the same passages
-    online = evaluate.run_method("regrad_online", learner, evaluate.load_tasks(DATASET, limit=2, mixed=0.67))
+    online = harness.run_method("regrad_online", learner, evaluate.load_tasks(DATASET, limit=2, mixed=0.67))
     assert [r["answer_nll"] for r in online] == pytest.approx([r["answer_nll"] for r in rows], rel=1e-5)
-    plain = evaluate.run_method("regrad", learner, evaluate.load_tasks(DATASET, limit=2),
-                                bank=reader.open_bank(3, RUN, DATASET, "dev", "fp32"))
+    plain = harness.run_method("regrad", learner, evaluate.load_tasks(DATASET, limit=2),
+                               bank=reader.open_bank(3, RUN, DATASET, "dev", "fp32"))
     assert all(abs(a["answer_nll"] - b["answer_nll"]) > 1e-6 for a, b in zip(rows, plain))
     # results of another share are refused, not mixed up; closed_book's do not depend on it
     with pytest.raises(FileExistsError, match="'mixed': 0.67"):
@@ -142,11 +144,11 @@ def test_settings_refuse_a_share_the_bank_cannot_serve(run):
 
 def test_mixed_sweep_rows_and_figure(run):
     learner = run
-    rows = evaluate.sweep(RUN, DATASET, gammas=[1.0], mixes=[0.0, 0.34, 0.67], limit=2, learner=learner,
-                          scheme="fp32", evaluation="sweep")
+    rows = sweeps.sweep(RUN, DATASET, gammas=[1.0], mixes=[0.0, 0.34, 0.67], limit=2, learner=learner,
+                        scheme="fp32", evaluation="sweep")
     assert [(r["mixed"], r["n"]) for r in rows] == [(0.0, 2), (0.34, 2), (0.67, 2)]
-    plain = results.score_rows(evaluate.run_method("regrad", learner, evaluate.load_tasks(DATASET, limit=2),
-                                                   bank=reader.open_bank(3, RUN, DATASET, "dev", "fp32")))
+    plain = results.score_rows(harness.run_method("regrad", learner, evaluate.load_tasks(DATASET, limit=2),
+                                                  bank=reader.open_bank(3, RUN, DATASET, "dev", "fp32")))
     assert rows[0]["nll"] == pytest.approx(plain["nll"], abs=1e-4)
     read = analysis.read_sweeps(RUN, "sweep")
     series = analysis.sweep(read, "mixed", gamma=1.0, topk=3)
@@ -161,14 +163,14 @@ def test_a_larger_topk_bank_serves_smaller_k(run):
     assert reader.serving_topk(2, RUN, DATASET, "dev", "fp32") == 3       # no top-2 bank: the top-3 one holds it
     assert reader.serving_topk(3, RUN, DATASET, "dev", "fp32") == 3
     assert reader.serving_topk(5, RUN, DATASET, "dev", "fp32") == 5       # none: open_bank names 04_encode
-    rows = evaluate.sweep(RUN, DATASET, gammas=[1.0], topks=[1, 2, 3], limit=2, learner=learner, scheme="fp32",
-                          evaluation="topk")
+    rows = sweeps.sweep(RUN, DATASET, gammas=[1.0], topks=[1, 2, 3], limit=2, learner=learner, scheme="fp32",
+                        evaluation="topk")
     assert [r["topk"] for r in rows] == [1, 2, 3]
-    one = evaluate.run_method("regrad_online", learner, evaluate.load_tasks(DATASET, topk=1, limit=2), topk=1)
+    one = harness.run_method("regrad_online", learner, evaluate.load_tasks(DATASET, topk=1, limit=2), topk=1)
     assert rows[0]["nll"] == pytest.approx(results.score_rows(one)["nll"], abs=1e-4)
     with pytest.raises(ValueError, match="topk=4; re-run 02_augment"):     # top-4 needs 4 retrieved passages
-        evaluate.sweep(RUN, DATASET, gammas=[1.0], topks=[4], limit=2, learner=learner, scheme="fp32",
-                       evaluation="topk")
+        sweeps.sweep(RUN, DATASET, gammas=[1.0], topks=[4], limit=2, learner=learner, scheme="fp32",
+                     evaluation="topk")
 
 
 def test_a_sweep_that_covers_no_evaluated_dataset_says_so(run, caplog):

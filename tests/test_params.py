@@ -10,9 +10,9 @@ import pytest
 
 from regrad_lib import config, testing
 from regrad_lib.bank import encode
-from regrad_lib.core.learner import TRAIN_SUMMARY, UnfinishedRunError
-from regrad_lib.evaluation import evaluate
+from regrad_lib.evaluation import evaluate, sweeps
 from regrad_lib.io import artifacts, params, paths
+from regrad_lib.io.run_state import TRAIN_SUMMARY, UnfinishedRunError
 from regrad_lib.retrieval import augment
 from regrad_lib.runner import launch, pipeline
 from regrad_lib.training import train
@@ -212,7 +212,7 @@ def test_library_calls_read_false_as_false(trained):
         with pytest.raises(params.ParameterError, match="parameter allow_unfinished = 'nope'"):
             encode.encode(RUN, DATASET, "dev", allow_unfinished="nope")
         with pytest.raises(params.ParameterError, match=r"parameter gammas = 5 \(int\) is not a list"):
-            evaluate.sweep(RUN, DATASET, gammas=5)
+            sweeps.sweep(RUN, DATASET, gammas=5)
     finally:
         summary.write_bytes(kept)
     preset = config.load_preset("tiny", {"train": {"max_steps": 1, "meta_batch_size": 2, "tasks_per_forward": 2,

@@ -6,7 +6,14 @@ import pytest
 from matplotlib.figure import Figure
 from test_analysis import write_run
 
-from regrad_lib.reporting import analysis, effects, plots
+from regrad_lib.reporting import (
+    analysis,
+    bank_plots,
+    effects,
+    figure_style,
+    plots,
+    training_plots,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -24,7 +31,7 @@ def _bars(ax):
 
 def test_save_figure_writes_png(tmp_path):
     fig = plots.histogram([1, 2, 2, 3], "t", "x")
-    out = plots.save_figure(fig, tmp_path / "deep" / "er" / "hist")
+    out = figure_style.save_figure(fig, tmp_path / "deep" / "er" / "hist")
     assert out == tmp_path / "deep" / "er" / "hist.png"
     assert out.read_bytes()[:8] == PNG_MAGIC
     assert [p.name for p in out.parent.iterdir()] == ["hist.png"]  # no temporary left behind
@@ -41,31 +48,31 @@ def test_histogram_bins_and_labels():
 
 def test_training_curves_panels(run):
     rows = analysis.read_training_log(run)
-    fig = plots.training_curves(rows)
+    fig = training_plots.training_curves(rows)
     loss_ax, eval_ax, f1_ax = fig.axes
     assert len(loss_ax.lines) == 1 and list(loss_ax.lines[0].get_xdata()) == [1, 2, 3, 4, 5]
     assert list(eval_ax.lines[0].get_ydata()) == [2.5, 2.6]
     assert list(f1_ax.lines[0].get_ydata()) == [4.0, 3.0] and len(f1_ax.lines) == 2  # + best marker
-    only_train = plots.training_curves([r for r in rows if r["kind"] == "train"])
+    only_train = training_plots.training_curves([r for r in rows if r["kind"] == "train"])
     assert len(only_train.axes) == 1 and only_train.axes[0].get_xlabel() == "step"
 
 
 def test_alpha_heatmap_is_layer_by_module_and_side(run):
     alpha = analysis.read_alpha(run)
-    rows, columns, grid = plots.alpha_grid(alpha)
+    rows, columns, grid = training_plots.alpha_grid(alpha)
     assert rows == ["L2", "L10"] and columns == ["q.A", "q.B", "gate.A", "gate.B"]
-    by_short = {plots.short_tensor_name(n): v for n, v in alpha.items()}
+    by_short = {training_plots.short_tensor_name(n): v for n, v in alpha.items()}
     assert grid[1][2] == pytest.approx(by_short["L10.gate.A"]) and grid[0][1] == pytest.approx(by_short["L2.q.B"])
     assert math.isnan(grid[0][2]) and math.isnan(grid[1][0])          # L2 has no gate, L10 no q
-    fig = plots.alpha_per_tensor(alpha)
+    fig = training_plots.alpha_per_tensor(alpha)
     ax = fig.axes[0]
     assert ax.images[0].get_array().shape == (2, 4)
     assert [t.get_text() for t in ax.get_xticklabels()] == columns
     assert [t.get_text() for t in ax.get_yticklabels()] == rows
     assert len(ax.texts) == 4                                          # each present value written in its cell
-    assert plots.alpha_grid({"all": 0.02}) == (["all"], ["all"], [[0.02]])   # alpha_mode fix / same
-    assert plots.short_tensor_name("alpha.model__layers__15__mlp__down_proj__lora_B") == "L15.down.B"
-    assert plots.short_tensor_name("all") == "all"
+    assert training_plots.alpha_grid({"all": 0.02}) == (["all"], ["all"], [[0.02]])   # alpha_mode fix / same
+    assert training_plots.short_tensor_name("alpha.model__layers__15__mlp__down_proj__lora_B") == "L15.down.B"
+    assert training_plots.short_tensor_name("all") == "all"
 
 
 def test_token_probabilities_bars():
@@ -105,7 +112,7 @@ def test_sweep_curves(run):
 
 
 def test_bank_bytes(run):
-    fig = plots.bank_bytes(analysis.bank_sizes(3, run, ["popqa", "hotpotqa"], "dev"))
+    fig = bank_plots.bank_bytes(analysis.bank_sizes(3, run, ["popqa", "hotpotqa"], "dev"))
     ax = fig.axes[0]
     assert [p.get_height() for p in ax.patches] == [36, 64]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["popqa\nbf16", "hotpotqa\nfp32"]
@@ -124,10 +131,10 @@ def test_paired_differences_figure(run):
 
 
 def test_publish_saves_or_passes_missing(run, tmp_path):
-    fig = plots.publish(plots.f1_bars, analysis.read_summary(run), tmp_path / "fig" / "f1.png")
+    fig = figure_style.publish(plots.f1_bars, analysis.read_summary(run), tmp_path / "fig" / "f1.png")
     assert isinstance(fig, Figure) and (tmp_path / "fig" / "f1.png").read_bytes()[:8] == PNG_MAGIC
     note = analysis.Missing("nothing here")
-    assert plots.publish(plots.gamma_sweep, note, tmp_path / "fig" / "gamma.png") is note
+    assert figure_style.publish(plots.gamma_sweep, note, tmp_path / "fig" / "gamma.png") is note
     assert not (tmp_path / "fig" / "gamma.png").exists()
 
 
@@ -143,7 +150,7 @@ def test_figures_render_inline_as_png(monkeypatch):
 
     import IPython
     monkeypatch.setattr(IPython, "get_ipython", lambda: Shell())
-    plots._show_inline_in_jupyter()
+    figure_style._show_inline_in_jupyter()
     assert registered[Figure](plots.histogram([1.0], "t", "x"))[:8] == PNG_MAGIC
 
 
@@ -151,7 +158,7 @@ def test_training_curves_tolerate_null_values():
     rows = [{"kind": "train", "step": 1, "loss": None}, {"kind": "train", "step": 2, "loss": 2.0},
             {"kind": "eval", "step": 2, "eval_loss": None, "eval_em": None, "eval_f1": None, "n": 3, "best": True},
             {"kind": "eval", "step": 4, "eval_loss": 1.5, "eval_em": None, "eval_f1": None, "n": 3, "best": False}]
-    fig = plots.training_curves(rows)
+    fig = training_plots.training_curves(rows)
     assert list(fig.axes[0].lines[0].get_xdata()) == [2]
     assert len(fig.axes) == 2  # no F1 axis: every eval_f1 is null
     assert math.isnan(fig.axes[1].lines[0].get_ydata()[0])
@@ -166,12 +173,12 @@ def test_sweep_shows_f1_and_nll(run):
 
 def test_alpha_over_steps_groups_modules_across_layers(run):
     rows = analysis.read_training_log(run)
-    fig = plots.alpha_over_steps(rows)
+    fig = training_plots.alpha_over_steps(rows)
     ax = fig.axes[0]
     labels = [line.get_label() for line in ax.lines]
     assert labels[:4] == ["gate.A (1 tensor)", "gate.B (1 tensor)", "q.A (1 tensor)", "q.B (1 tensor)"]
     assert list(ax.lines[0].get_xdata()) == [1, 2, 3, 4, 5] and ax.get_yscale() == "log"
-    empty = plots.alpha_over_steps([{"kind": "eval", "step": 1}])
+    empty = training_plots.alpha_over_steps([{"kind": "eval", "step": 1}])
     assert "no step sizes" in empty.axes[0].texts[0].get_text()
 
 

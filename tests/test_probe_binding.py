@@ -1,9 +1,8 @@
 """The binding probe: bundled as generated, families retrieved together by BM25, shares counted by hand."""
 
 import json
-import re
-
 import math
+import re
 
 import pytest
 
@@ -49,7 +48,7 @@ def test_families_hold_the_asked_person_and_distractors_with_other_values():
             for o, d in zip(others, r["distractors"]):
                 assert o.facts[relation.name] == d["value"] and o.name == d["entity"] != person.name
                 assert o.name.split()[1] == person.name.split()[1]              # one surname per family
-                assert any(probe._sentence(s, o.name, d["value"]) in o.passage for s in relation.sentences)
+                assert any(probe.fact_sentence(s, o.name, d["value"]) in o.passage for s in relation.sentences)
             # the name-swap control: every member is asked; question i-1 (shift's) is another family's
             assert r["family"] != rows[i - 1]["family"]
         by_family = {}

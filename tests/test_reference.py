@@ -14,7 +14,13 @@ import pytest
 from safetensors.torch import load_file
 
 from regrad_lib.io import paths
-from regrad_lib.reporting import reference, reference_compare, reference_render
+from regrad_lib.reporting import (
+    effects,
+    reference,
+    reference_compare,
+    reference_render,
+    reference_tables,
+)
 
 RUN = "chain"
 
@@ -64,9 +70,9 @@ def test_the_reference_round_trips_and_a_rerun_matches_it(chains, in_work, tmp_p
     in_work(chains[0])
     saved = reference.collect(RUN)
     folder = reference.save(saved, tmp_path / "ref", command="test")
-    loaded = reference.load(folder)
+    loaded = reference_tables.load(folder)
     assert loaded.seeds == ["42"] and loaded.meta["runs"] == {"42": RUN} and loaded.meta["command"] == "test"
-    for name in reference.TABLES:
+    for name in reference_tables.TABLES:
         assert [dict((k, str(v)) for k, v in r.items()) for r in getattr(loaded, name)] == \
             [dict((k, str(v)) for k, v in r.items()) for r in getattr(saved, name)], name
     assert {(r["dataset"], r["method"]) for r in loaded.summary} == {
@@ -90,7 +96,7 @@ def test_compare_flags_what_moved_beyond_its_uncertainty(chains, in_work):
     new = copy.deepcopy(ref)
     row = new.table("summary", dataset="probe", method="regrad")[0]
     values = [r["answer_nll"] for r in ref.table("questions", dataset="probe", method="regrad", gamma="")]
-    row["nll"] += 3 * reference_compare.effects.mean_se(values)[1]              # 3 SE: beyond the 2 allowed
+    row["nll"] += 3 * effects.mean_se(values)[1]              # 3 SE: beyond the 2 allowed
     new.table("summary", dataset="popqa", method="rag")[0]["n"] += 1              # counts are deterministic
     new.summary = [r for r in new.summary if not (r["dataset"] == "popqa" and r["method"] == "shift")]
     new.summary.append({**row, "method": "cpt"})                                   # a method the reference lacks
@@ -180,7 +186,7 @@ def test_render_rewrites_only_the_marked_blocks(chains, in_work, tmp_path):
     assert reference.main(["compare", "--run", RUN, "--reference", str(ref)]) == 0
     with pytest.raises(FileNotFoundError, match="05_evaluate"):
         reference.main(["compare", "--run", "never-evaluated", "--reference", str(ref)])
-    assert json.loads((ref / reference.META).read_text())["runs"] == {"42": RUN}
+    assert json.loads((ref / reference_tables.META).read_text())["runs"] == {"42": RUN}
 
 
 def test_readme_tables_are_rendered_from_the_committed_reference():
@@ -189,7 +195,7 @@ def test_readme_tables_are_rendered_from_the_committed_reference():
     readme = (paths.repo_root() / "README.md").read_text(encoding="utf-8")
     names = [m.group("name") for m in reference_render.BLOCK.finditer(readme)]
     assert {"probe", "datasets", "seeds", "source"} <= set(names)
-    rendered = reference_render.render_blocks(readme, reference.load(reference.DEFAULT_FOLDER),
-                                              reference.DEFAULT_FOLDER)
+    rendered = reference_render.render_blocks(readme, reference_tables.load(reference_tables.DEFAULT_FOLDER),
+                                              reference_tables.DEFAULT_FOLDER)
     assert reference_render.stale_blocks(readme, rendered) == [], \
         "README.md is out of sync with reference/demo: run python -m regrad_lib.reporting.reference render"

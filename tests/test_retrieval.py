@@ -12,7 +12,8 @@ import pytest
 from regrad_lib import retrieval
 from regrad_lib.data import corpus
 from regrad_lib.io import paths
-from regrad_lib.retrieval import Hit, RetrievalError, tantivy
+from regrad_lib.retrieval import tantivy
+from regrad_lib.retrieval.interface import Hit, RetrievalError
 
 PASSAGES = [
     ("1", "Dogs", "Running dogs chase the cat around the garden."),

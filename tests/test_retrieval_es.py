@@ -12,8 +12,9 @@ import pytest
 
 from regrad_lib import retrieval
 from regrad_lib.data.corpus import Passage
-from regrad_lib.retrieval import Hit, RetrievalError, elastic
+from regrad_lib.retrieval import elastic
 from regrad_lib.retrieval.elastic import EsOptions
+from regrad_lib.retrieval.interface import Hit, RetrievalError
 
 
 def test_index_body():

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from regrad_lib import config
+from regrad_lib.answering import harness
 from regrad_lib.core import task_batches
 from regrad_lib.core.learner import Learner
 from regrad_lib.data import prompts
@@ -131,13 +132,13 @@ def test_a_tiny_model_fine_tuned_on_a_hand_made_set_answers_it(learner, tmp_path
         train={"meta_batch_size": 4, "tasks_per_forward": 4, "max_steps": 40, "eval_steps": 40, "save_steps": 40,
                "warmup_ratio": 0.0}))
     before = sft.answer_losses(fast, fast.phi, tasks, "sft").mean()
-    assert [r["prediction"] for r in evaluate.run_method("sft", fast, tasks)] != ["Rome"] * 4
+    assert [r["prediction"] for r in harness.run_method("sft", fast, tasks)] != ["Rome"] * 4
     result = sft.train_point(fast, data, "sft", 0.1, 40, tmp_path / "point", "last")
     weights, _ = tensorfile.load(tmp_path / "point" / sft.WEIGHTS, required=True, fix="-")
     trained = dataclasses.replace(fast, phi=weights)
     after = sft.answer_losses(trained, trained.phi, tasks, "sft").mean()
     assert after < before - 0.5 and result["validation"]["eval_loss"] == pytest.approx(float(after), rel=1e-5)
-    assert [r["prediction"] for r in evaluate.run_method("sft", trained, tasks)] == ["Rome"] * 4
+    assert [r["prediction"] for r in harness.run_method("sft", trained, tasks)] == ["Rome"] * 4
 
 
 def test_a_killed_training_resumes_to_the_same_weights(learner, tmp_path, monkeypatch, crash_on_call):
@@ -175,7 +176,7 @@ def test_evaluate_answers_with_the_baselines_weights_and_records_them(run, learn
     nll = {m: [r["answer_nll"] for r in results.predictions(run["name"], "sftqa", m)] for m in out}
     assert nll["sft"] != nll["no_update"] and nll["rag_sft"] != nll["sft"]
     trained, _ = sft.learner_for(run["name"], "sft", learner)
-    direct = evaluate.run_method("sft", trained, evaluate.load_tasks("sftqa"))
+    direct = harness.run_method("sft", trained, evaluate.load_tasks("sftqa"))
     assert [r["answer_nll"] for r in direct] == pytest.approx(nll["sft"], abs=1e-6)
 
 

@@ -8,9 +8,10 @@ import torch
 
 from regrad_lib import config
 from regrad_lib.core import regrad, task_batches
-from regrad_lib.core.learner import META_STATE, Learner
+from regrad_lib.core.learner import Learner
 from regrad_lib.io import artifacts, checkpoint, paths
-from regrad_lib.training import train
+from regrad_lib.io.run_state import META_STATE
+from regrad_lib.training import run_folder, schedule, train, train_data
 
 CITIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Egypt", "Cairo"), ("Peru", "Lima"),
           ("Kenya", "Nairobi"), ("Chile", "Santiago"), ("Spain", "Madrid"), ("Norway", "Oslo"), ("Cuba", "Havana")]
@@ -48,13 +49,13 @@ def test_short_run_writes_every_artifact_with_the_log_schema(data):
     summary = train.train("basic", _preset(), data)
     folder = paths.output_dir("basic")
     for name in ("peft_config.json", "learner_config.json", "train_args.json", "generation_config.json", META_STATE,
-                 train.LOG, "provenance.json", train.SUMMARY, "checkpoint/state.safetensors",
+                 run_folder.LOG, "provenance.json", run_folder.SUMMARY, "checkpoint/state.safetensors",
                  "checkpoint/trainer_state.json"):
         assert (folder / name).is_file(), name
     assert summary["steps"] == 3 and summary["tasks"] == 6
     assert summary["train_tasks"] == 8 and summary["validation_tasks"] == 2
     assert math.isfinite(summary["first_loss"]) and math.isfinite(summary["last_loss"])
-    rows = train.read_log("basic")
+    rows = run_folder.read_log("basic")
     assert all(r["kind"] in ("train", "eval") and isinstance(r["step"], int) for r in rows)
     train_rows = [r for r in rows if r["kind"] == "train"]
     eval_rows = [r for r in rows if r["kind"] == "eval"]
@@ -76,10 +77,10 @@ def test_short_run_writes_every_artifact_with_the_log_schema(data):
     best = [r for r in eval_rows if r["best"]][-1]
     learner = Learner.from_run("basic")
     assert learner.meta_hash() != Learner.create(_preset()).meta_hash() or best["step"] == 0
-    tasks = train.split_tasks(train.load_tasks(data, "train_all", 3), 2, 42).validation
+    tasks = train_data.split_tasks(train_data.load_tasks(data, "train_all", 3), 2, 42).validation
     assert train.evaluate(learner, tasks)["eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-5)
     assert config.load_preset(folder).train.max_steps == 3
-    alpha = train.learned_alpha("basic")
+    alpha = run_folder.learned_alpha("basic")
     assert len(alpha) == 12 and all(math.isfinite(v) and v > 0 for v in alpha.values())
 
 
@@ -112,7 +113,7 @@ def test_meta_loss_decreases_on_a_repeated_task_set(data):
     preset = _preset(max_steps=8, meta_batch_size=4, tasks_per_forward=4, validation_size=0, learning_rate=1e-2,
                      max_grad_norm=10.0)
     summary = train.train("learns", preset, ["popqa"], train_file="train_rep", limit=4)
-    losses = list(_train_losses(train.read_log("learns")).values())
+    losses = list(_train_losses(run_folder.read_log("learns")).values())
     assert len(losses) == 8
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     assert losses[-1] < losses[0] - 0.3, losses
@@ -122,7 +123,7 @@ def test_meta_loss_decreases_on_a_repeated_task_set(data):
 def test_resume_gives_the_same_next_step_loss(data, monkeypatch, crash_on_call):
     preset = _preset(max_steps=4, save_steps=2, learning_rate=5e-3)
     train.train("straight", preset, data)
-    reference = train.read_log("straight")
+    reference = run_folder.read_log("straight")
 
     crash_on_call(train, "meta_step", 3)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -130,7 +131,7 @@ def test_resume_gives_the_same_next_step_loss(data, monkeypatch, crash_on_call):
     assert artifacts.read_json(checkpoint.folder(paths.output_dir("resumed")) / checkpoint.STATE)["step"] == 2
     monkeypatch.undo()
     train.train("resumed", preset, data)
-    resumed = train.read_log("resumed")
+    resumed = run_folder.read_log("resumed")
     strip = [{k: v for k, v in r.items() if k != "elapsed_s"} for r in reference]
     assert [r["step"] for r in resumed] == [r["step"] for r in reference]
     for step, loss in _train_losses(reference).items():
@@ -157,7 +158,7 @@ def test_keyboard_interrupt_saves_a_checkpoint_and_resumes(data, monkeypatch):
     with pytest.raises(ValueError, match=r"other settings \(train.learning_rate\)"):
         train.train("interrupted", _preset(max_steps=3, save_steps=100, eval_steps=100, learning_rate=0.5), data)
     summary = train.train("interrupted", preset, data)
-    assert summary["steps"] == 3 and [r["step"] for r in train.read_log("interrupted") if r["kind"] == "train"] == [1, 2, 3]
+    assert summary["steps"] == 3 and [r["step"] for r in run_folder.read_log("interrupted") if r["kind"] == "train"] == [1, 2, 3]
 
 
 def _poison(monkeypatch, bad_steps, where="loss"):
@@ -198,7 +199,7 @@ def test_nonfinite_gradient_stops(data, monkeypatch):
 def test_skip_mode_counts_skipped_steps_and_never_trains_on_nan(data, monkeypatch):
     _poison(monkeypatch, {1, 3})
     summary = train.train("nan_skip", _preset(max_steps=4, on_nonfinite="skip"), data)
-    rows = [r for r in train.read_log("nan_skip") if r["kind"] == "train"]
+    rows = [r for r in run_folder.read_log("nan_skip") if r["kind"] == "train"]
     assert [r["skipped"] for r in rows] == [True, False, True, False]
     assert [r["skipped_nonfinite"] for r in rows] == [1, 1, 2, 2]
     assert rows[0]["loss"] is None and rows[1]["loss"] is not None
@@ -216,8 +217,8 @@ def test_first_order_and_fixed_alpha_train(data):
 def test_outer_loss_false_trains_the_passage_lm_loss_and_leaves_alpha(data):
     preset = _preset(max_steps=2, validation_size=0).replace(learner={"outer_loss": False})
     learner = Learner.create(preset)
-    batch = train.split_tasks(train.load_tasks(data, "train_all", 3), 0, 42).train
-    first = [batch[i] for i in train.epoch_order(len(batch), 42, 0)[:2]]
+    batch = train_data.split_tasks(train_data.load_tasks(data, "train_all", 3), 0, 42).train
+    first = [batch[i] for i in train_data.epoch_order(len(batch), 42, 0)[:2]]
     tb = task_batches.task_batch(learner.tokenizer, first, preset.learner)
     expected = float(regrad.passage_losses(learner.model, learner.phi, tb).mean().detach())
     summary = train.train("plain_lm", preset, data)
@@ -230,18 +231,18 @@ def test_outer_loss_false_trains_the_passage_lm_loss_and_leaves_alpha(data):
 def test_alpha_learning_rate_reaches_the_optimizer_and_moves_alpha_faster(data):
     """alpha gets its own lr (same schedule); the default keeps the public setup (one lr for both)."""
     preset = _preset(max_steps=2, validation_size=0, learning_rate=1e-3)
-    default, _ = train.make_optimizer(Learner.create(preset))
+    default, _ = schedule.make_optimizer(Learner.create(preset))
     assert [g["name"] for g in default.param_groups] == ["phi", "alpha"]
-    rates = train.group_rates(1, preset.train, 2)
+    rates = schedule.group_rates(1, preset.train, 2)
     assert rates["alpha"] == rates["phi"]
     fast = preset.replace(train={"alpha_learning_rate": 2e-2})
-    rates = train.group_rates(1, fast.train, 2)
+    rates = schedule.group_rates(1, fast.train, 2)
     assert rates["alpha"] == pytest.approx(20 * rates["phi"])
     moved = {}
     for name, p in (("slow", preset), ("fast", fast)):
         train.train(f"alpha_{name}", p, data)
-        log = [r for r in train.read_log(f"alpha_{name}") if r["kind"] == "train"]
-        assert log[-1]["alpha_lr"] == pytest.approx(train.group_rates(1, p.train, 2)["alpha"])
+        log = [r for r in run_folder.read_log(f"alpha_{name}") if r["kind"] == "train"]
+        assert log[-1]["alpha_lr"] == pytest.approx(schedule.group_rates(1, p.train, 2)["alpha"])
         moved[name] = max(abs(v - 1e-2) for v in log[-1]["alpha"].values())
     assert moved["fast"] > 5 * moved["slow"] > 0
     with pytest.raises(config.ConfigError, match="alpha_learning_rate"):
@@ -267,40 +268,40 @@ def test_schedule_matches_torch_and_its_end_points(kind):
     args = config.TrainArgs(learning_rate=4e-4, lr_scheduler_type=kind, warmup_ratio=0.1, warmup_start_factor=0.01,
                             eta_min=1e-6)
     total, warmup = 50, 5
-    assert train.learning_rate(0, args, total) == pytest.approx(4e-6)
-    assert train.learning_rate(warmup, args, total) == pytest.approx(4e-4)
-    assert train.learning_rate(total, args, total) == pytest.approx(0.0 if kind == "linear" else 1e-6)
+    assert schedule.learning_rate(0, args, total) == pytest.approx(4e-6)
+    assert schedule.learning_rate(warmup, args, total) == pytest.approx(4e-4)
+    assert schedule.learning_rate(total, args, total) == pytest.approx(0.0 if kind == "linear" else 1e-6)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=4e-4)
     warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.01, end_factor=1.0, total_iters=warmup)
     main = (torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.0, total_iters=total - warmup)
             if kind == "linear" else torch.optim.lr_scheduler.CosineAnnealingLR(opt, total - warmup, eta_min=1e-6))
     sched = torch.optim.lr_scheduler.SequentialLR(opt, [warm, main], milestones=[warmup])
     for step in range(total):
-        assert train.learning_rate(step, args, total) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6), step
+        assert schedule.learning_rate(step, args, total) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6), step
         opt.step()
         sched.step()
 
 
 def test_validation_slice_is_seeded_and_disjoint(data):
-    all_tasks = train.load_tasks(data, "train_all", 3)
-    a = train.split_tasks(all_tasks, 3, seed=42)
-    b = train.split_tasks(all_tasks, 3, seed=42)
+    all_tasks = train_data.load_tasks(data, "train_all", 3)
+    a = train_data.split_tasks(all_tasks, 3, seed=42)
+    b = train_data.split_tasks(all_tasks, 3, seed=42)
     assert a.fingerprint() == b.fingerprint()
     assert not {id(t) for t in a.validation} & {id(t) for t in a.train}
     assert len(a.train) + len(a.validation) == len(all_tasks) == 10
-    assert train.split_tasks(all_tasks, 3, seed=1).fingerprint() != a.fingerprint()
+    assert train_data.split_tasks(all_tasks, 3, seed=1).fingerprint() != a.fingerprint()
     with pytest.raises(ValueError, match="validation_size=10"):
-        train.split_tasks(all_tasks, 10, seed=42)
+        train_data.split_tasks(all_tasks, 10, seed=42)
     json.dumps([t.extra for t in all_tasks])
 
 
 def test_best_checkpoint_rule():
     row = lambda f1, loss: {"eval_f1": f1, "eval_loss": loss}       # noqa: E731
-    assert train.is_better(row(50.0, 2.0), None, "f1")
-    assert train.is_better(row(60.0, 3.0), row(50.0, 2.0), "f1") and not train.is_better(row(40.0, 1.0), row(50.0, 2.0), "f1")
-    assert train.is_better(row(50.0, 1.0), row(50.0, 2.0), "f1") and not train.is_better(row(50.0, 2.0), row(50.0, 2.0), "f1")
-    assert train.is_better(row(10.0, 1.0), row(90.0, 2.0), "loss") and not train.is_better(row(90.0, 3.0), row(10.0, 2.0), "loss")
-    assert train.is_better(row(None, 1.0), row(None, 2.0), "f1")           # no F1: the loss decides
+    assert run_folder.is_better(row(50.0, 2.0), None, "f1")
+    assert run_folder.is_better(row(60.0, 3.0), row(50.0, 2.0), "f1") and not run_folder.is_better(row(40.0, 1.0), row(50.0, 2.0), "f1")
+    assert run_folder.is_better(row(50.0, 1.0), row(50.0, 2.0), "f1") and not run_folder.is_better(row(50.0, 2.0), row(50.0, 2.0), "f1")
+    assert run_folder.is_better(row(10.0, 1.0), row(90.0, 2.0), "loss") and not run_folder.is_better(row(90.0, 3.0), row(10.0, 2.0), "loss")
+    assert run_folder.is_better(row(None, 1.0), row(None, 2.0), "f1")           # no F1: the loss decides
 
 
 def test_meta_step_gradient_is_the_mean_over_the_batch(data):
@@ -308,8 +309,8 @@ def test_meta_step_gradient_is_the_mean_over_the_batch(data):
     and losses, not their sum."""
     preset = _preset(tasks_per_forward=2, max_grad_norm=1e6)
     learner = Learner.create(preset)
-    batch = train.load_tasks(data, "train_all", 3)[:3]
-    optimizer, params = train.make_optimizer(learner)
+    batch = train_data.load_tasks(data, "train_all", 3)[:3]
+    optimizer, params = schedule.make_optimizer(learner)
     grads, losses = [], []
     for task in batch:
         tb = task_batches.task_batch(learner.tokenizer, [task], preset.learner)
@@ -334,7 +335,7 @@ def test_kept_steps_hold_the_weights_of_that_step_and_a_paused_run_resumes_to_th
         == ["000001", "000003"]
     paused = train.train("kept-paused", _preset(max_steps=4, keep_steps=[1, 3]), data, stop_after=2)
     assert paused == {"status": "paused", "step": 2, "total_steps": 4}
-    assert not (paths.output_dir("kept-paused") / train.SUMMARY).exists()
+    assert not (paths.output_dir("kept-paused") / run_folder.SUMMARY).exists()
     assert not paths.kept_step_state("kept-paused", 3).exists()
     train.train("kept-paused", _preset(max_steps=4, keep_steps=[1, 3]), data)
     for step in (1, 3):

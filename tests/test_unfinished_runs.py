@@ -7,9 +7,10 @@ import pytest
 from regrad_lib import config
 from regrad_lib.bank import encode, reader
 from regrad_lib.core import regrad
-from regrad_lib.core.learner import Learner, UnfinishedRunError
-from regrad_lib.evaluation import evaluate
+from regrad_lib.core.learner import Learner
+from regrad_lib.evaluation import evaluate, results, sweeps
 from regrad_lib.io import artifacts, paths
+from regrad_lib.io.run_state import UnfinishedRunError
 from regrad_lib.training import train
 
 RUN, DATASET = "stopped", "unfinished-ds"
@@ -78,9 +79,9 @@ def test_allow_unfinished_is_recorded_and_finishing_the_run_invalidates_the_resu
     evaluate.EvaluateSettings(run=RUN, datasets=[DATASET], methods=["no_update"], split="train_all",
                               allow_unfinished=True)
     evaluate.evaluate(RUN, DATASET, ["no_update", "closed_book"], split="train_all", allow_unfinished=True)
-    metrics = artifacts.read_json(evaluate.method_files(RUN, DATASET, "no_update")[1])
+    metrics = artifacts.read_json(results.method_files(RUN, DATASET, "no_update")[1])
     assert metrics["run_finished"] is False
-    assert artifacts.read_json(evaluate.method_files(RUN, DATASET, "closed_book")[1])["run_finished"] is None
+    assert artifacts.read_json(results.method_files(RUN, DATASET, "closed_book")[1])["run_finished"] is None
 
     assert train.train(RUN, _preset(), [DATASET])["steps"] == 4          # resumed and finished
     assert Learner.from_run(RUN).run_finished is True
@@ -97,7 +98,7 @@ def test_evaluate_gamma_follows_the_config_rules(stopped, gamma):
     with pytest.raises(config.ConfigError, match="gamma = .* must be"):
         evaluate.evaluate(RUN, DATASET, ["no_update"], split="train_all", gamma=gamma, allow_unfinished=True)
     with pytest.raises(config.ConfigError, match=r"gammas\[1\] = .* must be"):
-        evaluate.sweep(RUN, DATASET, gammas=[0.0, gamma], split="train_all", allow_unfinished=True)
+        sweeps.sweep(RUN, DATASET, gammas=[0.0, gamma], split="train_all", allow_unfinished=True)
     with pytest.raises(config.ConfigError, match="gamma = .* must be"):
         evaluate.EvaluateSettings(run=RUN, datasets=[DATASET], methods=["no_update"], gamma=gamma,
                                   allow_unfinished=True)

@@ -53,7 +53,7 @@ def checked_bank(bank, learner: Learner):
     """``bank`` after the same model / LoRA layout / meta-weights checks as ``open_bank(learner=...)``, and with
     its passages cut and formatted as the learner's (online gradients and ``prompt_passages = "as_gradient"``
     prompts take that cut)."""
-    from regrad_lib.bank.reader import BankMismatchError
+    from regrad_lib.bank.on_disk import BankMismatchError
 
     bank = require_bank(bank).check(learner)
     source, cfg = bank.manifest.get("source", {}), learner.preset.learner

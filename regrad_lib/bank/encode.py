@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from regrad_lib import config
-from regrad_lib.bank import reader
+from regrad_lib.bank import on_disk, reader
 from regrad_lib.bank.writer import DEFAULT_SHARD_BYTES, MAX_SHARD_BYTES, BankWriter
 from regrad_lib.core import lora, regrad, task_batches
 from regrad_lib.core.learner import Learner
@@ -216,14 +216,14 @@ def _prepare_parts(target: Path, head: dict, overwrite: bool) -> tuple[str, set[
     done: set[str] = set()
     earlier = sorted(p for p in parts.iterdir() if p.is_dir()) if parts.is_dir() else []
     for folder in [target] + earlier:
-        if not (folder / reader.MANIFEST).exists():
+        if not (folder / on_disk.MANIFEST).exists():
             continue               # no bank yet, or a process that died before its first shard
         with reader.GradientBank.open(folder) as stored:
-            diff = {k: (stored.manifest[k], head[k]) for k in reader.IDENTITY if stored.manifest[k] != head[k]}
+            diff = {k: (stored.manifest[k], head[k]) for k in on_disk.IDENTITY if stored.manifest[k] != head[k]}
             if diff:
                 shown = "; ".join(f"{k}: {a!r} != now {b!r}" for k, (a, b) in diff.items())
-                raise reader.BankMismatchError(f"{paths.relative(folder)} was encoded with other settings ({shown}): "
-                                             "pass overwrite=True (04_encode: overwrite = True) to rebuild the bank")
+                raise on_disk.BankMismatchError(f"{paths.relative(folder)} was encoded with other settings ({shown}): "
+                                              "pass overwrite=True (04_encode: overwrite = True) to rebuild the bank")
             done.update(stored.ids())
     numbers = [int(m.group(1)) for p in earlier if (m := re.fullmatch(r"a(\d+)-r\d+", p.name))]
     return f"a{max(numbers, default=0) + 1:03d}", done
@@ -233,7 +233,7 @@ def _merge_parts(target: Path, head: dict, shard_bytes: int, config: dict) -> No
     parts = paths.bank_parts_dir(target)
     with BankWriter.open(target, head, shard_bytes=shard_bytes, config=config) as writer:
         for part in sorted(parts.iterdir()) if parts.is_dir() else []:
-            if (part / reader.MANIFEST).exists():
+            if (part / on_disk.MANIFEST).exists():
                 writer.adopt(part)
     shutil.rmtree(parts, ignore_errors=True)     # last: until here a rerun merges again (adopt skips what it has)
 

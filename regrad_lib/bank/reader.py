@@ -1,7 +1,7 @@
 """The Gradient Bank: every passage's LoRA gradient ``g_d`` (method.md equation 1), looked up by passage id.
 
 With :mod:`regrad_lib.bank.on_disk` (the format, checks and checksums) and :mod:`regrad_lib.bank.writer`
-(:class:`BankWriter`, re-exported here), the only code that reads or writes gradient files. A bank is a folder
+(:class:`~regrad_lib.bank.writer.BankWriter`), the only code that reads or writes gradient files. A bank is a folder
 ``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>/`` (``paths.bank_dir``) of safetensors shards and a
 ``manifest.json`` (format version 2, described in :mod:`regrad_lib.bank.on_disk`); one bank holds one storage
 scheme (:mod:`regrad_lib.bank.schemes`: fp32, bf16, fp16, int8, int4, int2, with per-group bf16 scales).
@@ -36,10 +36,7 @@ from safetensors import SafetensorError, safe_open
 from regrad_lib.bank import schemes
 from regrad_lib.bank.on_disk import (
     CRC,
-    FORMAT,  # noqa: F401
-    IDENTITY,  # noqa: F401
     MANIFEST,
-    VERSION,  # noqa: F401
     BankCorruptError,
     BankError,
     BankFormatError,
@@ -47,7 +44,6 @@ from regrad_lib.bank.on_disk import (
     check_rows,
     check_shard_header,
     header,
-    ids_checksum,  # noqa: F401
     layout_of,
     rebuild,
     sha256_file,

@@ -20,13 +20,8 @@ from regrad_lib import config
 from regrad_lib.core import lora, modeling
 from regrad_lib.core.regrad import StepSizes, Weights
 from regrad_lib.io import artifacts, distributed, paths, tensorfile
-
-# the run's files (re-exported: callers asked the learner module for them before run_state existed)
-from regrad_lib.io.run_state import (  # noqa: F401
-    META_STATE,
-    TRAIN_SUMMARY,
+from regrad_lib.io.run_state import (
     UnfinishedRunError,
-    is_weight,
     read_state,
     run_finished,
     trained_state,

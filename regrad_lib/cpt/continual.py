@@ -134,13 +134,13 @@ class PostTrained:
 def _trainee(learner: Learner, cfg: config.CptConfig) -> tuple[Learner, dict[str, torch.Tensor]]:
     """A learner whose ``model`` + ``phi`` are the weights CPT trains, and those trainable tensors by name."""
     if cfg.weights == "full":
-        base = drift._base_parameters(learner.model)
+        base = drift.base_parameters(learner.model)
         odd = sorted({str(p.dtype) for _, p in base} - {"torch.float32"})
         if odd:
             raise ValueError(f"cpt weights = 'full' trains every base weight in fp32, but the model's are {odd}: "
                              "use weights 'lora' (or 'phi'), or a model loaded in fp32 (mixed_precision 'no')")
         model = copy.deepcopy(learner.model)
-        named = dict(drift._base_parameters(model))
+        named = dict(drift.base_parameters(model))
         for p in named.values():
             p.requires_grad_(True)
         return dataclasses.replace(learner, model=model, phi=drift.zero_phi(learner.phi)), named

@@ -204,13 +204,13 @@ def zero_phi(phi: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {n: torch.zeros_like(p.detach()) for n, p in phi.items()}
 
 
-def _base_parameters(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+def base_parameters(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [(n, p) for n, p in model.named_parameters() if not n.endswith((".lora_A", ".lora_B"))]
 
 
 def theta_norm(model: torch.nn.Module) -> float:
     """‖θ‖: the Frobenius norm of every base weight (LoRA excluded), in float64."""
-    return math.sqrt(sum(float(p.detach().double().pow(2).sum()) for _, p in _base_parameters(model)))
+    return math.sqrt(sum(float(p.detach().double().pow(2).sum()) for _, p in base_parameters(model)))
 
 
 def delta_norm(now: Learner, start: Learner | None) -> float:
@@ -219,7 +219,7 @@ def delta_norm(now: Learner, start: Learner | None) -> float:
     total = 0.0
     start_model = now.model if start is None else start.model
     if start_model is not now.model:
-        for (name, p), (name0, p0) in zip(_base_parameters(now.model), _base_parameters(start_model)):
+        for (name, p), (name0, p0) in zip(base_parameters(now.model), base_parameters(start_model)):
             if name != name0:
                 raise ValueError(f"models differ in layout: {name} against {name0}")
             total += float((p.detach().double() - p0.detach().double()).pow(2).sum())

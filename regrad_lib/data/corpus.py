@@ -71,7 +71,7 @@ def read(path: str | os.PathLike, max_bad_fraction: float = 0.001) -> Iterator[P
     when the stream ends (after the good passages were yielded).
     """
     path = paths.resolve(path)
-    kind = _kind(path)
+    kind = file_kind(path)
     if not 0 <= max_bad_fraction <= 1:
         raise ValueError(f"max_bad_fraction={max_bad_fraction} must be within [0, 1]")
     return _stream(path, kind, max_bad_fraction)
@@ -148,7 +148,7 @@ def _check_unique(path: Path, kind: str, hashes: array.array) -> None:
 def count(path: str | os.PathLike) -> int:
     """Number of data rows (lines, minus the TSV header), counted without parsing."""
     path = paths.resolve(path)
-    kind = _kind(path)
+    kind = file_kind(path)
     lines, last = 0, b"\n"
     try:
         with _open_binary(path) as f:
@@ -172,7 +172,7 @@ _FORMAT_HELP = {
 _Row = tuple[int, "Passage | None", str]
 
 
-def _kind(path: Path) -> str:
+def file_kind(path: Path) -> str:
     name = path.name[:-3] if path.name.endswith(".gz") else path.name
     if name.endswith(".tsv"):
         kind = "tsv"

@@ -89,19 +89,19 @@ class Person:
     passage: str
 
 
-def _syllable(rng: random.Random) -> str:
+def syllable(rng: random.Random) -> str:
     return rng.choice(_ONSETS) + rng.choice(_VOWELS)
 
 
-def _names(rng: random.Random, n: int, taken_words: set[str]) -> list[str]:
+def invented_names(rng: random.Random, n: int, taken_words: set[str]) -> list[str]:
     """``n`` invented, pronounceable full names ("Tavel Moranford"); every first and every last name is unique
     and absent from the corpus."""
     firsts: set[str] = set()
     lasts: set[str] = set()
     out = []
     while len(out) < n:
-        first = (_syllable(rng) + _syllable(rng) + rng.choice(_CODAS)).capitalize()
-        last = (_syllable(rng) + rng.choice(_CODAS) + rng.choice(_ENDINGS)).capitalize()
+        first = (syllable(rng) + syllable(rng) + rng.choice(_CODAS)).capitalize()
+        last = (syllable(rng) + rng.choice(_CODAS) + rng.choice(_ENDINGS)).capitalize()
         names = {first, last}
         if len(first) < 4 or names & (firsts | lasts) or {w.lower() for w in names} & taken_words:
             continue
@@ -111,18 +111,18 @@ def _names(rng: random.Random, n: int, taken_words: set[str]) -> list[str]:
     return out
 
 
-def _corpus_words(path: Path) -> set[str]:
+def corpus_words(path: Path) -> set[str]:
     return {w for p in corpus.read(path) for w in re.findall(r"[a-z]+", f"{p.title} {p.text}".lower())}
 
 
-def _sentence(template: str, name: str, value: str) -> str:
+def fact_sentence(template: str, name: str, value: str) -> str:
     text = template.format(n=name, v=value)
     return re.sub(r"\ba ([AEIOUaeiou])", r"an \1", text)        # "works as an architect"
 
 
 def _person(rng: random.Random, name: str, index: int, relations: list[Relation]) -> Person:
     facts = {r.name: rng.choice(r.values) for r in relations}
-    sentences = [_sentence(rng.choice(BY_NAME[r].sentences), name, v) for r, v in facts.items()]
+    sentences = [fact_sentence(rng.choice(BY_NAME[r].sentences), name, v) for r, v in facts.items()]
     return Person(name, f"probe-{index:05d}", facts, " ".join(sentences))
 
 
@@ -134,10 +134,10 @@ def generate(n_train: int = 300, n_dev: int = 120, train_questions: int = 2, see
     held-out relation), each dev person one (relations round-robin, the held-out one included).
     """
     rng = random.Random(seed)
-    taken = _corpus_words(paths.resolve(corpus_path or paths.sample_corpus()))
+    taken = corpus_words(paths.resolve(corpus_path or paths.sample_corpus()))
     taken |= {w.lower() for r in RELATIONS for s in (*r.sentences, r.question, *r.values) for w in re.findall(
         r"[A-Za-z]+", s)}
-    names = _names(rng, n_train + n_dev, taken)
+    names = invented_names(rng, n_train + n_dev, taken)
     asked_in_train = [r for r in RELATIONS if r.name not in HELD_OUT]
     people, train, dev = [], [], []
     for i, name in enumerate(names):
@@ -165,7 +165,7 @@ def generate(n_train: int = 300, n_dev: int = 120, train_questions: int = 2, see
     return {"version": VERSION, "seed": seed, "passages": people, "train": train, "dev": dev}
 
 
-def _tsv(people: list[Person]) -> str:
+def passages_tsv(people: list[Person]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, delimiter="\t", lineterminator="\n")
     writer.writerow(corpus.TSV_HEADER)
@@ -178,7 +178,7 @@ def write(folder: str | Path, **kwargs) -> dict[str, Path]:
     """Generate the probe and write its files into ``folder`` (atomic, byte-for-byte reproducible)."""
     folder = paths.resolve(folder)
     probe = generate(**kwargs)
-    files = {"passages.tsv": _tsv(probe["passages"])}
+    files = {"passages.tsv": passages_tsv(probe["passages"])}
     for split in ("train", "dev"):
         files[f"{split}.json"] = json.dumps(probe[split], indent=1, ensure_ascii=False) + "\n"
         gold = [{"qid": i, "gold_ids": [r["passage_id"]]} for i, r in enumerate(probe[split])]
@@ -213,7 +213,7 @@ def combined_corpus(base: str | Path, probe_passages: str | Path | None = None, 
             raise FileNotFoundError(f"{f} not found: the combined corpus needs the base corpus and the probe's "
                                     "passages.tsv (python -m regrad_lib.data.probe --write data/sample/probe; "
                                     "python -m regrad_lib.data.probe_transfer --write data/sample/probe_transfer)")
-    if corpus._kind(base) != "tsv" or base.suffix == ".gz":
+    if corpus.file_kind(base) != "tsv" or base.suffix == ".gz":
         raise ValueError(f"{paths.relative(base)}: the probe can be added to a plain DPR .tsv corpus only")
     stem = base.name[: -len(".tsv")]
     target = paths.work_root() / "data" / "corpora" / f"{stem}+{'+'.join(extras)}.tsv"

@@ -43,7 +43,7 @@ FAMILY = 3                    # people per family: the asked one and two distrac
 
 def _family_names(rng: random.Random, n_families: int, taken: set[str]) -> list[list[str]]:
     """``n_families`` lists of ``FAMILY`` full names sharing a surname; every first name and every surname unique."""
-    names = probe._names(rng, n_families * FAMILY, taken)        # unique first and last names, none in ``taken``
+    names = probe.invented_names(rng, n_families * FAMILY, taken)        # unique first and last names, none in ``taken``
     out = []
     for f in range(n_families):
         members = names[f * FAMILY:(f + 1) * FAMILY]
@@ -53,10 +53,10 @@ def _family_names(rng: random.Random, n_families: int, taken: set[str]) -> list[
 
 
 def _taken_words(corpus_path: str | Path | None, probe_passages: str | Path | None) -> set[str]:
-    words = probe._corpus_words(paths.resolve(corpus_path or paths.sample_corpus()))
+    words = probe.corpus_words(paths.resolve(corpus_path or paths.sample_corpus()))
     extra = paths.resolve(probe_passages or probe.passages_file())
     if extra.is_file():
-        words |= probe._corpus_words(extra)
+        words |= probe.corpus_words(extra)
     return words | {w.lower() for r in probe.RELATIONS for s in (*r.sentences, r.question, *r.values)
                     for w in re.findall(r"[A-Za-z]+", s)}
 
@@ -79,7 +79,7 @@ def generate(n_train_families: int = 60, n_dev_families: int = 20, seed: int = S
             facts = {relation.name: value, **{r.name: rng.choice(r.values) for r in others}}
             order = list(facts)
             rng.shuffle(order)
-            text = " ".join(probe._sentence(rng.choice(probe.BY_NAME[r].sentences), name, facts[r]) for r in order)
+            text = " ".join(probe.fact_sentence(rng.choice(probe.BY_NAME[r].sentences), name, facts[r]) for r in order)
             family.append(probe.Person(name, f"binding-{len(people):05d}", facts, text))
             people.append(family[-1])
         for m, person in enumerate(family):
@@ -98,7 +98,7 @@ def write(folder: str | Path, **kwargs) -> dict[str, Path]:
     """Generate the binding probe and write its files into ``folder`` (atomic, byte-for-byte reproducible)."""
     folder = paths.resolve(folder)
     data = generate(**kwargs)
-    files = {"passages.tsv": probe._tsv(data["passages"])}
+    files = {"passages.tsv": probe.passages_tsv(data["passages"])}
     for split in ("train", "dev"):
         files[f"{split}.json"] = json.dumps(data[split], indent=1, ensure_ascii=False) + "\n"
         gold = [{"qid": i, "gold_ids": [r["passage_id"]]} for i, r in enumerate(data[split])]

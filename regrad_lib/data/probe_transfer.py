@@ -113,11 +113,11 @@ def _invented(rng: random.Random, relation: TransferRelation, taken: set[str]) -
     """A new answer word (a village, a boat) or a new full name (a mentor), absent from ``taken``."""
     while True:
         if relation.name == "mentor":
-            value = probe._names(rng, 1, taken)[0]
+            value = probe.invented_names(rng, 1, taken)[0]
         elif relation.name == "hometown":
-            value = (probe._syllable(rng) + probe._syllable(rng) + rng.choice(_TOWN_ENDINGS)).capitalize()
+            value = (probe.syllable(rng) + probe.syllable(rng) + rng.choice(_TOWN_ENDINGS)).capitalize()
         else:
-            value = (probe._syllable(rng) + probe._syllable(rng) + probe._syllable(rng) + "a").capitalize()
+            value = (probe.syllable(rng) + probe.syllable(rng) + probe.syllable(rng) + "a").capitalize()
         words = {w.lower() for w in value.split()}
         if not words & taken:
             taken |= words
@@ -130,7 +130,7 @@ def _narrative(rng: random.Random, name: str, facts: dict[str, str]) -> str:
     fillers = rng.sample(FILLERS, len(FILLERS))
     sentences = []
     for rel, value in facts.items():
-        sentences.append(probe._sentence(rng.choice(BY_NAME[rel].sentences), name, value))
+        sentences.append(probe.fact_sentence(rng.choice(BY_NAME[rel].sentences), name, value))
         sentences.append(fillers.pop().format(f=first))
     target = rng.randint(*NARRATIVE_WORDS)
     while fillers and len(" ".join(sentences).split()) < target:
@@ -148,7 +148,7 @@ def generate(n_dev: int = 60, n_validation: int = 60, seed: int = SEED, corpus_p
     person, relations round-robin (dev and validation balanced), styles alternating every round; people disjoint from the
     probe's and from each other."""
     rng = random.Random(seed)
-    taken = probe._corpus_words(paths.resolve(corpus_path or paths.sample_corpus()))
+    taken = probe.corpus_words(paths.resolve(corpus_path or paths.sample_corpus()))
     taken |= {w.lower() for r in probe.RELATIONS for s in (*r.sentences, r.question, *r.values)
               for w in re.findall(r"[A-Za-z]+", s)}
     taken |= {w.lower() for r in RELATIONS for s in (*r.sentences, *r.questions, *r.values, r.card_field)
@@ -156,7 +156,7 @@ def generate(n_dev: int = 60, n_validation: int = 60, seed: int = SEED, corpus_p
     taken |= {w.lower() for s in FILLERS for w in re.findall(r"[A-Za-z]+", s)}
     taken |= {w.lower() for p in probe.generate(corpus_path=corpus_path)["passages"] for w in p.name.split()}
     counts = {"dev": n_dev, "validation": n_validation}
-    names = probe._names(rng, n_dev + n_validation, taken)
+    names = probe.invented_names(rng, n_dev + n_validation, taken)
     taken |= {w.lower() for n in names for w in n.split()}
     people, out = [], {s: [] for s in SPLITS}
     i = 0
@@ -182,7 +182,7 @@ def generate(n_dev: int = 60, n_validation: int = 60, seed: int = SEED, corpus_p
 def files(**kwargs) -> dict[str, str]:
     """The split's files as text, by name."""
     data = generate(**kwargs)
-    out = {"passages.tsv": probe._tsv(data["passages"])}
+    out = {"passages.tsv": probe.passages_tsv(data["passages"])}
     for split in SPLITS:
         out[f"{split}.json"] = json.dumps(data[split], indent=1, ensure_ascii=False) + "\n"
         gold = [{"qid": i, "gold_ids": [r["passage_id"]]} for i, r in enumerate(data[split])]

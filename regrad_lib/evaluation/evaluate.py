@@ -24,11 +24,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from regrad_lib import config
-
-# the public names of evaluation, re-exported so that notebooks and scripts need one import
-from regrad_lib.answering.harness import predict_online, run_method  # noqa: F401
-from regrad_lib.answering.methods import question_weights, require_bank  # noqa: F401
-from regrad_lib.answering.specs import METHODS, SPECS, check_methods, needs_bank  # noqa: F401
+from regrad_lib.answering.harness import run_method
+from regrad_lib.answering.methods import require_bank
+from regrad_lib.answering.specs import SPECS, check_methods, needs_bank
 from regrad_lib.bank import schemes
 from regrad_lib.core import task_batches
 from regrad_lib.core.learner import Learner
@@ -42,19 +40,12 @@ from regrad_lib.evaluation.learner_once import (
 )
 from regrad_lib.evaluation.results import (
     SUMMARY_FIELDS,
-    SWEEP_FIELDS,  # noqa: F401
-    examples,  # noqa: F401
     merge_csv,
-    method_files,  # noqa: F401
     plan,
-    predictions,  # noqa: F401
-    read_csv,  # noqa: F401
-    score_rows,  # noqa: F401
     summary,
-    table,  # noqa: F401
     write_method,
 )
-from regrad_lib.evaluation.sweeps import sweep, sweep_all  # noqa: F401
+from regrad_lib.evaluation.sweeps import sweep_all
 from regrad_lib.io import distributed, params, paths, runlock
 from regrad_lib.io.run_state import trained_state
 from regrad_lib.training import sft

@@ -16,12 +16,12 @@ from typing import Callable
 
 import torch
 
-from regrad_lib import retrieval
 from regrad_lib.answering import harness, methods
 from regrad_lib.core import adapters, lora, task_batches
 from regrad_lib.core.learner import Learner
 from regrad_lib.data import prompts
 from regrad_lib.reporting import plots
+from regrad_lib.retrieval import interface
 
 METHODS = {"closed_book": "closed_book", "rag": "rag", "regrad": "regrad_online", "no_update": "no_update"}
 
@@ -30,7 +30,7 @@ METHODS = {"closed_book": "closed_book", "rag": "rag", "regrad": "regrad_online"
 class Exploration:
     """What one question shows; ``probabilities`` maps "before"/"after" to one probability per answer token."""
     question: str
-    passages: list[retrieval.Hit]
+    passages: list[interface.Hit]
     answers: dict[str, str]
     scored_answer: str
     tokens: list[str]

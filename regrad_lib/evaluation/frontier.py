@@ -109,7 +109,7 @@ class FrontierPoint:
 
 
 @dataclass
-class FrontierTable(analysis._Markdown):
+class FrontierTable(analysis.MarkdownTable):
     points: list[FrontierPoint]
     reference: str = REFERENCE
 

@@ -20,7 +20,7 @@ from regrad_lib.io import paths
 _LIBRARIES = ("torch", "transformers", "peft", "safetensors", "tantivy", "elasticsearch", "regrad")
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process umask (read without changing it where /proc allows; a writer thread may run meanwhile)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
@@ -52,7 +52,7 @@ def atomic_path(target: str | os.PathLike, overwrite: bool = True) -> Iterator[P
     try:
         with naming(target):
             yield tmp_path
-            tmp_path.chmod(0o666 & ~_umask())
+            tmp_path.chmod(0o666 & ~current_umask())
             os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -150,7 +150,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
 def follow_umask(folder: str | os.PathLike) -> None:
     """Give ``folder`` and everything in it the modes a plain ``mkdir``/``open`` would (0777/0666 less the umask):
     some writers (mkdtemp, safetensors' ``save_file``) create private 0700/0600 entries."""
-    mask = _umask()
+    mask = current_umask()
     for root, dirs, files in os.walk(folder):
         os.chmod(root, 0o777 & ~mask)
         for name in files:

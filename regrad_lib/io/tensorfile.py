@@ -74,7 +74,7 @@ def save(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata:
             code = re.search(r"code: (\d+)", str(e))
             raise OSError(int(code.group(1)) if code else errno.EIO,
                           f"cannot write {paths.relative(target)}: {e}", str(target)) from e
-        path.chmod(0o666 & ~artifacts._umask())     # safetensors creates 0600 files
+        path.chmod(0o666 & ~artifacts.current_umask())     # safetensors creates 0600 files
     return path
 
 

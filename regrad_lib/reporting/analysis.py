@@ -103,7 +103,7 @@ class AnalyzeConfig:
         paths.results_dir(self.run, self.evaluation)        # a bad evaluation name fails here, naming the rule
 
 
-class _Markdown:
+class MarkdownTable:
     """Inline display of ``header()`` / ``rows()`` as a markdown table."""
 
     def to_markdown(self) -> str:
@@ -194,7 +194,7 @@ def read_sweeps(run: str, evaluation: str | None = None) -> list[Score]:
 
 
 @dataclass
-class ScoreTable(_Markdown):
+class ScoreTable(MarkdownTable):
     """Datasets × methods, answer accuracy (gold contained), EM and F1 (×100); shown inline as a markdown table."""
 
     datasets: list[str]
@@ -295,9 +295,7 @@ def read_alpha(run: str) -> dict[str, float]:
     path = meta_state_file(run)
     if not path.is_file():
         raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 03_train (run={run!r})")
-    from regrad_lib.core.learner import (
-        read_state,  # the checked reader (checksum, finite weights)
-    )
+    from regrad_lib.io.run_state import read_state
 
     out = {key[len("alpha."):].replace("__", "."): float(value.float().mean())
            for key, value in read_state(path).items() if key.startswith("alpha.")}

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from regrad_lib.answering.specs import METHODS
 from regrad_lib.data import metrics
-from regrad_lib.reporting.analysis import Missing, _Markdown, read_predictions
+from regrad_lib.reporting.analysis import MarkdownTable, Missing, read_predictions
 
 DATASET = "probe_binding"
 
@@ -40,7 +40,7 @@ class Shares:
 
 
 @dataclass
-class BindingTable(_Markdown):
+class BindingTable(MarkdownTable):
     """Per method: shares of answers equal to the asked person's value, a distractor's value, neither."""
 
     shares: list[Shares]
@@ -123,7 +123,7 @@ class NameEffect:
 
 
 @dataclass
-class NameEffectTable(_Markdown):
+class NameEffectTable(MarkdownTable):
     effects: list[NameEffect]
 
     def __iter__(self):

@@ -37,7 +37,7 @@ def _shares(run: str, split: str, methods: Sequence[str]) -> binding_report.Bind
 def _cell(e: effects.Effect) -> str:
     acc = e.acc
     return (f"{acc.em_a:.1f} vs {acc.em_b:.1f} (Δ {acc.difference:+.1f}, {acc.only_a}/{acc.only_b}, p = "
-            f"{effects._p(acc.p)}); NLL {e.nll.mean:+.2f} ± {e.nll.se:.2f}")
+            f"{effects.format_p(acc.p)}); NLL {e.nll.mean:+.2f} ± {e.nll.se:.2f}")
 
 
 def markdown(runs: Sequence[str], splits: Sequence[tuple[str, str]], reference: str = "demo") -> str:

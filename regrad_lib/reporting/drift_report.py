@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from regrad_lib.io import paths
-from regrad_lib.reporting.analysis import Missing, _Markdown, read_summary
+from regrad_lib.reporting.analysis import MarkdownTable, Missing, read_summary
 from regrad_lib.reporting.effects import (
     ALPHA,
     CLEAR_SE,
     Effect,
     EffectTable,
     PairedDifference,
-    _p,
+    format_p,
     mcnemar_exact,
     paired_difference,
     paired_em,
@@ -58,7 +58,7 @@ class DriftRow:
 
 
 @dataclass
-class DriftTable(_Markdown):
+class DriftTable(MarkdownTable):
     """Every :class:`DriftRow`; iterable; shown inline as a markdown table."""
     entries: list[DriftRow]
     general_n: int
@@ -208,7 +208,7 @@ def general_changes(table: DriftTable | Missing) -> list[GeneralChange] | Missin
 
 def describe_change(c: GeneralChange) -> str:
     em = "" if c.em_a is None else f"; general EM {c.em_a:.1f} vs {c.em_b:.1f} ({c.only_a} / {c.only_b} answered " \
-                                   f"by one only, McNemar p = {_p(c.p)})"
+                                   f"by one only, McNemar p = {format_p(c.p)})"
     return f"{c.label}: held-out text NLL {c.text.mean:+.3g} ± {c.text.se:.2g} nats{em}"
 
 
@@ -219,7 +219,7 @@ def _compare(e) -> tuple[int, str]:
     em_sig, nll_clear = e.em.p < ALPHA, math.isfinite(e.nll.z) and abs(e.nll.z) > CLEAR_SE
     em_dir = (1 if e.em.difference > 0 else -1) if em_sig and e.em.difference else 0
     nll_dir = (1 if e.nll.mean < 0 else -1) if nll_clear else 0
-    numbers = (f"EM {e.em.em_a:.1f} vs {e.em.em_b:.1f} (McNemar p = {_p(e.em.p)}), answer NLL {e.nll.mean:+.3g} ± "
+    numbers = (f"EM {e.em.em_a:.1f} vs {e.em.em_b:.1f} (McNemar p = {format_p(e.em.p)}), answer NLL {e.nll.mean:+.3g} ± "
                f"{e.nll.se:.2g} nats (lower on {e.nll.n_lower}/{e.nll.n})")
     if em_dir and nll_dir and em_dir != nll_dir:
         return 0, numbers + ": EM and answer NLL disagree"

@@ -24,8 +24,8 @@ from typing import Sequence
 from regrad_lib.data import metrics
 from regrad_lib.io import paths
 from regrad_lib.reporting.analysis import (
+    MarkdownTable,
     Missing,
-    _Markdown,
     predictions_file,
     read_predictions,
     read_summary,
@@ -225,7 +225,7 @@ class Effect:
 
 
 @dataclass
-class EffectTable(_Markdown):
+class EffectTable(MarkdownTable):
     """Every available (dataset, pair); iterable; shown inline as a markdown table."""
 
     effects: list[Effect]
@@ -245,12 +245,12 @@ class EffectTable(_Markdown):
         def binary(p: PairedEM | None) -> list[str]:
             if p is None:
                 return ["–"] * 5
-            return [f"{p.em_a:.1f}", f"{p.em_b:.1f}", f"{p.difference:+.1f}", f"{p.only_a} / {p.only_b}", _p(p.p)]
+            return [f"{p.em_a:.1f}", f"{p.em_b:.1f}", f"{p.difference:+.1f}", f"{p.only_a} / {p.only_b}", format_p(p.p)]
         return [[e.nll.dataset, e.nll.label, f"{e.nll.mean:+.4g}", f"{e.nll.se:.2g}", f"{e.nll.n_lower}/{e.nll.n}",
                  *binary(e.acc), *binary(e.em), str(e.em.n)] for e in self.effects]
 
 
-def _p(p: float) -> str:
+def format_p(p: float) -> str:
     return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
 
 
@@ -370,10 +370,10 @@ _KNOWLEDGE = {  # (acc direction, NLL direction) -> how the sentence reads
 
 def _detail(c: Call) -> str:
     e = c.effect
-    acc = (f"acc {e.acc.em_a:.1f} vs {e.acc.em_b:.1f}, McNemar p = {_p(e.acc.p)}, Holm {_p(c.acc_p)}; "
+    acc = (f"acc {e.acc.em_a:.1f} vs {e.acc.em_b:.1f}, McNemar p = {format_p(e.acc.p)}, Holm {format_p(c.acc_p)}; "
            if e.acc is not None else "acc not measured; ")
-    return (f"{e.nll.dataset} ({acc}answer NLL {_nll_phrase(e.nll)}, Holm p = {_p(c.nll_p)}; "
-            f"EM {e.em.em_a:.1f} vs {e.em.em_b:.1f}, McNemar p = {_p(e.em.p)}, Holm {_p(c.em_p)})")
+    return (f"{e.nll.dataset} ({acc}answer NLL {_nll_phrase(e.nll)}, Holm p = {format_p(c.nll_p)}; "
+            f"EM {e.em.em_a:.1f} vs {e.em.em_b:.1f}, McNemar p = {format_p(e.em.p)}, Holm {format_p(c.em_p)})")
 
 
 def verdict(table: EffectTable | Missing, reference: str = "shift", method: str = "regrad",
@@ -434,7 +434,7 @@ class Spread:
 
 
 @dataclass
-class SeedTable(_Markdown):
+class SeedTable(MarkdownTable):
     """Per (dataset, statistic): mean ± SD across the runs of several seeds."""
 
     runs: list[str]
@@ -475,7 +475,7 @@ def across_seeds(runs: Sequence[str], datasets: Sequence[str], methods: Sequence
 # --- exact match per group of questions (the probe's relations) ------------------------------------------------
 
 @dataclass
-class GroupTable(_Markdown):
+class GroupTable(MarkdownTable):
     """EM of each method per group of questions (e.g. the probe's relations); ``cells[(group, method)]``."""
 
     groups: list[str]

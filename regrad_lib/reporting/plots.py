@@ -13,24 +13,12 @@ from matplotlib.figure import Figure
 
 from regrad_lib.answering.specs import METHODS
 from regrad_lib.reporting.analysis import Score, ScoreTable
-from regrad_lib.reporting.bank_plots import bank_bytes, frontier  # noqa: F401
 from regrad_lib.reporting.effects import PairedDifference
-from regrad_lib.reporting.figure_style import (  # noqa: F401
-    DPI,
-    _show_inline_in_jupyter,  # noqa: F401
+from regrad_lib.reporting.figure_style import (
     finite,
     new_figure,
     num,
-    publish,
-    save_figure,
     styled,
-)
-from regrad_lib.reporting.training_plots import (  # noqa: F401
-    alpha_grid,
-    alpha_over_steps,
-    alpha_per_tensor,
-    short_tensor_name,
-    training_curves,
 )
 
 

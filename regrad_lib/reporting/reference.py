@@ -42,7 +42,6 @@ from regrad_lib.reporting.reference_tables import (
     NOT_SCORES,
     PROBE,
     TABLES,
-    TEXT_COLUMNS,  # noqa: F401
     Results,
     load,
     read_table,

@@ -33,10 +33,6 @@ def _signed(value: float, digits: int = 2) -> str:
     return f"{value:+.{digits}f}".replace("-", "−")
 
 
-def _p(p: float) -> str:
-    return effects._p(p)
-
-
 def _methods(results: Results, seed: str, dataset: str | None = None) -> list[str]:
     rows = results.table("summary", seed, **({"dataset": dataset} if dataset else {}))
     return ordered((r["method"] for r in rows), METHODS)
@@ -64,9 +60,9 @@ def _effect_sentence(row: dict) -> str:
     e = _effect(row)
     acc = "" if e.acc is None else (f"accuracy {_signed(e.acc.difference, 1)} ({e.acc.only_a} questions only "
                                     f"{e.nll.method_a} answers, {e.acc.only_b} only {e.nll.method_b}; exact McNemar "
-                                    f"p = {_p(e.acc.p)}), ")
+                                    f"p = {effects.format_p(e.acc.p)}), ")
     return (f"{e.nll.label}: {acc}answer NLL {_signed(e.nll.mean)} ± {e.nll.se:.2f} nats (lower on "
-            f"{e.nll.n_lower}/{e.nll.n}), EM {_signed(e.em.difference, 1)} (McNemar p = {_p(e.em.p)})")
+            f"{e.nll.n_lower}/{e.nll.n}), EM {_signed(e.em.difference, 1)} (McNemar p = {effects.format_p(e.em.p)})")
 
 
 def _score(s: dict, key: str) -> str:
@@ -120,8 +116,8 @@ def _effect_cell(row: dict | None) -> str:
     e = _effect(row)
     text = f"{_signed(e.nll.mean)} ± {e.nll.se:.2f} ({e.nll.n_lower}/{e.nll.n})"
     clear = e.nll.mean < 0 and abs(e.nll.z) > effects.CLEAR_SE
-    acc = "" if e.acc is None else f"; acc {_signed(e.acc.difference, 1)}, p = {_p(e.acc.p)}"
-    return (f"**{text}**" if clear else text) + acc + f"; EM {_signed(e.em.difference, 1)}, p = {_p(e.em.p)}"
+    acc = "" if e.acc is None else f"; acc {_signed(e.acc.difference, 1)}, p = {effects.format_p(e.acc.p)}"
+    return (f"**{text}**" if clear else text) + acc + f"; EM {_signed(e.em.difference, 1)}, p = {effects.format_p(e.em.p)}"
 
 
 def datasets_block(results: Results) -> str:

@@ -23,8 +23,8 @@ from typing import Sequence
 from regrad_lib.answering.specs import METHODS
 from regrad_lib.data import metrics
 from regrad_lib.io import artifacts, paths
-from regrad_lib.reporting.analysis import Missing, _Markdown
-from regrad_lib.reporting.effects import rows_by_id, mcnemar_exact, paired_difference
+from regrad_lib.reporting.analysis import MarkdownTable, Missing
+from regrad_lib.reporting.effects import mcnemar_exact, paired_difference, rows_by_id
 
 PROBE, TRANSFER = "probe", "probe_transfer"
 SHOWN = ("closed_book", "rag", "regrad", "regrad_icl", "shift", "no_update")
@@ -77,7 +77,7 @@ class GroupRow:
 
 
 @dataclass
-class TransferTable(_Markdown):
+class TransferTable(MarkdownTable):
     methods: list[str]
     rows_: list[GroupRow]
 
@@ -211,7 +211,7 @@ def echo_kind(prediction: str, entity: str, answers: Sequence[str]) -> str:
 
 
 @dataclass
-class EchoTable(_Markdown):
+class EchoTable(MarkdownTable):
     rows_: list[tuple[str, str, int, dict]]       # (method, group, n, kind -> count)
 
     KINDS = ("correct", "verbose", "name", "fragment", "empty", "other")

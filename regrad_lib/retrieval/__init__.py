@@ -20,9 +20,9 @@ import difflib
 import os
 
 from regrad_lib.io import paths
-from regrad_lib.retrieval.interface import BACKENDS, Hit, RetrievalError, Retriever
+from regrad_lib.retrieval.interface import BACKENDS, Retriever
 
-__all__ = ["build", "open", "Hit", "RetrievalError", "Retriever"]
+__all__ = ["build", "open"]
 
 
 def _check_backend(backend: str) -> None:

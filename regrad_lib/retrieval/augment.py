@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from regrad_lib.data import datasets
+from regrad_lib.data import datasets, qa_records
 from regrad_lib.io import artifacts, params, paths
-from regrad_lib.retrieval import Retriever
+from regrad_lib.retrieval.interface import Retriever
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _index_provenance(retriever: Retriever) -> dict:
     return {"index": described.get("index"), "backend": described.get("backend"), "corpus": described.get("corpus")}
 
 
-def _record(rec: datasets.QARecord, hits: list) -> dict:
+def _record(rec: qa_records.QARecord, hits: list) -> dict:
     row = {"test_id": rec.test_id, "question": rec.question, "answers": list(rec.answers),
            "passages": [h.text for h in hits], "passage_ids": [str(h.passage_id) for h in hits],
            "titles": [h.title for h in hits], "scores": [round(float(h.score), 6) for h in hits]}

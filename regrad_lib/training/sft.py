@@ -43,7 +43,14 @@ from regrad_lib.core import lora, regrad, task_batches
 from regrad_lib.core.learner import Learner
 from regrad_lib.core.task_batches import Task
 from regrad_lib.data import metrics
-from regrad_lib.io import artifacts, checkpoint, distributed, ownership, paths, tensorfile
+from regrad_lib.io import (
+    artifacts,
+    checkpoint,
+    distributed,
+    ownership,
+    paths,
+    tensorfile,
+)
 from regrad_lib.training import run_folder
 from regrad_lib.training.schedule import learning_rate, total_steps
 from regrad_lib.training.train_data import TrainData, step_batches, training_data

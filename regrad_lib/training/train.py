@@ -30,8 +30,6 @@ from regrad_lib.core.task_batches import Task
 from regrad_lib.data import metrics
 from regrad_lib.io import artifacts, checkpoint, distributed, params, paths, runlock
 from regrad_lib.io.run_state import META_STATE
-
-# the public names of training, re-exported so that notebooks and scripts need one import
 from regrad_lib.training.run_folder import (
     LOG,
     REQUEST,
@@ -39,25 +37,20 @@ from regrad_lib.training.run_folder import (
     append_log,
     is_better,
     kept_summary,
-    learned_alpha,  # noqa: F401
     prepare,
     read_log,
     request_of,
     summary_of,
 )
-from regrad_lib.training.schedule import (  # noqa: F401
+from regrad_lib.training.schedule import (
     group_rates,
-    learning_rate,
     make_optimizer,
     optimizer_step,
     total_steps,
 )
-from regrad_lib.training.train_data import (  # noqa: F401
-    TrainData,
+from regrad_lib.training.train_data import (
     describe,
     epoch_order,
-    load_tasks,
-    split_tasks,
     training_data,
 )
 
