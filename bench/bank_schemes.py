@@ -39,7 +39,7 @@ from regrad_lib.bank.writer import BankWriter
 from regrad_lib.core.learner import Learner  # noqa: E402
 from regrad_lib.evaluation import evaluate, frontier
 from regrad_lib.io import paths
-from regrad_lib.reporting import effects
+from regrad_lib.reporting import effects, frontier_report
 
 SCHEMES = ["fp32", "bf16", "int8", "int4", "int4-g128", "int2"]
 
@@ -115,7 +115,7 @@ def bench_dataset(args, learner: Learner, dataset: str) -> list[dict]:
     scored = {r["scheme"]: r for r in frontier.evaluate_schemes(args.run, dataset, args.schemes, split=args.split,
                                                                  topk=args.topk, limit=args.limit, learner=learner,
                                                                  overwrite=True)}
-    rows = {s: [json.loads(line) for line in frontier.files(args.run, dataset, s)[0].read_text().splitlines()]
+    rows = {s: [json.loads(line) for line in paths.scheme_predictions_file(args.run, dataset, s).read_text().splitlines()]
             for s in args.schemes}
     reference = reader.open_bank(args.topk, args.run, dataset, args.split, args.reference, learner=learner)
     shift = harness.run_method("shift", learner, tasks_, bank=reference)
@@ -160,7 +160,7 @@ def main() -> None:
     ap.add_argument("--run", required=True, help="a trained run: outputs/<run>/ and its augmented dev files")
     ap.add_argument("--datasets", default="popqa,hotpotqa,2wikimultihopqa,complexwebquestions")
     ap.add_argument("--schemes", default=",".join(SCHEMES), help="comma-separated; must include --reference")
-    ap.add_argument("--reference", default=frontier.REFERENCE)
+    ap.add_argument("--reference", default=frontier_report.REFERENCE)
     ap.add_argument("--split", default="dev")
     ap.add_argument("--topk", type=int, default=3)
     ap.add_argument("--limit", type=int, default=None, help="first questions per dataset (default: all)")

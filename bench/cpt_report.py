@@ -29,14 +29,13 @@ def main() -> None:
     revision = trained_revision(a.run)
     print(f"Run `{a.run}`, trained at commit {revision[:7] if revision else '(not recorded)'}.\n")
 
-    from regrad_lib.io import artifacts, paths
+    from regrad_lib.io import paths, result_files
     from regrad_lib.reporting import drift_report
 
     datasets = a.datasets.split(",")
     for dataset in datasets:     # the CPT settings each stream was trained with (drift.json)
-        drift_file = paths.cpt_dir(a.run, dataset, a.evaluation) / "drift.json"
-        if drift_file.is_file():
-            print(f"- CPT on {dataset}: {artifacts.read_json(drift_file)['settings']['cpt']}")
+        if paths.drift_file(a.run, dataset, a.evaluation).is_file():
+            print(f"- CPT on {dataset}: {result_files.read_drift(a.run, dataset, a.evaluation)['settings']['cpt']}")
     print()
     rows = analysis.read_summary(a.run, datasets, a.evaluation)
     print("| dataset | method | EM | answer NLL | n |\n|---|---|---:|---:|---:|")

@@ -15,6 +15,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from regrad_lib.io import result_files
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
@@ -40,13 +42,13 @@ def main() -> None:
     train = datasets.load(a.dataset, folder, "train")
     rows = analysis.read_summary(a.run, [a.dataset], a.evaluation)
     methods = [r.method for r in rows]
-    golds = [r["answers"][0] for r in analysis.read_predictions(a.run, a.dataset, methods[0], a.evaluation)]
+    golds = [r["answers"][0] for r in result_files.method_predictions(a.run, a.dataset, methods[0], a.evaluation)]
     base = metrics.majority_baseline([r.answers[0] for r in train], golds)
     print(f"{a.dataset}: n = {base['n']} test questions, labels {base['test_counts']}; majority label of the "
           f"{len(train)} training questions: {base['label']!r}, accuracy {base['accuracy']:.1f}")
     print("\n| method | accuracy | answer NLL | answers given |\n|---|---:|---:|---|")
     for r in rows:
-        said = Counter(x["prediction"] or "(none)" for x in analysis.read_predictions(a.run, a.dataset, r.method,
+        said = Counter(x["prediction"] or "(none)" for x in result_files.method_predictions(a.run, a.dataset, r.method,
                                                                                       a.evaluation))
         print(f"| {r.method} | {r.em:.1f} | {r.nll:.3f} | {dict(said.most_common())} |")
     print(f"| majority class ({base['label']}) | {base['accuracy']:.1f} | | |")

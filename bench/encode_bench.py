@@ -63,8 +63,7 @@ def device_name(device: torch.device) -> str:
 def preset_learner(name: str, seq_len: int, device: str):
     """A learner of preset ``name`` with non-zero B, saved as run ``bench-<name>`` (bank_context_len = seq_len)."""
     from regrad_lib.core.learner import Learner
-    from regrad_lib.io.run_state import META_STATE
-
+    
     preset = config.load_preset(name, {"learner": {"bank_context_len": seq_len}})
     learner = Learner.create(preset, device)
     with torch.no_grad():
@@ -74,7 +73,7 @@ def preset_learner(name: str, seq_len: int, device: str):
     run = f"bench-{name}"
     folder = paths.output_dir(run)
     preset.save(folder)
-    learner.save(folder / META_STATE)
+    learner.save(folder / paths.META_STATE)
     return run, learner
 
 

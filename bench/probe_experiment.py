@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from regrad_lib.evaluation import results, sweeps
+from regrad_lib.io import result_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -70,7 +71,7 @@ def main() -> None:
     if a.gammas:
         sweep = sweeps.sweep_all(a.run, datasets, gammas=[float(g) for g in a.gammas.split(",")], limit=a.limit,
                                  learner=learner)
-        print(results.table(sweep, results.SWEEP_FIELDS))
+        print(results.table(sweep, result_files.SWEEP_FIELDS))
 
 
 if __name__ == "__main__":

@@ -160,8 +160,7 @@ def base_run(args) -> str:
     from regrad_lib.bank import encode
     from regrad_lib.core.learner import Learner
     from regrad_lib.io import paths
-    from regrad_lib.io.run_state import META_STATE
-
+    
     preset = config.load_preset(PRESETS[args.model], {"generation": {"batch_size": args.gen_batch}})
     learner = Learner.create(preset)
     torch.manual_seed(0)
@@ -170,7 +169,7 @@ def base_run(args) -> str:
             if name.endswith("lora_B"):
                 p.normal_(0, 0.01)
     preset.save(paths.output_dir("base"))
-    learner.save(paths.output_dir("base") / META_STATE)
+    learner.save(paths.output_dir("base") / paths.META_STATE)
     if "evaluate" in args.steps:
         encode.encode("base", DATASET, "dev", end=args.questions, batch_size=args.batch_size, learner=learner)
     return "base"

@@ -33,6 +33,8 @@ import logging
 import sys
 from pathlib import Path
 
+from regrad_lib.io import result_files
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 DATASET, SPLIT, EVALUATION = "probe_transfer", "validation_all", "transfer-validation"
@@ -211,13 +213,13 @@ def _measure(run: str, records: list[dict]) -> dict:
     from regrad_lib.reporting import analysis, effects, transfer_report
 
     out: dict = {"run": run}
-    summary = artifacts.read_json(paths.output_dir(run) / "train_summary.json")
+    summary = artifacts.read_json(paths.train_summary_file(run))
     args = artifacts.read_json(paths.output_dir(run) / "train_args.json")
     out.update({k: summary.get(k) for k in ("train_datasets", "steps", "tasks", "wall_s", "best_eval")})
     out["alpha_learning_rate"] = args.get("alpha_learning_rate")
     for method in ("regrad", "shift", "no_update", "rag"):
         try:
-            rows = analysis.read_predictions(run, DATASET, method, EVALUATION)
+            rows = result_files.method_predictions(run, DATASET, method, EVALUATION)
         except FileNotFoundError:
             continue
         em = [metrics.score(r["prediction"], r["answers"])["em"] for r in rows]

@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from regrad_lib.io import result_files
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
@@ -32,7 +34,7 @@ def main() -> None:
     for d in datasets:       # which code answered (git revision recorded in each result file)
         file = results.method_files(a.run, d, "regrad", a.evaluation)[1]
         if file.is_file():
-            rev = results.read_metrics(file).get("provenance", {}).get("git_revision", "?")
+            rev = result_files.read_metrics(file).get("provenance", {}).get("git_revision", "?")
             print(f"{d}: regrad answered at commit {rev[:7]}{' (dirty)' if rev.endswith('-dirty') else ''}"
                   f" ({paths.relative(file)})  ")
     print()

@@ -117,7 +117,7 @@ def _eval(a) -> None:
 def learner_summary(point: str) -> dict:
     from regrad_lib.io import artifacts, paths
 
-    return artifacts.read_json(paths.output_dir(point) / "train_summary.json")
+    return artifacts.read_json(paths.train_summary_file(point))
 
 
 def _cost(a) -> None:

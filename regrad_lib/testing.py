@@ -52,7 +52,6 @@ def saved_trained_run(run: str, preset, seed: int = 0, b_std: float = 0.3, alpha
     import torch
 
     from regrad_lib.core.learner import Learner
-    from regrad_lib.io.run_state import META_STATE, TRAIN_SUMMARY
 
     learner = Learner.create(preset)
     torch.manual_seed(seed)
@@ -63,8 +62,8 @@ def saved_trained_run(run: str, preset, seed: int = 0, b_std: float = 0.3, alpha
         for v in learner.alpha.values.values():
             v.fill_(alpha)
     preset.save(paths.output_dir(run))
-    learner.save(paths.output_dir(run) / META_STATE)
-    artifacts.write_json(paths.output_dir(run) / TRAIN_SUMMARY, {"run": run})   # finished, as 03_train marks it
+    learner.save(paths.meta_state_file(run))
+    artifacts.write_json(paths.train_summary_file(run), {"run": run})   # finished, as 03_train marks it
     return learner
 
 

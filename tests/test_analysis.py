@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from regrad_lib.bank import on_disk
 from regrad_lib.bank.writer import BankWriter
-from regrad_lib.io import paths
+from regrad_lib.io import paths, run_state
 from regrad_lib.io.artifacts import write_jsonl, write_text
 from regrad_lib.reporting import analysis
 
@@ -41,12 +41,12 @@ NLL = {"regrad": {"q1": 1.0, "q2": 2.0, "q3": 3.0, "q4": 0.5},
 
 def write_run(run: str, datasets=("popqa",), sweeps: bool = True, log: bool = True, bank: bool = True) -> None:
     """A small synthetic run: summary.csv, sweeps.csv, predictions, training log, meta state, a bank."""
-    write_text(analysis.summary_file(run), SUMMARY)
+    write_text(paths.summary_file(run), SUMMARY)
     if sweeps:
-        write_text(analysis.sweeps_file(run), SWEEPS)
+        write_text(paths.sweeps_file(run), SWEEPS)
     for dataset in datasets:
         for method, nll in NLL.items():
-            write_jsonl(analysis.predictions_file(run, dataset, method),
+            write_jsonl(paths.predictions_file(run, dataset, method),
                         [{"test_id": k, "question": f"Q {k}?", "answers": ["x"], "prediction": "y",
                           "passage_ids": ["1", "2", "3"], "answer_nll": v} for k, v in nll.items()])
     names = ["model.layers.2.self_attn.q_proj.lora_A", "model.layers.2.self_attn.q_proj.lora_B",
@@ -59,11 +59,11 @@ def write_run(run: str, datasets=("popqa",), sweeps: bool = True, log: bool = Tr
                         "best": True})
         rows.append({"kind": "eval", "step": 5, "eval_loss": 2.6, "eval_em": 0.0, "eval_f1": 3.0, "n": 3,
                      "best": False})
-        write_jsonl(analysis.training_log_file(run), rows)
+        write_jsonl(paths.training_log_file(run), rows)
         state = {f"alpha.{n.replace('.', '__')}": torch.tensor(0.01 * (i + 1)) for i, n in enumerate(names)}
         state["phi.x"] = torch.zeros(2)
         paths.output_dir(run).mkdir(parents=True, exist_ok=True)
-        save_file(state, str(analysis.meta_state_file(run)))
+        save_file(state, str(paths.meta_state_file(run)))
     if bank:
         phi = {"m.0.lora_A": torch.zeros(2, 3), "m.0.lora_B": torch.zeros(4, 2)}  # 14 numbers per passage
         for dataset, scheme in zip(datasets, ("bf16", "fp32")):
@@ -90,16 +90,16 @@ def test_read_summary_types_and_missing(run, tmp_path):
 
 
 def test_read_summary_bad_value_names_line_and_field(run):
-    write_text(analysis.summary_file(run), "dataset,method,em,f1,precision,recall,nll,n\npopqa,rag,1,abc,1,1,1,3\n")
+    write_text(paths.summary_file(run), "dataset,method,em,f1,precision,recall,nll,n\npopqa,rag,1,abc,1,1,1,3\n")
     with pytest.raises(ValueError, match=r"summary.csv line 2: field 'f1' = 'abc'"):
         analysis.read_summary(run)
-    write_text(analysis.summary_file(run), "dataset,method,em,f1\npopqa,rag,1,2\n")
+    write_text(paths.summary_file(run), "dataset,method,em,f1\npopqa,rag,1,2\n")
     with pytest.raises(ValueError, match=r"lacks \['precision', 'recall', 'nll', 'n'\]"):
         analysis.read_summary(run)
 
 
 def test_empty_nll_is_nan(run):
-    write_text(analysis.summary_file(run), "dataset,method,em,f1,precision,recall,nll,n\npopqa,rag,1,2,3,4,,3\n")
+    write_text(paths.summary_file(run), "dataset,method,em,f1,precision,recall,nll,n\npopqa,rag,1,2,3,4,,3\n")
     assert math.isnan(analysis.read_summary(run)[0].nll)
 
 
@@ -119,8 +119,8 @@ def test_score_table_pivot_and_order(run):
 
 def test_score_table_shows_answer_accuracy_beside_em(tmp_path, monkeypatch):
     monkeypatch.setenv("REGRAD_WORK", str(tmp_path))
-    write_text(analysis.summary_file("acc"), "dataset,method,em,acc,f1,precision,recall,nll,n\n"
-                                              "popqa,rag,6.7,50.0,26.4,20.0,40.0,2.1,30\n")
+    write_text(paths.summary_file("acc"), "dataset,method,em,acc,f1,precision,recall,nll,n\n"
+                                           "popqa,rag,6.7,50.0,26.4,20.0,40.0,2.1,30\n")
     [row] = analysis.read_summary("acc")
     assert (row.em, row.acc, row.f1) == (6.7, 50.0, 26.4)
     assert analysis.score_table([row]).rows() == [["popqa", "50.0", "6.7", "26.4"]]
@@ -129,39 +129,39 @@ def test_score_table_shows_answer_accuracy_beside_em(tmp_path, monkeypatch):
 def test_sweeps_and_sweep_selection(run):
     rows = analysis.read_sweeps(run)
     assert rows[0].gamma == 0.5 and rows[0].topk == 3
-    gamma = analysis.sweep(rows, "gamma", topk=3)
+    gamma = analysis.sweep_series(rows, "gamma", topk=3)
     assert [(r.dataset, r.gamma) for r in gamma] == [("hotpotqa", 0.5), ("hotpotqa", 1.0), ("popqa", 0.5),
                                                      ("popqa", 1.0), ("popqa", 2.0)]
-    topk = analysis.sweep(rows, "topk", gamma=1.0)
+    topk = analysis.sweep_series(rows, "topk", gamma=1.0)
     assert [(r.dataset, r.topk) for r in topk] == [("popqa", 1), ("popqa", 3)]
-    assert isinstance(analysis.sweep(rows, "topk", gamma=0.5), analysis.Missing)
+    assert isinstance(analysis.sweep_series(rows, "topk", gamma=0.5), analysis.Missing)
     with pytest.raises(ValueError, match="vary='lr'"):
-        analysis.sweep(rows, "lr")
+        analysis.sweep_series(rows, "lr")
 
 
 def test_missing_sweeps_is_a_note(run):
-    analysis.sweeps_file(run).unlink()
+    paths.sweeps_file(run).unlink()
     got = analysis.optional(analysis.read_sweeps, run)
     assert isinstance(got, analysis.Missing) and "results/r/sweeps.csv not found" in got.message
     assert "sweep" in got._repr_markdown_()
-    assert analysis.sweep(got, "gamma") is got
+    assert analysis.sweep_series(got, "gamma") is got
 
 
 def test_training_log_and_alpha(run):
-    rows = analysis.read_training_log(run)
+    rows = run_state.read_training_log(run)
     assert len(rows) == 7 and sum(r["kind"] == "eval" for r in rows) == 2
-    alpha = analysis.read_alpha(run)
+    alpha = run_state.read_alpha(run)
     assert alpha == pytest.approx({"model.layers.2.self_attn.q_proj.lora_A": 0.01,
                                    "model.layers.2.self_attn.q_proj.lora_B": 0.02,
                                    "model.layers.10.mlp.gate_proj.lora_A": 0.03,
                                    "model.layers.10.mlp.gate_proj.lora_B": 0.04})
     assert list(alpha)[1:3] == ["model.layers.2.self_attn.q_proj.lora_B", "model.layers.10.mlp.gate_proj.lora_A"]
-    with analysis.training_log_file(run).open("a") as f:
+    with paths.training_log_file(run).open("a") as f:
         f.write(json.dumps({"step": 9}) + "\n")
-    with pytest.raises(ValueError, match="row 8: lacks .kind."):
-        analysis.read_training_log(run)
+    with pytest.raises(ValueError, match="line 8 lacks .kind."):
+        run_state.read_training_log(run)
     with pytest.raises(FileNotFoundError, match="outputs/none/training_log.jsonl not found: .*03_train"):
-        analysis.read_training_log("none")
+        run_state.read_training_log("none")
 
 
 def test_bank_sizes(run):

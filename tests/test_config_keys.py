@@ -18,8 +18,8 @@ from regrad_lib.core import learner as learner_mod
 from regrad_lib.core.learner import Learner
 from regrad_lib.data import prompts
 from regrad_lib.evaluation import evaluate, learner_once
-from regrad_lib.io import artifacts, checkpoint, paths
-from regrad_lib.training import run_folder, schedule, train
+from regrad_lib.io import artifacts, checkpoint, paths, run_state
+from regrad_lib.training import schedule, train
 
 HERE = Path(__file__).parent
 KEY_TESTS = {
@@ -289,7 +289,7 @@ def test_train_args_reach_the_optimizer_the_schedule_and_the_log(tiny_model_dir,
     assert (summary["train_tasks"], summary["steps"], summary["tasks"]) == (3, 4, 6)
     assert len(seen) == 6 and all(len(tb) == 1 for tb in seen)               # tasks_per_forward = 1: a chunk a task
     assert all(len(tb.task_of_passage) == 2 for tb in seen)                   # topk = 2 passages a task
-    rows = run_folder.read_log("keys-train")
+    rows = run_state.read_training_log("keys-train")
     assert [r["step"] for r in rows if r["kind"] == "train"] == [2, 4]        # logging_steps = 2
     lrs = [r["lr"] for r in rows if r["kind"] == "train"]
     # warm-up over int(0.5 * 4) = 2 steps from 0.2 * lr, then linear decay: steps 2 and 4 ran at 0-based 1 and 3

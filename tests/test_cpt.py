@@ -20,8 +20,8 @@ from regrad_lib.core import generation, lora, task_batches
 from regrad_lib.core.learner import Learner
 from regrad_lib.cpt import continual, drift
 from regrad_lib.data import metrics, prompts
-from regrad_lib.evaluation import evaluate, results
-from regrad_lib.io import artifacts, paths
+from regrad_lib.evaluation import evaluate
+from regrad_lib.io import artifacts, paths, result_files
 from regrad_lib.training import train_data
 
 RUN, DATASET, GENERAL = "cpt-run", "cptqa", "cptgen"
@@ -194,7 +194,7 @@ def test_regrad_leaves_the_persistent_weights_bit_for_bit_and_cpt_answers_beside
         assert out[method]["persistent_sha256"] == drift.fingerprint(learner)
     assert "persistent_unchanged" not in out["rag"]
     assert out["cpt"]["cpt"] == {**{k: CFG[k] for k in continual.TRAINED_KEYS if k in CFG}, "weights": "lora", "seed": 42}
-    rows = {m: results.predictions(RUN, DATASET, m, "methods") for m in ("cpt", "cpt_rag", "rag")}
+    rows = {m: result_files.method_predictions(RUN, DATASET, m, "methods") for m in ("cpt", "cpt_rag", "rag")}
     assert [r["passage_ids"] for r in rows["cpt"]] == [[] for _ in rows["cpt"]]
     assert [r["passage_ids"] for r in rows["cpt_rag"]] == [r["passage_ids"] for r in rows["rag"]]
     # kept on a re-run with the same settings; other cpt settings are refused, as for any method

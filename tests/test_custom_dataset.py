@@ -10,8 +10,8 @@ from regrad_lib import retrieval
 from regrad_lib.answering import harness
 from regrad_lib.bank import encode
 from regrad_lib.core.learner import Learner
-from regrad_lib.evaluation import evaluate, explore, results
-from regrad_lib.io import paths
+from regrad_lib.evaluation import evaluate, explore
+from regrad_lib.io import paths, result_files
 from regrad_lib.retrieval import augment
 from regrad_lib.training import train
 
@@ -62,7 +62,7 @@ def test_a_custom_dataset_runs_augment_train_encode_evaluate(run):
     assert run["bank"] == paths.bank_dir(3, "custom", "myqa", "dev", "fp32") and (run["bank"] / "manifest.json").is_file()
     assert {m: s["n"] for m, s in run["scores"].items()} == dict.fromkeys(["closed_book", "rag", "regrad",
                                                                           "no_update"], 4)
-    assert {r["dataset"] for r in results.summary("custom")} == {"myqa"}
+    assert {r["dataset"] for r in result_files.summary_rows("custom")} == {"myqa"}
 
 
 def test_explore_a_typed_question(run):

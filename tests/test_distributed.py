@@ -30,10 +30,17 @@ from regrad_lib.bank.writer import BankWriter
 from regrad_lib.core import lora
 from regrad_lib.core.learner import Learner
 from regrad_lib.evaluation import evaluate, results
-from regrad_lib.io import artifacts, checkpoint, distributed, paths, tolerance
-from regrad_lib.io.run_state import META_STATE
+from regrad_lib.io import (
+    artifacts,
+    checkpoint,
+    distributed,
+    paths,
+    result_files,
+    run_state,
+    tolerance,
+)
 from regrad_lib.runner import launch
-from regrad_lib.training import run_folder, train
+from regrad_lib.training import train
 
 CITIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Egypt", "Cairo"), ("Peru", "Lima"),
           ("Kenya", "Nairobi"), ("Chile", "Santiago"), ("Spain", "Madrid"), ("Norway", "Oslo"), ("Cuba", "Havana"),
@@ -80,7 +87,7 @@ def solo(data):
 
 
 def _log(run):
-    return run_folder.read_log(run)
+    return run_state.read_training_log(run)
 
 
 def _state(path):
@@ -109,7 +116,7 @@ def test_two_processes_resume_one_and_train_the_same_trajectory(solo, monkeypatc
                 assert b[key] == pytest.approx(a[key], rel=relative, abs=shift), (a["step"], key)
         assert b.get("best") == a.get("best") and b.get("tasks_seen") == a.get("tasks_seen")
     assert {r["loss"] for r in one if r["kind"] == "train"} != {None} and len(two) == 5 + 4   # 5 steps, 4 evals
-    for name in (f"{checkpoint.FOLDER}/{checkpoint.TENSORS}", META_STATE):
+    for name in (f"{checkpoint.FOLDER}/{checkpoint.TENSORS}", paths.META_STATE):
         a, b = _state(paths.output_dir("solo") / name), _state(paths.output_dir("duo") / name)
         assert set(a) == set(b) and any(k.startswith("alpha.") for k in a)
         for key in a:
@@ -151,7 +158,7 @@ def test_two_processes_give_alpha_no_gradient_in_the_outer_loss_false_ablation(d
     launch.run(settings("plain-solo"))
     launch.run(settings("plain-duo"), num_processes=2)
     start = Learner.create(settings("x").config).state_dict()
-    one, two = _state(paths.output_dir("plain-solo") / META_STATE), _state(paths.output_dir("plain-duo") / META_STATE)
+    one, two = _state(paths.output_dir("plain-solo") / paths.META_STATE), _state(paths.output_dir("plain-duo") / paths.META_STATE)
     alphas = [k for k in start if k.startswith("alpha.")]
     assert alphas and all(torch.equal(run[k], start[k]) for run in (one, two) for k in alphas)
     assert any(not torch.equal(two[k], start[k]) for k in two if k.startswith("phi."))
@@ -201,7 +208,7 @@ def test_two_processes_evaluate_as_one(solo):
     logit = {m: _logit_tolerance(learner, m) for m in METHODS}
     all_texts_compared, compared = {}, 0
     for method in METHODS:
-        rows = [results.predictions(run, "dist-a", method) for run in ("solo", "duo-eval")]
+        rows = [result_files.method_predictions(run, "dist-a", method) for run in ("solo", "duo-eval")]
         assert len(rows[0]) == len(CITIES)
         clear = 0
         for a, b in zip(*rows):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from regrad_lib.io import paths
 from regrad_lib.io.artifacts import write_jsonl, write_text
 from regrad_lib.reporting import analysis, effects
 
@@ -16,9 +17,9 @@ SUMMARY = "dataset,method,em,f1,precision,recall,nll,n\n" + "".join(
 
 
 def write_run(run, rows=ROWS, dataset="popqa", summary=SUMMARY, evaluation=None):
-    write_text(analysis.summary_file(run, evaluation), summary)
+    write_text(paths.summary_file(run, evaluation), summary)
     for method, items in rows.items():
-        write_jsonl(analysis.predictions_file(run, dataset, method, evaluation),
+        write_jsonl(paths.predictions_file(run, dataset, method, evaluation),
                     [{"test_id": k, "question": f"Q {k}?", "answers": ["x"], "prediction": p, "answer_nll": v}
                      for k, (v, p) in items.items()])
 
@@ -54,10 +55,10 @@ def test_paired_difference_edge_cases():
 
 
 def test_bad_prediction_rows_are_named(run):
-    write_jsonl(analysis.predictions_file(run, "popqa", "shift"), [{"test_id": "q1", "answer_nll": 1.0}] * 2)
+    write_jsonl(paths.predictions_file(run, "popqa", "shift"), [{"test_id": "q1", "answer_nll": 1.0}] * 2)
     with pytest.raises(ValueError, match="duplicate test_id 'q1'"):
         effects.paired_nll_differences(run, "popqa")
-    write_text(analysis.predictions_file(run, "popqa", "shift"), '{"test_id": "q1"}\n')
+    write_text(paths.predictions_file(run, "popqa", "shift"), '{"test_id": "q1"}\n')
     with pytest.raises(ValueError, match="shift.predictions.jsonl row 1: lacks"):
         effects.paired_nll_differences(run, "popqa")
 

@@ -12,7 +12,6 @@ from regrad_lib.bank.writer import BankWriter
 from regrad_lib.core import lora, regrad, task_batches
 from regrad_lib.core.learner import Learner
 from regrad_lib.io import artifacts, paths, tolerance
-from regrad_lib.io.run_state import META_STATE, TRAIN_SUMMARY
 
 
 def _corpus(n):
@@ -46,8 +45,8 @@ def _make_run(run, seed=0):
     folder = paths.output_dir(run)
     folder.mkdir(parents=True, exist_ok=True)
     preset.save(folder)
-    learner.save(folder / META_STATE)
-    artifacts.write_json(folder / TRAIN_SUMMARY, {"run": run})   # finished, as 03_train marks it
+    learner.save(folder / paths.META_STATE)
+    artifacts.write_json(folder / paths.TRAIN_SUMMARY, {"run": run})   # finished, as 03_train marks it
     return Learner.from_run(run)
 
 

@@ -11,8 +11,7 @@ from regrad_lib.bank import encode, on_disk, reader
 from regrad_lib.core import lora, regrad, task_batches
 from regrad_lib.core.learner import Learner
 from regrad_lib.evaluation import evaluate, results, sweeps
-from regrad_lib.io import artifacts, paths
-from regrad_lib.io.run_state import META_STATE, TRAIN_SUMMARY
+from regrad_lib.io import artifacts, paths, result_files
 
 PASSAGES = [("Paris", "Paris is the capital and most populous city of France."),
             ("Nile", "The Nile is a major north-flowing river in northeastern Africa."),
@@ -47,8 +46,8 @@ def run(tiny_model_dir):
             v.fill_(0.5)
     folder = paths.output_dir(RUN)
     preset.save(folder)
-    learner.save(folder / META_STATE)
-    artifacts.write_json(folder / TRAIN_SUMMARY, {"run": RUN})   # finished, as 03_train marks it
+    learner.save(folder / paths.META_STATE)
+    artifacts.write_json(folder / paths.TRAIN_SUMMARY, {"run": RUN})   # finished, as 03_train marks it
     artifacts.write_json(paths.augmented_file(DATASET, "dev"), _records())
     encode.encode_schemes(RUN, DATASET, "dev", ["fp32", "int8", "int4", reader.DEFAULT_SCHEME], batch_size=4,
                           learner=learner, overwrite=True)
@@ -180,7 +179,7 @@ def test_evaluate_writes_resumes_and_overwrites(run):
     again = evaluate.evaluate(RUN, DATASET, ["regrad", "rag"], limit=5, learner=lambda: learner)
     assert again["regrad"]["status"] == "kept" and again["rag"]["status"] == "computed"
     assert metrics_file.stat().st_mtime_ns == before
-    assert {r["method"] for r in results.summary(RUN)} == {*methods, "rag"}
+    assert {r["method"] for r in result_files.summary_rows(RUN)} == {*methods, "rag"}
     with pytest.raises(FileExistsError, match="overwrite=True"):
         evaluate.evaluate(RUN, DATASET, ["regrad"], limit=5, gamma=2.0, learner=learner)
     redone = evaluate.evaluate(RUN, DATASET, ["regrad"], limit=5, gamma=2.0, learner=learner, overwrite=True)
@@ -317,8 +316,8 @@ def test_named_evaluation_goes_beside_the_finished_results(run):
     assert results.method_files(RUN, DATASET, "regrad", "first4")[1] == folder / DATASET / "regrad.metrics.json"
     assert out["regrad"]["n"] == 4 and artifacts.read_json(folder / DATASET / "regrad.metrics.json")["gamma"] == 0.5
     assert main.read_bytes() == before                                   # the finished results are untouched
-    assert {r["method"] for r in results.summary(RUN, "first4")} == {"regrad", "closed_book"}
-    assert all(r["n"] == 4 for r in results.summary(RUN, "first4"))
+    assert {r["method"] for r in result_files.summary_rows(RUN, "first4")} == {"regrad", "closed_book"}
+    assert all(r["n"] == 4 for r in result_files.summary_rows(RUN, "first4"))
     assert len(results.examples(RUN, DATASET, ["closed_book", "regrad"], n=2, evaluation="first4")) == 2
     rows = sweeps.sweep(RUN, DATASET, gammas=(0.0,), limit=4, learner=learner, evaluation="first4")
     assert (folder / "sweeps.csv").is_file() and rows[0]["n"] == 4

@@ -27,11 +27,11 @@ from regrad_lib.answering import harness
 from regrad_lib.bank import encode, on_disk, reader
 from regrad_lib.core.learner import Learner
 from regrad_lib.cpt import continual
-from regrad_lib.evaluation import evaluate, results
-from regrad_lib.io import artifacts, paths
-from regrad_lib.io.run_state import META_STATE, UnfinishedRunError
+from regrad_lib.evaluation import evaluate
+from regrad_lib.io import artifacts, paths, result_files, run_state
+from regrad_lib.io.run_state import UnfinishedRunError
 from regrad_lib.retrieval import augment, interface, tantivy
-from regrad_lib.training import run_folder, train
+from regrad_lib.training import train
 
 CHILD = Path(__file__).with_name("fault_child.py")
 KILLED = -signal.SIGKILL
@@ -165,13 +165,13 @@ def _resume(run: str, monkeypatch) -> int:
 def assert_same_training(run: str, reference: str) -> None:
     """Same meta weights, checkpoint tensors and log rows (but wall times) as the reference, bit for bit."""
     got, want = paths.output_dir(run), paths.output_dir(reference)
-    for name in (META_STATE, "checkpoint/state.safetensors"):
+    for name in (paths.META_STATE, "checkpoint/state.safetensors"):
         a, b = load_file(str(got / name)), load_file(str(want / name))
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
     def rows(r):
-        return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in run_folder.read_log(r)]
+        return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in run_state.read_training_log(r)]
     assert rows(run) == rows(reference)
     assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in want.iterdir())
 
@@ -197,7 +197,7 @@ def test_kill_inside_the_checkpoint_swap_resumes_from_the_newest_complete_checkp
     hook, resumed_from = SWAP_KILLS[point]
     run = f"swap-{point}"
     killed_training(run, hook)
-    assert not (paths.output_dir(run) / run_folder.SUMMARY).exists()
+    assert not (paths.output_dir(run) / paths.TRAIN_SUMMARY).exists()
     if point == "old-moved-aside":    # no `checkpoint/` at all, as where the old code lost the run
         assert not (paths.output_dir(run) / "checkpoint").exists()
     assert _resume(run, monkeypatch) == STEPS - resumed_from
@@ -208,7 +208,7 @@ def test_training_killed_mid_step_then_before_its_summary_resumes_bit_identicall
                                                                                 monkeypatch):
     run = "killed-twice"
     killed_training(run, {"target": "regrad_lib.training.train:meta_step", "nth": 14})
-    killed_training(run, {"target": "regrad_lib.io.artifacts:write_json", "match": run_folder.SUMMARY, "nth": 1})
+    killed_training(run, {"target": "regrad_lib.io.artifacts:write_json", "match": paths.TRAIN_SUMMARY, "nth": 1})
     with pytest.raises(UnfinishedRunError, match="unfinished training run"):
         Learner.from_run(run)
     assert _resume(run, monkeypatch) == 0          # every step was done: only the summary was missing
@@ -249,7 +249,7 @@ def test_encode_killed_between_a_shard_and_its_manifest_resumes_to_the_same_bank
 def test_a_log_line_cut_short_by_a_full_disk_is_dropped_on_resume(work, reference_run, monkeypatch):
     run = "torn-log"
     killed_training(run, {"target": "regrad_lib.training.train:meta_step", "nth": 8})
-    with (paths.output_dir(run) / run_folder.LOG).open("a", encoding="utf-8") as f:
+    with (paths.output_dir(run) / paths.TRAINING_LOG).open("a", encoding="utf-8") as f:
         f.write('{"kind": "train", "step": 8, "lo')          # an append that ran out of space
     assert _resume(run, monkeypatch) == STEPS - 6
     assert_same_training(run, reference_run)
@@ -296,7 +296,8 @@ def test_cpt_killed_mid_chunk_inside_its_checkpoint_swap_and_before_its_drift_fi
     assert _stream_state("killed")["chunk"] == 1
     killed("cpt", {"target": "os:replace", "match": "checkpoint", "nth": 2}, **args)           # chunk 2's swap
     assert _stream_state("killed")["chunk"] == 2                # the complete new copy is put back
-    killed("cpt", {"target": "regrad_lib.io.artifacts:write_json", "match": continual.DRIFT, "nth": 1}, **args)
+    drift_file = paths.drift_file(CPT_RUN, CPT_DATA).name
+    killed("cpt", {"target": "regrad_lib.io.artifacts:write_json", "match": drift_file, "nth": 1}, **args)
     steps, real = [], continual.train_step
     monkeypatch.setattr(continual, "train_step", lambda *a, **k: steps.append(1) or real(*a, **k))
     evaluate.evaluate(**args)
@@ -304,9 +305,10 @@ def test_cpt_killed_mid_chunk_inside_its_checkpoint_swap_and_before_its_drift_fi
     ours, whole = (paths.cpt_dir(CPT_RUN, CPT_DATA, e) for e in ("killed", cpt_reference))
     a, b = (load_file(str(f / continual.CHECKPOINT / continual.TENSORS)) for f in (ours, whole))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert continual.read_drift(CPT_RUN, CPT_DATA, "killed")["drift"] == continual.read_drift(CPT_RUN, CPT_DATA, "whole")["drift"]
-    assert results.predictions(CPT_RUN, CPT_DATA, "cpt", "killed") == \
-        results.predictions(CPT_RUN, CPT_DATA, "cpt", "whole")
+    assert result_files.read_drift(CPT_RUN, CPT_DATA, "killed")["drift"] == \
+        result_files.read_drift(CPT_RUN, CPT_DATA, "whole")["drift"]
+    assert result_files.method_predictions(CPT_RUN, CPT_DATA, "cpt", "killed") == \
+        result_files.method_predictions(CPT_RUN, CPT_DATA, "cpt", "whole")
     assert _stream_state("killed")["steps"] == CPT_STEPS
 
 

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from regrad_lib.evaluation import results
-from regrad_lib.io import artifacts, paths
+from regrad_lib.io import artifacts, paths, result_files
 from regrad_lib.reporting import analysis, drift_report, plots
 
 N, PASSAGES, GENERAL = 20, 8, 6
@@ -22,8 +22,8 @@ def _predictions(run: str, dataset: str, method: str, right: int, nll: float) ->
     artifacts.write_jsonl(file, rows)
     scores = results.score_rows(rows)
     artifacts.write_json(metrics, {**scores, "persistent_unchanged": True} if method == "regrad" else scores)
-    results.merge_csv(paths.results_dir(run) / "summary.csv", results.SUMMARY_FIELDS,
-                      [{"dataset": dataset, "method": method, **{k: scores[k] for k in results.SUMMARY_FIELDS[2:]}}],
+    result_files.merge_table(paths.results_dir(run) / "summary.csv", result_files.SUMMARY_FIELDS,
+                      [{"dataset": dataset, "method": method, **{k: scores[k] for k in result_files.SUMMARY_FIELDS[2:]}}],
                       key=("dataset", "method"))
 
 

@@ -6,18 +6,20 @@ import pytest
 from test_evaluate import DATASET, RUN, run  # noqa: F401  (the module fixture: a tiny run with fp32/int8/int4 banks)
 
 from regrad_lib.evaluation import evaluate, frontier
-from regrad_lib.reporting import analysis, bank_plots, effects
+from regrad_lib.io import paths
+from regrad_lib.reporting import analysis, bank_plots, effects, frontier_report
 
 SCHEMES = ["fp32", "int8", "int4"]
 
 
 def test_evaluate_schemes_writes_resumes_and_reads_back(run):  # noqa: F811
     learner, items, _ = run
-    assert isinstance(frontier.read_frontier(RUN, [DATASET]), analysis.Missing)
+    assert isinstance(frontier_report.read_frontier(RUN, [DATASET]), analysis.Missing)
     rows = frontier.evaluate_all(RUN, [DATASET], SCHEMES, limit=5, learner=learner)
     assert [(r["scheme"], r["n"]) for r in rows] == [(s, 5) for s in SCHEMES]
     assert rows[0]["bytes_per_passage"] > rows[1]["bytes_per_passage"] > rows[2]["bytes_per_passage"]
-    predictions, metrics = frontier.files(RUN, DATASET, "int4")
+    predictions = paths.scheme_predictions_file(RUN, DATASET, "int4")
+    metrics = paths.scheme_metrics_file(RUN, DATASET, "int4")
     assert len(predictions.read_text().splitlines()) == 5
     assert json.loads(metrics.read_text())["scheme"] == "int4"
     # same settings: kept (no learner needed); other settings: recomputed
@@ -26,7 +28,7 @@ def test_evaluate_schemes_writes_resumes_and_reads_back(run):  # noqa: F811
     assert frontier.evaluate_all(RUN, [DATASET], [], learner=lambda: pytest.fail("loaded")) == []
     # the run's own regrad - no_update effect, for the ratio column
     evaluate.evaluate(RUN, DATASET, ["regrad", "no_update"], limit=5, learner=learner, scheme="fp32", overwrite=True)
-    table = frontier.read_frontier(RUN, [DATASET])
+    table = frontier_report.read_frontier(RUN, [DATASET])
     points = {p.scheme: p for p in table}
     assert [p.scheme for p in table] == SCHEMES                     # largest first
     assert points["fp32"].delta.mean == 0 and points["fp32"].mean_abs_delta == 0
@@ -46,20 +48,20 @@ def test_evaluate_schemes_writes_resumes_and_reads_back(run):  # noqa: F811
 def test_frontier_without_a_reference_bank(run):  # noqa: F811
     learner, _, _ = run
     frontier.evaluate_schemes(RUN, DATASET, ["int8"], limit=3, learner=learner, overwrite=True)
-    table = frontier.read_frontier(RUN, [DATASET], reference="bf16")
+    table = frontier_report.read_frontier(RUN, [DATASET], reference="bf16")
     assert all(p.delta is None for p in table) and "–" in table.rows()[0]
-    assert isinstance(frontier.read_frontier(RUN, ["nq"]), analysis.Missing)
+    assert isinstance(frontier_report.read_frontier(RUN, ["nq"]), analysis.Missing)
 
 
 def test_a_named_evaluation_keeps_its_scheme_results_apart(run):  # noqa: F811
     """05_evaluate with evaluation=<name> writes regrad-per-scheme under results/<run>/evaluations/<name>/ and
     06 reads them from there; the main results are left as they were."""
     learner, _, _ = run
-    main_table = frontier.table_file(RUN)
+    main_table = paths.schemes_file(RUN)
     before = main_table.read_text() if main_table.exists() else None
     rows = frontier.evaluate_all(RUN, [DATASET], ["int8"], limit=2, learner=learner, evaluation="side")
-    assert frontier.table_file(RUN, "side").is_file() and "evaluations/side" in str(frontier.files(RUN, DATASET,
-                                                                                                   "int8", "side")[0])
+    assert paths.schemes_file(RUN, "side").is_file()
+    assert "evaluations/side" in str(paths.scheme_predictions_file(RUN, DATASET, "int8", "side"))
     assert (main_table.read_text() if main_table.exists() else None) == before
-    table = frontier.read_frontier(RUN, [DATASET], evaluation="side")
+    table = frontier_report.read_frontier(RUN, [DATASET], evaluation="side")
     assert [(p.scheme, p.n) for p in table] == [("int8", 2)] and rows[0]["n"] == 2

@@ -18,9 +18,9 @@ from regrad_lib.bank import encode, reader, schemes
 from regrad_lib.core import adapters, regrad
 from regrad_lib.core.learner import Learner
 from regrad_lib.data import datasets, qa_records
-from regrad_lib.io import artifacts, checkpoint, ownership, paths, tensorfile
-from regrad_lib.io.run_state import META_STATE, UnfinishedRunError
-from regrad_lib.training import run_folder, train
+from regrad_lib.io import artifacts, checkpoint, ownership, paths, run_state, tensorfile
+from regrad_lib.io.run_state import UnfinishedRunError
+from regrad_lib.training import train
 
 DATASET = "integrityqa"
 
@@ -70,10 +70,10 @@ def _flip(path, offset: int, mask: int) -> bytes:
 
 def test_a_flipped_exponent_bit_in_meta_state_is_refused_naming_the_file(run):
     """It was evaluated (no_update NLL 6.9164 -> 6.9315) and the run still counted as finished."""
-    path = paths.output_dir(run) / META_STATE
+    path = paths.output_dir(run) / paths.META_STATE
     original = _flip(path, _data_start(path) + 3, 0x40)          # the exponent byte of the first fp32 value
     try:
-        for load in (lambda: Learner.from_run(run), lambda: run_folder.learned_alpha(run),
+        for load in (lambda: Learner.from_run(run), lambda: run_state.read_alpha(run),
                      lambda: adapters.export_run(run)):
             with pytest.raises(tensorfile.IntegrityError, match=rf"outputs/{run}/meta_state.safetensors: its "
                                                                 r"tensors do not match their checksum"):
@@ -84,7 +84,7 @@ def test_a_flipped_exponent_bit_in_meta_state_is_refused_naming_the_file(run):
 
 
 def test_a_stripped_checksum_in_a_marked_run_is_refused(run, tmp_path):
-    path = paths.output_dir(run) / META_STATE
+    path = paths.output_dir(run) / paths.META_STATE
     original = path.read_bytes()
     tensors, meta = tensorfile.load(path, required=True, fix="-")
     save_file(tensors, str(path), metadata={k: v for k, v in meta.items() if k != tensorfile.CHECKSUM})
@@ -101,10 +101,10 @@ def interrupted(data):
     name = "integrity-interrupted"
     train.train(name, _preset(max_steps=2), data, overwrite=True)
     folder = paths.output_dir(name)
-    (folder / run_folder.SUMMARY).unlink()
-    state = artifacts.read_json(folder / run_folder.REQUEST)
+    (folder / paths.TRAIN_SUMMARY).unlink()
+    state = artifacts.read_json(folder / paths.TRAIN_REQUEST)
     state["preset"]["train"]["max_steps"] = 4               # the same run, asked for 4 steps: it resumes at 2
-    artifacts.write_json(folder / run_folder.REQUEST, state)
+    artifacts.write_json(folder / paths.TRAIN_REQUEST, state)
     ckpt_state = checkpoint.folder(folder) / checkpoint.STATE
     saved = artifacts.read_json(ckpt_state)
     assert saved["step"] == 2
@@ -148,7 +148,7 @@ def test_runs_made_before_checksums_still_load_unverified(data, caplog):
     was; a marked run must carry them (above)."""
     preset = _preset()
     learner = testing.saved_trained_run("integrity-legacy", preset)
-    path = paths.output_dir("integrity-legacy") / META_STATE
+    path = paths.output_dir("integrity-legacy") / paths.META_STATE
     save_file(learner.state_dict(), str(path), metadata={"alpha_mode": learner.alpha.mode})   # no checksum
     assert not ownership.run_marked(path.parent)
     with caplog.at_level("WARNING"):
@@ -190,7 +190,7 @@ def test_a_non_finite_warm_start_adapter_is_refused_naming_the_file(data, tmp_pa
     with pytest.raises(ValueError, match=r"bad/adapter_model.safetensors: non-finite weights \(NaN or inf\) in "
                                          r"base_model.model.*lora_.\.weight \(1 of"):
         train.train("integrity-warm-nan", preset, data)
-    assert not (paths.output_dir("integrity-warm-nan") / run_folder.SUMMARY).exists()
+    assert not (paths.output_dir("integrity-warm-nan") / paths.TRAIN_SUMMARY).exists()
 
 
 def test_a_run_whose_steps_were_all_skipped_is_not_finished(data, monkeypatch):
@@ -204,7 +204,7 @@ def test_a_run_whose_steps_were_all_skipped_is_not_finished(data, monkeypatch):
     with pytest.raises(train.NonFiniteError, match=r"every one of the 4 steps was skipped as non-finite.* not "
                                                    "finished"):
         train.train("integrity-all-skipped", _preset(on_nonfinite="skip"), data)
-    assert not (paths.output_dir("integrity-all-skipped") / run_folder.SUMMARY).exists()
+    assert not (paths.output_dir("integrity-all-skipped") / paths.TRAIN_SUMMARY).exists()
     with pytest.raises(UnfinishedRunError):
         Learner.from_run("integrity-all-skipped")
 
@@ -222,7 +222,7 @@ def test_export_refuses_non_finite_weights(data, tmp_path):
 
 def test_meta_state_with_non_finite_weights_is_refused_at_load(data):
     learner = testing.saved_trained_run("integrity-nan-state", _preset())
-    path = paths.output_dir("integrity-nan-state") / META_STATE
+    path = paths.output_dir("integrity-nan-state") / paths.META_STATE
     tensors = learner.state_dict()
     tensors[sorted(k for k in tensors if k.startswith("phi."))[0]][0, 0] = math.inf
     tensorfile.save(path, tensors)
@@ -341,8 +341,8 @@ def test_training_files_follow_the_umask(data, umask):
         train.train(folder.name, _preset(max_steps=2), data, overwrite=True)
     finally:
         os.umask(old)
-    for name in (META_STATE, "checkpoint/state.safetensors", "checkpoint/trainer_state.json",
-                 "adapter/adapter_model.safetensors", "adapter/adapter_config.json", run_folder.LOG, run_folder.SUMMARY):
+    for name in (paths.META_STATE, "checkpoint/state.safetensors", "checkpoint/trainer_state.json",
+                 "adapter/adapter_model.safetensors", "adapter/adapter_config.json", paths.TRAINING_LOG, paths.TRAIN_SUMMARY):
         assert (folder / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     for name in ("checkpoint", "adapter"):
         assert (folder / name).stat().st_mode & 0o777 == 0o777 & ~umask, name

@@ -24,10 +24,10 @@ def test_the_weighted_line_matches_a_hand_computation():
 
 def _point(run, step, tasks, methods, answers=("x", "y", "z", "w")):
     name = f"{run}-{step:03d}"
-    artifacts.write_json(paths.output_dir(name) / "train_summary.json",
+    artifacts.write_json(paths.train_summary_file(name),
                          {"kept_step_of": run, "steps": step, "tasks": tasks, "selection": "last"})
     for method, predictions in methods.items():
-        artifacts.write_jsonl(paths.results_dir(name) / "probe" / f"{method}.predictions.jsonl",
+        artifacts.write_jsonl(paths.predictions_file(name, "probe", method),
                               [{"test_id": i, "question": f"q{i}", "answers": [a], "prediction": p,
                                 "answer_nll": nll} for i, (a, (p, nll)) in enumerate(zip(answers, predictions))])
     return name

@@ -10,8 +10,7 @@ from regrad_lib.bank import encode, reader
 from regrad_lib.core import task_batches
 from regrad_lib.core.learner import Learner
 from regrad_lib.evaluation import evaluate, results, sweeps
-from regrad_lib.io import artifacts, paths
-from regrad_lib.io.run_state import META_STATE, TRAIN_SUMMARY
+from regrad_lib.io import artifacts, paths, result_files
 from regrad_lib.reporting import analysis, plots
 
 RUN, DATASET = "mixtest", "mixqa"
@@ -78,8 +77,8 @@ def run(tiny_model_dir):
             v.fill_(0.5)
     folder = paths.output_dir(RUN)
     preset.save(folder)
-    learner.save(folder / META_STATE)
-    artifacts.write_json(folder / TRAIN_SUMMARY, {"run": RUN})
+    learner.save(folder / paths.META_STATE)
+    artifacts.write_json(folder / paths.TRAIN_SUMMARY, {"run": RUN})
     artifacts.write_json(paths.augmented_file(DATASET, "dev"), [_record(t) for t in HAND])
     encode.encode(RUN, DATASET, "dev", scheme="fp32", end=2, mixed=0.67, learner=learner, overwrite=True)
     return learner
@@ -104,9 +103,9 @@ def test_evaluation_answers_with_the_mixed_passages_and_records_the_share(run):
     learner = run
     out = evaluate.evaluate(RUN, DATASET, ["regrad", "rag", "closed_book"], limit=2, mixed=0.67, scheme="fp32",
                             learner=learner, evaluation="mixed")
-    rows = results.predictions(RUN, DATASET, "regrad", "mixed")
+    rows = result_files.method_predictions(RUN, DATASET, "regrad", "mixed")
     assert [r["passage_ids"] for r in rows] == [["a0", "b0", "b1"], ["b0", "c0", "c1"]]
-    assert [r["passage_ids"] for r in results.predictions(RUN, DATASET, "rag", "mixed")] == \
+    assert [r["passage_ids"] for r in result_files.method_predictions(RUN, DATASET, "rag", "mixed")] == \
         [r["passage_ids"] for r in rows]
     assert out["regrad"]["mixed"] == 0.67 and out["closed_book"]["mixed"] is None    # passages unused
     # the bank's mixed sums are the on-the-fly gradients of the same passages
@@ -151,9 +150,9 @@ def test_mixed_sweep_rows_and_figure(run):
                                                   bank=reader.open_bank(3, RUN, DATASET, "dev", "fp32")))
     assert rows[0]["nll"] == pytest.approx(plain["nll"], abs=1e-4)
     read = analysis.read_sweeps(RUN, "sweep")
-    series = analysis.sweep(read, "mixed", gamma=1.0, topk=3)
+    series = analysis.sweep_series(read, "mixed", gamma=1.0, topk=3)
     assert [r.mixed for r in series] == [0.0, 0.34, 0.67]
-    assert isinstance(analysis.sweep(read, "gamma", topk=3), analysis.Missing)   # one gamma: no gamma sweep
+    assert isinstance(analysis.sweep_series(read, "gamma", topk=3), analysis.Missing)   # one gamma: no gamma sweep
     fig = plots.mixed_sweep(series)
     assert fig.axes[0].get_ylabel() == "EM (×100)" and len(fig.axes[0].lines[0].get_xdata()) == 3
 

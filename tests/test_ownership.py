@@ -12,7 +12,7 @@ from regrad_lib.core import adapters, task_batches
 from regrad_lib.core.learner import Learner
 from regrad_lib.io import artifacts, ownership, params, paths
 from regrad_lib.runner import launch
-from regrad_lib.training import run_folder, train
+from regrad_lib.training import train
 
 DATASET = "ownqa"
 
@@ -51,7 +51,7 @@ def test_a_run_name_that_is_no_folder_name_deletes_nothing(data, finished, bad, 
         launch.parse_args(["train", "--run", bad, "--preset", "tiny", "--train-datasets", DATASET,
                            "--overwrite", "true"])
     after = sorted(p.relative_to(paths.work_root()) for p in paths.work_root().rglob("*") if ".locks" not in p.parts)
-    assert after == before and (finished / run_folder.SUMMARY).is_file()
+    assert after == before and (finished / paths.TRAIN_SUMMARY).is_file()
 
 
 def test_an_absolute_run_path_deletes_nothing_outside_the_project(data, tmp_path):

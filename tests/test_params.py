@@ -12,7 +12,7 @@ from regrad_lib import config, testing
 from regrad_lib.bank import encode
 from regrad_lib.evaluation import evaluate, sweeps
 from regrad_lib.io import artifacts, params, paths
-from regrad_lib.io.run_state import TRAIN_SUMMARY, UnfinishedRunError
+from regrad_lib.io.run_state import UnfinishedRunError
 from regrad_lib.retrieval import augment
 from regrad_lib.runner import launch, pipeline
 from regrad_lib.training import train
@@ -201,7 +201,7 @@ def test_settings_take_text_as_papermill_passes_it(trained):
 def test_library_calls_read_false_as_false(trained):
     """`encode(..., allow_unfinished="false")` encoded an unfinished run; `train(..., overwrite="false")`
     retrained a finished one: the text "false" was true."""
-    summary = paths.output_dir(RUN) / TRAIN_SUMMARY
+    summary = paths.output_dir(RUN) / paths.TRAIN_SUMMARY
     kept = summary.read_bytes()
     summary.unlink()
     try:

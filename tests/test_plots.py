@@ -6,6 +6,7 @@ import pytest
 from matplotlib.figure import Figure
 from test_analysis import write_run
 
+from regrad_lib.io import run_state
 from regrad_lib.reporting import (
     analysis,
     bank_plots,
@@ -47,7 +48,7 @@ def test_histogram_bins_and_labels():
 
 
 def test_training_curves_panels(run):
-    rows = analysis.read_training_log(run)
+    rows = run_state.read_training_log(run)
     fig = training_plots.training_curves(rows)
     loss_ax, eval_ax, f1_ax = fig.axes
     assert len(loss_ax.lines) == 1 and list(loss_ax.lines[0].get_xdata()) == [1, 2, 3, 4, 5]
@@ -58,7 +59,7 @@ def test_training_curves_panels(run):
 
 
 def test_alpha_heatmap_is_layer_by_module_and_side(run):
-    alpha = analysis.read_alpha(run)
+    alpha = run_state.read_alpha(run)
     rows, columns, grid = training_plots.alpha_grid(alpha)
     assert rows == ["L2", "L10"] and columns == ["q.A", "q.B", "gate.A", "gate.B"]
     by_short = {training_plots.short_tensor_name(n): v for n, v in alpha.items()}
@@ -103,11 +104,11 @@ def test_f1_bars_groups(run):
 
 def test_sweep_curves(run):
     sweeps = analysis.read_sweeps(run)
-    gamma = plots.gamma_sweep(analysis.sweep(sweeps, "gamma", topk=3))
+    gamma = plots.gamma_sweep(analysis.sweep_series(sweeps, "gamma", topk=3))
     lines = gamma.axes[0].lines
     assert len(lines) == 2 and list(lines[1].get_xdata()) == [0.5, 1.0, 2.0]
     assert list(lines[1].get_ydata()) == [7.0, 8.5, 4.0]
-    topk = plots.topk_sweep(analysis.sweep(sweeps, "topk", gamma=1.0))
+    topk = plots.topk_sweep(analysis.sweep_series(sweeps, "topk", gamma=1.0))
     assert len(topk.axes[0].lines) == 1 and topk.axes[0].get_xlabel() == "topk"
 
 
@@ -165,14 +166,14 @@ def test_training_curves_tolerate_null_values():
 
 
 def test_sweep_shows_f1_and_nll(run):
-    fig = plots.gamma_sweep(analysis.sweep(analysis.read_sweeps(run), "gamma", topk=3))
+    fig = plots.gamma_sweep(analysis.sweep_series(analysis.read_sweeps(run), "gamma", topk=3))
     left, right = fig.axes[:2]
     assert list(right.lines[1].get_ydata()) == [3.0, 2.9, 3.5]        # popqa's NLL at gamma 0.5, 1, 2
     assert "NLL" in right.get_title() and "F1" in left.get_title()
 
 
 def test_alpha_over_steps_groups_modules_across_layers(run):
-    rows = analysis.read_training_log(run)
+    rows = run_state.read_training_log(run)
     fig = training_plots.alpha_over_steps(rows)
     ax = fig.axes[0]
     labels = [line.get_label() for line in ax.lines]

@@ -98,9 +98,9 @@ def test_shares_counted_by_hand(tmp_path, monkeypatch):
     blind = ["Paris", "pilot", "paris.", "nurse", "The Paris", "baker"]
     # family A: asked, neither, distractor; family B: missing one member (incomplete family)
     mixed = {0: "Paris", 2: "Rome", 4: "Oslo", 1: "pilot", 3: "baker"}
-    write_jsonl(analysis.predictions_file("r", binding_report.DATASET, "regrad"),
+    write_jsonl(paths.predictions_file("r", binding_report.DATASET, "regrad"),
                 [{"test_id": i, "prediction": p} for i, p in enumerate(blind)])
-    write_jsonl(analysis.predictions_file("r", binding_report.DATASET, "shift"),
+    write_jsonl(paths.predictions_file("r", binding_report.DATASET, "shift"),
                 [{"test_id": i, "prediction": p} for i, p in mixed.items()])
     root = tmp_path / "data"
     (root / binding_report.DATASET).mkdir(parents=True)

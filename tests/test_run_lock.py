@@ -20,9 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 from regrad_lib import config
-from regrad_lib.io import artifacts, distributed, paths, runlock
-from regrad_lib.io.run_state import META_STATE
-from regrad_lib.training import run_folder, train
+from regrad_lib.io import artifacts, distributed, paths, run_state, runlock
+from regrad_lib.training import train
 
 TESTS = Path(__file__).parent
 DATASET = "lockqa"
@@ -167,12 +166,12 @@ def _wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 90
 
 def _same_training(run: str, reference: str) -> None:
     got, want = paths.output_dir(run), paths.output_dir(reference)
-    for name in (META_STATE, "checkpoint/state.safetensors"):
+    for name in (paths.META_STATE, "checkpoint/state.safetensors"):
         a, b = load_file(str(got / name)), load_file(str(want / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
     def rows(r):
-        return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in run_folder.read_log(r)]
+        return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in run_state.read_training_log(r)]
     assert rows(run) == rows(reference)
     assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in want.iterdir())
 
@@ -204,4 +203,4 @@ def test_two_trainings_of_one_run_name_at_once(tiny_model_dir, tmp_path, second_
     reference = f"single-{second_seed}"
     train.train(reference, config.load_preset("tiny", {"train": {**OVERRIDES["train"], "seed": 1}}), [DATASET])
     _same_training(run, reference)
-    assert len(run_folder.read_log(run)) == len(run_folder.read_log(reference)) == 6 + 3   # 6 train rows, evals 0, 3, 6
+    assert len(run_state.read_training_log(run)) == len(run_state.read_training_log(reference)) == 6 + 3   # 6 train rows, evals 0, 3, 6

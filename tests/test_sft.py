@@ -12,7 +12,7 @@ from regrad_lib.core import task_batches
 from regrad_lib.core.learner import Learner
 from regrad_lib.data import prompts
 from regrad_lib.evaluation import evaluate, results
-from regrad_lib.io import artifacts, paths, tensorfile
+from regrad_lib.io import artifacts, paths, result_files, tensorfile
 from regrad_lib.training import sft, train
 from regrad_lib.training.train_data import TrainData
 
@@ -173,7 +173,7 @@ def test_evaluate_answers_with_the_baselines_weights_and_records_them(run, learn
     saved = artifacts.read_json(results.method_files(run["name"], "sftqa", "rag_sft")[1])
     assert saved["baseline"] == {"method": "rag_sft", "learning_rates": [1e-3, 1e-2], "steps": 4, "selection": "best"}
     assert "baseline" not in artifacts.read_json(results.method_files(run["name"], "sftqa", "no_update")[1])
-    nll = {m: [r["answer_nll"] for r in results.predictions(run["name"], "sftqa", m)] for m in out}
+    nll = {m: [r["answer_nll"] for r in result_files.method_predictions(run["name"], "sftqa", m)] for m in out}
     assert nll["sft"] != nll["no_update"] and nll["rag_sft"] != nll["sft"]
     trained, _ = sft.learner_for(run["name"], "sft", learner)
     direct = harness.run_method("sft", trained, evaluate.load_tasks("sftqa"))

@@ -9,8 +9,7 @@ import torch
 from regrad_lib import config
 from regrad_lib.core import regrad, task_batches
 from regrad_lib.core.learner import Learner
-from regrad_lib.io import artifacts, checkpoint, paths
-from regrad_lib.io.run_state import META_STATE
+from regrad_lib.io import artifacts, checkpoint, paths, run_state
 from regrad_lib.training import run_folder, schedule, train, train_data
 
 CITIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Egypt", "Cairo"), ("Peru", "Lima"),
@@ -48,14 +47,14 @@ def _train_losses(rows):
 def test_short_run_writes_every_artifact_with_the_log_schema(data):
     summary = train.train("basic", _preset(), data)
     folder = paths.output_dir("basic")
-    for name in ("peft_config.json", "learner_config.json", "train_args.json", "generation_config.json", META_STATE,
-                 run_folder.LOG, "provenance.json", run_folder.SUMMARY, "checkpoint/state.safetensors",
+    for name in ("peft_config.json", "learner_config.json", "train_args.json", "generation_config.json", paths.META_STATE,
+                 paths.TRAINING_LOG, "provenance.json", paths.TRAIN_SUMMARY, "checkpoint/state.safetensors",
                  "checkpoint/trainer_state.json"):
         assert (folder / name).is_file(), name
     assert summary["steps"] == 3 and summary["tasks"] == 6
     assert summary["train_tasks"] == 8 and summary["validation_tasks"] == 2
     assert math.isfinite(summary["first_loss"]) and math.isfinite(summary["last_loss"])
-    rows = run_folder.read_log("basic")
+    rows = run_state.read_training_log("basic")
     assert all(r["kind"] in ("train", "eval") and isinstance(r["step"], int) for r in rows)
     train_rows = [r for r in rows if r["kind"] == "train"]
     eval_rows = [r for r in rows if r["kind"] == "eval"]
@@ -80,7 +79,7 @@ def test_short_run_writes_every_artifact_with_the_log_schema(data):
     tasks = train_data.split_tasks(train_data.load_tasks(data, "train_all", 3), 2, 42).validation
     assert train.evaluate(learner, tasks)["eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-5)
     assert config.load_preset(folder).train.max_steps == 3
-    alpha = run_folder.learned_alpha("basic")
+    alpha = run_state.read_alpha("basic")
     assert len(alpha) == 12 and all(math.isfinite(v) and v > 0 for v in alpha.values())
 
 
@@ -113,7 +112,7 @@ def test_meta_loss_decreases_on_a_repeated_task_set(data):
     preset = _preset(max_steps=8, meta_batch_size=4, tasks_per_forward=4, validation_size=0, learning_rate=1e-2,
                      max_grad_norm=10.0)
     summary = train.train("learns", preset, ["popqa"], train_file="train_rep", limit=4)
-    losses = list(_train_losses(run_folder.read_log("learns")).values())
+    losses = list(_train_losses(run_state.read_training_log("learns")).values())
     assert len(losses) == 8
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     assert losses[-1] < losses[0] - 0.3, losses
@@ -123,7 +122,7 @@ def test_meta_loss_decreases_on_a_repeated_task_set(data):
 def test_resume_gives_the_same_next_step_loss(data, monkeypatch, crash_on_call):
     preset = _preset(max_steps=4, save_steps=2, learning_rate=5e-3)
     train.train("straight", preset, data)
-    reference = run_folder.read_log("straight")
+    reference = run_state.read_training_log("straight")
 
     crash_on_call(train, "meta_step", 3)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -131,7 +130,7 @@ def test_resume_gives_the_same_next_step_loss(data, monkeypatch, crash_on_call):
     assert artifacts.read_json(checkpoint.folder(paths.output_dir("resumed")) / checkpoint.STATE)["step"] == 2
     monkeypatch.undo()
     train.train("resumed", preset, data)
-    resumed = run_folder.read_log("resumed")
+    resumed = run_state.read_training_log("resumed")
     strip = [{k: v for k, v in r.items() if k != "elapsed_s"} for r in reference]
     assert [r["step"] for r in resumed] == [r["step"] for r in reference]
     for step, loss in _train_losses(reference).items():
@@ -158,7 +157,7 @@ def test_keyboard_interrupt_saves_a_checkpoint_and_resumes(data, monkeypatch):
     with pytest.raises(ValueError, match=r"other settings \(train.learning_rate\)"):
         train.train("interrupted", _preset(max_steps=3, save_steps=100, eval_steps=100, learning_rate=0.5), data)
     summary = train.train("interrupted", preset, data)
-    assert summary["steps"] == 3 and [r["step"] for r in run_folder.read_log("interrupted") if r["kind"] == "train"] == [1, 2, 3]
+    assert summary["steps"] == 3 and [r["step"] for r in run_state.read_training_log("interrupted") if r["kind"] == "train"] == [1, 2, 3]
 
 
 def _poison(monkeypatch, bad_steps, where="loss"):
@@ -199,7 +198,7 @@ def test_nonfinite_gradient_stops(data, monkeypatch):
 def test_skip_mode_counts_skipped_steps_and_never_trains_on_nan(data, monkeypatch):
     _poison(monkeypatch, {1, 3})
     summary = train.train("nan_skip", _preset(max_steps=4, on_nonfinite="skip"), data)
-    rows = [r for r in run_folder.read_log("nan_skip") if r["kind"] == "train"]
+    rows = [r for r in run_state.read_training_log("nan_skip") if r["kind"] == "train"]
     assert [r["skipped"] for r in rows] == [True, False, True, False]
     assert [r["skipped_nonfinite"] for r in rows] == [1, 1, 2, 2]
     assert rows[0]["loss"] is None and rows[1]["loss"] is not None
@@ -241,7 +240,7 @@ def test_alpha_learning_rate_reaches_the_optimizer_and_moves_alpha_faster(data):
     moved = {}
     for name, p in (("slow", preset), ("fast", fast)):
         train.train(f"alpha_{name}", p, data)
-        log = [r for r in run_folder.read_log(f"alpha_{name}") if r["kind"] == "train"]
+        log = [r for r in run_state.read_training_log(f"alpha_{name}") if r["kind"] == "train"]
         assert log[-1]["alpha_lr"] == pytest.approx(schedule.group_rates(1, p.train, 2)["alpha"])
         moved[name] = max(abs(v - 1e-2) for v in log[-1]["alpha"].values())
     assert moved["fast"] > 5 * moved["slow"] > 0
@@ -331,11 +330,11 @@ def test_kept_steps_hold_the_weights_of_that_step_and_a_paused_run_resumes_to_th
     resumes, and the kept weights equal those of an uninterrupted run of the same schedule."""
     whole = train.train("kept-whole", _preset(max_steps=4, keep_steps=[1, 3]), data)
     assert whole["steps"] == 4
-    assert sorted(p.parent.name for p in (paths.output_dir("kept-whole") / "steps").glob("*/" + META_STATE)) \
+    assert sorted(p.parent.name for p in (paths.output_dir("kept-whole") / "steps").glob("*/" + paths.META_STATE)) \
         == ["000001", "000003"]
     paused = train.train("kept-paused", _preset(max_steps=4, keep_steps=[1, 3]), data, stop_after=2)
     assert paused == {"status": "paused", "step": 2, "total_steps": 4}
-    assert not (paths.output_dir("kept-paused") / run_folder.SUMMARY).exists()
+    assert not (paths.output_dir("kept-paused") / paths.TRAIN_SUMMARY).exists()
     assert not paths.kept_step_state("kept-paused", 3).exists()
     train.train("kept-paused", _preset(max_steps=4, keep_steps=[1, 3]), data)
     for step in (1, 3):

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from regrad_lib.io import paths
 from regrad_lib.io.artifacts import write_jsonl
 from regrad_lib.reporting import analysis, transfer_report
 
@@ -39,7 +40,7 @@ def run(tmp_path, monkeypatch):
     for method, by_dataset in PRED.items():
         for dataset, rows in by_dataset.items():
             gold = PROBE if dataset == "probe" else TRANSFER
-            write_jsonl(analysis.predictions_file("r", dataset, method),
+            write_jsonl(paths.predictions_file("r", dataset, method),
                         [{"test_id": i, "question": g["question"], "answers": g["answer"], "prediction": p,
                           "answer_nll": v} for i, ((p, v), g) in enumerate(zip(rows, gold))])
     return "r", str(root)
@@ -76,7 +77,7 @@ def test_verdict_names_where_regrad_is_below_rag_and_the_targets(run):
            "(≥ +20 and ≥ half of rag) is reached" in text
     assert "Out of template, invented answers: regrad − shift = +0.0 EM points" in text and "is not reached" in text
     for method in PRED:                     # the probe not evaluated: its groups are left out, not shown empty
-        analysis.predictions_file(name, "probe", method).unlink()
+        paths.predictions_file(name, "probe", method).unlink()
     only = transfer_report.transfer_table(name, ["probe", "probe_transfer"], root)
     assert [r.group for r in only] == ["out of template, invented answers", "out of template, closed answers"]
     missing = transfer_report.transfer_table(name, ["probe"], root)
@@ -92,7 +93,7 @@ def test_verdict_reads_regrad_icl_against_rag(run):
            "probe_transfer": [("Zoterua Bek", 0.1), ("Dutch", 0.1), ("Velira", 0.1)]}
     for dataset, rows in icl.items():
         gold = PROBE if dataset == "probe" else TRANSFER
-        write_jsonl(analysis.predictions_file(name, dataset, "regrad_icl"),
+        write_jsonl(paths.predictions_file(name, dataset, "regrad_icl"),
                     [{"test_id": i, "question": g["question"], "answers": g["answer"], "prediction": p,
                       "answer_nll": v} for i, ((p, v), g) in enumerate(zip(rows, gold))])
     table = transfer_report.transfer_table(name, ["probe", "probe_transfer"], root)

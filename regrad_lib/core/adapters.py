@@ -19,7 +19,7 @@ import torch
 
 from regrad_lib import config
 from regrad_lib.io import artifacts, ownership, params, paths, runlock, tensorfile
-from regrad_lib.io.run_state import META_STATE, read_state, trained_state
+from regrad_lib.io.run_state import read_state, trained_state
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def export_run(run: str, allow_unfinished: bool = False) -> Path:
     preset = config.load_preset(state.parent)
     phi = {k[len("phi."):]: v for k, v in read_state(state).items() if k.startswith("phi.")}
     return save(paths.adapter_dir(run), phi, preset.peft, base_model=preset.learner.model_name_or_path,
-                info={"run": run, "weights": "phi (meta-trained LoRA initialisation)", "source": META_STATE})
+                info={"run": run, "weights": "phi (meta-trained LoRA initialisation)", "source": paths.META_STATE})
 
 
 # --- in -------------------------------------------------------------------------------------------------------

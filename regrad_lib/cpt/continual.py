@@ -45,14 +45,13 @@ from regrad_lib.answering.specs import SPECS
 from regrad_lib.core import lora, regrad, task_batches
 from regrad_lib.core.learner import Learner
 from regrad_lib.cpt import drift
-from regrad_lib.io import artifacts, checkpoint, distributed, paths
+from regrad_lib.io import artifacts, checkpoint, distributed, paths, result_files
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
 TENSORS = "state.safetensors"
 STATE = "stream_state.json"
-DRIFT = "drift.json"
 MAX_GRAD_NORM = 1.0
 TRAINED_KEYS = ("learning_rate", "epochs_per_chunk", "chunks", "batch_size", "weights")   # what the answers depend on
 
@@ -246,21 +245,14 @@ def post_train(run: str, dataset: str, learner: Learner, items: Sequence[task_ba
         distributed.on_main(_save, folder, named, optimizer, state)
         log.info("%s chunk %d: knowledge EM %s, general text NLL %.4f, |Δθ|/|θ| %.3g", where, chunk,
                  row["knowledge_em"], row["general_text_nll"], row["delta_rel"])
-    if not (folder / DRIFT).is_file() or artifacts.read_json(folder / DRIFT).get("settings") != settings:
-        distributed.on_main(artifacts.write_json, folder / DRIFT,
+    if not paths.drift_file(run, dataset, evaluation).is_file() or \
+            result_files.read_drift(run, dataset, evaluation).get("settings") != settings:
+        distributed.on_main(result_files.write_drift, run, dataset, evaluation,
                             {"settings": settings, "stream": plan.describe(), "drift": state["drift"],
                              "theta_norm": theta, "general_points": general.points})
     for t in params:
         t.requires_grad_(False)
     return PostTrained(trainee, state["rows"], state["drift"], plan)
-
-
-def read_drift(run: str, dataset: str, evaluation: str | None = None) -> dict:
-    """``results/<run>/<dataset>/cpt/drift.json`` (FileNotFoundError naming 05_evaluate when absent)."""
-    file = paths.cpt_dir(run, dataset, evaluation) / DRIFT
-    if not file.is_file():
-        raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 05_evaluate with the method cpt")
-    return artifacts.read_json(file)
 
 
 def _digest(value) -> str:

@@ -39,14 +39,11 @@ from regrad_lib.core import lora, regrad, task_batches
 from regrad_lib.core.learner import Learner
 from regrad_lib.data import corpus, metrics
 from regrad_lib.data.prompts import format_passage
-from regrad_lib.io import artifacts, distributed, paths
-from regrad_lib.io.run_state import TRAIN_SUMMARY
+from regrad_lib.io import artifacts, distributed, paths, result_files
 from regrad_lib.training import train_data
-from regrad_lib.training.run_folder import REQUEST
 
 log = logging.getLogger(__name__)
 
-GENERAL_SET = "general_set.json"
 CANDIDATE_BATCH = 64       # general-question candidates answered at a time (selection stops once it has enough)
 
 
@@ -151,7 +148,7 @@ def scores(rows: Sequence[dict]) -> dict:
 def training_file(run: str, dataset: str) -> str:
     """The augmented file general-question candidates of ``dataset`` come from: the run's meta-training file when
     it trained on ``dataset`` (``train_request.json``), else ``train_all``."""
-    request = paths.output_dir(run) / REQUEST
+    request = paths.train_request_file(run)
     saved = artifacts.read_json(request) if request.is_file() else {"train_datasets": []}
     return saved["train_file"] if dataset in saved["train_datasets"] else "train_all"
 
@@ -160,13 +157,14 @@ def meta_trained(run: str) -> set[tuple[str, int]]:
     """(dataset, test_id) of every question 03_train took a step on or validated on; none when the run has no
     ``train_request.json`` (not made by 03_train)."""
     folder = paths.output_dir(run)
-    if not (folder / REQUEST).is_file():
-        log.warning("%s has no %s: no question is known to be meta-trained on", paths.relative(folder), REQUEST)
+    if not paths.train_request_file(run).is_file():
+        log.warning("%s has no %s: no question is known to be meta-trained on", paths.relative(folder),
+                    paths.TRAIN_REQUEST)
         return set()
-    request = artifacts.read_json(folder / REQUEST)
+    request = artifacts.read_json(paths.train_request_file(run))
     args = config.load_preset(folder).train
     data = train_data.training_data(request["train_datasets"], request["train_file"], args)
-    summary = folder / TRAIN_SUMMARY
+    summary = paths.train_summary_file(run)
     steps = artifacts.read_json(summary)["steps"] if summary.is_file() else None    # unfinished: assume all
     taken = data.train if steps is None else train_data.stepped_tasks(data.train, args.seed, args.meta_batch_size,
                                                                        steps)
@@ -269,12 +267,12 @@ def general_set(run: str, learner: Learner, *, corpus_path: str, datasets: Seque
     with ‖θ‖ and the measures at the base and the meta-trained weights. Kept when chosen with the same settings;
     chosen again for other settings only with ``overwrite``."""
     cfg = learner.preset.cpt
-    file = paths.drift_dir(run, evaluation) / GENERAL_SET
+    file = paths.general_set_file(run, evaluation)
     settings = {"corpus": paths.relative(paths.resolve(corpus_path)), "general_passages": cfg.general_passages,
                 "general_questions": cfg.general_questions, "datasets": list(datasets),
                 "model": learner.preset.learner.model_name_or_path, "meta_hash": learner.meta_hash(),
                 "learner": asdict(learner.preset.learner), "generation": asdict(learner.preset.generation)}
-    saved = GeneralSet.from_json(artifacts.read_json(file)) if file.is_file() else None
+    saved = GeneralSet.from_json(result_files.read_general_set(run, evaluation)) if file.is_file() else None
     if saved is not None and saved.settings == settings:
         return saved
     if saved is not None and not overwrite:
@@ -294,5 +292,5 @@ def general_set(run: str, learner: Learner, *, corpus_path: str, datasets: Seque
                          {"candidates": asked, "meta_trained_left_out": len(excluded)})
     general.points["base"] = {**general_summary(text_nll(base, passages), base_rows), "delta_from_base": 0.0}
     general.points["meta"] = {**general_measures(learner, general), "delta_from_base": delta_norm(learner, None)}
-    distributed.on_main(artifacts.write_json, file, general.to_json())
+    distributed.on_main(result_files.write_general_set, run, evaluation, general.to_json())
     return general

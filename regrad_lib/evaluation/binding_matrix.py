@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from regrad_lib.core import generation, regrad, task_batches
 from regrad_lib.core.learner import Learner
 from regrad_lib.data import probe_binding
-from regrad_lib.io import artifacts, paths
+from regrad_lib.io import paths, result_files
 
 DATASET = "probe_binding"
 
@@ -52,11 +52,11 @@ def write(run: str, learner: Learner, *, split: str = "dev", gamma: float | None
     """``results/<run>/probe_binding/binding_matrix.json`` (or a named evaluation's) for the questions of the
     augmented ``split`` (kept when computed with the same settings and weights)."""
     gamma = learner.preset.learner.gamma if gamma is None else gamma
-    target = paths.results_dir(run, evaluation) / DATASET / "binding_matrix.json"
+    target = paths.binding_matrix_file(run, evaluation)
     settings = {"split": split, "gamma": gamma, "limit": limit, "meta_hash": learner.meta_hash()}
-    if target.is_file() and artifacts.read_json(target).get("settings") == settings:
+    if target.is_file() and result_files.read_binding_matrix(run, evaluation).get("settings") == settings:
         return target
     questions = probe_binding.questions(f"{data_root}/{DATASET}", "dev")
     tasks = task_batches.load(DATASET, split, learner.preset.train.topk, end=limit)
-    artifacts.write_json(target, {"settings": settings, "rows": matrix_rows(learner, tasks, questions, gamma)})
-    return target
+    rows = matrix_rows(learner, tasks, questions, gamma)
+    return result_files.write_binding_matrix(run, evaluation, {"settings": settings, "rows": rows})

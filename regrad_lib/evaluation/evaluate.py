@@ -38,15 +38,10 @@ from regrad_lib.evaluation.learner_once import (
     finished_state,
     loader,
 )
-from regrad_lib.evaluation.results import (
-    SUMMARY_FIELDS,
-    merge_csv,
-    plan,
-    summary,
-    write_method,
-)
+from regrad_lib.evaluation.results import plan, write_method
 from regrad_lib.evaluation.sweeps import sweep_all
 from regrad_lib.io import distributed, params, paths, runlock
+from regrad_lib.io.result_files import SUMMARY_FIELDS, merge_table, summary_rows
 from regrad_lib.io.run_state import trained_state
 from regrad_lib.training import sft
 
@@ -132,7 +127,7 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
                                               gamma, limit, finished, evaluation, scheme, mixed,
                                               cpt_settings if SPECS[method].weights == "cpt" else None, checks,
                                               baselines.get(method))
-    distributed.on_main(merge_csv, paths.results_dir(run, evaluation) / "summary.csv", SUMMARY_FIELDS,
+    distributed.on_main(merge_table, paths.summary_file(run, evaluation), SUMMARY_FIELDS,
                         [{"dataset": dataset, "method": m, **{k: out[m][k] for k in SUMMARY_FIELDS[2:]}}
                          for m in methods], key=("dataset", "method"))
     return out
@@ -155,7 +150,7 @@ def evaluate_all(run: str, datasets: Sequence[str], methods: Sequence[str], *, d
     for dataset in datasets:
         evaluate(run, dataset, methods, device=device, learner=get_learner, allow_unfinished=allow_unfinished,
                  **kwargs)
-    return distributed.on_main(lambda: [r for r in summary(run, kwargs.get("evaluation"))
+    return distributed.on_main(lambda: [r for r in summary_rows(run, kwargs.get("evaluation"))
                                         if r["dataset"] in set(datasets)])
 
 

@@ -1,30 +1,24 @@
-"""05_evaluate's result files: per dataset and method ``<method>.predictions.jsonl`` and ``<method>.metrics.json``
-(the settings they were computed with, so a re-run keeps what matches and refuses what does not), and the tables
-``summary.csv`` and ``sweeps.csv`` of ``results/<run>/`` (or of a named evaluation,
-``results/<run>/evaluations/<evaluation>/``). All writes are atomic; ``metrics.json`` is written last and marks a
-method done.
+"""05_evaluate's results of a method: per dataset and method ``<method>.predictions.jsonl`` and
+``<method>.metrics.json`` (the scores and the settings they were computed with, so a re-run keeps what matches and
+refuses what does not), under ``results/<run>/`` (or a named evaluation's ``results/<run>/evaluations/<evaluation>/``).
+All writes are atomic; ``metrics.json`` is written last and marks a method done. The files' format, their one reader
+and the tables ``summary.csv`` and ``sweeps.csv`` are :mod:`regrad_lib.io.result_files`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import math
-from pathlib import Path
 from typing import Sequence
 
 from regrad_lib.answering.specs import SPECS, check_methods
 from regrad_lib.bank import schemes
 from regrad_lib.data import metrics
 from regrad_lib.io import artifacts, paths
+from regrad_lib.io.result_files import SUMMARY_FIELDS, method_predictions, read_metrics
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FIELDS = ("dataset", "method", "em", "acc", "f1", "precision", "recall", "nll", "n")
-SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "mixed", "scheme", "em", "acc", "f1", "precision", "recall",
-                "nll", "n")
 
 
 def score_rows(rows: Sequence[dict]) -> dict:
@@ -39,8 +33,8 @@ def score_rows(rows: Sequence[dict]) -> dict:
 
 
 def method_files(run: str, dataset: str, method: str, evaluation: str | None = None) -> tuple:
-    folder = paths.results_dir(run, evaluation) / dataset
-    return folder / f"{method}.predictions.jsonl", folder / f"{method}.metrics.json"
+    return (paths.predictions_file(run, dataset, method, evaluation),
+            paths.metrics_file(run, dataset, method, evaluation))
 
 
 def settings(method: str, split: str, topk: int, gamma: float, limit: int | None, finished: bool | None,
@@ -85,7 +79,7 @@ def with_current_scores(saved: dict, run: str, dataset: str, method: str, evalua
     missing = [m for m in metrics.METRICS if m not in saved]
     if not missing:
         return saved
-    rescored = score_rows(predictions(run, dataset, method, evaluation))
+    rescored = score_rows(method_predictions(run, dataset, method, evaluation))
     return {**saved, **{m: rescored[m] for m in missing}}
 
 
@@ -131,12 +125,6 @@ def write_method(run, dataset, method, rows, learner, split, topk, gamma, limit,
     return {**result, "status": "computed"}
 
 
-def read_metrics(file: Path) -> dict:
-    """A ``metrics.json``; its null NLL (no finite answer NLL) read back as NaN."""
-    saved = artifacts.read_json(file)
-    return {**saved, "nll": math.nan if saved.get("nll") is None else saved["nll"]}
-
-
 def json_rows(rows: Sequence[dict]) -> list[dict]:
     """Prediction rows for strict JSON (a non-finite answer NLL or margin written as null)."""
     return [{**r, "answer_nll": json_number(r["answer_nll"]),
@@ -148,63 +136,12 @@ def json_number(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def summary(run: str, evaluation: str | None = None) -> list[dict]:
-    """Rows of ``results/<run>/summary.csv`` (numbers as floats, n as int), or of a named evaluation's."""
-    return read_csv(paths.results_dir(run, evaluation) / "summary.csv")
-
-
-def predictions(run: str, dataset: str, method: str, evaluation: str | None = None) -> list[dict]:
-    """Rows of ``results/<run>/<dataset>/<method>.predictions.jsonl`` (or of a named evaluation)."""
-    file = method_files(run, dataset, method, evaluation)[0]
-    if not file.exists():
-        raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 05_evaluate")
-    return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def examples(run: str, dataset: str, methods: Sequence[str], n: int = 5, evaluation: str | None = None) -> list[dict]:
     """The first ``n`` questions with their gold answers and every method's prediction, side by side."""
-    by_method = {m: predictions(run, dataset, m, evaluation)[:n] for m in check_methods(methods)}
+    by_method = {m: method_predictions(run, dataset, m, evaluation)[:n] for m in check_methods(methods)}
     first = next(iter(by_method.values()))
     return [{"question": r["question"], "gold": r["answers"][0], **{m: rows[i]["prediction"]
              for m, rows in by_method.items()}} for i, r in enumerate(first)]
-
-
-def read_csv(file: Path) -> list[dict]:
-    """Rows of summary.csv / sweeps.csv: dataset, method and scheme as str, n and topk as int, the rest as float
-    (a sweeps.csv written before ``mixed`` was a column reads as unmixed, 0.0; an empty score cell, e.g. ``acc`` of
-    a row merged from a file written before acc existed, as NaN)."""
-    if not file.exists():
-        raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 05_evaluate")
-    with file.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        legacy = {"mixed": "0.0"} if "gamma" in (reader.fieldnames or []) and "mixed" not in reader.fieldnames else {}
-    kinds = {"dataset": str, "method": str, "scheme": str, "n": int, "topk": int}
-    return [{k: kinds.get(k, _float)(v) for k, v in {**r, **legacy}.items()} for r in rows]
-
-
-def _float(text: str | None) -> float:
-    return math.nan if text is None or text == "" else float(text)
-
-
-def merge_csv(file: Path, fields: Sequence[str], rows: Sequence[dict], key: Sequence[str]) -> Path:
-    """Insert or replace ``rows`` (matched on ``key``) in a CSV with header ``fields``; atomic, sorted by key."""
-    old = read_csv(file) if file.exists() else []
-    def key_of(r):   # rows of an older file may lack a key field
-        return tuple("" if r.get(k) is None else r[k] for k in key)
-
-    merged = {key_of(r): r for r in old}
-    merged.update({key_of(r): r for r in rows})
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for k in sorted(merged):
-        writer.writerow({f: _cell(merged[k].get(f)) for f in fields})
-    return artifacts.write_text(file, text.getvalue())
-
-
-def _cell(value):
-    return round(value, 4) if isinstance(value, float) and math.isfinite(value) else value
 
 
 def table(rows: Sequence[dict], fields: Sequence[str] = SUMMARY_FIELDS) -> str:

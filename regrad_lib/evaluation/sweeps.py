@@ -22,15 +22,13 @@ from regrad_lib.core.task_batches import load as load_tasks
 from regrad_lib.core.task_batches import mixed_count
 from regrad_lib.evaluation.learner_once import finished_state, loader
 from regrad_lib.evaluation.results import (
-    SWEEP_FIELDS,
     finished_scores,
     json_rows,
-    merge_csv,
-    read_csv,
     score_rows,
     settings,
 )
 from regrad_lib.io import artifacts, distributed, params, paths, runlock
+from regrad_lib.io.result_files import SWEEP_FIELDS, merge_table, read_table
 
 KEY = ("dataset", "method", "gamma", "topk", "mixed", "scheme")
 
@@ -56,7 +54,7 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
             mixed_count(int(topk), m)             # each share in [0, 1]
     get_learner = loader(run, device, learner, allow_unfinished)
     finished = finished_state(run, get_learner)
-    file = paths.results_dir(run, evaluation) / "sweeps.csv"
+    file = paths.sweeps_file(run, evaluation)
     stored_as = schemes.parse(scheme).name if SPECS[method].reads_bank else ""
     grid = [(int(k), float(m)) for k in topks for m in mixes]
     plan = distributed.on_main(sweep_plan, run, dataset, method, gammas, grid, split, limit, overwrite, evaluation,
@@ -82,9 +80,9 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
         new += [{"dataset": dataset, "method": method, "gamma": g, "topk": topk, "mixed": mixed, "scheme": stored_as,
                  **reused[g]} for g in points]
     if new:
-        distributed.on_main(merge_csv, file, SWEEP_FIELDS, new, key=KEY)
+        distributed.on_main(merge_table, file, SWEEP_FIELDS, new, key=KEY)
     wanted = {(float(g), k, m) for g in gammas for k, m in grid}
-    return distributed.on_main(lambda: [r for r in read_csv(file) if r["dataset"] == dataset and r["method"] == method
+    return distributed.on_main(lambda: [r for r in read_table(file, SWEEP_FIELDS) if r["dataset"] == dataset and r["method"] == method
                                         and (r["gamma"], r["topk"], r["mixed"]) in wanted
                                         and (r.get("scheme") or "") == stored_as]
                                if file.exists() else [])
@@ -94,10 +92,10 @@ def sweep_plan(run, dataset, method, gammas, grid, split, limit, overwrite, eval
                scheme=schemes.DEFAULT) -> list[dict]:
     """Per (topk, mixed) of ``grid``: ``{gamma: scores of a finished evaluation with these settings, or None}`` for
     the points not yet in sweeps.csv (all points with ``overwrite``); points of another bank scheme do not count."""
-    file = paths.results_dir(run, evaluation) / "sweeps.csv"
+    file = paths.sweeps_file(run, evaluation)
     stored_as = schemes.parse(scheme).name if SPECS[method].reads_bank else ""
     done = {(r["dataset"], r["method"], float(r["gamma"]), int(r["topk"]), float(r["mixed"]), r.get("scheme") or "")
-            for r in read_csv(file)} if file.exists() and not overwrite else set()
+            for r in read_table(file, SWEEP_FIELDS)} if file.exists() and not overwrite else set()
     plan = []
     for topk, mixed in grid:
         points = [float(g) for g in gammas if (dataset, method, float(g), topk, mixed, stored_as) not in done]

@@ -248,5 +248,5 @@ def provenance(config: dict | None = None) -> dict:
     return {"config": config or {}, "git_revision": git_revision(), "versions": library_versions()}
 
 
-def write_provenance(folder: str | os.PathLike, config: dict | None = None, name: str = "provenance.json") -> Path:
+def write_provenance(folder: str | os.PathLike, config: dict | None = None, name: str = paths.PROVENANCE) -> Path:
     return write_json(Path(folder) / name, provenance(config))

@@ -26,7 +26,7 @@ from regrad_lib.io import artifacts, paths
 log = logging.getLogger(__name__)
 
 RUN_MARKER = "regrad_run.json"
-LEGACY_RUN_FILES = ("train_request.json",)     # 03_train's first own file before markers existed
+LEGACY_RUN_FILES = (paths.TRAIN_REQUEST,)     # 03_train's first own file before markers existed
 
 
 class NotOursError(FileExistsError):

@@ -115,10 +115,41 @@ def baseline_selection(run: str, method: str) -> Path:
     return baseline_dir(run, method) / "selected.json"
 
 
+# The files of a training run, inside outputs/<run>/ (constants too: messages name them, and a run folder is
+# sometimes given as a folder rather than a run name).
+META_STATE = "meta_state.safetensors"       # the selected meta weights (phi and alpha)
+TRAINING_LOG = "training_log.jsonl"         # one JSON row per logged step or validation, appended as training runs
+TRAIN_REQUEST = "train_request.json"        # what was asked: datasets, training file, the trained preset sections
+TRAIN_SUMMARY = "train_summary.json"        # written last: the run is finished
+PROVENANCE = "provenance.json"              # in every artifact folder: configuration, git revision, libraries
+
+
+def meta_state_file(run: str) -> Path:
+    """``outputs/<run>/meta_state.safetensors``: the meta weights 03_train selected."""
+    return output_dir(run) / META_STATE
+
+
+def training_log_file(run: str) -> Path:
+    return output_dir(run) / TRAINING_LOG
+
+
+def train_request_file(run: str) -> Path:
+    return output_dir(run) / TRAIN_REQUEST
+
+
+def train_summary_file(run: str) -> Path:
+    return output_dir(run) / TRAIN_SUMMARY
+
+
+def provenance_file(folder: str | os.PathLike) -> Path:
+    """The provenance record of an artifact folder (a run's, a figures folder)."""
+    return Path(folder) / PROVENANCE
+
+
 def kept_step_state(run: str, step: int) -> Path:
     """The weights 03_train kept after optimizer step ``step`` (``keep_steps``):
     ``outputs/<run>/steps/<step>/meta_state.safetensors``."""
-    return output_dir(run) / "steps" / f"{int(step):06d}" / "meta_state.safetensors"
+    return output_dir(run) / "steps" / f"{int(step):06d}" / META_STATE
 
 
 def run_lock_file(run: str) -> Path:
@@ -166,6 +197,48 @@ def results_dir(run: str, evaluation: str | None = None) -> Path:
     return root / "evaluations" / folder_name("evaluation", evaluation)
 
 
+def summary_file(run: str, evaluation: str | None = None) -> Path:
+    """05_evaluate's score table ``results/<run>/summary.csv``: one row per dataset and method."""
+    return results_dir(run, evaluation) / "summary.csv"
+
+
+def sweeps_file(run: str, evaluation: str | None = None) -> Path:
+    """05_evaluate's sweep table ``results/<run>/sweeps.csv``: one row per dataset, method and sweep point."""
+    return results_dir(run, evaluation) / "sweeps.csv"
+
+
+def schemes_file(run: str, evaluation: str | None = None) -> Path:
+    """05_evaluate's storage-scheme table ``results/<run>/schemes.csv``: regrad on each scheme's bank."""
+    return results_dir(run, evaluation) / "schemes.csv"
+
+
+def predictions_file(run: str, dataset: str, method: str, evaluation: str | None = None) -> Path:
+    """One method's answers ``results/<run>/<dataset>/<method>.predictions.jsonl``."""
+    return results_dir(run, evaluation) / dataset / f"{method}.predictions.jsonl"
+
+
+def metrics_file(run: str, dataset: str, method: str, evaluation: str | None = None) -> Path:
+    """One method's scores and settings ``results/<run>/<dataset>/<method>.metrics.json`` (written last: the
+    method is done)."""
+    return results_dir(run, evaluation) / dataset / f"{method}.metrics.json"
+
+
+def scheme_predictions_file(run: str, dataset: str, scheme: str, evaluation: str | None = None) -> Path:
+    """regrad's answers on one storage scheme's bank ``results/<run>/<dataset>/schemes/regrad.<scheme>.predictions.jsonl``."""
+    return results_dir(run, evaluation) / dataset / "schemes" / f"regrad.{scheme}.predictions.jsonl"
+
+
+def scheme_metrics_file(run: str, dataset: str, scheme: str, evaluation: str | None = None) -> Path:
+    """``results/<run>/<dataset>/schemes/regrad.<scheme>.metrics.json`` (written last: the scheme is done)."""
+    return results_dir(run, evaluation) / dataset / "schemes" / f"regrad.{scheme}.metrics.json"
+
+
+def binding_matrix_file(run: str, evaluation: str | None = None) -> Path:
+    """The answer NLL of each binding-probe family member's value under each question's update (and without it):
+    ``results/<run>/probe_binding/binding_matrix.json``."""
+    return results_dir(run, evaluation) / "probe_binding" / "binding_matrix.json"
+
+
 def cpt_dir(run: str, dataset: str, evaluation: str | None = None) -> Path:
     """Continual post-training on one dataset's documents (methods cpt, cpt_rag): ``results/<run>/<dataset>/cpt/``
     (its checkpoint, a chunk at a time, and ``drift.json``, the measures after every chunk)."""
@@ -176,6 +249,18 @@ def drift_dir(run: str, evaluation: str | None = None) -> Path:
     """What drift is measured on (held-out general text, general questions) and at the base and meta-trained
     weights: ``results/<run>/drift/``."""
     return results_dir(run, evaluation) / "drift"
+
+
+def drift_file(run: str, dataset: str, evaluation: str | None = None) -> Path:
+    """The drift measures of continual post-training on one dataset, one row before the first chunk and one after
+    each: ``results/<run>/<dataset>/cpt/drift.json``."""
+    return cpt_dir(run, dataset, evaluation) / "drift.json"
+
+
+def general_set_file(run: str, evaluation: str | None = None) -> Path:
+    """The general set drift is measured on, with its measures at the base and the meta-trained weights:
+    ``results/<run>/drift/general_set.json``."""
+    return drift_dir(run, evaluation) / "general_set.json"
 
 
 def sweep_predictions_file(run: str, dataset: str, method: str, gamma: float, topk: int, scheme: str = "",

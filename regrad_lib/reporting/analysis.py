@@ -1,55 +1,27 @@
-"""Reading a run's results for 06_analyze: score table, sweeps, paired answer-NLL differences, training log, bank sizes.
+"""Tables of a run's results for 06_analyze: its parameters, the score table, the sweeps, bank sizes, and the note
+a section shows when its input is missing.
 
-Inputs (written by 05_evaluate, 03_train and 04_encode; see design.md "Layout"):
-``results/<run>/summary.csv``, ``results/<run>/sweeps.csv``, ``results/<run>/<dataset>/<method>.predictions.jsonl``,
-``outputs/<run>/training_log.jsonl``, ``outputs/<run>/meta_state.safetensors`` and the bank manifests
-``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>/manifest.json``. Plain ``csv``/``json``; no pandas.
+Inputs (written by 05_evaluate and 04_encode; see design.md "Layout"): ``results/<run>/summary.csv`` and
+``results/<run>/sweeps.csv``, read by :mod:`regrad_lib.io.result_files` (the one reader of 05_evaluate's files), and
+the bank manifests ``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>/manifest.json``. The training log and the
+learned step sizes are read by :mod:`regrad_lib.io.run_state`, as 03_train reads them. Plain ``csv``/``json``; no
+pandas, no model.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 from regrad_lib.answering.specs import METHODS, ordered
-from regrad_lib.io import params, paths
+from regrad_lib.io import params, paths, result_files
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-SUMMARY_FIELDS = ("dataset", "method", "em", "acc", "f1", "precision", "recall", "nll", "n")
-SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "em", "acc", "f1", "precision", "recall", "nll", "n")
-OPTIONAL_FIELDS = ("mixed", "acc")    # read as unmixed / NaN from files written before they existed
-
-
-# --- where things are -------------------------------------------------------------------------------------
-
-def summary_file(run: str, evaluation: str | None = None) -> Path:
-    return paths.results_dir(run, evaluation) / "summary.csv"
-
-
-def sweeps_file(run: str, evaluation: str | None = None) -> Path:
-    return paths.results_dir(run, evaluation) / "sweeps.csv"
-
-
-def predictions_file(run: str, dataset: str, method: str, evaluation: str | None = None) -> Path:
-    return paths.results_dir(run, evaluation) / dataset / f"{method}.predictions.jsonl"
-
-
-def training_log_file(run: str) -> Path:
-    return paths.output_dir(run) / "training_log.jsonl"
-
-
-def meta_state_file(run: str) -> Path:
-    return paths.output_dir(run) / "meta_state.safetensors"
-
 
 # --- missing optional inputs ------------------------------------------------------------------------------
 
@@ -138,46 +110,18 @@ class Score:
     mixed: float | None = None
 
 
-def _number(path: Path, line: int, name: str, value: str, kind=float):
-    if value is None or value.strip() in ("", "nan", "NaN", "None", "null"):
-        if kind is int:
-            raise ValueError(f"{paths.relative(path)} line {line}: field {name!r} is empty; it must be an integer")
-        return math.nan
-    try:
-        return kind(float(value)) if kind is int else kind(value)
-    except ValueError:
-        raise ValueError(f"{paths.relative(path)} line {line}: field {name!r} = {value!r} is not a number; "
-                         f"re-run 05_evaluate to rewrite the file") from None
-
-
-def _read_scores(path: Path, fields: Sequence[str], writer: str) -> list[Score]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by {writer}")
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in fields if c not in (reader.fieldnames or []) and c not in OPTIONAL_FIELDS]
-        if missing:
-            raise ValueError(f"{paths.relative(path)}: header {reader.fieldnames} lacks {missing}; "
-                             f"expected {','.join(fields)}")
-        rows = []
-        for line, r in enumerate(reader, start=2):
-            extra = {}
-            if "gamma" in fields:
-                extra = {"gamma": _number(path, line, "gamma", r["gamma"]),
-                         "topk": _number(path, line, "topk", r["topk"], int),
-                         "mixed": _number(path, line, "mixed", r["mixed"]) if "mixed" in r else 0.0}
-            rows.append(Score(dataset=r["dataset"], method=r["method"],
-                              **{k: _number(path, line, k, r[k]) for k in ("em", "f1", "precision", "recall", "nll")},
-                              n=_number(path, line, "n", r["n"], int),
-                              acc=_number(path, line, "acc", r["acc"]) if "acc" in r else math.nan, **extra))
-    return rows
+def _score(row: dict) -> Score:
+    sweep = {k: row[k] for k in ("gamma", "topk", "mixed")} if "gamma" in row else {}
+    return Score(dataset=row["dataset"], method=row["method"],
+                 **{k: row[k] for k in ("em", "f1", "precision", "recall", "nll", "n")},
+                 acc=row.get("acc", math.nan), **sweep)
 
 
 def read_summary(run: str, datasets: Sequence[str] | None = None, evaluation: str | None = None) -> list[Score]:
     """``results/<run>/summary.csv`` (or a named evaluation's) as typed rows (only ``datasets`` if given); missing
     file: names 05_evaluate."""
-    file = summary_file(run, evaluation)
-    rows = _read_scores(file, SUMMARY_FIELDS, f"05_evaluate (run={run!r}, evaluation={evaluation!r}); run it first")
+    file = paths.summary_file(run, evaluation)
+    rows = [_score(r) for r in result_files.summary_rows(run, evaluation)]
     if datasets is None:
         return rows
     absent = [d for d in datasets if all(r.dataset != d for r in rows)]
@@ -188,9 +132,7 @@ def read_summary(run: str, datasets: Sequence[str] | None = None, evaluation: st
 
 def read_sweeps(run: str, evaluation: str | None = None) -> list[Score]:
     """``results/<run>/sweeps.csv`` (gamma / top-k / mixed sweeps of 05_evaluate); FileNotFoundError when absent."""
-    return _read_scores(sweeps_file(run, evaluation), SWEEP_FIELDS,
-                        f"05_evaluate when it sweeps (gammas, topks or mixed_sweep) the evaluated datasets among "
-                        f"its sweep_datasets, default ['probe'] (run={run!r})")
+    return [_score(r) for r in result_files.sweep_rows(run, evaluation)]
 
 
 @dataclass
@@ -229,7 +171,7 @@ def score_table(rows: Sequence[Score], datasets: Sequence[str] | None = None,
     return table
 
 
-def sweep(rows: Sequence[Score] | Missing, vary: str, method: str = "regrad", **fixed) -> list[Score] | Missing:
+def sweep_series(rows: Sequence[Score] | Missing, vary: str, method: str = "regrad", **fixed) -> list[Score] | Missing:
     """The sweep rows of ``method`` where ``vary`` (gamma, topk or mixed) takes 2+ values in a dataset, the
     parameters in ``fixed`` (e.g. ``gamma=1.0``, ``mixed=0.0``) fixed.
 
@@ -252,57 +194,6 @@ def sweep(rows: Sequence[Score] | Missing, vary: str, method: str = "regrad", **
         where = ", ".join(f"{k}={v}" for k, v in fixed.items() if v is not None)
         return Missing(f"sweeps.csv has no {vary} sweep for method {method!r}" + (f" at {where}" if where else ""))
     return out
-
-
-# --- predictions ------------------------------------------------------------------------------------------
-
-def _read_jsonl(path: Path, writer: str) -> list[dict]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by {writer}")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
-            try:
-                row = json.loads(text) if text.strip() else None
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{paths.relative(path)} line {line}: not valid JSON ({e.msg})") from e
-            if row is not None:
-                rows.append(row)
-    return rows
-
-
-def read_predictions(run: str, dataset: str, method: str, evaluation: str | None = None) -> list[dict]:
-    """Rows of ``results/<run>/<dataset>/<method>.predictions.jsonl`` (or a named evaluation's)."""
-    return _read_jsonl(predictions_file(run, dataset, method, evaluation),
-                       f"05_evaluate (run={run!r}, dataset={dataset!r}, method={method!r})")
-
-
-
-# --- training log and step sizes --------------------------------------------------------------------------
-
-def read_training_log(run: str) -> list[dict]:
-    """Rows of ``outputs/<run>/training_log.jsonl`` (each with ``kind`` and ``step``)."""
-    path = training_log_file(run)
-    rows = _read_jsonl(path, f"03_train (run={run!r})")
-    for i, row in enumerate(rows, start=1):
-        if "kind" not in row or "step" not in row:
-            raise ValueError(f"{paths.relative(path)} row {i}: lacks 'kind' or 'step' (keys {sorted(row)})")
-    return rows
-
-
-def read_alpha(run: str) -> dict[str, float]:
-    """Step size per LoRA tensor from ``meta_state.safetensors`` (``alpha.*``; per-element values averaged)."""
-    path = meta_state_file(run)
-    if not path.is_file():
-        raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 03_train (run={run!r})")
-    from regrad_lib.io.run_state import read_state
-
-    out = {key[len("alpha."):].replace("__", "."): float(value.float().mean())
-           for key, value in read_state(path).items() if key.startswith("alpha.")}
-    if not out:
-        raise ValueError(f"{paths.relative(path)} holds no 'alpha.*' tensors; is it a meta_state file of 03_train?")
-    natural = lambda name: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]  # noqa: E731
-    return {name: out[name] for name in sorted(out, key=natural)}
 
 
 # --- bank sizes ------------------------------------------------------------------------------------------

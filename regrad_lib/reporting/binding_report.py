@@ -15,7 +15,9 @@ from typing import Sequence
 
 from regrad_lib.answering.specs import METHODS
 from regrad_lib.data import metrics
-from regrad_lib.reporting.analysis import MarkdownTable, Missing, read_predictions
+from regrad_lib.io import result_files
+from regrad_lib.io.result_files import method_predictions
+from regrad_lib.reporting.analysis import MarkdownTable, Missing
 
 DATASET = "probe_binding"
 
@@ -94,7 +96,7 @@ def shares(run: str, datasets: Sequence[str], data_root: str = "data/sample", sp
     out = []
     for method in methods:
         try:
-            rows = read_predictions(run, DATASET, method, evaluation)
+            rows = method_predictions(run, DATASET, method, evaluation)
         except FileNotFoundError:
             continue
         out.append(method_shares(method, rows, questions))
@@ -174,11 +176,7 @@ def name_effects(rows: Sequence[dict]) -> NameEffectTable:
 def name_effect(run: str, evaluation: str | None = None) -> NameEffectTable | Missing:
     """:func:`name_effects` of ``results/<run>/probe_binding/binding_matrix.json`` (05_evaluate writes it when the
     binding probe is evaluated)."""
-    import json
-
-    from regrad_lib.io import paths
-
-    file = paths.results_dir(run, evaluation) / DATASET / "binding_matrix.json"
-    if not file.is_file():
-        return Missing(f"{paths.relative(file)} not found: 05_evaluate writes it when probe_binding is evaluated")
-    return name_effects(json.loads(file.read_text(encoding="utf-8"))["rows"])
+    try:
+        return name_effects(result_files.read_binding_matrix(run, evaluation)["rows"])
+    except FileNotFoundError as e:
+        return Missing(str(e))

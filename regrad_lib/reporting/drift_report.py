@@ -15,12 +15,11 @@ its measures at the base and the meta-trained weights (``results/<run>/drift/gen
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from regrad_lib.io import paths
+from regrad_lib.io import paths, result_files
 from regrad_lib.reporting.analysis import MarkdownTable, Missing, read_summary
 from regrad_lib.reporting.effects import (
     ALPHA,
@@ -85,23 +84,9 @@ def _num(value: float | None, digits: int) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _read(file, writer: str) -> dict:
-    if not file.is_file():
-        raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by {writer}")
-    return json.loads(file.read_text(encoding="utf-8"))
-
-
-def read_general(run: str, evaluation: str | None = None) -> dict:
-    return _read(paths.drift_dir(run, evaluation) / "general_set.json", "05_evaluate with the method cpt or cpt_rag")
-
-
-def read_stream(run: str, dataset: str, evaluation: str | None = None) -> dict:
-    return _read(paths.cpt_dir(run, dataset, evaluation) / "drift.json", "05_evaluate with the method cpt")
-
-
 def _verified(run: str, dataset: str, method: str, evaluation: str | None) -> str:
-    file = paths.results_dir(run, evaluation) / dataset / f"{method}.metrics.json"
-    saved = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+    file = paths.metrics_file(run, dataset, method, evaluation)
+    saved = result_files.read_metrics(file) if file.is_file() else {}
     return "unchanged (sha256, bit for bit)" if saved.get("persistent_unchanged") is True else \
         "not checked (evaluated without cpt)"
 
@@ -115,7 +100,7 @@ def _row(dataset, method, chunk, documents, knowledge, point, delta, from_base, 
 def drift_table(run: str, datasets: Sequence[str], evaluation: str | None = None) -> DriftTable | Missing:
     """Every dataset with a CPT stream: the fixed-weight methods' points and CPT's rows, chunk by chunk."""
     try:
-        general = read_general(run, evaluation)
+        general = result_files.read_general_set(run, evaluation)
     except FileNotFoundError as e:
         return Missing(str(e))
     theta, points = general["theta_norm"], general["points"]
@@ -123,7 +108,7 @@ def drift_table(run: str, datasets: Sequence[str], evaluation: str | None = None
     rows: list[DriftRow] = []
     for dataset in datasets:
         try:
-            stream = read_stream(run, dataset, evaluation)
+            stream = result_files.read_drift(run, dataset, evaluation)
         except FileNotFoundError:
             continue
         for method, name in POINTS:
@@ -146,11 +131,9 @@ def drift_table(run: str, datasets: Sequence[str], evaluation: str | None = None
 
 def paired(run: str, datasets: Sequence[str], evaluation: str | None = None) -> EffectTable | Missing:
     """The paired effects (:mod:`regrad_lib.reporting.effects`) of :data:`PAIRS` wherever both methods were evaluated."""
-    from regrad_lib.reporting.analysis import predictions_file
-
     out = [Effect(paired_nll_differences(run, d, a, b, evaluation), paired_em(run, d, a, b, evaluation))
            for d in datasets for a, b in PAIRS
-           if all(predictions_file(run, d, m, evaluation).is_file() for m in (a, b))]
+           if all(paths.predictions_file(run, d, m, evaluation).is_file() for m in (a, b))]
     if not out:
         return Missing(f"no dataset has the predictions of both methods of a pair of {list(PAIRS)}: 05_evaluate "
                        "writes them with the methods cpt, cpt_rag (besides regrad, regrad_icl, rag)")

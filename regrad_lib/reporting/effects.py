@@ -23,13 +23,8 @@ from typing import Sequence
 
 from regrad_lib.data import metrics
 from regrad_lib.io import paths
-from regrad_lib.reporting.analysis import (
-    MarkdownTable,
-    Missing,
-    predictions_file,
-    read_predictions,
-    read_summary,
-)
+from regrad_lib.io.result_files import method_predictions
+from regrad_lib.reporting.analysis import MarkdownTable, Missing, read_summary
 
 PAIRS = (("regrad", "shift"), ("regrad", "no_update"))
 # the combined configuration (gradients and passages in the prompt) against rag and its two controls
@@ -74,9 +69,9 @@ class PairedDifference:
 
 def rows_by_id(run: str, dataset: str, method: str, field: str = "prediction",
                evaluation: str | None = None) -> dict[str, dict]:
-    path = predictions_file(run, dataset, method, evaluation)
+    path = paths.predictions_file(run, dataset, method, evaluation)
     out: dict[str, dict] = {}
-    for i, r in enumerate(read_predictions(run, dataset, method, evaluation), start=1):
+    for i, r in enumerate(method_predictions(run, dataset, method, evaluation), start=1):
         if "test_id" not in r or field not in r:
             raise ValueError(f"{paths.relative(path)} row {i}: lacks 'test_id' or {field!r} "
                              f"(keys {sorted(r)}); re-run 05_evaluate")

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from regrad_lib.data import metrics
-from regrad_lib.io import artifacts, paths
-from regrad_lib.reporting.analysis import read_predictions
+from regrad_lib.io import artifacts, paths, result_files
+from regrad_lib.io.result_files import method_predictions
 from regrad_lib.reporting.effects import mcnemar_exact
 
 GAPS = (("regrad", "rag"), ("regrad", "rag_sft"), ("regrad_icl", "rag"), ("regrad_icl", "rag_sft"))
@@ -96,7 +96,7 @@ def _evaluation(split: str) -> str | None:
 
 def _rows(run: str, dataset: str, method: str, split: str) -> dict[str, dict] | None:
     try:
-        rows = read_predictions(run, dataset, method, _evaluation(split))
+        rows = method_predictions(run, dataset, method, _evaluation(split))
     except FileNotFoundError:
         return None
     return {str(r["test_id"]): r for r in rows}
@@ -178,7 +178,7 @@ def _points(run: str) -> list[tuple[str, int, int]]:
     root = paths.output_dir(run).parent
     out = []
     for folder in sorted(root.glob(f"{run}-[0-9][0-9][0-9]*")):
-        summary = folder / "train_summary.json"
+        summary = folder / paths.TRAIN_SUMMARY
         if summary.is_file():
             s = artifacts.read_json(summary)
             if s.get("kept_step_of") == run:
@@ -200,9 +200,8 @@ def collect(runs: Sequence[str], splits: Sequence[tuple], validation: tuple[str,
                 curve.scores += [_score(run, point, step, tasks, dataset, split, m, r) for m, r in found.items()]
                 curve.gaps += [g for a, b in GAPS if a in found and b in found
                                and (g := _gap(run, point, step, tasks, dataset, split, a, b, found[a], found[b]))]
-            cost = paths.drift_dir(point) / "general_set.json"
-            if cost.is_file():
-                saved = artifacts.read_json(cost)["points"]
+            if paths.general_set_file(point).is_file():
+                saved = result_files.read_general_set(point)["points"]
                 curve.costs.append({"run": run, "point": point, "step": step, "tasks": tasks,
                                     **{f"{k}_{m}": v for k, p in saved.items() for m, v in p.items()
                                        if not isinstance(v, list)}})

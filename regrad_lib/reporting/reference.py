@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Sequence
 
 from regrad_lib.data import metrics
-from regrad_lib.io import artifacts, paths
+from regrad_lib.io import artifacts, paths, result_files
 from regrad_lib.io.run_state import trained_revision
 from regrad_lib.reporting import analysis, effects
 from regrad_lib.reporting.reference_tables import (
@@ -44,7 +44,6 @@ from regrad_lib.reporting.reference_tables import (
     TABLES,
     Results,
     load,
-    read_table,
 )
 
 log = logging.getLogger(__name__)
@@ -87,26 +86,22 @@ def sweep_point_rows(run: str, point: dict, evaluation: str | None = None) -> li
     file = paths.sweep_predictions_file(run, point["dataset"], point["method"], point["gamma"], point["topk"],
                                         point.get("scheme") or "", evaluation, float(point.get("mixed") or 0.0))
     if file.is_file():
-        return analysis._read_jsonl(file, "05_evaluate's sweep")
+        return result_files.read_predictions(file, "05_evaluate's sweep")
     source = "no_update" if float(point["gamma"]) == 0.0 else point["method"]
-    metrics_file = paths.results_dir(run, evaluation) / point["dataset"] / f"{source}.metrics.json"
+    metrics_file = paths.metrics_file(run, point["dataset"], source, evaluation)
     if not metrics_file.is_file():
         return None
-    saved = artifacts.read_json(metrics_file)
+    saved = result_files.read_metrics(metrics_file)
     if source != "no_update" and (saved.get("gamma") != point["gamma"] or saved.get("topk") != point["topk"]):
         return None
-    return analysis.read_predictions(run, point["dataset"], source, evaluation)
+    return result_files.method_predictions(run, point["dataset"], source, evaluation)
 
 
 def collect_run(run: str, results: Results, data_root: str = "data/sample", split: str = "dev",
                 evaluation: str | None = None) -> Results:
     """Add the figures of one run (05_evaluate's files, 06_analyze's statistics) to ``results``."""
     seed = run_seed(run)
-    file = analysis.summary_file(run, evaluation)
-    if not file.is_file():
-        raise FileNotFoundError(f"{paths.relative(file)} not found: it is written by 05_evaluate (run={run!r}, "
-                                f"evaluation={evaluation!r})")
-    summary = read_table(file)
+    summary = result_files.summary_rows(run, evaluation)
     results.summary += [{"seed": seed, **r} for r in summary]
     datasets = list(dict.fromkeys(r["dataset"] for r in summary))
     groups = {}
@@ -115,10 +110,10 @@ def collect_run(run: str, results: Results, data_root: str = "data/sample", spli
         groups = analysis.optional(probe.relation_groups, f"{data_root}/{PROBE}", split)
         groups = {} if isinstance(groups, analysis.Missing) else groups
     for r in summary:
-        rows = analysis.read_predictions(run, r["dataset"], r["method"], evaluation)
+        rows = result_files.method_predictions(run, r["dataset"], r["method"], evaluation)
         results.questions += _question_rows(rows, seed, r["dataset"], r["method"], "", groups)
-    sweeps = analysis.sweeps_file(run, evaluation)
-    for point in read_table(sweeps) if sweeps.is_file() else []:
+    sweeps = paths.sweeps_file(run, evaluation)
+    for point in result_files.sweep_rows(run, evaluation) if sweeps.is_file() else []:
         results.sweeps.append({"seed": seed, **point})
         rows = sweep_point_rows(run, point, evaluation)
         if rows is not None:

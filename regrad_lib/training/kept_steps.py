@@ -14,9 +14,8 @@ from __future__ import annotations
 import shutil
 
 from regrad_lib import config
-from regrad_lib.io import artifacts, ownership, paths, tensorfile
-from regrad_lib.io.run_state import META_STATE, read_state
-from regrad_lib.training import run_folder
+from regrad_lib.io import artifacts, ownership, paths, run_state, tensorfile
+from regrad_lib.io.run_state import read_state
 from regrad_lib.training.train_data import step_batches, training_data
 
 
@@ -28,7 +27,7 @@ def point_name(run: str, step: int) -> str:
 def kept_steps(run: str) -> list[int]:
     """The steps of ``run`` whose weights 03_train kept (finished or not)."""
     folder = paths.kept_step_state(run, 1).parent.parent
-    return sorted(int(p.name) for p in folder.iterdir() if (p / META_STATE).is_file()) if folder.is_dir() else []
+    return sorted(int(p.name) for p in folder.iterdir() if (p / paths.META_STATE).is_file()) if folder.is_dir() else []
 
 
 def point_run(run: str, step: int, *, baselines: dict | None = None, overwrite: bool = False) -> str:
@@ -44,7 +43,7 @@ def point_run(run: str, step: int, *, baselines: dict | None = None, overwrite: 
     name = point_name(run, step)
     target = paths.output_dir(name)
     digest = tensorfile.text_digest(state)
-    summary_file = target / run_folder.SUMMARY
+    summary_file = target / paths.TRAIN_SUMMARY
     if summary_file.is_file():
         saved = artifacts.read_json(summary_file)
         if saved.get("kept_step_of") == run and saved.get("steps") == step and saved.get("weights_sha256") == digest \
@@ -60,12 +59,12 @@ def point_run(run: str, step: int, *, baselines: dict | None = None, overwrite: 
         preset = preset.replace(baselines=baselines)
     ownership.mark_run(target)
     preset.save(target)
-    shutil.copyfile(source / run_folder.REQUEST, target / run_folder.REQUEST)
-    shutil.copyfile(state, target / META_STATE)
-    rows = [r for r in run_folder.read_log(run) if r["step"] <= step]
-    artifacts.write_jsonl(target / run_folder.LOG, rows)
+    shutil.copyfile(source / paths.TRAIN_REQUEST, target / paths.TRAIN_REQUEST)
+    shutil.copyfile(state, target / paths.META_STATE)
+    rows = [r for r in run_state.read_training_log(run) if r["step"] <= step]
+    artifacts.write_jsonl(target / paths.TRAINING_LOG, rows)
     artifacts.write_provenance(target, {"kept_step_of": run, "step": step, "preset": preset.to_dict()})
-    request = artifacts.read_json(source / run_folder.REQUEST)
+    request = artifacts.read_json(source / paths.TRAIN_REQUEST)
     data = training_data(request["train_datasets"], request["train_file"], preset.train)
     tasks = sum(len(b) for b in step_batches(len(data.train), preset.train.seed, preset.train.meta_batch_size, step))
     artifacts.write_json(summary_file, {

@@ -1,11 +1,11 @@
 """A training run's folder ``outputs/<run>/`` as 03_train keeps it: what was asked (``train_request.json``), the
-log (``training_log.jsonl``), the summary that marks it finished, what a restart does with the folder (keep a
-finished run, resume an unfinished one with the same settings, refuse other settings), and which validation row's
-weights are kept (checkpoint selection)."""
+summary that marks it finished, what a restart does with the folder (keep a finished run, resume an unfinished one
+with the same settings, refuse other settings), and which validation row's weights are kept (checkpoint
+selection). The training log and the learned step sizes are read in :mod:`regrad_lib.io.run_state`, where 06_analyze
+reads them too."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -13,13 +13,9 @@ from typing import Sequence
 
 from regrad_lib import config
 from regrad_lib.io import artifacts, checkpoint, ownership, paths
-from regrad_lib.io.run_state import META_STATE, TRAIN_SUMMARY, read_state
 
 log = logging.getLogger(__name__)
 
-LOG = "training_log.jsonl"
-SUMMARY = TRAIN_SUMMARY
-REQUEST = "train_request.json"
 # Train args that may change between an interrupted run and its resumption (they do not change the math).
 RESUMABLE_CHANGES = {"eval_steps", "save_steps", "keep_steps", "logging_steps", "on_nonfinite"}
 
@@ -30,38 +26,6 @@ def is_better(row: dict, best: dict | None, metric: str) -> bool:
         loss = r["eval_loss"] if r["eval_loss"] is not None else math.inf
         return (-r["eval_f1"], loss) if metric == "f1" and r["eval_f1"] is not None else (loss,)
     return best is None or key(row) < key(best)
-
-
-def learned_alpha(run: str) -> dict[str, float]:
-    """The selected step sizes of ``outputs/<run>/meta_state.safetensors``, per LoRA tensor (mean for ``full``)."""
-    path = paths.output_dir(run) / META_STATE
-    if not path.is_file():
-        raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 03_train (run={run!r})")
-    return {k[len("alpha."):].replace("__", "."): float(v.float().mean())
-            for k, v in read_state(path).items() if k.startswith("alpha.")}
-
-
-# --- artifacts -----------------------------------------------------------------------------------------
-def read_log(run: str) -> list[dict]:
-    """The rows of ``outputs/<run>/training_log.jsonl``; a last line cut short (a full disk) is dropped."""
-    path = paths.output_dir(run) / LOG
-    if not path.is_file():
-        raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by 03_train (run={run!r})")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    rows = []
-    for number, line in enumerate(lines, 1):
-        try:
-            rows += [json.loads(line)] if line.strip() else []
-        except json.JSONDecodeError as e:
-            if number < len(lines):
-                raise ValueError(f"{paths.relative(path)}: line {number} is not valid JSON ({e.msg})") from None
-            log.warning("%s: dropped its last line, cut short: %r", paths.relative(path), line[:80])
-    return rows
-
-
-def append_log(path: Path, row: dict) -> None:
-    with artifacts.naming(path), path.open("a", encoding="utf-8") as f:   # a full disk names the log
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 # preset sections meta-training never reads: changing them neither refuses a resume nor retrains a finished run
@@ -75,7 +39,7 @@ def request_of(preset: config.Preset, train_datasets: Sequence[str], train_file:
 
 def changed_settings(folder: Path, request: dict) -> list[str]:
     """Settings of ``request`` that differ from the run saved in ``folder`` (generation and logging may change)."""
-    saved = artifacts.read_json(folder / REQUEST)
+    saved = artifacts.read_json(folder / paths.TRAIN_REQUEST)
     diffs = [k for k in ("train_datasets", "train_file") if saved.get(k) != request[k]]
     for section, values in request["preset"].items():
         old = saved["preset"].get(section, {})
@@ -93,20 +57,20 @@ def check_resumable(folder: Path, request: dict) -> None:
 
 def kept_summary(folder: Path, request: dict) -> dict | None:
     """The saved summary of a finished run with these settings (kept, as a re-run pipeline expects), else None."""
-    if not (folder / SUMMARY).exists():
+    if not (folder / paths.TRAIN_SUMMARY).exists():
         return None
-    diffs = changed_settings(folder, request) if (folder / REQUEST).exists() else ["(no saved request)"]
+    diffs = changed_settings(folder, request) if (folder / paths.TRAIN_REQUEST).exists() else ["(no saved request)"]
     if diffs:
         raise FileExistsError(f"{paths.relative(folder)} is a finished training run with other settings "
                               f"({', '.join(diffs)}); pass overwrite=True to train it again, or choose another run name")
     log.info("%s is a finished run with these settings: kept (overwrite=True trains it again)", paths.relative(folder))
-    return {**artifacts.read_json(folder / SUMMARY), "status": "kept"}
+    return {**artifacts.read_json(folder / paths.TRAIN_SUMMARY), "status": "kept"}
 
 
 def prepare(folder: Path, request: dict, overwrite: bool, resume: bool) -> bool:
     """Make ``folder`` ready; True when an unfinished run will be resumed from its checkpoint."""
-    if (folder / SUMMARY).exists() and not overwrite:
-        raise FileExistsError(f"{paths.relative(folder)} is a finished training run ({SUMMARY}); pass "
+    if (folder / paths.TRAIN_SUMMARY).exists() and not overwrite:
+        raise FileExistsError(f"{paths.relative(folder)} is a finished training run ({paths.TRAIN_SUMMARY}); pass "
                               "overwrite=True to train it again, or choose another run name")
     if folder.exists() and any(folder.iterdir()):
         if overwrite:
@@ -115,7 +79,7 @@ def prepare(folder: Path, request: dict, overwrite: bool, resume: bool) -> bool:
         elif not checkpoint.recover(folder):   # interrupted before its first complete checkpoint
             log.info("%s holds no complete checkpoint: starting the run again", paths.relative(folder))
             ownership.remove_run(folder)
-        elif resume and (folder / REQUEST).exists():
+        elif resume and (folder / paths.TRAIN_REQUEST).exists():
             check_resumable(folder, request)
             return True
         else:

@@ -80,7 +80,7 @@ def with_context(method: str) -> bool:
 def check_inputs(run: str) -> None:
     """Refuse, before any work, a run whose meta-training questions cannot be read again (the baselines train on
     them): its request file and every augmented training file it names."""
-    request = paths.output_dir(run) / run_folder.REQUEST
+    request = paths.train_request_file(run)
     if not request.is_file():
         raise FileNotFoundError(f"{paths.relative(request)} not found: sft and rag_sft train on the questions "
                                 f"03_train meta-trained run {run!r} on, which that file names; train the run first")
@@ -91,7 +91,7 @@ def check_inputs(run: str) -> None:
 
 def run_data(run: str, learner: Learner) -> TrainData:
     """The training tasks and validation slice of ``run``'s meta-training (its saved request and preset)."""
-    request = artifacts.read_json(paths.output_dir(run) / run_folder.REQUEST)
+    request = artifacts.read_json(paths.train_request_file(run))
     return training_data(request["train_datasets"], request["train_file"], learner.preset.train)
 
 
@@ -258,7 +258,7 @@ def _better(a: dict | None, b: dict | None, metric: str) -> bool:
 
 
 def request_of(run: str, learner: Learner, data: TrainData, method: str, steps: int, selection: str) -> dict:
-    saved = artifacts.read_json(paths.output_dir(run) / run_folder.REQUEST)
+    saved = artifacts.read_json(paths.train_request_file(run))
     return {"method": method, "steps": steps, "selection": selection,
             "learning_rates": list(learner.preset.baselines.learning_rates),
             "meta_training": {"train_datasets": saved["train_datasets"], "train_file": saved["train_file"],
@@ -297,7 +297,7 @@ def _prepare(folder: Path, request: dict, overwrite: bool, selection_file: Path 
 def trained_like(run: str) -> tuple[int, str]:
     """(steps, selection) of the meta weights ``run`` answers with: its summary's steps and checkpoint rule (``best``
     on the validation slice as 03_train keeps it; ``last`` for the weights of a kept step, a learning curve's point)."""
-    summary = artifacts.read_json(paths.output_dir(run) / run_folder.SUMMARY)
+    summary = artifacts.read_json(paths.train_summary_file(run))
     return int(summary["steps"]), summary.get("selection", "best")
 
 
@@ -359,7 +359,7 @@ def train(run: str, method: str, learner: Learner, *, overwrite: bool = False) -
     distributed.on_main(_prepare, folder, request, overwrite, paths.baseline_selection(run, method))
     if paths.baseline_selection(run, method).is_file() and (folder / WEIGHTS).is_file():
         return artifacts.read_json(paths.baseline_selection(run, method))
-    parent = artifacts.read_json(paths.output_dir(run) / run_folder.SUMMARY).get("kept_step_of")
+    parent = artifacts.read_json(paths.train_summary_file(run)).get("kept_step_of")
     if parent is not None:
         return _train_kept_point(run, method, learner, parent, steps, folder)
     metric = learner.preset.train.metric_for_best_model

@@ -29,16 +29,11 @@ from regrad_lib.core.learner import Learner
 from regrad_lib.core.task_batches import Task
 from regrad_lib.data import metrics
 from regrad_lib.io import artifacts, checkpoint, distributed, params, paths, runlock
-from regrad_lib.io.run_state import META_STATE
+from regrad_lib.io.run_state import append_training_log, read_training_log
 from regrad_lib.training.run_folder import (
-    LOG,
-    REQUEST,
-    SUMMARY,
-    append_log,
     is_better,
     kept_summary,
     prepare,
-    read_log,
     request_of,
     summary_of,
 )
@@ -234,7 +229,7 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
     learner = Learner.create(preset, device)
     optimizer, params = make_optimizer(learner)
     n_steps, per_epoch = total_steps(len(data.train), args)
-    log_path = folder / LOG
+    log_path = paths.training_log_file(run)
 
     if resuming:
         state = checkpoint.load(folder, learner, optimizer)
@@ -242,12 +237,12 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
             raise ValueError(f"{paths.relative(folder)}: the training tasks changed since the checkpoint (other "
                              f"augmented files?); restore them, or pass overwrite=True to start again")
         if main:
-            artifacts.write_jsonl(log_path, [r for r in read_log(run) if r["step"] <= state["step"]])
+            artifacts.write_jsonl(log_path, [r for r in read_training_log(run) if r["step"] <= state["step"]])
         log.info("resuming %s after step %d of %d", paths.relative(folder), state["step"], n_steps)
     else:
         if main:
             preset.save(folder)
-            artifacts.write_json(folder / REQUEST, request)
+            artifacts.write_json(paths.train_request_file(run), request)
             artifacts.write_provenance(folder, preset.to_dict())
             log_path.write_text("", encoding="utf-8")
         state = {"step": 0, "tasks_seen": 0, "skipped_nonfinite": 0, "truncated_prompts": 0, "elapsed_s": 0.0,
@@ -256,7 +251,7 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
     if distributed.job().size > 1:
         distributed.same_everywhere(learner.meta_hash(), "the meta weights at the start")
     if args.validation_size == 0:
-        log.warning("validation_size=0: no validation slice, the final weights are kept as %s", META_STATE)
+        log.warning("validation_size=0: no validation slice, the final weights are kept as %s", paths.META_STATE)
     log.info("meta-training %s: %d train tasks, %d validation tasks, %d steps of %d tasks", run, len(data.train),
              len(data.validation), n_steps, args.meta_batch_size)
 
@@ -272,9 +267,9 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
         if row["best"]:
             state["best"] = {k: row[k] for k in ("step", "eval_loss", "eval_em", "eval_f1")}
             if main:
-                learner.save(folder / META_STATE)
+                learner.save(paths.meta_state_file(run))
         if main:
-            append_log(log_path, row)
+            append_training_log(log_path, row)
         log.info("step %d: validation loss %s, F1 %s%s", step, row["eval_loss"], row["eval_f1"],
                  " (best)" if row["best"] else "")
 
@@ -319,7 +314,7 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
                 bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
             bar.update(1)
             if main and (problem is not None or state["step"] % args.logging_steps == 0 or state["step"] == n_steps):
-                append_log(log_path, {
+                append_training_log(log_path, {
                     "kind": "train", "step": state["step"], "loss": _finite(loss) if problem is None else None,
                     "lr": rates["phi"], "alpha_lr": rates["alpha"], "grad_norm": _finite(grad_norm), "tasks_seen": state["tasks_seen"],
                     "epoch": round(state["step"] / per_epoch, 4),
@@ -350,10 +345,10 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
                                  "non-finite, so nothing was learned and the run is not finished; check the "
                                  "warm-start adapter and the learning rate, then train again with overwrite=True")
         if not data.validation:
-            learner.save(folder / META_STATE)
-        summary = summary_of(run, preset, train_datasets, train_file, data, state, read_log(run), elapsed())
+            learner.save(paths.meta_state_file(run))
+        summary = summary_of(run, preset, train_datasets, train_file, data, state, read_training_log(run), elapsed())
         adapters.export_run(run, allow_unfinished=True)   # the selected phi as a PEFT adapter (before the summary)
-        artifacts.write_json(folder / SUMMARY, summary)
+        artifacts.write_json(paths.train_summary_file(run), summary)
         return summary
 
     summary = distributed.on_main(finish)
