@@ -90,15 +90,18 @@ def prepare(folder: Path, request: dict, overwrite: bool, resume: bool) -> bool:
 
 
 def summary_of(run, preset, train_datasets, train_file, data, state, rows, wall) -> dict:
+    """``train_summary.json`` of a finished run: what was trained on, how far (``state``: the loop's
+    :class:`~regrad_lib.training.train.LoopState`), the first and last losses and validations of the log ``rows``,
+    the best validation and the speed over ``wall`` seconds."""
     train_rows = [r for r in rows if r["kind"] == "train" and r["loss"] is not None]
     evals = [r for r in rows if r["kind"] == "eval"]
     return {"run": run, "preset": preset.name, "train_datasets": list(train_datasets), "train_file": train_file,
-            "steps": state["step"], "tasks": state["tasks_seen"], "train_tasks": len(data.train),
+            "steps": state.step, "tasks": state.tasks_seen, "train_tasks": len(data.train),
             "validation_tasks": len(data.validation),
             "first_loss": train_rows[0]["loss"] if train_rows else None,
             "last_loss": train_rows[-1]["loss"] if train_rows else None,
             "first_eval": evals[0] if evals else None, "last_eval": evals[-1] if evals else None,
-            "best_eval": state["best"], "metric_for_best_model": preset.train.metric_for_best_model,
-            "skipped_nonfinite": state["skipped_nonfinite"], "truncated_prompts": state.get("truncated_prompts", 0),
+            "best_eval": state.best, "metric_for_best_model": preset.train.metric_for_best_model,
+            "skipped_nonfinite": state.skipped_nonfinite, "truncated_prompts": state.truncated_prompts,
             "wall_s": wall,
-            "tasks_per_s": round(state["tasks_seen"] / wall, 4) if wall else None}
+            "tasks_per_s": round(state.tasks_seen / wall, 4) if wall else None}

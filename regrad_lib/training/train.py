@@ -17,7 +17,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Sequence
 
 import torch
@@ -43,11 +43,7 @@ from regrad_lib.training.schedule import (
     optimizer_step,
     total_steps,
 )
-from regrad_lib.training.train_data import (
-    describe,
-    epoch_order,
-    training_data,
-)
+from regrad_lib.training.train_data import TrainData, describe, epoch_order, training_data
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +191,196 @@ def run(settings: TrainSettings) -> dict:
 
 
 # --- the training loop ---------------------------------------------------------------------------------
+@dataclass
+class LoopState:
+    """Where meta-training stands after ``step`` optimizer steps; saved in every checkpoint (``trainer_state.json``,
+    these fields in this order) and restored from it, so a resumed run continues exactly where it stopped."""
+
+    step: int = 0
+    tasks_seen: int = 0
+    skipped_nonfinite: int = 0
+    truncated_prompts: int = 0          # passages cut from prompts to fit max_prompt_len, summed over the steps
+    elapsed_s: float = 0.0              # training time of the earlier sessions of a resumed run
+    best: dict | None = None            # the validation row whose weights meta_state.safetensors holds
+    order_epoch: int | None = None      # the epoch ``order`` shuffles (recomputed when an epoch begins)
+    order: list[int] = field(default_factory=list)
+    data_fingerprint: str = ""          # the training tasks the checkpoint was made with
+    total_steps: int = 0
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict) -> LoopState:
+        """The state of a checkpoint's trainer state (a checkpoint written before ``truncated_prompts`` was
+        counted reads as none truncated); its other keys (optimizer, RNG, layout) are the checkpoint's own."""
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
+
+
+class MetaTraining:
+    """One run of the meta-training loop: the learner, its optimizer and the :class:`LoopState`, with the steps of a
+    run as methods a reader can follow: :meth:`begin` or :meth:`resume`, then :meth:`run_until` (each optimizer step
+    is :meth:`take_step`: :meth:`batch_of`, :func:`meta_step`, :meth:`log_step`, :meth:`validate`,
+    :meth:`keep_weights`, :meth:`save_checkpoint`), then :meth:`finish`. Every process of a job builds one alike;
+    rank 0 alone writes the run's files."""
+
+    def __init__(self, run: str, preset: config.Preset, data: TrainData, device: str) -> None:
+        self.run, self.preset, self.data, self.args = run, preset, data, preset.train
+        self.main = distributed.job().main
+        random.seed(self.args.seed)
+        torch.manual_seed(self.args.seed)
+        self.learner = Learner.create(preset, device)           # the LoRA initialisation draws from the seed
+        self.optimizer, self.params = make_optimizer(self.learner)
+        self.n_steps, self.per_epoch = total_steps(len(data.train), self.args)
+        self.state = LoopState(data_fingerprint=data.fingerprint(), total_steps=self.n_steps)
+        self.log_path = paths.training_log_file(run)
+        self.started = time.perf_counter()
+        self.recent: list[float] = []          # the last 10 finite losses, for the progress bar
+
+    def start_clock(self) -> None:
+        """This session's training time starts here: loading the model, the data and a checkpoint is not counted."""
+        self.started = time.perf_counter()
+
+    # --- starting -----------------------------------------------------------------------------------------
+    def begin(self, request: dict) -> None:
+        """A new run: its configs, request, provenance and an empty log."""
+        if self.main:
+            self.preset.save(paths.output_dir(self.run))
+            artifacts.write_json(paths.train_request_file(self.run), request)
+            artifacts.write_provenance(paths.output_dir(self.run), self.preset.to_dict())
+            self.log_path.write_text("", encoding="utf-8")
+
+    def resume(self) -> None:
+        """An unfinished run: weights, optimizer, RNG and loop state from its checkpoint; the log cut back to it."""
+        folder = paths.output_dir(self.run)
+        self.state = LoopState.from_checkpoint(checkpoint.load(folder, self.learner, self.optimizer))
+        if self.state.data_fingerprint != self.data.fingerprint():
+            raise ValueError(f"{paths.relative(folder)}: the training tasks changed since the checkpoint (other "
+                             f"augmented files?); restore them, or pass overwrite=True to start again")
+        if self.main:
+            kept = [r for r in read_training_log(self.run) if r["step"] <= self.state.step]
+            artifacts.write_jsonl(self.log_path, kept)
+        log.info("resuming %s after step %d of %d", paths.relative(folder), self.state.step, self.n_steps)
+
+    def same_weights_everywhere(self, when: str) -> None:
+        """In a job of several processes, the meta weights must agree bit for bit (``when``: which moment)."""
+        if distributed.job().size > 1:
+            distributed.same_everywhere(self.learner.meta_hash(), f"the meta weights {when}")
+
+    def elapsed(self) -> float:
+        return round(self.state.elapsed_s + time.perf_counter() - self.started, 3)
+
+    # --- one optimizer step -------------------------------------------------------------------------------
+    def batch_of(self, step: int) -> list[Task]:
+        """The tasks of optimizer step ``step`` (0-based): a slice of its epoch's shuffled order."""
+        epoch, position = divmod(step, self.per_epoch)
+        if self.state.order_epoch != epoch:
+            self.state.order, self.state.order_epoch = epoch_order(len(self.data.train), self.args.seed, epoch), epoch
+        size = self.args.meta_batch_size
+        return [self.data.train[i] for i in self.state.order[position * size:(position + 1) * size]]
+
+    def take_step(self, stop: int) -> bool:
+        """One optimizer step and what follows it: log row, validation, kept weights, checkpoint; False when the step
+        was skipped as non-finite."""
+        step, state = self.state.step, self.state
+        batch = self.batch_of(step)
+        rates = group_rates(step, self.args, self.n_steps)
+        loss, grad_norm, problem, truncated = meta_step(self.learner, self.optimizer, self.params, batch, rates)
+        state.truncated_prompts += truncated
+        if problem is not None:
+            self.skip(f"step {step + 1}: non-finite {problem}")
+        state.step, state.tasks_seen = step + 1, state.tasks_seen + len(batch)
+        if problem is None:
+            self.recent = (self.recent + [loss])[-10:]
+        if problem is not None or state.step % self.args.logging_steps == 0 or state.step == self.n_steps:
+            self.log_step(loss, grad_norm, rates, skipped=problem is not None)
+        if self.data.validation and (state.step % self.args.eval_steps == 0 or state.step == self.n_steps):
+            self.validate()
+        self.keep_weights()
+        if state.step % self.args.save_steps == 0 or state.step in (self.n_steps, stop):
+            self.save_checkpoint()
+        return problem is None
+
+    def skip(self, message: str) -> None:
+        """A non-finite step: an error, or (``on_nonfinite='skip'``) counted and warned about, weights untouched."""
+        if self.args.on_nonfinite == "error":
+            raise NonFiniteError(message + ". Lower the learning rate, check these records, or set train_args "
+                                 "on_nonfinite='skip' to skip such steps")
+        self.state.skipped_nonfinite += 1
+        log.warning("%s: step skipped (%d skipped so far)", message, self.state.skipped_nonfinite)
+
+    def log_step(self, loss: float, grad_norm: float, rates: dict[str, float], skipped: bool) -> None:
+        """The ``train`` row of the step just taken (a skipped step's loss is null)."""
+        if not self.main:
+            return
+        state = self.state
+        append_training_log(self.log_path, {
+            "kind": "train", "step": state.step, "loss": None if skipped else _finite(loss), "lr": rates["phi"],
+            "alpha_lr": rates["alpha"], "grad_norm": _finite(grad_norm), "tasks_seen": state.tasks_seen,
+            "epoch": round(state.step / self.per_epoch, 4),
+            "alpha": {n: float(v) for n, v in self.learner.alpha.tensors().items()},
+            "skipped": skipped, "skipped_nonfinite": state.skipped_nonfinite,
+            "truncated_prompts": state.truncated_prompts, "elapsed_s": self.elapsed()})
+
+    def validate(self) -> None:
+        """A validation pass at the current step; its weights become meta_state.safetensors when it is the best."""
+        args = self.args
+        row = {"kind": "eval", "step": self.state.step,
+               **evaluate(self.learner, self.data.validation, generate=args.metric_for_best_model == "f1")}
+        row["best"] = is_better(row, self.state.best, args.metric_for_best_model)
+        if row["best"]:
+            self.state.best = {k: row[k] for k in ("step", "eval_loss", "eval_em", "eval_f1")}
+            if self.main:
+                self.learner.save(paths.meta_state_file(self.run))
+        if self.main:
+            append_training_log(self.log_path, row)
+        log.info("step %d: validation loss %s, F1 %s%s", self.state.step, row["eval_loss"], row["eval_f1"],
+                 " (best)" if row["best"] else "")
+
+    def keep_weights(self) -> None:
+        """The weights after a step of ``keep_steps``: written before this step's checkpoint, so a kill in between
+        redoes the step and writes the same weights again."""
+        if self.main and self.state.step in self.args.keep_steps:
+            kept = paths.kept_step_state(self.run, self.state.step)
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            self.learner.save(kept)
+
+    def save_checkpoint(self) -> None:
+        """The checkpoint after the current step (rank 0), with the training time of every session so far."""
+        if self.main:
+            checkpoint.save(paths.output_dir(self.run), self.learner, self.optimizer,
+                            {**asdict(self.state), "elapsed_s": self.elapsed(), "total_steps": self.n_steps})
+
+    # --- the loop -----------------------------------------------------------------------------------------
+    def run_until(self, stop: int) -> None:
+        """Optimizer steps until ``stop``; a keyboard interrupt saves a checkpoint first (train again resumes)."""
+        bar = tqdm(total=self.n_steps, initial=self.state.step, desc="meta-train", unit="step", disable=not self.main)
+        try:
+            while self.state.step < stop:
+                if self.take_step(stop):
+                    bar.set_postfix(loss=f"{sum(self.recent) / len(self.recent):.4f}", refresh=False)
+                bar.update(1)
+        except KeyboardInterrupt:
+            self.save_checkpoint()
+            log.warning("interrupted: checkpoint saved after step %d; call train() again to resume", self.state.step)
+            raise
+        finally:
+            bar.close()
+
+    def finish(self, train_datasets: Sequence[str], train_file: str) -> dict:
+        """The finished run (rank 0): the weights when nothing was validated, the summary, the adapter and, last,
+        ``train_summary.json``; a run whose every step was skipped is refused, not finished."""
+        state, folder = self.state, paths.output_dir(self.run)
+        if state.step and state.skipped_nonfinite >= state.step:
+            raise NonFiniteError(f"{paths.relative(folder)}: every one of the {state.step} steps was skipped as "
+                                 "non-finite, so nothing was learned and the run is not finished; check the "
+                                 "warm-start adapter and the learning rate, then train again with overwrite=True")
+        if not self.data.validation:
+            self.learner.save(paths.meta_state_file(self.run))
+        summary = summary_of(self.run, self.preset, train_datasets, train_file, self.data, state,
+                             read_training_log(self.run), self.elapsed())
+        adapters.export_run(self.run, allow_unfinished=True)   # the selected phi as a PEFT adapter (before the summary)
+        artifacts.write_json(paths.train_summary_file(self.run), summary)
+        return summary
+
+
 @params.typed
 @runlock.writer("03_train")
 def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], *, train_file: str = "train_all",
@@ -222,135 +408,25 @@ def train(run: str, preset: config.Preset | str, train_datasets: Sequence[str], 
     if kept is not None:
         return kept
     resuming = distributed.on_main(prepare, folder, request, overwrite, resume)
-    main = distributed.job().main
 
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    learner = Learner.create(preset, device)
-    optimizer, params = make_optimizer(learner)
-    n_steps, per_epoch = total_steps(len(data.train), args)
-    log_path = paths.training_log_file(run)
-
+    loop = MetaTraining(run, preset, data, device)
     if resuming:
-        state = checkpoint.load(folder, learner, optimizer)
-        if state["data_fingerprint"] != data.fingerprint():
-            raise ValueError(f"{paths.relative(folder)}: the training tasks changed since the checkpoint (other "
-                             f"augmented files?); restore them, or pass overwrite=True to start again")
-        if main:
-            artifacts.write_jsonl(log_path, [r for r in read_training_log(run) if r["step"] <= state["step"]])
-        log.info("resuming %s after step %d of %d", paths.relative(folder), state["step"], n_steps)
+        loop.resume()
     else:
-        if main:
-            preset.save(folder)
-            artifacts.write_json(paths.train_request_file(run), request)
-            artifacts.write_provenance(folder, preset.to_dict())
-            log_path.write_text("", encoding="utf-8")
-        state = {"step": 0, "tasks_seen": 0, "skipped_nonfinite": 0, "truncated_prompts": 0, "elapsed_s": 0.0,
-                 "best": None,
-                 "order_epoch": None, "order": [], "data_fingerprint": data.fingerprint(), "total_steps": n_steps}
-    if distributed.job().size > 1:
-        distributed.same_everywhere(learner.meta_hash(), "the meta weights at the start")
+        loop.begin(request)
+    loop.same_weights_everywhere("at the start")
     if args.validation_size == 0:
         log.warning("validation_size=0: no validation slice, the final weights are kept as %s", paths.META_STATE)
     log.info("meta-training %s: %d train tasks, %d validation tasks, %d steps of %d tasks", run, len(data.train),
-             len(data.validation), n_steps, args.meta_batch_size)
-
-    started = time.perf_counter()
-
-    def elapsed() -> float:
-        return round(state["elapsed_s"] + time.perf_counter() - started, 3)
-
-    def run_eval(step: int) -> None:
-        row = {"kind": "eval", "step": step,
-               **evaluate(learner, data.validation, generate=args.metric_for_best_model == "f1")}
-        row["best"] = is_better(row, state["best"], args.metric_for_best_model)
-        if row["best"]:
-            state["best"] = {k: row[k] for k in ("step", "eval_loss", "eval_em", "eval_f1")}
-            if main:
-                learner.save(paths.meta_state_file(run))
-        if main:
-            append_training_log(log_path, row)
-        log.info("step %d: validation loss %s, F1 %s%s", step, row["eval_loss"], row["eval_f1"],
-                 " (best)" if row["best"] else "")
-
-    def keep_step() -> None:
-        # before the checkpoint of this step: a kill in between redoes the step and writes the same weights again
-        if main and state["step"] in args.keep_steps:
-            kept = paths.kept_step_state(run, state["step"])
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            learner.save(kept)
-
-    def save_checkpoint() -> None:
-        if main:
-            checkpoint.save(folder, learner, optimizer,
-                            {**state, "elapsed_s": elapsed(), "total_steps": n_steps})
-
+             len(data.validation), loop.n_steps, args.meta_batch_size)
+    loop.start_clock()
     if not resuming and data.validation:
-        run_eval(0)
-    recent: list[float] = []
-    bar = tqdm(total=n_steps, initial=state["step"], desc="meta-train", unit="step", disable=not main)
-    stop = n_steps if stop_after is None else min(n_steps, stop_after)
-    try:
-        while state["step"] < stop:
-            step = state["step"]
-            epoch, position = divmod(step, per_epoch)
-            if state["order_epoch"] != epoch:
-                state["order"], state["order_epoch"] = epoch_order(len(data.train), args.seed, epoch), epoch
-            index = state["order"][position * args.meta_batch_size:(position + 1) * args.meta_batch_size]
-            batch = [data.train[i] for i in index]
-            rates = group_rates(step, args, n_steps)
-            loss, grad_norm, problem, truncated = meta_step(learner, optimizer, params, batch, rates)
-            state["truncated_prompts"] = state.get("truncated_prompts", 0) + truncated
-            if problem is not None:
-                message = f"step {step + 1}: non-finite {problem}"
-                if args.on_nonfinite == "error":
-                    raise NonFiniteError(message + ". Lower the learning rate, check these records, or set "
-                                         "train_args on_nonfinite='skip' to skip such steps")
-                state["skipped_nonfinite"] += 1
-                log.warning("%s: step skipped (%d skipped so far)", message, state["skipped_nonfinite"])
-            state["step"], state["tasks_seen"] = step + 1, state["tasks_seen"] + len(batch)
-            if problem is None:
-                recent = (recent + [loss])[-10:]
-                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
-            bar.update(1)
-            if main and (problem is not None or state["step"] % args.logging_steps == 0 or state["step"] == n_steps):
-                append_training_log(log_path, {
-                    "kind": "train", "step": state["step"], "loss": _finite(loss) if problem is None else None,
-                    "lr": rates["phi"], "alpha_lr": rates["alpha"], "grad_norm": _finite(grad_norm), "tasks_seen": state["tasks_seen"],
-                    "epoch": round(state["step"] / per_epoch, 4),
-                    "alpha": {n: float(v) for n, v in learner.alpha.tensors().items()},
-                    "skipped": problem is not None, "skipped_nonfinite": state["skipped_nonfinite"],
-                    "truncated_prompts": state["truncated_prompts"], "elapsed_s": elapsed()})
-            if data.validation and (state["step"] % args.eval_steps == 0 or state["step"] == n_steps):
-                run_eval(state["step"])
-            keep_step()
-            if state["step"] % args.save_steps == 0 or state["step"] in (n_steps, stop):
-                save_checkpoint()
-    except KeyboardInterrupt:
-        save_checkpoint()
-        log.warning("interrupted: checkpoint saved after step %d; call train() again to resume", state["step"])
-        raise
-    finally:
-        bar.close()
-
-    if distributed.job().size > 1:
-        distributed.same_everywhere(learner.meta_hash(), "the meta weights at the end")
-    if state["step"] < n_steps:
-        log.info("paused after step %d of %d (stop_after): train again to resume", state["step"], n_steps)
-        return {"status": "paused", "step": state["step"], "total_steps": n_steps}
-
-    def finish() -> dict:
-        if state["step"] and state["skipped_nonfinite"] >= state["step"]:
-            raise NonFiniteError(f"{paths.relative(folder)}: every one of the {state['step']} steps was skipped as "
-                                 "non-finite, so nothing was learned and the run is not finished; check the "
-                                 "warm-start adapter and the learning rate, then train again with overwrite=True")
-        if not data.validation:
-            learner.save(paths.meta_state_file(run))
-        summary = summary_of(run, preset, train_datasets, train_file, data, state, read_training_log(run), elapsed())
-        adapters.export_run(run, allow_unfinished=True)   # the selected phi as a PEFT adapter (before the summary)
-        artifacts.write_json(paths.train_summary_file(run), summary)
-        return summary
-
-    summary = distributed.on_main(finish)
+        loop.validate()                                     # step 0: the initialisation's score
+    loop.run_until(loop.n_steps if stop_after is None else min(loop.n_steps, stop_after))
+    loop.same_weights_everywhere("at the end")
+    if loop.state.step < loop.n_steps:
+        log.info("paused after step %d of %d (stop_after): train again to resume", loop.state.step, loop.n_steps)
+        return {"status": "paused", "step": loop.state.step, "total_steps": loop.n_steps}
+    summary = distributed.on_main(loop.finish, train_datasets, train_file)
     log.info("meta-training done: %s", summary)
     return summary
