@@ -87,7 +87,7 @@ experiments-cpt: model
 	$(RUNNER) --run demo --steps 05,06 -p evaluation cpt -p datasets probe,popqa -p sweep_datasets '[]' \
 		-p methods closed_book,rag,regrad,regrad_icl,cpt,cpt_rag,shift,no_update -p gammas '[]' -p question null
 	mkdir -p reference/experiments
-	$(BIN)/python bench/cpt_report.py --run demo --evaluation cpt --datasets probe,popqa > reference/experiments/cpt.md
+	$(BIN)/python -m experiments.cpt_report --run demo --evaluation cpt --datasets probe,popqa > reference/experiments/cpt.md
 
 # Top-k and mixed-documents sweeps of regrad (the public code's --mixed), and how gamma should follow k.
 experiments-sweeps: model
@@ -110,7 +110,7 @@ experiments-pubmedqa: model
 		-p limit $(PUBMEDQA_LIMIT) -p train_limit null -p max_steps $(PUBMEDQA_STEPS) \
 		-p methods closed_book,rag,regrad,regrad_icl,shift,no_update -p gammas '[]' -p question null
 	mkdir -p reference/experiments
-	$(BIN)/python bench/domain_report.py --run pubmedqa --dataset pubmedqa --data-root $(PUBMEDQA_ROOT) \
+	$(BIN)/python -m experiments.domain_report --run pubmedqa --dataset pubmedqa --data-root $(PUBMEDQA_ROOT) \
 		> reference/experiments/pubmedqa.md
 
 # The probe's transfer split (relations, question templates and passage styles never meta-trained) on the demo run:
@@ -125,7 +125,7 @@ experiments-transfer: model
 		-p methods closed_book,rag,regrad,regrad_icl,shift,no_update
 	$(RUNNER) --run demo --steps 06 -p datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions,probe,probe_transfer
 	mkdir -p reference/experiments
-	$(BIN)/python bench/transfer_report.py --run demo > reference/experiments/transfer.md
+	$(BIN)/python -m experiments.transfer_report --run demo > reference/experiments/transfer.md
 
 # What moves transfer: variants of the demo preset (steps, α learning rate, template diversity, training-only
 # invented-answer relations with long passages) meta-trained and measured on the transfer split's validation questions
@@ -133,7 +133,7 @@ experiments-transfer: model
 experiments-transfer-frontier: model
 	$(TRANSFER_INDEX)
 	mkdir -p reference/experiments
-	$(BIN)/python bench/transfer_frontier.py study --threads $$(nproc) --gammas 0.5,2 > reference/experiments/transfer_frontier.md.tmp
+	$(BIN)/python -m experiments.transfer_frontier study --threads $$(nproc) --gammas 0.5,2 > reference/experiments/transfer_frontier.md.tmp
 	mv reference/experiments/transfer_frontier.md.tmp reference/experiments/transfer_frontier.md
 
 # The best measured variant (tf-wide60: the probe_wide relations beside the demo's data, 60 steps; too long for
@@ -141,7 +141,7 @@ experiments-transfer-frontier: model
 experiments-transfer-long: experiments-transfer-frontier
 	$(RUNNER) --run tf-wide60 --steps 04-05 -p datasets probe,probe_transfer -p gammas '[]' -p question null \
 		-p methods closed_book,rag,regrad,regrad_icl,shift,no_update
-	$(BIN)/python bench/transfer_report.py --run tf-wide60 > reference/experiments/transfer_long.md
+	$(BIN)/python -m experiments.transfer_report --run tf-wide60 > reference/experiments/transfer_long.md
 
 # The binding probe (three family members with one relation's different values in every top-3: does the update carry
 # the asked person's value?) and regrad_icl against rag and its two controls (no_update_icl, shift_icl).
@@ -155,7 +155,7 @@ experiments-binding: model
 		-p methods '["closed_book","rag","regrad","shift","no_update","regrad_icl","no_update_icl","shift_icl"]'
 	$(RUNNER) --run demo --steps 05 --datasets popqa,probe -p methods $(ICL_METHODS) -p gammas '[]' -p question null
 	mkdir -p reference/experiments
-	$(BIN)/python bench/binding_report.py --run demo --datasets popqa,probe,probe_binding > reference/experiments/binding.md
+	$(BIN)/python -m experiments.binding_report --run demo --datasets popqa,probe,probe_binding > reference/experiments/binding.md
 
 # Unit tests, then nbval over papermill-prepared copies of the six notebooks (the whole 01->06 chain, tiny preset).
 TEST_WORK := $(CURDIR)/.test-work

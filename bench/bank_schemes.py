@@ -15,7 +15,7 @@ For each dataset of ``--run`` (its augmented ``--split`` file, every question un
 
 Prints one JSON line per measurement, then a markdown table per dataset. Example (a demo-like run):
 
-    REGRAD_WORK=/work/scratch/bank OMP_NUM_THREADS=1 nice -n 15 .venv/bin/python bench/bank_schemes.py \\
+    REGRAD_WORK=/work/scratch/bank OMP_NUM_THREADS=1 nice -n 15 .venv/bin/python -m bench.bank_schemes \\
         --run demo --datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions
 """
 
@@ -31,12 +31,12 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
 from regrad_lib.answering import harness
-from regrad_lib.bank import encode, reader, schemes  # noqa: E402
+from regrad_lib.bank import encode, reader, schemes
 from regrad_lib.bank.writer import BankWriter
-from regrad_lib.core.learner import Learner  # noqa: E402
+from regrad_lib.core.learner import Learner
 from regrad_lib.evaluation import evaluate, frontier
 from regrad_lib.io import paths
 from regrad_lib.reporting import effects, frontier_report

@@ -6,7 +6,7 @@ scales and the 8-byte row checksum; the manifest and shard headers add ~0.3 KB p
 the bank size of the public protocol (≈ 3,600 distinct passages: 3 datasets × 300 questions × top-3, 28 GB in
 bf16, 57 GB in the reference's fp32) and of 10^6 passages. One JSON line per layout, then a markdown table.
 
-    .venv/bin/python bench/bank_sizes.py
+    .venv/bin/python -m bench.bank_sizes
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
 
-from regrad_lib import config, testing  # noqa: E402
+from regrad_lib import config, testing
 from regrad_lib.bank import schemes
 from regrad_lib.core import lora, modeling, tiny_model
 

@@ -3,7 +3,7 @@ work and of decoding under bf16 autocast, and how far bf16 moves each question's
 
 Usage (JSON lines on stdout)::
 
-    .venv/bin/python bench/cpu_precision_bench.py [--preset smollm2-135m-instruct] [--passages 16] [--questions 32]
+    .venv/bin/python -m bench.cpu_precision_bench [--preset smollm2-135m-instruct] [--passages 16] [--questions 32]
 
 Work, each timed in both precisions after one warm-up, best of ``--repeat`` (wall clock; run it alone):
 
@@ -23,15 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from regrad_lib import config  # noqa: E402
+from regrad_lib import config
 from regrad_lib.core import generation, regrad, task_batches
-from regrad_lib.core.learner import Learner  # noqa: E402
+from regrad_lib.core.learner import Learner
 from regrad_lib.data import datasets, prompts
 from regrad_lib.io import paths
 from regrad_lib.reporting import reference

@@ -1,6 +1,6 @@
 """Where a pipeline run spent its time: per notebook and per cell, from papermill's records in the executed copies.
 
-    .venv/bin/python bench/demo_profile.py --run demo [--top 12]
+    .venv/bin/python -m bench.demo_profile --run demo [--top 12]
 
 Reads ``runs/<run>/0*.ipynb`` (written by ``python -m regrad_lib.runner.pipeline``; ``make demo`` writes ``runs/demo``)
 and prints one JSON line per notebook (seconds, share of the total) and the slowest cells with their first line.
@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from regrad_lib.io import paths  # noqa: E402
+from regrad_lib.io import paths
 
 
 def main() -> None:

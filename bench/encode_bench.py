@@ -18,9 +18,9 @@ mini-Wikipedia) on the CPU; ``llama-1b-random``: a randomly initialised Llama of
 (the dimensions of ../shared/bench/ref_bench.py) with the public 1B LoRA preset, bf16 base weights and bf16
 autocast on a GPU (our dtype policy), random 150-token passages, LoRA B ~ N(0, 0.01) as ref_bench does.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/encode_bench.py                      # CPU: tiny + smollm2
-    OMP_NUM_THREADS=1 .venv/bin/python bench/encode_bench.py --only-banks         # CPU: 1B-layout banks only
-    .venv/bin/python bench/encode_bench.py --device cuda --model llama-1b-random  # GPU; then, same session:
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.encode_bench                      # CPU: tiny + smollm2
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.encode_bench --only-banks         # CPU: 1B-layout banks only
+    .venv/bin/python -m bench.encode_bench --device cuda --model llama-1b-random  # GPU; then, same session:
     python ../shared/bench/ref_bench.py --device cuda --only encode               # reference passages/s
 """
 
@@ -36,13 +36,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
 from regrad_lib import config, testing
 from regrad_lib.bank import on_disk, reader, schemes
 from regrad_lib.bank.writer import BankWriter
 from regrad_lib.core import lora, regrad
-from regrad_lib.io import artifacts, paths  # noqa: E402
+from regrad_lib.io import artifacts, paths
 
 
 def emit(**row) -> None:

@@ -16,10 +16,10 @@
 - ``encode``: 04_encode's gradient time per passage at each of ``--budgets`` (bank_context_len) on the first
   ``--passages`` distinct dev passages of ``--datasets``.
 
-    .venv/bin/python bench/frame_bench.py lengths
-    flock /tmp/regrad-heavy.lock .venv/bin/python bench/frame_bench.py terminator --questions 20 --run demo
-    flock /tmp/regrad-heavy.lock .venv/bin/python bench/frame_bench.py examples --questions 20
-    flock /tmp/regrad-heavy.lock .venv/bin/python bench/frame_bench.py encode --budgets 128,256 --passages 48
+    .venv/bin/python -m bench.frame_bench lengths
+    flock /tmp/regrad-heavy.lock .venv/bin/python -m bench.frame_bench terminator --questions 20 --run demo
+    flock /tmp/regrad-heavy.lock .venv/bin/python -m bench.frame_bench examples --questions 20
+    flock /tmp/regrad-heavy.lock .venv/bin/python -m bench.frame_bench encode --budgets 128,256 --passages 48
 
 Needs 02_augment's files of the work root (``REGRAD_WORK``), e.g. from ``make demo`` or
 ``python -m regrad_lib.runner.pipeline --run demo --preset smollm2-135m-instruct --steps 01-02``.
@@ -33,18 +33,15 @@ import json
 import logging
 import math
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from regrad_lib import config  # noqa: E402
+from regrad_lib import config
 from regrad_lib.core import generation
 from regrad_lib.data import metrics, prompts
-from regrad_lib.data.prompts import WorkedExample  # noqa: E402
+from regrad_lib.data.prompts import WorkedExample
 from regrad_lib.evaluation import evaluate
 
 DATASETS = ("probe", "popqa", "hotpotqa", "2wikimultihopqa", "complexwebquestions")

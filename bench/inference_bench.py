@@ -17,8 +17,8 @@ Models (``--model``, comma-separated):
   the prompts (its ids are valid in the 128k vocabulary). Run it beside ``ref_bench.py --only infer``.
 
 Usage:
-  OMP_NUM_THREADS=1 .venv/bin/python bench/inference_bench.py                      # tiny + smollm2 on CPU
-  .venv/bin/python bench/inference_bench.py --device cuda --model llama-1b-random --questions 512 --batch-size 64
+  OMP_NUM_THREADS=1 .venv/bin/python -m bench.inference_bench                      # tiny + smollm2 on CPU
+  .venv/bin/python -m bench.inference_bench --device cuda --model llama-1b-random --questions 512 --batch-size 64
 """
 
 from __future__ import annotations
@@ -26,23 +26,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
 from regrad_lib import config, testing
 from regrad_lib.answering import harness
-from regrad_lib.bank import reader  # noqa: E402
+from regrad_lib.bank import reader
 from regrad_lib.bank.writer import BankWriter
 from regrad_lib.core import generation, lora, task_batches
-from regrad_lib.core.learner import Learner  # noqa: E402
+from regrad_lib.core.learner import Learner
 from regrad_lib.io import paths
 
 

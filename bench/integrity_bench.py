@@ -3,7 +3,7 @@ row read, its share of a ``sum_many``, and the sha256 of ``GradientBank.verify``
 
 Usage (JSON lines on stdout; 1 thread: the checks run on one core)::
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/integrity_bench.py [--rows 48] [--repeat 5] [--schemes bf16,int4]
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.integrity_bench [--rows 48] [--repeat 5] [--schemes bf16,int4]
 
 Per scheme, one bank of ``--rows`` random Llama-3.2-1B-layout rows (the public 1B LoRA preset: 3,932,160 values)
 in a temporary folder; then, page-cached, interleaved ``--repeat`` times (median CPU time of this process):
@@ -20,21 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from regrad_lib import testing
 from regrad_lib.bank import (
     on_disk,
-    reader,  # noqa: E402
+    reader,
 )
-from regrad_lib.bank.on_disk import row_checksums, sha256_file  # noqa: E402
+from regrad_lib.bank.on_disk import row_checksums, sha256_file
 from regrad_lib.bank.writer import BankWriter
 from regrad_lib.core import lora
 from regrad_lib.reporting import reference

@@ -6,7 +6,7 @@
    temporary DPR TSV and indexed through the real ``retrieval.build`` path in a child process (its peak RSS is
    the build's); then index size, queries/s (12- and 6-word queries, 1 and 2 search threads), and a linear extrapolation to 21M.
 
-Usage: OMP_NUM_THREADS=1 .venv/bin/python bench/retrieval_bench.py [--passages 1000000] [--skip-synthetic]
+Usage: OMP_NUM_THREADS=1 .venv/bin/python -m bench.retrieval_bench [--passages 1000000] [--skip-synthetic]
 """
 
 from __future__ import annotations
@@ -123,8 +123,9 @@ def synthetic(args) -> None:
          tsv_mb=round(tsv.stat().st_size / 2**20, 1), generate_s=round(time.perf_counter() - start, 1))
 
     env = {**os.environ, "REGRAD_WORK": str(tmp)}
-    child = subprocess.run([sys.executable, __file__, "--child-build", str(tsv), "--threads", str(args.threads),
-                            "--heap-mb", str(args.heap_mb)], env=env, capture_output=True, text=True)
+    child = subprocess.run([sys.executable, "-m", "bench.retrieval_bench", "--child-build", str(tsv), "--threads",
+                            str(args.threads), "--heap-mb", str(args.heap_mb)], env=env, capture_output=True, text=True,
+                           cwd=REPO)
     if child.returncode:
         sys.exit(f"child build failed:\n{child.stderr[-3000:]}")
     built = json.loads(child.stdout.strip().splitlines()[-1])

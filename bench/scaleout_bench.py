@@ -12,8 +12,8 @@ on a shared machine. Tasks and passages come from the bundled
 mini-Wikipedia (synthetic questions: one distinct passage triple per record). Artifacts go to a temporary work
 root. ``/proc/loadavg`` is recorded before each job: on a shared machine it explains most of the spread.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/scaleout_bench.py --model tiny
-    OMP_NUM_THREADS=1 .venv/bin/python bench/scaleout_bench.py --model smollm2 --train-tasks 8 --passages 24 \\
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.scaleout_bench --model tiny
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.scaleout_bench --model smollm2 --train-tasks 8 --passages 24 \\
         --questions 32
 """
 
@@ -97,7 +97,7 @@ def run_job(args, step: str, run: str, processes: int, extra: list[str]) -> dict
     from regrad_lib.io import paths
     from regrad_lib.runner import launch
 
-    own = [str(Path(__file__).resolve()), "--child", step, "--run", run, "--model", args.model, *extra]
+    own = ["-m", "bench.scaleout_bench", "--child", step, "--run", run, "--model", args.model, *extra]
     if processes == 1:
         cmd = [sys.executable, *own]
     else:

@@ -7,10 +7,10 @@ forward/backward of all passages, second order), backward of the mean, then ``sc
 AdamW). "batched" uses the preset's tasks_per_forward, "sequential" one task per forward (same code).
 
 CPU (default): every (model, variant, threads) runs in its own child process, so peak RSS is its own:
-    OMP_NUM_THREADS=1 .venv/bin/python bench/train_bench.py
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.train_bench
 GPU (a later session; random Llama-3.2-1B-shaped model, the public 1B LoRA preset, bf16 autocast), beside the
 reference meta step on the SAME weights and tasks in the same process (losses compared step by step):
-    .venv/bin/python bench/train_bench.py --device cuda --model llama-1b-random --ref ../shared/bench/ref_bench.py
+    .venv/bin/python -m bench.train_bench --device cuda --model llama-1b-random --ref ../shared/bench/ref_bench.py
 ``--model ref-tiny-random --ref ...`` runs that comparison on ref_bench's tiny model (CPU check, fp32).
 """
 
@@ -29,12 +29,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
-from regrad_lib import config  # noqa: E402
+from regrad_lib import config
 from regrad_lib.core import lora, regrad
-from regrad_lib.core.learner import Learner  # noqa: E402
-from regrad_lib.data.prompts import IGNORE  # noqa: E402
+from regrad_lib.core.learner import Learner
+from regrad_lib.data.prompts import IGNORE
 from regrad_lib.training import schedule, train
 
 PRESETS = {"tiny": "tiny", "smollm2": "smollm2-135m-instruct", "llama-1b-random": "llama-3.2-1b-instruct",
@@ -267,7 +267,7 @@ def main(argv=None) -> int:
     runs = [(args.model, args.tasks_per_forward, args.threads)] if args.model else [
         ("tiny", None, 1), ("tiny", 1, 1), ("smollm2", None, 1), ("smollm2", 1, 1), ("smollm2", None, 2)]
     for model, tpf, threads in runs:
-        cmd = [sys.executable, __file__, "--one", "--model", model, "--device", args.device, "--threads", str(threads),
+        cmd = [sys.executable, "-m", "bench.train_bench", "--one", "--model", model, "--device", args.device, "--threads", str(threads),
                "--meta-batch", str(args.meta_batch), "--seq-len", str(args.seq_len), "--prompt-len",
                str(args.prompt_len), "--answer-len", str(args.answer_len), "--topk", str(args.topk)]
         cmd += ["--tasks-per-forward", str(tpf)] if tpf else []

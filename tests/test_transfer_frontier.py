@@ -1,17 +1,11 @@
-"""bench/transfer_frontier.py's comparison of each variant with the first run (paired by question, by hand) and
-its table."""
+"""experiments/transfer_frontier.py's comparison of each variant with the first run (paired by question, by hand)
+and its table."""
 
-import importlib.util
 import math
 import re
-from pathlib import Path
 
+from experiments import transfer_frontier as frontier
 from regrad_lib.reporting.effects import mcnemar_exact
-
-spec = importlib.util.spec_from_file_location(
-    "transfer_frontier", Path(__file__).resolve().parent.parent / "bench" / "transfer_frontier.py")
-frontier = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(frontier)
 
 
 def _run(name, by_id, **extra):
@@ -27,7 +21,7 @@ def test_against_first_is_paired_by_question():
                 rag={"em": 25.0, "em_closed": 50.0, "em_invented": 0.0, "nll": 1.5})
     # question 9 is not in the first run: left out of the pairing
     other = _run("tf-x", {"0": (0.0, 2.0), "1": (1.0, 1.0), "2": (1.0, 1.5), "3": (1.0, 0.5), "9": (1.0, 0.1)})
-    frontier._against_first([base, other])
+    frontier.against_first([base, other])
     d = [1.0, -2.0, -0.5, 0.0]
     mean = sum(d) / 4
     se = math.sqrt(sum((x - mean) ** 2 for x in d) / 3 / 4)
@@ -39,8 +33,8 @@ def test_markdown_rows_and_rag_once():
     base = _run("demo", {"0": (1.0, 1.0), "1": (0.0, 3.0)}, rag={"em": 25.0, "em_closed": 50.0,
                                                                   "em_invented": 0.0, "nll": 1.5})
     other = _run("tf-x", {"0": (0.0, 2.0), "1": (1.0, 1.0)}, gamma_sweep={"0.5": {"em": 10.0, "nll": 3.0}})
-    frontier._against_first([base, other])
-    text = frontier._markdown([base, other], 60)
+    frontier.against_first([base, other])
+    text = frontier.markdown_table([base, other], 60)
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("| run |"))
     rows = [line for line in lines if line.startswith("| demo") or line.startswith("| tf-x")]

@@ -15,7 +15,7 @@ Answers come from closed vocabularies (``language``, ``pet``, ``subject``: an up
 are invented strings (``hometown``, ``mentor``, ``vessel``: a word no model knows, to be copied from the passage).
 Every question is worded apart from every passage sentence (only the name is shared), with two templates per
 relation. Files: ``passages.tsv``, ``dev.json`` (reported by 05/06) and ``validation.json`` (other people, the
-same templates: for choosing settings, e.g. ``bench/transfer_frontier.py``), ``gold_passages_{dev,validation}.json``.
+same templates: for choosing settings, e.g. ``experiments/transfer_frontier.py``), ``gold_passages_{dev,validation}.json``.
 Records carry ``relation``, ``entity``, ``passage_id``, ``answer_type`` ("closed" | "invented") and ``style``.
 """
 

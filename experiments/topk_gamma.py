@@ -1,7 +1,7 @@
 """How gamma should follow top-k: regrad's answer NLL and EM on a grid of top-k x gamma, and the size of the update
 ``‖γ·α ⊙ Σ_d g_d‖`` the bank's sum gives at each k (the bank sums top-k gradients, so the update grows with k).
 
-    REGRAD_WORK=... .venv/bin/python bench/topk_gamma.py --run demo --datasets probe,popqa --split train_60 \\
+    REGRAD_WORK=... .venv/bin/python -m experiments.topk_gamma --run demo --datasets probe,popqa --split train_60 \\
         --topks 1,2,3,5 --gammas 0.5,1,1.5,2,3 [--limit 60] [--evaluation topk-gamma]
 
 Needs the run (03_train), the augmented split with at least max(topks) passages (02_augment ``topk``) and a bank of
@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 from regrad_lib.evaluation import sweeps
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def update_norms(learner, store, items, topk: int) -> float:

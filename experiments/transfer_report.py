@@ -1,7 +1,7 @@
 """How far a run's update transfers, as markdown: in template beside out of template with rag beside regrad, the
 verdict, how the answers miss (own name, fragments), and the paired effects on the transfer split.
 
-    REGRAD_WORK=... .venv/bin/python bench/transfer_report.py --run demo [--evaluation NAME]
+    REGRAD_WORK=... .venv/bin/python -m experiments.transfer_report --run demo [--evaluation NAME]
 
 Reads the run's results of the probe and of its transfer split (05_evaluate; `make experiments-transfer`).
 """
@@ -9,12 +9,8 @@ Reads the run's results of the probe and of its transfer split (05_evaluate; `ma
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 from regrad_lib.io import result_files
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:

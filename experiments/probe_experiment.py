@@ -1,7 +1,7 @@
 """One training setting measured end to end: meta-train a run with overrides of a preset, bank the dev passages,
 answer with regrad / shift / no_update, print the paired effects (and optionally a gamma sweep).
 
-    REGRAD_WORK=/tmp/exp .venv/bin/python bench/probe_experiment.py --run alr1 \
+    REGRAD_WORK=/tmp/exp .venv/bin/python -m experiments.probe_experiment --run alr1 \
         --train '{"alpha_learning_rate": 1.0, "max_steps": 40, "eval_steps": 20, "save_steps": 20}' [--gammas 0.5,2]
 
 Needs the index and augmented files of that work root (01_index with ``probe = True`` and 02_augment, e.g.
@@ -14,14 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
-from pathlib import Path
 
 from regrad_lib.evaluation import results, sweeps
 from regrad_lib.io import result_files
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ questions as a stream of chunks (regrad_lib.cpt.continual, the same code as the 
 the closed-book EM on those questions (the knowledge CPT is for), the EM of the first chunk's questions (what it
 kept), and the drift of its persistent weights (held-out text NLL, general questions, ||dtheta||/||theta||).
 
-    .venv/bin/python bench/cpt_settings.py --run demo --grid '[{"learning_rate": 1e-3}, {"learning_rate": 3e-3}]'
+    .venv/bin/python -m experiments.cpt_settings --run demo --grid '[{"learning_rate": 1e-3}, {"learning_rate": 3e-3}]'
 
 Needs a trained run (its base model is what CPT trains; ``weights`` "phi" also its LoRA) and the augmented probe
 training file of that work root (02_augment). Results go to ``results/<run>/evaluations/cptsel-<i>/probe/cpt/``
@@ -17,11 +17,7 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:

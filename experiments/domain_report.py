@@ -1,7 +1,7 @@
 """A label dataset's evaluation beside its majority-class baseline: accuracy and answer NLL per method, which labels
 each method answers, the paired effects of regrad, and how often retrieval finds the question's own abstract.
 
-    REGRAD_WORK=... .venv/bin/python bench/domain_report.py --run pubmedqa --dataset pubmedqa \\
+    REGRAD_WORK=... .venv/bin/python -m experiments.domain_report --run pubmedqa --dataset pubmedqa \\
         --data-root ../shared/data/domains [--evaluation NAME]
 
 Reads the run's results (05_evaluate), the augmented dev file (02_augment) and the dataset's training split (the
@@ -11,13 +11,9 @@ majority label is chosen on training answers, never on the test questions).
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
-from pathlib import Path
 
 from regrad_lib.io import result_files
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:

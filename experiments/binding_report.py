@@ -2,16 +2,12 @@
 commits): whose value each method answers on ``probe_binding``, the paired effects regrad − shift there, and
 regrad_icl against rag, no_update_icl and shift_icl with their verdicts. Reads only 05_evaluate's files.
 
-    .venv/bin/python bench/binding_report.py --run demo --datasets popqa,probe,probe_binding
+    .venv/bin/python -m experiments.binding_report --run demo --datasets popqa,probe,probe_binding
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:

@@ -2,18 +2,14 @@
 CPT's drift chunk by chunk beside ReGrad's point, the paired comparisons, the paired general-ability changes and the
 verdict. Reads only files 05_evaluate wrote (no model).
 
-    .venv/bin/python bench/cpt_report.py --run demo --evaluation cpt --datasets probe
+    .venv/bin/python -m experiments.cpt_report --run demo --evaluation cpt --datasets probe
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 from regrad_lib.reporting import analysis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 METHODS = ("closed_book", "rag", "regrad", "regrad_icl", "cpt", "cpt_rag", "shift", "no_update")
 

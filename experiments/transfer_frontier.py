@@ -5,7 +5,7 @@ validation meta loss, and regrad / shift / no_update EM and answer NLL out of te
 Every phase resumes and fits in a short job, so a long study is several locked jobs:
 
     REGRAD_WORK=$PWD/.work OMP_NUM_THREADS=1 flock /tmp/regrad-heavy.lock timeout 590 \
-        .venv/bin/python bench/transfer_frontier.py train --run tf-alr3 --train '{"alpha_learning_rate": 3.0}'
+        .venv/bin/python -m experiments.transfer_frontier train --run tf-alr3 --train '{"alpha_learning_rate": 3.0}'
     ... eval --run tf-alr3 [--gammas 0.5,2,4] [--methods regrad,shift,no_update,rag]
     ... report --run demo --run tf-alr3 [--markdown]   # one JSON line per run, or the table (no model loaded)
 
@@ -31,11 +31,8 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 from regrad_lib.io import result_files
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 DATASET, SPLIT, EVALUATION = "probe_transfer", "validation_all", "transfer-validation"
 # More question templates for the probe's meta-trained relations (the template-diversity variant): none is a
@@ -247,7 +244,7 @@ def _measure(run: str, records: list[dict]) -> dict:
     return out
 
 
-def _against_first(measured: list[dict]) -> None:
+def against_first(measured: list[dict]) -> None:
     """Each run's regrad against the first run's on the same questions: paired answer-NLL difference (mean ± SE,
     lower on) and the questions only one of them answers exactly, with McNemar's exact p."""
     from regrad_lib.reporting.effects import mcnemar_exact, paired_difference
@@ -265,7 +262,7 @@ def _against_first(measured: list[dict]) -> None:
                          f"p = {mcnemar_exact(only_mine, only_base):.2g}")
 
 
-def _markdown(measured: list[dict], n_questions: int) -> str:
+def markdown_table(measured: list[dict], n_questions: int) -> str:
     """The frontier table: one row per run, rag (which no meta-training changes) named once below it."""
     head = ("| run | meta-training data | steps | α lr | training s | val. meta loss (best) | regrad EM (closed / "
             "invented) | regrad answer NLL | shift EM | no_update EM | regrad − shift NLL (lower on) | regrad own "
@@ -304,10 +301,10 @@ def _report(a) -> None:
 
     records = artifacts.read_json(paths.sample_dir() / DATASET / "validation.json")
     measured = [_measure(run, records) for run in a.run]
-    _against_first(measured)
+    against_first(measured)
     for m in measured:
         m.get("regrad", {}).pop("by_id", None)
-    print(_markdown(measured, len(records)) if a.markdown else "\n".join(json.dumps(m) for m in measured))
+    print(markdown_table(measured, len(records)) if a.markdown else "\n".join(json.dumps(m) for m in measured))
 
 
 # The measured variants of the demo preset (run name → train_args overrides, meta-training datasets); "demo" is the

@@ -3,8 +3,8 @@ its test files run there, and the copy is thrown away. Prints one line per mutat
 naming the first) or MISSED; exits 1 if any was missed. Each test command first runs on the unmutated copy and must
 pass (exit 2 otherwise).
 
-    flock /tmp/regrad-heavy.lock .venv/bin/python bench/mutations.py            # every mutation, ~6 min on 1 core
-    .venv/bin/python bench/mutations.py --only verdict_alpha,rag_meta_lora      # some of them
+    flock /tmp/regrad-heavy.lock .venv/bin/python -m tools.mutations            # every mutation, ~6 min on 1 core
+    .venv/bin/python -m tools.mutations --only verdict_alpha,rag_meta_lora      # some of them
 
 Not part of ``make test`` (it runs test files many times). The checkout's working tree is copied (tracked and
 untracked files that git does not ignore), so uncommitted changes are included.
@@ -40,8 +40,8 @@ MUTATIONS = (
              "return best is None or key(row) < key(best)", "return best is None or key(row) > key(best)",
              ("tests/test_train.py",)),
     Mutation("best_checkpoint_not_marked", "regrad_lib/training/train.py",
-             'row["best"] = is_better(row, state["best"], args.metric_for_best_model)',
-             'row["best"] = state["best"] is None or not is_better(row, state["best"], args.metric_for_best_model)',
+             'row["best"] = is_better(row, self.state.best, args.metric_for_best_model)',
+             'row["best"] = self.state.best is None or not is_better(row, self.state.best, args.metric_for_best_model)',
              ("tests/test_train.py",)),
     Mutation("bf16_autocast_noop", "regrad_lib/core/regrad.py",
              'if precision == "no":\n        return contextlib.nullcontext()',
