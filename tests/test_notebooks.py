@@ -3,6 +3,8 @@
 
 import ast
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -36,6 +38,31 @@ def test_notebook_hygiene_and_list_parameters(name):
         tree = ast.parse("\n".join(line for line in "".join(cell["source"]).splitlines()
                                    if not line.startswith(("%", "!"))))
         assert not any(isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.For, ast.While)) for n in ast.walk(tree))
+
+
+@pytest.mark.parametrize("name", pipeline.NOTEBOOKS)
+def test_the_setup_cell_is_the_one_import_cell_and_its_imports_are_sorted(name):
+    """Every module a notebook uses is named in one place, in the order isort (ruff's I rules) keeps."""
+    cells = _cells(name)
+    importing = [i for i, c in enumerate(cells)
+                 if any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(ast.parse("".join(c["source"]))))]
+    assert importing == [1], f"{name}: imports in code cells {importing}; only the set-up cell (1) imports"
+    imports = [n for n in ast.parse("".join(cells[1]["source"])).body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    modules = [n.module if isinstance(n, ast.ImportFrom) else n.names[0].name for n in imports]
+    assert modules == sorted(modules), f"{name}: imports not sorted by module"
+    for n in imports:
+        names = [a.name for a in n.names]
+        assert names == sorted(names, key=str.lower), f"{name}: names of {modules} not sorted"
+
+
+def test_06_analyze_reads_its_tables_without_loading_torch():
+    """06 reads files: its set-up imports (tables, figures, the frontier's reader) load no model stack."""
+    setup = ast.parse("".join(_cells("06_analyze")[1]["source"]))
+    imports = "\n".join(ast.unparse(n) for n in setup.body if isinstance(n, (ast.Import, ast.ImportFrom)))
+    code = f"import sys\n{imports}\nprint(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=paths.repo_root())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("name", pipeline.NOTEBOOKS)

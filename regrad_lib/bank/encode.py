@@ -32,6 +32,9 @@ from regrad_lib.data import prompts
 from regrad_lib.io import distributed, params, paths, runlock
 from regrad_lib.io.run_state import trained_state
 
+__all__ = ["EncodeSettings", "encode", "encode_all", "encode_schemes", "gradient_batches", "gradient_norms", "passages",
+           "stats", "verify_all"]
+
 log = logging.getLogger(__name__)
 
 

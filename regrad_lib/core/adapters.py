@@ -21,6 +21,9 @@ from regrad_lib import config
 from regrad_lib.io import artifacts, ownership, params, paths, runlock, tensorfile
 from regrad_lib.io.run_state import read_state, trained_state
 
+__all__ = ["CONFIG_FILE", "INFO_FILE", "PREFIX", "WEIGHTS_FILE", "describe", "export_run", "load_into", "lora_config",
+           "peft_key", "read", "same_model", "save"]
+
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "adapter_config.json"

@@ -30,6 +30,9 @@ from typing import IO, Iterator
 
 from regrad_lib.io import paths
 
+__all__ = ["CorpusFormatError", "Passage", "TSV_HEADER", "count", "file_kind", "read", "same_signature", "signature",
+           "too_many_bad"]
+
 log = logging.getLogger(__name__)
 
 TSV_HEADER = ("id", "text", "title")

@@ -54,6 +54,8 @@ from regrad_lib.data.qa_records import (
 )
 from regrad_lib.io import params, paths
 
+__all__ = ["NAMES", "import_loaders", "load", "load_generic", "register"]
+
 log = logging.getLogger(__name__)
 
 NAMES = ("2wikimultihopqa", "hotpotqa", "popqa", "complexwebquestions", "probe", "pubmedqa")

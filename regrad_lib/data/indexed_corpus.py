@@ -10,6 +10,8 @@ from pathlib import Path
 from regrad_lib.data import probe, probe_binding, pubmedqa
 from regrad_lib.io import paths
 
+__all__ = ["prepare"]
+
 
 def prepare(corpus: str | os.PathLike, with_probe: bool = False, with_binding: bool = False,
             transfer: bool = False) -> Path:

@@ -23,6 +23,8 @@ from regrad_lib.core.learner import Learner
 from regrad_lib.data import probe_binding
 from regrad_lib.io import paths, result_files
 
+__all__ = ["write"]
+
 DATASET = "probe_binding"
 
 

@@ -45,6 +45,8 @@ from regrad_lib.io.result_files import SUMMARY_FIELDS, merge_table, summary_rows
 from regrad_lib.io.run_state import trained_state
 from regrad_lib.training import sft
 
+__all__ = ["EvaluateSettings", "evaluate", "evaluate_all", "load_tasks", "run"]
+
 log = logging.getLogger(__name__)
 
 

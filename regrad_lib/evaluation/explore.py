@@ -23,6 +23,8 @@ from regrad_lib.data import prompts
 from regrad_lib.reporting import plots
 from regrad_lib.retrieval import interface
 
+__all__ = ["Skipped", "explore", "Exploration"]
+
 METHODS = {"closed_book": "closed_book", "rag": "rag", "regrad": "regrad_online", "no_update": "no_update"}
 
 

@@ -18,6 +18,8 @@ from regrad_lib.evaluation import learner_once, results
 from regrad_lib.io import artifacts, params, paths, runlock
 from regrad_lib.io.result_files import SCHEME_FIELDS, merge_table
 
+__all__ = ["evaluate_all", "evaluate_schemes"]
+
 log = logging.getLogger(__name__)
 
 

@@ -17,6 +17,9 @@ from regrad_lib.data import metrics
 from regrad_lib.io import artifacts, paths
 from regrad_lib.io.result_files import SUMMARY_FIELDS, method_predictions, read_metrics
 
+__all__ = ["examples", "finished_scores", "json_rows", "method_files", "plan", "saved_settings", "score_rows",
+           "settings", "table", "write_method"]
+
 log = logging.getLogger(__name__)
 
 

@@ -17,6 +17,9 @@ from typing import Any, Iterator
 
 from regrad_lib.io import paths
 
+__all__ = ["atomic_dir", "atomic_path", "current_umask", "git_revision", "naming", "pid_alive", "provenance",
+           "read_json", "read_text", "recover_dir", "write_json", "write_jsonl", "write_provenance", "write_text"]
+
 _LIBRARIES = ("torch", "transformers", "peft", "safetensors", "tantivy", "elasticsearch", "regrad")
 
 

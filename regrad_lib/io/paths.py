@@ -17,6 +17,16 @@ from pathlib import Path
 
 from regrad_lib.io.params import folder_name, integer
 
+__all__ = ["META_STATE", "PROVENANCE", "TRAINING_LOG", "TRAIN_REQUEST", "TRAIN_SUMMARY", "adapter_dir", "augmented_dir",
+           "augmented_file", "bank_dir", "bank_parts_dir", "bank_split_dir", "configs_dir", "cpt_dir", "data_dir",
+           "drift_dir", "drift_file", "executed_notebooks_dir", "figures_dir", "general_set_file", "index_dir",
+           "kept_step_state", "meta_state_file", "metrics_file", "model_dir", "models_dir", "notebooks_dir",
+           "offline_dir", "output_dir", "predictions_file", "preset_dir", "provenance_file", "question_adapter_dir",
+           "relative", "repo_root", "resolve", "results_dir", "run_lock_file", "sample_corpus", "sample_dir",
+           "scheme_metrics_file", "scheme_predictions_file", "schemes_file", "summary_file", "sweep_predictions_file",
+           "sweeps_file", "train_request_file", "train_summary_file", "training_log_file", "work_root", "baseline_dir",
+           "baseline_selection", "binding_matrix_file"]
+
 _REPO = Path(__file__).resolve().parents[2]   # regrad_lib/io/paths.py -> the repository
 
 

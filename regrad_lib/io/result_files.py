@@ -20,8 +20,8 @@ from typing import Any
 from regrad_lib.io import artifacts, paths
 
 __all__ = ["SUMMARY_FIELDS", "SWEEP_FIELDS", "SCHEME_FIELDS", "read_table", "merge_table", "summary_rows",
-           "sweep_rows", "scheme_rows", "read_predictions", "method_predictions", "read_metrics", "write_drift", "read_drift",
-           "write_general_set", "read_general_set", "write_binding_matrix", "read_binding_matrix"]
+           "sweep_rows", "scheme_rows", "read_predictions", "method_predictions", "read_metrics", "write_drift",
+           "read_drift", "write_general_set", "read_general_set", "write_binding_matrix", "read_binding_matrix"]
 
 SUMMARY_FIELDS = ("dataset", "method", "em", "acc", "f1", "precision", "recall", "nll", "n")
 SWEEP_FIELDS = ("dataset", "method", "gamma", "topk", "mixed", "scheme", "em", "acc", "f1", "precision", "recall",

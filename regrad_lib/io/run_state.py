@@ -17,6 +17,9 @@ from regrad_lib.io import artifacts, ownership, paths
 if TYPE_CHECKING:
     import torch
 
+__all__ = ["UnfinishedRunError", "append_training_log", "read_alpha", "read_state", "read_training_log", "run_finished",
+           "trained_revision", "trained_state", "unfinished_message"]
+
 log = logging.getLogger(__name__)
 
 

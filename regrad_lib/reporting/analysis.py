@@ -19,6 +19,9 @@ from typing import Callable, Sequence, TypeVar
 from regrad_lib.answering.specs import METHODS, ordered
 from regrad_lib.io import params, paths, result_files
 
+__all__ = ["AnalyzeConfig", "BankSize", "MarkdownTable", "Missing", "Score", "ScoreTable", "bank_sizes", "optional",
+           "read_summary", "read_sweeps", "score_table", "sweep_series"]
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")

@@ -10,6 +10,8 @@ from matplotlib.figure import Figure
 from regrad_lib.reporting.analysis import BankSize
 from regrad_lib.reporting.figure_style import finite, new_figure, styled
 
+__all__ = ["bank_bytes", "frontier"]
+
 
 @styled
 def bank_bytes(sizes: Sequence[BankSize]) -> Figure:

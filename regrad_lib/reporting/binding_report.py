@@ -19,6 +19,9 @@ from regrad_lib.io import result_files
 from regrad_lib.io.result_files import method_predictions
 from regrad_lib.reporting.analysis import MarkdownTable, Missing
 
+__all__ = ["DATASET", "shares", "BindingTable", "Shares", "NameEffectTable", "method_shares", "name_effect",
+           "name_effects"]
+
 DATASET = "probe_binding"
 
 

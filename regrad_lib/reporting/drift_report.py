@@ -34,6 +34,9 @@ from regrad_lib.reporting.effects import (
     paired_nll_differences,
 )
 
+__all__ = ["DriftRow", "describe_change", "drift_table", "general_change", "general_changes", "paired", "verdict",
+           "DriftTable", "GeneralChange"]
+
 PAIRS = (("regrad", "cpt"), ("regrad_icl", "cpt_rag"), ("regrad", "rag"))
 POINTS = (("closed_book", "base"), ("rag", "base"), ("regrad", "meta"), ("regrad_icl", "meta"))
 PER_QUESTION = ("regrad", "regrad_icl", "regrad_online", "shift")      # answer with per-question updates

@@ -26,6 +26,12 @@ from regrad_lib.io import paths
 from regrad_lib.io.result_files import method_predictions
 from regrad_lib.reporting.analysis import MarkdownTable, Missing, read_summary
 
+__all__ = ["ALPHA", "CLEAR_SE", "Effect", "EffectTable", "GroupTable", "ICL_PAIRS", "PAIRS", "PairedDifference",
+           "PairedEM", "Spread", "across_seeds", "effect_table", "em_by_group", "format_p", "holm", "mcnemar_exact",
+           "mean_se", "nll_p", "paired_difference", "paired_em", "paired_nll_differences", "probe_relations",
+           "proportion_se", "rows_by_id", "verdict", "verdicts", "SeedTable", "FAIR_PAIRS", "REPORTED_PAIRS", "calls",
+           "paired_rows"]
+
 PAIRS = (("regrad", "shift"), ("regrad", "no_update"))
 # the combined configuration (gradients and passages in the prompt) against rag and its two controls
 ICL_PAIRS = (("regrad_icl", "rag"), ("regrad_icl", "no_update_icl"), ("regrad_icl", "shift_icl"))

@@ -18,6 +18,8 @@ from matplotlib.figure import Figure
 from regrad_lib.io.artifacts import atomic_path
 from regrad_lib.reporting.analysis import Missing
 
+__all__ = ["finite", "new_figure", "num", "publish", "save_figure", "styled"]
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")

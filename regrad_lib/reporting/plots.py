@@ -21,6 +21,9 @@ from regrad_lib.reporting.figure_style import (
     styled,
 )
 
+__all__ = ["f1_bars", "gamma_sweep", "group_em", "histogram", "knowledge_vs_general", "mixed_sweep",
+           "paired_differences", "score_table", "token_probabilities", "topk_sweep", "accuracy_bars"]
+
 
 @styled
 def group_em(table) -> Figure:

@@ -11,6 +11,9 @@ from matplotlib.figure import Figure
 
 from regrad_lib.reporting.figure_style import finite, new_figure, num, styled
 
+__all__ = ["alpha_grid", "alpha_over_steps", "alpha_per_tensor", "short_tensor_name", "training_curves",
+           "learning_curve"]
+
 
 def short_tensor_name(name: str) -> str:
     """``model.layers.15.mlp.gate_proj.lora_A`` (or its ``__`` / ``alpha.`` forms) -> ``L15.gate.A``."""

@@ -26,6 +26,8 @@ from regrad_lib.io import artifacts, paths
 from regrad_lib.reporting.analysis import MarkdownTable, Missing
 from regrad_lib.reporting.effects import mcnemar_exact, paired_difference, rows_by_id
 
+__all__ = ["echo_kind", "echo_table", "question_groups", "transfer_table", "verdict", "TransferTable", "EchoTable"]
+
 PROBE, TRANSFER = "probe", "probe_transfer"
 SHOWN = ("closed_book", "rag", "regrad", "regrad_icl", "shift", "no_update")
 TARGET_OVER_SHIFT = 20.0      # issue 24: out-of-template regrad EM ≥ shift + 20 points ...

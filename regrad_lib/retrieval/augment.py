@@ -23,6 +23,9 @@ from regrad_lib.data import datasets, qa_records
 from regrad_lib.io import artifacts, params, paths
 from regrad_lib.retrieval.interface import Retriever
 
+__all__ = ["RECORD_KEYS", "augment", "augment_all", "meta_file", "output_name", "partial_file", "read", "recall_figure",
+           "recall_table", "title_recall", "Recall"]
+
 log = logging.getLogger(__name__)
 
 RECORD_KEYS = ("test_id", "question", "answers", "passages", "passage_ids", "titles", "scores")

@@ -39,6 +39,9 @@ from typing import Any, Callable
 
 from regrad_lib.io import artifacts, distributed, params, paths
 
+__all__ = ["LOCAL_CONFIG", "LaunchError", "command", "execute", "failure", "free_port", "local_processes", "parse_args",
+           "rank_threads", "run", "to_argv"]
+
 log = logging.getLogger(__name__)
 
 CONFIGS = Path("configs") / "accelerate"

@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 from regrad_lib.io import params
 
+__all__ = ["as_counts", "as_list", "setup_logging"]
+
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 

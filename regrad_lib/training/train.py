@@ -45,6 +45,8 @@ from regrad_lib.training.schedule import (
 )
 from regrad_lib.training.train_data import TrainData, describe, epoch_order, training_data
 
+__all__ = ["NonFiniteError", "TrainSettings", "chunk_losses", "configure", "evaluate", "meta_step", "run", "train"]
+
 log = logging.getLogger(__name__)
 
 
