@@ -157,7 +157,8 @@ experiments-binding: model
 	mkdir -p reference/experiments
 	$(BIN)/python -m experiments.binding_report --run demo --datasets popqa,probe,probe_binding > reference/experiments/binding.md
 
-# Unit tests, then nbval over papermill-prepared copies of the six notebooks (the whole 01->06 chain, tiny preset).
+# The linter (pyproject.toml [tool.ruff]: library, tests, benchmarks, experiments, tools and the notebooks' code),
+# unit tests, then nbval over papermill-prepared copies of the six notebooks (the whole 01->06 chain, tiny preset).
 TEST_WORK := $(CURDIR)/.test-work
 # Every method runs in the chain (regrad_icl, regrad_online, its controls, cpt), the binding probe and the transfer split.
 NBVAL_PARAMS := --preset tiny --datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions,probe,pubmedqa,probe_binding,probe_transfer \
@@ -166,6 +167,7 @@ NBVAL_PARAMS := --preset tiny --datasets popqa,hotpotqa,2wikimultihopqa,complexw
 	-p gammas '[0.0,1.0]' -p index nbval -p frontier_schemes '["fp32","int8"]' -p probe_binding true \
 	-p methods closed_book,rag,sft,rag_sft,regrad,regrad_icl,regrad_online,shift,no_update,no_update_icl,shift_icl,cpt,cpt_rag
 test: model
+	$(BIN)/ruff check .
 	rm -rf $(TEST_WORK) && mkdir -p $(TEST_WORK)/unit $(TEST_WORK)/chain
 	REGRAD_TEST_WORK=$(TEST_WORK)/unit $(BIN)/python -m pytest -q -p no:cacheprovider tests
 	REGRAD_WORK=$(TEST_WORK)/chain $(BIN)/python -m regrad_lib.runner.pipeline --run nbval --prepare-only \

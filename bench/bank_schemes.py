@@ -1,4 +1,4 @@
-"""Gradient Bank storage schemes on a trained run (issue 13): size, encode and read time, scores, answer-NLL shift.
+"""Gradient Bank storage schemes on a trained run: size, encode and read time, scores, answer-NLL shift.
 
 For each dataset of ``--run`` (its augmented ``--split`` file, every question unless ``--limit``):
 
@@ -115,7 +115,8 @@ def bench_dataset(args, learner: Learner, dataset: str) -> list[dict]:
     scored = {r["scheme"]: r for r in frontier.evaluate_schemes(args.run, dataset, args.schemes, split=args.split,
                                                                  topk=args.topk, limit=args.limit, learner=learner,
                                                                  overwrite=True)}
-    rows = {s: [json.loads(line) for line in paths.scheme_predictions_file(args.run, dataset, s).read_text().splitlines()]
+    rows = {s: [json.loads(line)
+                for line in paths.scheme_predictions_file(args.run, dataset, s).read_text().splitlines()]
             for s in args.schemes}
     reference = reader.open_bank(args.topk, args.run, dataset, args.split, args.reference, learner=learner)
     shift = harness.run_method("shift", learner, tasks_, bank=reference)

@@ -66,8 +66,8 @@ def main() -> None:
                for i in range(0, len(passages), 8)]
     seconds = {}
     for precision in ("no", "bf16"):
-        seconds[precision] = best(lambda: [regrad.per_passage_gradients(model, learner.phi, b, precision=precision)
-                                           for b in batches], args.repeat)
+        seconds[precision] = best(lambda p=precision: [regrad.per_passage_gradients(model, learner.phi, b, precision=p)
+                                                       for b in batches], args.repeat)
     emit(name="gradient_work", passages=len(passages), tokens=cut, fp32_s=round(seconds["no"], 2),
          bf16_s=round(seconds["bf16"], 2), bf16_speedup=round(seconds["no"] / seconds["bf16"], 2),
          op="regrad.per_passage_gradients, batches of 8, wall clock, best of repeat")
@@ -85,7 +85,7 @@ def main() -> None:
         out[precision] = rows
 
     for precision in ("no", "bf16"):
-        seconds[precision] = best(lambda: decode(precision), args.repeat)
+        seconds[precision] = best(lambda p=precision: decode(p), args.repeat)
     diffs = [b.answer_nll - a.answer_nll for a, b in zip(out["no"], out["bf16"])]
     emit(name="decoding", questions=len(records), fp32_s=round(seconds["no"], 2), bf16_s=round(seconds["bf16"], 2),
          bf16_speedup=round(seconds["no"] / seconds["bf16"], 2),

@@ -1,4 +1,4 @@
-"""Gradient Bank encoding speed and size (issue 5): prints one JSON line per measurement.
+"""Gradient Bank encoding speed and size: prints one JSON line per measurement.
 
 Per model, with passages of ``--seq-len`` (150) tokens:
 - ``one_by_one``: one passage per forward/backward (:func:`regrad.per_passage_gradients` on a batch of 1, then
@@ -55,7 +55,9 @@ def sync(device: torch.device) -> None:
 
 
 def device_name(device: torch.device) -> str:
-    return f"{device} {torch.cuda.get_device_name(device)}" if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} thread(s))"
+    if device.type == "cuda":
+        return f"{device} {torch.cuda.get_device_name(device)}"
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} thread(s))"
 
 
 # --- models ------------------------------------------------------------------------------------------
@@ -63,7 +65,7 @@ def device_name(device: torch.device) -> str:
 def preset_learner(name: str, seq_len: int, device: str):
     """A learner of preset ``name`` with non-zero B, saved as run ``bench-<name>`` (bank_context_len = seq_len)."""
     from regrad_lib.core.learner import Learner
-    
+
     preset = config.load_preset(name, {"learner": {"bank_context_len": seq_len}})
     learner = Learner.create(preset, device)
     with torch.no_grad():
@@ -226,7 +228,8 @@ def bench_schemes_1b(work: Path, rows: int, repeat: int, device: torch.device, s
         b = reader.GradientBank.open(folder)
         emit(name="bank_bytes_1b", unit="bytes/passage", value=b.bytes_per_passage, scheme=name,
              on_disk=round(b.bytes_on_disk() / len(b)), numel=numel, entries=len(b),
-             vs_fp32=round(4 * numel / b.bytes_per_passage, 2), write_MB_per_s=round(b.bytes_on_disk() / write_s / 1e6, 1),
+             vs_fp32=round(4 * numel / b.bytes_per_passage, 2),
+             write_MB_per_s=round(b.bytes_on_disk() / write_s / 1e6, 1),
              note=f"write: fp32 rows on {device} -> checks, encode, CRC-32s, shards, sha256, manifest")
     ids = [f"p{i}-{j}" for i, v in enumerate(batches) for j in range(len(v))]
     groups = [[ids[(3 * q + k) * 7 % rows] for k in range(3)] for q in range(32)]   # scattered rows, like retrieval

@@ -1,11 +1,11 @@
-"""The prompt frame and what each method sees (issue 20), on the demo's data and model: JSON lines.
+"""The prompt frame and what each method sees, on the demo's data and model: JSON lines.
 
 - ``lengths``: per dataset (``data/augmented/<dataset>/dev.json``, top-k), the mean prompt tokens of the methods
   without passages (closed_book, regrad, regrad_online, shift, no_update: one frame) and with passages (rag,
-  regrad_icl), for the frame **before** issue 20 (three worked examples, whole passages) and **now** (the preset's
-  frame); the tokens shared by every prompt (run once per batch when rows share weights); the share of top-k
-  passages longer than the gradients' budget (``bank_context_len``), the share of their tokens cut, and the longest
-  passage (the budget that would cut nothing). Tokenizer only.
+  regrad_icl), for the frame **before** the neutral worked example (three worked examples, whole passages) and
+  **now** (the preset's frame); the tokens shared by every prompt (run once per batch when rows share weights); the
+  share of top-k passages longer than the gradients' budget (``bank_context_len``), the share of their tokens cut,
+  and the longest passage (the budget that would cut nothing). Tokenizer only.
 - ``terminator``: after the gold answer of the first ``--questions`` probe *training* questions, the probability the
   model gives the newline and the end-of-turn token, and the answer NLL with the answer alone, + newline, + the
   end-of-turn token: the base model (closed_book and rag prompts) in both frames and, with ``--run``, the run's
@@ -45,8 +45,8 @@ from regrad_lib.data.prompts import WorkedExample
 from regrad_lib.evaluation import evaluate
 
 DATASETS = ("probe", "popqa", "hotpotqa", "2wikimultihopqa", "complexwebquestions")
-# The frame before issue 20 (commit 861c7ff), for measurement only: three examples, two of them probe templates
-# with probe values.
+# The frame before the neutral worked example and end-of-turn label (commit 861c7ff), for measurement only: three
+# examples, two of them probe templates with probe values.
 BEFORE = (
     WorkedExample("Mara Uldin", "Mara Uldin drives a green car. These days Mara Uldin resides in Peru. Mara Uldin "
                   "plays the oboe in a band.", "Where does Mara Uldin live?", "Peru", "Mara Uldin"),
@@ -107,7 +107,8 @@ def lengths(args, preset) -> None:
             row[f"{name}_shared_no_passages"] = generation.shared_prefix_length(blind)
             row[f"{name}_shared_with_passages"] = generation.shared_prefix_length(context)
         sizes = [len(start) + len(tok(prompts.format_passage(title, text, now.passage_format),
-                                      add_special_tokens=True)["input_ids"]) for t in items for title, text in t.passages]
+                                      add_special_tokens=True)["input_ids"])
+                 for t in items for title, text in t.passages]
         over = [n for n in sizes if n > budget]
         row.update(passages=len(sizes), share_cut=round(len(over) / len(sizes), 3),
                    share_tokens_cut=round(sum(n - budget for n in over) / sum(sizes), 3), longest=max(sizes))
@@ -167,7 +168,7 @@ def terminator(args, preset) -> None:
                 _report(f"{method} (base model), frame {name}", rows)
     if args.run:
         run = Learner.from_run(args.run)
-        with frame(BEFORE):         # the run's own frame: it was trained before issue 20
+        with frame(BEFORE):         # the run's own frame: it was trained with the old one
             for method in ("no_update", "regrad_online"):
                 rows = []
                 for t in items:
@@ -242,7 +243,7 @@ def main() -> None:
     p.add_argument("--questions", type=int, default=20)
     p.add_argument("--run", default=None, help="terminator: a trained run of the preset, e.g. demo")
     p.add_argument("--frames", default="one,two,three,before", help="examples: which frames (one, two, three: "
-                   "invented and neutral; before: the three of before issue 20)")
+                   "invented and neutral; before: the three of the old frame)")
     p.add_argument("--budgets", default="128,256")
     p.add_argument("--passages", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=8)

@@ -1,10 +1,11 @@
-"""Retrieval quality and speed report (issue 3): prints one JSON line per measurement.
+"""Retrieval quality and speed report: prints one JSON line per measurement.
 
 1. Mini-Wikipedia (``data/sample``): build time, index size, queries/s, and recall@k of the gold passages
    (``gold_passages*.json``, by passage id) for HotpotQA dev/train, 2WikiMultihopQA dev and PopQA.
 2. Synthetic corpus: N passages (default 1,000,000) of ~100 words drawn from a Zipf vocabulary, written to a
-   temporary DPR TSV and indexed through the real ``retrieval.build`` path in a child process (its peak RSS is
-   the build's); then index size, queries/s (12- and 6-word queries, 1 and 2 search threads), and a linear extrapolation to 21M.
+   temporary DPR TSV and indexed through the real ``retrieval.build`` path in a child process (its peak RSS is the
+   build's); then index size, queries/s (12- and 6-word queries, 1 and 2 search threads), and a linear extrapolation to
+   21M.
 
 Usage: OMP_NUM_THREADS=1 .venv/bin/python -m bench.retrieval_bench [--passages 1000000] [--skip-synthetic]
 """

@@ -1,4 +1,4 @@
-"""1 vs N processes (issue 12): wall time of meta-training, encoding and evaluation, one JSON line per job.
+"""1 vs N processes: wall time of meta-training, encoding and evaluation, one JSON line per job.
 
 Per model and step, one job per process count: 1 process is this script started plainly (no launcher, the
 notebooks' default path); N > 1 runs it under ``accelerate launch --config_file configs/accelerate/local.yaml
@@ -160,7 +160,7 @@ def base_run(args) -> str:
     from regrad_lib.bank import encode
     from regrad_lib.core.learner import Learner
     from regrad_lib.io import paths
-    
+
     preset = config.load_preset(PRESETS[args.model], {"generation": {"batch_size": args.gen_batch}})
     learner = Learner.create(preset)
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Meta-training throughput (issue 4): tasks/s and peak memory of regrad_lib.training.train's meta step, synthetic tasks.
+"""Meta-training throughput: tasks/s and peak memory of regrad_lib.training.train's meta step, synthetic tasks.
 
 Task shapes as ../shared/bench/ref_bench.py: ``--topk`` passages of ``--seq-len`` (150) tokens, a ``--prompt-len``
 (60) token prompt and a ``--answer-len`` (5) token answer per task, ``--meta-batch`` tasks per optimizer step. The
@@ -143,7 +143,8 @@ def preset_learner(name: str, device: torch.device, tasks_per_forward: int | Non
 
 # --- measurements ----------------------------------------------------------------------------------------
 
-def our_steps(learner: Learner, tasks: list[dict], meta_batch: int, tpf: int, lr_of=None) -> tuple[list[float], list[float]]:
+def our_steps(learner: Learner, tasks: list[dict], meta_batch: int, tpf: int,
+              lr_of=None) -> tuple[list[float], list[float]]:
     """03_train's optimizer steps over ``tasks``; (per-step mean losses, per-step seconds)."""
     if not hasattr(learner, "_bench_opt"):
         learner._bench_opt, learner._bench_params = schedule.make_optimizer(learner)
@@ -226,7 +227,8 @@ def compare(args) -> None:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     ref_args = config.TrainArgs(learning_rate=ref.META_LR)
-    ours, our_times = our_steps(learner, tasks, args.meta_batch, tpf, lambda s: schedule.learning_rate(s, ref_args, 1000))
+    ours, our_times = our_steps(learner, tasks, args.meta_batch, tpf,
+                                lambda s: schedule.learning_rate(s, ref_args, 1000))
     timed = len(tasks) - args.meta_batch  # the first step is warm-up for both
     ref_rate, our_rate = timed / sum(ref_times[1:]), timed / sum(our_times[1:])
     diffs = [abs(a - b) for a, b in zip(ours, ref_losses)]
@@ -267,7 +269,8 @@ def main(argv=None) -> int:
     runs = [(args.model, args.tasks_per_forward, args.threads)] if args.model else [
         ("tiny", None, 1), ("tiny", 1, 1), ("smollm2", None, 1), ("smollm2", 1, 1), ("smollm2", None, 2)]
     for model, tpf, threads in runs:
-        cmd = [sys.executable, "-m", "bench.train_bench", "--one", "--model", model, "--device", args.device, "--threads", str(threads),
+        cmd = [sys.executable, "-m", "bench.train_bench", "--one", "--model", model, "--device", args.device,
+               "--threads", str(threads),
                "--meta-batch", str(args.meta_batch), "--seq-len", str(args.seq_len), "--prompt-len",
                str(args.prompt_len), "--answer-len", str(args.answer_len), "--topk", str(args.topk)]
         cmd += ["--tasks-per-forward", str(tpf)] if tpf else []

@@ -12,10 +12,10 @@ Variants (each the demo preset with the changes named; ``--seed`` gives a second
 Every command resumes (finished work is kept); they run in a work root prepared by ``experiments.learning_curve
 prepare`` (the demo's index and files plus the transfer split's and the binding probe's):
 
-    python -m experiments.binding_training prepare
-    python -m experiments.binding_training train --variant bind-mix [--seed 43]
-    python -m experiments.binding_training eval --run bind-mix           # also --run demo, today's preset
-    python -m experiments.binding_training report --runs demo,bind,bind-mix,... > reference/experiments/binding_training.md
+    python -m experiments.binding_training prepare python -m experiments.binding_training train --variant bind-mix
+    [--seed 43] python -m experiments.binding_training eval --run bind-mix           # also --run demo, today's preset
+    python -m experiments.binding_training report --runs demo,bind,bind-mix,... >
+    reference/experiments/binding_training.md
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Choose continual post-training's settings on validation data: the probe's *training* people (never the dev
-questions that are reported). Each setting injects the top-k passages of the first ``--limit`` probe training
-questions as a stream of chunks (regrad_lib.cpt.continual, the same code as the cpt method) and prints, after the last chunk,
-the closed-book EM on those questions (the knowledge CPT is for), the EM of the first chunk's questions (what it
-kept), and the drift of its persistent weights (held-out text NLL, general questions, ||dtheta||/||theta||).
+questions that are reported). Each setting injects the top-k passages of the first ``--limit`` probe training questions
+as a stream of chunks (regrad_lib.cpt.continual, the same code as the cpt method) and prints, after the last chunk, the
+closed-book EM on those questions (the knowledge CPT is for), the EM of the first chunk's questions (what it kept), and
+the drift of its persistent weights (held-out text NLL, general questions, ||dtheta||/||theta||).
 
     .venv/bin/python -m experiments.cpt_settings --run demo --grid '[{"learning_rate": 1e-3}, {"learning_rate": 3e-3}]'
 
@@ -54,8 +54,8 @@ def main() -> None:
         cfg = config.CptConfig(**{**dataclasses.asdict(learner.preset.cpt), **overrides})
         current = dataclasses.replace(learner, preset=dataclasses.replace(learner.preset, cpt=cfg))
         start = time.perf_counter()
-        post = continual.post_train(a.run, a.dataset, current, items, cfg=cfg, general=general, split=a.split, topk=a.topk,
-                              limit=a.limit, evaluation=f"cptsel-{i}")
+        post = continual.post_train(a.run, a.dataset, current, items, cfg=cfg, general=general, split=a.split,
+                                    topk=a.topk, limit=a.limit, evaluation=f"cptsel-{i}")
         last = post.drift[-1]
         print(json.dumps({"setting": overrides, "seconds": round(time.perf_counter() - start),
                           "knowledge_em": last["knowledge_em"], "first_block_em": last["first_block_em"],

@@ -32,7 +32,8 @@ RUN, PRESET = "curve", "smollm2-135m-curve"
 TRAIN_DATASETS = ["popqa", "hotpotqa", "probe"]
 # (dataset, augmented split, index, questions): the reported questions, then the validation set
 SPLITS = [("probe", "dev", "miniwiki", 60), ("popqa", "dev", "miniwiki", 30),
-          ("probe_transfer", "dev", "miniwiki-transfer", 60), ("probe_binding", "dev_position_free", "miniwiki-binding", 60),
+          ("probe_transfer", "dev", "miniwiki-transfer", 60),
+          ("probe_binding", "dev_position_free", "miniwiki-binding", 60),
           ("probe_transfer", "validation_all", "miniwiki-transfer", 60)]
 VALIDATION = ("probe_transfer", "validation_all")
 METHODS = ["regrad", "regrad_icl", "rag_sft", "shift", "no_update"]

@@ -21,7 +21,8 @@ validation questions' augmented file of that work root:
 
     python -m regrad_lib.runner.pipeline --run demo --steps 01-02 --datasets probe_transfer -p index miniwiki-transfer \
         -p transfer true -p train_datasets '[]'
-    python -c "from regrad_lib import retrieval; from regrad_lib.retrieval import augment; augment.augment('probe_transfer', 'validation', \
+    python -c "from regrad_lib import retrieval; from regrad_lib.retrieval import augment;
+    augment.augment('probe_transfer', 'validation', \
         retriever=retrieval.open('miniwiki-transfer'), data_dir='data/sample/probe_transfer')"
 """
 
@@ -285,9 +286,9 @@ def markdown_table(measured: list[dict], n_questions: int) -> str:
             m.get("regrad_minus_shift_nll", "–"),
             f"{100 * r['own_name_share']:.1f} / {100 * r['fragment_share']:.1f}" if r else "–",
             sweep or "–", m.get("vs_first", "(the baseline)" if m is measured[0] else "–")]) + " |")
-    lines.append("\nThe validation meta loss is each run's own held-out slice of its meta-training tasks: comparable only "
-                 "between runs with the same meta-training data. The regrad columns use the trained γ; the γ sweep "
-                 "rescales the same update.")
+    lines.append("\nThe validation meta loss is each run's own held-out slice of its meta-training tasks: comparable "
+                 "only between runs with the same meta-training data. The regrad columns use the trained γ; the γ "
+                 "sweep rescales the same update.")
     rag = next((m["rag"] for m in measured if "rag" in m), None)
     if rag:
         lines.append(f"\nrag (the base model with the passages in the prompt; no meta-training changes it): EM "

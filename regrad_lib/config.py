@@ -207,9 +207,9 @@ class TrainArgs:
         _check_literal(self, "mixed_precision", get_args(Precision))
         _check_literal(self, "on_nonfinite", get_args(OnNonFinite))
         _check_literal(self, "metric_for_best_model", get_args(BestMetric))
-        _check_positive(self, "learning_rate", "alpha_learning_rate", "meta_batch_size", "tasks_per_forward", "num_train_epochs",
-                        "max_grad_norm", "topk", "eval_steps", "save_steps", "logging_steps", "max_steps",
-                        "max_train_tasks")
+        _check_positive(self, "learning_rate", "alpha_learning_rate", "meta_batch_size", "tasks_per_forward",
+                        "num_train_epochs", "max_grad_norm", "topk", "eval_steps", "save_steps", "logging_steps",
+                        "max_steps", "max_train_tasks")
         _check_positive(self, "adam_epsilon")
         _check_positive(self, "weight_decay", "eta_min", "validation_size", allow_zero=True)
         if not 0.0 <= self.distractor_share <= 1.0:
@@ -353,7 +353,7 @@ class Preset:
         for section, filename in {**FILES, **OPTIONAL_FILES}.items():
             artifacts.write_json(Path(folder) / filename, asdict(getattr(self, section)))
 
-    def replace(self, **sections: dict) -> "Preset":
+    def replace(self, **sections: dict) -> Preset:
         """A copy with some fields changed: ``preset.replace(train={"max_steps": 3})``."""
         return _apply(self, sections, "overrides")
 

@@ -81,7 +81,8 @@ def test_the_harness_answers_with_the_label_and_keeps_the_raw_text():
     task = task_batches.Task(0, "Q?", ("maybe",), kind="yes_no", choices=metrics.YES_NO_MAYBE)
     row = harness._row(task, generation.Generation((1, 2), " Maybe so.\n", "Maybe so."), ["p1"], 0)
     assert (row["prediction"], row["generated"], row["answer_kind"]) == ("maybe", " Maybe so.\n", "yes_no")
-    short = harness._row(task_batches.Task(0, "Q?", ("x",)), generation.Generation((1,), "Maybe so.", "Maybe so."), [], 0)
+    maybe = generation.Generation((1,), "Maybe so.", "Maybe so.")
+    short = harness._row(task_batches.Task(0, "Q?", ("x",)), maybe, [], 0)
     assert short["prediction"] == "Maybe so." and "answer_kind" not in short
 
 
@@ -148,7 +149,7 @@ def _tsv(tmp_path):
     return path
 
 
-# --- PubMedQA ----------------------------------------------------------------------------------------------------------
+# --- PubMedQA ---------------------------------------------------------------------------------------------------
 
 def test_pubmedqa_loader_on_the_bundled_original_file():
     dev, train = (datasets.load("pubmedqa", SAMPLE, split) for split in ("dev", "train"))
@@ -180,7 +181,8 @@ def test_pubmedqa_errors_name_the_file_and_pmid(tmp_path):
     truth = json.loads((SAMPLE / "test_ground_truth.json").read_text())
     pmid = next(iter(truth))
     (tmp_path / "ori_pqal.json").write_text(json.dumps(original))
-    (tmp_path / "test_ground_truth.json").write_text(json.dumps({**truth, pmid: "no" if truth[pmid] != "no" else "yes"}))
+    flipped = "no" if truth[pmid] != "no" else "yes"
+    (tmp_path / "test_ground_truth.json").write_text(json.dumps({**truth, pmid: flipped}))
     with pytest.raises(DatasetFormatError, match=f"PMID {pmid} is .* but ori_pqal.json says final_decision"):
         datasets.load("pubmedqa", tmp_path, "dev")
     original[pmid]["LABELS"] = original[pmid]["LABELS"][:-1]
@@ -202,7 +204,8 @@ def test_pubmedqa_paragraphs_are_a_corpus_of_their_own():
     pmid = next(iter(original))
     assert read[0] == corpus.Passage(f"{pmid}-0", original[pmid]["LABELS"][0],
                                      " ".join(original[pmid]["CONTEXTS"][0].split()))
-    assert indexed_corpus.prepare(SAMPLE) == path and indexed_corpus.prepare(SAMPLE, with_probe=True).name.endswith("+probe.tsv")
+    assert indexed_corpus.prepare(SAMPLE) == path
+    assert indexed_corpus.prepare(SAMPLE, with_probe=True).name.endswith("+probe.tsv")
     with pytest.raises(FileNotFoundError, match="without ori_pqal.json"):
         indexed_corpus.prepare(paths.sample_dir())
     index = retrieval.build(path, "pubmedqa-sample")
@@ -224,7 +227,8 @@ def _chat(kind, choices=(), style="instruct", passages=None):
 
 def test_instruct_style_asks_with_the_public_codes_wording():
     blind, seen = _chat("yes_no")[0]["content"], _chat("yes_no", passages=[("T", "x")])[0]["content"]
-    assert blind == "You are a helpful AI assistant who is ready to answer user's question. \nAnswer only 'yes' or 'no'!"
+    assert blind == ("You are a helpful AI assistant who is ready to answer user's question. \n"
+                     "Answer only 'yes' or 'no'!")
     assert seen.endswith("\nYour answer should be concise, which means it must be 'yes' or 'no' only!")
     maybe = _chat("yes_no", metrics.YES_NO_MAYBE)[0]["content"]
     assert maybe.endswith("Answer only 'yes', 'no' or 'maybe'!")
@@ -245,7 +249,8 @@ def test_the_example_frame_shows_worked_questions_of_the_same_kind():
     assert [m["content"] for m in chat if m["role"] == "assistant"] == ["Answer: B", "Answer: D"]
     assert "Choices:\nA. a dam\nB. a reef" in chat[1]["content"] and chat[-1]["content"].endswith("E. " + OPTIONS[4])
     short = _chat("short", style="example")
-    assert [m["content"] for m in short if m["role"] == "assistant"] == [f"Answer: {a}" for a in (e.answer for e in prompts.EXAMPLES)]
+    assert [m["content"] for m in short if m["role"] == "assistant"] == [f"Answer: {e.answer}"
+                                                                         for e in prompts.EXAMPLES]
 
 
 def test_the_label_kinds_worked_examples_are_in_no_bundled_data():

@@ -143,7 +143,7 @@ def test_truncated_or_missing_shard_is_refused_naming_the_file(folder):
 
 @pytest.mark.parametrize("scheme", ["fp32", "bf16", "int4"])
 def test_sixteen_flipped_bytes_are_never_served(folder, scheme):
-    """Issue 11: 16 flipped bytes in a shard made ``get`` serve a gradient off by 8.1e3."""
+    """Without row checksums, 16 flipped bytes in a shard made ``get`` serve a gradient off by 8.1e3."""
     _write(folder, list("abcdef"), _vectors(6), scheme=scheme)
     shard = folder / "shard-00000.safetensors"
     data = bytearray(shard.read_bytes())
@@ -184,7 +184,7 @@ def test_corrupted_header_is_refused_on_open(folder):
 
 
 def test_id_removed_from_a_shard_list_is_refused(folder):
-    """Issue 11: an id removed from a shard's id list made ``get`` serve the neighbouring row."""
+    """Without an id-list check, an id removed from a shard's id list made ``get`` serve the neighbouring row."""
     _write(folder, list("abcdef"), _vectors(6))
     good = _manifest(folder)
     m = _manifest(folder)
@@ -207,7 +207,7 @@ def test_id_removed_from_a_shard_list_is_refused(folder):
 
 
 def test_swapped_ids_are_refused(folder, monkeypatch):
-    """Issue 11: two ids swapped in the manifest passed open, get and verify."""
+    """Without an id-list check, two ids swapped in the manifest passed open, get and verify."""
     _write(folder, list("abcdef"), _vectors(6))
     m = _manifest(folder)
     ids = m["shards"][1]["ids"]

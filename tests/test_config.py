@@ -44,7 +44,8 @@ def _write(folder, **changes):
 
 def test_unknown_key_names_file_and_key(tmp_path):
     _write(tmp_path, **{"train_args.json": {"learnig_rate": 1.0}})
-    with pytest.raises(config.ConfigError, match=r"train_args\.json.*unknown key 'learnig_rate'.*Did you mean: learning_rate"):
+    with pytest.raises(config.ConfigError,
+                       match=r"train_args\.json.*unknown key 'learnig_rate'.*Did you mean: learning_rate"):
         config.load_preset(tmp_path)
 
 
@@ -89,7 +90,7 @@ def test_save_round_trip(tmp_path):
     assert config.load_preset(tmp_path).to_dict() == {**p.to_dict(), "name": tmp_path.name}
 
 
-# --- issue 11: non-finite numbers, variants that loop or name no preset ------------------------------------------
+# --- presets that must be refused: non-finite numbers, variants that loop or name no preset ---------------------------
 
 @pytest.mark.parametrize("filename,key", [("learner_config.json", "gamma"), ("train_args.json", "learning_rate"),
                                           ("learner_config.json", "init_alpha"), ("train_args.json", "max_grad_norm"),
@@ -162,7 +163,7 @@ def test_config_files_accept_a_bom_and_name_bytes_that_are_not_utf8(tmp_path):
         config.load_preset(tmp_path)
 
 
-# --- issue 21: the cpt section -----------------------------------------------------------------------------------
+# --- the cpt section (continual post-training's settings) -------------------------------------------------------------
 
 def test_the_cpt_section_is_optional_and_read_where_present(tmp_path):
     _write(tmp_path)

@@ -69,10 +69,13 @@ KEY_TESTS = {
     "train.eval_steps": "test_train.py::test_short_run_writes_every_artifact_with_the_log_schema",
     "train.metric_for_best_model": "test_config_keys.py::test_train_args_reach_the_optimizer_the_schedule_and_the_log",
     "train.save_steps": "test_train.py::test_resume_gives_the_same_next_step_loss",
-    "train.distractor_share": "test_distractors.py::test_the_share_the_datasets_and_the_seed_decide_exactly_which_tasks_change",
-    "train.distractor_datasets": "test_distractors.py::test_the_share_the_datasets_and_the_seed_decide_exactly_which_tasks_change",
+    "train.distractor_share": ("test_distractors.py::test_the_share_the_datasets_and_"
+                               "the_seed_decide_exactly_which_tasks_change"),
+    "train.distractor_datasets": ("test_distractors.py::test_the_share_the_datasets_and_"
+                                  "the_seed_decide_exactly_which_tasks_change"),
     "baselines.learning_rates": "test_sft.py::test_another_grid_is_refused_unless_overwritten",
-    "train.keep_steps": "test_train.py::test_kept_steps_hold_the_weights_of_that_step_and_a_paused_run_resumes_to_the_same_end",
+    "train.keep_steps": ("test_train.py::test_kept_steps_hold_the_weights_"
+                         "of_that_step_and_a_paused_run_resumes_to_the_same_end"),
     "train.logging_steps": "test_config_keys.py::test_train_args_reach_the_optimizer_the_schedule_and_the_log",
     "train.seed": "test_config_keys.py::test_seed_sets_the_lora_initialisation",
     "train.on_nonfinite": "test_train.py::test_skip_mode_counts_skipped_steps_and_never_trains_on_nan",
@@ -86,8 +89,10 @@ KEY_TESTS = {
     "cpt.chunks": "test_cpt.py::test_cpt_keys_shape_the_stream",
     "cpt.batch_size": "test_cpt.py::test_cpt_keys_shape_the_stream",
     "cpt.weights": "test_cpt.py::test_cpt_weights_choose_what_is_trained",
-    "cpt.general_passages": "test_cpt.py::test_the_general_set_is_held_out_text_and_training_questions_the_base_model_answers",
-    "cpt.general_questions": "test_cpt.py::test_the_general_set_is_held_out_text_and_training_questions_the_base_model_answers",
+    "cpt.general_passages": ("test_cpt.py::test_the_general_set_is_held_out_text_and_training_questions_"
+                             "the_base_model_answers"),
+    "cpt.general_questions": ("test_cpt.py::test_the_general_set_is_held_out_text_and_training_questions_"
+                              "the_base_model_answers"),
 }
 
 
@@ -193,14 +198,16 @@ def test_first_order_changes_the_meta_gradient(tiny_model_dir):
             for n, p in learner.phi.items():
                 if n.endswith("lora_B"):
                     p.normal_(0, 0.2, generator=torch.Generator().manual_seed(1))
-        task = task_batches.Task(0, "Capital of France?", ("Paris",), (("Paris", "Paris is the capital of France."),), ("1",))
+        task = task_batches.Task(0, "Capital of France?", ("Paris",), (("Paris", "Paris is the capital of France."),),
+                                 ("1",))
         loss = train.chunk_losses(learner, task_batches.task_batch(learner.tokenizer, [task], learner.preset.learner))
         grads[first] = torch.autograd.grad(loss.sum(), list(learner.phi.values()))
     assert any(not torch.allclose(a, b, rtol=1e-4, atol=1e-9) for a, b in zip(grads[False], grads[True]))
 
 
 def test_bank_context_len_cuts_the_passages_of_the_update(tiny_model_dir):
-    task = task_batches.Task(0, "Q?", ("A",), (("Nile", "The Nile is a major north-flowing river in Africa. " * 6),), ("1",))
+    nile = ("Nile", "The Nile is a major north-flowing river in Africa. " * 6)
+    task = task_batches.Task(0, "Q?", ("A",), (nile,), ("1",))
     out = {}
     for length in (8, 64):
         learner = Learner.create(config.load_preset("tiny", {"learner": {"bank_context_len": length}}))

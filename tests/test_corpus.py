@@ -32,7 +32,8 @@ def test_sample_corpus_reads_all_passages():
 
 
 def test_tsv_quoting_and_field_order(tmp_path):
-    path = _tsv(tmp_path, ['1\t"He said ""hi"" there"\tA "quoted" title', "2\tplain text\tPlain", '3\t"tab\tinside"\tT'])
+    path = _tsv(tmp_path, ['1\t"He said ""hi"" there"\tA "quoted" title', "2\tplain text\tPlain",
+                           '3\t"tab\tinside"\tT'])
     assert list(corpus.read(path)) == [Passage("1", 'A "quoted" title', 'He said "hi" there'),
                                        Passage("2", "Plain", "plain text"), Passage("3", "T", "tab\tinside")]
     assert corpus.count(path) == 3
@@ -111,7 +112,7 @@ def test_unknown_suffix_and_missing_file(tmp_path):
         corpus.read(tmp_path / "nope.tsv")
 
 
-# --- issue 11: corpus content and damaged files -----------------------------------------------------------------
+# --- corpus content and damaged files -----------------------------------------------------------------
 
 def test_duplicate_ids_are_refused_naming_ids_and_lines(tmp_path):
     path = _tsv(tmp_path, ["1\tone\tA", "2\ttwo\tB", "1\tanother text\tC", "3\tthree\tD", "2\tagain\tE"])

@@ -97,13 +97,15 @@ def test_the_stream_cuts_the_questions_in_evaluation_order_and_injects_each_bank
 
 def test_chunks_are_trained_one_after_another_in_stream_order(study, monkeypatch):
     seen, real = [], continual.train_chunk
-    monkeypatch.setattr(continual, "train_chunk", lambda *a, **k: seen.append((a[6], [p[0] for p in a[3]])) or real(*a, **k))
+    monkeypatch.setattr(continual, "train_chunk",
+                        lambda *a, **k: seen.append((a[6], [p[0] for p in a[3]])) or real(*a, **k))
     post, _, _ = _post(study, "order")
     plan = continual.stream(study["items"], 3)
     assert seen == [(c + 1, [p[0] for p in chunk]) for c, chunk in enumerate(plan.chunks)]
     # steps: every chunk, epochs_per_chunk passes of ceil(len / batch_size) batches
     assert [r["steps"] for r in post.drift] == [0, 6, 10, 14]
-    assert [r["documents"] for r in post.drift] == [0, 5, 9, 13] and [r["questions"] for r in post.drift] == [0, 2, 4, 6]
+    assert [r["documents"] for r in post.drift] == [0, 5, 9, 13]
+    assert [r["questions"] for r in post.drift] == [0, 2, 4, 6]
 
 
 def test_cpt_lowers_the_loss_of_the_injected_passages(study):
@@ -161,8 +163,10 @@ def test_drift_figures_equal_a_hand_computation(study):
         out = []
         for t in items:
             ids = prompts.build_prompt(learner.tokenizer, t.question, None, cfg).ids
-            gen = generation.generate(merged, learner.tokenizer, [ids], max_new_tokens=learner.preset.generation.max_new_tokens,
-                                      score_ids=[prompts.answer_ids(learner.tokenizer, t.answer)], share_prefix=False)[0]
+            gen = generation.generate(merged, learner.tokenizer, [ids],
+                                      max_new_tokens=learner.preset.generation.max_new_tokens,
+                                      score_ids=[prompts.answer_ids(learner.tokenizer, t.answer)],
+                                      share_prefix=False)[0]
             out.append((metrics.score(gen.answer, list(t.answers))["em"], gen.answer_nll))
         return out
     asked = answered(general.questions)
@@ -193,7 +197,8 @@ def test_regrad_leaves_the_persistent_weights_bit_for_bit_and_cpt_answers_beside
         assert out[method]["persistent_unchanged"] is True
         assert out[method]["persistent_sha256"] == drift.fingerprint(learner)
     assert "persistent_unchanged" not in out["rag"]
-    assert out["cpt"]["cpt"] == {**{k: CFG[k] for k in continual.TRAINED_KEYS if k in CFG}, "weights": "lora", "seed": 42}
+    trained = {k: CFG[k] for k in continual.TRAINED_KEYS if k in CFG}
+    assert out["cpt"]["cpt"] == {**trained, "weights": "lora", "seed": 42}
     rows = {m: result_files.method_predictions(RUN, DATASET, m, "methods") for m in ("cpt", "cpt_rag", "rag")}
     assert [r["passage_ids"] for r in rows["cpt"]] == [[] for _ in rows["cpt"]]
     assert [r["passage_ids"] for r in rows["cpt_rag"]] == [r["passage_ids"] for r in rows["rag"]]
@@ -291,8 +296,8 @@ def test_the_questions_left_out_of_the_general_set_are_the_ones_meta_training_to
         (t.extra["dataset"], t.test_id) for t in batch) or real(learner, opt, params, batch, lr))
     summary = train.train("cpt-meta", preset, ["cpttrain"])
     assert summary["steps"] == 5 and len(taken) == 10 and len(set(taken)) < 10     # into a second epoch
-    validation = {("cpttrain", t.test_id) for t in train_data.split_tasks(train_data.load_tasks(["cpttrain"], "train_all", 2),
-                                                                          2, 42).validation}
+    tasks = train_data.load_tasks(["cpttrain"], "train_all", 2)
+    validation = {("cpttrain", t.test_id) for t in train_data.split_tasks(tasks, 2, 42).validation}
     assert drift.meta_trained("cpt-meta") == set(taken) | validation
     assert drift.training_file("cpt-meta", "cpttrain") == "train_all"
 

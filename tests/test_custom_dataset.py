@@ -59,7 +59,8 @@ def test_a_custom_dataset_runs_augment_train_encode_evaluate(run):
     assert dev[0]["titles"][0] == "Lubango"                       # BM25 found the passage of the question
     assert run["summary"]["steps"] == 2 and run["summary"]["train_datasets"] == ["myqa"]
     assert (paths.adapter_dir("custom") / "adapter_model.safetensors").is_file()
-    assert run["bank"] == paths.bank_dir(3, "custom", "myqa", "dev", "fp32") and (run["bank"] / "manifest.json").is_file()
+    assert run["bank"] == paths.bank_dir(3, "custom", "myqa", "dev", "fp32")
+    assert (run["bank"] / "manifest.json").is_file()
     assert {m: s["n"] for m, s in run["scores"].items()} == dict.fromkeys(["closed_book", "rag", "regrad",
                                                                           "no_update"], 4)
     assert {r["dataset"] for r in result_files.summary_rows("custom")} == {"myqa"}

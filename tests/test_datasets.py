@@ -226,7 +226,8 @@ def test_registered_loader_for_a_custom_format(tmp_path, monkeypatch):
                                             "datasets.register('fromplugin', lambda folder, split: [])\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "fromplugin" in datasets.import_loaders(["my_loaders"])
-    with pytest.raises(qa_records.DatasetFormatError, match="dataset 'fromplugin', split 'dev' in .* holds no questions"):
+    with pytest.raises(qa_records.DatasetFormatError,
+                       match="dataset 'fromplugin', split 'dev' in .* holds no questions"):
         datasets.load("fromplugin", tmp_path, "dev")          # it loads nothing: refused, not an empty file
 
 
@@ -281,7 +282,7 @@ def test_sample_hotpot_gold_titles():
     assert [g["qid"] for g in gold] == [r.source_id for r in recs]
 
 
-# --- issue 11: bytes that are not UTF-8, byte-order marks, a folder for a file -----------------------------------
+# --- damaged inputs: bytes that are not UTF-8, byte-order marks, a folder for a file ----------------------------------
 
 _FILES = [("2wikimultihopqa", "dev.json"), ("hotpotqa", "hotpot_dev_distractor_v1.json"), ("popqa", "popQA.tsv"),
           ("complexwebquestions", "ComplexWebQuestions_dev.json"), ("2wikimultihopqa", "id_aliases.json")]

@@ -158,7 +158,7 @@ def test_two_processes_give_alpha_no_gradient_in_the_outer_loss_false_ablation(d
     launch.run(settings("plain-solo"))
     launch.run(settings("plain-duo"), num_processes=2)
     start = Learner.create(settings("x").config).state_dict()
-    one, two = _state(paths.output_dir("plain-solo") / paths.META_STATE), _state(paths.output_dir("plain-duo") / paths.META_STATE)
+    one, two = _state(paths.meta_state_file("plain-solo")), _state(paths.meta_state_file("plain-duo"))
     alphas = [k for k in start if k.startswith("alpha.")]
     assert alphas and all(torch.equal(run[k], start[k]) for run in (one, two) for k in alphas)
     assert any(not torch.equal(two[k], start[k]) for k in two if k.startswith("phi."))

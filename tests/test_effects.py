@@ -116,7 +116,8 @@ def test_effect_table_and_verdict(tmp_path, monkeypatch):
 def test_across_seeds_mean_and_spread(tmp_path, monkeypatch):
     monkeypatch.setenv("REGRAD_WORK", str(tmp_path))
     for k, shift_nll in enumerate((1.5, 2.0, 2.5)):
-        rows = {"regrad": {"q1": (1.0, "x"), "q2": (1.0, "x")}, "shift": {"q1": (shift_nll, "y"), "q2": (shift_nll, "y")},
+        rows = {"regrad": {"q1": (1.0, "x"), "q2": (1.0, "x")},
+                "shift": {"q1": (shift_nll, "y"), "q2": (shift_nll, "y")},
                 "no_update": {"q1": (1.0, "y"), "q2": (1.0, "y")}}
         summary = SUMMARY.replace("popqa,regrad,75.0", f"popqa,regrad,{50.0 + 10 * k}")
         write_run(f"s{k}", rows, summary=summary)
@@ -258,7 +259,8 @@ def test_verdict_without_accuracy_never_calls_knowledge():
                            "probe (acc not measured; answer NLL")
     assert "beats shift on knowledge" not in text
     assert "Format only: regrad has a significantly higher exact match" in text
-    assert effects.calls(effects.EffectTable([effect("probe", 70, 10, 12, 0, 20, -1.0, 0.1, acc=False)]))[0].knowledge == 0
+    table = effects.EffectTable([effect("probe", 70, 10, 12, 0, 20, -1.0, 0.1, acc=False)])
+    assert effects.calls(table)[0].knowledge == 0
 
 
 def test_verdict_significance_level_and_holm_correction():

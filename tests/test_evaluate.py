@@ -232,7 +232,7 @@ def test_settings_and_examples(run):
 
 
 def test_an_explicit_bank_is_checked_against_the_learner(run):
-    """Issue 11: another run's bank was accepted; another LoRA layout's gave a raw RuntimeError about sizes."""
+    """Unchecked, another run's bank was accepted and another LoRA layout's gave a raw RuntimeError about sizes."""
     learner, items, own = run
     other = Learner.create(config.load_preset("tiny"), "cpu", seed=7)          # same layout, other meta weights
     foreign = reader.GradientBank.open(encode.encode("evaltest-other", DATASET, "dev", scheme="fp32", learner=other,
@@ -281,7 +281,7 @@ def test_quantised_banks_answer_like_fp32(run):
     error ``r = |ĝ - g| / |g|`` moves the answer NLL by about ``r`` times the update's own effect when the error is
     aligned with the NLL's gradient, and by less when it is not. So mean |Δ NLL to fp32| ≤ 2·r·|mean(regrad -
     no_update)| (the factor 2 for curvature: this fixture takes a deliberately large step, alpha = 0.5). Here r is
-    ≈ 0.8 % (int8) and ≈ 14 % (int4, 4.25 bits on random-model gradients). The issue's target (< 10 % of the effect)
+    ≈ 0.8 % (int8) and ≈ 14 % (int4, 4.25 bits on random-model gradients). The target (< 10 % of the effect)
     is checked on the trained demo run by bench/bank_schemes.py (measured 0.4–0.6 % for int4, BENCHMARKS.md).
     Answers are compared for int8 only: this random tiny model's 20-token greedy continuations choose between
     near-equal logits, so int4's perturbation flips some of them (as any perturbation of that size would).
@@ -321,5 +321,6 @@ def test_named_evaluation_goes_beside_the_finished_results(run):
     assert len(results.examples(RUN, DATASET, ["closed_book", "regrad"], n=2, evaluation="first4")) == 2
     rows = sweeps.sweep(RUN, DATASET, gammas=(0.0,), limit=4, learner=learner, evaluation="first4")
     assert (folder / "sweeps.csv").is_file() and rows[0]["n"] == 4
-    with pytest.raises(ValueError, match=r"evaluation = '\.\./x' is not a plain folder name \(it holds a path separator"):
+    with pytest.raises(ValueError,
+                       match=r"evaluation = '\.\./x' is not a plain folder name \(it holds a path separator"):
         evaluate.EvaluateSettings(run=RUN, datasets=[DATASET], methods=["closed_book"], evaluation="../x")

@@ -177,10 +177,10 @@ def assert_same_training(run: str, reference: str) -> None:
 
 
 # Kill points of the checkpoint swap (artifacts.atomic_dir, a save every 3 steps) and the step the resumed run
-# must continue from. The first is the reproduction (the 10th rename of a folder named `checkpoint`: the
-# old code had deleted `checkpoint/` just before it, and the next train() then deleted the whole run); the others
-# walk through the 3rd save (step 9), whose renames of `checkpoint` are the 4th (`checkpoint -> .checkpoint.old`)
-# and the 5th (`.checkpoint.new -> checkpoint`).
+# must continue from. The first reproduces the failure this guards against (the 10th rename of a folder named
+# `checkpoint`: the old code had deleted `checkpoint/` just before it, and the next train() then deleted the whole
+# run); the others walk through the 3rd save (step 9), whose renames of `checkpoint` are the 4th
+# (`checkpoint -> .checkpoint.old`) and the 5th (`.checkpoint.new -> checkpoint`).
 SWAP_KILLS = {
     "10th-rename-of-checkpoint": ({"target": "os:replace", "match": "checkpoint", "nth": 10}, 18),
     "tmp-complete-not-renamed": ({"target": "os:replace", "match": r"\.checkpoint\..*\.tmp", "nth": 3}, 6),

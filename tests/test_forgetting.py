@@ -23,7 +23,8 @@ def _predictions(run: str, dataset: str, method: str, right: int, nll: float) ->
     scores = results.score_rows(rows)
     artifacts.write_json(metrics, {**scores, "persistent_unchanged": True} if method == "regrad" else scores)
     result_files.merge_table(paths.results_dir(run) / "summary.csv", result_files.SUMMARY_FIELDS,
-                      [{"dataset": dataset, "method": method, **{k: scores[k] for k in result_files.SUMMARY_FIELDS[2:]}}],
+                      [{"dataset": dataset, "method": method,
+                        **{k: scores[k] for k in result_files.SUMMARY_FIELDS[2:]}}],
                       key=("dataset", "method"))
 
 
@@ -71,7 +72,8 @@ def test_the_verdict_calls_a_significant_loss_a_loss_and_a_gain_a_gain():
     table = drift_report.drift_table("fg-harm", ["probe"])
     changes = drift_report.general_changes(table)
     cpt = next(c for c in changes if c.kind == "cpt")
-    assert cpt.text.mean == pytest.approx(0.5 * (1 + 0.01 * (PASSAGES - 1) / 2)) and (cpt.only_a, cpt.only_b) == (0, GENERAL)
+    assert cpt.text.mean == pytest.approx(0.5 * (1 + 0.01 * (PASSAGES - 1) / 2))
+    assert (cpt.only_a, cpt.only_b) == (0, GENERAL)
     assert cpt.p == pytest.approx(2 * 0.5 ** GENERAL)
     text = drift_report.verdict(drift_report.paired("fg-harm", ["probe"]), table, changes)
     assert "probe: regrad beats cpt" in text and "regrad beats rag" in text

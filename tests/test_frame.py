@@ -1,4 +1,4 @@
-"""What each method sees and how it is scored (issue 20): every method's answer NLL scores exactly the answer and
+"""What each method sees and how it is scored: every method's answer NLL scores exactly the answer and
 the end-of-turn token the frame teaches, the same tokens as training's label; with ``prompt_passages =
 "as_gradient"`` the passages in a prompt are, token for token, the passages whose gradients the bank holds."""
 
@@ -155,8 +155,8 @@ def test_prompt_passages_whole_changes_only_the_prompts_passages(run, tiny_model
     assert all(f.startswith(s) and len(s) < len(f) for f, s in zip(full, short))
     for context in (False,):
         assert prompts.prompt_ids(tok, task.question, None, whole) == harness.prompt_of(learner, task, context).ids
-    assert task_batches.task_batch(tok, [task], whole).passages.input_ids.equal(task_batches.task_batch(tok, [task], cut)
-                                                                          .passages.input_ids)
+    cut_ids = task_batches.task_batch(tok, [task], cut).passages.input_ids
+    assert task_batches.task_batch(tok, [task], whole).passages.input_ids.equal(cut_ids)
     with pytest.raises(config.ConfigError, match="prompt_passages"):
         config.load_preset("tiny", {"learner": {"prompt_passages": "cut"}})
 

@@ -1,6 +1,6 @@
-"""Damaged, foreign or non-finite training files are refused naming the file (issue 23, items 5, 6, 9-13 and the
-minor list): checksums of training artifacts, finite weights, errors that name files, empty and ambiguous datasets,
-duplicate JSON keys, file modes, the bank's leftover manifest temporary, bounded group sizes."""
+"""Damaged, foreign or non-finite training files are refused naming the file: checksums of training artifacts,
+finite weights, errors that name files, empty and ambiguous datasets, duplicate JSON keys, file modes, the bank's
+leftover manifest temporary, bounded group sizes."""
 
 import json
 import math
@@ -66,7 +66,7 @@ def _flip(path, offset: int, mask: int) -> bytes:
     return raw
 
 
-# --- checksums (item 5) ------------------------------------------------------------------------------------------
+# --- checksums ------------------------------------------------------------------------------------------
 
 def test_a_flipped_exponent_bit_in_meta_state_is_refused_naming_the_file(run):
     """It was evaluated (no_update NLL 6.9164 -> 6.9315) and the run still counted as finished."""
@@ -167,7 +167,7 @@ def test_checksums_cover_names_dtypes_shapes_and_metadata():
     assert d == tensorfile.digest({"a": torch.arange(4.0)}, {"step": "2", tensorfile.CHECKSUM: "x"})
 
 
-# --- non-finite weights (item 6) -------------------------------------------------------------------------------
+# --- non-finite weights -------------------------------------------------------------------------------
 
 def _peft_adapter(folder, preset, fill=None):
     """A PEFT adapter of the tiny preset's layout written as peft would (no regrad checksum)."""
@@ -234,7 +234,7 @@ def test_meta_state_with_non_finite_weights_is_refused_at_load(data):
         learner.save(path)
 
 
-# --- files named in errors (items 9, 13) ---------------------------------------------------------------------------
+# --- files named in errors ---------------------------------------------------------------------------
 
 def test_a_full_disk_names_the_file(tmp_path, monkeypatch):
     def full(self, *args, **kwargs):
@@ -297,7 +297,7 @@ def test_a_custom_loader_returning_none_is_named(tmp_path):
         datasets.load("returns-none", tmp_path, "dev")
 
 
-# --- datasets, JSON, modes, bank (items 10-12 and minor) ----------------------------------------------------------
+# --- datasets, JSON, modes, bank ----------------------------------------------------------
 
 def test_an_empty_dataset_file_is_refused(tmp_path):
     (tmp_path / "dev.json").write_text("[]")
@@ -342,7 +342,8 @@ def test_training_files_follow_the_umask(data, umask):
     finally:
         os.umask(old)
     for name in (paths.META_STATE, "checkpoint/state.safetensors", "checkpoint/trainer_state.json",
-                 "adapter/adapter_model.safetensors", "adapter/adapter_config.json", paths.TRAINING_LOG, paths.TRAIN_SUMMARY):
+                 "adapter/adapter_model.safetensors", "adapter/adapter_config.json", paths.TRAINING_LOG,
+                 paths.TRAIN_SUMMARY):
         assert (folder / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     for name in ("checkpoint", "adapter"):
         assert (folder / name).stat().st_mode & 0o777 == 0o777 & ~umask, name

@@ -1,4 +1,4 @@
-"""Nothing is deleted that the user did not name (issue 23, items 1, 7 and the symlink of 13): run names cannot
+"""Nothing is deleted that the user did not name (nor followed through a link): run names cannot
 leave outputs/, and a folder regrad did not write is refused, never removed (regrad_lib.io.ownership)."""
 
 import os

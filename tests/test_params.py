@@ -1,4 +1,4 @@
-"""Typed parameters and plain names at every boundary (issue 23, items 1-3 and 8): regrad_lib.io.params, the paths
+"""Typed parameters and plain names at every boundary: regrad_lib.io.params, the paths
 it guards, the settings of 03/04/05, library calls, the runner and the launch flags."""
 
 import argparse

@@ -147,13 +147,15 @@ def test_the_position_free_order_is_the_same_for_every_member_of_a_family():
 def test_the_names_effect_on_the_updates_predictions_is_computed_as_by_hand():
     from regrad_lib.reporting import binding_report
 
-    nll = {"A": {"A": 1.0, "B": 2.0, "C": 3.0}, "B": {"A": 2.0, "B": 1.5, "C": 3.0}, "C": {"A": 2.0, "B": 2.0, "C": 2.5}}
+    nll = {"A": {"A": 1.0, "B": 2.0, "C": 3.0}, "B": {"A": 2.0, "B": 1.5, "C": 3.0},
+           "C": {"A": 2.0, "B": 2.0, "C": 2.5}}
     rows = [{"test_id": i, "family": "f", "asked": asked, "value_of": owner, "value": owner.lower(),
              "is_asked": owner == asked, "nll": v, "nll_no_update": 2.0}
             for i, (asked, by) in enumerate(nll.items()) for owner, v in by.items()]
     updated, plain = binding_report.name_effects(rows)
     # asked value − mean of the others: −1.5, −1.0, +0.5 -> mean −2/3, SE sqrt(2.1667 / 2 / 3) = 0.601
-    assert updated.asked_margin[0] == pytest.approx(-2 / 3) and updated.asked_margin[1] == pytest.approx(0.601, abs=1e-3)
+    assert updated.asked_margin[0] == pytest.approx(-2 / 3)
+    assert updated.asked_margin[1] == pytest.approx(0.601, abs=1e-3)
     # a value when its owner is asked − when another is: a −1, b −0.5, c −0.5 -> −2/3 ± sqrt(0.1667 / 2 / 3)
     assert updated.name_effect[0] == pytest.approx(-2 / 3) and updated.name_effect[1] == pytest.approx(0.1667, abs=1e-3)
     assert updated.lowest == pytest.approx(2 / 3) and updated.questions == 3

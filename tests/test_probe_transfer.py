@@ -30,7 +30,8 @@ def test_the_bundled_files_are_exactly_what_the_generator_writes(tmp_path):
 
 def test_deterministic_and_seeded(data):
     again = probe_transfer.generate()
-    assert again["dev"] == data["dev"] and [p.passage for p in again["passages"]] == [p.passage for p in data["passages"]]
+    assert again["dev"] == data["dev"]
+    assert [p.passage for p in again["passages"]] == [p.passage for p in data["passages"]]
     assert probe_transfer.generate(n_dev=12, n_validation=6, seed=1)["dev"] != data["dev"][:12]
 
 
@@ -114,8 +115,9 @@ def test_01_index_corpus_with_the_transfer_split(tmp_path, monkeypatch):
     from regrad_lib.data import indexed_corpus
 
     monkeypatch.setenv("REGRAD_WORK", str(tmp_path))
-    assert indexed_corpus.prepare("data/sample/psgs_w100.tsv", True, transfer=True).name == "psgs_w100+probe+transfer.tsv"
-    assert indexed_corpus.prepare("data/sample/psgs_w100.tsv", True, True, True).name == "psgs_w100+probe+binding+transfer.tsv"
+    sample = "data/sample/psgs_w100.tsv"
+    assert indexed_corpus.prepare(sample, True, transfer=True).name == "psgs_w100+probe+transfer.tsv"
+    assert indexed_corpus.prepare(sample, True, True, True).name == "psgs_w100+probe+binding+transfer.tsv"
     assert indexed_corpus.prepare("data/sample/psgs_w100.tsv", True).name == "psgs_w100+probe.tsv"
     with pytest.raises(ValueError, match="probe = True too"):
         indexed_corpus.prepare("data/sample/psgs_w100.tsv", False, transfer=True)

@@ -181,7 +181,7 @@ def test_bad_arguments(small):
         r.search("capital", 3)
 
 
-# --- issue 11: corpora that would build a wrong index; a full disk ---------------------------------------------
+# --- corpora that would build a wrong index; a full disk ---------------------------------------------
 
 @pytest.mark.parametrize("rows,message", [
     ([*PASSAGES, ("3", "Rome", "Rome is the capital of Italy.")], r"1 passage id\(s\) used more than once \('3' at "

@@ -1,4 +1,4 @@
-"""One writer per run (issue 23, item 4): the run lock of regrad_lib.io.runlock, and the fault test of two trainings
+"""One writer per run: the run lock of regrad_lib.io.runlock, and the fault test of two trainings
 of one run name at once (two child processes): one is refused naming the other, the survivor's run is intact
 and bit for bit a single training's."""
 
@@ -176,7 +176,8 @@ def _same_training(run: str, reference: str) -> None:
     assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in want.iterdir())
 
 
-@pytest.mark.parametrize("second_seed", [2, 1])     # other settings (the issue's seed-2 run), and the same ones
+# other settings (a second training with seed 2, as when two trainings once corrupted a run), and the same ones
+@pytest.mark.parametrize("second_seed", [2, 1])
 def test_two_trainings_of_one_run_name_at_once(tiny_model_dir, tmp_path, second_seed):
     """They corrupted the run: one died on a missing .checkpoint.old, the survivor held seed-2 weights with seed-1
     log rows (equal settings: both "finished", 66 log rows instead of 34)."""
@@ -203,4 +204,5 @@ def test_two_trainings_of_one_run_name_at_once(tiny_model_dir, tmp_path, second_
     reference = f"single-{second_seed}"
     train.train(reference, config.load_preset("tiny", {"train": {**OVERRIDES["train"], "seed": 1}}), [DATASET])
     _same_training(run, reference)
-    assert len(run_state.read_training_log(run)) == len(run_state.read_training_log(reference)) == 6 + 3   # 6 train rows, evals 0, 3, 6
+    # 6 train rows and the validations after steps 0, 3 and 6
+    assert len(run_state.read_training_log(run)) == len(run_state.read_training_log(reference)) == 6 + 3

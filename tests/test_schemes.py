@@ -47,7 +47,7 @@ def test_integer_round_trip_within_the_group_bound(name, layout):
     assert decoded.shape == x.shape and decoded.dtype == torch.float32
     absmax = _group_absmax(x, layout, scheme.group_size)
     err = (decoded - x).abs()
-    assert (err <= absmax / QMAX[scheme.kind]).all()              # the bound: absmax / qmax
+    assert (err <= absmax / QMAX[scheme.kind]).all()              # the bound every scheme must meet: absmax / qmax
     assert (err <= scheme.error_bound(absmax) * (1 + 1e-6)).all()  # ours: half a (rounded-up) step
     assert parts["scales"].dtype == torch.bfloat16 and parts["values"].shape[1] * 8 // scheme.bits == \
         scheme.padded(layout)

@@ -1,4 +1,5 @@
-"""Meta-training (regrad_lib.training.train): artifacts, log schema, learning, resume, non-finite handling, schedules."""
+"""Meta-training (regrad_lib.training.train): artifacts, log schema, learning, resume, non-finite handling,
+schedules."""
 
 import json
 import math
@@ -47,9 +48,9 @@ def _train_losses(rows):
 def test_short_run_writes_every_artifact_with_the_log_schema(data):
     summary = train.train("basic", _preset(), data)
     folder = paths.output_dir("basic")
-    for name in ("peft_config.json", "learner_config.json", "train_args.json", "generation_config.json", paths.META_STATE,
-                 paths.TRAINING_LOG, "provenance.json", paths.TRAIN_SUMMARY, "checkpoint/state.safetensors",
-                 "checkpoint/trainer_state.json"):
+    for name in ("peft_config.json", "learner_config.json", "train_args.json", "generation_config.json",
+                 paths.META_STATE, paths.TRAINING_LOG, "provenance.json", paths.TRAIN_SUMMARY,
+                 "checkpoint/state.safetensors", "checkpoint/trainer_state.json"):
         assert (folder / name).is_file(), name
     assert summary["steps"] == 3 and summary["tasks"] == 6
     assert summary["train_tasks"] == 8 and summary["validation_tasks"] == 2
@@ -88,7 +89,8 @@ def test_configure_applies_only_given_parameters():
     same = train.configure("smollm2-135m-instruct")
     assert same.to_dict() == base.to_dict()
     cfg = train.configure("tiny", blind_context=False, seed=7, max_steps=5, limit=10)
-    assert (cfg.learner.blind_context, cfg.train.seed, cfg.train.max_steps, cfg.train.max_train_tasks) == (False, 7, 5, 10)
+    chosen = (cfg.learner.blind_context, cfg.train.seed, cfg.train.max_steps, cfg.train.max_train_tasks)
+    assert chosen == (False, 7, 5, 10)
 
 
 def test_finished_run_is_kept_or_refused_never_silently_overwritten(data):
@@ -157,7 +159,8 @@ def test_keyboard_interrupt_saves_a_checkpoint_and_resumes(data, monkeypatch):
     with pytest.raises(ValueError, match=r"other settings \(train.learning_rate\)"):
         train.train("interrupted", _preset(max_steps=3, save_steps=100, eval_steps=100, learning_rate=0.5), data)
     summary = train.train("interrupted", preset, data)
-    assert summary["steps"] == 3 and [r["step"] for r in run_state.read_training_log("interrupted") if r["kind"] == "train"] == [1, 2, 3]
+    assert summary["steps"] == 3
+    assert [r["step"] for r in run_state.read_training_log("interrupted") if r["kind"] == "train"] == [1, 2, 3]
 
 
 def _poison(monkeypatch, bad_steps, where="loss"):
@@ -297,9 +300,10 @@ def test_validation_slice_is_seeded_and_disjoint(data):
 def test_best_checkpoint_rule():
     row = lambda f1, loss: {"eval_f1": f1, "eval_loss": loss}       # noqa: E731
     assert run_folder.is_better(row(50.0, 2.0), None, "f1")
-    assert run_folder.is_better(row(60.0, 3.0), row(50.0, 2.0), "f1") and not run_folder.is_better(row(40.0, 1.0), row(50.0, 2.0), "f1")
-    assert run_folder.is_better(row(50.0, 1.0), row(50.0, 2.0), "f1") and not run_folder.is_better(row(50.0, 2.0), row(50.0, 2.0), "f1")
-    assert run_folder.is_better(row(10.0, 1.0), row(90.0, 2.0), "loss") and not run_folder.is_better(row(90.0, 3.0), row(10.0, 2.0), "loss")
+    better = run_folder.is_better
+    assert better(row(60.0, 3.0), row(50.0, 2.0), "f1") and not better(row(40.0, 1.0), row(50.0, 2.0), "f1")
+    assert better(row(50.0, 1.0), row(50.0, 2.0), "f1") and not better(row(50.0, 2.0), row(50.0, 2.0), "f1")
+    assert better(row(10.0, 1.0), row(90.0, 2.0), "loss") and not better(row(90.0, 3.0), row(10.0, 2.0), "loss")
     assert run_folder.is_better(row(None, 1.0), row(None, 2.0), "f1")           # no F1: the loss decides
 
 

@@ -88,7 +88,8 @@ def test_verdict_names_where_regrad_is_below_rag_and_the_targets(run):
 def test_verdict_reads_regrad_icl_against_rag(run):
     """regrad_icl's out-of-template target (≥ rag), with McNemar on the questions one of the two answers."""
     name, root = run
-    assert "regrad_icl" not in transfer_report.verdict(transfer_report.transfer_table(name, ["probe", "probe_transfer"], root))
+    table = transfer_report.transfer_table(name, ["probe", "probe_transfer"], root)
+    assert "regrad_icl" not in transfer_report.verdict(table)
     icl = {"probe": [("Paris", 0.1), ("golf", 0.1)],
            "probe_transfer": [("Zoterua Bek", 0.1), ("Dutch", 0.1), ("Velira", 0.1)]}
     for dataset, rows in icl.items():

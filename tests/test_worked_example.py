@@ -1,6 +1,6 @@
 """The worked example of ``prompt_style = "example"`` shares no question template, no passage template and no
 answer value with the probe generator or the bundled datasets: a method must never be taught, by the frame, a value
-it is later asked for, nor be shown the very template it is tested on (issue 20). Checked against the probe's own
+it is later asked for, nor be shown the very template it is tested on. Checked against the probe's own
 templates and value lists (so a future probe template or value that collides fails here) and against every question
 and answer alias of the bundled datasets."""
 

@@ -1,4 +1,4 @@
-"""Planted bugs must fail a test (issue 20, item 7): each mutation is applied to a temporary copy of the checkout,
+"""Planted bugs must fail a test: each mutation is applied to a temporary copy of the checkout,
 its test files run there, and the copy is thrown away. Prints one line per mutation: caught (a test failed,
 naming the first) or MISSED; exits 1 if any was missed. Each test command first runs on the unmutated copy and must
 pass (exit 2 otherwise).

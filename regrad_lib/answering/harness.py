@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
@@ -83,14 +83,15 @@ def _row(task: task_batches.Task, gen: generation.Generation, passage_ids: list[
     when none can be found: :func:`metrics.extract`), ``generated`` the raw new text."""
     row = {"test_id": task.test_id, "question": task.question, "answers": list(task.answers),
            "prediction": metrics.extract(task.kind, gen.answer, task.choices), "generated": gen.text,
-           "passage_ids": passage_ids, "answer_nll": gen.answer_nll, "min_margin": gen.min_margin, "truncated_passages": truncated}
+           "passage_ids": passage_ids, "answer_nll": gen.answer_nll, "min_margin": gen.min_margin,
+           "truncated_passages": truncated}
     if task.kind != "short":
         row.update(answer_kind=task.kind, choices=list(task.choices))
     return row
 
 
-def run_method(method: str, learner: Learner, items: Sequence[task_batches.Task], *, bank=None, gamma: float | None = None,
-               topk: int = 3, batch_size: int | None = None) -> list[dict]:
+def run_method(method: str, learner: Learner, items: Sequence[task_batches.Task], *, bank=None,
+               gamma: float | None = None, topk: int = 3, batch_size: int | None = None) -> list[dict]:
     """Answer every task with ``method``; one prediction row per task, in the input order.
 
     Rows: test_id, question, answers (gold), prediction, generated (raw new text), passage_ids (the passages

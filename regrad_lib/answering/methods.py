@@ -3,8 +3,8 @@ and what each uses is :mod:`regrad_lib.answering.specs`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -13,8 +13,8 @@ from regrad_lib.core import adapters, generation, regrad, task_batches
 from regrad_lib.core.learner import Learner
 
 
-def method_weights(spec: MethodSpec, learner: Learner, batch: Sequence[task_batches.Task], pids: Sequence[Sequence[str]],
-                   bank, gamma: float) -> dict[str, torch.Tensor] | None:
+def method_weights(spec: MethodSpec, learner: Learner, batch: Sequence[task_batches.Task],
+                   pids: Sequence[Sequence[str]], bank, gamma: float) -> dict[str, torch.Tensor] | None:
     """The LoRA weights of a batch: None (base model), the learner's ``phi`` (shared) or per-row ``phi'_q``
     (equation 2).
 
@@ -41,8 +41,8 @@ def require_bank(bank):
     from regrad_lib.bank.reader import GradientBank
 
     if not isinstance(bank, GradientBank):
-        raise TypeError(f"bank= must be a regrad_lib.bank.reader.GradientBank (bank.open_bank(topk, run, dataset, split, "
-                        f"scheme, learner=learner)), not {type(bank).__name__}")
+        raise TypeError(f"bank= must be a regrad_lib.bank.reader.GradientBank (reader.open_bank(topk, run, dataset, "
+                        f"split, scheme, learner=learner)), not {type(bank).__name__}")
     return bank
 
 
@@ -65,7 +65,8 @@ def checked_bank(bank, learner: Learner):
     return bank
 
 
-def question_weights(learner: Learner, task: task_batches.Task, *, bank=None, gamma: float = 1.0) -> dict[str, torch.Tensor]:
+def question_weights(learner: Learner, task: task_batches.Task, *, bank=None,
+                     gamma: float = 1.0) -> dict[str, torch.Tensor]:
     """One question's ``phi'_q`` (equation 2, 2-D tensors): its passages' gradients from ``bank``, or online."""
     spec = SPECS["regrad" if bank is not None else "regrad_online"]
     if bank is not None:

@@ -33,8 +33,9 @@ properties, never its method name.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 WeightsKind = Literal["base", "meta", "cpt", "sft", "rag_sft"]
 Update = Literal["none", "bank", "online"]

@@ -16,9 +16,9 @@ import contextlib
 import logging
 import re
 import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm

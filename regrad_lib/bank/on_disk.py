@@ -28,8 +28,8 @@ import json
 import math
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -98,7 +98,7 @@ class GradientBank:
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, layout_hash: str | None = None, meta_hash: str | None = None,
-             model: str | None = None, learner=None, scheme: str | None = None) -> "GradientBank":
+             model: str | None = None, learner=None, scheme: str | None = None) -> GradientBank:
         """Open a bank and check it (see the module docstring); refuse it when its layout, meta weights, model or
         scheme differ from those asked for (``learner`` supplies the first three)."""
         path = paths.resolve(path)
@@ -120,7 +120,7 @@ class GradientBank:
         return bank
 
     def check(self, learner=None, *, layout_hash: str | None = None, meta_hash: str | None = None,
-              model: str | None = None, scheme: str | None = None) -> "GradientBank":
+              model: str | None = None, scheme: str | None = None) -> GradientBank:
         """Raise :class:`BankMismatchError` unless the bank matches ``learner`` (model, LoRA layout, meta weights)
         and the given hashes / model / scheme; returns the bank."""
         if learner is not None:
@@ -308,7 +308,7 @@ class GradientBank:
         self._shards.clear()
         self._decoders.clear()
 
-    def __enter__(self) -> "GradientBank":
+    def __enter__(self) -> GradientBank:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -131,7 +131,7 @@ class Scheme:
         return {VALUES: _pack(codes.to(torch.int8).view(n, -1), self.bits), SCALES: scale}, ok
 
     # --- decoding (on the target device) -------------------------------------------------------------------
-    def decoder(self, layout: Layout, device: torch.device | str) -> "Decoder":
+    def decoder(self, layout: Layout, device: torch.device | str) -> Decoder:
         return Decoder(self, layout, torch.device(device))
 
     def decode(self, parts: dict[str, torch.Tensor], layout: Layout) -> torch.Tensor:

@@ -17,9 +17,9 @@ import re
 import shutil
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -65,7 +65,7 @@ class BankWriter:
     @classmethod
     def open(cls, path: str | os.PathLike, head: dict, *, overwrite: bool = False,
              shard_bytes: int = DEFAULT_SHARD_BYTES, config: dict | None = None, background: bool = True,
-             prefix: str = "shard") -> "BankWriter":
+             prefix: str = "shard") -> BankWriter:
         """Start a bank at ``path`` or resume the one there (its identity, scheme included, must equal ``head``)."""
         from regrad_lib.bank.reader import GradientBank
 
@@ -232,7 +232,7 @@ class BankWriter:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
-    def __enter__(self) -> "BankWriter":
+    def __enter__(self) -> BankWriter:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:

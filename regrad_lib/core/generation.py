@@ -20,8 +20,8 @@ import contextlib
 import dataclasses
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn

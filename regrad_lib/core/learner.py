@@ -59,7 +59,7 @@ class Learner:
 
     @classmethod
     def create(cls, preset: config.Preset, device: str = "cpu", seed: int | None = None,
-               warm_start: bool = True) -> "Learner":
+               warm_start: bool = True) -> Learner:
         """A fresh learner; ``phi`` from the PEFT adapter ``learner.init_adapter`` when set (and ``warm_start``)."""
         device = distributed.local_device(device)     # cuda -> cuda:<local rank> in a job of several processes
         model, tokenizer = modeling.load(preset.learner.model_name_or_path, device=device,
@@ -73,7 +73,7 @@ class Learner:
         return cls(model, tokenizer, preset, phi, alpha, torch.device(device))
 
     @classmethod
-    def from_run(cls, run: str, device: str = "cpu", allow_unfinished: bool = False) -> "Learner":
+    def from_run(cls, run: str, device: str = "cpu", allow_unfinished: bool = False) -> Learner:
         """The trained learner of ``outputs/<run>/`` (its four configs and ``meta_state.safetensors``).
 
         An unfinished run raises :class:`UnfinishedRunError` unless ``allow_unfinished=True``.

@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -55,7 +55,8 @@ class LoRALinear(nn.Module):
         return y + (delta * self.scaling).to(y.dtype)
 
 
-def initial_pair(in_features: int, out_features: int, r: int, init: bool | str = True) -> tuple[torch.Tensor, torch.Tensor]:
+def initial_pair(in_features: int, out_features: int, r: int,
+                 init: bool | str = True) -> tuple[torch.Tensor, torch.Tensor]:
     """A fresh (A, B) in fp32, drawn from torch's global generator. peft's ``init_lora_weights``: True = A as
     nn.Linear (kaiming), B = 0; "gaussian" = A ~ N(0, 1/r), B = 0; False = both as nn.Linear (not a no-op)."""
     a = torch.empty(r, in_features, dtype=torch.float32)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from regrad_lib.core import tiny_model
 from regrad_lib.io import artifacts, paths

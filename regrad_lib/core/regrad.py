@@ -11,8 +11,8 @@ forward/backward; with one group per passage it gives per-passage gradients (the
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ class TokenBatch:
     attention_mask: torch.Tensor
     labels: torch.Tensor
 
-    def to(self, device) -> "TokenBatch":
+    def to(self, device) -> TokenBatch:
         return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
 
     def __len__(self) -> int:
@@ -191,7 +191,7 @@ class TaskBatch:
     qa: TokenBatch
     truncated_prompts: int = 0
 
-    def to(self, device) -> "TaskBatch":
+    def to(self, device) -> TaskBatch:
         return TaskBatch(self.passages.to(device), self.task_of_passage.to(device), self.qa.to(device),
                          self.truncated_prompts)
 

@@ -1,8 +1,8 @@
 """Weight drift and forgetting, measured on a model's persistent weights (the cpt baseline against ReGrad).
 
 The *persistent* weights are what stays in the model between questions, a :class:`~regrad_lib.core.learner.Learner`'s
-``model`` and ``phi``: the base model (``phi`` zero), the meta-trained run (ReGrad answers every question from it
-and reverts each update), or what continual post-training left (:mod:`regrad_lib.cpt.continual`). Measured after every chunk
+``model`` and ``phi``: the base model (``phi`` zero), the meta-trained run (ReGrad answers every question from it and
+reverts each update), or what continual post-training left (:mod:`regrad_lib.cpt.continual`). Measured after every chunk
 of a CPT stream and once for the base and the meta-trained weights (method.md, "Drift and forgetting"):
 
 (a) general text: the mean over a fixed slice of held-out corpus passages of each passage's mean token NLL, each
@@ -27,8 +27,8 @@ import dataclasses
 import hashlib
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import torch
 
@@ -66,7 +66,7 @@ class GeneralSet:
                 "questions": [{**t.extra, "question": t.question, "answers": list(t.answers)} for t in self.questions]}
 
     @classmethod
-    def from_json(cls, data: dict) -> "GeneralSet":
+    def from_json(cls, data: dict) -> GeneralSet:
         questions = [task_batches.Task(i, q["question"], tuple(q["answers"]), extra={k: v for k, v in q.items()
                                                                            if k not in ("question", "answers")})
                      for i, q in enumerate(data["questions"])]

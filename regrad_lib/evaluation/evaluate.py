@@ -3,25 +3,25 @@
 The pieces, one module each (docs/design.md, "Layers"): :mod:`regrad_lib.answering.methods` (what each method is and the
 LoRA weights it answers with), :mod:`regrad_lib.answering.harness` (prompts, batched decoding, answer NLL: the same for
 every method), :mod:`regrad_lib.evaluation.results` (result files, what a re-run keeps, summary.csv) and
-:mod:`regrad_lib.evaluation.sweeps` (the gamma sweep). This module runs them over datasets for the notebook: every method
-on every dataset (resuming method by method), then the sweep.
+:mod:`regrad_lib.evaluation.sweeps` (the gamma sweep). This module runs them over datasets for the notebook: every
+method on every dataset (resuming method by method), then the sweep.
 
 Outputs (all atomic, results of a finished method are kept unless ``overwrite``): ``results/<run>/<dataset>/
 <method>.predictions.jsonl`` and ``<method>.metrics.json``, ``results/<run>/summary.csv`` and ``sweeps.csv``.
 
 With ``cpt`` or ``cpt_rag`` among the methods (the drift study): continual post-training on each dataset's documents
-(:mod:`regrad_lib.cpt.continual`, drift measured after every chunk, ``results/<run>/<dataset>/cpt/``) on the general set of
-:mod:`regrad_lib.cpt.drift` (``results/<run>/drift/``), and every method that updates the weights per question (regrad,
-regrad_icl, regrad_online, shift) is checked to leave the persistent weights bit for bit as they were (sha256 of
-every tensor before and after its whole evaluation; ``persistent_unchanged`` in its ``metrics.json``).
+(:mod:`regrad_lib.cpt.continual`, drift measured after every chunk, ``results/<run>/<dataset>/cpt/``) on the general set
+of :mod:`regrad_lib.cpt.drift` (``results/<run>/drift/``), and every method that updates the weights per question
+(regrad, regrad_icl, regrad_online, shift) is checked to leave the persistent weights bit for bit as they were (sha256
+of every tensor before and after its whole evaluation; ``persistent_unchanged`` in its ``metrics.json``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from regrad_lib import config
 from regrad_lib.answering.harness import run_method
@@ -262,7 +262,7 @@ class EvaluateSettings:
                                  f"(e.g. {absent[:3]}): run 04_encode with topk={max(topk, served_by)} and mixed="
                                  f"{max([self.mixed, *self.mixed_sweep])} first")
 
-    def replace(self, **changes) -> "EvaluateSettings":
+    def replace(self, **changes) -> EvaluateSettings:
         """A copy with some parameters changed, validated again (nothing is loaded)."""
         return dataclasses.replace(self, **changes)
 

@@ -10,9 +10,9 @@ the evaluation harness (:func:`regrad_lib.answering.harness.run_method`): same p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -70,10 +70,10 @@ class Skipped:
     """No question to explore: each of the notebook's exploration cells shows this note instead."""
     reason: str = "question = None: the exploration is skipped"
 
-    def figure(self) -> "Skipped":
+    def figure(self) -> Skipped:
         return self
 
-    def export(self, folder: str | Path, run: str | None = None) -> "Skipped":
+    def export(self, folder: str | Path, run: str | None = None) -> Skipped:
         return self
 
     def _repr_markdown_(self) -> str:
@@ -90,7 +90,8 @@ def token_probabilities(learner: Learner, question: str, answer: str,
     each of ``weights`` (question-only prompt), all weight sets in one batched forward."""
     tok = learner.tokenizer
     scored = task_batches.Task(0, question, (answer,))
-    batch = task_batches.qa_batch(tok, [scored] * len(weights), learner.preset.learner, with_context=False).to(learner.device)
+    batch = task_batches.qa_batch(tok, [scored] * len(weights), learner.preset.learner, with_context=False)
+    batch = batch.to(learner.device)
     rows = {n: torch.stack([w[n] for w in weights]) for n in weights[0]}
     with torch.no_grad(), learner.autocast(), lora.use(learner.model, rows):
         logits = learner.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]

@@ -9,7 +9,7 @@ frontier (:mod:`regrad_lib.reporting.frontier_report`). Opt-in: the default pipe
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from regrad_lib.answering import harness
 from regrad_lib.bank import schemes

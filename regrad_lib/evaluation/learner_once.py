@@ -3,7 +3,7 @@ loaded), its default gamma and whether its training had finished (recorded besid
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from regrad_lib import config
 from regrad_lib.core.learner import Learner

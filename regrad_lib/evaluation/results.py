@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from regrad_lib.answering.specs import SPECS, check_methods
 from regrad_lib.bank import schemes

@@ -11,7 +11,7 @@ exactly ``no_update``).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from regrad_lib import config
 from regrad_lib.answering.harness import run_method
@@ -82,7 +82,8 @@ def sweep(run: str, dataset: str, *, gammas: Sequence[float] = (0.0, 0.5, 1.0, 2
     if new:
         distributed.on_main(merge_table, file, SWEEP_FIELDS, new, key=KEY)
     wanted = {(float(g), k, m) for g in gammas for k, m in grid}
-    return distributed.on_main(lambda: [r for r in read_table(file, SWEEP_FIELDS) if r["dataset"] == dataset and r["method"] == method
+    return distributed.on_main(lambda: [r for r in read_table(file, SWEEP_FIELDS)
+                                        if r["dataset"] == dataset and r["method"] == method
                                         and (r["gamma"], r["topk"], r["mixed"]) in wanted
                                         and (r.get("scheme") or "") == stored_as]
                                if file.exists() else [])

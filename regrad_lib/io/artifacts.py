@@ -12,8 +12,9 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from regrad_lib.io import paths
 
@@ -154,7 +155,7 @@ def follow_umask(folder: str | os.PathLike) -> None:
     """Give ``folder`` and everything in it the modes a plain ``mkdir``/``open`` would (0777/0666 less the umask):
     some writers (mkdtemp, safetensors' ``save_file``) create private 0700/0600 entries."""
     mask = current_umask()
-    for root, dirs, files in os.walk(folder):
+    for root, _dirs, files in os.walk(folder):
         os.chmod(root, 0o777 & ~mask)
         for name in files:
             path = os.path.join(root, name)

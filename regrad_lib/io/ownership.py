@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from regrad_lib.io import artifacts, paths
 

@@ -25,8 +25,9 @@ import json
 import re
 import types
 import typing
+from collections.abc import Callable
 from collections.abc import Sequence as AbcSequence
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 MAX_NAME_BYTES = 255          # a file name's limit on common filesystems
 

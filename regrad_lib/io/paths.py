@@ -234,7 +234,8 @@ def metrics_file(run: str, dataset: str, method: str, evaluation: str | None = N
 
 
 def scheme_predictions_file(run: str, dataset: str, scheme: str, evaluation: str | None = None) -> Path:
-    """regrad's answers on one storage scheme's bank ``results/<run>/<dataset>/schemes/regrad.<scheme>.predictions.jsonl``."""
+    """regrad's answers on one storage scheme's bank:
+    ``results/<run>/<dataset>/schemes/regrad.<scheme>.predictions.jsonl``."""
     return results_dir(run, evaluation) / dataset / "schemes" / f"regrad.{scheme}.predictions.jsonl"
 
 

@@ -28,8 +28,9 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from regrad_lib.io import artifacts, distributed, paths
 

@@ -20,8 +20,8 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open

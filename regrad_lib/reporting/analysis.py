@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 from regrad_lib.answering.specs import METHODS, ordered
 from regrad_lib.io import params, paths, result_files
@@ -214,7 +215,8 @@ class BankSize:
 
 
 def bank_size(topk: int, run: str, dataset: str, split: str, scheme: str) -> BankSize:
-    """Size facts of the bank ``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>`` (via :mod:`regrad_lib.bank.reader`)."""
+    """Size facts of the bank ``offline/<topk>/<run>/<dataset>/<split>_all/<scheme>`` (read by
+    :mod:`regrad_lib.bank.reader`)."""
     from regrad_lib.bank import reader
 
     with reader.open_bank(topk, run, dataset, split, scheme) as b:

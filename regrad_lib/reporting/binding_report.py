@@ -10,8 +10,8 @@ own value is *bound*.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from regrad_lib.answering.specs import METHODS
 from regrad_lib.data import metrics

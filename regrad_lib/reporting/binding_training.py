@@ -8,7 +8,7 @@ The target: regrad's asked-person share at least twice its distractor share on t
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from regrad_lib.data import probe_binding
 from regrad_lib.io import paths

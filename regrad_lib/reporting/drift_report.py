@@ -9,15 +9,15 @@ its measures at the base and the meta-trained weights (``results/<run>/drift/gen
   EM and answer NLL, ‖Δθ‖/‖θ‖ of the persistent change over the stream and from the base model;
 - :func:`general_changes`: paired changes of general ability between two sets of persistent weights (per held-out
   passage: NLL difference ± SE; per general question: McNemar on the ones only one answers);
-- :func:`verdict`: one paragraph from the paired comparisons (:mod:`regrad_lib.reporting.effects`) and the drift numbers,
-  direction-aware: a significant loss reads as a loss.
+- :func:`verdict`: one paragraph from the paired comparisons (:mod:`regrad_lib.reporting.effects`) and the drift
+  numbers, direction-aware: a significant loss reads as a loss.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from regrad_lib.io import paths, result_files
 from regrad_lib.reporting.analysis import MarkdownTable, Missing, read_summary
@@ -133,7 +133,8 @@ def drift_table(run: str, datasets: Sequence[str], evaluation: str | None = None
 
 
 def paired(run: str, datasets: Sequence[str], evaluation: str | None = None) -> EffectTable | Missing:
-    """The paired effects (:mod:`regrad_lib.reporting.effects`) of :data:`PAIRS` wherever both methods were evaluated."""
+    """The paired effects (:mod:`regrad_lib.reporting.effects`) of :data:`PAIRS` wherever both methods were
+    evaluated."""
     out = [Effect(paired_nll_differences(run, d, a, b, evaluation), paired_em(run, d, a, b, evaluation))
            for d in datasets for a, b in PAIRS
            if all(paths.predictions_file(run, d, m, evaluation).is_file() for m in (a, b))]
@@ -205,8 +206,8 @@ def _compare(e) -> tuple[int, str]:
     em_sig, nll_clear = e.em.p < ALPHA, math.isfinite(e.nll.z) and abs(e.nll.z) > CLEAR_SE
     em_dir = (1 if e.em.difference > 0 else -1) if em_sig and e.em.difference else 0
     nll_dir = (1 if e.nll.mean < 0 else -1) if nll_clear else 0
-    numbers = (f"EM {e.em.em_a:.1f} vs {e.em.em_b:.1f} (McNemar p = {format_p(e.em.p)}), answer NLL {e.nll.mean:+.3g} ± "
-               f"{e.nll.se:.2g} nats (lower on {e.nll.n_lower}/{e.nll.n})")
+    numbers = (f"EM {e.em.em_a:.1f} vs {e.em.em_b:.1f} (McNemar p = {format_p(e.em.p)}), "
+               f"answer NLL {e.nll.mean:+.3g} ± {e.nll.se:.2g} nats (lower on {e.nll.n_lower}/{e.nll.n})")
     if em_dir and nll_dir and em_dir != nll_dir:
         return 0, numbers + ": EM and answer NLL disagree"
     return (em_dir or nll_dir), numbers
@@ -238,11 +239,12 @@ def verdict(paired: EffectTable | Missing, table: DriftTable | Missing,
         regrad = table.rows_of(dataset, "regrad") or table.rows_of(dataset, "regrad_icl")
         if regrad:
             checked = regrad[0].persistent.startswith("unchanged")
-            parts.append(f"ReGrad's persistent weights {'were verified unchanged, bit for bit,' if checked else 'were not checked'}"
+            verified = "were verified unchanged, bit for bit," if checked else "were not checked"
+            meta = (f"; general ability {_general_direction(by_kind['meta'])} ({describe_change(by_kind['meta'])})"
+                    if "meta" in by_kind else "")
+            parts.append(f"ReGrad's persistent weights {verified}"
                          " after its whole evaluation: nothing accumulates over the stream. Meta-training moved them "
-                         f"from the base model by ‖Δθ‖/‖θ‖ = {regrad[0].from_base_rel:.3g}"
-                         + (f"; general ability {_general_direction(by_kind['meta'])} ({describe_change(by_kind['meta'])})"
-                            if "meta" in by_kind else "") + ".")
+                         f"from the base model by ‖Δθ‖/‖θ‖ = {regrad[0].from_base_rel:.3g}" + meta + ".")
             if "versus" in by_kind:
                 parts.append(f"After the stream, CPT's weights against ReGrad's: general ability "
                              f"{_general_direction(by_kind['versus'], 'lower', 'higher')} "

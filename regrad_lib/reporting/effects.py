@@ -18,8 +18,8 @@ method's EM/F1 and of each paired NLL difference.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from regrad_lib.data import metrics
 from regrad_lib.io import paths
@@ -449,8 +449,9 @@ class SeedTable(MarkdownTable):
                 for d, s in self.spreads]
 
 
-def across_seeds(runs: Sequence[str], datasets: Sequence[str], methods: Sequence[str] = ("regrad", "shift", "no_update"),
-                 pairs: Sequence[tuple[str, str]] = PAIRS, evaluation: str | None = None) -> SeedTable | Missing:
+def across_seeds(runs: Sequence[str], datasets: Sequence[str],
+                 methods: Sequence[str] = ("regrad", "shift", "no_update"), pairs: Sequence[tuple[str, str]] = PAIRS,
+                 evaluation: str | None = None) -> SeedTable | Missing:
     """EM and F1 of ``methods`` and the paired NLL differences of ``pairs``, across ``runs`` (one per seed;
     ``evaluation``: the same named evaluation of each)."""
     if len(runs) < 2:

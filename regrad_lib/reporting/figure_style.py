@@ -9,8 +9,9 @@ import io
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import matplotlib
 from matplotlib.figure import Figure

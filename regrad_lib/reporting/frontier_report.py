@@ -8,8 +8,8 @@ regrad − no_update effect. Reads files only: no model, no torch.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from regrad_lib.io import paths, result_files
 from regrad_lib.reporting import effects

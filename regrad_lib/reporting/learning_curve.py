@@ -13,8 +13,8 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 from regrad_lib.data import metrics
 from regrad_lib.io import artifacts, paths, result_files
@@ -145,7 +145,8 @@ def fit(points: Sequence[tuple[float, float, float]]) -> tuple[float, float, flo
     if len(points) < 3 or any(not (se > 0) for _, _, se in points):
         return None
     w = [1 / se ** 2 for _, _, se in points]
-    sw, sx, sy = sum(w), sum(wi * x for wi, (x, _, _) in zip(w, points)), sum(wi * y for wi, (_, y, _) in zip(w, points))
+    sw = sum(w)
+    sx, sy = sum(wi * x for wi, (x, _, _) in zip(w, points)), sum(wi * y for wi, (_, y, _) in zip(w, points))
     sxx = sum(wi * x * x for wi, (x, _, _) in zip(w, points))
     sxy = sum(wi * x * y for wi, (x, y, _) in zip(w, points))
     det = sw * sxx - sx * sx
@@ -174,7 +175,8 @@ def trend(gaps: Sequence[Gap]) -> Trend | None:
 
 
 def _points(run: str) -> list[tuple[str, int, int]]:
-    """(point run, step, tasks) of every kept step of ``run`` made into a run (:mod:`regrad_lib.training.kept_steps`)."""
+    """(point run, step, tasks) of every kept step of ``run`` made into a run
+    (:mod:`regrad_lib.training.kept_steps`)."""
     root = paths.output_dir(run).parent
     out = []
     for folder in sorted(root.glob(f"{run}-[0-9][0-9][0-9]*")):

@@ -1,13 +1,13 @@
-"""Figures for the notebooks: each function takes tidy data and returns a matplotlib Figure (house style and saving:
-:mod:`regrad_lib.reporting.figure_style`). This module holds the results figures (scores, sweeps, paired effects, answer
-tokens); meta-training's are :mod:`regrad_lib.reporting.training_plots`, the bank's :mod:`regrad_lib.reporting.bank_plots`, and all
-are reachable from here, the one namespace the notebooks use (``plots.<figure>``).
+"""The results figures of 05 and 06 (scores, sweeps, paired effects, answer tokens): each function takes tidy data and
+returns a matplotlib Figure. House style and saving (``save_figure``, ``publish``) are
+:mod:`regrad_lib.reporting.figure_style`; meta-training's figures :mod:`regrad_lib.reporting.training_plots`, the
+bank's :mod:`regrad_lib.reporting.bank_plots`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from matplotlib.figure import Figure
 

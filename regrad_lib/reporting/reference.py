@@ -29,8 +29,8 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from regrad_lib.data import metrics
 from regrad_lib.io import artifacts, paths, result_files
@@ -47,6 +47,8 @@ from regrad_lib.reporting.reference_tables import (
 )
 
 log = logging.getLogger(__name__)
+
+COMMAND = "python -m regrad_lib.reporting.reference"
 
 # --- collecting a run's figures --------------------------------------------------------------------------------
 
@@ -215,7 +217,7 @@ def save(results: Results, folder: str | Path = DEFAULT_FOLDER, command: str | N
 def main(argv: list[str] | None = None) -> int:
     from regrad_lib.reporting import reference_compare, reference_render
 
-    parser = argparse.ArgumentParser(prog="python -m regrad_lib.reporting.reference", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["save", "render", "check", "compare"])
     parser.add_argument("--run", help="the run (save, compare), e.g. demo")
     parser.add_argument("--seed-runs", default="", help="runs of the same setting with other seeds, a,b")
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.action} needs --run")
     if args.action == "save":
         folder = save(collect(args.run, seed_runs, args.data_root, evaluation=args.evaluation), args.reference,
-                      command="python -m regrad_lib.reporting.reference " + " ".join(argv if argv is not None else sys.argv[1:]))
+                      command=f"{COMMAND} " + " ".join(argv if argv is not None else sys.argv[1:]))
         print(f"wrote {paths.relative(folder)}")
         return 0
     if args.action in ("render", "check"):
@@ -244,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         stale = reference_render.stale_blocks(text, rendered)
         print(f"{paths.relative(readme)}: " + (f"blocks out of sync with {args.reference}: {', '.join(stale)}; "
-                                               "run python -m regrad_lib.reporting.reference render" if stale else "in sync"))
+                                               f"run {COMMAND} render" if stale else "in sync"))
         return 1 if stale else 0
     report = reference_compare.compare(load(args.reference), collect(args.run, seed_runs, args.data_root,
                                                                      evaluation=args.evaluation))

@@ -1,12 +1,13 @@
-"""README's demo tables, rendered from a reference folder (:mod:`regrad_lib.reporting.reference`) between marker comments:
+"""README's demo tables, rendered from a reference folder (:mod:`regrad_lib.reporting.reference`) between marker
+comments:
 
     <!-- reference:probe -->  ...  <!-- /reference:probe -->
 
-``python -m regrad_lib.reporting.reference render`` rewrites every marked block; ``check`` (and the test suite) fails when
-a block differs from its rendering, so no figure of these tables is typed by hand. Blocks: ``probe`` (the probe's
-methods, paired effects, EM per relation, gamma sweep), ``datasets`` (every dataset's paired effects and EM,
-then 06_analyze's verdict), ``seeds`` (mean ± SD across seeds and each seed's effect), ``source`` (what the
-reference is). Methods, datasets and pairs are whatever the reference holds.
+``python -m regrad_lib.reporting.reference render`` rewrites every marked block; ``check`` (and the test suite) fails
+when a block differs from its rendering, so no figure of these tables is typed by hand. Blocks: ``probe`` (the probe's
+methods, paired effects, EM per relation, gamma sweep), ``datasets`` (every dataset's paired effects and EM, then
+06_analyze's verdict), ``seeds`` (mean ± SD across seeds and each seed's effect), ``source`` (what the reference is).
+Methods, datasets and pairs are whatever the reference holds.
 """
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ def _effect_cell(row: dict | None) -> str:
     text = f"{_signed(e.nll.mean)} ± {e.nll.se:.2f} ({e.nll.n_lower}/{e.nll.n})"
     clear = e.nll.mean < 0 and abs(e.nll.z) > effects.CLEAR_SE
     acc = "" if e.acc is None else f"; acc {_signed(e.acc.difference, 1)}, p = {effects.format_p(e.acc.p)}"
-    return (f"**{text}**" if clear else text) + acc + f"; EM {_signed(e.em.difference, 1)}, p = {effects.format_p(e.em.p)}"
+    em = f"; EM {_signed(e.em.difference, 1)}, p = {effects.format_p(e.em.p)}"
+    return (f"**{text}**" if clear else text) + acc + em
 
 
 def datasets_block(results: Results) -> str:

@@ -1,5 +1,5 @@
-"""The tables of a reference (:mod:`regrad_lib.reporting.reference`): the :class:`Results` they hold, their names and how a
-CSV cell is read back; shared by saving, rendering and comparing."""
+"""The tables of a reference (:mod:`regrad_lib.reporting.reference`): the :class:`Results` they hold, their names and
+how a CSV cell is read back; shared by saving, rendering and comparing."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from matplotlib.figure import Figure
 

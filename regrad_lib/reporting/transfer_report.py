@@ -9,7 +9,7 @@ Groups of questions (from the datasets' own record fields, matched to prediction
   (:mod:`regrad_lib.data.probe_transfer`): relations, question templates and passage styles never meta-trained.
 
 :func:`transfer_table` gives each group's EM per method and regrad − shift answer NLL; :func:`verdict` says from
-these numbers where regrad is below rag and whether the issue's targets are reached (regrad_icl against rag too);
+these numbers where regrad is below rag and whether the transfer targets are reached (regrad_icl against rag too);
 :func:`echo_table` counts how often an answer is the asked person's own name (or a piece of it) or a truncated piece
 of the gold answer.
 """
@@ -17,8 +17,8 @@ of the gold answer.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from regrad_lib.answering.specs import METHODS
 from regrad_lib.data import metrics
@@ -30,8 +30,9 @@ __all__ = ["echo_kind", "echo_table", "question_groups", "transfer_table", "verd
 
 PROBE, TRANSFER = "probe", "probe_transfer"
 SHOWN = ("closed_book", "rag", "regrad", "regrad_icl", "shift", "no_update")
-TARGET_OVER_SHIFT = 20.0      # issue 24: out-of-template regrad EM ≥ shift + 20 points ...
-TARGET_SHARE_OF_RAG = 0.5     # ... and ≥ half of rag's
+# What counts as transfer: out of template, regrad's EM at least shift's + 20 points ...
+TARGET_OVER_SHIFT = 20.0
+TARGET_SHARE_OF_RAG = 0.5     # ... and at least half of rag's
 FRAGMENT_START = 3            # a miss that starts with a gold word's first 3 letters counts as a fragment of it
 
 

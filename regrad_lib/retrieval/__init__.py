@@ -36,8 +36,8 @@ def build(corpus_path: str | os.PathLike, name: str, backend: str = "tantivy", *
     """Index ``corpus_path`` (DPR TSV or JSONL, repo-relative or absolute) as ``name``; resumes a partial build.
 
     A complete index of the same corpus is reopened as is; pass ``rebuild=True`` to start over. Options:
-    :class:`regrad_lib.retrieval.tantivy.TantivyOptions` fields for ``"tantivy"``, :class:`regrad_lib.retrieval.elastic.EsOptions` fields for
-    ``"elasticsearch"``.
+    :class:`regrad_lib.retrieval.tantivy.TantivyOptions` fields for ``"tantivy"``,
+    :class:`regrad_lib.retrieval.elastic.EsOptions` fields for ``"elasticsearch"``.
     """
     _check_backend(backend)
     corpus_path = paths.resolve(corpus_path)

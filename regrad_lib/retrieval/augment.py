@@ -1,10 +1,11 @@
 """02_augment: attach the top-k retrieved passages to every question of a dataset split.
 
-Output ``data/augmented/<dataset>/<name>.json`` (``paths.augmented_file``): a JSON list with one record per
-question, ``{test_id, question, answers, passages, passage_ids, titles, scores}`` plus ``gold_titles`` when the
-dataset has them and ``answer_kind`` + ``choices`` for questions answered yes/no or by an option letter; passage ids are strings. ``name`` is ``dev`` for the dev split, ``train_all`` for a whole train
-split and ``train_<n>`` for its first n questions (:func:`output_name`). The provenance (dataset, split, slice,
-index, backend, topk, corpus, git revision, versions) goes to ``<name>.meta.json`` beside it.
+Output ``data/augmented/<dataset>/<name>.json`` (``paths.augmented_file``): a JSON list with one record per question,
+``{test_id, question, answers, passages, passage_ids, titles, scores}`` plus ``gold_titles`` when the dataset has them
+and ``answer_kind`` + ``choices`` for questions answered yes/no or by an option letter; passage ids are strings.
+``name`` is ``dev`` for the dev split, ``train_all`` for a whole train split and ``train_<n>`` for its first n questions
+(:func:`output_name`). The provenance (dataset, split, slice, index, backend, topk, corpus, git revision, versions) goes
+to ``<name>.meta.json`` beside it.
 
 A run appends finished records to ``<name>.json.partial`` (JSON lines after a header line); an interrupted run
 continues from the last complete record, and the final file is written atomically.
@@ -15,9 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 from regrad_lib.data import datasets, qa_records
 from regrad_lib.io import artifacts, params, paths

@@ -14,9 +14,10 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from regrad_lib.io import params, paths
@@ -66,7 +67,7 @@ class EsOptions:
         return f"EsOptions({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @classmethod
-    def from_dict(cls, options: dict) -> "EsOptions":
+    def from_dict(cls, options: dict) -> EsOptions:
         allowed = [f.name for f in fields(cls)]
         unknown = sorted(set(options) - set(allowed))
         if unknown:
@@ -187,7 +188,7 @@ def _meta(client, name: str) -> dict:
     return (body.get("mappings", {}).get("_meta") or {}).get(_META_KEY, {})
 
 
-def build(corpus_path: Path, name: str, **options) -> "EsRetriever":
+def build(corpus_path: Path, name: str, **options) -> EsRetriever:
     """Index the corpus in Elasticsearch index ``name``; resume re-sends from shortly before the stored count."""
     from tqdm.auto import tqdm
 
@@ -233,7 +234,7 @@ def build(corpus_path: Path, name: str, **options) -> "EsRetriever":
     return EsRetriever(name, client, opts, {"corpus": signature, "count": found})
 
 
-def open(name: str, **options) -> "EsRetriever":  # noqa: A001 - the public name
+def open(name: str, **options) -> EsRetriever:  # noqa: A001 - the public name
     opts = EsOptions.from_dict(options)
     client = connect(opts)
     if not client.indices.exists(index=name):

@@ -4,8 +4,9 @@ cut (the corpus signature each index's manifest records is :func:`regrad_lib.dat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence, get_args
+from typing import Literal, Protocol, get_args
 
 Backend = Literal["tantivy", "elasticsearch"]
 BACKENDS: tuple[str, ...] = get_args(Backend)

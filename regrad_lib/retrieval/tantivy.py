@@ -7,10 +7,10 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from regrad_lib.data import corpus
 from regrad_lib.io import artifacts, ownership, params, paths
@@ -53,7 +53,7 @@ class TantivyOptions:
                              f"thread for threads={self.threads}: raise heap_mb or lower threads")
 
     @classmethod
-    def from_dict(cls, options: dict) -> "TantivyOptions":
+    def from_dict(cls, options: dict) -> TantivyOptions:
         allowed = [f.name for f in fields(cls)]
         unknown = sorted(set(options) - set(allowed))
         if unknown:
@@ -116,7 +116,7 @@ class TantivyRetriever:
         return index
 
     @classmethod
-    def open(cls, name: str, options: TantivyOptions | None = None) -> "TantivyRetriever":
+    def open(cls, name: str, options: TantivyOptions | None = None) -> TantivyRetriever:
         options = options or TantivyOptions()
         folder = paths.index_dir(name)
         manifest_path = folder / MANIFEST
@@ -141,7 +141,7 @@ class TantivyRetriever:
 
     # -- building ---------------------------------------------------------------------------------------
     @classmethod
-    def build(cls, corpus_path: Path, name: str, options: TantivyOptions) -> "TantivyRetriever":
+    def build(cls, corpus_path: Path, name: str, options: TantivyOptions) -> TantivyRetriever:
         folder = paths.index_dir(name)
         signature = corpus.signature(corpus_path)
         if options.rebuild and (folder.exists() or folder.is_symlink()):
@@ -159,7 +159,8 @@ class TantivyRetriever:
         state = {"corpus": signature, "analyzer": ANALYZER_SETTINGS, "format": _FORMAT}
         if state_path.is_file():
             previous = artifacts.read_json(state_path)
-            if not corpus.same_signature(previous.get("corpus"), signature) or previous.get("analyzer") != ANALYZER_SETTINGS:
+            if not corpus.same_signature(previous.get("corpus"), signature) or \
+                    previous.get("analyzer") != ANALYZER_SETTINGS:
                 raise RetrievalError(f"The partial index {paths.relative(folder)} was started from "
                                      f"{previous.get('corpus')}, not {signature}: pass rebuild=True to start over")
             index = cls._open_index(folder)

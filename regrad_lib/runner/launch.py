@@ -33,9 +33,10 @@ import tempfile
 import time
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from regrad_lib.io import artifacts, distributed, params, paths
 

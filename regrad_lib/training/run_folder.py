@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from regrad_lib import config
 from regrad_lib.io import artifacts, checkpoint, ownership, paths
@@ -62,7 +62,8 @@ def kept_summary(folder: Path, request: dict) -> dict | None:
     diffs = changed_settings(folder, request) if (folder / paths.TRAIN_REQUEST).exists() else ["(no saved request)"]
     if diffs:
         raise FileExistsError(f"{paths.relative(folder)} is a finished training run with other settings "
-                              f"({', '.join(diffs)}); pass overwrite=True to train it again, or choose another run name")
+                              f"({', '.join(diffs)}); pass overwrite=True to train it again, or choose another run "
+                              "name")
     log.info("%s is a finished run with these settings: kept (overwrite=True trains it again)", paths.relative(folder))
     return {**artifacts.read_json(folder / paths.TRAIN_SUMMARY), "status": "kept"}
 

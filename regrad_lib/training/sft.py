@@ -29,9 +29,9 @@ import dataclasses
 import logging
 import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -217,8 +217,8 @@ def train_point(learner: Learner, data: TrainData, method: str, rate: float, ste
                 (losses.sum() / len(batch)).backward()
                 total += float(losses.detach().sum())
             if not math.isfinite(total):
-                raise FloatingPointError(f"{method}: non-finite answer loss at step {state.step + 1} with learning rate "
-                                         f"{rate:g}: take it out of baseline_config.json's learning_rates")
+                raise FloatingPointError(f"{method}: non-finite answer loss at step {state.step + 1} with learning "
+                                         f"rate {rate:g}: take it out of baseline_config.json's learning_rates")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm))
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(state.step, args, n_steps, base=rate)
@@ -230,7 +230,8 @@ def train_point(learner: Learner, data: TrainData, method: str, rate: float, ste
                 evaluate(state.step)
             if state.step in keep and main:        # before the checkpoint: a kill in between redoes this step
                 snapshot(folder, state.step).parent.mkdir(parents=True, exist_ok=True)
-                tensorfile.save(snapshot(folder, state.step), {n: t.detach().contiguous().cpu() for n, t in phi.items()},
+                weights = {n: t.detach().contiguous().cpu() for n, t in phi.items()}
+                tensorfile.save(snapshot(folder, state.step), weights,
                                 {"learning_rate": repr(rate), "step": str(state.step)})
             if state.step % args.save_steps == 0 or state.step == steps:
                 distributed.on_main(_save_point, folder, phi, best_phi, optimizer, state)

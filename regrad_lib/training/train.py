@@ -6,8 +6,8 @@ writes ``outputs/<run>/``: the four configs, ``meta_state.safetensors`` (the bes
 ``train_request.json``, ``checkpoint/`` (resume), ``adapter/`` (the selected ``phi`` as a PEFT LoRA adapter)
 and, last, ``train_summary.json`` (the run is finished).
 
-This module is the loop: one meta step, one validation pass, the notebook's settings. The tasks and the
-validation slice are :mod:`regrad_lib.training.train_data`, the optimizer and schedule :mod:`regrad_lib.training.schedule`, the run
+This module is the loop: one meta step, one validation pass, the notebook's settings. The tasks and the validation slice
+are :mod:`regrad_lib.training.train_data`, the optimizer and schedule :mod:`regrad_lib.training.schedule`, the run
 folder (request, log, resume or keep, checkpoint selection, summary) :mod:`regrad_lib.training.run_folder`.
 """
 
@@ -17,8 +17,8 @@ import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm

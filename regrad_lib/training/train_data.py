@@ -12,8 +12,8 @@ import hashlib
 import json
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from regrad_lib.core import task_batches
 from regrad_lib.core.task_batches import Task
@@ -26,7 +26,8 @@ class TrainData:
     validation: list[Task]
 
     def fingerprint(self) -> str:
-        ids = [[[t.extra.get("dataset"), t.test_id, t.question] for t in part] for part in (self.train, self.validation)]
+        ids = [[[t.extra.get("dataset"), t.test_id, t.question] for t in part]
+               for part in (self.train, self.validation)]
         return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
 
 
