@@ -157,6 +157,7 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# long: every field of the manifest checked in one pass, in file order, each check naming its field
 def validate_manifest(manifest, file: Path) -> schemes.Scheme:
     """Check a manifest's structure and internal consistency; its scheme. Raises :class:`BankFormatError`."""
     c = _Checker(file)

@@ -57,6 +57,7 @@ def load_tasks(dataset: str, split: str = "dev", topk: int = 3, limit: int | Non
     return task_batches.load(dataset, split, topk, end=limit, mixed=mixed)
 
 
+# long: its docstring documents every parameter of 05's call; the body is the plan, each method, the summary row
 @params.typed
 @runlock.writer("05_evaluate")
 def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "dev", topk: int = 3,
