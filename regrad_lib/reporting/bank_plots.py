@@ -34,7 +34,7 @@ def bank_bytes(sizes: Sequence[BankSize]) -> Figure:
 def frontier(points: Iterable) -> Figure:
     """Storage schemes: bytes per passage (log x) against the paired answer-NLL difference to the reference bank
     (mean ± SE; and mean |Δ| against a tenth of |regrad − no_update|, dashed) and against EM and F1; one point
-    per scheme and dataset (:class:`regrad_lib.evaluation.frontier.FrontierTable`)."""
+    per scheme and dataset (:class:`regrad_lib.reporting.frontier_report.FrontierTable`)."""
     points = list(points)
     datasets = list(dict.fromkeys(p.dataset for p in points))
     fig = new_figure(9.0, 6.2)

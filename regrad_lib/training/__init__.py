@@ -1,2 +1,2 @@
-"""03_train: the meta-training loop (train), its tasks and validation slice (train_data), optimizer and schedule
-(schedule) and the run folder (run_folder)."""
+"""03_train: the meta-training loop (train: its checkpointed state and its steps), its tasks and validation slice
+(train_data), optimizer and schedule (schedule) and the run folder (run_folder)."""

@@ -6,9 +6,11 @@ writes ``outputs/<run>/``: the four configs, ``meta_state.safetensors`` (the bes
 ``train_request.json``, ``checkpoint/`` (resume), ``adapter/`` (the selected ``phi`` as a PEFT LoRA adapter)
 and, last, ``train_summary.json`` (the run is finished).
 
-This module is the loop: one meta step, one validation pass, the notebook's settings. The tasks and the validation slice
-are :mod:`regrad_lib.training.train_data`, the optimizer and schedule :mod:`regrad_lib.training.schedule`, the run
-folder (request, log, resume or keep, checkpoint selection, summary) :mod:`regrad_lib.training.run_folder`.
+This module is the loop: one meta step (:func:`meta_step`), one validation pass (:func:`evaluate`), the loop's
+checkpointed state (:class:`LoopState`) and a run's steps (:class:`MetaTraining`, driven by :func:`train`), and the
+notebook's settings. The tasks and the validation slice are :mod:`regrad_lib.training.train_data`, the optimizer and
+schedule :mod:`regrad_lib.training.schedule`, the run folder (request, resume or keep, checkpoint selection, summary)
+:mod:`regrad_lib.training.run_folder`; the log is written and read by :mod:`regrad_lib.io.run_state`.
 """
 
 from __future__ import annotations
