@@ -66,15 +66,15 @@ def test_a_failed_write_leaves_the_old_folder(tmp_path):
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_written_files_and_folders_follow_the_umask(tmp_path, umask):
     script = f"""
-import os, sys
-sys.path.insert(0, {str(paths.repo_root())!r})
+import os
 from regrad_lib.io import artifacts
 os.umask({umask})
 artifacts.write_json({str(tmp_path / "a.json")!r}, {{"x": 1}})
 with artifacts.atomic_dir({str(tmp_path / "d")!r}) as tmp:
     (tmp / "f").write_text("x")
 """
-    subprocess.run([sys.executable, "-c", script], check=True)
+    subprocess.run([sys.executable, "-c", script], check=True,
+                   env={**os.environ, "PYTHONPATH": str(paths.repo_root())})
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
 

@@ -199,18 +199,19 @@ def test_corpus_with_duplicate_ids_or_no_passages_builds_no_index(work, rows, me
 
 def test_a_full_disk_names_the_index(work):
     # A file-size limit makes tantivy's writes fail as a full disk does (EFBIG instead of ENOSPC): same path.
-    script = f"""
-import resource, signal, sys
-sys.path.insert(0, {str(paths.repo_root())!r})
+    script = """
+import resource, signal
 from regrad_lib import retrieval
+from regrad_lib.retrieval.interface import RetrievalError
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
 try:
     retrieval.build("data/sample/psgs_w100.tsv", "full", threads=1, heap_mb=32, commit_every=2000)
-except retrieval.RetrievalError as e:
+except RetrievalError as e:
     print(e)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "REGRAD_WORK": str(work / "work")})
+                          env={**os.environ, "REGRAD_WORK": str(work / "work"),
+                               "PYTHONPATH": str(paths.repo_root())})
     assert f"Index {paths.index_dir('full')}: writing failed (" in done.stdout, done.stderr[-2000:]
     assert "free disk space there" in done.stdout and "resumes after the last commit" in done.stdout

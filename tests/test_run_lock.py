@@ -127,7 +127,6 @@ def test_without_flock_the_recorded_pid_decides(monkeypatch):
 # meta step, waits for a file before going on: the other child is started only then, so it must meet the lock.
 TRAINER = """
 import json, os, sys, time
-sys.path.insert(0, sys.argv[2])
 import fault_child
 from regrad_lib.training import train
 spec, gate = json.loads(sys.argv[1]), sys.argv[3]
@@ -150,7 +149,8 @@ def _trainer(run: str, seed: int, gate: str, log: Path) -> subprocess.Popen:
     spec = {"kwargs": {"run": run, "preset": "tiny", "overrides": overrides, "train_datasets": [DATASET]},
             "threads": torch.get_num_threads()}
     with log.open("w") as out:
-        return subprocess.Popen([sys.executable, "-c", TRAINER, json.dumps(spec), str(TESTS), gate], env=_env(),
+        env = {**_env(), "PYTHONPATH": os.pathsep.join([str(paths.repo_root()), str(TESTS)])}   # and fault_child
+        return subprocess.Popen([sys.executable, "-c", TRAINER, json.dumps(spec), str(TESTS), gate], env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
