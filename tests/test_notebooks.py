@@ -20,6 +20,8 @@ def _cells(name):
 @pytest.mark.parametrize("name", pipeline.NOTEBOOKS)
 def test_notebook_hygiene_and_list_parameters(name):
     cells = _cells(name)
+    every = json.loads((paths.notebooks_dir() / f"{name}.ipynb").read_text(encoding="utf-8"))["cells"]
+    assert all("id" in c for c in every), "every cell has an id (nbformat 4.5)"
     assert cells[0]["metadata"].get("tags") == ["parameters"]
     assert all(not c["outputs"] and c["execution_count"] is None for c in cells), "outputs must be stripped"
     parameters = ast.parse("".join(cells[0]["source"]))

@@ -172,6 +172,7 @@ def snapshot(folder: Path, step: int) -> Path:
     return folder / "steps" / f"{int(step):06d}.safetensors"
 
 
+# long: one grid point's whole fine-tuning loop, its resume, validation, kept steps and checkpoints in one place
 def train_point(learner: Learner, data: TrainData, method: str, rate: float, steps: int, folder: Path,
                 selection: str = "best", keep: Sequence[int] = ()) -> dict:
     """Fine-tune a fresh LoRA at ``rate`` for ``steps`` of 03_train's steps; ``result.json`` in ``folder``:
