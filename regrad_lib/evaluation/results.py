@@ -23,7 +23,6 @@ __all__ = ["examples", "finished_scores", "json_rows", "method_files", "plan", "
 log = logging.getLogger(__name__)
 
 
-
 def score_rows(rows: Sequence[dict]) -> dict:
     """EM/acc/F1/precision/recall ×100 (:func:`metrics.aggregate`; label accuracy for yes/no and multiple-choice
     rows), mean answer NLL and n of prediction rows."""
