@@ -279,7 +279,9 @@ def block(name: str, results: Results, folder: str) -> str:
               "transferfrontier": lambda r: experiment_block("transfer_frontier", "experiments-transfer-frontier"),
               "transferlong": lambda r: experiment_block("transfer_long", "experiments-transfer-long"),
               "binding": lambda r: experiment_block("binding"),
-              "fair": lambda r: _from_folder(FAIR_FOLDER, fair_block, "experiments-fair")}
+              "fair": lambda r: _from_folder(FAIR_FOLDER, fair_block, "experiments-fair"),
+              "learningcurve": lambda r: experiment_block("learning_curve", "experiments-curve"),
+              "bindingtraining": lambda r: experiment_block("binding_training", "experiments-binding-training")}
     if name not in makers:
         raise ValueError(f"unknown reference block {name!r}; blocks are {sorted(makers)}")
     return makers[name](results)
