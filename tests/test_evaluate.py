@@ -172,7 +172,7 @@ def test_evaluate_writes_resumes_and_overwrites(run):
     assert saved["nll"] == pytest.approx(sum(r["answer_nll"] for r in rows) / 5)
     summary_file = paths.results_dir(RUN) / "summary.csv"
     lines = summary_file.read_text().splitlines()
-    assert lines[0] == "dataset,method,em,f1,precision,recall,nll,n" and len(lines) == 5
+    assert lines[0] == "dataset,method,em,acc,f1,precision,recall,nll,n" and len(lines) == 5
 
     before = metrics_file.stat().st_mtime_ns
     again = evaluate.evaluate(RUN, DATASET, ["regrad", "rag"], limit=5, learner=lambda: learner)
@@ -191,7 +191,7 @@ def test_sweep(run):
     rows = evaluate.sweep(RUN, DATASET, gammas=(0.0, 1.0), limit=4, learner=learner)
     assert [(r["gamma"], r["topk"], r["n"]) for r in rows] == [(0.0, 3, 4), (1.0, 3, 4)]
     text = (paths.results_dir(RUN) / "sweeps.csv").read_text().splitlines()
-    assert text[0] == "dataset,method,gamma,topk,mixed,scheme,em,f1,precision,recall,nll,n"
+    assert text[0] == "dataset,method,gamma,topk,mixed,scheme,em,acc,f1,precision,recall,nll,n"
     assert all(line.split(",")[4:6] == ["0.0", reader.DEFAULT_SCHEME] for line in text[1:])
     # gamma 0 is the meta-trained LoRA without update
     plain = evaluate.score_rows(evaluate.run_method("no_update", learner, evaluate.load_tasks(DATASET, limit=4)))
