@@ -14,7 +14,7 @@ from regrad_lib.core.learner import TRAIN_SUMMARY, UnfinishedRunError
 from regrad_lib.evaluation import evaluate
 from regrad_lib.io import artifacts, params, paths
 from regrad_lib.retrieval import augment
-from regrad_lib.runner import launch, pipeline
+from regrad_lib.runner import launch, notebook, pipeline
 from regrad_lib.training import train
 
 RUN, DATASET = "typed-run", "typedqa"
@@ -237,14 +237,14 @@ def test_launch_flags_refuse_wrong_types_naming_the_flag(hint, text):
 
 
 def test_the_runner_types_parameters_by_the_notebooks_defaults_before_running_any():
-    typed = pipeline.typed_parameters({"allow_unfinished": "false", "limit": "3", "gammas": "0,1",
+    typed = notebook.typed_parameters({"allow_unfinished": "false", "limit": "3", "gammas": "0,1",
                                               "probe": "false", "gamma": None, "evaluation": "first4"})
     assert typed == {"allow_unfinished": False, "limit": 3, "gammas": "0,1", "probe": False, "gamma": None,
                      "evaluation": "first4"}
     for key, value, message in [("limit", 2.5, "is not an integer"), ("gammas", 5, "is not a list"),
                                 ("topk", True, "is not an integer"), ("overwrite", "yes", "is not a boolean")]:
         with pytest.raises(params.ParameterError, match=f"parameter {key} = .* {message}"):
-            pipeline.typed_parameters({key: value})
+            notebook.typed_parameters({key: value})
 
 
 def test_the_runner_command_line_fails_at_once_naming_the_parameter(caplog):

@@ -17,7 +17,6 @@ evaluated) and ``med`` (PubMedQA, with its context paragraphs as the corpus, in 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import logging
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from regrad_lib.io import params, paths
+from regrad_lib.runner import notebook
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,10 @@ def parse_value(text: str) -> Any:
         return {"True": True, "False": False, "None": None}.get(text, text)
 
 
-def declared_parameters(notebook: Path) -> set[str]:
+def declared_parameters(source: Path) -> set[str]:
     import papermill
 
-    return set(papermill.inspect_notebook(str(notebook)))
+    return set(papermill.inspect_notebook(str(source)))
 
 
 def declared_by(steps: Sequence[Step], shared: dict[str, Any]) -> dict[str, set[str]]:
@@ -96,48 +96,6 @@ def declared_by(steps: Sequence[Step], shared: dict[str, Any]) -> dict[str, set[
         raise ValueError(f"parameter(s) {sorted(unknown)} are declared by none of the notebooks "
                          f"{[s.name for s in steps]}; known: {known}")
     return declared
-
-
-def declared_defaults(steps: Sequence[Step]) -> dict[str, list[Any]]:
-    """Each parameter's default values in the steps' ``parameters`` cells (those written as literals)."""
-    import papermill
-
-    out: dict[str, list[Any]] = {}
-    for step in steps:
-        for name, info in papermill.inspect_notebook(str(step.source)).items():
-            try:
-                out.setdefault(name, []).append(ast.literal_eval(info["default"]))
-            except (ValueError, SyntaxError, TypeError):
-                continue
-    return out
-
-
-def typed(key: str, value: Any, defaults: Sequence[Any]) -> Any:
-    """``value`` of the parameter ``key`` checked against the type of its defaults (:mod:`regrad_lib.io.params`):
-    a boolean default takes true/false only, an integer one an integer, a number one a number, a list one a
-    list or its text; None passes (each notebook decides what None means), other kinds are left to the notebook."""
-    kinds = {type(d) for d in defaults if d is not None}
-    if value is None or not kinds:
-        return value
-    if kinds == {bool}:
-        return params.flag(key, value)
-    if kinds == {int}:
-        return params.integer(key, value)
-    if kinds <= {int, float}:
-        return params.number(key, value)
-    if kinds == {list}:
-        return value if isinstance(value, str) else params.listing(key, value)
-    if kinds == {str}:
-        return params.text(key, value)
-    return value
-
-
-def typed_parameters(shared: dict[str, Any]) -> dict[str, Any]:
-    """``shared`` with every value checked against its defaults in all the notebooks (a parameter name means
-    the same everywhere: 02's ``limit = 30`` types 05's ``limit = None``), so a wrong type fails before any
-    notebook runs, naming the parameter (not "05_evaluate failed in cell 5")."""
-    defaults = declared_defaults(select_steps("-"))     # "-": every notebook
-    return {k: typed(k, v, defaults.get(k, ())) for k, v in shared.items()}
 
 
 def parameters_for(step: Step, shared: dict[str, Any]) -> dict[str, Any]:
@@ -218,7 +176,7 @@ def run(run_name: str, shared: dict[str, Any], steps: str = "01-06", out_dir: Pa
     shared = {"run": run_name, **shared}
     chosen = select_steps(steps)
     declared_by(chosen, shared)
-    shared = typed_parameters(shared)
+    shared = notebook.typed_parameters(shared)
     for step in chosen:     # before any notebook runs: nothing of a folder the user named is replaced
         check_replaceable(out_dir / f"{step.name}.ipynb")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -268,13 +226,14 @@ def run_seeds(run_name: str, shared: dict[str, Any], seeds: Sequence[int], steps
     return outputs
 
 
-TEXT_FLAGS = ("run", "preset", "datasets", "train_datasets", "steps", "accelerate_config", "out", "kernel", "seeds",
+TEXT_FLAGS = ("preset", "datasets", "train_datasets", "steps", "accelerate_config", "out", "kernel", "seeds",
               "domain")
 FOR_NONE = {"train_datasets": "-p train_datasets '[]'"}
 
 
 def check_flags(args: argparse.Namespace) -> None:
-    """A flag given with empty text is refused, naming it: ``--preset ''`` must not mean the default preset."""
+    """A flag given with empty text is refused, naming it: ``--preset ''`` must not mean the default preset
+    (``--run`` is checked as a folder name)."""
     for name in TEXT_FLAGS:
         value = getattr(args, name)
         if value is not None and not value.strip(" ,"):
@@ -318,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             shared["num_processes"] = args.num_processes
         if args.accelerate_config is not None:
             shared["accelerate_config"] = args.accelerate_config
-        text_parameters = {k for k, d in declared_defaults(select_steps("-")).items()
+        text_parameters = {k for k, d in notebook.parameter_defaults().items()
                            if {type(v) for v in d if v is not None} == {str}}
         for key, value in args.parameter:   # a text parameter keeps its text: -p evaluation 2 is "2", not 2
             shared[key] = value if key in text_parameters and value not in ("None", "null") else parse_value(value)
