@@ -155,3 +155,17 @@ def test_text_parameters_keep_the_text_papermill_made_a_number_of():
     assert namespace == {"question": "5", "index": "2024", "limit": 3, "gamma": None}
     assert notebook.typed_parameters({"question": "5", "index": "2024", "limit": 3}) == \
         {"question": "5", "index": "2024", "limit": 3}
+
+
+def test_05_applies_its_cpt_parameters_before_it_checks_them():
+    """`-p methods cpt -p general_datasets popqa` was refused naming data/augmented/hotpotqa/train_all.json: the
+    settings were checked with the default general_datasets before the cpt parameters were applied."""
+    import dataclasses
+
+    from regrad_lib.evaluation import evaluate
+
+    setup = ast.parse("".join(_cells("05_evaluate")[1]["source"]))
+    [call] = [n for n in ast.walk(setup) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "EvaluateSettings"]
+    declared = set(notebook.parameters_cell(paths.notebooks_dir() / "05_evaluate.ipynb"))
+    fields = {f.name for f in dataclasses.fields(evaluate.EvaluateSettings) if f.init}
+    assert declared & fields <= {k.arg for k in call.keywords}, "settings built without some of their parameters"
