@@ -102,7 +102,8 @@ def test_domains_set_the_datasets_trained_and_evaluated_together():
     assert set(pipeline.GENERAL) == {"2wikimultihopqa", "complexwebquestions", "popqa", "hotpotqa"}
     med = pipeline.domain_parameters("med", {"data_root": "../shared/data/domains", "index": "mine"})
     assert med == {"datasets": ["pubmedqa"], "train_datasets": ["pubmedqa"], "probe": False,
-                   "sweep_datasets": ["pubmedqa"], "corpus": "../shared/data/domains/pubmedqa"}   # index: given
+                   "sweep_datasets": ["pubmedqa"], "limit_per_dataset": {},
+                   "corpus": "../shared/data/domains/pubmedqa"}   # index: given
     with pytest.raises(ValueError, match="--domain 'law'"):
         pipeline.domain_parameters("law", {})
 

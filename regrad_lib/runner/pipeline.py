@@ -37,7 +37,7 @@ GENERAL = ["2wikimultihopqa", "complexwebquestions", "popqa", "hotpotqa"]
 DOMAINS: dict[str, dict[str, Any]] = {
     "general": {"datasets": GENERAL, "train_datasets": GENERAL},
     "med": {"datasets": ["pubmedqa"], "train_datasets": ["pubmedqa"], "probe": False, "index": "pubmedqa",
-            "sweep_datasets": ["pubmedqa"]},
+            "sweep_datasets": ["pubmedqa"], "limit_per_dataset": {}},
 }
 
 
