@@ -169,3 +169,9 @@ def test_05_applies_its_cpt_parameters_before_it_checks_them():
     declared = set(notebook.parameters_cell(paths.notebooks_dir() / "05_evaluate.ipynb"))
     fields = {f.name for f in dataclasses.fields(evaluate.EvaluateSettings) if f.init}
     assert declared & fields <= {k.arg for k in call.keywords}, "settings built without some of their parameters"
+
+
+def test_01s_sample_query_is_searched_by_the_library_that_names_it():
+    """`-p query ''` failed with a bare AssertionError in 01's cell `assert len(hits) == topk`."""
+    source = "".join(c for cell in _cells("01_index") for c in cell["source"])
+    assert "retrieval.search_one(bm25, query, topk)" in source and "assert len(hits)" not in source
