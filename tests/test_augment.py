@@ -173,3 +173,19 @@ def test_a_topk_beyond_the_index_is_refused_before_any_file(setup):
         augment.augment("2wikimultihopqa", "dev", retriever=r, data_dir=data, topk=10**12)
     output = paths.augmented_file("2wikimultihopqa", "dev")
     assert not output.exists() and not augment.partial_file(output).exists()
+
+
+def test_a_full_disk_names_the_partial_file(setup, monkeypatch):
+    """A full disk at the start of 02 raised from writing the .partial header, naming no file."""
+    import errno
+    import pathlib
+
+    r, data = setup
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    with pytest.raises(OSError, match=r"No space left on device \(writing .*2wikimultihopqa/dev.json.partial\)"):
+        augment.augment("2wikimultihopqa", "dev", retriever=r, data_dir=data)
+    monkeypatch.undo()
+    assert augment.augment("2wikimultihopqa", "dev", retriever=r, data_dir=data).is_file()

@@ -163,9 +163,10 @@ def _run(records: list, retriever: Retriever, topk: int, batch_size: int, partia
          done: list[dict], desc: str) -> None:
     from tqdm.auto import tqdm
 
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    if not done:
-        partial.write_text(json.dumps({"request": request}, ensure_ascii=False) + "\n", encoding="utf-8")
+    with artifacts.naming(partial):         # a full disk names the file
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        if not done:
+            partial.write_text(json.dumps({"request": request}, ensure_ascii=False) + "\n", encoding="utf-8")
     todo = records[len(done):]
     with artifacts.naming(partial), partial.open("a", encoding="utf-8") as f, \
             tqdm(total=len(records), initial=len(done), desc=desc, unit="question") as bar:
