@@ -238,3 +238,15 @@ def test_a_sample_query_that_finds_nothing_is_named(small, query):
         retrieval.search_one(r, query, 3)
     with pytest.raises(ValueError, match=r"parameter query = 5 \(int\) is not text"):
         retrieval.search_one(r, 5, 3)
+
+
+def test_the_index_files_follow_the_umask(small):
+    """tantivy wrote meta.json and .managed.json 0600: another user of the project could not open the index."""
+    old = os.umask(0o022)
+    try:
+        retrieval.build(small, "modes")
+    finally:
+        os.umask(old)
+    folder = paths.index_dir("modes")
+    for name in ("meta.json", ".managed.json", tantivy.MANIFEST):
+        assert (folder / name).stat().st_mode & 0o777 == 0o644, name

@@ -185,6 +185,7 @@ class TantivyRetriever:
                     "writer": {"threads": options.threads, "heap_mb": options.heap_mb},
                     "build_seconds_last_run": round(time.perf_counter() - started, 3),
                     **artifacts.provenance()}
+        artifacts.follow_umask(folder)     # tantivy writes meta.json and .managed.json 0600
         artifacts.write_json(folder / MANIFEST, manifest)
         state_path.unlink()
         log.info("Index %s built: %d passages", paths.relative(folder), total)
