@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from regrad_lib.cpt import continual
-from regrad_lib.io import checkpoint, paths, tensorfile
+from regrad_lib.io import checkpoint, tensorfile
 
 SETTINGS = {"dataset": "d", "cpt": {"chunks": 2}}
 

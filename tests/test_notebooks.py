@@ -165,7 +165,8 @@ def test_05_applies_its_cpt_parameters_before_it_checks_them():
     from regrad_lib.evaluation import evaluate
 
     setup = ast.parse("".join(_cells("05_evaluate")[1]["source"]))
-    [call] = [n for n in ast.walk(setup) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "EvaluateSettings"]
+    [call] = [n for n in ast.walk(setup)
+              if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "EvaluateSettings"]
     declared = set(notebook.parameters_cell(paths.notebooks_dir() / "05_evaluate.ipynb"))
     fields = {f.name for f in dataclasses.fields(evaluate.EvaluateSettings) if f.init}
     assert declared & fields <= {k.arg for k in call.keywords}, "settings built without some of their parameters"

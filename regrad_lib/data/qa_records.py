@@ -51,8 +51,8 @@ def _once(where: str):
         out: dict = {}
         for key, value in items:
             if key in out:
-                raise DatasetFormatError(f"{where}: key {key!r} appears twice in one JSON object ({str(out[key])[:60]!r}, "
-                                         f"then {str(value)[:60]!r}); give each key once")
+                raise DatasetFormatError(f"{where}: key {key!r} appears twice in one JSON object "
+                                         f"({str(out[key])[:60]!r}, then {str(value)[:60]!r}); give each key once")
             out[key] = value
         return out
     return pairs
