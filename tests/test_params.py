@@ -222,6 +222,15 @@ def test_library_calls_read_false_as_false(trained):
     assert again["status"] == "kept" and again["wall_s"] == first["wall_s"]
 
 
+def test_01s_corpus_reads_false_as_false():
+    """01's indexed_corpus.prepare(corpus, "false", ...) added the probe's passages: the text was true."""
+    from regrad_lib.data import indexed_corpus
+
+    assert indexed_corpus.prepare("data/sample/psgs_w100.tsv", "false", "false", "false") == paths.sample_corpus()
+    with pytest.raises(params.ParameterError, match=r"parameter transfer = 'no' \(str\) is not a boolean"):
+        indexed_corpus.prepare("data/sample/psgs_w100.tsv", False, False, "no")
+
+
 @pytest.mark.parametrize("hint, text, expected", [
     (bool, "false", False), (bool, "True", True), (int | None, "null", None), (int | None, "4", 4),
     (list[str], "a,b", ["a", "b"]), (list[float], "[0, 0.5]", [0, 0.5]), (str, "007", "007"),
