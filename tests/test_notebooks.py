@@ -176,3 +176,12 @@ def test_01s_sample_query_is_searched_by_the_library_that_names_it():
     """`-p query ''` failed with a bare AssertionError in 01's cell `assert len(hits) == topk`."""
     source = "".join(c for cell in _cells("01_index") for c in cell["source"])
     assert "retrieval.search_one(bm25, query, topk)" in source and "assert len(hits)" not in source
+
+
+@pytest.mark.parametrize("name", pipeline.NOTEBOOKS)
+def test_each_notebooks_defaults_pass_its_own_typing_unchanged(name):
+    """Run All in JupyterLab: the set-up cell's typing keeps every default as it is."""
+    defaults = notebook.parameters_cell(paths.notebooks_dir() / f"{name}.ipynb")
+    namespace = dict(defaults)
+    notebook.type_parameters(name, namespace)
+    assert namespace == defaults
