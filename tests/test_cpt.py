@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 
 import pytest
@@ -21,7 +22,7 @@ from regrad_lib.core.learner import Learner
 from regrad_lib.cpt import continual, drift
 from regrad_lib.data import metrics, prompts
 from regrad_lib.evaluation import evaluate, results
-from regrad_lib.io import artifacts, paths
+from regrad_lib.io import artifacts, paths, tensorfile
 
 RUN, DATASET, GENERAL = "cpt-run", "cptqa", "cptgen"
 CFG = {"chunks": 3, "batch_size": 2, "learning_rate": 1e-2, "epochs_per_chunk": 2, "general_passages": 6,
@@ -200,6 +201,24 @@ def test_regrad_leaves_the_persistent_weights_bit_for_bit_and_cpt_answers_beside
     assert _evaluate(study, ["cpt", "cpt_rag"], evaluation="methods")["cpt"]["status"] == "kept"
     with pytest.raises(FileExistsError, match="was computed with"):
         _evaluate(study, ["cpt"], evaluation="methods", cpt={"learning_rate": 0.5})
+
+
+def test_a_damaged_cpt_checkpoint_is_never_served(study):
+    """One flipped exponent bit in a trained weight of a finished stream changed cpt_rag's answers, with no error;
+    now 05_evaluate refuses it, naming the file, and leaves it as it is (tests/test_cpt_checkpoint.py: each way)."""
+    _evaluate(study, ["cpt"], evaluation="damaged")
+    path = paths.cpt_dir(RUN, DATASET, "damaged") / continual.CHECKPOINT / continual.TENSORS
+    raw = bytearray(path.read_bytes())
+    header = int.from_bytes(raw[:8], "little")
+    entries = json.loads(raw[8:8 + header])
+    first = min((k for k in entries if k.startswith("w.")), key=lambda k: entries[k]["data_offsets"][0])
+    raw[8 + header + entries[first]["data_offsets"][0] + 3] ^= 0x40
+    path.write_bytes(bytes(raw))
+    with pytest.raises(tensorfile.IntegrityError, match=r"cpt/checkpoint/state.safetensors: its tensors do not match "
+                                                        r"their checksum"):
+        _evaluate(study, ["cpt_rag"], evaluation="damaged")
+    assert path.read_bytes() == bytes(raw)
+    assert not (paths.results_dir(RUN, "damaged") / DATASET / "cpt_rag.predictions.jsonl").exists()
 
 
 def test_a_method_that_changes_the_persistent_weights_is_refused(study, monkeypatch):

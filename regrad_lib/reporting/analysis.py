@@ -138,16 +138,28 @@ class Score:
     mixed: float | None = None
 
 
+MAY_BE_EMPTY = ("nll", "acc")     # a method without answer NLLs; a row written before accuracy existed
+
+
 def _number(path: Path, line: int, name: str, value: str, kind=float):
-    if value is None or value.strip() in ("", "nan", "NaN", "None", "null"):
-        if kind is int:
-            raise ValueError(f"{paths.relative(path)} line {line}: field {name!r} is empty; it must be an integer")
+    """A number of a results CSV; empty (or nan) only for :data:`MAY_BE_EMPTY`: any other score read as NaN would
+    drop out of every table and mean silently."""
+    missing = value is None or value.strip() in ("", "nan", "NaN", "None", "null")
+    if missing and kind is float and name in MAY_BE_EMPTY:
         return math.nan
+    fix = "re-run 05_evaluate to rewrite the file"
+    if missing:
+        raise ValueError(f"{paths.relative(path)} line {line}: field {name!r} is {value!r}; it must be "
+                         f"{'an integer' if kind is int else 'a number'} ({fix})")
     try:
-        return kind(float(value)) if kind is int else kind(value)
+        number = kind(float(value)) if kind is int else kind(value)
     except ValueError:
         raise ValueError(f"{paths.relative(path)} line {line}: field {name!r} = {value!r} is not a number; "
-                         f"re-run 05_evaluate to rewrite the file") from None
+                         f"{fix}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{paths.relative(path)} line {line}: field {name!r} = {value!r} is not a finite number; "
+                         f"{fix}")
+    return number
 
 
 def _read_scores(path: Path, fields: Sequence[str], writer: str) -> list[Score]:

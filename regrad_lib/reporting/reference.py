@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Sequence
 
 from regrad_lib.data import metrics
-from regrad_lib.io import artifacts, paths
+from regrad_lib.io import artifacts, ownership, paths
 from regrad_lib.io.run_state import trained_revision
 from regrad_lib.reporting import analysis, effects
 from regrad_lib.reporting.reference_tables import (
@@ -201,10 +201,21 @@ def machine() -> dict:
             "threads": torch.get_num_threads(), "python": platform.python_version()}
 
 
-def save(results: Results, folder: str | Path = DEFAULT_FOLDER, command: str | None = None) -> Path:
-    """Write ``results`` into ``folder`` (repo-relative), replacing what was there. ``machine`` and
-    ``git_revision`` record where and with which code it was saved: save on the machine that ran the runs."""
+def check_folder(folder: str | Path) -> Path:
+    """The reference folder ``folder`` (repo-relative), if regrad may write it: absent, empty, or a reference it
+    wrote (holding ``reference.json``); any other folder, a file or a link is refused, naming it (never replaced)."""
     target = paths.resolve(folder)
+    ownership.check_replaceable(target, [META], "reference",
+                                "name a new folder with --reference (or one a reference was saved in), or move "
+                                "this one away")
+    return target
+
+
+def save(results: Results, folder: str | Path = DEFAULT_FOLDER, command: str | None = None) -> Path:
+    """Write ``results`` into ``folder`` (repo-relative), replacing an earlier reference there (only a folder
+    regrad wrote: :func:`check_folder`). ``machine`` and ``git_revision`` record where and with which code it was
+    saved: save on the machine that ran the runs."""
+    target = check_folder(folder)
     meta = {**results.meta, "created": datetime.date.today().isoformat(), "git_revision": artifacts.git_revision(),
             "machine": machine(), "command": command}
     with artifacts.atomic_dir(target) as tmp:
@@ -235,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.action in ("save", "compare") and not args.run:
         parser.error(f"{args.action} needs --run")
     if args.action == "save":
+        try:
+            check_folder(args.reference)     # before reading any run: a folder not ours is refused at once
+        except ownership.NotOursError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         folder = save(collect(args.run, seed_runs, args.data_root, evaluation=args.evaluation), args.reference,
                       command="python -m regrad_lib.reporting.reference " + " ".join(argv if argv is not None else sys.argv[1:]))
         print(f"wrote {paths.relative(folder)}")
