@@ -62,6 +62,16 @@ MUTATIONS = (
     Mutation("ddp_zero_gradients_for_all", "regrad_lib/io/distributed.py",
              "live = [p for p, n in zip(params, has.tolist()) if n > 0]", "live = list(params)",
              ("tests/test_distributed.py", "-k", "ablation")),
+    # Expected values from an independent path, not from the code under test: the references of test_regrad are
+    # a merged-weight slow path, the z of test_effects is a hand number.
+    Mutation("lm_loss_summed_not_averaged", "regrad_lib/core/regrad.py",
+             "return nll.sum(dim=1) / counts", "return nll.sum(dim=1)", ("tests/test_regrad.py",)),
+    Mutation("update_ignores_gamma", "regrad_lib/core/regrad.py",
+             "return {name: phi[name] - gamma * alpha[name] * grads[name] for name in phi}",
+             "return {name: phi[name] - alpha[name] * grads[name] for name in phi}", ("tests/test_regrad.py",)),
+    Mutation("effect_z_per_question", "regrad_lib/reporting/effects.py",
+             "return self.mean / self.se if self.se", "return self.mean / (self.se * math.sqrt(self.n)) if self.se",
+             ("tests/test_effects.py",)),
 )
 
 
