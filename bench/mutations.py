@@ -72,6 +72,31 @@ MUTATIONS = (
     Mutation("effect_z_per_question", "regrad_lib/reporting/effects.py",
              "return self.mean / self.se if self.se", "return self.mean / (self.se * math.sqrt(self.n)) if self.se",
              ("tests/test_effects.py",)),
+    # Fixtures in which the alternatives differ: base and meta-trained general ability, a group meeting one target
+    Mutation("general_change_meta_reversed", "regrad_lib/reporting/drift_report.py",
+             'general_change(meta[0], base[0], "meta"', 'general_change(base[0], meta[0], "meta"',
+             ("tests/test_forgetting.py",)),
+    Mutation("general_change_versus_reversed", "regrad_lib/reporting/drift_report.py",
+             'general_change(stream[-1], meta[0], "versus"', 'general_change(meta[0], stream[-1], "versus"',
+             ("tests/test_forgetting.py",)),
+    Mutation("transfer_target_either_condition", "regrad_lib/reporting/transfer_report.py",
+             'reached = over >= TARGET_OVER_SHIFT and r.em["regrad"] >= half',
+             'reached = over >= TARGET_OVER_SHIFT or r.em["regrad"] >= half', ("tests/test_transfer.py",)),
+    # Untested paths: alpha alone, a checksum on a file not required to carry one, a path out of the root, the
+    # bf16 scale's rounding
+    Mutation("meta_hash_phi_only", "regrad_lib/core/learner.py",
+             "for k, v in sorted(self.state_dict().items()):",
+             'for k, v in sorted(i for i in self.state_dict().items() if i[0].startswith("phi.")):',
+             ("tests/test_integrity.py", "-k", "meta_hash")),
+    Mutation("checksum_verified_only_when_required", "regrad_lib/io/tensorfile.py",
+             "elif stored != digest(tensors, metadata):", "elif required and stored != digest(tensors, metadata):",
+             ("tests/test_integrity.py", "-k", "checksum")),
+    Mutation("inside_root_is_only_not_the_root", "regrad_lib/io/ownership.py",
+             "if inside == root.resolve() or root.resolve() not in inside.parents:",
+             "if inside == root.resolve():", ("tests/test_ownership.py", "-k", "root")),
+    Mutation("bf16_scale_rounded_to_nearest", "regrad_lib/bank/schemes.py",
+             "scale = _bf16_round_up(groups.abs().amax(dim=-1) / self.qmax)",
+             "scale = (groups.abs().amax(dim=-1) / self.qmax).to(SCALE_DTYPE)", ("tests/test_schemes.py",)),
 )
 
 
