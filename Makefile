@@ -35,6 +35,7 @@ demo: model
 # against them; compare before the target rewrites them, or against the committed copy with --reference).
 RUNNER := $(BIN)/python -m regrad_lib.runner.pipeline
 REFERENCE := $(BIN)/python -m regrad_lib.reporting.reference
+comma := ,
 PUBMEDQA_ROOT ?= ../shared/data/domains
 experiments: experiments-fair experiments-curve experiments-binding-training experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer experiments-transfer-frontier \
 	experiments-transfer-long experiments-binding
@@ -68,6 +69,9 @@ experiments-curve: model
 	$(CURVE) report --runs $(CURVE_RUN),$(CURVE_RUN)-s43 --figure reference/experiments/learning_curve.png \
 		--csv reference/experiments/learning_curve.csv > reference/experiments/learning_curve.md.tmp
 	mv reference/experiments/learning_curve.md.tmp reference/experiments/learning_curve.md
+	$(REFERENCE) save-report learning_curve $$(for p in $$(ls -d outputs/$(CURVE_RUN)-[0-9]* outputs/$(CURVE_RUN)-s43-[0-9]* \
+		2>/dev/null | xargs -n1 basename); do printf -- '--source %s --source %s:dev-position-free --source %s:validation-all ' \
+		$$p $$p $$p; done)
 
 # Updates that bind the value to the entity asked: the demo preset meta-trained with the binding probe's training
 # families and distractor passages (variants of experiments/binding_training.py), measured on the dev families
@@ -84,6 +88,8 @@ experiments-binding-training: model
 	mkdir -p reference/experiments
 	$(BINDING) report --runs $(BINDING_RUNS) > reference/experiments/binding_training.md.tmp
 	mv reference/experiments/binding_training.md.tmp reference/experiments/binding_training.md
+	$(REFERENCE) save-report binding_training $(foreach run,$(subst $(comma), ,$(BINDING_RUNS)),--source $(run) \
+		--source $(run):dev-position-free) --datasets probe_binding,probe,popqa,probe_transfer
 
 # ReGrad against continual post-training (CPT) and RAG on the probe and PopQA, drift measured after every chunk.
 experiments-cpt: model
