@@ -33,7 +33,13 @@ def _records(n=7):
 
 @pytest.fixture(scope="module")
 def run(tiny_model_dir):
-    """A saved 'trained' run (random non-zero B, large alpha), a dev file and its fp32 Gradient Bank."""
+    return make_run(RUN, DATASET)
+
+
+def make_run(run: str, dataset: str):
+    """A saved 'trained' run (random non-zero B, large alpha), a dev file of ``dataset`` and its banks (fp32, int8,
+    int4 and the default scheme). Each test module makes its own under its own names: a module that reused this
+    one's would leave results behind that change what this module's tests find (order dependence)."""
     preset = config.load_preset("tiny")
     learner = Learner.create(preset, "cpu")
     torch.manual_seed(3)
@@ -43,14 +49,14 @@ def run(tiny_model_dir):
                 p.normal_(0, 0.2)
         for v in learner.alpha.values.values():
             v.fill_(0.5)
-    folder = paths.output_dir(RUN)
+    folder = paths.output_dir(run)
     preset.save(folder)
     learner.save(folder / META_STATE)
-    artifacts.write_json(folder / TRAIN_SUMMARY, {"run": RUN})   # finished, as 03_train marks it
-    artifacts.write_json(paths.augmented_file(DATASET, "dev"), _records())
-    encode.encode_schemes(RUN, DATASET, "dev", ["fp32", "int8", "int4", reader.DEFAULT_SCHEME], batch_size=4,
+    artifacts.write_json(folder / TRAIN_SUMMARY, {"run": run})   # finished, as 03_train marks it
+    artifacts.write_json(paths.augmented_file(dataset, "dev"), _records())
+    encode.encode_schemes(run, dataset, "dev", ["fp32", "int8", "int4", reader.DEFAULT_SCHEME], batch_size=4,
                           learner=learner, overwrite=True)
-    return learner, evaluate.load_tasks(DATASET), reader.open_bank(3, RUN, DATASET, "dev", "fp32", learner=learner)
+    return learner, evaluate.load_tasks(dataset), reader.open_bank(3, run, dataset, "dev", "fp32", learner=learner)
 
 
 def test_online_equals_bank(run):

@@ -106,6 +106,25 @@ def test_remove_never_leaves_its_root(tmp_path):
     assert root.is_dir() and not (root / "run").exists()
 
 
+def test_remove_refuses_a_folder_outside_its_root_however_its_path_is_written(tmp_path):
+    """Inside the root means inside after resolving: a path that climbs out through ``..`` or through a linked
+    folder below the root is refused, though the folder carries the marker; a folder nested deeper inside is ours."""
+    root, outside = tmp_path / "outputs", tmp_path / "elsewhere" / "run"
+    (root / "a").mkdir(parents=True)
+    outside.mkdir(parents=True)
+    (outside / ownership.RUN_MARKER).write_text("{}")
+    (root / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    for folder in (outside, root / "a" / ".." / ".." / "elsewhere" / "run", root / "linked" / "run"):
+        with pytest.raises(ownership.NotOursError, match="is not inside"):
+            ownership.remove(folder, root, "training run", [ownership.RUN_MARKER], "choose another run name")
+    assert (outside / ownership.RUN_MARKER).is_file()
+    deep = root / "a" / "b"
+    deep.mkdir()
+    (deep / ownership.RUN_MARKER).write_text("{}")
+    ownership.remove(deep, root, "training run", [ownership.RUN_MARKER], "x")
+    assert not deep.exists() and (root / "a").is_dir()
+
+
 def test_export_question_refuses_a_folder_it_did_not_write(data, tmp_path):
     """`methods.export_question(folder=<an existing folder>)` deleted the user's notes.txt."""
     learner = Learner.create(_preset())
