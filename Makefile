@@ -30,8 +30,12 @@ demo: model
 	$(BIN)/python -m regrad_lib.runner.pipeline --run demo --preset smollm2-135m-instruct
 
 # The experiments beside the demo, on its run (after `make demo`; times in README "More experiments"). Each writes
-# its results beside the demo's as a named evaluation or run, and its report under reference/experiments/.
+# its results beside the demo's as a named evaluation or run, and its report under reference/experiments/ with the
+# report's per-question rows beside it (<name>.questions.csv: `$(REFERENCE) compare --report <name>` judges a rerun
+# against them; compare before the target rewrites them, or against the committed copy with --reference).
 RUNNER := $(BIN)/python -m regrad_lib.runner.pipeline
+REFERENCE := $(BIN)/python -m regrad_lib.reporting.reference
+comma := ,
 PUBMEDQA_ROOT ?= ../shared/data/domains
 experiments: experiments-fair experiments-curve experiments-binding-training experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer experiments-transfer-frontier \
 	experiments-transfer-long experiments-binding
@@ -65,6 +69,9 @@ experiments-curve: model
 	$(CURVE) report --runs $(CURVE_RUN),$(CURVE_RUN)-s43 --figure reference/experiments/learning_curve.png \
 		--csv reference/experiments/learning_curve.csv > reference/experiments/learning_curve.md.tmp
 	mv reference/experiments/learning_curve.md.tmp reference/experiments/learning_curve.md
+	$(REFERENCE) save-report learning_curve $$(for p in $$(ls -d outputs/$(CURVE_RUN)-[0-9]* outputs/$(CURVE_RUN)-s43-[0-9]* \
+		2>/dev/null | xargs -n1 basename); do printf -- '--source %s --source %s:dev-position-free --source %s:validation-all ' \
+		$$p $$p $$p; done)
 
 # Updates that bind the value to the entity asked: the demo preset meta-trained with the binding probe's training
 # families and distractor passages (variants of experiments/binding_training.py), measured on the dev families
@@ -81,6 +88,8 @@ experiments-binding-training: model
 	mkdir -p reference/experiments
 	$(BINDING) report --runs $(BINDING_RUNS) > reference/experiments/binding_training.md.tmp
 	mv reference/experiments/binding_training.md.tmp reference/experiments/binding_training.md
+	$(REFERENCE) save-report binding_training $(foreach run,$(subst $(comma), ,$(BINDING_RUNS)),--source $(run) \
+		--source $(run):dev-position-free) --datasets probe_binding,probe,popqa,probe_transfer
 
 # ReGrad against continual post-training (CPT) and RAG on the probe and PopQA, drift measured after every chunk.
 experiments-cpt: model
@@ -88,8 +97,10 @@ experiments-cpt: model
 		-p methods closed_book,rag,regrad,regrad_icl,cpt,cpt_rag,shift,no_update -p gammas '[]' -p question null
 	mkdir -p reference/experiments
 	$(BIN)/python -m experiments.cpt_report --run demo --evaluation cpt --datasets probe,popqa > reference/experiments/cpt.md
+	$(REFERENCE) save-report cpt --source demo:cpt --datasets probe,popqa
 
-# Top-k and mixed-documents sweeps of regrad (the public code's --mixed), and how gamma should follow k.
+# Top-k and mixed-documents sweeps of regrad (the public code's --mixed), and how gamma should follow k. BENCHMARKS.md's
+# sweeps block is rendered from the committed sweeps.csv (the tests fail when they disagree).
 experiments-sweeps: model
 	$(RUNNER) --run demo --steps 02 -p topk 5 -p overwrite true -p datasets probe,popqa -p train_datasets probe,popqa \
 		-p train_limit 60 --out runs/demo/topk5
@@ -98,6 +109,8 @@ experiments-sweeps: model
 		-p methods regrad -p gammas '[]' -p topks '[1,2,3,5]' -p mixed_sweep '[0.0,0.34,0.67,1.0]' -p question null
 	mkdir -p reference/experiments
 	cp results/demo/evaluations/sweeps/sweeps.csv reference/experiments/sweeps.csv
+	$(REFERENCE) save-report sweeps --source demo:sweeps
+	$(REFERENCE) render --readme BENCHMARKS.md
 
 # The medicine domain on the real PubMedQA PQA-L files (PUBMEDQA_ROOT holds pubmedqa/ori_pqal.json and
 # test_ground_truth.json): meta-training on the 500 non-test questions, evaluation on the first PUBMEDQA_LIMIT of
@@ -112,6 +125,7 @@ experiments-pubmedqa: model
 	mkdir -p reference/experiments
 	$(BIN)/python -m experiments.domain_report --run pubmedqa --dataset pubmedqa --data-root $(PUBMEDQA_ROOT) \
 		> reference/experiments/pubmedqa.md
+	$(REFERENCE) save-report pubmedqa --source pubmedqa --datasets pubmedqa
 
 # The probe's transfer split (relations, question templates and passage styles never meta-trained) on the demo run:
 # its own index (no meta-training question can retrieve a transfer passage), its bank and six methods (regrad_icl also
@@ -126,15 +140,19 @@ experiments-transfer: model
 	$(RUNNER) --run demo --steps 06 -p datasets popqa,hotpotqa,2wikimultihopqa,complexwebquestions,probe,probe_transfer
 	mkdir -p reference/experiments
 	$(BIN)/python -m experiments.transfer_report --run demo > reference/experiments/transfer.md
+	$(REFERENCE) save-report transfer --source demo --datasets probe,probe_transfer
 
 # What moves transfer: variants of the demo preset (steps, α learning rate, template diversity, training-only
 # invented-answer relations with long passages) meta-trained and measured on the transfer split's validation questions
 # (never its dev questions); the demo's run is the first row. Resumes: finished runs and evaluations are kept.
+# experiments/transfer_frontier.py's VARIANTS (tests/test_reference.py checks they agree)
+TF_RUNS := demo tf-steps15 tf-steps60 tf-alr3 tf-para tf-wide tf-lr4e-3 tf-wide60 tf-seed43 tf-wide60-seed43
 experiments-transfer-frontier: model
 	$(TRANSFER_INDEX)
 	mkdir -p reference/experiments
 	$(BIN)/python -m experiments.transfer_frontier study --threads $$(nproc) --gammas 0.5,2 > reference/experiments/transfer_frontier.md.tmp
 	mv reference/experiments/transfer_frontier.md.tmp reference/experiments/transfer_frontier.md
+	$(REFERENCE) save-report transfer_frontier $(foreach run,$(TF_RUNS),--source $(run):transfer-validation)
 
 # The best measured variant (tf-wide60: the probe_wide relations beside the demo's data, 60 steps; too long for
 # `make demo`) on the reported questions: the probe's and the transfer split's dev questions, six methods.
@@ -142,6 +160,7 @@ experiments-transfer-long: experiments-transfer-frontier
 	$(RUNNER) --run tf-wide60 --steps 04-05 -p datasets probe,probe_transfer -p gammas '[]' -p question null \
 		-p methods closed_book,rag,regrad,regrad_icl,shift,no_update
 	$(BIN)/python -m experiments.transfer_report --run tf-wide60 > reference/experiments/transfer_long.md
+	$(REFERENCE) save-report transfer_long --source tf-wide60 --datasets probe,probe_transfer
 
 # The binding probe (three family members with one relation's different values in every top-3: does the update carry
 # the asked person's value?) and regrad_icl against rag and its two controls (no_update_icl, shift_icl).
@@ -156,6 +175,7 @@ experiments-binding: model
 	$(RUNNER) --run demo --steps 05 --datasets popqa,probe -p methods $(ICL_METHODS) -p gammas '[]' -p question null
 	mkdir -p reference/experiments
 	$(BIN)/python -m experiments.binding_report --run demo --datasets popqa,probe,probe_binding > reference/experiments/binding.md
+	$(REFERENCE) save-report binding --source demo --datasets popqa,probe,probe_binding
 
 # The linter (pyproject.toml [tool.ruff]: library, tests, benchmarks, experiments, tools and the notebooks' code),
 # unit tests, then nbval over papermill-prepared copies of the six notebooks (the whole 01->06 chain, tiny preset).

@@ -217,6 +217,9 @@ class TrainArgs:
         if self.distractor_share > 0 and not self.distractor_datasets:
             raise ConfigError("TrainArgs.distractor_share > 0 needs distractor_datasets: the training datasets whose "
                               "questions get another question's passage of the same relation, e.g. [\"probe\"]")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"TrainArgs.seed = {self.seed!r} must be a whole number from 0 to {2**32 - 1} (the "
+                              "range every random generator of the run accepts)")
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.keep_steps):
             raise ConfigError(f"TrainArgs.keep_steps = {self.keep_steps!r} must list optimizer steps >= 1")
         for name in ("adam_beta1", "adam_beta2"):

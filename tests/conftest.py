@@ -1,4 +1,11 @@
-"""Shared test set-up: offline, deterministic, artifacts in a private work root (never the checkout's)."""
+"""Shared test set-up: offline, deterministic, artifacts in a private work root (never the checkout's).
+
+Tests must not depend on their order: each module writes under run and dataset names of its own (or a folder its
+fixture owns). ``REGRAD_TEST_ORDER=reverse`` runs the collected tests last to first (pytest has no built-in
+reverse), which shows a test that needed another's leftovers or broke on them:
+
+    rm -rf /tmp/unit && REGRAD_TEST_WORK=/tmp/unit REGRAD_TEST_ORDER=reverse .venv/bin/python -m pytest -q tests
+"""
 
 import os
 import tempfile
@@ -9,6 +16,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ["REGRAD_WORK"] = os.environ.get("REGRAD_TEST_WORK") or tempfile.mkdtemp(prefix="regrad-test-")
 
 import pytest  # noqa: E402
+
+ORDERS = ("forward", "reverse")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``REGRAD_TEST_ORDER``: forward (the default, collection order) or reverse (last to first; each module's
+    tests stay together, so module fixtures are still made once)."""
+    order = os.environ.get("REGRAD_TEST_ORDER", "forward")
+    if order not in ORDERS:
+        raise pytest.UsageError(f"REGRAD_TEST_ORDER={order!r}: choose {' or '.join(ORDERS)}")
+    if order == "reverse":
+        items.reverse()
 
 
 @pytest.fixture(scope="session")

@@ -186,3 +186,16 @@ def test_read_summary_selects_datasets(run, caplog):
     rows = analysis.read_summary(run, datasets=["hotpotqa", "nq"])
     assert {r.dataset for r in rows} == {"hotpotqa"} and len(rows) == 2
     assert "no rows for ['nq']" in caplog.text
+
+
+@pytest.mark.parametrize("row, field", [("popqa,rag,nan,2,3,4,1.5,3", "em"), ("popqa,rag,1,2,,4,1.5,3", "precision"),
+                                        ("popqa,rag,1,inf,3,4,1.5,3", "f1")])
+def test_a_score_that_is_no_number_is_refused(run, row, field):
+    """summary.csv with em `nan` was read (the method then dropped out of every mean without a word)."""
+    write_text(paths.summary_file(run), f"dataset,method,em,f1,precision,recall,nll,n\n{row}\n")
+    with pytest.raises(ValueError, match=rf"summary.csv line 2: field '{field}' .*re-run 05_evaluate"):
+        analysis.read_summary(run)
+    write_text(paths.summary_file(run), "dataset,method,em,f1,precision,recall,nll,n,acc\n"
+                                           "popqa,rag,1,2,3,4,,3,\npopqa,regrad,1,2,3,4,1.5,3,50\n")
+    older, newer = analysis.read_summary(run)            # a row merged from a file written before accuracy
+    assert math.isnan(older.acc) and math.isnan(older.nll) and newer.acc == 50.0

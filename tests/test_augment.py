@@ -147,3 +147,45 @@ def test_an_index_without_passages_is_refused(setup):
     with pytest.raises(ValueError, match=r"the index 'tiny' holds no passages"):
         augment.augment("2wikimultihopqa", "dev", retriever=Empty(r, 10), data_dir=data)
     assert not paths.augmented_file("2wikimultihopqa", "dev").exists()
+
+
+def test_negative_limits_are_refused_naming_them(setup, tmp_path, caplog):
+    """02 `-p limit -1` augmented questions [0:-1] (9 of 10 here); `-p train_limit -2` wrote train_8.json."""
+    r, data = setup
+    root = str(tmp_path)
+    with pytest.raises(ValueError, match=r"parameter limit = -1 must be >= 1"):
+        augment.augment_all(["2wikimultihopqa"], "dev", retriever=r, data_root=root, limit=-1)
+    with pytest.raises(ValueError, match=r"parameter limits\['2wikimultihopqa'\] = 0 must be >= 1"):
+        augment.augment_all(["2wikimultihopqa"], "dev", retriever=r, data_root=root, limits={"2wikimultihopqa": 0})
+    with pytest.raises(ValueError, match=r"parameter end \(the limit of questions\) = -2 must be >= 1"):
+        augment.augment("2wikimultihopqa", "train", retriever=r, data_dir=data, end=-2)
+    with pytest.raises(ValueError, match=r"parameter start = -3 must be >= 0"):
+        augment.augment("2wikimultihopqa", "dev", retriever=r, data_dir=data, start=-3)
+    assert not paths.augmented_file("2wikimultihopqa", "dev").parent.exists()
+    augment.augment_all(["2wikimultihopqa"], "dev", retriever=r, data_root=root, limit=2, limits={"probe": 60})
+    assert "limits (limit_per_dataset) name ['probe'], not augmented here" in caplog.text
+
+
+def test_a_topk_beyond_the_index_is_refused_before_any_file(setup):
+    """02 `-p topk 10**12`: the kernel died in tantivy's allocator and left a .partial file."""
+    r, data = setup
+    with pytest.raises(ValueError, match=r"topk=1000000000000 is more than the 10 passages of the index 'tiny'"):
+        augment.augment("2wikimultihopqa", "dev", retriever=r, data_dir=data, topk=10**12)
+    output = paths.augmented_file("2wikimultihopqa", "dev")
+    assert not output.exists() and not augment.partial_file(output).exists()
+
+
+def test_a_full_disk_names_the_partial_file(setup, monkeypatch):
+    """A full disk at the start of 02 raised from writing the .partial header, naming no file."""
+    import errno
+    import pathlib
+
+    r, data = setup
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    with pytest.raises(OSError, match=r"No space left on device \(writing .*2wikimultihopqa/dev.json.partial\)"):
+        augment.augment("2wikimultihopqa", "dev", retriever=r, data_dir=data)
+    monkeypatch.undo()
+    assert augment.augment("2wikimultihopqa", "dev", retriever=r, data_dir=data).is_file()

@@ -251,6 +251,16 @@ def test_structural_manifest_errors_name_the_manifest_and_field(folder, edit, fi
     assert "dev_all/fp32/manifest.json" in str(err.value) and "04_encode" in str(err.value)
 
 
+def test_a_manifest_key_given_twice_is_refused(folder):
+    """A manifest with `scheme` twice was read with the last one."""
+    _write(folder, list("abcdef"), _vectors(6))
+    text = (folder / "manifest.json").read_text()
+    (folder / "manifest.json").write_text(text.replace('"scheme": "fp32"', '"scheme": "int8", "scheme": "fp32"', 1))
+    with pytest.raises(on_disk.BankFormatError, match=r"dev_all/fp32/manifest.json cannot be read \(.*key 'scheme' "
+                                                     r"appears twice in one JSON object \('int8', then 'fp32'\)"):
+        reader.GradientBank.open(folder)
+
+
 def test_duplicate_ids_across_shards_are_refused(folder):
     _write(folder, list("abcdef"), _vectors(6))
     m = _manifest(folder)

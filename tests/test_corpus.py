@@ -165,3 +165,14 @@ def test_truncated_and_fake_gzip_name_the_file(tmp_path):
         list(corpus.read(fake))
     with pytest.raises(CorpusFormatError, match="not a gzip file"):
         corpus.count(fake)
+
+
+def test_a_row_with_empty_text_is_a_bad_row_not_a_passage(tmp_path, caplog):
+    """A corpus row with empty text was indexed (a passage that no question can retrieve for a reason)."""
+    path = _tsv(tmp_path, ["1\tRome is a city.\tRome", "2\t   \tEmpty", "3\tOslo is a city.\tOslo"])
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text('{"id": "1", "text": "Rome is a city."}\n{"id": "2", "text": ""}\n', encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="regrad_lib.data.corpus"):
+        assert [p.id for p in corpus.read(path)] == ["1", "3"]
+        assert [p.id for p in corpus.read(jsonl)] == ["1"]
+    assert "c.tsv: line 3 skipped: empty text" in caplog.text and "c.jsonl: line 2 skipped: empty 'text'" in caplog.text

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 
 import pytest
@@ -21,13 +22,15 @@ from regrad_lib.core.learner import Learner
 from regrad_lib.cpt import continual, drift
 from regrad_lib.data import metrics, prompts
 from regrad_lib.evaluation import evaluate
-from regrad_lib.io import artifacts, paths, result_files
+from regrad_lib.io import artifacts, paths, result_files, tensorfile
 from regrad_lib.training import train_data
 
 RUN, DATASET, GENERAL = "cpt-run", "cptqa", "cptgen"
 CFG = {"chunks": 3, "batch_size": 2, "learning_rate": 1e-2, "epochs_per_chunk": 2, "general_passages": 6,
        "general_questions": 3}
 CORPUS_LINES = 40
+# training's passage budget differs from the bank's (64): what CPT and drift measure must be cut as the bank cuts
+LEARNER = {"max_context_len": 32}
 
 
 def _records(n: int) -> list[dict]:
@@ -42,7 +45,7 @@ def _records(n: int) -> list[dict]:
 def study(tiny_model_dir):
     """A saved tiny run with CFG, a 6-question dev set with its bank, a corpus, and general-question candidates of
     which the base model answers every other one exactly (their gold set to its own closed-book answer)."""
-    preset = config.load_preset("tiny", {"cpt": CFG})
+    preset = config.load_preset("tiny", {"cpt": CFG, "learner": LEARNER})
     testing.saved_trained_run(RUN, preset, seed=2)
     records = _records(6)
     lines = paths.sample_corpus().read_text(encoding="utf-8").splitlines(keepends=True)[:CORPUS_LINES + 1]
@@ -52,7 +55,9 @@ def study(tiny_model_dir):
     corpus.write_text("".join(lines), encoding="utf-8")
     learner = Learner.from_run(RUN)
     candidates = [{"test_id": 100 + i, "question": f"What is the name of thing number {i}?", "answers": ["x"],
-                   "passages": [], "passage_ids": [], "titles": [], "scores": []} for i in range(10)]
+                   "passages": [f"Thing {i} has a name.", "Things have names.", "Names are words."],
+                   "passage_ids": [f"g{i}", "g-a", "g-b"], "titles": ["", "", ""], "scores": [3.0, 2.0, 1.0]}
+                  for i in range(10)]      # passages (ids no corpus holds): a run may meta-train on these rows
     asked = drift.answer(learner, [task_batches.from_record(r, 0) for r in candidates], SPECS["closed_book"])
     for i, (record, row) in enumerate(zip(candidates, asked)):
         record["answers"] = [row["prediction"]] if i % 2 == 0 else ["no such answer at all"]
@@ -99,7 +104,12 @@ def test_chunks_are_trained_one_after_another_in_stream_order(study, monkeypatch
     seen, real = [], continual.train_chunk
     monkeypatch.setattr(continual, "train_chunk",
                         lambda *a, **k: seen.append((a[6], [p[0] for p in a[3]])) or real(*a, **k))
+    budgets, batch = [], task_batches.passage_batch        # every passage CPT trains on or measures: the bank's cut
+    monkeypatch.setattr(task_batches, "passage_batch", lambda tok, items, max_len, *a, **k: budgets.append(max_len)
+                        or batch(tok, items, max_len, *a, **k))
     post, _, _ = _post(study, "order")
+    bank = study["learner"].preset.learner.bank_context_len
+    assert budgets and set(budgets) == {bank} != {LEARNER["max_context_len"]}
     plan = continual.stream(study["items"], 3)
     assert seen == [(c + 1, [p[0] for p in chunk]) for c, chunk in enumerate(plan.chunks)]
     # steps: every chunk, epochs_per_chunk passes of ceil(len / batch_size) batches
@@ -208,6 +218,42 @@ def test_regrad_leaves_the_persistent_weights_bit_for_bit_and_cpt_answers_beside
         _evaluate(study, ["cpt"], evaluation="methods", cpt={"learning_rate": 0.5})
 
 
+def test_a_damaged_cpt_checkpoint_is_never_served(study):
+    """One flipped exponent bit in a trained weight of a finished stream changed cpt_rag's answers, with no error;
+    now 05_evaluate refuses it, naming the file, and leaves it as it is (tests/test_cpt_checkpoint.py: each way)."""
+    _evaluate(study, ["cpt"], evaluation="damaged")
+    path = paths.cpt_dir(RUN, DATASET, "damaged") / continual.CHECKPOINT / continual.TENSORS
+    raw = bytearray(path.read_bytes())
+    header = int.from_bytes(raw[:8], "little")
+    entries = json.loads(raw[8:8 + header])
+    first = min((k for k in entries if k.startswith("w.")), key=lambda k: entries[k]["data_offsets"][0])
+    raw[8 + header + entries[first]["data_offsets"][0] + 3] ^= 0x40
+    path.write_bytes(bytes(raw))
+    with pytest.raises(tensorfile.IntegrityError, match=r"cpt/checkpoint/state.safetensors: its tensors do not match "
+                                                        r"their checksum"):
+        _evaluate(study, ["cpt_rag"], evaluation="damaged")
+    assert path.read_bytes() == bytes(raw)
+    assert not (paths.results_dir(RUN, "damaged") / DATASET / "cpt_rag.predictions.jsonl").exists()
+
+
+def test_the_fingerprint_changes_with_any_one_persistent_tensor_alone(tiny_model_dir):
+    """One step size, one LoRA value, one base weight: each changed alone changes the fingerprint; changed back,
+    the fingerprint is the start's (the function is compared with its own earlier value, never with itself)."""
+    learner = Learner.create(config.load_preset("tiny"))
+    start = drift.fingerprint(learner)
+    tensors = {"alpha": next(iter(learner.alpha.values.values())), "phi": next(iter(learner.phi.values())),
+               "base": learner.model.get_input_embeddings().weight}
+    seen = {start}
+    for name, t in tensors.items():
+        with torch.no_grad():
+            t.view(-1)[0] += 1e-3
+        seen.add(drift.fingerprint(learner))
+        with torch.no_grad():
+            t.view(-1)[0] -= 1e-3
+        assert drift.fingerprint(learner) == start, name
+    assert len(seen) == 1 + len(tensors)
+
+
 def test_a_method_that_changes_the_persistent_weights_is_refused(study, monkeypatch):
     real = harness.run_method
 
@@ -242,6 +288,26 @@ def test_the_general_set_is_held_out_text_and_training_questions_the_base_model_
     assert len(more.questions) == 2 and [p[0] for p in more.passages] == ids[:4]
 
 
+def test_the_general_set_leaves_out_the_questions_the_run_was_meta_trained_on(study):
+    """A run whose train_request.json names the general dataset: the general questions are the first ones the
+    base model answers that meta-training neither stepped on nor validated on."""
+    run = "cpt-run-trained"
+    preset = config.load_preset("tiny", {"cpt": CFG, "learner": LEARNER, "train": {
+        "validation_size": 2, "meta_batch_size": 2, "tasks_per_forward": 2}})
+    testing.saved_trained_run(run, preset, seed=2)
+    artifacts.write_json(paths.output_dir(run) / "train_request.json", {"train_datasets": [GENERAL],
+                                                                         "train_file": "train_all"})
+    artifacts.write_json(paths.output_dir(run) / "train_summary.json", {"run": run, "steps": 1})
+    excluded = drift.meta_trained(run)                    # 2 validated + 2 stepped (test_the_questions_left_out_...)
+    assert len(excluded) == 4 and {d for d, _ in excluded} == {GENERAL}
+    known = [c["test_id"] for c in study["candidates"] if c["answers"] != ["no such answer at all"]]
+    assert any((GENERAL, k) in excluded for k in known[:CFG["general_questions"]])     # the exclusion matters
+    general = drift.general_set(run, Learner.from_run(run), corpus_path=study["corpus"], datasets=[GENERAL])
+    kept = [k for k in known if (GENERAL, k) not in excluded]
+    assert [q.extra["test_id"] for q in general.questions] == kept[:CFG["general_questions"]]
+    assert general.selection["meta_trained_left_out"] == 4
+
+
 def test_cpt_keys_shape_the_stream(study):
     lr = {}
     for name, cfg in {"base": {}, "lr": {"learning_rate": 1e-3}, "epochs": {"epochs_per_chunk": 1},
@@ -259,6 +325,17 @@ def test_cpt_keys_shape_the_stream(study):
     assert 0 < lr["lr"].drift[-1]["delta_norm"] < lr["base"].drift[-1]["delta_norm"]
 
 
+def _lora_change(model, now, start) -> float:
+    """‖Σ s·(B A − B₀ A₀)‖ over the LoRA modules, in float64 (start None: from zero, i.e. the base model)."""
+    total = 0.0
+    for name, m in lora.modules(model).items():
+        merged = now[f"{name}.lora_B"].detach().double() @ now[f"{name}.lora_A"].detach().double()
+        if start is not None:
+            merged = merged - start[f"{name}.lora_B"].double() @ start[f"{name}.lora_A"].double()
+        total += float((m.scaling * merged).pow(2).sum())
+    return math.sqrt(total)
+
+
 def test_cpt_weights_choose_what_is_trained(study):
     learner = study["learner"]
     before = _persistent(learner)
@@ -269,6 +346,13 @@ def test_cpt_weights_choose_what_is_trained(study):
     assert fresh_start.keys() == created.keys() and all(torch.equal(fresh_start[n], created[n]) for n in created)
     phi, _, _ = _post(study, "w-phi", weights="phi")
     assert phi.drift[0]["delta_from_base"] == pytest.approx(general.points["meta"]["delta_from_base"], rel=1e-9)
+    # the stream starts at the meta-trained LoRA, not at the base: its change over the stream and from the base
+    # differ; both by hand (s·B·A of each module, from the start's and from zero)
+    last, start = phi.drift[-1], {n: p.detach() for n, p in learner.phi.items()}
+    assert phi.drift[0]["delta_norm"] == 0.0
+    assert last["delta_norm"] == pytest.approx(_lora_change(learner.model, phi.learner.phi, start), rel=1e-9)
+    assert last["delta_from_base"] == pytest.approx(_lora_change(learner.model, phi.learner.phi, None), rel=1e-9)
+    assert abs(last["delta_from_base"] - last["delta_norm"]) > 0.1 * last["delta_norm"] > 0
     assert phi.drift[0]["general_text_nll"] == pytest.approx(general.points["meta"]["general_text_nll"], abs=1e-6)
     full, _, _ = _post(study, "w-full", weights="full")
     assert full.learner.model is not learner.model

@@ -317,3 +317,17 @@ def test_a_folder_named_id_aliases_is_refused(tmp_path):
     (tmp_path / "id_aliases.json").mkdir()
     with pytest.raises(DatasetFormatError, match=r"id_aliases.json is not a file \(a folder\?\)"):
         datasets.load("2wikimultihopqa", tmp_path, "dev")
+
+
+@pytest.mark.parametrize("suffix, text, where", [
+    (".json", '[{"question": "Q0?", "answer": "a"}, {"question": "First?", "question": "Second?", "answer": "b"}]',
+     r"dev.json: record 1"),
+    (".jsonl", '{"question": "Q0?", "answer": "a"}\n{"question": "First?", "question": "Second?", "answer": "b"}\n',
+     r"dev.jsonl: line 2 \(record 1\)"),
+])
+def test_a_key_given_twice_in_a_record_is_refused(tmp_path, suffix, text, where):
+    """`{"question": "First?", "question": "Second?"}` was read as "Second?"."""
+    (tmp_path / f"dev{suffix}").write_text(text, encoding="utf-8")
+    with pytest.raises(DatasetFormatError, match=rf"{where}: key 'question' appears twice in one JSON object "
+                                                 r"\('First\?', then 'Second\?'\)"):
+        datasets.load("myqa", tmp_path, "dev")

@@ -37,11 +37,14 @@ def test_paired_differences_hand_computed(run):
     assert d.n == 3 and d.n_lower == 2
     assert d.mean == pytest.approx(-1 / 3)
     assert d.se == pytest.approx(math.sqrt(7 / 12 / 3))
-    assert d.z == pytest.approx(d.mean / d.se)
+    # z = (-1/3) / sqrt(7/36) = -(1/3) * 6 / sqrt(7) = -2 / sqrt(7)
+    assert d.z == pytest.approx(-2 / math.sqrt(7), rel=1e-12)
+    assert effects.nll_p(d) == pytest.approx(math.erfc(2 / math.sqrt(7) / math.sqrt(2)), rel=1e-12)
     e = effects.paired_nll_differences(run, "popqa", "regrad", "no_update")
     # diffs 0, -0.5, -0.5, -1.0 -> mean -0.5; var = (0.25+0+0+0.25)/3 = 1/6; a tie (0) is not "lower"
     assert (e.n, e.n_lower) == (4, 3)
     assert e.mean == pytest.approx(-0.5) and e.se == pytest.approx(math.sqrt(1 / 6 / 4))
+    assert e.z == pytest.approx(-0.5 / math.sqrt(1 / 24), rel=1e-12)       # -sqrt(6) = -2.449
     assert "lower on 3 of 4 (75%)" in str(e)
 
 
@@ -207,10 +210,21 @@ def test_nll_p_is_the_two_sided_normal_tail():
 KNOWS = "regrad beats shift on knowledge (answer accuracy and the gold answer's likelihood both better) on "
 
 
+def outcomes_of(text, dataset, m="regrad", r="shift"):
+    """Every reading whose sentence of the verdict names ``dataset`` (a dataset must sit in exactly one)."""
+    found = []
+    for k, phrase in effects._KNOWLEDGE.items():
+        start = phrase.format(m=m, r=r)
+        found += [k for part in text.split(". ") if part.startswith(start)
+                  and (part[len(start):].startswith(f"{dataset} (") or f"; {dataset} (" in part)]
+    return found
+
+
 def test_verdict_gain():
     text = verdict_of(effect("probe", 70, 10, 12, 0, 20, -1.0, 0.1))
     assert text.startswith(KNOWS + "probe (acc 70.0 vs 10.0, McNemar p = 0.00049")
     assert "Format only" not in text and "Mixed" not in text
+    assert outcomes_of(text, "probe") == [(1, 1)] and "worse" not in text and "No significant" not in text
 
 
 def test_verdict_harm_in_both():
@@ -218,6 +232,7 @@ def test_verdict_harm_in_both():
     assert text.startswith("regrad is worse than shift on knowledge (answer accuracy and the gold answer's likelihood "
                            "both worse) on probe")
     assert "beats" not in text
+    assert outcomes_of(text, "probe") == [(-1, -1)] and "raises" not in text and "No significant" not in text
 
 
 def test_an_em_gain_without_an_accuracy_gain_is_format_not_knowledge():
@@ -250,6 +265,9 @@ def test_verdict_accuracy_only_nll_only_and_none():
     assert "No significant difference in answer accuracy or the gold answer's likelihood between regrad and shift " \
            "on nq" in text
     assert "beats shift on knowledge" not in text
+    # each dataset in its own reading only: absence of every other one
+    assert [outcomes_of(text, d) for d in ("popqa", "probe", "nq")] == [[(1, 0)], [(0, 1)], [(0, 0)]]
+    assert "worse" not in text and "lowers" not in text and "Mixed" not in text
 
 
 def test_verdict_without_accuracy_never_calls_knowledge():
@@ -276,6 +294,7 @@ def test_verdict_significance_level_and_holm_correction():
     both = verdict_of(one, effect("popqa", 40, 30, 8, 1, 60, 0.0, 0.1))
     assert both.startswith("No significant difference in answer accuracy or the gold answer's likelihood between "
                            "regrad and shift on probe") and "Holm 0.078" in both
+    assert outcomes_of(both, "probe") == outcomes_of(both, "popqa") == [(0, 0)] and "answers more" not in both
     # the family is the datasets of the chosen pair only: a no_update row does not widen it
     assert verdict_of(one, effect("probe", 40, 30, 8, 1, 60, 0.0, 0.1, b="no_update")).startswith(
         "regrad answers more")

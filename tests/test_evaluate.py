@@ -34,7 +34,13 @@ def _records(n=7):
 
 @pytest.fixture(scope="module")
 def run(tiny_model_dir):
-    """A saved 'trained' run (random non-zero B, large alpha), a dev file and its fp32 Gradient Bank."""
+    return make_run(RUN, DATASET)
+
+
+def make_run(run: str, dataset: str):
+    """A saved 'trained' run (random non-zero B, large alpha), a dev file of ``dataset`` and its banks (fp32, int8,
+    int4 and the default scheme). Each test module makes its own under its own names: a module that reused this
+    one's would leave results behind that change what this module's tests find (order dependence)."""
     preset = config.load_preset("tiny")
     learner = Learner.create(preset, "cpu")
     torch.manual_seed(3)
@@ -44,14 +50,14 @@ def run(tiny_model_dir):
                 p.normal_(0, 0.2)
         for v in learner.alpha.values.values():
             v.fill_(0.5)
-    folder = paths.output_dir(RUN)
+    folder = paths.output_dir(run)
     preset.save(folder)
     learner.save(folder / paths.META_STATE)
-    artifacts.write_json(folder / paths.TRAIN_SUMMARY, {"run": RUN})   # finished, as 03_train marks it
-    artifacts.write_json(paths.augmented_file(DATASET, "dev"), _records())
-    encode.encode_schemes(RUN, DATASET, "dev", ["fp32", "int8", "int4", reader.DEFAULT_SCHEME], batch_size=4,
+    artifacts.write_json(folder / paths.TRAIN_SUMMARY, {"run": run})   # finished, as 03_train marks it
+    artifacts.write_json(paths.augmented_file(dataset, "dev"), _records())
+    encode.encode_schemes(run, dataset, "dev", ["fp32", "int8", "int4", reader.DEFAULT_SCHEME], batch_size=4,
                           learner=learner, overwrite=True)
-    return learner, evaluate.load_tasks(DATASET), reader.open_bank(3, RUN, DATASET, "dev", "fp32", learner=learner)
+    return learner, evaluate.load_tasks(dataset), reader.open_bank(3, run, dataset, "dev", "fp32", learner=learner)
 
 
 def test_online_equals_bank(run):
@@ -173,7 +179,7 @@ def test_evaluate_writes_resumes_and_overwrites(run):
     assert saved["nll"] == pytest.approx(sum(r["answer_nll"] for r in rows) / 5)
     summary_file = paths.results_dir(RUN) / "summary.csv"
     lines = summary_file.read_text().splitlines()
-    assert lines[0] == "dataset,method,em,f1,precision,recall,nll,n" and len(lines) == 5
+    assert lines[0] == "dataset,method,em,acc,f1,precision,recall,nll,n" and len(lines) == 5
 
     before = metrics_file.stat().st_mtime_ns
     again = evaluate.evaluate(RUN, DATASET, ["regrad", "rag"], limit=5, learner=lambda: learner)
@@ -192,7 +198,7 @@ def test_sweep(run):
     rows = sweeps.sweep(RUN, DATASET, gammas=(0.0, 1.0), limit=4, learner=learner)
     assert [(r["gamma"], r["topk"], r["n"]) for r in rows] == [(0.0, 3, 4), (1.0, 3, 4)]
     text = (paths.results_dir(RUN) / "sweeps.csv").read_text().splitlines()
-    assert text[0] == "dataset,method,gamma,topk,mixed,scheme,em,f1,precision,recall,nll,n"
+    assert text[0] == "dataset,method,gamma,topk,mixed,scheme,em,acc,f1,precision,recall,nll,n"
     assert all(line.split(",")[4:6] == ["0.0", reader.DEFAULT_SCHEME] for line in text[1:])
     # gamma 0 is the meta-trained LoRA without update
     plain = results.score_rows(harness.run_method("no_update", learner, evaluate.load_tasks(DATASET, limit=4)))

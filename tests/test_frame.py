@@ -16,7 +16,8 @@ from regrad_lib.evaluation import evaluate
 from regrad_lib.io import artifacts, paths
 from regrad_lib.testing import saved_trained_run
 
-RUN, DATASET, BUDGET = "frametest", "frame-ds", 24
+# the bank's passage budget and training's differ, so a method that takes one for the other shows
+RUN, DATASET, BUDGET, TRAIN_BUDGET = "frametest", "frame-ds", 24, 40
 LONG = [("Nile", "The Nile is a major north-flowing river in northeastern Africa. It flows into the Mediterranean "
                  "Sea and is among the longest rivers in the world, draining eleven countries."),
         ("Kyoto", "Kyoto is a city on the island of Honshu in Japan. It was the capital of Japan for more than a "
@@ -36,7 +37,7 @@ def _records():
 def _preset(prompt_passages="as_gradient"):
     return config.load_preset("tiny", {"learner": {
         "prompt_style": "example", "passage_format": "title_text", "context_order": "reversed",
-        "max_context_len": BUDGET, "bank_context_len": BUDGET, "max_prompt_len": 1024, "blind_context": False,
+        "max_context_len": TRAIN_BUDGET, "bank_context_len": BUDGET, "max_prompt_len": 1024, "blind_context": False,
         "prompt_passages": prompt_passages}})
 
 
@@ -91,11 +92,16 @@ def test_every_method_scores_the_answer_and_the_end_of_turn_only(run, monkeypatc
         whole = tok.apply_chat_template(chat + [{"role": "assistant", "content": f"Answer: {task.answer}"}],
                                         tokenize=False, date_string=cfg.chat_date)
         assert whole.startswith(tok.decode(prompt + scored))
-        # training's meta loss takes the very same label after the very same prompt
-        train = task_batches.qa_examples(tok, [task], cfg, with_context=specs.SPECS[method].context)[0]
+        # training's meta loss takes the very same label after the same prompt frame (its passages cut at
+        # training's budget; at the bank's budget, token for token this prompt)
+        context = specs.SPECS[method].context
+        train = task_batches.qa_examples(tok, [task], cfg, with_context=context)[0]
         n = len(scored)
-        assert train.input_ids == prompt + scored and train.labels[-n:] == scored
+        assert train.input_ids[-n:] == train.labels[-n:] == scored
         assert set(train.labels[:-n]) == {prompts.IGNORE}
+        assert task_batches.qa_examples(tok, [task], cfg, with_context=context, stage="eval")[0].input_ids == \
+            prompt + scored
+        assert (train.input_ids == prompt + scored) is not context   # passages in the prompt: cut otherwise
 
 
 def test_answer_nll_of_the_harness_is_the_label_nll(run):
@@ -138,6 +144,10 @@ def test_training_prompt_passages_are_the_inner_steps_passages(run):
              for row, m in zip(batch.passages.input_ids, batch.passages.attention_mask)]
     shown = [p for row in batch.qa.input_ids for p in _passages_in(tok.decode(row))[::-1]]
     assert shown == inner and len(inner) == 6
+    # cut at training's budget (max_context_len), not the bank's: every passage here is longer than both
+    lengths = batch.passages.attention_mask.sum(dim=1).tolist()
+    assert max(lengths) == TRAIN_BUDGET and min(lengths) > BUDGET
+    assert prompts.prompt_passage_len(cfg, "train") == TRAIN_BUDGET != prompts.prompt_passage_len(cfg, "eval")
 
 
 def test_prompt_passages_whole_changes_only_the_prompts_passages(run, tiny_model_dir):

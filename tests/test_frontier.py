@@ -3,16 +3,23 @@
 import json
 
 import pytest
-from test_evaluate import DATASET, RUN, run  # noqa: F401  (the module fixture: a tiny run with fp32/int8/int4 banks)
+from test_evaluate import make_run
 
 from regrad_lib.evaluation import evaluate, frontier
 from regrad_lib.io import paths
 from regrad_lib.reporting import analysis, bank_plots, effects, frontier_report
 
 SCHEMES = ["fp32", "int8", "int4"]
+RUN, DATASET = "frontiertest", "frontierqa"      # its own: test_evaluate's run would carry this module's results
 
 
-def test_evaluate_schemes_writes_resumes_and_reads_back(run):  # noqa: F811
+@pytest.fixture(scope="module")
+def run(tiny_model_dir):
+    """A tiny run with fp32/int8/int4 banks (test_evaluate's recipe, under this module's names)."""
+    return make_run(RUN, DATASET)
+
+
+def test_evaluate_schemes_writes_resumes_and_reads_back(run):
     learner, items, _ = run
     assert isinstance(frontier_report.read_frontier(RUN, [DATASET]), analysis.Missing)
     rows = frontier.evaluate_all(RUN, [DATASET], SCHEMES, limit=5, learner=learner)
@@ -45,7 +52,7 @@ def test_evaluate_schemes_writes_resumes_and_reads_back(run):  # noqa: F811
     assert len(fig.axes[1].lines) == 1 + 1                             # int8, int4 curve + the dashed target
 
 
-def test_frontier_without_a_reference_bank(run):  # noqa: F811
+def test_frontier_without_a_reference_bank(run):
     learner, _, _ = run
     frontier.evaluate_schemes(RUN, DATASET, ["int8"], limit=3, learner=learner, overwrite=True)
     table = frontier_report.read_frontier(RUN, [DATASET], reference="bf16")
@@ -53,7 +60,7 @@ def test_frontier_without_a_reference_bank(run):  # noqa: F811
     assert isinstance(frontier_report.read_frontier(RUN, ["nq"]), analysis.Missing)
 
 
-def test_a_named_evaluation_keeps_its_scheme_results_apart(run):  # noqa: F811
+def test_a_named_evaluation_keeps_its_scheme_results_apart(run):
     """05_evaluate with evaluation=<name> writes regrad-per-scheme under results/<run>/evaluations/<name>/ and
     06 reads them from there; the main results are left as they were."""
     learner, _, _ = run

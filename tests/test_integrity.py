@@ -167,7 +167,38 @@ def test_checksums_cover_names_dtypes_shapes_and_metadata():
     assert d == tensorfile.digest({"a": torch.arange(4.0)}, {"step": "2", tensorfile.CHECKSUM: "x"})
 
 
-# --- non-finite weights -------------------------------------------------------------------------------
+@pytest.mark.parametrize("required", [True, False, None])
+def test_a_checksum_present_is_verified_whatever_required_says(tmp_path, required):
+    """``required`` only decides what a file WITHOUT a checksum means; a file that carries one (a legacy folder's
+    file rewritten since, a PEFT adapter of ours) is verified in every case."""
+    path = tmp_path / "t.safetensors"
+    tensorfile.save(path, {"a": torch.arange(4.0)}, {"step": "2"})
+    assert tensorfile.load(path, required=required, fix="-")[0]["a"].equal(torch.arange(4.0))
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x01                            # the last byte: the high byte of a[3] (3.0 becomes 3.0000...x)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(tensorfile.IntegrityError, match="t.safetensors: its tensors do not match their checksum"):
+        tensorfile.load(path, required=required, fix="-")
+
+
+def test_meta_hash_covers_phi_and_alpha_each_alone(tiny_model_dir):
+    """The hash ranks compare before and after training (and the bank's manifest) changes when only a step size
+    changes, and when only one LoRA value changes."""
+    learner = Learner.create(config.load_preset("tiny"))
+    start = learner.meta_hash()
+    alpha = next(iter(learner.alpha.values.values()))
+    phi = next(iter(learner.phi.values()))
+    with torch.no_grad():
+        alpha.add_(1e-3)
+        moved_alpha = learner.meta_hash()
+        alpha.sub_(1e-3)
+        assert learner.meta_hash() == start                      # back: the same bytes, the same hash
+        phi.view(-1)[0] += 1e-3
+        moved_phi = learner.meta_hash()
+    assert len({start, moved_alpha, moved_phi}) == 3
+
+
+# --- non-finite weights --------------------------------------------------------------------------------------
 
 def _peft_adapter(folder, preset, fill=None):
     """A PEFT adapter of the tiny preset's layout written as peft would (no regrad checksum)."""

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from regrad_lib.io import paths
+from regrad_lib.io import params, paths
 from regrad_lib.runner import notebook, pipeline
 
 
@@ -122,3 +122,95 @@ def test_bad_count_parameters_name_the_parameter(value, pattern):
     with pytest.raises(ValueError, match="limit_per_dataset") as info:
         notebook.as_counts("limit_per_dataset", value)
     assert pattern in str(info.value)
+
+
+def _set_up(name, **injected):
+    """The namespace after a notebook's parameters cell, papermill's injected values and its set-up cell: what a
+    kernel holds after ``papermill notebooks/<name>.ipynb out.ipynb -p key value`` ran those cells."""
+    namespace: dict = {}
+    cells = _cells(name)
+    exec("".join(cells[0]["source"]), namespace)
+    namespace.update(injected)
+    exec("".join(cells[1]["source"]), namespace)
+    return namespace
+
+
+def _papermill(text):
+    """A value as papermill's command line makes it of ``-p key text`` (True/False/None, numbers, else the text)."""
+    from papermill.cli import _resolve_type
+    return _resolve_type(text)
+
+
+@pytest.mark.parametrize("name", pipeline.NOTEBOOKS)
+def test_each_set_up_cell_types_its_parameters_first(name):
+    setup = "".join(_cells(name)[1]["source"]).splitlines()
+    first = next(i for i, line in enumerate(setup) if line and not line.startswith(("from ", "import ")))
+    assert setup[first:first + 2] == ["notebook.setup_logging()", f'notebook.type_parameters("{name}", globals())']
+
+
+def test_booleans_passed_by_papermill_directly_are_typed_in_01(tiny_model_dir):
+    """`papermill notebooks/01_index.ipynb out.ipynb -p probe false` indexed the probe's passages too;
+    `-p transfer false` was refused with a message saying transfer = True."""
+    ns = _set_up("01_index", probe=_papermill("false"), probe_binding=_papermill("false"),
+                 transfer=_papermill("false"))
+    assert (ns["probe"], ns["probe_binding"], ns["transfer"]) == (False, False, False)
+    assert ns["corpus_path"] == paths.sample_corpus()          # the corpus alone: no probe added
+    with pytest.raises(ValueError, match=r"parameter probe = 'no' \(str\) is not a boolean"):
+        _set_up("01_index", probe=_papermill("no"))
+
+
+@pytest.mark.parametrize("key, text, message", [
+    ("probe", "yes", r"parameter probe = 'yes' \(str\) is not a boolean"),
+    ("limit", "-1", r"parameter limit = -1 must be >= 1"),
+    ("train_limit", "-2", r"parameter train_limit = -2 must be >= 1"),
+    ("topk", "0", r"parameter topk = 0 must be >= 1"),
+    ("seed", str(2**70), r"parameter seed = 1180591620717411303424 must be <= 4294967295"),
+    ("limit", "2.5", r"parameter limit = 2.5 \(float\) is not an integer"),
+])
+def test_the_notebooks_and_the_runner_refuse_alike(key, text, message):
+    """One rule: the runner's typing of -p key text and a notebook's of papermill's value give the same error."""
+    with pytest.raises(params.ParameterError, match=message):
+        notebook.typed_parameters({key: pipeline.parse_value(text)})
+    owner = next(n for n in pipeline.NOTEBOOKS if key in notebook.parameters_cell(paths.notebooks_dir() / f"{n}.ipynb"))
+    namespace = {key: _papermill(text)}
+    with pytest.raises(params.ParameterError, match=message):
+        notebook.type_parameters(owner, namespace)
+
+
+def test_text_parameters_keep_the_text_papermill_made_a_number_of():
+    """05 `-p question 5` failed with an AttributeError; the runner passes the text "5"."""
+    namespace = {"question": _papermill("5"), "index": _papermill("2024"), "limit": _papermill("3"), "gamma": None}
+    notebook.type_parameters("05_evaluate", namespace)
+    assert namespace == {"question": "5", "index": "2024", "limit": 3, "gamma": None}
+    assert notebook.typed_parameters({"question": "5", "index": "2024", "limit": 3}) == \
+        {"question": "5", "index": "2024", "limit": 3}
+
+
+def test_05_applies_its_cpt_parameters_before_it_checks_them():
+    """`-p methods cpt -p general_datasets popqa` was refused naming data/augmented/hotpotqa/train_all.json: the
+    settings were checked with the default general_datasets before the cpt parameters were applied."""
+    import dataclasses
+
+    from regrad_lib.evaluation import evaluate
+
+    setup = ast.parse("".join(_cells("05_evaluate")[1]["source"]))
+    [call] = [n for n in ast.walk(setup)
+              if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "EvaluateSettings"]
+    declared = set(notebook.parameters_cell(paths.notebooks_dir() / "05_evaluate.ipynb"))
+    fields = {f.name for f in dataclasses.fields(evaluate.EvaluateSettings) if f.init}
+    assert declared & fields <= {k.arg for k in call.keywords}, "settings built without some of their parameters"
+
+
+def test_01s_sample_query_is_searched_by_the_library_that_names_it():
+    """`-p query ''` failed with a bare AssertionError in 01's cell `assert len(hits) == topk`."""
+    source = "".join(c for cell in _cells("01_index") for c in cell["source"])
+    assert "retrieval.search_one(bm25, query, topk)" in source and "assert len(hits)" not in source
+
+
+@pytest.mark.parametrize("name", pipeline.NOTEBOOKS)
+def test_each_notebooks_defaults_pass_its_own_typing_unchanged(name):
+    """Run All in JupyterLab: the set-up cell's typing keeps every default as it is."""
+    defaults = notebook.parameters_cell(paths.notebooks_dir() / f"{name}.ipynb")
+    namespace = dict(defaults)
+    notebook.type_parameters(name, namespace)
+    assert namespace == defaults

@@ -106,6 +106,25 @@ def test_remove_never_leaves_its_root(tmp_path):
     assert root.is_dir() and not (root / "run").exists()
 
 
+def test_remove_refuses_a_folder_outside_its_root_however_its_path_is_written(tmp_path):
+    """Inside the root means inside after resolving: a path that climbs out through ``..`` or through a linked
+    folder below the root is refused, though the folder carries the marker; a folder nested deeper inside is ours."""
+    root, outside = tmp_path / "outputs", tmp_path / "elsewhere" / "run"
+    (root / "a").mkdir(parents=True)
+    outside.mkdir(parents=True)
+    (outside / ownership.RUN_MARKER).write_text("{}")
+    (root / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    for folder in (outside, root / "a" / ".." / ".." / "elsewhere" / "run", root / "linked" / "run"):
+        with pytest.raises(ownership.NotOursError, match="is not inside"):
+            ownership.remove(folder, root, "training run", [ownership.RUN_MARKER], "choose another run name")
+    assert (outside / ownership.RUN_MARKER).is_file()
+    deep = root / "a" / "b"
+    deep.mkdir()
+    (deep / ownership.RUN_MARKER).write_text("{}")
+    ownership.remove(deep, root, "training run", [ownership.RUN_MARKER], "x")
+    assert not deep.exists() and (root / "a").is_dir()
+
+
 def test_export_question_refuses_a_folder_it_did_not_write(data, tmp_path):
     """`methods.export_question(folder=<an existing folder>)` deleted the user's notes.txt."""
     learner = Learner.create(_preset())
@@ -139,3 +158,27 @@ def test_rebuilding_an_index_removes_only_an_index(tmp_path):
     assert retrieval.build(corpus, "an-index", rebuild=True, threads=1, heap_mb=32).count() == 2
     with pytest.raises(params.ParameterError, match=r"parameter rebuild = 'yes'"):
         retrieval.build(corpus, "an-index", rebuild="yes", threads=1, heap_mb=32)
+
+
+# --- folders the user names on a command line ------------------------------------------------------------------
+
+def test_reference_save_refuses_a_folder_it_did_not_write(tmp_path):
+    """`python -m regrad_lib.reporting.reference save --run R --reference <any folder>` replaced the folder (a
+    user's thesis.tex gone, exit 0)."""
+    from regrad_lib.reporting import reference
+    from regrad_lib.reporting.reference_tables import META, Results
+
+    folder = tmp_path / "thesis"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("my thesis")
+    with pytest.raises(ownership.NotOursError, match=r"thesis exists and was not written by regrad \(it holds no "
+                                                     r"reference.json\): it is not replaced; .*--reference"):
+        reference.save(Results(meta={"run": "r"}), folder)
+    assert reference.main(["save", "--run", "no-such-run", "--reference", str(folder)]) == 1   # before any reading
+    assert sorted(os.listdir(folder)) == ["thesis.tex"] and (folder / "thesis.tex").read_text() == "my thesis"
+    ours = reference.save(Results(meta={"run": "r"}, summary=[{"dataset": "d", "em": 1.0}]), tmp_path / "ours")
+    reference.save(Results(meta={"run": "r2"}), ours)                     # its own folder: replaced
+    assert sorted(os.listdir(ours)) == [META]
+    with pytest.raises(ownership.NotOursError, match="symbolic link"):
+        (tmp_path / "link").symlink_to(ours)
+        reference.save(Results(meta={"run": "r"}), tmp_path / "link")

@@ -14,7 +14,7 @@ from regrad_lib.evaluation import evaluate, sweeps
 from regrad_lib.io import artifacts, params, paths
 from regrad_lib.io.run_state import UnfinishedRunError
 from regrad_lib.retrieval import augment
-from regrad_lib.runner import launch, pipeline
+from regrad_lib.runner import launch, notebook, pipeline
 from regrad_lib.training import train
 
 RUN, DATASET = "typed-run", "typedqa"
@@ -222,6 +222,15 @@ def test_library_calls_read_false_as_false(trained):
     assert again["status"] == "kept" and again["wall_s"] == first["wall_s"]
 
 
+def test_01s_corpus_reads_false_as_false():
+    """01's indexed_corpus.prepare(corpus, "false", ...) added the probe's passages: the text was true."""
+    from regrad_lib.data import indexed_corpus
+
+    assert indexed_corpus.prepare("data/sample/psgs_w100.tsv", "false", "false", "false") == paths.sample_corpus()
+    with pytest.raises(params.ParameterError, match=r"parameter transfer = 'no' \(str\) is not a boolean"):
+        indexed_corpus.prepare("data/sample/psgs_w100.tsv", False, False, "no")
+
+
 @pytest.mark.parametrize("hint, text, expected", [
     (bool, "false", False), (bool, "True", True), (int | None, "null", None), (int | None, "4", 4),
     (list[str], "a,b", ["a", "b"]), (list[float], "[0, 0.5]", [0, 0.5]), (str, "007", "007"),
@@ -237,14 +246,14 @@ def test_launch_flags_refuse_wrong_types_naming_the_flag(hint, text):
 
 
 def test_the_runner_types_parameters_by_the_notebooks_defaults_before_running_any():
-    typed = pipeline.typed_parameters({"allow_unfinished": "false", "limit": "3", "gammas": "0,1",
+    typed = notebook.typed_parameters({"allow_unfinished": "false", "limit": "3", "gammas": "0,1",
                                               "probe": "false", "gamma": None, "evaluation": "first4"})
     assert typed == {"allow_unfinished": False, "limit": 3, "gammas": "0,1", "probe": False, "gamma": None,
                      "evaluation": "first4"}
     for key, value, message in [("limit", 2.5, "is not an integer"), ("gammas", 5, "is not a list"),
                                 ("topk", True, "is not an integer"), ("overwrite", "yes", "is not a boolean")]:
         with pytest.raises(params.ParameterError, match=f"parameter {key} = .* {message}"):
-            pipeline.typed_parameters({key: value})
+            notebook.typed_parameters({key: value})
 
 
 def test_the_runner_command_line_fails_at_once_naming_the_parameter(caplog):

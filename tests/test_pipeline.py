@@ -102,7 +102,8 @@ def test_domains_set_the_datasets_trained_and_evaluated_together():
     assert set(pipeline.GENERAL) == {"2wikimultihopqa", "complexwebquestions", "popqa", "hotpotqa"}
     med = pipeline.domain_parameters("med", {"data_root": "../shared/data/domains", "index": "mine"})
     assert med == {"datasets": ["pubmedqa"], "train_datasets": ["pubmedqa"], "probe": False,
-                   "sweep_datasets": ["pubmedqa"], "corpus": "../shared/data/domains/pubmedqa"}   # index: given
+                   "sweep_datasets": ["pubmedqa"], "limit_per_dataset": {},
+                   "corpus": "../shared/data/domains/pubmedqa"}   # index: given
     with pytest.raises(ValueError, match="--domain 'law'"):
         pipeline.domain_parameters("law", {})
 
@@ -136,3 +137,29 @@ def test_finished_kernels_are_shut_down_without_an_interrupt():
         asyncio.run(manager._async_interrupt_kernel())
     manager.shutting_down = True
     assert asyncio.run(manager._async_interrupt_kernel()) is None
+
+
+def test_the_runner_replaces_no_file_it_did_not_write(fake_notebooks, caplog):
+    """--out names a folder: a file there of the name of an executed copy is replaced only when papermill wrote it."""
+    out = fake_notebooks / "mine"
+    out.mkdir()
+    (out / "01_ok.ipynb").write_text("my own notebook")
+    assert pipeline.main(["--run", "r5", "--steps", "01", "-p", "value", "7", "--out", str(out)]) == 1
+    assert "01_ok.ipynb exists and was not written by the runner" in caplog.text
+    assert (out / "01_ok.ipynb").read_text() == "my own notebook"
+    assert pipeline.main(["--run", "r5", "--steps", "01", "-p", "value", "7", "--out", str(fake_notebooks / "o")]) == 0
+    assert pipeline.main(["--run", "r5", "--steps", "01", "-p", "value", "7", "--out", str(fake_notebooks / "o")]) == 0
+
+
+@pytest.mark.parametrize("flag", ["--preset", "--datasets", "--train-datasets", "--accelerate-config", "--seeds",
+                                  "--domain"])
+def test_an_empty_flag_is_refused_naming_it(flag, caplog):
+    """`--preset ''` fell back to the default preset (a run trained with smollm2 when none was meant)."""
+    assert pipeline.main(["--run", "r6", "--prepare-only", flag, ""]) == 1
+    assert f"{flag} '' is empty" in caplog.text
+
+
+def test_steps_in_reverse_order_are_refused():
+    """`--steps 06-01` ran nothing and exited 0."""
+    with pytest.raises(ValueError, match=r"--steps '06-01': 06 comes after 01; write the steps in order, e.g. 01-06"):
+        pipeline.select_steps("06-01")

@@ -89,7 +89,7 @@ def test_score_table_figure(run):
     fig = plots.score_table(table)
     mpl_table = fig.axes[0].tables[0]
     cells = mpl_table.get_celld()
-    assert max(r for r, _ in cells) == 2 and max(c for _, c in cells) == 10  # 2 datasets; 1 + 5 methods × 2
+    assert max(r for r, _ in cells) == 2 and max(c for _, c in cells) == 15  # 2 datasets; 1 + 5 methods × (acc, EM, F1)
     assert cells[(1, 0)].get_text().get_text() == "popqa"
 
 

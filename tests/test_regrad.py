@@ -1,4 +1,11 @@
-"""Numerical tests of the functional core against one-by-one reference computations."""
+"""Numerical tests of the functional core against an independent slow path.
+
+The references never call the functions under test (``token_losses``, ``summed_gradient``, ``group_gradients``,
+``apply_update``): each LoRA is merged into its linear weight (``W + s·B·A``) with the LoRA layers switched off,
+the model is called with those weights through ``torch.func.functional_call``, one unpadded example at a time,
+and the loss is written out token by token (the mean over the labelled positions of ``-log softmax``); gradients
+are autograd's through that path, and updates are plain arithmetic with the step size's hand value.
+"""
 
 import copy
 
@@ -36,18 +43,74 @@ def _passages(tok, items, max_len=64):
     return regrad.collate([prompts.passage_example(tok, t, x, max_len) for t, x in items], tok.pad_token_id)
 
 
+def _example(tok, item, max_len=64):
+    e = prompts.passage_example(tok, *item, max_len)
+    assert e.labels == e.input_ids            # a passage: every token is its own label (equation 1)
+    return e
+
+
+def _hand_loss(model, phi, example):
+    """The slow path's loss of one example: LoRA merged into the weights, no padding, no mask, the mean written out
+    over the positions t >= 1 whose label is set: -log softmax(logits[t - 1])[label[t]]."""
+    mods = lora.modules(model)
+    weights = {f"{n}.base.weight": m.base.weight + m.scaling * phi[f"{n}.lora_B"] @ phi[f"{n}.lora_A"]
+               for n, m in mods.items()}
+    for m in mods.values():
+        m.enabled = False
+    try:
+        logits = torch.func.functional_call(model, weights, (),
+                                            {"input_ids": torch.tensor([example.input_ids])}).logits[0]
+    finally:
+        for m in mods.values():
+            m.enabled = True
+    terms = [-torch.log_softmax(logits[t - 1], dim=-1)[label]
+             for t, label in enumerate(example.labels) if t >= 1 and label != prompts.IGNORE]
+    return sum(terms) / len(terms)
+
+
+def _hand_grad(model, phi, examples):
+    """d/dphi of the sum of the examples' slow-path losses."""
+    total = sum(_hand_loss(model, phi, e) for e in examples)
+    return dict(zip(phi, torch.autograd.grad(total, list(phi.values()))))
+
+
 def _one_by_one(model, phi, tok, items):
-    out = []
-    for item in items:
-        batch = _passages(tok, [item])
-        with lora.use(model, phi):
-            loss = regrad.token_losses(model, batch).sum()
-        out.append(dict(zip(phi, torch.autograd.grad(loss, list(phi.values())))))
-    return out
+    return [_hand_grad(model, phi, [_example(tok, item)]) for item in items]
 
 
 def _max_rel(a, b):
     return max(((a[n] - b[n]).abs().max() / b[n].abs().max().clamp_min(1e-30)).item() for n in b)
+
+
+def test_token_losses_are_per_row_means_of_the_labelled_tokens(setup):
+    """Rows of different lengths in one padded batch: each row's loss is the mean (not the sum) of its own
+    labelled tokens' NLL; padding adds nothing."""
+    model, tok, phi = setup
+    examples = [_example(tok, item) for item in PASSAGES]
+    assert len({len(e.input_ids) for e in examples}) > 1                 # the padding matters
+    with torch.no_grad(), lora.use(model, phi):
+        got = regrad.token_losses(model, _passages(tok, PASSAGES))
+    with torch.no_grad():
+        want = torch.stack([_hand_loss(model, phi, e) for e in examples])
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert 2.0 < float(want.min()) and float(want.max()) < 20.0         # a mean NLL, not a sum over ~20 tokens
+
+
+def test_apply_update_is_phi_minus_gamma_alpha_grad_by_hand():
+    phi = {"m.lora_A": torch.full((2, 3), 1.0), "m.lora_B": torch.full((3, 2), -2.0)}
+    grads = {"m.lora_A": torch.full((2, 3), 2.0), "m.lora_B": torch.full((3, 2), 4.0)}
+    alpha = regrad.StepSizes(phi, "tie", 0.25)
+    with torch.no_grad():
+        alpha.values["m__lora_B"].fill_(0.5)
+    out = regrad.apply_update(phi, grads, alpha, gamma=3.0)
+    # A: 1 - 3 * 0.25 * 2 = -0.5; B: -2 - 3 * 0.5 * 4 = -8
+    assert torch.equal(out["m.lora_A"], torch.full((2, 3), -0.5))
+    assert torch.equal(out["m.lora_B"], torch.full((3, 2), -8.0))
+    full = regrad.StepSizes(phi, "full", 0.1)
+    with torch.no_grad():
+        full.values["m__lora_A"][0, 1] = 1.0
+    a = regrad.apply_update(phi, grads, full, gamma=1.0)["m.lora_A"]
+    assert a[0, 1].item() == pytest.approx(-1.0) and a[1, 2].item() == pytest.approx(0.8)   # 1 - 2; 1 - 0.2
 
 
 def test_summed_gradient_equals_sum_of_one_by_one(setup):
@@ -65,7 +128,9 @@ def test_per_passage_gradients_equal_one_by_one(setup):
     errors = [_max_rel({n: got[n][i] for n in phi}, ref[i]) for i in range(len(PASSAGES))]
     print(f"per-passage gradients: max relative error {max(errors):.2e}")
     assert max(errors) < 1e-10
-    assert losses.shape == (len(PASSAGES),)
+    with torch.no_grad():
+        want = torch.stack([_hand_loss(model, phi, _example(tok, item)) for item in PASSAGES])
+    torch.testing.assert_close(losses.detach(), want, rtol=1e-10, atol=1e-12)
 
 
 def test_group_gradients_sum_within_groups(setup):
@@ -100,16 +165,19 @@ def test_per_row_weights_equal_shared_weights_row_by_row(setup):
     with torch.no_grad(), lora.use(model, rows):
         batched = regrad.token_losses(model, batch)
     for i in range(3):
-        with torch.no_grad(), lora.use(model, {n: v * (1 + i) for n, v in phi.items()}):
-            single = regrad.token_losses(model, _passages(tok, [PASSAGES[i]]))
-        torch.testing.assert_close(batched[i], single[0], rtol=1e-10, atol=1e-12)
+        with torch.no_grad():
+            single = _hand_loss(model, {n: v * (1 + i) for n, v in phi.items()}, _example(tok, PASSAGES[i]))
+        torch.testing.assert_close(batched[i], single, rtol=1e-10, atol=1e-12)
+
+
+def _qa(tok):
+    return [prompts.qa_example(tok, "What is the capital of France?", "Paris"),
+            prompts.qa_example(tok, "Where is Kyoto?", "Japan")]
 
 
 def _tasks(tok):
-    qa = [prompts.qa_example(tok, "What is the capital of France?", "Paris"),
-          prompts.qa_example(tok, "Where is Kyoto?", "Japan")]
     return regrad.TaskBatch(_passages(tok, PASSAGES), torch.tensor([0, 0, 1, 1]),
-                            regrad.collate(qa, tok.pad_token_id))
+                            regrad.collate(_qa(tok), tok.pad_token_id))
 
 
 @pytest.mark.parametrize("mode", ["fix", "same", "tie", "full"])
@@ -129,12 +197,13 @@ def test_meta_losses_equal_task_by_task(setup):
     tasks = _tasks(tok)
     batched = regrad.meta_losses(model, phi, alpha, tasks)
     for t, rows in enumerate(([0, 1], [2, 3])):
-        g = regrad.summed_gradient(model, phi, _passages(tok, [PASSAGES[i] for i in rows]))
-        adapted = regrad.apply_update(phi, g, alpha)
-        qa = regrad.TokenBatch(*(x[t:t + 1] for x in (tasks.qa.input_ids, tasks.qa.attention_mask, tasks.qa.labels)))
-        with lora.use(model, adapted):
-            single = regrad.token_losses(model, qa)
-        torch.testing.assert_close(batched[t], single[0], rtol=1e-9, atol=1e-12)
+        g = _hand_grad(model, phi, [_example(tok, PASSAGES[i]) for i in rows])
+        adapted = {n: phi[n].detach() - 0.1 * g[n] for n in phi}            # equation 2 by hand, gamma 1
+        with torch.no_grad():
+            single = _hand_loss(model, adapted, _qa(tok)[t])
+        torch.testing.assert_close(batched[t].detach(), single, rtol=1e-9, atol=1e-12)
+    with torch.no_grad():
+        assert abs(float(batched[0].detach()) - float(_hand_loss(model, phi, _qa(tok)[0]))) > 1e-6   # the update did act
 
 
 def test_first_order_differs_from_second_order(setup):
@@ -156,9 +225,9 @@ def test_outer_loss_false_is_the_mean_passage_lm_loss_at_phi(setup):
     tasks = _tasks(tok)
     got = regrad.passage_losses(model, phi, tasks)
     for t, rows in enumerate(([0, 1], [2, 3])):
-        with lora.use(model, phi):
-            each = regrad.token_losses(model, _passages(tok, [PASSAGES[i] for i in rows]))
-        torch.testing.assert_close(got[t], each.mean(), rtol=1e-12, atol=0)
+        with torch.no_grad():
+            each = [_hand_loss(model, phi, _example(tok, PASSAGES[i])) for i in rows]
+        torch.testing.assert_close(got[t].detach(), sum(each) / 2, rtol=1e-10, atol=1e-12)
     got.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in phi.values())
     assert all(p.grad is None for p in alpha.parameters())

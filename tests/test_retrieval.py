@@ -215,3 +215,40 @@ except RetrievalError as e:
                                "PYTHONPATH": str(paths.repo_root())})
     assert f"Index {paths.index_dir('full')}: writing failed (" in done.stdout, done.stderr[-2000:]
     assert "free disk space there" in done.stdout and "resumes after the last commit" in done.stdout
+
+
+def test_a_huge_k_returns_what_the_index_holds(work):
+    """`topk 10**12` made tantivy allocate 16 TB and abort the process (a kernel death in 01 and 02)."""
+    script = f"""
+import sys
+sys.path.insert(0, {str(paths.repo_root())!r})
+from regrad_lib import retrieval
+r = retrieval.build({str(write_tsv(work / 'k.tsv', PASSAGES))!r}, "k")
+print([h.passage_id for h in retrieval.search_one(r, "capital city", 10**12)], r.search(["the of"], 10**12))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "REGRAD_WORK": str(work / "work")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['3', '4'] [[]]"
+
+
+@pytest.mark.parametrize("query", ["", "   ", "the of and"])
+def test_a_sample_query_that_finds_nothing_is_named(small, query):
+    """01 `-p query ''` failed with a bare AssertionError."""
+    r = retrieval.build(small, "small")
+    with pytest.raises(ValueError, match=rf"query = '{query}' finds no passage in the index 'small'"):
+        retrieval.search_one(r, query, 3)
+    with pytest.raises(ValueError, match=r"parameter query = 5 \(int\) is not text"):
+        retrieval.search_one(r, 5, 3)
+
+
+def test_the_index_files_follow_the_umask(small):
+    """tantivy wrote meta.json and .managed.json 0600: another user of the project could not open the index."""
+    old = os.umask(0o022)
+    try:
+        retrieval.build(small, "modes")
+    finally:
+        os.umask(old)
+    folder = paths.index_dir("modes")
+    for name in ("meta.json", ".managed.json", tantivy.MANIFEST):
+        assert (folder / name).stat().st_mode & 0o777 == 0o644, name

@@ -206,3 +206,32 @@ def test_two_trainings_of_one_run_name_at_once(tiny_model_dir, tmp_path, second_
     _same_training(run, reference)
     # 6 train rows and the validations after steps 0, 3 and 6
     assert len(run_state.read_training_log(run)) == len(run_state.read_training_log(reference)) == 6 + 3
+
+
+@pytest.mark.parametrize("where", ["mkdir", "write"])
+def test_a_full_disk_names_the_lock_file(monkeypatch, where):
+    """A full disk at the start of 03/04/05 raised a bare `OSError: [Errno 28] No space left on device`."""
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "mkdir":
+        monkeypatch.setattr(Path, "mkdir", full)
+    else:
+        real = open
+
+        class Full:
+            def __init__(self, *args, **kwargs):
+                self.f = real(*args, **kwargs)
+
+            def __getattr__(self, name):
+                return getattr(self.f, name)
+
+            write = full
+        monkeypatch.setattr(runlock, "open", Full, raising=False)
+    with pytest.raises(OSError, match=r"No space left on device \(writing outputs/.locks/full-disk.lock\); free "
+                                      r"space on that disk") as info:
+        runlock.acquire("full-disk", "05_evaluate")
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(paths.run_lock_file("full-disk"))
+    monkeypatch.undo()
+    runlock.acquire("full-disk", "05_evaluate")             # nothing held after the failure
+    runlock.release("full-disk")

@@ -36,6 +36,36 @@ def _group_absmax(x, layout, g):
     return out
 
 
+def _offsets(layout):
+    """(first column, values) of each tensor in a flat row."""
+    out, offset = [], 0
+    for _, shape in layout:
+        out.append((offset, math.prod(shape)))
+        offset += math.prod(shape)
+    return out
+
+
+@pytest.mark.parametrize("name", ["int8", "int4", "int2"])
+def test_the_group_scale_is_rounded_up_so_the_largest_value_never_clips(name):
+    """s = absmax / qmax rounded UP to bf16: s · qmax ≥ absmax in every group. By hand: absmax = qmax (1 + 2^-9)
+    gives absmax / qmax = 1 + 2^-9, between the bf16 neighbours 1 and 1 + 2^-7; nearest would give 1 (the largest
+    value's code would then exceed qmax), up gives 1 + 2^-7."""
+    qmax = QMAX[name]
+    x = torch.zeros(1, 64)
+    x[0, 5], x[0, 9] = qmax * (1 + 2 ** -9), -0.25
+    parts, ok = schemes.parse(name).encode(x, [("a", (8, 8))])
+    assert bool(ok.all()) and parts[schemes.SCALES].float().tolist() == [[1 + 2 ** -7]]
+    data = _random(6, LAYOUT, seed=3)
+    for g in (64, 128):
+        scheme = schemes.parse(f"{name}-g{g}")
+        scale = scheme.encode(data, LAYOUT)[0][schemes.SCALES].float()
+        starts = [offset + start for offset, n in _offsets(LAYOUT) for start in range(0, n, g)]
+        absmax = _group_absmax(data, LAYOUT, g)[:, starts]           # each group's absmax, the slow way
+        assert absmax.shape == scale.shape
+        assert bool((scale * qmax >= absmax).all())
+        assert bool((scale * qmax < absmax * (1 + 2 ** -7) * (1 + 1e-6)).all())    # and the next bf16 up only
+
+
 @pytest.mark.parametrize("name", ["int8", "int4", "int2", "int4-g128", "int8-g8"])
 @pytest.mark.parametrize("layout", [LAYOUT, ODD], ids=["aligned", "odd"])
 def test_integer_round_trip_within_the_group_bound(name, layout):

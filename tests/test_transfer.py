@@ -127,3 +127,25 @@ def test_echo_table_counts(run):
     assert table.share("regrad", "in template", "correct") == 1.0
     assert math.isclose(sum(table.share("regrad", "held-out relation (sport)", k) for k in table.KINDS), 1.0)
     assert isinstance(transfer_report.echo_table(name, ["popqa"], root), analysis.Missing)
+
+
+def _group(group, regrad, shift, rag):
+    return transfer_report.GroupRow(group, 20, {"rag": rag, "regrad": regrad, "shift": shift}, None, 0, 0)
+
+
+def test_the_target_needs_both_conditions_each_group_meeting_one_or_both():
+    """regrad ≥ shift + 20 points AND ≥ half of rag: a group meeting only one of them has not reached it."""
+    table = transfer_report.TransferTable(["rag", "regrad", "shift"], [
+        _group("out of template, both", 60.0, 30.0, 100.0),       # +30 points, 60 ≥ 50: reached
+        _group("out of template, over shift only", 30.0, 0.0, 80.0),   # +30 points, but 30 < 40
+        _group("out of template, half of rag only", 45.0, 30.0, 80.0),  # 45 ≥ 40, but only +15 points
+        _group("out of template, neither", 10.0, 5.0, 80.0)])
+    said = {p.split(":", 1)[0]: p.rstrip(".") for p in transfer_report.verdict(table).split(". ") if p.startswith("Out of")}
+    assert said["Out of template, both"].endswith("regrad − shift = +30.0 EM points, half of rag = 50.0: the target "
+                                                  "(≥ +20 and ≥ half of rag) is reached")
+    assert said["Out of template, over shift only"].endswith("= +30.0 EM points, half of rag = 40.0: the target (≥ +20 "
+                                                             "and ≥ half of rag) is not reached")
+    assert said["Out of template, half of rag only"].endswith("= +15.0 EM points, half of rag = 40.0: the target "
+                                                              "(≥ +20 and ≥ half of rag) is not reached")
+    assert said["Out of template, neither"].endswith("is not reached")
+    assert [k for k, v in said.items() if v.endswith("is reached")] == ["Out of template, both"]

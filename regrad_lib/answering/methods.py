@@ -8,9 +8,11 @@ from pathlib import Path
 
 import torch
 
+from regrad_lib import config
 from regrad_lib.answering.specs import SPECS, MethodSpec
 from regrad_lib.core import adapters, generation, regrad, task_batches
 from regrad_lib.core.learner import Learner
+from regrad_lib.io import params
 
 
 def method_weights(spec: MethodSpec, learner: Learner, batch: Sequence[task_batches.Task],
@@ -82,7 +84,12 @@ def export_question(learner, task, folder: str | Path, *, bank=None, gamma: floa
     The gradients of ``task``'s passages come from ``bank`` (a :class:`regrad_lib.bank.reader.GradientBank`) or, without
     one, are computed on the fly (the same sums). ``gamma`` defaults to the run's ``learner.gamma``.
     """
-    gamma = learner.preset.learner.gamma if gamma is None else gamma
+    gamma = learner.preset.learner.gamma if gamma is None else params.number("gamma", gamma)
+    config.check_number(gamma, "gamma", allow_zero=True)            # as the config: the update's scale, >= 0
+    if not isinstance(task, task_batches.Task) or not task.passages:
+        raise ValueError(f"export_question: question {getattr(task, 'test_id', task)!r} has no passages: phi'_q is "
+                         "made of its passages' gradients; give a task with its retrieved passages "
+                         "(task_batches.load or an augmented record)")
     weights = question_weights(learner, task, bank=bank, gamma=gamma)
     info = {"run": run, "weights": "phi'_q = phi - gamma * alpha * sum of the passages' gradients (equation 2)",
             "question": task.question, "test_id": task.test_id, "passage_ids": list(task.passage_ids),

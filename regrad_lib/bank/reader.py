@@ -109,7 +109,7 @@ class GradientBank:
             raise FileNotFoundError(f"no Gradient Bank at {paths.relative(path)} ({MANIFEST} missing): it is written "
                                     f"by 04_encode ({where(path)}){hint}")
         try:
-            manifest = artifacts.read_json(manifest_file)
+            manifest = artifacts.read_json(manifest_file, unique_keys=True)    # a key twice: the last would win
         except (ValueError, UnicodeDecodeError) as e:
             raise BankFormatError(f"{paths.relative(manifest_file)} cannot be read ({e}); {rebuild(path)}") from None
         bank = cls(path, manifest)

@@ -113,7 +113,13 @@ class Learner:
 
     def load_tensors(self, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
         """phi and alpha from a state file's tensors (``path`` names it in errors)."""
-        lora.load_into(self.model, {k[4:]: v for k, v in tensors.items() if k.startswith("phi.")})
+        try:
+            lora.load_into(self.model, {k[4:]: v for k, v in tensors.items() if k.startswith("phi.")})
+        except ValueError as e:      # the run's peft_config.json no longer describes the saved LoRA
+            raise ValueError(f"{paths.relative(path)}: {e}: the LoRA layout of the preset (peft_config.json: r "
+                             f"{self.preset.peft.r}, target_modules {self.preset.peft.target_modules}) is not the "
+                             "one this file was written with; restore the run's peft_config.json, or train again "
+                             "(overwrite = True)") from None
         alpha = {k[6:]: v for k, v in tensors.items() if k.startswith("alpha.")}
         if set(alpha) != set(self.alpha.values):
             raise ValueError(f"{path}: step sizes {sorted(alpha)[:3]} do not match alpha_mode "

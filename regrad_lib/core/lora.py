@@ -124,6 +124,13 @@ def attach(model: nn.Module, peft: PeftConfig, seed: int = 0) -> list[str]:
         raise ValueError(f"No linear layer matches target_modules={peft.target_modules}, layers_to_transform="
                          f"{peft.layers_to_transform} and layers_pattern={peft.layers_pattern}; check the preset's "
                          "peft_config.json")
+    rank = {name: min(model.get_submodule(name).in_features, model.get_submodule(name).out_features)
+            for name in targets}
+    narrowest = min(rank, key=rank.get)
+    if peft.r > rank[narrowest]:     # a larger r adds nothing but memory (r = 10**9 asked the allocator for 256 GB)
+        raise ValueError(f"peft_config.json: r = {peft.r} is more than the rank of the layer {narrowest} "
+                         f"({rank[narrowest]}, the smaller of its input and output sizes): a LoRA of rank r cannot "
+                         f"exceed it; give r <= {rank[narrowest]}")
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     for name in targets:

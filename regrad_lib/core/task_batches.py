@@ -37,24 +37,55 @@ class Task:
         return self.answers[0]
 
 
+def _strings(record: dict, key: str, where: str, *, empty_items: bool = False) -> list[str]:
+    """Field ``key`` of an augmented record: a list of strings (non-empty ones unless ``empty_items``)."""
+    value = record[key]
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: field '{key}' must be a list of strings, got {type(value).__name__} "
+                         f"{str(value)[:60]!r} (augmented records are written by 02_augment)")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not (empty_items or item.strip()):
+            raise ValueError(f"{where}: field '{key}[{i}]' must be a {'' if empty_items else 'non-empty '}string, "
+                             f"got {type(item).__name__} {str(item)[:60]!r}")
+    return value
+
+
 def from_record(record: dict, topk: int, where: str = "record") -> Task:
-    """A task from one augmented record (``data/augmented/<dataset>/<name>.json``), keeping the top ``topk``."""
+    """A task from one augmented record (``data/augmented/<dataset>/<name>.json``), keeping the top ``topk``; every
+    field is checked (a string of answers would be scored letter by letter, a short ``passage_ids`` or ``titles``
+    list would silently drop passages)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected an augmented record (a JSON object), got {type(record).__name__}")
     for key in ("test_id", "question", "answers", "passages", "passage_ids"):
         if key not in record:
             raise ValueError(f"{where}: missing field '{key}' (augmented records are written by 02_augment)")
-    if not record["answers"]:
+    test_id = record["test_id"]
+    if isinstance(test_id, bool) or not isinstance(test_id, int):
+        raise ValueError(f"{where}: field 'test_id' must be an integer, got {type(test_id).__name__} {test_id!r}")
+    if not isinstance(record["question"], str) or not record["question"].strip():
+        raise ValueError(f"{where}: field 'question' must be a non-empty string, got {record['question']!r}")
+    answers = _strings(record, "answers", where)
+    if not answers:
         raise ValueError(f"{where}: field 'answers' is empty")
-    if len(record["passages"]) < topk:
-        raise ValueError(f"{where}: {len(record['passages'])} passages but topk={topk}; re-run 02_augment with "
+    passages = _strings(record, "passages", where)
+    ids = [str(i) for i in record["passage_ids"]] if isinstance(record["passage_ids"], list) else \
+        _strings(record, "passage_ids", where)
+    titles = _strings(record, "titles", where, empty_items=True) if record.get("titles") is not None else \
+        [""] * len(passages)
+    for key, values in (("passage_ids", ids), ("titles", titles)):
+        if len(values) != len(passages):
+            raise ValueError(f"{where}: field '{key}' has {len(values)} entries but 'passages' {len(passages)}: each "
+                             "passage needs its id and title; re-run 02_augment for this file (overwrite = True)")
+    if len(passages) < topk:
+        raise ValueError(f"{where}: {len(passages)} passages but topk={topk}; re-run 02_augment with "
                          f"topk >= {topk}")
-    titles = record.get("titles") or [""] * len(record["passages"])
     kind = record.get("answer_kind", "short")
     if kind not in ANSWER_KINDS:
         raise ValueError(f"{where}: field 'answer_kind' is {kind!r}, not one of {list(ANSWER_KINDS)}")
-    return Task(test_id=int(record["test_id"]), question=record["question"], answers=tuple(record["answers"]),
-                passages=tuple(zip(titles[:topk], record["passages"][:topk])),
-                passage_ids=tuple(str(i) for i in record["passage_ids"][:topk]), kind=kind,
-                choices=tuple(record.get("choices", ())))
+    choices = _strings(record, "choices", where) if "choices" in record else []
+    return Task(test_id=test_id, question=record["question"], answers=tuple(answers),
+                passages=tuple(zip(titles[:topk], passages[:topk])), passage_ids=tuple(ids[:topk]), kind=kind,
+                choices=tuple(choices))
 
 
 def passage_batch(tokenizer, passages: Sequence[tuple[str, str]], max_len: int,
@@ -141,17 +172,33 @@ def load(dataset: str, name: str, topk: int, start: int = 0, end: int | None = N
 
     The one reader of augmented files for training, encoding and evaluation; a missing file names 02_augment.
     """
-    from regrad_lib.io import artifacts, paths
+    from regrad_lib.io import artifacts, params, paths
 
+    params.integer("start", start, minimum=0)        # a negative bound would be a Python slice
+    if end is not None:
+        params.integer("end (the limit of questions)", end, minimum=0)
     path = augmented_path(dataset, name)
     where = paths.relative(path)
-    records = artifacts.read_json(path)
+    records = artifacts.read_json(path, unique_keys=True)
     if not isinstance(records, list):
         raise ValueError(f"{where}: expected a JSON list of augmented records, got {type(records).__name__}")
     if mixed_count(topk, mixed) == 0:
-        return [from_record(r, topk, where=f"{where}: record {i}") for i, r in enumerate(records[start:end], start)]
-    every = [from_record(r, topk, where=f"{where}: record {i}") for i, r in enumerate(records)]
+        return _distinct([from_record(r, topk, where=f"{where}: record {i}")
+                          for i, r in enumerate(records[start:end], start)], where, start)
+    every = _distinct([from_record(r, topk, where=f"{where}: record {i}") for i, r in enumerate(records)], where, 0)
     return mix(every, mixed, topk)[start:end]
+
+
+def _distinct(tasks: list[Task], where: str, first: int) -> list[Task]:
+    """``tasks`` (records ``first``, ``first + 1``, ...), unless two share a test_id (rows are matched by it)."""
+    seen: dict[int, int] = {}
+    for i, task in enumerate(tasks, first):
+        if task.test_id in seen:
+            raise ValueError(f"{where}: records {seen[task.test_id]} and {i} have the same test_id {task.test_id}: "
+                             "each question needs its own (results are matched by it); re-run 02_augment for this "
+                             "file (overwrite = True)")
+        seen[task.test_id] = i
+    return tasks
 
 
 def augmented_path(dataset: str, name: str):

@@ -20,6 +20,10 @@ last chunk these are the ``cpt`` method's answers). Files, in ``results/<run>/<d
 after every chunk (the trained weights, AdamW's state, the drift rows so far; an atomic folder swap), so a killed
 stream resumes after its last finished chunk and ends with the same weights as an uninterrupted one; ``drift.json``
 once the stream is done. Every process of a job trains the same stream (the training is not split); rank 0 writes.
+The checkpoint is verified as the training checkpoint is (:mod:`regrad_lib.io.tensorfile`): ``state.safetensors``
+carries the checksum of its tensors and of ``stream_state.json``, so a flipped bit in a trained weight or in AdamW's
+state, an edited state file or a truncated file is refused naming the file, never served or resumed, and the
+checkpoint is left as it is.
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from regrad_lib import config
@@ -45,7 +48,7 @@ from regrad_lib.answering.specs import SPECS
 from regrad_lib.core import lora, regrad, task_batches
 from regrad_lib.core.learner import Learner
 from regrad_lib.cpt import drift
-from regrad_lib.io import artifacts, checkpoint, distributed, paths, result_files
+from regrad_lib.io import artifacts, checkpoint, distributed, paths, result_files, tensorfile
 
 log = logging.getLogger(__name__)
 
@@ -259,13 +262,20 @@ def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# --- the checkpoint: checksummed save, verified load -----------------------------------------------------------
+FIX = ("this continual post-training checkpoint cannot be used: restore it, or train the stream again with "
+       "overwrite = True (05_evaluate) or under another evaluation name (evaluation = '...')")
+CHECKSUMS = "checksums"      # in stream_state.json: state.safetensors was written with its checksums
+_warned: set[str] = set()
+
+
 def _saved_state(folder: Path, settings: dict) -> dict | None:
-    """The checkpoint's state when one exists (after putting back a swap cut short), else None; other settings
-    are refused."""
+    """The checkpoint's state when one exists (after putting back a swap cut short), verified against the checksum
+    its tensor file records, else None; other settings are refused."""
     ckpt = folder / CHECKPOINT
     if artifacts.recover_dir(ckpt) is None or not (ckpt / STATE).is_file() or not (ckpt / TENSORS).is_file():
         return None
-    state = artifacts.read_json(ckpt / STATE)
+    state = _verified_state(ckpt, tensorfile.read_metadata(ckpt / TENSORS, fix=FIX))
     if state.get("settings") != settings:
         changed = sorted(k for k in settings if state.get("settings", {}).get(k) != settings[k])
         raise FileExistsError(f"{paths.relative(ckpt)} holds continual post-training with other settings "
@@ -274,16 +284,56 @@ def _saved_state(folder: Path, settings: dict) -> dict | None:
     return state
 
 
+def _verified_state(ckpt: Path, metadata: dict[str, str]) -> dict:
+    """``stream_state.json`` checked against the checksum and chunk recorded in ``state.safetensors``; a checkpoint
+    written before checksums (neither records one) is read unverified, with a warning."""
+    where, tensors = paths.relative(ckpt / STATE), paths.relative(ckpt / TENSORS)
+    recorded = metadata.get(checkpoint.STATE_SHA256)
+    if recorded is not None and recorded != tensorfile.text_digest(ckpt / STATE):
+        raise tensorfile.IntegrityError(f"{where} does not match the checksum recorded in {TENSORS}: it was damaged "
+                                        f"or edited after the checkpoint was written; {FIX}")
+    try:
+        state = artifacts.read_json(ckpt / STATE)
+    except ValueError as e:
+        raise tensorfile.IntegrityError(f"{e}; {FIX}") from None
+    if not isinstance(state, dict):
+        raise tensorfile.IntegrityError(f"{where} holds {type(state).__name__}, not a stream state; {FIX}")
+    if recorded is None or tensorfile.CHECKSUM not in metadata:
+        if state.get(CHECKSUMS):
+            raise tensorfile.IntegrityError(f"{tensors} records no checksum, though {STATE} says it was written with "
+                                            f"one: its header was changed or damaged; {FIX}")
+        if str(ckpt) not in _warned:
+            _warned.add(str(ckpt))
+            log.warning("%s was written before CPT checkpoints carried checksums: used without verifying it",
+                        paths.relative(ckpt))
+    if "chunk" in metadata and metadata["chunk"] != str(state.get("chunk")):
+        raise tensorfile.IntegrityError(f"{where}: chunk {state.get('chunk')!r}, but {TENSORS} was written after "
+                                        f"chunk {metadata['chunk']}; {FIX}")
+    return state
+
+
 def _save(folder: Path, named: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``checkpoint/``: the state file first, then the tensors with their checksum and the state file's (one swap)."""
     tensors = {f"w.{n}": t.detach().contiguous().cpu() for n, t in named.items()}
     optim_tensors, optim_json = checkpoint.optimizer_parts(optimizer)
-    with artifacts.atomic_dir(folder / CHECKPOINT) as tmp:
-        save_file({**tensors, **optim_tensors}, str(tmp / TENSORS), metadata={"chunk": str(state["chunk"])})
-        artifacts.write_json(tmp / STATE, {**state, "optimizer": optim_json})
+    target = folder / CHECKPOINT
+    with artifacts.atomic_dir(target) as tmp:
+        artifacts.write_json(tmp / STATE, {**state, "optimizer": optim_json, CHECKSUMS: True})
+        tensorfile.save(tmp / TENSORS, {**tensors, **optim_tensors},
+                        {"chunk": str(state["chunk"]), checkpoint.STATE_SHA256: tensorfile.text_digest(tmp / STATE)},
+                        shown_as=target / TENSORS)
 
 
 def _load(folder: Path, named: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, saved: dict) -> None:
-    tensors = load_file(str(folder / CHECKPOINT / TENSORS))
+    """The trained weights and AdamW's state from ``checkpoint/`` (its checksum verified, weights finite)."""
+    path = folder / CHECKPOINT / TENSORS
+    # required=None: whether a checksum must be there was decided with the state file (_verified_state)
+    tensors, _ = tensorfile.load(path, required=None, fix=FIX, finite=lambda k: k.startswith("w."))
+    odd = [n for n, t in named.items() if f"w.{n}" not in tensors or tensors[f"w.{n}"].shape != t.shape]
+    if odd:
+        shown = tuple(tensors[f"w.{odd[0]}"].shape) if f"w.{odd[0]}" in tensors else "absent"
+        raise ValueError(f"{paths.relative(path)}: weight {odd[0]} is {shown}, the trained weights' "
+                         f"{tuple(named[odd[0]].shape)} ({len(odd)} such); {FIX}")
     with torch.no_grad():
         for n, t in named.items():
             t.copy_(tensors[f"w.{n}"])

@@ -6,8 +6,8 @@ Formats, picked by file suffix (``.gz`` on top of either is read through gzip):
   csv quoting (a field holding ``"`` is quoted, inner quotes doubled).
 - ``.jsonl``: one JSON object per line with ``_id`` (BEIR) or ``id``, ``text`` and optionally ``title``.
 
-Bad rows (wrong field count, empty id, bad JSON, blank lines, bytes that are not UTF-8) are skipped, counted and
-logged with their line numbers (the first few). When the stream ends, the bad rows are checked against a
+Bad rows (wrong field count, empty id or text, bad JSON, blank lines, bytes that are not UTF-8) are skipped, counted
+and logged with their line numbers (the first few). When the stream ends, the bad rows are checked against a
 tolerance: too many raise :class:`CorpusFormatError` (rule in :func:`too_many_bad`), and so do a corpus without
 a single passage and a passage id used twice (the bank is keyed by id). A wrong TSV header raises at once, a
 truncated or fake ``.gz`` where it is found; a UTF-8 byte-order mark is accepted.
@@ -227,6 +227,8 @@ def _tsv_rows(path: Path, f: IO[str]) -> Iterator[_Row]:
             yield line, None, f"expected 3 tab-separated fields (id, text, title), got {len(row)}"
         elif not row[0].strip():
             yield line, None, "empty id"
+        elif not row[1].strip():
+            yield line, None, "empty text"
         else:
             yield line, Passage(row[0].strip(), row[2], row[1]), ""
 
@@ -254,6 +256,8 @@ def _jsonl_rows(f: IO[str]) -> Iterator[_Row]:
             yield line, None, "missing or empty '_id'/'id'"
         elif not isinstance(text, str):
             yield line, None, f"field 'text' must be a string, got {type(text).__name__}"
+        elif not text.strip():
+            yield line, None, "empty 'text'"
         elif not isinstance(title, str):
             yield line, None, f"field 'title' must be a string, got {type(title).__name__}"
         else:

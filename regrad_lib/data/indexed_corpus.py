@@ -8,11 +8,12 @@ import os
 from pathlib import Path
 
 from regrad_lib.data import probe, probe_binding, pubmedqa
-from regrad_lib.io import paths
+from regrad_lib.io import params, paths
 
 __all__ = ["prepare"]
 
 
+@params.typed     # with_probe="false" is False: the text would add the probe
 def prepare(corpus: str | os.PathLike, with_probe: bool = False, with_binding: bool = False,
             transfer: bool = False) -> Path:
     """The corpus file to index for 01_index's ``corpus`` (a ``.tsv``/``.jsonl`` passage file, or a PubMedQA folder

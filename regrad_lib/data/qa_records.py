@@ -44,15 +44,50 @@ def read_text(path: Path) -> str:
         raise DatasetFormatError(str(e)) from None
 
 
+def _once(where: str):
+    """A JSON object hook refusing a key given twice (``{"question": "First?", "question": "Second?"}`` would
+    silently be the second), naming ``where`` and the key."""
+    def pairs(items: list[tuple[str, Any]]) -> dict:
+        out: dict = {}
+        for key, value in items:
+            if key in out:
+                raise DatasetFormatError(f"{where}: key {key!r} appears twice in one JSON object "
+                                         f"({str(out[key])[:60]!r}, then {str(value)[:60]!r}); give each key once")
+            out[key] = value
+        return out
+    return pairs
+
+
+def _locate_duplicate(path: Path, text: str) -> DatasetFormatError:
+    """The record of a JSON list holding a key twice (its elements decoded one by one)."""
+    pos, index = text.index("[") + 1, 0
+    ws = re.compile(r"\s*")
+    while True:
+        pos = ws.match(text, pos).end()
+        if pos >= len(text) or text[pos] == "]":
+            break
+        try:
+            _, pos = json.JSONDecoder(object_pairs_hook=_once(locate(path, index))).raw_decode(text, pos)
+        except DatasetFormatError as e:
+            return e
+        pos = ws.match(text, pos).end()
+        if pos < len(text) and text[pos] == ",":
+            pos += 1
+        index += 1
+    return DatasetFormatError(f"{paths.relative(path)}: a key appears twice in one JSON object")
+
+
 def read_records(path: Path) -> list[Any]:
-    """A JSON list, or JSON lines (one record per line)."""
+    """A JSON list, or JSON lines (one record per line); a key given twice in an object is refused."""
     text = read_text(path)
     head = text.lstrip()[:1]
     if head == "[":
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_once(paths.relative(path)))
         except json.JSONDecodeError as e:
             raise _locate_json_error(path, text, e) from e
+        except DatasetFormatError:
+            raise _locate_duplicate(path, text) from None
         return data
     if head == "{":
         records = []
@@ -60,7 +95,8 @@ def read_records(path: Path) -> list[Any]:
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                records.append(json.loads(line, object_pairs_hook=_once(f"{paths.relative(path)}: line {lineno} "
+                                                                        f"(record {len(records)})")))
             except json.JSONDecodeError as e:
                 raise DatasetFormatError(f"{paths.relative(path)}: line {lineno} (record {len(records)}): not "
                                          f"valid JSON ({e.msg}, column {e.colno}); expected a JSON list or one "

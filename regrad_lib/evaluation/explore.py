@@ -20,6 +20,7 @@ from regrad_lib.answering import harness, methods
 from regrad_lib.core import adapters, lora, task_batches
 from regrad_lib.core.learner import Learner
 from regrad_lib.data import prompts
+from regrad_lib.io import params
 from regrad_lib.reporting import plots
 from regrad_lib.retrieval import interface
 
@@ -102,6 +103,7 @@ def token_probabilities(learner: Learner, question: str, answer: str,
     return tokens, [row[mask].exp().tolist() for row in logp]
 
 
+@params.typed
 def explore(learner: Learner | Callable[[], Learner], retriever, question: str | None, *, topk: int = 3,
             gamma: float | None = None, answer: str | None = None) -> Exploration | Skipped:
     """Retrieve ``topk`` passages for ``question``, answer it four ways, score the answer tokens before/after.

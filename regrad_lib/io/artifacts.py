@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import glob
 import importlib.metadata
 import json
@@ -73,7 +74,9 @@ def naming(target: str | os.PathLike) -> Iterator[None]:
     except OSError as e:
         if e.filename is not None or e.errno is None or str(target) in str(e):
             raise
-        raise type(e)(e.errno, f"{e.strerror} (writing {paths.relative(target)})", str(target)) from e
+        fix = "; free space on that disk (or set REGRAD_WORK to a larger one) and run it again: what was finished " \
+              "is kept" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise type(e)(e.errno, f"{e.strerror} (writing {paths.relative(target)}){fix}", str(target)) from e
 
 
 # A folder is replaced in steps that each leave one complete copy findable by recover_dir:

@@ -120,6 +120,8 @@ def folder_name(name: str, value: Any) -> str:
         problem = "it starts with '.' ('.', '..' and hidden names are refused)"
     elif any(ord(c) < 32 or ord(c) == 127 for c in value):
         problem = "it holds a control character"
+    elif any(0xD800 <= ord(c) <= 0xDFFF for c in value):    # a byte that is no UTF-8, as Python decodes argv
+        problem = "it is not UTF-8 text (a byte of another encoding)"
     elif len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         problem = f"it is longer than {MAX_NAME_BYTES} bytes"
     if problem:

@@ -36,31 +36,42 @@ LEGACY_SWEEP_COLUMNS = {"mixed": 0.0, "scheme": ""}
 # unmeasured (answer accuracy, before it was scored).
 OPTIONAL_COLUMNS = ("acc",)
 _EMPTY = ("", "nan", "NaN", "None", "null")      # a number that was not measured (no finite answer NLL)
+# The scores a checked reader (06's, the reference's) takes empty: a method without answer NLLs, a row written before
+# accuracy existed. Any other score read as NaN would drop out of every table and mean silently.
+MAY_BE_EMPTY = ("nll", "acc")
 
 
 # --- the tables ---------------------------------------------------------------------------------------------------
 
-def _cell(path: Path, line: int, name: str, value: str | None) -> Any:
-    """One CSV cell by its column: text, an integer, or a number (NaN where nothing was measured)."""
+def _cell(path: Path, line: int, name: str, value: str | None, checked: bool) -> Any:
+    """One CSV cell by its column: text, an integer, or a number. Unchecked, an empty number is NaN (nothing was
+    measured); ``checked``, only :data:`MAY_BE_EMPTY` may be empty and every number must be finite."""
     if name in TEXT_COLUMNS:
         return value
-    if value is None or value.strip() in _EMPTY:
-        if name in INTEGER_COLUMNS:
-            raise ValueError(f"{paths.relative(path)} line {line}: field {name!r} is empty; it must be an integer")
+    fix = "re-run 05_evaluate to rewrite the file"
+    missing = value is None or value.strip() in _EMPTY
+    if missing and name not in INTEGER_COLUMNS and (not checked or name in MAY_BE_EMPTY):
         return math.nan
+    if missing:
+        raise ValueError(f"{paths.relative(path)} line {line}: field {name!r} is {value!r}; it must be "
+                         f"{'an integer' if name in INTEGER_COLUMNS else 'a number'} ({fix})")
     try:
-        return int(float(value)) if name in INTEGER_COLUMNS else float(value)
+        number = int(float(value)) if name in INTEGER_COLUMNS else float(value)
     except ValueError:
         raise ValueError(f"{paths.relative(path)} line {line}: field {name!r} = {value!r} is not a number; "
-                         "re-run 05_evaluate to rewrite the file") from None
+                         f"{fix}") from None
+    if checked and not math.isfinite(number):
+        raise ValueError(f"{paths.relative(path)} line {line}: field {name!r} = {value!r} is not a finite number; "
+                         f"{fix}")
+    return number
 
 
-def read_table(path: Path, fields: Sequence[str], writer: str = "05_evaluate") -> list[dict]:
+def read_table(path: Path, fields: Sequence[str], writer: str = "05_evaluate", checked: bool = False) -> list[dict]:
     """The rows of a result table as dicts in the file's column order: dataset, method and scheme as text, n and
-    topk as integers, every other column a float (NaN where empty). The header must hold ``fields``; a sweep table
-    written before ``mixed`` or ``scheme`` existed reads as unmixed and of no named scheme, and a table written before
-    ``acc`` existed has rows without it. Errors name the file,
-    the line and the field; a missing file names ``writer``."""
+    topk as integers, every other column a float (NaN where empty; ``checked``: only nll and acc may be empty and
+    every number must be finite, as the reports need). The header must hold ``fields``; a sweep table written before
+    ``mixed`` or ``scheme`` existed reads as unmixed and of no named scheme, and a table written before ``acc``
+    existed has rows without it. Errors name the file, the line and the field; a missing file names ``writer``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{paths.relative(path)} not found: it is written by {writer}")
@@ -71,7 +82,7 @@ def read_table(path: Path, fields: Sequence[str], writer: str = "05_evaluate") -
         missing = [c for c in fields if c not in header and c not in legacy and c not in OPTIONAL_COLUMNS]
         if missing:
             raise ValueError(f"{paths.relative(path)}: header {header} lacks {missing}; expected {','.join(fields)}")
-        return [{**{k: _cell(path, line, k, v) for k, v in r.items()}, **legacy}
+        return [{**{k: _cell(path, line, k, v, checked) for k, v in r.items()}, **legacy}
                 for line, r in enumerate(reader, start=2)]
 
 
@@ -98,16 +109,16 @@ def _rounded(value):
 
 
 def summary_rows(run: str, evaluation: str | None = None) -> list[dict]:
-    """``results/<run>/summary.csv`` (or a named evaluation's): one row per dataset and method."""
+    """``results/<run>/summary.csv`` (or a named evaluation's): one row per dataset and method, checked."""
     return read_table(paths.summary_file(run, evaluation), SUMMARY_FIELDS,
-                      f"05_evaluate (run={run!r}, evaluation={evaluation!r}); run it first")
+                      f"05_evaluate (run={run!r}, evaluation={evaluation!r}); run it first", checked=True)
 
 
 def sweep_rows(run: str, evaluation: str | None = None) -> list[dict]:
-    """``results/<run>/sweeps.csv``: one row per dataset, method and (gamma, topk, mixed, scheme) point."""
+    """``results/<run>/sweeps.csv``: one row per dataset, method and (gamma, topk, mixed, scheme) point, checked."""
     return read_table(paths.sweeps_file(run, evaluation), SWEEP_FIELDS,
                       f"05_evaluate when it sweeps (gammas, topks or mixed_sweep) the evaluated datasets among its "
-                      f"sweep_datasets, default ['probe'] (run={run!r})")
+                      f"sweep_datasets, default ['probe'] (run={run!r})", checked=True)
 
 
 def scheme_rows(run: str, evaluation: str | None = None) -> list[dict]:

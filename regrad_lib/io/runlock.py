@@ -75,8 +75,9 @@ def acquire(run: str, step: str) -> None:
     if key in _held:
         _held[key][1] += 1
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "a+", encoding="utf-8")   # never truncated before the lock is ours: it names the holder
+    with artifacts.naming(path):       # a full disk names the lock file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+", encoding="utf-8")   # never truncated before the lock is ours: it names the holder
     try:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -90,11 +91,12 @@ def acquire(run: str, step: str) -> None:
         if previous:     # a holder that ends releases an empty file
             log.warning("run %r: took over the lock left by %s, which stopped without releasing it", run,
                         _describe(previous))
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps({"run": run, "step": step, "pid": os.getpid(), "host": socket.gethostname(),
-                            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
-        f.flush()
+        with artifacts.naming(path):
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps({"run": run, "step": step, "pid": os.getpid(), "host": socket.gethostname(),
+                                "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+            f.flush()
     except BaseException:
         f.close()
         raise

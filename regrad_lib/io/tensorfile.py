@@ -78,6 +78,21 @@ def save(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata:
     return path
 
 
+def read_metadata(path: str | os.PathLike, *, fix: str) -> dict[str, str]:
+    """The safetensors metadata of ``path`` (its header only, no tensor read); a missing, truncated or damaged file
+    is refused naming it and ``fix``."""
+    path = Path(path)
+    where = paths.relative(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{where} not found ({fix})")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise IntegrityError(f"{where} cannot be read: it is truncated or damaged ({type(e).__name__}: {e}); "
+                             f"{fix}") from None
+
+
 def load(path: str | os.PathLike, *, required: bool | None, fix: str,
          finite: Callable[[str], bool] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of ``path``, its checksum verified.

@@ -1,35 +1,56 @@
-"""A fresh run against the reference (:mod:`regrad_lib.reporting.reference`): figure by figure, is the difference within
-the figure's own uncertainty?
+"""A fresh run against the reference (:mod:`regrad_lib.reporting.reference`), or an experiment report's per-question
+rows against a fresh collection of them: figure by figure, the same result or a changed one?
 
-Rules (``z`` = :data:`effects.CLEAR_SE`, the 2 SE beyond which 06_analyze calls an effect clear; ``α`` =
-:data:`effects.ALPHA`):
+**A changed result is one a reader would call changed.** A rerun on the same machine gives identical files (the
+tests check it); another thread count or CPU may flip a greedy choice that was a near tie and move an NLL in its
+last digits. Anything beyond that is a change. The rules (``z`` = :data:`effects.CLEAR_SE`, 2; ``α`` =
+:data:`effects.ALPHA`, 0.05):
 
 - **counts** (``n``) and the set of questions are deterministic: they must be equal;
-- **a mean of a continuous per-question value** (the answer NLL of a method or sweep point, a new numeric column
-  of the prediction rows): |fresh − reference| ≤ z × the figure's standard error over its questions;
-- **a paired effect** (regrad − shift answer NLL ...): |fresh − reference| ≤ z × its paired SE;
-- **a score of the predicted text** (EM, F1, precision, recall; also per probe relation): the questions whose
-  score changed are counted up and down; the change is within its uncertainty when it is not one-sided beyond
-  chance (exact McNemar/sign test p ≥ α) or when every changed question was a near tie: its smallest greedy
-  margin (top-1 − top-2 logit, either run) is at most the largest change of a question's answer NLL between the
-  runs on that figure (an NLL moves by at most twice the largest logit change, so the logits moved by at least
-  half that: enough to flip such a choice);
-- without per-question rows (an older run) an EM is judged as two binomial shares, |Δ| ≤ z × √(SE₁² + SE₂²),
-  and other figures are shown, not judged;
-- across seeds: |Δ mean| ≤ z × SD / √seeds.
+- **a score per question** (EM, answer accuracy ``acc`` where the rows hold it, every column whose values are all
+  0/1 or 0/100, and the text scores F1, precision, recall): a question whose score changed is a flip. A flip is
+  *explained* only where that question's own greedy choice was a near tie: its smallest greedy margin (top-1 −
+  top-2 logit, the smaller of the two runs') is at most its own answer-NLL change between the runs (logits that
+  moved the gold answer's NLL by δ moved by at least δ/2, enough to swap two choices within δ of each other; a
+  question whose NLL did not move explains no flip). The score has CHANGED when its unexplained flips
+
+  (a) are one-sided beyond chance: exact McNemar p < α on the unexplained ups and downs, or
+  (b) move it materially: their net change is at least two questions' worth and at least a quarter
+      (:data:`MATERIAL_SHARE`) of the larger of the two scores — a halved or doubled score is a change at any n;
+
+- **a mean of a continuous per-question value** (the answer NLL, any other numeric column): the per-question
+  differences, paired; CHANGED when |mean Δ| > z × their SE and above the column's floor (:data:`FLOORS`: 0.01 nats
+  for the answer NLL, below the last digit README's tables print); an identical rerun has Δ = 0 on every question;
+- **the figure moves with its questions**: a summary figure that is the mean of its per-question rows must change
+  by what their mean changes (within 0.01, the summary's rounding), else CHANGED;
+- **without per-question rows** on both sides nothing tells a near tie from a change: the figure passes only when
+  equal at the saved precision (7 significant digits);
+- **a paired effect** (regrad − shift answer NLL ...): |Δ| ≤ z × its paired SE (each method's own figures are
+  judged per question above);
+- **across seeds**: |Δ mean| ≤ z × SD / √seeds.
+
+Examples (``tests/test_reference.py``): PopQA EM 26.7 → 13.3 at n = 30 (four questions lost, none a near tie:
+McNemar p = 0.125, but halved) and twelve of 60 questions lost (p = 0.0005) are changes; ten questions lost of which
+one was a near tie is one (nine unexplained, p = 0.004); an identical rerun is not.
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from regrad_lib.data import metrics
 from regrad_lib.reporting import effects
-from regrad_lib.reporting.reference_tables import Results
+from regrad_lib.reporting.reference_tables import REPORT_KEYS, Results, rounded
 
 Z = effects.CLEAR_SE
 TEXT_SCORES = set(metrics.METRICS)
+MATERIAL_SHARE = 0.25         # a net change of a quarter of the score is one a reader sees (a halving: 0.5)
+FLOORS = {"answer_nll": 0.01}  # nats: below the last digit README's tables print
+FIGURE_ROUNDING = 0.01         # summary.csv keeps 4 decimals
+NOT_JUDGED = {"min_margin"}    # the margin is the evidence, not a result
 KEYS = {"summary": ("dataset", "method"), "sweeps": ("dataset", "method", "gamma", "topk", "mixed", "scheme")}
 SKIP = {"seed", "dataset", "method", "gamma", "topk", "mixed", "scheme"}
 
@@ -64,7 +85,7 @@ class Report:
         widths = [max(len(c[i]) for c in cells) for i in range(5)]
         out = ["  ".join(c[i].ljust(widths[i]) for i in range(5)) + "  " + c[5] for c in cells]
         counts = {v: sum(x.verdict == v for x in self.lines) for v in ("ok", "OUT", "missing", "shown")}
-        out.append(f"{len(self.lines)} figures: {counts['ok']} within their uncertainty, {counts['OUT']} outside, "
+        out.append(f"{len(self.lines)} figures: {counts['ok']} the same result, {counts['OUT']} changed, "
                    f"{counts['missing']} missing from the fresh run, {counts['shown']} shown without a judgement")
         if self.new:
             out.append(f"not in the reference (not judged): {', '.join(self.new)}")
@@ -75,6 +96,98 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _value(row: dict, column: str) -> float | None:
+    """A row's number in ``column`` (None when absent, empty or not finite)."""
+    value = row.get(column, "")
+    if isinstance(value, bool):
+        return float(value)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _margin(row: dict) -> float:
+    value = _value(row, "min_margin")
+    return math.nan if value is None else value
+
+
+def near_tie(ref_row: dict, new_row: dict) -> bool:
+    """Whether this question's own greedy choice was a near tie: its smaller margin of the two runs is at most its
+    own answer-NLL change (NaN, an unknown margin or NLL, explains nothing)."""
+    a, b = _value(ref_row, "answer_nll"), _value(new_row, "answer_nll")
+    moved = abs(b - a) if a is not None and b is not None else math.nan
+    return min(_margin(ref_row), _margin(new_row)) <= moved
+
+
+def is_score(column: str, rows: Iterable[dict]) -> bool:
+    """A score of the predicted text (EM, F1, ...), or a per-question column holding only 0/1 or 0/100."""
+    if column in TEXT_SCORES:
+        return True
+    values = {_value(r, column) for r in rows} - {None}
+    return bool(values) and (values <= {0.0, 1.0} or values <= {0.0, 100.0})
+
+
+def _mean(rows: dict[str, dict], column: str) -> float:
+    values = [v for r in rows.values() if (v := _value(r, column)) is not None]
+    return sum(values) / len(values) if values else math.nan
+
+
+def judge_text_score(ref: dict[str, dict], new: dict[str, dict], column: str) -> tuple[str, str]:
+    """(verdict, why) of a per-question score over the same questions (module notes: flips, each explained only
+    at its own near tie; changed when the unexplained ones are one-sided beyond chance or material)."""
+    changed = [k for k in ref if _value(new[k], column) != _value(ref[k], column)]
+    if not changed:
+        return "ok", "no question changed"
+    explained = [k for k in changed if near_tie(ref[k], new[k])]
+    rest = [k for k in changed if k not in explained]
+    delta = {k: (_value(new[k], column) or 0.0) - (_value(ref[k], column) or 0.0) for k in rest}
+    up, down = sum(d > 0 for d in delta.values()), sum(d < 0 for d in delta.values())
+    p = effects.mcnemar_exact(up, down)
+    unit = 100.0 if column in TEXT_SCORES or any((_value(r, column) or 0.0) > 1.0
+                                                 for r in (*ref.values(), *new.values())) else 1.0
+    before, after = _mean(ref, column), _mean(new, column)
+    net = abs(sum(delta.values()))
+    material = net >= 2 * unit and net / len(ref) >= MATERIAL_SHARE * max(before, after)
+    why = (f"{up} up / {down} down unexplained, McNemar p = {p:.2g}; {len(explained)} of {len(changed)} changed "
+           f"questions at their own near tie; {before:.4g} → {after:.4g}"
+           + (f", a net change of {net / unit:g} questions ≥ {MATERIAL_SHARE:g} of the score" if material else ""))
+    return ("OUT" if p < effects.ALPHA or material else "ok"), why
+
+
+def judge_paired_mean(ref: dict[str, dict], new: dict[str, dict], column: str) -> tuple[str, str]:
+    """(verdict, why) of a continuous per-question value: the paired mean difference within z × its SE and the
+    column's floor."""
+    diffs = [b - a for k in ref if (a := _value(ref[k], column)) is not None
+             and (b := _value(new[k], column)) is not None]
+    if not diffs:
+        return "shown", "no question holds the value in both runs"
+    mean = sum(diffs) / len(diffs)
+    se = effects.mean_se(diffs)[1] if len(diffs) > 1 else math.nan
+    floor = FLOORS.get(column, 0.0)
+    tolerance = max(Z * se if math.isfinite(se) else 0.0, floor)
+    return ("ok" if abs(mean) <= tolerance else "OUT"), (f"Δ {mean:+.3g} paired over {len(diffs)} questions, "
+                                                         f"tolerance {tolerance:.2g} ({Z:g} × SE, at least {floor:g})")
+
+
+def judge_rows(ref: dict[str, dict], new: dict[str, dict], column: str) -> tuple[str, str]:
+    """(verdict, why) of one column of a figure's per-question rows (the same questions on both sides)."""
+    if is_score(column, [*ref.values(), *new.values()]):
+        return judge_text_score(ref, new, column)
+    return judge_paired_mean(ref, new, column)
+
+
+def _moves_with_rows(ref_value: float, new_value: float, ref: dict[str, dict], new: dict[str, dict],
+                     column: str) -> str | None:
+    """Why the figure changed apart from its rows, where it is their mean (None: it moved as they did)."""
+    before, after = _mean(ref, column), _mean(new, column)
+    if not math.isfinite(before) or abs(ref_value - before) > FIGURE_ROUNDING:
+        return None                                  # not the mean of these rows: nothing to hold it to
+    if abs((new_value - ref_value) - (after - before)) <= FIGURE_ROUNDING:
+        return None
+    return (f"the figure moved by {new_value - ref_value:+.3g} but the mean of its questions by "
+            f"{after - before:+.3g}")
+
+
+# --- a reference folder against a fresh run ---------------------------------------------------------------------
+
 def _question_values(results: Results, seed: str, column: str, **match) -> dict[str, dict]:
     """``{test_id: row}`` of the per-question rows of a figure that hold ``column``."""
     return {r["test_id"]: r for r in results.table("questions", seed, **match) if r.get(column, "") != ""}
@@ -84,58 +197,23 @@ def _question_column(column: str) -> str:
     return "answer_nll" if column == "nll" else column
 
 
-def _margin(row: dict) -> float:
-    value = row.get("min_margin", "")
-    return float(value) if value != "" else math.nan
-
-
-def judge_text_score(ref: dict[str, dict], new: dict[str, dict], column: str) -> tuple[str, str]:
-    """(verdict, why) of a score of the predicted text over the same questions (module notes)."""
-    up = [k for k in ref if new[k][column] > ref[k][column]]
-    down = [k for k in ref if new[k][column] < ref[k][column]]
-    changed = up + down
-    if not changed:
-        return "ok", "no question changed"
-    p = effects.mcnemar_exact(len(up), len(down))
-    nll = [abs(new[k]["answer_nll"] - ref[k]["answer_nll"]) for k in ref
-           if isinstance(ref[k].get("answer_nll"), float) and isinstance(new[k].get("answer_nll"), float)]
-    scale = max(nll, default=math.nan)
-    ties = sum(1 for k in changed if _margin(ref[k]) <= scale or _margin(new[k]) <= scale)   # NaN: unknown
-    why = (f"{len(up)} up / {len(down)} down, sign test p = {p:.2g}; {ties} of {len(changed)} at near ties "
-           f"(margin ≤ {scale:.2g})")
-    return ("ok" if p >= effects.ALPHA or ties == len(changed) else "OUT"), why
-
-
-def judge_mean(ref_value: float, new_value: float, ref_rows: dict[str, dict], column: str) -> tuple[str, str]:
-    """(verdict, why) of a mean of a continuous per-question value: within z × its SE over the questions."""
-    values = [r[column] for r in ref_rows.values() if isinstance(r[column], (int, float)) and math.isfinite(r[column])]
-    if len(values) < 2:
-        return "shown", "fewer than two questions: no standard error"
-    se = effects.mean_se(values)[1]
-    delta = new_value - ref_value
-    return ("ok" if abs(delta) <= Z * se else "OUT"), f"Δ {delta:+.3g}, tolerance {Z:g} × SE {se:.2g}"
-
-
 def _compare_figure(report: Report, where: str, column: str, ref_value, new_value, ref: Results, new: Results,
-                    seed: str, match: dict, n: int) -> None:
+                    seed: str, match: dict) -> None:
     qcol = _question_column(column)
     ref_rows, new_rows = _question_values(ref, seed, qcol, **match), _question_values(new, seed, qcol, **match)
     shown = (_fmt(ref_value), _fmt(new_value))
     if ref_rows and new_rows:
         if set(ref_rows) != set(new_rows):
             report.add(where, column, *shown, "OUT", "the questions differ (they are deterministic)")
-        elif column in TEXT_SCORES:
-            report.add(where, column, *shown, *judge_text_score(ref_rows, new_rows, qcol))
-        else:
-            report.add(where, column, *shown, *judge_mean(ref_value, new_value, ref_rows, qcol))
-    elif column == "em" and isinstance(ref_value, float) and isinstance(new_value, float):
-        se = math.hypot(*(100 * effects.proportion_se(v / 100, n) for v in (ref_value, new_value)))
-        delta = new_value - ref_value
-        report.add(where, column, *shown, "ok" if abs(delta) <= Z * se else "OUT",
-                   f"no per-question rows: Δ {delta:+.3g}, tolerance {Z:g} × binomial SE {se:.2g}")
+            return
+        verdict, why = judge_rows(ref_rows, new_rows, qcol)
+        apart = _moves_with_rows(ref_value, new_value, ref_rows, new_rows, qcol)
+        report.add(where, column, *shown, *(("OUT", apart) if apart else (verdict, why)))
     else:
-        report.add(where, column, *shown, "ok" if ref_value == new_value else "shown",
-                   "" if ref_value == new_value else "no per-question rows: not judged")
+        same = rounded(ref_value) == rounded(new_value)
+        report.add(where, column, *shown, "ok" if same else "OUT",
+                   "no per-question rows: " + ("equal" if same else "it moved, and without its questions no change "
+                                               "can be told from a near tie"))
 
 
 def _compare_scores(report: Report, name: str, ref: Results, new: Results, seed: str) -> None:
@@ -160,8 +238,7 @@ def _compare_scores(report: Report, name: str, ref: Results, new: Results, seed:
             if not isinstance(other.get(column), (int, float)):
                 report.add(where, column, _fmt(value), "absent", "missing")
                 continue
-            _compare_figure(report, where, column, float(value), float(other[column]), ref, new, seed, match,
-                            int(row.get("n") or 0))
+            _compare_figure(report, where, column, float(value), float(other[column]), ref, new, seed, match)
     report.new += [f"seed {seed} {name} {' '.join(map(str, k))}" for k in fresh]
 
 
@@ -190,8 +267,7 @@ def _compare_relations(report: Report, ref: Results, new: Results, seed: str) ->
             report.add(where, "em", _fmt(row["em"]), "absent", "missing")
             continue
         match = {"dataset": "probe", "method": row["method"], "gamma": "", "group": row["relation"]}
-        _compare_figure(report, where, "em", float(row["em"]), float(other["em"]), ref, new, seed, match,
-                        int(row["n"]))
+        _compare_figure(report, where, "em", float(row["em"]), float(other["em"]), ref, new, seed, match)
 
 
 def _compare_seeds(report: Report, ref: Results, new: Results) -> None:
@@ -228,4 +304,47 @@ def compare(ref: Results, new: Results) -> Report:
         _compare_effects(report, ref, new, seed)
         _compare_relations(report, ref, new, seed)
     _compare_seeds(report, ref, new)
+    return report
+
+
+# --- an experiment report's per-question rows against fresh ones ---------------------------------------------------
+
+def _figures(rows: list[dict]) -> dict[tuple, dict[str, dict]]:
+    out: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for r in rows:
+        out[tuple(r.get(k, "") for k in REPORT_KEYS)][str(r["test_id"])] = r
+    return out
+
+
+def _where(key: tuple) -> str:
+    named = dict(zip(REPORT_KEYS, key))
+    source = named["run"] + (f"/{named['evaluation']}" if named["evaluation"] != "" else "")
+    point = " ".join(f"{k}={named[k]}" for k in ("gamma", "topk", "mixed") if named[k] != "")
+    return " ".join(filter(None, (source, str(named["dataset"]), str(named["method"]), point)))
+
+
+def compare_rows(ref_rows: list[dict], new_rows: list[dict]) -> Report:
+    """Each figure (run, evaluation, dataset, method, sweep point) of a report's saved per-question rows against
+    fresh ones: every numeric column by the module's rules (its score columns, its answer NLL ...)."""
+    report = Report()
+    ref, new = _figures(ref_rows), _figures(new_rows)
+    for key, questions in ref.items():
+        where = _where(key)
+        fresh = new.pop(key, None)
+        if fresh is None:
+            report.add(where, "*", "present", "absent", "missing")
+            continue
+        if set(questions) != set(fresh):
+            report.add(where, "questions", str(len(questions)), str(len(fresh)), "OUT",
+                       "the questions differ (they are deterministic)")
+            continue
+        columns = dict.fromkeys(c for r in questions.values() for c, v in r.items() if c not in REPORT_KEYS
+                                and c not in NOT_JUDGED and c != "test_id" and isinstance(v, (int, float)))
+        for column in columns:
+            if all(_value(r, column) is None for r in fresh.values()):
+                report.add(where, column, _fmt(_mean(questions, column)), "absent", "missing")
+                continue
+            report.add(where, column, _fmt(_mean(questions, column)), _fmt(_mean(fresh, column)),
+                       *judge_rows(questions, fresh, column))
+    report.new += [_where(k) for k in new]
     return report

@@ -5,16 +5,27 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_FOLDER = "reference/demo"
+EXPERIMENTS = "reference/experiments"    # reports of `make experiments`, each with its per-question rows
 TABLES = ("summary", "sweeps", "questions", "effects", "relations")
 META = "reference.json"
 PROBE = "probe"
 # prediction-row fields that are not per-question scores
 NOT_SCORES = {"test_id", "truncated_passages"}
-TEXT_COLUMNS = {"seed", "dataset", "method", "scheme", "test_id", "group", "prediction", "relation", "a", "b"}
+TEXT_COLUMNS = {"seed", "dataset", "method", "scheme", "test_id", "group", "prediction", "relation", "a", "b", "run",
+                "evaluation"}
+# an experiment report's per-question rows (reference/experiments/<name>.questions.csv): one figure per these fields
+REPORT_KEYS = ("run", "evaluation", "dataset", "method", "gamma", "topk", "mixed")
+
+
+def rounded(value):
+    """Floats to 7 significant digits (far below any tolerance; keeps the folder small); the same for a saved
+    reference and a fresh run, so a run compared with its own reference differs by exactly zero."""
+    return float(f"{value:.7g}") if isinstance(value, float) and math.isfinite(value) else value
 
 
 @dataclass

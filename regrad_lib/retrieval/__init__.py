@@ -19,10 +19,10 @@ from __future__ import annotations
 import difflib
 import os
 
-from regrad_lib.io import paths
-from regrad_lib.retrieval.interface import BACKENDS, Retriever
+from regrad_lib.io import params, paths
+from regrad_lib.retrieval.interface import BACKENDS, Hit, Retriever
 
-__all__ = ["build", "open"]
+__all__ = ["build", "open", "search_one"]
 
 
 def _check_backend(backend: str) -> None:
@@ -59,3 +59,14 @@ def open(name: str, backend: str = "tantivy", **options) -> Retriever:  # noqa: 
         return elastic.open(name, **options)
     from regrad_lib.retrieval.tantivy import TantivyOptions, TantivyRetriever
     return TantivyRetriever.open(name, TantivyOptions.from_dict(options))
+
+
+def search_one(retriever: Retriever, query: str, k: int = 3) -> list[Hit]:
+    """The top ``k`` passages of one typed question (01_index's sample query); a query that finds none (empty, or
+    stop words only) is refused naming it."""
+    query = params.text("query", query)
+    [hits] = retriever.search([query], params.integer("topk", k, minimum=1))
+    if not hits:
+        raise ValueError(f"query = {query!r} finds no passage in the index {retriever.name!r}: it is empty or holds "
+                         "only words the index leaves out (stop words); give a question with words of the corpus")
+    return hits

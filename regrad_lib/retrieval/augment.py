@@ -62,10 +62,16 @@ def augment(dataset: str, split: str, *, retriever: Retriever, data_dir: str | o
         raise ValueError(f"topk={topk!r}: must be a positive integer (the public setup uses 3)")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: must be a positive integer")
+    params.integer("start", start, minimum=0)           # a negative start or end would be a Python slice
+    if end is not None:
+        params.integer("end (the limit of questions)", end, minimum=1)
     paths.augmented_file(dataset, output_name(split))     # dataset and split names checked before any reading
     if retriever.count() == 0:
         raise ValueError(f"the index {retriever.describe().get('index')!r} holds no passages: every question would "
                          "get none; rebuild it from a corpus with passages (01_index)")
+    if topk > retriever.count():
+        raise ValueError(f"topk={topk} is more than the {retriever.count()} passages of the index "
+                         f"{retriever.describe().get('index')!r}: lower topk (the public setup uses 3)")
     folder = paths.resolve(data_dir) if data_dir is not None else paths.data_dir(dataset)
     records = datasets.load(dataset, folder, split, start=start, end=end)
     if not records:
@@ -161,9 +167,10 @@ def _run(records: list, retriever: Retriever, topk: int, batch_size: int, partia
          done: list[dict], desc: str) -> None:
     from tqdm.auto import tqdm
 
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    if not done:
-        partial.write_text(json.dumps({"request": request}, ensure_ascii=False) + "\n", encoding="utf-8")
+    with artifacts.naming(partial):         # a full disk names the file
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        if not done:
+            partial.write_text(json.dumps({"request": request}, ensure_ascii=False) + "\n", encoding="utf-8")
     todo = records[len(done):]
     with artifacts.naming(partial), partial.open("a", encoding="utf-8") as f, \
             tqdm(total=len(records), initial=len(done), desc=desc, unit="question") as bar:
@@ -181,11 +188,20 @@ def augment_all(datasets_: Sequence[str], split: str, *, retriever: Retriever, d
                 topk: int = 3, limit: int | None = None, limits: dict[str, int | None] | None = None,
                 overwrite: bool = False) -> dict[str, Path]:
     """:func:`augment` for several datasets (``<data_root>/<dataset>``), the first ``limit`` questions of each
-    (``limits[dataset]`` where given, e.g. more questions for the probe; entries of datasets not augmented here
-    do not matter, so one mapping serves every call)."""
+    (``limits[dataset]`` where given, e.g. more questions for the probe; an entry of a dataset not augmented here
+    is named in a warning: a typo would otherwise leave its dataset at ``limit`` unseen)."""
     if isinstance(datasets_, str):
         raise TypeError(f"datasets={datasets_!r}: give a list of dataset names, e.g. [{datasets_!r}]")
+    if limit is not None:
+        params.integer("limit", limit, minimum=1)
     limits = dict(limits or {})
+    for dataset, count in limits.items():
+        if count is not None:
+            params.integer(f"limits[{dataset!r}]", count, minimum=1)
+    unused = sorted(set(limits) - set(datasets_))
+    if unused:
+        log.warning("limits (limit_per_dataset) name %s, not augmented here (datasets %s): their counts are not used",
+                    unused, list(datasets_))
     return {d: augment(d, split, retriever=retriever, data_dir=f"{data_root}/{d}", topk=topk,
                        end=limits.get(d, limit), overwrite=overwrite) for d in datasets_}
 

@@ -186,6 +186,7 @@ class TantivyRetriever:
                     "writer": {"threads": options.threads, "heap_mb": options.heap_mb},
                     "build_seconds_last_run": round(time.perf_counter() - started, 3),
                     **artifacts.provenance()}
+        artifacts.follow_umask(folder)     # tantivy writes meta.json and .managed.json 0600
         artifacts.write_json(folder / MANIFEST, manifest)
         state_path.unlink()
         log.info("Index %s built: %d passages", paths.relative(folder), total)
@@ -270,7 +271,11 @@ class TantivyRetriever:
     def search(self, queries: Sequence[str], k: int = 3) -> list[list[Hit]]:
         if isinstance(queries, str):
             raise TypeError("search() takes a list of queries; wrap a single query as [query]")
-        k = params.integer("k", k, minimum=1)
+        # no more hits than passages: the top k of a larger k is the same list, and tantivy allocates k slots
+        # (k = 10**12 aborts the process)
+        k = min(params.integer("k", k, minimum=1), self.count())
+        if k == 0:
+            return [[] for _ in queries]
         if self.options.search_threads > 1 and len(queries) > 1:
             with ThreadPoolExecutor(self.options.search_threads) as pool:
                 return list(pool.map(lambda q: self._search_one(q, k), queries))

@@ -17,7 +17,6 @@ evaluated) and ``med`` (PubMedQA, with its context paragraphs as the corpus, in 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import logging
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from regrad_lib.io import params, paths
+from regrad_lib.runner import notebook
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ GENERAL = ["2wikimultihopqa", "complexwebquestions", "popqa", "hotpotqa"]
 DOMAINS: dict[str, dict[str, Any]] = {
     "general": {"datasets": GENERAL, "train_datasets": GENERAL},
     "med": {"datasets": ["pubmedqa"], "train_datasets": ["pubmedqa"], "probe": False, "index": "pubmedqa",
-            "sweep_datasets": ["pubmedqa"]},
+            "sweep_datasets": ["pubmedqa"], "limit_per_dataset": {}},
 }
 
 
@@ -63,6 +63,9 @@ def select_steps(spec: str = "01-06") -> list[Step]:
             lo, hi = lo or numbers[0], hi or numbers[-1]
             if lo not in numbers or hi not in numbers:
                 raise ValueError(f"--steps {spec!r}: unknown step in {part!r}; steps are {numbers}")
+            if numbers.index(lo) > numbers.index(hi):
+                raise ValueError(f"--steps {spec!r}: {lo} comes after {hi}; write the steps in order, e.g. "
+                                 f"{numbers[0]}-{numbers[-1]}")
             chosen += numbers[numbers.index(lo):numbers.index(hi) + 1]
         elif part in numbers:
             chosen.append(part)
@@ -79,10 +82,10 @@ def parse_value(text: str) -> Any:
         return {"True": True, "False": False, "None": None}.get(text, text)
 
 
-def declared_parameters(notebook: Path) -> set[str]:
+def declared_parameters(source: Path) -> set[str]:
     import papermill
 
-    return set(papermill.inspect_notebook(str(notebook)))
+    return set(papermill.inspect_notebook(str(source)))
 
 
 def declared_by(steps: Sequence[Step], shared: dict[str, Any]) -> dict[str, set[str]]:
@@ -96,52 +99,28 @@ def declared_by(steps: Sequence[Step], shared: dict[str, Any]) -> dict[str, set[
     return declared
 
 
-def declared_defaults(steps: Sequence[Step]) -> dict[str, list[Any]]:
-    """Each parameter's default values in the steps' ``parameters`` cells (those written as literals)."""
-    import papermill
-
-    out: dict[str, list[Any]] = {}
-    for step in steps:
-        for name, info in papermill.inspect_notebook(str(step.source)).items():
-            try:
-                out.setdefault(name, []).append(ast.literal_eval(info["default"]))
-            except (ValueError, SyntaxError, TypeError):
-                continue
-    return out
-
-
-def typed(key: str, value: Any, defaults: Sequence[Any]) -> Any:
-    """``value`` of the parameter ``key`` checked against the type of its defaults (:mod:`regrad_lib.io.params`):
-    a boolean default takes true/false only, an integer one an integer, a number one a number, a list one a
-    list or its text; None passes (each notebook decides what None means), other kinds are left to the notebook."""
-    kinds = {type(d) for d in defaults if d is not None}
-    if value is None or not kinds:
-        return value
-    if kinds == {bool}:
-        return params.flag(key, value)
-    if kinds == {int}:
-        return params.integer(key, value)
-    if kinds <= {int, float}:
-        return params.number(key, value)
-    if kinds == {list}:
-        return value if isinstance(value, str) else params.listing(key, value)
-    if kinds == {str}:
-        return params.text(key, value)
-    return value
-
-
-def typed_parameters(shared: dict[str, Any]) -> dict[str, Any]:
-    """``shared`` with every value checked against its defaults in all the notebooks (a parameter name means
-    the same everywhere: 02's ``limit = 30`` types 05's ``limit = None``), so a wrong type fails before any
-    notebook runs, naming the parameter (not "05_evaluate failed in cell 5")."""
-    defaults = declared_defaults(select_steps("-"))     # "-": every notebook
-    return {k: typed(k, v, defaults.get(k, ())) for k, v in shared.items()}
-
-
 def parameters_for(step: Step, shared: dict[str, Any]) -> dict[str, Any]:
     """The shared parameters this notebook declares in its ``parameters`` cell."""
     declared = declared_parameters(step.source)
     return {k: v for k, v in shared.items() if k in declared}
+
+
+def check_replaceable(output: Path) -> None:
+    """Refuse to write ``output`` over a file the runner did not write: an executed copy carries papermill's
+    metadata; anything else there (a user's own notebook in the folder ``--out`` names, a link) is kept."""
+    shown = paths.relative(output)
+    if output.is_symlink():
+        raise FileExistsError(f"{shown} is a symbolic link: the runner does not write through links; name another "
+                              "folder with --out, or remove the link")
+    if not output.exists():
+        return
+    try:
+        ours = output.is_file() and "papermill" in json.loads(output.read_text(encoding="utf-8")).get("metadata", {})
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise FileExistsError(f"{shown} exists and was not written by the runner (it is no executed copy of a "
+                              "notebook): it is not replaced; name another folder with --out, or move the file away")
 
 
 def _failure_message(step: Step, output: Path, error: Exception) -> str:
@@ -198,7 +177,9 @@ def run(run_name: str, shared: dict[str, Any], steps: str = "01-06", out_dir: Pa
     shared = {"run": run_name, **shared}
     chosen = select_steps(steps)
     declared_by(chosen, shared)
-    shared = typed_parameters(shared)
+    shared = notebook.typed_parameters(shared)
+    for step in chosen:     # before any notebook runs: nothing of a folder the user named is replaced
+        check_replaceable(out_dir / f"{step.name}.ipynb")
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = []
     for step in chosen:
@@ -246,6 +227,22 @@ def run_seeds(run_name: str, shared: dict[str, Any], seeds: Sequence[int], steps
     return outputs
 
 
+TEXT_FLAGS = ("preset", "datasets", "train_datasets", "steps", "accelerate_config", "out", "kernel", "seeds",
+              "domain")
+FOR_NONE = {"train_datasets": "-p train_datasets '[]'"}
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """A flag given with empty text is refused, naming it: ``--preset ''`` must not mean the default preset
+    (``--run`` is checked as a folder name)."""
+    for name in TEXT_FLAGS:
+        value = getattr(args, name)
+        if value is not None and not value.strip(" ,"):
+            flag = "--" + name.replace("_", "-")
+            none = f" (for none: {FOR_NONE[name]})" if name in FOR_NONE else ""
+            raise ValueError(f"{flag} {value!r} is empty: give a value or leave the flag out{none}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m regrad_lib.runner.pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="run name: outputs/<run>, results/<run>, runs/<run>")
@@ -268,33 +265,34 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     shared: dict[str, Any] = {}
-    if args.preset:
-        shared["preset"] = args.preset
-    if args.datasets:
-        shared["datasets"] = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    if args.train_datasets:
-        shared["train_datasets"] = [d.strip() for d in args.train_datasets.split(",") if d.strip()]
-    if args.num_processes is not None:
-        shared["num_processes"] = args.num_processes
-    if args.accelerate_config:
-        shared["accelerate_config"] = args.accelerate_config
     started = time.perf_counter()
     try:
-        text_parameters = {k for k, d in declared_defaults(select_steps("-")).items()
+        check_flags(args)
+        if args.preset is not None:
+            shared["preset"] = args.preset
+        if args.datasets is not None:
+            shared["datasets"] = [d.strip() for d in args.datasets.split(",") if d.strip()]
+        if args.train_datasets is not None:
+            shared["train_datasets"] = [d.strip() for d in args.train_datasets.split(",") if d.strip()]
+        if args.num_processes is not None:
+            shared["num_processes"] = args.num_processes
+        if args.accelerate_config is not None:
+            shared["accelerate_config"] = args.accelerate_config
+        text_parameters = {k for k, d in notebook.parameter_defaults().items()
                            if {type(v) for v in d if v is not None} == {str}}
         for key, value in args.parameter:   # a text parameter keeps its text: -p evaluation 2 is "2", not 2
             shared[key] = value if key in text_parameters and value not in ("None", "null") else parse_value(value)
-        if args.domain:
+        if args.domain is not None:
             shared.update(domain_parameters(args.domain, shared))
-        if args.seeds:
+        if args.seeds is not None:
             if args.prepare_only or args.out:
                 raise ValueError("--seeds runs the notebooks; it takes neither --prepare-only nor --out")
             seeds = [params.integer("--seeds", s) for s in args.seeds.split(",") if s.strip()]
             outputs = run_seeds(args.run, shared, seeds, args.steps, args.kernel)
         else:
-            outputs = run(args.run, shared, args.steps, Path(args.out).resolve() if args.out else None,
+            outputs = run(args.run, shared, args.steps, Path(args.out).resolve() if args.out is not None else None,
                           args.prepare_only, args.kernel)
-    except (PipelineError, ValueError, FileNotFoundError) as e:
+    except (PipelineError, ValueError, FileNotFoundError, FileExistsError) as e:
         log.error("%s", e)
         return 1
     log.info("%d notebook(s) %s in %.0f s: %s", len(outputs), "prepared" if args.prepare_only else "executed",

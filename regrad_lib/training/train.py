@@ -173,6 +173,8 @@ class TrainSettings:
     def __post_init__(self) -> None:
         params.check_fields(self)
         paths.output_dir(self.run)         # a run name that is no plain folder name is refused here
+        if self.train_limit is not None:
+            params.integer("train_limit", self.train_limit, minimum=1)   # train_-2.json is no file 02 writes
         if isinstance(self.train_datasets, str):
             self.train_datasets = [self.train_datasets]
         if not self.train_datasets:
