@@ -143,8 +143,10 @@ def _papermill(text):
 
 @pytest.mark.parametrize("name", pipeline.NOTEBOOKS)
 def test_each_set_up_cell_types_its_parameters_first(name):
-    setup = "".join(_cells(name)[1]["source"]).splitlines()
-    first = next(i for i, line in enumerate(setup) if line and not line.startswith(("from ", "import ")))
+    source = "".join(_cells(name)[1]["source"])
+    # the first statement after the imports (an import may run over several lines)
+    first = next(n for n in ast.parse(source).body if not isinstance(n, (ast.Import, ast.ImportFrom))).lineno - 1
+    setup = source.splitlines()
     assert setup[first:first + 2] == ["notebook.setup_logging()", f'notebook.type_parameters("{name}", globals())']
 
 

@@ -203,7 +203,8 @@ def test_meta_losses_equal_task_by_task(setup):
             single = _hand_loss(model, adapted, _qa(tok)[t])
         torch.testing.assert_close(batched[t].detach(), single, rtol=1e-9, atol=1e-12)
     with torch.no_grad():
-        assert abs(float(batched[0].detach()) - float(_hand_loss(model, phi, _qa(tok)[0]))) > 1e-6   # the update did act
+        # the update did act
+        assert abs(float(batched[0].detach()) - float(_hand_loss(model, phi, _qa(tok)[0]))) > 1e-6
 
 
 def test_first_order_differs_from_second_order(setup):

@@ -140,7 +140,8 @@ def test_the_target_needs_both_conditions_each_group_meeting_one_or_both():
         _group("out of template, over shift only", 30.0, 0.0, 80.0),   # +30 points, but 30 < 40
         _group("out of template, half of rag only", 45.0, 30.0, 80.0),  # 45 ≥ 40, but only +15 points
         _group("out of template, neither", 10.0, 5.0, 80.0)])
-    said = {p.split(":", 1)[0]: p.rstrip(".") for p in transfer_report.verdict(table).split(". ") if p.startswith("Out of")}
+    said = {p.split(":", 1)[0]: p.rstrip(".") for p in transfer_report.verdict(table).split(". ")
+            if p.startswith("Out of")}
     assert said["Out of template, both"].endswith("regrad − shift = +30.0 EM points, half of rag = 50.0: the target "
                                                   "(≥ +20 and ≥ half of rag) is reached")
     assert said["Out of template, over shift only"].endswith("= +30.0 EM points, half of rag = 40.0: the target (≥ +20 "

@@ -287,9 +287,7 @@ def fresh_rows(saved: list[dict], data_root: str = "data/sample") -> list[dict]:
 
 # --- command line ----------------------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
-    from regrad_lib.reporting import reference_compare, reference_render
-
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["save", "render", "check", "compare", "save-report"])
     parser.add_argument("name", nargs="?", help="save-report: the report's name (reference/experiments/<name>.md)")
@@ -304,6 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", help=f"the reference folder (default {DEFAULT_FOLDER}); save-report and "
                         "compare --report: the saved rows' file (default reference/experiments/<name>.questions.csv)")
     parser.add_argument("--readme", default="README.md", help="the file whose marked blocks render/check rewrite")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from regrad_lib.reporting import reference_compare, reference_render
+
+    parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     seed_runs = [r.strip() for r in args.seed_runs.split(",") if r.strip()]

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from regrad_lib.data import metrics
 from regrad_lib.reporting import effects
