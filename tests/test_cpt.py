@@ -295,9 +295,8 @@ def test_the_general_set_leaves_out_the_questions_the_run_was_meta_trained_on(st
     preset = config.load_preset("tiny", {"cpt": CFG, "learner": LEARNER, "train": {
         "validation_size": 2, "meta_batch_size": 2, "tasks_per_forward": 2}})
     testing.saved_trained_run(run, preset, seed=2)
-    artifacts.write_json(paths.output_dir(run) / "train_request.json", {"train_datasets": [GENERAL],
-                                                                         "train_file": "train_all"})
-    artifacts.write_json(paths.output_dir(run) / "train_summary.json", {"run": run, "steps": 1})
+    artifacts.write_json(paths.train_request_file(run), {"train_datasets": [GENERAL], "train_file": "train_all"})
+    artifacts.write_json(paths.train_summary_file(run), {"run": run, "steps": 1})
     excluded = drift.meta_trained(run)                    # 2 validated + 2 stepped (test_the_questions_left_out_...)
     assert len(excluded) == 4 and {d for d, _ in excluded} == {GENERAL}
     known = [c["test_id"] for c in study["candidates"] if c["answers"] != ["no such answer at all"]]
