@@ -84,6 +84,19 @@ def _share_general(run: str, evaluation: str) -> None:
         shutil.copyfile(source, target)
 
 
+def _evaluate(*args, **kwargs) -> dict:
+    """05_evaluate's evaluate, waiting while another writer holds the run (one writer a run at a time)."""
+    from regrad_lib.evaluation import evaluate
+    from regrad_lib.io.runlock import RunBusyError
+
+    while True:
+        try:
+            return evaluate.evaluate(*args, **kwargs)
+        except RunBusyError as e:
+            logging.getLogger(__name__).warning("%s; waiting", str(e).split(":")[0])
+            time.sleep(120)
+
+
 def _fixed(a, learner) -> None:
     """What the CPT arms do not depend on: the general set of evaluation ``cpt`` (with the base and meta-trained
     weights' measures), the methods that never update the weights per question (ReGrad's are answered with cpt, whose
@@ -92,14 +105,13 @@ def _fixed(a, learner) -> None:
 
     from regrad_lib import config
     from regrad_lib.cpt import drift
-    from regrad_lib.evaluation import evaluate
     from regrad_lib.training import sft
 
     cfg = config.CptConfig(**{**dataclasses.asdict(learner.preset.cpt), **GENERAL})
     general = drift.general_set(a.run, dataclasses.replace(learner, preset=dataclasses.replace(learner.preset, cpt=cfg)),
                                 corpus_path=GENERAL_CORPUS, datasets=GENERAL_DATASETS, evaluation=EVALUATION)
     for dataset in a.datasets.split(","):
-        out = evaluate.evaluate(a.run, dataset, FIXED_FIRST, learner=learner, evaluation=EVALUATION)
+        out = _evaluate(a.run, dataset, FIXED_FIRST, learner=learner, evaluation=EVALUATION)
         print(json.dumps({"evaluation": EVALUATION, "dataset": dataset,
                           **{m: {k: o.get(k) for k in ("acc", "em", "nll", "status")} for m, o in out.items()}}),
               flush=True)
@@ -111,7 +123,6 @@ def _run(a) -> None:
     import torch
 
     from regrad_lib.core.learner import Learner
-    from regrad_lib.evaluation import evaluate
     from regrad_lib.io import artifacts, paths
 
     torch.set_num_threads(a.threads)
@@ -130,7 +141,7 @@ def _run(a) -> None:
         for dataset in arm["datasets"]:
             timing = paths.results_dir(a.run, arm["evaluation"]) / dataset / "cpt" / "timing.json"
             start = time.perf_counter()
-            out = evaluate.evaluate(a.run, dataset, methods, learner=learner, evaluation=arm["evaluation"],
+            out = _evaluate(a.run, dataset, methods, learner=learner, evaluation=arm["evaluation"],
                                     cpt=arm["cpt"], general_corpus=GENERAL_CORPUS, general_datasets=GENERAL_DATASETS,
                                     cpt_measure=arm["measure"])
             if not timing.is_file() and any(o.get("status") == "computed" for o in out.values()):
