@@ -109,6 +109,37 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else math.nan
 
 
+def clustered_se(values: Sequence[float], clusters: Sequence) -> tuple[float, float]:
+    """Mean of ``values`` and its standard error clustered by ``clusters`` (one label per value): the sandwich
+    variance ``G/(G−1) · Σ_g (Σ_{i∈g} (x_i − x̄))² / n²`` over the G clusters (CR1), so values that share a cluster
+    (passages of one article) count as one draw; with one value per cluster it is the plain SE (sample std / √n).
+    NaN for fewer than two clusters."""
+    n = len(values)
+    if n == 0 or n != len(clusters):
+        raise ValueError(f"clustered_se needs one cluster label per value, got {n} values and {len(clusters)} labels")
+    mean = sum(values) / n
+    sums: dict = {}
+    for v, g in zip(values, clusters):
+        sums[g] = sums.get(g, 0.0) + (v - mean)
+    groups = len(sums)
+    if groups < 2:
+        return mean, math.nan
+    return mean, math.sqrt(groups / (groups - 1) * sum(s * s for s in sums.values()) / n ** 2)
+
+
+def clustered_difference(values_a: Sequence[float], values_b: Sequence[float], clusters: Sequence,
+                         dataset: str = "", method_a: str = "a", method_b: str = "b") -> PairedDifference:
+    """Paired ``a − b`` of two aligned lists (None or NaN pairs left out) with :func:`clustered_se`'s SE."""
+    kept = [(a - b, g) for a, b, g in zip(values_a, values_b, clusters)
+            if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
+    if not kept:
+        raise ValueError(f"{dataset}: {method_a} and {method_b} share no finite value")
+    diffs = [d for d, _ in kept]
+    mean, se = clustered_se(diffs, [g for _, g in kept])
+    lower = sum(d < 0 for d in diffs)
+    return PairedDifference(dataset, method_a, method_b, mean, se, lower / len(diffs), lower, len(diffs))
+
+
 def proportion_se(share: float, n: int) -> float:
     """Binomial standard error of a share (0-1) observed on ``n`` questions: √(p(1 − p) / n)."""
     return math.sqrt(share * (1 - share) / n)
