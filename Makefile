@@ -9,7 +9,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup model demo experiments experiments-fair experiments-curve experiments-binding-training experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer \
+.PHONY: setup model demo experiments experiments-fair experiments-curve experiments-binding-training experiments-cpt-grid experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer \
 	experiments-transfer-frontier experiments-transfer-long experiments-binding test lab clean-artifacts
 
 $(STAMP): pyproject.toml
@@ -37,7 +37,7 @@ RUNNER := $(BIN)/python -m regrad_lib.runner.pipeline
 REFERENCE := $(BIN)/python -m regrad_lib.reporting.reference
 comma := ,
 PUBMEDQA_ROOT ?= ../shared/data/domains
-experiments: experiments-fair experiments-curve experiments-binding-training experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer experiments-transfer-frontier \
+experiments: experiments-fair experiments-curve experiments-binding-training experiments-cpt-grid experiments-cpt experiments-sweeps experiments-pubmedqa experiments-transfer experiments-transfer-frontier \
 	experiments-transfer-long experiments-binding
 
 # The fair comparison (README's first tables): on the demo run, sft and rag_sft — LoRAs fine-tuned on the training
@@ -91,12 +91,25 @@ experiments-binding-training: model
 	$(REFERENCE) save-report binding_training $(foreach run,$(subst $(comma), ,$(BINDING_RUNS)),--source $(run) \
 		--source $(run):dev-position-free) --datasets probe_binding,probe,popqa,probe_transfer
 
-# ReGrad against continual post-training (CPT) and RAG on the probe and PopQA, drift measured after every chunk.
+# CPT's settings chosen, not typed: the committed grid of learning rate × epochs per chunk (experiments/cpt_grid.py)
+# on a validation stream of the probe's training people meta-training never used, the selection rule of
+# regrad_lib/cpt/selection.py (the most knowledge within ReGrad's own drift from the base model), the chosen settings
+# again with seeds 43 and 44; its report under reference/experiments/cpt_grid*, the choice written into the SmolLM2
+# preset's cpt_config.json and reference/experiments/cpt_grid/chosen.json (what experiments-cpt runs). Resumes.
+experiments-cpt-grid: model
+	$(BIN)/python -m experiments.cpt_grid run
+	$(BIN)/python -m experiments.cpt_grid seeds
+	$(BIN)/python -m experiments.cpt_grid report --write-preset smollm2-135m-instruct
+
+# ReGrad against continual post-training (CPT) and RAG on the probe and PopQA at the grid's chosen settings: the main
+# arm (fresh LoRA, replayed answer format) with drift after every chunk beside closed_book, rag, rag_sft, regrad,
+# regrad_icl, shift and no_update (evaluation `cpt`); its seeds 43 and 44, its one-chunk upper bound and the other arms
+# (raw objective, the meta-trained LoRA, full fine-tuning) as evaluations cpt-<arm>; 06 with the frontier; the report
+# reference/experiments/cpt.md with cpt_frontier.{png,csv} and cpt_predictions.csv. Resumes.
 experiments-cpt: model
-	$(RUNNER) --run demo --steps 05,06 -p evaluation cpt -p datasets probe,popqa -p sweep_datasets '[]' \
-		-p methods closed_book,rag,regrad,regrad_icl,cpt,cpt_rag,shift,no_update -p gammas '[]' -p question null
-	mkdir -p reference/experiments
-	$(BIN)/python -m experiments.cpt_report --run demo --evaluation cpt --datasets probe,popqa > reference/experiments/cpt.md
+	$(BIN)/python -m experiments.cpt_study run
+	$(RUNNER) --run demo --steps 06 -p evaluation cpt -p datasets probe,popqa
+	$(BIN)/python -m experiments.cpt_study report > /dev/null
 	$(REFERENCE) save-report cpt --source demo:cpt --datasets probe,popqa
 
 # Top-k and mixed-documents sweeps of regrad (the public code's --mixed), and how gamma should follow k. BENCHMARKS.md's

@@ -1,10 +1,13 @@
-"""Choose continual post-training's settings on validation data: the probe's *training* people (never the dev
-questions that are reported). Each setting injects the top-k passages of the first ``--limit`` probe training questions
-as a stream of chunks (regrad_lib.cpt.continual, the same code as the cpt method) and prints, after the last chunk, the
-closed-book EM on those questions (the knowledge CPT is for), the EM of the first chunk's questions (what it kept), and
-the drift of its persistent weights (held-out text NLL, general questions, ||dtheta||/||theta||).
+"""Try continual post-training settings by hand on validation data: the probe's *training* people (never the dev
+questions that are reported). The committed grid, its selection rule and the chosen settings are
+``python -m experiments.cpt_grid`` (make experiments-cpt-grid); this script is for a quick look at other settings.
+Each setting injects the top-k passages of the first ``--limit`` probe training questions as a stream of chunks
+(regrad_lib.cpt.continual, the same code as the cpt method) and prints, after the last chunk, the closed-book answer
+accuracy and answer NLL on those questions (the knowledge CPT is for), the accuracy of the first chunk's questions
+(what it kept), and the drift of its persistent weights (held-out text NLL, general questions' answer NLL and
+accuracy, ||dtheta|| relative to every weight and to the trained modules').
 
-    .venv/bin/python -m experiments.cpt_settings --run demo --grid '[{"learning_rate": 1e-3}, {"learning_rate": 3e-3}]'
+    .venv/bin/python -m experiments.cpt_settings --run demo --grid '[{"learning_rate": 1e-3, "objective": "replay"}]'
 
 Needs a trained run (its base model is what CPT trains; ``weights`` "phi" also its LoRA) and the augmented probe
 training file of that work root (02_augment). Results go to ``results/<run>/evaluations/cptsel-<i>/probe/cpt/``
@@ -55,15 +58,17 @@ def main() -> None:
         current = dataclasses.replace(learner, preset=dataclasses.replace(learner.preset, cpt=cfg))
         start = time.perf_counter()
         post = continual.post_train(a.run, a.dataset, current, items, cfg=cfg, general=general, split=a.split,
-                                    topk=a.topk, limit=a.limit, evaluation=f"cptsel-{i}")
-        last = post.drift[-1]
+                                    topk=a.topk, limit=a.limit, evaluation=f"cptsel-{i}", measure_at="end")
+        last, start_row = post.drift[-1], post.drift[0]
         print(json.dumps({"setting": overrides, "seconds": round(time.perf_counter() - start),
-                          "knowledge_em": last["knowledge_em"], "first_block_em": last["first_block_em"],
-                          "latest_block_em_per_chunk": [r["latest_block_em"] for r in post.drift[1:]],
-                          "general_text_nll": [round(r["general_text_nll"], 4) for r in post.drift],
-                          "general_em": [r["general_em"] for r in post.drift],
-                          "delta_rel": [round(r["delta_rel"], 5) for r in post.drift],
-                          "train_loss": [r["train_loss"] for r in post.drift]}), flush=True)
+                          "knowledge_acc": last["knowledge_acc"], "knowledge_nll": last["knowledge_nll"],
+                          "first_block_acc": last["first_block_acc"],
+                          "general_text_nll": [round(r["general_text_nll"], 4) for r in (start_row, last)],
+                          "general_nll": [round(r["general_nll"], 4) for r in (start_row, last)],
+                          "general_acc": [r["general_acc"] for r in (start_row, last)],
+                          "delta_rel": round(last["delta_rel"], 6),
+                          "delta_rel_trained": round(last["delta_rel_trained"], 6),
+                          "train_loss": last["train_loss"], "replay_loss": last["replay_loss"]}), flush=True)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ PromptStyle = Literal["instruct", "example"]
 ContextOrder = Literal["rank", "reversed"]
 PromptPassages = Literal["whole", "as_gradient"]
 CptWeights = Literal["lora", "phi", "full"]
+CptObjective = Literal["raw", "replay"]
 
 FILES = {"peft": "peft_config.json", "learner": "learner_config.json", "train": "train_args.json",
          "generation": "generation_config.json"}
@@ -258,12 +259,21 @@ class CptConfig:
     batch_size: int = 8              # passages per optimizer step
     weights: CptWeights = "lora"     # "lora": a fresh LoRA (the preset's modules) on the base model; "phi": the
                                      # run's meta-trained LoRA; "full": every base weight (small fp32 models)
-    general_passages: int = 64       # held-out corpus passages whose NLL measures general text (never injected)
-    general_questions: int = 40      # at most this many general questions the base model answers (closed book)
+    objective: CptObjective = "raw"  # "raw": the next-token loss of the passages; "replay": the same, plus the QA
+                                     # examples meta-training stepped on (its questions, frame, label and number),
+                                     # dealt out over the stream's steps, so CPT learns the answer format too
+    seed: int | None = None          # the fresh LoRA's initialisation and each epoch's shuffle; None: the run's seed
+    general_passages: int = 256      # held-out corpus passages (distinct articles first) whose NLL measures general
+                                     # text (never injected)
+    general_questions: int = 200     # general questions: the first this many training rows of the general datasets
+                                     # meta-training never used (never selected on the base model's answers)
 
     def __post_init__(self) -> None:
         _check_finite(self)
         _check_literal(self, "weights", get_args(CptWeights))
+        _check_literal(self, "objective", get_args(CptObjective))
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise ConfigError(f"CptConfig.seed = {self.seed!r} must be None (the run's seed) or an integer >= 0")
         _check_positive(self, "learning_rate", "epochs_per_chunk", "chunks", "batch_size", "general_passages",
                         "general_questions")
 

@@ -65,7 +65,7 @@ def test_label_kinds_score_accuracy_and_short_answers_keep_em_f1():
     rows = [{"prediction": p, "answers": [g], "answer_kind": "yes_no", "choices": list(metrics.YES_NO_MAYBE),
              "answer_nll": 1.0} for p, g in (("yes", "yes"), ("no", "yes"), ("maybe", "maybe"), ("", "no"))]
     assert results.score_rows(rows)["em"] == results.score_rows(rows)["f1"] == 50.0
-    assert effects._right(rows[0]) and not effects._right(rows[1])
+    assert effects.is_right(rows[0]) and not effects.is_right(rows[1])
     with pytest.raises(ValueError, match="not one of the yes_no labels"):
         metrics.score_kind("yes", ["perhaps"], "yes_no")
     with pytest.raises(ValueError, match="answer kind 'boolean'"):

@@ -19,7 +19,7 @@ from regrad_lib.answering.specs import SPECS
 from regrad_lib.bank import encode
 from regrad_lib.core import generation, lora, task_batches
 from regrad_lib.core.learner import Learner
-from regrad_lib.cpt import continual, drift
+from regrad_lib.cpt import continual, drift, replay
 from regrad_lib.data import metrics, prompts
 from regrad_lib.evaluation import evaluate
 from regrad_lib.io import artifacts, paths, result_files, tensorfile
@@ -79,11 +79,11 @@ def _general(study, **cfg):
                                       evaluation="g" + "".join(f"-{k}{v}" for k, v in sorted(cfg.items())))
 
 
-def _post(study, name: str, **cfg):
+def _post(study, name: str, measure_at: str = "every", **cfg):
     learner, general = _general(study)
     learner = dataclasses.replace(learner, preset=learner.preset.replace(cpt={**CFG, **cfg}))
     return continual.post_train(RUN, DATASET, learner, study["items"], cfg=learner.preset.cpt, general=general,
-                          evaluation=name), learner, general
+                                evaluation=name, measure_at=measure_at), learner, general
 
 
 # --- the stream ------------------------------------------------------------------------------------------------
@@ -208,14 +208,15 @@ def test_regrad_leaves_the_persistent_weights_bit_for_bit_and_cpt_answers_beside
         assert out[method]["persistent_sha256"] == drift.fingerprint(learner)
     assert "persistent_unchanged" not in out["rag"]
     trained = {k: CFG[k] for k in continual.TRAINED_KEYS if k in CFG}
-    assert out["cpt"]["cpt"] == {**trained, "weights": "lora", "seed": 42}
+    assert out["cpt"]["cpt"] == {**trained, "weights": "lora", "objective": "raw", "seed": 42}
     rows = {m: result_files.method_predictions(RUN, DATASET, m, "methods") for m in ("cpt", "cpt_rag", "rag")}
     assert [r["passage_ids"] for r in rows["cpt"]] == [[] for _ in rows["cpt"]]
     assert [r["passage_ids"] for r in rows["cpt_rag"]] == [r["passage_ids"] for r in rows["rag"]]
     # kept on a re-run with the same settings; other cpt settings are refused, as for any method
     assert _evaluate(study, ["cpt", "cpt_rag"], evaluation="methods")["cpt"]["status"] == "kept"
-    with pytest.raises(FileExistsError, match="was computed with"):
-        _evaluate(study, ["cpt"], evaluation="methods", cpt={"learning_rate": 0.5})
+    for stale in ({"learning_rate": 0.5}, {"seed": 7}, {"objective": "replay"}):
+        with pytest.raises(FileExistsError, match="was computed with"):
+            _evaluate(study, ["cpt"], evaluation="methods", cpt=stale)
 
 
 def test_a_damaged_cpt_checkpoint_is_never_served(study):
@@ -272,20 +273,44 @@ def test_a_method_that_changes_the_persistent_weights_is_refused(study, monkeypa
 
 # --- the general set -----------------------------------------------------------------------------------------
 
-def test_the_general_set_is_held_out_text_and_training_questions_the_base_model_answers(study):
+def test_the_general_set_is_held_out_text_of_distinct_articles_and_training_questions_in_file_order(study):
     learner, general = _general(study)
     ids = [p[0] for p in general.passages]
-    corpus = [line.split("\t")[0] for line in open(study["corpus"], encoding="utf-8").read().splitlines()[1:]]
-    assert ids == [i for i in corpus if i != study["dev_corpus_id"]][:CFG["general_passages"]]
-    assert study["dev_corpus_id"] in corpus[:CFG["general_passages"]]          # the one retrieved was skipped
-    known = [c["test_id"] for i, c in enumerate(study["candidates"]) if c["answers"] != ["no such answer at all"]]
-    assert [q.extra["test_id"] for q in general.questions] == known[:CFG["general_questions"]]
-    assert general.points["base"]["general_em"] == 100.0 and general.points["base"]["delta_from_base"] == 0.0
+    rows = [line.split("\t") for line in open(study["corpus"], encoding="utf-8").read().splitlines()[1:]]
+    kept = [(i, title) for i, _, title in rows if i != study["dev_corpus_id"]]
+    firsts, later, seen = [], [], {}
+    for i, title in kept:                     # by hand: each article's first passage, then second ones, ...
+        seen[title] = seen.get(title, 0) + 1
+        (firsts if seen[title] == 1 else later).append((seen[title], len(later), i))
+    expected = [i for _, _, i in firsts] + [i for _, _, i in sorted(later)]
+    assert ids == expected[:CFG["general_passages"]] and CFG["general_passages"] < len(firsts) < len(kept)
+    assert len({p[1] for p in general.passages}) == CFG["general_passages"] == general.selection["articles"]
+    assert general.articles == [p[1] for p in general.passages]
+    assert study["dev_corpus_id"] not in ids                                    # the retrieved one was skipped
+    # the first questions in file order, whatever the base model answers (never selected on its success)
+    assert [q.extra["test_id"] for q in general.questions] == [100, 101, 102]
+    assert general.selection["per_dataset"] == {GENERAL: 3}
+    assert 0 < general.points["base"]["general_acc"] < 100 and general.points["base"]["delta_from_base"] == 0.0
+    assert general.points["base"]["general_accurate"] == [1.0, 0.0, 1.0]        # every other one is answered
     assert general.points["meta"]["delta_from_base"] > 0
+    assert general.lora_norm == pytest.approx(math.sqrt(sum(float(m.base.weight.double().pow(2).sum())
+                                                            for m in lora.modules(learner.model).values())))
     with pytest.raises(ValueError, match="include held-out general passages"):
         drift.check_disjoint(general, [("zz", "", general.passages[2][2])], "text", "planted")
-    _, more = _general(study, general_questions=2, general_passages=4)
-    assert len(more.questions) == 2 and [p[0] for p in more.passages] == ids[:4]
+    # more passages than articles: every article's first passage, then the second ones in file order
+    _, more = _general(study, general_questions=2, general_passages=len(firsts) + 2)
+    assert len(more.questions) == 2 and [p[0] for p in more.passages] == expected[:len(firsts) + 2]
+    assert more.selection["articles"] == len(firsts)
+
+
+def test_general_questions_take_the_datasets_in_turn_and_leave_meta_training_out(study):
+    other = [{**c, "test_id": 200 + i, "question": f"Other question {i}?"} for i, c in enumerate(study["candidates"][:2])]
+    artifacts.write_json(paths.augmented_file("cptgen2", "train_all"), other)
+    chosen, per = drift.general_questions([GENERAL, "cptgen2"], {GENERAL: "train_all", "cptgen2": "train_all"},
+                                          {(GENERAL, 101)}, 6)
+    assert [(q.extra["dataset"], q.extra["test_id"]) for q in chosen] == [
+        (GENERAL, 100), ("cptgen2", 200), (GENERAL, 102), ("cptgen2", 201), (GENERAL, 103), (GENERAL, 104)]
+    assert [q.test_id for q in chosen] == list(range(6)) and per == {GENERAL: 4, "cptgen2": 2}
 
 
 def test_the_general_set_leaves_out_the_questions_the_run_was_meta_trained_on(study):
@@ -397,7 +422,102 @@ def test_05s_cpt_parameters_are_checked_first_and_reach_the_command_line(study):
     with pytest.raises(FileNotFoundError, match="written by 02_augment"):
         evaluate.EvaluateSettings(**{**common, "general_datasets": ["nosuchqa"]})
     settings = evaluate.EvaluateSettings(**common, cpt_chunks=2, cpt_learning_rate=0.5)
-    assert settings.cpt == {"learning_rate": 0.5, "epochs_per_chunk": None, "chunks": 2, "weights": None}
+    assert settings.cpt == {"learning_rate": 0.5, "epochs_per_chunk": None, "chunks": 2, "weights": None,
+                            "objective": None, "seed": None}
     assert continual.resolve(RUN, settings.cpt) == config.CptConfig(**{**CFG, "chunks": 2, "learning_rate": 0.5})
     name, again, _ = launch.parse_args(["evaluate", *launch.to_argv(settings)])
     assert name == "evaluate" and again.cpt == settings.cpt and again.general_datasets == [GENERAL]
+
+
+def test_cpt_seed_sets_the_fresh_lora_and_the_shuffle_and_is_recorded(study, monkeypatch):
+    batches, real = [], task_batches.passage_batch
+    monkeypatch.setattr(task_batches, "passage_batch",
+                        lambda tok, chosen, *a, **k: batches.append([c[1] for c in chosen]) or real(tok, chosen, *a, **k))
+    runs = {}
+    for name, seed in (("seed-run", None), ("seed-42", 42), ("seed-7", 7)):
+        batches.clear()
+        post, learner, _ = _post(study, name, seed=seed)
+        runs[name] = (post, list(batches))
+        assert result_files.read_drift(RUN, DATASET, name)["settings"]["cpt"]["seed"] == (42 if seed is None else seed)
+    # None is the run's seed (42): the same stream, step for step
+    assert runs["seed-run"][1] == runs["seed-42"][1] and runs["seed-run"][0].drift == runs["seed-42"][0].drift
+    assert runs["seed-7"][1] != runs["seed-42"][1]                          # another shuffle
+    assert sorted(map(tuple, runs["seed-7"][1][:3])) != sorted(map(tuple, runs["seed-42"][1][:3])) or \
+        runs["seed-7"][1][0] != runs["seed-42"][1][0]
+    init = {s: continual._trainee(learner, config.CptConfig(), s)[0].phi for s in (7, 42)}
+    name = next(n for n in init[7] if n.endswith("lora_A"))
+    assert not torch.equal(init[7][name], init[42][name])                   # another fresh LoRA
+    assert runs["seed-7"][0].drift[-1]["delta_norm"] != runs["seed-42"][0].drift[-1]["delta_norm"]
+
+
+def test_measuring_at_the_end_only_keeps_the_training_and_the_last_measures(study):
+    every, _, general = _post(study, "order")
+    end, _, _ = _post(study, "end-only", measure_at="end")
+    assert [r["chunk"] for r in end.drift] == [0, 1, 2, 3]
+    assert [r.get("measured", True) for r in end.drift] == [True, False, False, True]
+    assert [r["steps"] for r in end.drift] == [r["steps"] for r in every.drift]
+    assert end.drift[-1] == every.drift[-1] and end.rows == every.rows        # the same weights, the same answers
+    # the start is the base model's point of the general set, copied (a fresh LoRA adds exactly nothing)
+    assert end.drift[0]["general_text_nlls"] == general.points["base"]["general_text_nlls"]
+    assert end.drift[0]["start"] == "base"
+    with pytest.raises(FileExistsError, match="other settings"):
+        _post(study, "end-only")                                            # measured otherwise: refused
+
+
+@pytest.fixture(scope="module")
+def replay_run(study):
+    """A tiny run meta-trained by 03_train (5 steps of 2 tasks on 'cptreplay'), with the tasks each step took."""
+    from regrad_lib.training import train
+
+    records = [{"test_id": i, "question": f"What is the capital of country {i}?", "answers": [f"city {i}"],
+                "passages": [f"City {i} is the capital of country {i}.", "A city."], "passage_ids": [f"r{i}", "r"],
+                "titles": ["", ""], "scores": [2.0, 1.0]} for i in range(10)]
+    artifacts.write_json(paths.augmented_file("cptreplay", "train_all"), records)
+    preset = config.load_preset("tiny", {"train": {"max_steps": 5, "meta_batch_size": 2, "tasks_per_forward": 2,
+                                                   "validation_size": 2, "topk": 2, "eval_steps": 100,
+                                                   "metric_for_best_model": "loss"}, "cpt": CFG})
+    taken, real = [], train.meta_step
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "meta_step", lambda learner, opt, params, batch, lr: taken.append(list(batch)) or
+                   real(learner, opt, params, batch, lr))
+        assert train.train("cpt-replay", preset, ["cptreplay"])["steps"] == 5
+    return taken
+
+
+def test_the_replay_objective_trains_on_exactly_the_qa_examples_meta_training_stepped_on(study, replay_run,
+                                                                                           monkeypatch):
+    learner = Learner.from_run("cpt-replay")
+    learner = dataclasses.replace(learner, preset=learner.preset.replace(cpt={**CFG, "objective": "replay"}))
+    general = drift.general_set("cpt-replay", learner, corpus_path=study["corpus"], datasets=[GENERAL])
+    given, real = [], continual.train_step
+    monkeypatch.setattr(continual, "train_step", lambda trainee, params, opt, batch, qa=None:
+                        given.append(qa) or real(trainee, params, opt, batch, qa))
+    post = continual.post_train("cpt-replay", DATASET, learner, study["items"], cfg=learner.preset.cpt,
+                                general=general, evaluation="replay")
+    stepped = [t for batch in replay_run for t in batch]           # what 03_train's meta steps took, in order
+    assert len(stepped) == 10 == 5 * 2                              # its steps × its meta batch: its number of examples
+    # the record: every replayed example by (dataset, test_id), in order, is meta-training's
+    saved = result_files.read_drift("cpt-replay", DATASET, "replay")
+    assert saved["replayed"] == [[t.extra["dataset"], t.test_id] for t in stepped]
+    assert saved["settings"]["cpt"]["objective"] == "replay" and saved["settings"]["replay"] is not None
+    # dealt out in order over the stream's 14 steps: step s trains examples ⌊10s/14⌋ .. ⌊10(s+1)/14⌋
+    assert len(given) == 14 and [0 if q is None else len(q) for q in given] == \
+        [(s + 1) * 10 // 14 - s * 10 // 14 for s in range(14)]
+    # what was trained: meta-training's answer frame token for token (its prompt, question only as blind_context
+    # says, the label ' <answer>' + end-of-turn), the same rows as the fine-tuned baselines' examples
+    cfg = learner.preset.learner
+    want = task_batches.qa_examples(learner.tokenizer, stepped, cfg, with_context=not cfg.blind_context, stage="eval")
+    got = [(row[m.bool()].tolist(), lab[m.bool()].tolist()) for q in given if q is not None
+           for row, m, lab in zip(q.input_ids, q.attention_mask, q.labels)]
+    assert got == [(list(e.input_ids), list(e.labels)) for e in want]
+    label = [t for t in got[0][1] if t != -100]
+    assert label == prompts.answer_ids(learner.tokenizer, stepped[0].answer)
+    assert all(q is None or "City" not in learner.tokenizer.decode(q.input_ids[0]) for q in given)   # no passages
+    # the raw objective trains on the passages alone: other weights
+    raw = dataclasses.replace(learner, preset=learner.preset.replace(cpt={**CFG, "objective": "raw"}))
+    other = continual.post_train("cpt-replay", DATASET, raw, study["items"], cfg=raw.preset.cpt, general=general,
+                                 evaluation="raw")
+    assert result_files.read_drift("cpt-replay", DATASET, "raw")["replayed"] == []
+    assert other.drift[-1]["delta_norm"] != post.drift[-1]["delta_norm"]
+    with pytest.raises(FileNotFoundError, match="replays the QA examples a finished 03_train stepped on"):
+        replay.replay_tasks(RUN)                                 # a run 03_train did not make

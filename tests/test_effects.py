@@ -316,3 +316,20 @@ def test_verdicts_one_paragraph_per_evaluated_pair():
     assert second.startswith("No significant difference in answer accuracy or the gold answer's likelihood between "
                              "regrad_icl and shift_icl")
     assert effects.verdicts(analysis.Missing("x"), effects.ICL_PAIRS) == "No verdict: x"
+
+
+def test_clustered_se_matches_a_hand_computation_with_clusters_of_unequal_size():
+    # values 1, 2, 3, 4, 10 in clusters a a b c c: mean 4, residuals -3 -2 -1 0 6, cluster sums -5, -1, 6;
+    # variance G/(G-1) * sum of squared sums / n^2 = 3/2 * 62 / 25 = 3.72
+    mean, se = effects.clustered_se([1.0, 2.0, 3.0, 4.0, 10.0], ["a", "a", "b", "c", "c"])
+    assert mean == pytest.approx(4.0) and se == pytest.approx(math.sqrt(3.72), rel=1e-12)
+    # one value per cluster: the plain standard error (sample std / sqrt(n) = sqrt(12.5 / 5))
+    assert effects.clustered_se([1.0, 2.0, 3.0, 4.0, 10.0], range(5))[1] == pytest.approx(math.sqrt(2.5), rel=1e-12)
+    assert effects.clustered_se([1.0, 2.0, 3.0, 4.0, 10.0], range(5))[1] == \
+        pytest.approx(effects.mean_se([1.0, 2.0, 3.0, 4.0, 10.0])[1], rel=1e-12)
+    assert math.isnan(effects.clustered_se([1.0, 2.0], ["a", "a"])[1])          # one cluster: no SE
+    # paired: differences 1, 2, 4 in clusters x x y: mean 7/3, sums -5/3 and 5/3, variance 2 * (50/9) / 9
+    d = effects.clustered_difference([2.0, 3.0, 5.0, None], [1.0, 1.0, 1.0, 1.0], ["x", "x", "y", "z"])
+    assert (d.mean, d.n, d.n_lower) == (pytest.approx(7 / 3), 3, 0) and d.se == pytest.approx(10 / 9, rel=1e-12)
+    with pytest.raises(ValueError, match="one cluster label per value"):
+        effects.clustered_se([1.0, 2.0], ["a"])

@@ -160,7 +160,8 @@ def trained(tiny_model_dir):
                 "passage_ids": [str(3 * i), str(3 * i + 1), str(3 * i + 2)]} for i, c in enumerate(["Rome", "Oslo",
                                                                                                       "Lima"])]
     artifacts.write_json(paths.augmented_file(DATASET, "dev"), records)
-    artifacts.write_json(paths.augmented_file(DATASET, "train_all"), records * 3)
+    artifacts.write_json(paths.augmented_file(DATASET, "train_all"),     # each question its own test_id
+                         [{**r, "test_id": k * 3 + r["test_id"]} for k in range(3) for r in records])
     testing.saved_trained_run(RUN, config.load_preset("tiny"))
     return RUN
 

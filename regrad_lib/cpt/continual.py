@@ -14,12 +14,23 @@ whole stream) and gradients clipped at norm 1 (transformers' Trainer default). `
 LoRA on the preset's modules of the base model (initialised as 03_train's, seeded), ``phi`` continues the run's
 meta-trained LoRA, ``full`` trains every base weight (fp32 base weights only: small models).
 
-Before the first chunk and after each one :mod:`regrad_lib.cpt.drift` measures the persistent weights: general text,
-general questions, ‖Δθ‖, and the EM of the questions whose block has arrived (closed book, the harness; after the
-last chunk these are the ``cpt`` method's answers). Files, in ``results/<run>/<dataset>/cpt/``: ``checkpoint/``
-after every chunk (the trained weights, AdamW's state, the drift rows so far; an atomic folder swap), so a killed
-stream resumes after its last finished chunk and ends with the same weights as an uninterrupted one; ``drift.json``
-once the stream is done. Every process of a job trains the same stream (the training is not split); rank 0 writes.
+``objective``: ``raw`` is that loss alone. ``replay`` adds the answer format meta-training taught ReGrad's weights:
+the QA examples 03_train took its steps on (:func:`replay_tasks`: the same questions in the same order, as many as
+it used), in its answer frame (the run's chat prompt, passages in it only when meta-training put them there, the
+label ` <answer>` + end-of-turn: ``L_ans``), dealt out in order over the stream's optimizer steps (step s of S takes
+examples ⌊s·R/S⌋ to ⌊(s+1)·R/S⌋ of the R), each step's loss the mean ``L_LM`` of its passages plus the mean
+``L_ans`` of its examples. Without it, a LoRA trained on raw passages loses the chat frame and is scored on a
+format it was never asked to keep.
+
+Before the first chunk the weights are those of a measured point (the base model, or the meta-trained weights for
+``phi``), so that row is copied from the general set; after each chunk (``measure = "every"``) or after the last one
+only (``"end"``, the settings grid) :mod:`regrad_lib.cpt.drift` measures the persistent weights: general text,
+general questions, ‖Δθ‖, and the knowledge of the questions whose block has arrived (closed book, the harness; after
+the last chunk these are the ``cpt`` method's answers). Files, in ``results/<run>/<dataset>/cpt/``: ``checkpoint/``
+after every chunk (the trained weights, AdamW's state, the drift rows so far, the replayed examples; an atomic folder
+swap), so a killed stream resumes after its last finished chunk and ends with the same weights as an uninterrupted
+one; ``drift.json`` once the stream is done. Every process of a job trains the same stream (the training is not
+split); rank 0 writes.
 The checkpoint is verified as the training checkpoint is (:mod:`regrad_lib.io.tensorfile`): ``state.safetensors``
 carries the checksum of its tensors and of ``stream_state.json``, so a flipped bit in a trained weight or in AdamW's
 state, an edited state file or a truncated file is refused naming the file, never served or resumed, and the
@@ -48,6 +59,7 @@ from regrad_lib.answering.specs import SPECS
 from regrad_lib.core import lora, regrad, task_batches
 from regrad_lib.core.learner import Learner
 from regrad_lib.cpt import drift
+from regrad_lib.cpt.replay import Replay, replay_tasks
 from regrad_lib.io import artifacts, checkpoint, distributed, paths, result_files, tensorfile
 
 log = logging.getLogger(__name__)
@@ -56,7 +68,8 @@ CHECKPOINT = "checkpoint"
 TENSORS = "state.safetensors"
 STATE = "stream_state.json"
 MAX_GRAD_NORM = 1.0
-TRAINED_KEYS = ("learning_rate", "epochs_per_chunk", "chunks", "batch_size", "weights")   # what the answers depend on
+TRAINED_KEYS = ("learning_rate", "epochs_per_chunk", "chunks", "batch_size", "weights", "objective")
+MEASURES = ("every", "end")      # measure after every chunk, or after the last one only
 
 Passage = tuple[str, str, str]      # (id, title, text)
 
@@ -118,9 +131,20 @@ def resolve(run: str, overrides: dict | None = None) -> config.CptConfig:
         raise config.ConfigError(f"cpt parameters: {e}") from None
 
 
+def stream_seed(cfg: config.CptConfig, run_seed: int) -> int:
+    """The seed of a stream: ``cfg.seed``, or the run's seed when it is None."""
+    return run_seed if cfg.seed is None else cfg.seed
+
+
 def answer_settings(cfg: config.CptConfig, seed: int) -> dict:
-    """What cpt / cpt_rag answers depend on besides the questions (kept results must match): the training keys."""
-    return {**{k: getattr(cfg, k) for k in TRAINED_KEYS}, "seed": seed}
+    """What cpt / cpt_rag answers depend on besides the questions (kept results must match): the training keys and
+    the stream's seed (``seed``: the run's, used when ``cfg.seed`` is None)."""
+    return {**{k: getattr(cfg, k) for k in TRAINED_KEYS}, "seed": stream_seed(cfg, seed)}
+
+
+def stream_steps(plan: Stream, cfg: config.CptConfig) -> list[int]:
+    """Optimizer steps of each chunk: ``epochs_per_chunk`` passes of ⌈passages / batch_size⌉ batches."""
+    return [cfg.epochs_per_chunk * math.ceil(len(c) / cfg.batch_size) for c in plan.chunks]
 
 
 @dataclass
@@ -133,7 +157,7 @@ class PostTrained:
     stream: Stream
 
 
-def _trainee(learner: Learner, cfg: config.CptConfig) -> tuple[Learner, dict[str, torch.Tensor]]:
+def _trainee(learner: Learner, cfg: config.CptConfig, seed: int | None = None) -> tuple[Learner, dict[str, torch.Tensor]]:
     """A learner whose ``model`` + ``phi`` are the weights CPT trains, and those trainable tensors by name."""
     if cfg.weights == "full":
         base = drift.base_parameters(learner.model)
@@ -147,7 +171,7 @@ def _trainee(learner: Learner, cfg: config.CptConfig) -> tuple[Learner, dict[str
             p.requires_grad_(True)
         return dataclasses.replace(learner, model=model, phi=drift.zero_phi(learner.phi)), named
     if cfg.weights == "lora":
-        phi = lora.fresh(learner.model, learner.preset.peft, learner.preset.train.seed)
+        phi = lora.fresh(learner.model, learner.preset.peft, learner.preset.train.seed if seed is None else seed)
     else:
         phi = {n: p.detach().clone() for n, p in learner.phi.items()}
     phi = {n: t.requires_grad_(True) for n, t in phi.items()}
@@ -155,27 +179,34 @@ def _trainee(learner: Learner, cfg: config.CptConfig) -> tuple[Learner, dict[str
 
 
 def train_step(trainee: Learner, params: list[torch.Tensor], optimizer: torch.optim.Optimizer,
-               batch: regrad.TokenBatch) -> float:
-    """One AdamW step on the mean ``L_LM`` of a batch of passages (forward under the preset's autocast, gradient
-    outside it, clipped at ``MAX_GRAD_NORM``); the loss."""
+               batch: regrad.TokenBatch, qa: regrad.TokenBatch | None = None) -> tuple[float, float | None]:
+    """One AdamW step on the mean ``L_LM`` of a batch of passages, plus the mean ``L_ans`` of replayed QA examples
+    when there are some (forward under the preset's autocast, gradient outside it, clipped at ``MAX_GRAD_NORM``);
+    (passage loss, QA loss or None)."""
     optimizer.zero_grad(set_to_none=True)
     with lora.use(trainee.model, trainee.phi), regrad.autocast(trainee.device, trainee.precision):
         loss = regrad.token_losses(trainee.model, batch).mean()
+        answer = regrad.token_losses(trainee.model, qa).mean() if qa is not None else None
     value = float(loss.detach())
-    if not math.isfinite(value):
-        raise FloatingPointError(f"cpt: non-finite loss {value}: lower the cpt learning rate")
-    loss.backward()
+    replayed = None if answer is None else float(answer.detach())
+    if not math.isfinite(value) or (replayed is not None and not math.isfinite(replayed)):
+        raise FloatingPointError(f"cpt: non-finite loss {value} (replayed QA: {replayed}): lower the cpt learning rate")
+    (loss if answer is None else loss + answer).backward()
     torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
     optimizer.step()
-    return value
+    return value, replayed
 
 
 def train_chunk(trainee: Learner, params: list[torch.Tensor], optimizer: torch.optim.Optimizer,
-                passages: Sequence[Passage], cfg: config.CptConfig, seed: int, chunk: int) -> tuple[float | None, int]:
-    """``epochs_per_chunk`` passes over one chunk (a seeded shuffle per epoch): (mean loss of the last pass,
-    optimizer steps)."""
+                passages: Sequence[Passage], cfg: config.CptConfig, seed: int, chunk: int, *,
+                replay: Replay | None = None, first_step: int = 0) -> dict:
+    """``epochs_per_chunk`` passes over one chunk (a seeded shuffle per epoch), with the replayed examples of each
+    step (``first_step``: the stream's steps before this chunk): the mean losses of the last pass, the steps and the
+    replayed examples as [dataset, test_id]."""
     lc = trainee.preset.learner
     last: list[float] = []
+    answers: list[float] = []
+    replayed: list[list] = []
     steps = 0
     for epoch in range(cfg.epochs_per_chunk):
         order = list(range(len(passages)))
@@ -185,74 +216,131 @@ def train_chunk(trainee: Learner, params: list[torch.Tensor], optimizer: torch.o
                           unit="batch", leave=False, disable=not distributed.job().main):
             chosen = [passages[i][1:] for i in order[start:start + cfg.batch_size]]
             batch = task_batches.passage_batch(trainee.tokenizer, chosen, lc.bank_context_len, lc.passage_format)
-            last.append(train_step(trainee, params, optimizer, batch.to(trainee.device)))
+            tasks = replay.at(first_step + steps) if replay is not None else []
+            qa = task_batches.qa_batch(trainee.tokenizer, tasks, lc, with_context=replay.with_context,
+                                       stage="eval").to(trainee.device) if tasks else None
+            loss, answer = train_step(trainee, params, optimizer, batch.to(trainee.device), qa)
+            last.append(loss)
+            if answer is not None:
+                answers.append(answer)
+            replayed += [[t.extra.get("dataset"), t.test_id] for t in tasks]
             steps += 1
-    return (sum(last) / len(last) if last else None), steps
+    return {"loss": sum(last) / len(last) if last else None, "steps": steps, "replayed": replayed,
+            "replay_loss": sum(answers) / len(answers) if answers else None}
 
 
-def measure(trainee: Learner, start: Learner, base: Learner, theta: float, general: drift.GeneralSet,
+def _knowledge(prefix: str, rows: Sequence[dict]) -> dict:
+    found = drift.scores(rows)
+    return {f"{prefix}_{k}": found[k] for k in ("acc", "em", "f1", "nll")}
+
+
+def measure(trainee: Learner, start: Learner, base: Learner, general: drift.GeneralSet, trained_norm: float,
             blocks: Sequence[Sequence[task_batches.Task]], chunk: int) -> tuple[dict, list[dict]]:
-    """The drift row after ``chunk`` chunks (0: before any) and the knowledge rows (questions of blocks 1..chunk)."""
+    """The drift row after ``chunk`` chunks (1..) and the knowledge rows (questions of blocks 1..chunk)."""
     so_far = [t for block in blocks[:chunk] for t in block]
     rows = drift.answer(trainee, so_far, SPECS["cpt"], desc=f"cpt knowledge after chunk {chunk}")
-    first = drift.scores(rows[:len(blocks[0])] if chunk else [])
-    latest = drift.scores(rows[len(so_far) - len(blocks[chunk - 1]):] if chunk else [])
     known = drift.scores(rows)
     delta, from_base = drift.delta_norm(trainee, start), drift.delta_norm(trainee, base)
-    row = {"chunk": chunk, "questions": known["n"], "knowledge_em": known["em"], "knowledge_nll": known["nll"],
-           "first_block_em": first["em"], "latest_block_em": latest["em"], **drift.general_measures(trainee, general),
-           "delta_norm": delta, "delta_rel": delta / theta, "delta_from_base": from_base,
-           "delta_from_base_rel": from_base / theta}
+    theta = general.theta_norm
+    row = {"chunk": chunk, "questions": known["n"], **_knowledge("knowledge", rows),
+           **_knowledge("first_block", rows[:len(blocks[0])]),
+           **_knowledge("latest_block", rows[len(so_far) - len(blocks[chunk - 1]):]),
+           **drift.general_measures(trainee, general),
+           "delta_norm": delta, "delta_rel": delta / theta, "delta_rel_trained": delta / trained_norm,
+           "delta_from_base": from_base, "delta_from_base_rel": from_base / theta,
+           "delta_from_base_rel_trained": from_base / trained_norm}
     return row, rows
+
+
+def start_row(general: drift.GeneralSet, point: str, trained_norm: float) -> dict:
+    """The row before the first chunk: the stream starts at a measured point of the general set (``base``: a fresh
+    LoRA adds exactly nothing, ``full`` starts at the base model; ``meta``: ``phi``), copied, not measured again."""
+    measured = general.points[point]
+    empty = {f"{p}_{k}": None for p in ("knowledge", "first_block", "latest_block") for k in ("acc", "em", "f1", "nll")}
+    from_base = measured["delta_from_base"]
+    return {"chunk": 0, "questions": 0, **empty, **{k: v for k, v in measured.items() if k != "delta_from_base"},
+            "delta_norm": 0.0, "delta_rel": 0.0, "delta_rel_trained": 0.0, "delta_from_base": from_base,
+            "delta_from_base_rel": from_base / general.theta_norm, "delta_from_base_rel_trained": from_base / trained_norm,
+            "start": point}
+
+
+def _adds_nothing(phi: dict[str, torch.Tensor]) -> bool:
+    return all(not bool(t.detach().any()) for n, t in phi.items() if n.endswith("lora_B"))
 
 
 def post_train(run: str, dataset: str, learner: Learner, items: Sequence[task_batches.Task], *, cfg: config.CptConfig,
                general: drift.GeneralSet, split: str = "dev", topk: int = 3, limit: int | None = None,
-               evaluation: str | None = None, overwrite: bool = False) -> PostTrained:
+               evaluation: str | None = None, overwrite: bool = False, measure_at: str = "every") -> PostTrained:
     """Continual post-training of ``learner``'s persistent weights on ``items``' documents, chunk by chunk, with
-    the drift measured before and after every chunk; resumes from ``results/<run>/<dataset>/cpt/checkpoint/``
-    (same settings) and keeps a finished stream. ``learner`` itself is never changed."""
+    the drift measured after every chunk (``measure_at = "end"``: after the last one only); resumes from
+    ``results/<run>/<dataset>/cpt/checkpoint/`` (same settings) and keeps a finished stream. ``learner`` itself is
+    never changed."""
+    if measure_at not in MEASURES:
+        raise ValueError(f"measure_at={measure_at!r}: choose one of {list(MEASURES)}")
     folder = paths.cpt_dir(run, dataset, evaluation)
     where = f"{paths.relative(folder)}"
     plan = stream(items, cfg.chunks, where)
     drift.check_disjoint(general, [p for c in plan.chunks for p in c], learner.preset.learner.passage_format, where)
-    seed = learner.preset.train.seed
+    seed = stream_seed(cfg, learner.preset.train.seed)
+    steps_of = stream_steps(plan, cfg)
+    replay = Replay(replay_tasks(run), sum(steps_of), not learner.preset.learner.blind_context) \
+        if cfg.objective == "replay" else None
     settings = {"dataset": dataset, "split": split, "topk": topk, "limit": limit,
-                "cpt": answer_settings(cfg, seed), "model": learner.preset.learner.model_name_or_path,
+                "cpt": answer_settings(cfg, learner.preset.train.seed), "model": learner.preset.learner.model_name_or_path,
                 "meta_hash": learner.meta_hash() if cfg.weights == "phi" else None,
                 "learner": dataclasses.asdict(learner.preset.learner),
                 "generation": dataclasses.asdict(learner.preset.generation),
-                "stream": _digest(plan.describe()), "general": _digest(general.settings)}
+                "stream": _digest(plan.describe()), "general": _digest(general.settings), "measure": measure_at,
+                "replay": _digest(replay.describe()) if replay is not None else None}
     if overwrite:
         distributed.on_main(shutil.rmtree, folder, ignore_errors=True)
-    trainee, named = _trainee(learner, cfg)
+    trainee, named = _trainee(learner, cfg, seed)
     params = list(named.values())
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     base = dataclasses.replace(learner, phi=drift.zero_phi(learner.phi))
     start = base if cfg.weights == "full" else \
         dataclasses.replace(learner, phi={n: t.detach().clone() for n, t in trainee.phi.items()})
+    trained_norm = general.theta_norm if cfg.weights == "full" else \
+        (general.lora_norm or drift.lora_modules_norm(learner.model))
     state = distributed.on_main(_saved_state, folder, settings)
     if state is None:
-        state = {"settings": settings, "chunk": -1, "steps": 0, "drift": [], "rows": []}
+        state = {"settings": settings, "chunk": -1, "steps": 0, "drift": [], "rows": [], "replayed": []}
     else:
         _load(folder, named, optimizer, state.pop("optimizer"))
         log.info("%s: resuming after chunk %d of %d", where, state["chunk"], cfg.chunks)
-    theta = general.theta_norm
     for chunk in range(state["chunk"] + 1, cfg.chunks + 1):
-        loss, steps = (None, 0) if chunk == 0 else \
-            train_chunk(trainee, params, optimizer, plan.chunks[chunk - 1], cfg, seed, chunk)
-        row, rows = measure(trainee, start, base, theta, general, plan.blocks, chunk)
-        state["steps"] += steps
-        row.update(documents=sum(len(c) for c in plan.chunks[:chunk]), train_loss=loss, steps=state["steps"])
+        if chunk == 0:
+            point = "meta" if cfg.weights == "phi" else "base"
+            if point == "base" and not _adds_nothing(trainee.phi):      # a LoRA initialised to change the model
+                row, rows = measure(trainee, start, base, general, trained_norm, [[]], 0)
+            else:
+                row, rows = start_row(general, point, trained_norm), []
+            row.update(documents=0, train_loss=None, replay_loss=None, steps=0)
+        else:
+            done = train_chunk(trainee, params, optimizer, plan.chunks[chunk - 1], cfg, seed, chunk, replay=replay,
+                               first_step=state["steps"])
+            state["steps"] += done["steps"]
+            state["replayed"] += done["replayed"]
+            info = {"chunk": chunk, "documents": sum(len(c) for c in plan.chunks[:chunk]), "train_loss": done["loss"],
+                    "replay_loss": done["replay_loss"], "steps": state["steps"]}
+            if measure_at == "every" or chunk == cfg.chunks:
+                row, rows = measure(trainee, start, base, general, trained_norm, plan.blocks, chunk)
+                row.update(info)
+            else:
+                row, rows = {**info, "measured": False}, []
         state.update(chunk=chunk, drift=state["drift"] + [row], rows=rows)
         distributed.on_main(_save, folder, named, optimizer, state)
-        log.info("%s chunk %d: knowledge EM %s, general text NLL %.4f, |Δθ|/|θ| %.3g", where, chunk,
-                 row["knowledge_em"], row["general_text_nll"], row["delta_rel"])
+        if "general_text_nll" in row:
+            log.info("%s chunk %d: knowledge acc %s, general text NLL %.4f, |Δθ|/|θ| %.3g", where, chunk,
+                     row["knowledge_acc"], row["general_text_nll"], row["delta_rel"])
     if not paths.drift_file(run, dataset, evaluation).is_file() or \
             result_files.read_drift(run, dataset, evaluation).get("settings") != settings:
         distributed.on_main(result_files.write_drift, run, dataset, evaluation,
                             {"settings": settings, "stream": plan.describe(), "drift": state["drift"],
-                             "theta_norm": theta, "general_points": general.points})
+                             "theta_norm": general.theta_norm, "trained_norm": trained_norm,
+                             "general_points": {k: {m: v for m, v in p.items() if not isinstance(v, list)}
+                                                for k, p in general.points.items()},
+                             "replayed": state["replayed"]})
     for t in params:
         t.requires_grad_(False)
     return PostTrained(trainee, state["rows"], state["drift"], plan)

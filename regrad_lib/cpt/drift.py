@@ -3,18 +3,24 @@
 The *persistent* weights are what stays in the model between questions, a :class:`~regrad_lib.core.learner.Learner`'s
 ``model`` and ``phi``: the base model (``phi`` zero), the meta-trained run (ReGrad answers every question from it and
 reverts each update), or what continual post-training left (:mod:`regrad_lib.cpt.continual`). Measured after every chunk
-of a CPT stream and once for the base and the meta-trained weights (method.md, "Drift and forgetting"):
+of a CPT stream and once for the base and the meta-trained weights (method.md, "Continual post-training and drift"):
 
 (a) general text: the mean over a fixed slice of held-out corpus passages of each passage's mean token NLL, each
-    formatted and cut as the bank does (``passage_format``, document start, ``bank_context_len``). The slice is the
-    first ``general_passages`` passages of the corpus that no augmented file (any dataset, any split) retrieves,
-    so it is never injected; :func:`check_disjoint` checks it against every stream, by id and by text;
-(b) general questions: closed-book EM and answer NLL (the harness, the run's prompt frame) on the first
-    ``general_questions`` training rows of ``general_datasets`` that the base model answers exactly, closed book,
-    in file order; the questions meta-training took a step on or validated on are left out. Never dev questions;
+    formatted and cut as the bank does (``passage_format``, document start, ``bank_context_len``). The slice is
+    ``general_passages`` passages that no augmented file (any dataset, any split) retrieves, one per article (title)
+    in file order before any article gives a second, so one long article cannot fill it; its standard error is
+    clustered by article (:func:`regrad_lib.reporting.effects.clustered_se`). :func:`check_disjoint` checks it against
+    every stream, by id and by text;
+(b) general questions: closed-book answer accuracy, F1, EM and answer NLL (the harness, the run's prompt frame) on
+    ``general_questions`` training rows of ``general_datasets``, taken in file order, one dataset after the other in
+    turn, leaving out the questions meta-training took a step on or validated on. Never dev questions, and never
+    chosen by whether the base model answers them (a set of base successes can only get worse, and its near ties
+    flip);
 (c) ‖Δθ‖: the Frobenius norm of the change of the effective weights (each LoRA merged as ``s·B·A``, plus every base
-    weight that moved) from the weights at the stream's start; ‖Δθ‖/‖θ‖ with ‖θ‖ the base model's weights;
-(d) knowledge: EM and answer NLL of the injected knowledge's questions answered so far (:func:`scores`).
+    weight that moved) from the weights at the stream's start, relative to ‖θ‖ (every base weight) and to the norm
+    of the base weights of the trained modules (the LoRA's target modules; every weight for ``full``);
+(d) knowledge: answer accuracy, EM, F1 and answer NLL of the injected knowledge's questions answered so far
+    (:func:`scores`).
 
 :func:`general_set` chooses (a) and (b) once per run and evaluation (``results/<run>/drift/general_set.json``),
 with the measures at the base and the meta-trained weights; :func:`fingerprint` is the bit-for-bit check of a
@@ -44,24 +50,26 @@ from regrad_lib.training import train_data
 
 log = logging.getLogger(__name__)
 
-CANDIDATE_BATCH = 64       # general-question candidates answered at a time (selection stops once it has enough)
+SELECTION = "file order, datasets in turn, meta-training's questions left out; passages one per article first"
 
 
 @dataclass
 class GeneralSet:
     """What general ability is measured on: held-out passages (id, title, text), general questions (closed book),
-    the settings they were chosen with (``selection``: how many candidates were asked, how many left out), ‖θ‖ and
-    the measures at the base (``base``) and meta-trained (``meta``) weights."""
+    the settings they were chosen with (``selection``: how many questions each dataset gave, how many meta-training
+    questions were left out), ‖θ‖, the norm of the LoRA target modules' base weights (``lora_norm``) and the measures
+    at the base (``base``) and meta-trained (``meta``) weights."""
     passages: list[tuple[str, str, str]]
     questions: list[task_batches.Task]
     settings: dict
     theta_norm: float
     points: dict[str, dict]
     selection: dict = dataclasses.field(default_factory=dict)
+    lora_norm: float | None = None
 
     def to_json(self) -> dict:
         return {"settings": self.settings, "selection": self.selection, "theta_norm": self.theta_norm,
-                "points": self.points,
+                "lora_norm": self.lora_norm, "points": self.points,
                 "passages": [{"id": i, "title": t, "text": x} for i, t, x in self.passages],
                 "questions": [{**t.extra, "question": t.question, "answers": list(t.answers)} for t in self.questions]}
 
@@ -71,7 +79,12 @@ class GeneralSet:
                                                                            if k not in ("question", "answers")})
                      for i, q in enumerate(data["questions"])]
         return cls([(p["id"], p["title"], p["text"]) for p in data["passages"]], questions, data["settings"],
-                   data["theta_norm"], data["points"], data["selection"])
+                   data["theta_norm"], data["points"], data["selection"], data.get("lora_norm"))
+
+    @property
+    def articles(self) -> list[str]:
+        """Each held-out passage's article (its title; the id where it has none): the clusters of its SE."""
+        return [t or i for i, t, _ in self.passages]
 
 
 # --- (a) held-out general text ------------------------------------------------------------------------------
@@ -88,15 +101,29 @@ def augmented_passage_ids() -> set[str]:
 
 
 def held_out_passages(corpus_path: str, n: int, excluded: set[str]) -> list[tuple[str, str, str]]:
-    """The first ``n`` passages of ``corpus_path`` (file order) whose id is not in ``excluded``: (id, title, text)."""
-    out: list[tuple[str, str, str]] = []
+    """``n`` passages of ``corpus_path`` whose id is not in ``excluded``, (id, title, text): the first passage of
+    each article (title) in file order, and only when the corpus has fewer than ``n`` articles the second passages,
+    then the third, ... (a long article at the file's start cannot fill the slice)."""
+    first: list[tuple[str, str, str]] = []
+    later: list[tuple[int, int, tuple[str, str, str]]] = []       # (rank in its article, file order, passage)
+    seen: dict[str, int] = {}
     for p in corpus.read(corpus_path):
-        if p.id not in excluded and p.text.strip():
-            out.append((p.id, p.title, p.text))
-            if len(out) == n:
-                return out
-    raise ValueError(f"{corpus_path}: only {len(out)} passages are retrieved by no augmented file, but "
-                     f"general_passages = {n} (cpt_config.json): lower it or give a larger general_corpus")
+        if p.id in excluded or not p.text.strip():
+            continue
+        article = p.title or p.id
+        rank = seen.get(article, 0)
+        seen[article] = rank + 1
+        if rank == 0:
+            first.append((p.id, p.title, p.text))
+            if len(first) == n:
+                return first
+        elif len(later) < n:          # enough to fill the slice whatever the corpus holds (bounded memory)
+            later.append((rank, len(later), (p.id, p.title, p.text)))
+    out = first + [p for _, _, p in sorted(later)][:n - len(first)]
+    if len(out) < n:
+        raise ValueError(f"{corpus_path}: only {len(out)} passages are retrieved by no augmented file, but "
+                         f"general_passages = {n} (cpt_config.json): lower it or give a larger general_corpus")
+    return out
 
 
 def check_disjoint(general: GeneralSet, injected: Sequence[tuple[str, str, str]], fmt: str, where: str) -> None:
@@ -137,12 +164,14 @@ def answer(learner: Learner, items: Sequence[task_batches.Task], spec: MethodSpe
 
 
 def scores(rows: Sequence[dict]) -> dict:
-    """EM (×100) and mean finite answer NLL of harness rows, and n (None when there is no row)."""
+    """Answer accuracy, EM and F1 (×100), the mean finite answer NLL of harness rows, and n (None when there is no
+    row)."""
     if not rows:
-        return {"em": None, "nll": None, "n": 0}
-    em = [metrics.score(r["prediction"], r["answers"])["em"] for r in rows]
+        return {"acc": None, "em": None, "f1": None, "nll": None, "n": 0}
+    scored = [metrics.score(r["prediction"], r["answers"]) for r in rows]
     nll = [r["answer_nll"] for r in rows if r["answer_nll"] is not None and math.isfinite(r["answer_nll"])]
-    return {"em": 100.0 * sum(em) / len(em), "nll": sum(nll) / len(nll) if nll else None, "n": len(rows)}
+    return {**{k: 100.0 * sum(s[k] for s in scored) / len(scored) for k in ("acc", "em", "f1")},
+            "nll": sum(nll) / len(nll) if nll else None, "n": len(rows)}
 
 
 def training_file(run: str, dataset: str) -> str:
@@ -171,28 +200,24 @@ def meta_trained(run: str) -> set[tuple[str, int]]:
     return {(t.extra["dataset"], t.test_id) for t in [*data.validation, *taken]}
 
 
-def select_questions(learner: Learner, datasets: Sequence[str], files: dict[str, str], excluded: set,
-                     n: int) -> tuple[list[task_batches.Task], list[dict], int]:
-    """The first ``n`` training questions (datasets in order, file order) the base model answers exactly, closed
-    book, outside ``excluded``: (tasks, their base rows, candidates answered)."""
+def general_questions(datasets: Sequence[str], files: dict[str, str], excluded: set,
+                      n: int) -> tuple[list[task_batches.Task], dict[str, int]]:
+    """``n`` training questions of ``datasets`` outside ``excluded``: each dataset's file order, the datasets in turn
+    (one question each, a dataset that runs out drops out), whatever the base model answers; (tasks, how many each
+    dataset gave). Fewer than ``n`` when the files hold fewer (logged)."""
+    pools = {d: [dataclasses.replace(t, extra={"dataset": d, "test_id": t.test_id})
+                 for t in task_batches.load(d, files[d], 0) if (d, t.test_id) not in excluded] for d in datasets}
     chosen: list[task_batches.Task] = []
-    rows: list[dict] = []
-    asked = 0
-    for dataset in datasets:
-        candidates = [dataclasses.replace(t, extra={"dataset": dataset, "test_id": t.test_id})
-                      for t in task_batches.load(dataset, files[dataset], 0)
-                      if (dataset, t.test_id) not in excluded]
-        for start in range(0, len(candidates), CANDIDATE_BATCH):
-            batch = candidates[start:start + CANDIDATE_BATCH]
-            answered = answer(learner, batch, SPECS["closed_book"], desc=f"general questions ({dataset})")
-            asked += len(batch)
-            for task, row in zip(batch, answered):
-                if metrics.score(row["prediction"], row["answers"])["em"] == 1.0 and len(chosen) < n:
-                    chosen.append(dataclasses.replace(task, test_id=len(chosen)))
-                    rows.append(row)
-            if len(chosen) == n:
-                return chosen, rows, asked
-    return chosen, rows, asked
+    depth = 0
+    while len(chosen) < n and any(depth < len(p) for p in pools.values()):
+        for d in datasets:
+            if depth < len(pools[d]) and len(chosen) < n:
+                chosen.append(dataclasses.replace(pools[d][depth], test_id=len(chosen)))
+        depth += 1
+    if len(chosen) < n:
+        log.warning("only %d general questions in %s outside meta-training's, general_questions = %d",
+                    len(chosen), {d: files[d] for d in datasets}, n)
+    return chosen, {d: sum(1 for t in chosen if t.extra["dataset"] == d) for d in datasets}
 
 
 # --- (c) the size of the change -------------------------------------------------------------------------------
@@ -209,6 +234,11 @@ def base_parameters(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
 def theta_norm(model: torch.nn.Module) -> float:
     """‖θ‖: the Frobenius norm of every base weight (LoRA excluded), in float64."""
     return math.sqrt(sum(float(p.detach().double().pow(2).sum()) for _, p in base_parameters(model)))
+
+
+def lora_modules_norm(model: torch.nn.Module) -> float:
+    """The Frobenius norm of the base weights of the modules the LoRA adapts (what a LoRA's ‖Δθ‖ changes), float64."""
+    return math.sqrt(sum(float(m.base.weight.detach().double().pow(2).sum()) for m in lora.modules(model).values()))
 
 
 def delta_norm(now: Learner, start: Learner | None) -> float:
@@ -252,11 +282,14 @@ def general_measures(learner: Learner, general: GeneralSet) -> dict:
 
 
 def general_summary(text: Sequence[float], rows: Sequence[dict]) -> dict:
-    """The general measures of per-passage NLLs and general-question rows: means, n and the values themselves."""
+    """The general measures of per-passage NLLs and general-question rows: means (acc, EM, F1 ×100; NLLs in nats),
+    n and the values themselves."""
     asked = scores(rows)
-    return {"general_text_nll": sum(text) / len(text), "general_em": asked["em"], "general_nll": asked["nll"],
-            "general_n": asked["n"], "general_text_nlls": list(text),
-            "general_correct": [metrics.score(r["prediction"], r["answers"])["em"] for r in rows],
+    scored = [metrics.score(r["prediction"], r["answers"]) for r in rows]
+    return {"general_text_nll": sum(text) / len(text), "general_acc": asked["acc"], "general_em": asked["em"],
+            "general_f1": asked["f1"], "general_nll": asked["nll"], "general_n": asked["n"],
+            "general_text_nlls": list(text), "general_correct": [s["em"] for s in scored],
+            "general_accurate": [s["acc"] for s in scored], "general_f1s": [s["f1"] for s in scored],
             "general_answer_nlls": [r["answer_nll"] if r["answer_nll"] is not None and math.isfinite(r["answer_nll"])
                                     else None for r in rows]}
 
@@ -269,7 +302,7 @@ def general_set(run: str, learner: Learner, *, corpus_path: str, datasets: Seque
     cfg = learner.preset.cpt
     file = paths.general_set_file(run, evaluation)
     settings = {"corpus": paths.relative(paths.resolve(corpus_path)), "general_passages": cfg.general_passages,
-                "general_questions": cfg.general_questions, "datasets": list(datasets),
+                "general_questions": cfg.general_questions, "datasets": list(datasets), "selection": SELECTION,
                 "model": learner.preset.learner.model_name_or_path, "meta_hash": learner.meta_hash(),
                 "learner": asdict(learner.preset.learner), "generation": asdict(learner.preset.generation)}
     saved = GeneralSet.from_json(result_files.read_general_set(run, evaluation)) if file.is_file() else None
@@ -282,15 +315,23 @@ def general_set(run: str, learner: Learner, *, corpus_path: str, datasets: Seque
                               "evaluation (evaluation='...')")
     excluded = meta_trained(run)
     files = {d: training_file(run, d) for d in datasets}
-    questions, base_rows, asked = select_questions(learner, datasets, files, excluded, cfg.general_questions)
-    if not questions:
-        log.warning("the base model answers none of %d general-question candidates of %s: general EM is not "
-                    "measured", asked, list(datasets))
+    questions, per_dataset = general_questions(datasets, files, excluded, cfg.general_questions)
     passages = held_out_passages(corpus_path, cfg.general_passages, augmented_passage_ids())
     base = dataclasses.replace(learner, phi=zero_phi(learner.phi))
     general = GeneralSet(passages, questions, settings, theta_norm(learner.model), {},
-                         {"candidates": asked, "meta_trained_left_out": len(excluded)})
-    general.points["base"] = {**general_summary(text_nll(base, passages), base_rows), "delta_from_base": 0.0}
+                         {"per_dataset": per_dataset, "meta_trained_left_out": len(excluded),
+                          "articles": len(set(t or i for i, t, _ in passages))}, lora_modules_norm(learner.model))
+    general.points["base"] = {**general_measures(base, general), "delta_from_base": 0.0}
     general.points["meta"] = {**general_measures(learner, general), "delta_from_base": delta_norm(learner, None)}
+    distributed.on_main(result_files.write_general_set, run, evaluation, general.to_json())
+    return general
+
+
+def add_point(run: str, general: GeneralSet, name: str, learner: Learner, evaluation: str | None = None) -> GeneralSet:
+    """The general measures of another set of persistent weights (e.g. a fine-tuned baseline's LoRA, ``learner.phi``)
+    kept in the general set's file as point ``name`` (measured once; the set itself is unchanged)."""
+    if name in general.points:
+        return general
+    general.points[name] = {**general_measures(learner, general), "delta_from_base": delta_norm(learner, None)}
     distributed.on_main(result_files.write_general_set, run, evaluation, general.to_json())
     return general

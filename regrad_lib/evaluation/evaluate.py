@@ -66,7 +66,7 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
              evaluation: str | None = None, allow_unfinished: bool = False,
              scheme: str = schemes.DEFAULT, mixed: float = 0.0, cpt: dict | None = None,
              general_corpus: str = "data/sample/psgs_w100.tsv",
-             general_datasets: Sequence[str] = ("popqa", "hotpotqa")) -> dict[str, dict]:
+             general_datasets: Sequence[str] = ("popqa", "hotpotqa"), cpt_measure: str = "every") -> dict[str, dict]:
     """Evaluate ``methods`` on one dataset: ``{method: metrics}``; writes predictions, metrics and summary.csv.
 
     A method whose ``metrics.json`` already exists with the same settings is kept (``status: "kept"``), so a
@@ -80,7 +80,8 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
     (in the prompt or as gradients) gets each question's passages with the last ⌊topk·mixed⌋ replaced by the next
     question's (recorded in ``metrics.json``; the bank must hold them: 04_encode with ``mixed`` at least this).
     ``cpt``: overrides of the run's ``cpt_config.json`` (None keeps a key); ``general_corpus`` and
-    ``general_datasets``: where the drift study's general text and questions come from.
+    ``general_datasets``: where the drift study's general text and questions come from; ``cpt_measure``: the drift
+    after every chunk (``"every"``) or after the stream's last only (``"end"``).
     """
     methods = check_methods(methods)
     gamma = default_gamma(run) if gamma is None else gamma
@@ -114,7 +115,7 @@ def evaluate(run: str, dataset: str, methods: Sequence[str], *, split: str = "de
                                                 datasets=general_datasets, evaluation=evaluation, overwrite=overwrite)
                     post = cpt_module.post_train(run, dataset, cpt_learner, items, cfg=cfg, general=general,
                                                  split=split, topk=topk, limit=limit, evaluation=evaluation,
-                                                 overwrite=overwrite)
+                                                 overwrite=overwrite, measure_at=cpt_measure)
                 answering = post.learner
             elif method in baselines:        # fine-tuned on what meta-training used (trained once per run)
                 answering, _ = sft.learner_for(run, method, current, overwrite=overwrite)
@@ -185,6 +186,8 @@ class EvaluateSettings:
     cpt_epochs_per_chunk: int | None = None
     cpt_chunks: int | None = None
     cpt_weights: str | None = None           # "lora", "phi" or "full"
+    cpt_objective: str | None = None         # "raw" (passages only) or "replay" (also meta-training's QA examples)
+    cpt_seed: int | None = None              # the stream's seed (None: the run's cpt_config.json, else the run's seed)
     general_corpus: str = "data/sample/psgs_w100.tsv"   # the drift study's held-out general text: a slice of it
     general_datasets: list[str] = field(default_factory=lambda: ["popqa", "hotpotqa"])  # general questions' rows
 
@@ -272,7 +275,8 @@ class EvaluateSettings:
     def cpt(self) -> dict:
         """The notebook's overrides of the run's cpt_config.json (None: keep)."""
         return {"learning_rate": self.cpt_learning_rate, "epochs_per_chunk": self.cpt_epochs_per_chunk,
-                "chunks": self.cpt_chunks, "weights": self.cpt_weights}
+                "chunks": self.cpt_chunks, "weights": self.cpt_weights, "objective": self.cpt_objective,
+                "seed": self.cpt_seed}
 
 
 def run(settings: EvaluateSettings) -> dict[str, list[dict]]:

@@ -46,7 +46,7 @@ def markdown(runs: Sequence[str], splits: Sequence[tuple[str, str]], reference: 
     for run in runs:
         parts.append(f"### `{run}`\n")
         free = _shares(run, "dev_position_free", ["regrad", "no_update", "shift", "rag", "regrad_icl"])
-        ranked = _shares(run, "dev", ["rag", "regrad_icl"])
+        ranked = _shares(run, "dev", ["regrad", "rag", "regrad_icl"])
         parts += ["Binding probe, dev families, passages in one order per family (position-free):", "", str(free), ""]
         if not isinstance(ranked, Missing):
             parts += ["The same with the passages in BM25's rank order (the asked member's first: a position cue for "

@@ -30,7 +30,7 @@ __all__ = ["ALPHA", "CLEAR_SE", "Effect", "EffectTable", "GroupTable", "ICL_PAIR
            "PairedEM", "Spread", "across_seeds", "effect_table", "em_by_group", "format_p", "holm", "mcnemar_exact",
            "mean_se", "nll_p", "paired_difference", "paired_em", "paired_nll_differences", "probe_relations",
            "proportion_se", "rows_by_id", "verdict", "verdicts", "SeedTable", "FAIR_PAIRS", "REPORTED_PAIRS", "calls",
-           "paired_rows"]
+           "paired_rows", "clustered_difference", "clustered_se", "is_right"]
 
 PAIRS = (("regrad", "shift"), ("regrad", "no_update"))
 # the combined configuration (gradients and passages in the prompt) against rag and its two controls
@@ -88,7 +88,7 @@ def rows_by_id(run: str, dataset: str, method: str, field: str = "prediction",
     return out
 
 
-def _right(row: dict, metric: str = "em") -> bool:
+def is_right(row: dict, metric: str = "em") -> bool:
     """Whether a prediction row's answer is right by ``metric``: ``em`` exact, ``acc`` a gold alias contained (for
     yes/no and multiple-choice rows both: the right label)."""
     return metrics.score_kind(row["prediction"], row["answers"], row.get("answer_kind", "short"),
@@ -108,6 +108,37 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
         raise ValueError("mean_se of no values")
     mean = sum(values) / n
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else math.nan
+
+
+def clustered_se(values: Sequence[float], clusters: Sequence) -> tuple[float, float]:
+    """Mean of ``values`` and its standard error clustered by ``clusters`` (one label per value): the sandwich
+    variance ``G/(G−1) · Σ_g (Σ_{i∈g} (x_i − x̄))² / n²`` over the G clusters (CR1), so values that share a cluster
+    (passages of one article) count as one draw; with one value per cluster it is the plain SE (sample std / √n).
+    NaN for fewer than two clusters."""
+    n = len(values)
+    if n == 0 or n != len(clusters):
+        raise ValueError(f"clustered_se needs one cluster label per value, got {n} values and {len(clusters)} labels")
+    mean = sum(values) / n
+    sums: dict = {}
+    for v, g in zip(values, clusters):
+        sums[g] = sums.get(g, 0.0) + (v - mean)
+    groups = len(sums)
+    if groups < 2:
+        return mean, math.nan
+    return mean, math.sqrt(groups / (groups - 1) * sum(s * s for s in sums.values()) / n ** 2)
+
+
+def clustered_difference(values_a: Sequence[float], values_b: Sequence[float], clusters: Sequence,
+                         dataset: str = "", method_a: str = "a", method_b: str = "b") -> PairedDifference:
+    """Paired ``a − b`` of two aligned lists (None or NaN pairs left out) with :func:`clustered_se`'s SE."""
+    kept = [(a - b, g) for a, b, g in zip(values_a, values_b, clusters)
+            if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
+    if not kept:
+        raise ValueError(f"{dataset}: {method_a} and {method_b} share no finite value")
+    diffs = [d for d, _ in kept]
+    mean, se = clustered_se(diffs, [g for _, g in kept])
+    lower = sum(d < 0 for d in diffs)
+    return PairedDifference(dataset, method_a, method_b, mean, se, lower / len(diffs), lower, len(diffs))
 
 
 def proportion_se(share: float, n: int) -> float:
@@ -194,8 +225,8 @@ def paired_binary(a: dict[str, dict], b: dict[str, dict], dataset: str, method_a
     common = [k for k in a if k in b]
     if not common:
         raise ValueError(f"{dataset}: {method_a} and {method_b} share no test_id")
-    right_a = {k: _right(a[k], metric) for k in common}
-    right_b = {k: _right(b[k], metric) for k in common}
+    right_a = {k: is_right(a[k], metric) for k in common}
+    right_b = {k: is_right(b[k], metric) for k in common}
     n = len(common)
     return PairedEM(dataset, method_a, method_b, 100 * sum(right_a.values()) / n, 100 * sum(right_b.values()) / n,
                     sum(right_a[k] and not right_b[k] for k in common),
@@ -508,7 +539,7 @@ def em_by_group(run: str, dataset: str, methods: Sequence[str], group_of: dict[s
         scores: dict[str, list[float]] = {}
         for tid, r in rows.items():
             if tid in group_of:
-                scores.setdefault(group_of[tid], []).append(float(_right(r)))
+                scores.setdefault(group_of[tid], []).append(float(is_right(r)))
         cells.update({(g, method): (100 * sum(v) / len(v), len(v)) for g, v in scores.items()})
     if not present:
         return Missing(f"no predictions of {list(methods)} for {dataset} (05_evaluate writes them)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+import matplotlib
 from matplotlib.figure import Figure
 
 from regrad_lib.answering.specs import METHODS
@@ -22,7 +23,7 @@ from regrad_lib.reporting.figure_style import (
 )
 
 __all__ = ["f1_bars", "gamma_sweep", "group_em", "histogram", "knowledge_vs_general", "mixed_sweep",
-           "paired_differences", "score_table", "token_probabilities", "topk_sweep", "accuracy_bars"]
+           "paired_differences", "score_table", "token_probabilities", "topk_sweep", "accuracy_bars", "cpt_frontier"]
 
 
 @styled
@@ -204,10 +205,10 @@ def token_probabilities(tokens: Sequence[str], series: dict[str, Sequence[float]
 
 @styled
 def knowledge_vs_general(table) -> Figure:
-    """Knowledge gained against general ability kept (a :class:`forgetting.DriftTable`), one row of panels per
-    dataset: knowledge EM against the held-out text NLL and against general-question EM (CPT's curve chunk by chunk,
-    numbered, from the closed-book point when it started from the base model; every other method a point), and
-    ‖Δθ‖/‖θ‖ of the persistent weights per chunk."""
+    """Knowledge gained against general ability kept (a :class:`drift_report.DriftTable`), one row of panels per
+    dataset: knowledge accuracy against the held-out text NLL and against the general questions' answer NLL (CPT's
+    curve chunk by chunk, numbered, from the closed-book point when it started from the base model; every other
+    method a point), and ‖Δθ‖/‖θ‖ of the persistent weights per chunk."""
     datasets = list(dict.fromkeys(r.dataset for r in table))
     fig = new_figure(12.0, 3.4 * len(datasets) + 0.4)
     axes = fig.subplots(len(datasets), 3, squeeze=False)
@@ -215,25 +216,25 @@ def knowledge_vs_general(table) -> Figure:
     for row, dataset in zip(axes, datasets):
         rows = [r for r in table if r.dataset == dataset]
         stream = [r for r in rows if r.method == "cpt"]
-        start = next((r.knowledge_em for r in rows if r.method == "closed_book"), math.nan)
-        xs = [(start if r.chunk == 0 and r.from_base_rel == 0 else math.nan) if r.knowledge_em is None
-              else r.knowledge_em for r in stream]
+        start = next((r.knowledge_acc for r in rows if r.method == "closed_book"), math.nan)
+        xs = [(start if r.chunk == 0 and not r.from_base_rel else math.nan) if r.knowledge_acc is None
+              else r.knowledge_acc for r in stream]
         for ax, field, label in ((row[0], "general_text_nll", "held-out text NLL (nats; lower keeps more)"),
-                                 (row[1], "general_em", "general-question EM (higher keeps more)")):
+                                 (row[1], "general_nll", "general answer NLL (nats; lower keeps more)")):
             ys = [num(getattr(r, field)) for r in stream]
             ax.plot(xs, ys, "o-", ms=4, lw=1.2, color=colour["cpt"], label="cpt (per chunk)")
             for x, y, r in zip(xs, ys, stream):
                 ax.annotate(str(r.chunk), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
             for r in rows:
                 if r.method != "cpt":
-                    ax.plot([num(r.knowledge_em)], [num(getattr(r, field))], "s" if r.method.startswith("regrad")
+                    ax.plot([num(r.knowledge_acc)], [num(getattr(r, field))], "s" if r.method.startswith("regrad")
                             else "D", ms=7, color=colour.get(r.method, "black"), label=r.method, ls="none")
-            ax.set_xlabel("knowledge EM (questions whose documents arrived)")
+            ax.set_xlabel("knowledge acc (questions whose documents arrived)")
             ax.set_ylabel(label)
             ax.set_title(f"{dataset}: knowledge gained vs general ability kept", fontsize=9)
             ax.grid(alpha=0.3)
         drift = row[2]
-        drift.plot([r.chunk for r in stream], [r.delta_rel for r in stream], "o-", ms=4, color=colour["cpt"],
+        drift.plot([r.chunk for r in stream], [num(r.delta_rel) for r in stream], "o-", ms=4, color=colour["cpt"],
                    label="cpt")
         if any(r.method.startswith("regrad") for r in rows):
             drift.axhline(0, color=colour["regrad"], ls="--", lw=1.2, label="regrad (unchanged)")
@@ -244,4 +245,67 @@ def knowledge_vs_general(table) -> Figure:
         drift.legend(loc="best", fontsize=7)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, ncols=min(6, len(labels)), loc="outside lower center", frameon=False)
+    return fig
+
+
+@styled
+def cpt_frontier(table) -> Figure:
+    """The knowledge-against-drift frontier (a :class:`cpt_frontier.FrontierTable`): per dataset, knowledge injected
+    (answer accuracy, and answer NLL, on the injected questions) against the drift of the persistent weights from
+    the base model (general-text NLL and general answer NLL, ± SE). One line per CPT setting through its chunks
+    (its last chunk filled; cpt_rag after the last chunk as a triangle), every fixed-weight method a point; the dashed
+    lines mark ReGrad's own drift, the ceiling of "at equal drift"."""
+    datasets = list(dict.fromkeys(p.dataset for p in table))
+    fig = new_figure(14.0, 3.3 * len(datasets) + 0.6)
+    axes = fig.subplots(len(datasets), 4, squeeze=False)
+    fixed = {"closed_book": ("D", "C7"), "rag": ("D", "C2"), "rag_sft": ("P", "C4"), "regrad": ("s", "C3"),
+             "regrad_icl": ("s", "C1")}
+    settings = list(dict.fromkeys(p.setting for p in table if p.setting))
+    palette = matplotlib.colormaps["tab20"]
+    cmap = {s: palette((2 * i + 1) % 20 if i >= 10 else (2 * i) % 20) for i, s in enumerate(settings)}
+    panels = (("text", "knowledge_acc", "Δ general-text NLL from base (nats)", "knowledge acc (×100)"),
+              ("answer", "knowledge_acc", "Δ general answer NLL from base (nats)", "knowledge acc (×100)"),
+              ("text", "knowledge_nll", "Δ general-text NLL from base (nats)", "knowledge answer NLL (nats)"),
+              ("answer", "knowledge_nll", "Δ general answer NLL from base (nats)", "knowledge answer NLL (nats)"))
+    for row, dataset in zip(axes, datasets):
+        mine = [p for p in table if p.dataset == dataset]
+        regrad = next((p for p in mine if p.method == "regrad"), None)
+        for ax, (drift, know, xlabel, ylabel) in zip(row, panels):
+            def x_of(p):
+                d = getattr(p, drift)
+                return (num(d.mean), num(d.se)) if d is not None else (math.nan, math.nan)
+            for setting in settings:
+                line = [p for p in mine if p.setting == setting and p.method == "cpt"]
+                if not line:
+                    continue
+                xs = [x_of(p)[0] for p in line]
+                ax.plot(xs, [num(getattr(p, know)) for p in line], "-", lw=1, color=cmap[setting], alpha=0.7)
+                for p in line:
+                    x, se = x_of(p)
+                    ax.errorbar([x], [num(getattr(p, know))], xerr=[se], fmt="o", ms=5 if p.final else 3,
+                                color=cmap[setting], mfc=cmap[setting] if p.final else "white", lw=0.8,
+                                label=f"cpt {setting}" if p.final else None)
+                for p in (q for q in mine if q.setting == setting and q.method == "cpt_rag"):
+                    x, se = x_of(p)
+                    ax.errorbar([x], [num(getattr(p, know))], xerr=[se], fmt="^", ms=6, color=cmap[setting],
+                                lw=0.8, label=f"cpt_rag {setting}")
+            for p in mine:
+                if p.method in fixed:
+                    marker, colour = fixed[p.method]
+                    x, se = x_of(p)
+                    ax.errorbar([x], [num(getattr(p, know))], xerr=[se], fmt=marker, ms=8, color=colour, lw=0.8,
+                                label=p.method)
+            if regrad is not None and getattr(regrad, drift) is not None:
+                ax.axvline(max(getattr(regrad, drift).mean, 0.0), color=fixed["regrad"][1], ls="--", lw=1)
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.set_ylabel(ylabel, fontsize=8)
+            ax.set_title(dataset, fontsize=9)
+            ax.grid(alpha=0.3)
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, ncols=min(4, len(labels)), loc="outside lower center", frameon=False, fontsize=7)
     return fig

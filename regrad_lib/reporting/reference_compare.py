@@ -141,8 +141,8 @@ def judge_text_score(ref: dict[str, dict], new: dict[str, dict], column: str) ->
     delta = {k: (_value(new[k], column) or 0.0) - (_value(ref[k], column) or 0.0) for k in rest}
     up, down = sum(d > 0 for d in delta.values()), sum(d < 0 for d in delta.values())
     p = effects.mcnemar_exact(up, down)
-    unit = 100.0 if column in TEXT_SCORES or any((_value(r, column) or 0.0) > 1.0
-                                                 for r in (*ref.values(), *new.values())) else 1.0
+    # a question's worth: 100 on a 0-100 scale, 1 on a 0/1 one (answer accuracy's rows are either)
+    unit = 100.0 if any((_value(r, column) or 0.0) > 1.0 for r in (*ref.values(), *new.values())) else 1.0
     before, after = _mean(ref, column), _mean(new, column)
     net = abs(sum(delta.values()))
     material = net >= 2 * unit and net / len(ref) >= MATERIAL_SHARE * max(before, after)

@@ -339,6 +339,7 @@ def block(name: str, results: Results, folder: str) -> str:
     makers = {"probe": probe_block, "datasets": datasets_block, "seeds": seeds_block,
               "sweeps": lambda r: sweeps_block(),
               "source": lambda r: source_block(r, folder), "cpt": lambda r: experiment_block("cpt"),
+              "cptgrid": lambda r: experiment_block("cpt_grid", "experiments-cpt-grid"),
               "pubmedqa": lambda r: experiment_block("pubmedqa"), "transfer": lambda r: experiment_block("transfer"),
               "transferfrontier": lambda r: experiment_block("transfer_frontier", "experiments-transfer-frontier"),
               "transferlong": lambda r: experiment_block("transfer_long", "experiments-transfer-long"),
