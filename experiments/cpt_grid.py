@@ -151,7 +151,7 @@ def _seeds(a) -> None:
     learner = _learner(a)
     general = _general(a, learner)
     items = validation_items(a.run, a.people)
-    for arm, choice in collect(a.run, a.people).choices.items():
+    for choice in collect(a.run, a.people).choices.values():
         point = next(p for p in points() if p["label"] == choice.point.label)
         for seed in SEEDS:
             print(json.dumps(_train(a, learner, general, items, point["cpt"], f"{choice.point.label}-s{seed}",
@@ -279,12 +279,14 @@ def markdown(grid: Grid, run: str, people: int, items: int | None) -> str:
         seeds = [r for r in grid.rows if r["arm"] == arm and (r["label"] == choice.point.label or
                                                             r["label"].startswith(choice.point.label + "-s"))]
         if len(seeds) > 1:
+            under = sum(r["text_drift"] <= grid.ceiling.text and r["answer_drift"] <= grid.ceiling.answer
+                        for r in seeds)
             parts.append(f"  - over seeds {', '.join(str(r['seed']) for r in seeds)}: acc "
                          f"{_spread([r['knowledge_acc'] for r in seeds])}, answer NLL "
                          f"{_spread([r['knowledge_nll'] for r in seeds])}, text drift "
                          f"{_spread([r['text_drift'] for r in seeds])}, answer drift "
                          f"{_spread([r['answer_drift'] for r in seeds])} (mean ± SD); under the ceiling at "
-                         f"{sum(r['text_drift'] <= grid.ceiling.text and r['answer_drift'] <= grid.ceiling.answer for r in seeds)}"
+                         f"{under}"
                          f" of {len(seeds)} seeds")
     total = sum(r["seconds"] or 0 for r in grid.rows)
     parts += ["", f"Compute: {total:.0f} s of streams on this CPU (one thread; the general set's base and meta "

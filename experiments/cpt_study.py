@@ -102,15 +102,14 @@ def _fixed(a, learner) -> None:
     """What the CPT arms do not depend on: the general set of evaluation ``cpt`` (with the base and meta-trained
     weights' measures), the methods that never update the weights per question (ReGrad's are answered with cpt, whose
     evaluation checks their persistent weights bit for bit) and rag_sft's weights on the general set."""
-    import dataclasses
-
     from regrad_lib import config
     from regrad_lib.cpt import drift
     from regrad_lib.training import sft
 
     cfg = config.CptConfig(**{**dataclasses.asdict(learner.preset.cpt), **GENERAL})
-    general = drift.general_set(a.run, dataclasses.replace(learner, preset=dataclasses.replace(learner.preset, cpt=cfg)),
-                                corpus_path=GENERAL_CORPUS, datasets=GENERAL_DATASETS, evaluation=EVALUATION)
+    measured = dataclasses.replace(learner, preset=dataclasses.replace(learner.preset, cpt=cfg))
+    general = drift.general_set(a.run, measured, corpus_path=GENERAL_CORPUS, datasets=GENERAL_DATASETS,
+                                evaluation=EVALUATION)
     for dataset in a.datasets.split(","):
         out = _evaluate(a.run, dataset, FIXED_FIRST, learner=learner, evaluation=EVALUATION)
         print(json.dumps({"evaluation": EVALUATION, "dataset": dataset,

@@ -304,7 +304,8 @@ def test_the_general_set_is_held_out_text_of_distinct_articles_and_training_ques
 
 
 def test_general_questions_take_the_datasets_in_turn_and_leave_meta_training_out(study):
-    other = [{**c, "test_id": 200 + i, "question": f"Other question {i}?"} for i, c in enumerate(study["candidates"][:2])]
+    other = [{**c, "test_id": 200 + i, "question": f"Other question {i}?"}
+             for i, c in enumerate(study["candidates"][:2])]
     artifacts.write_json(paths.augmented_file("cptgen2", "train_all"), other)
     chosen, per = drift.general_questions([GENERAL, "cptgen2"], {GENERAL: "train_all", "cptgen2": "train_all"},
                                           {(GENERAL, 101)}, 6)
@@ -431,8 +432,8 @@ def test_05s_cpt_parameters_are_checked_first_and_reach_the_command_line(study):
 
 def test_cpt_seed_sets_the_fresh_lora_and_the_shuffle_and_is_recorded(study, monkeypatch):
     batches, real = [], task_batches.passage_batch
-    monkeypatch.setattr(task_batches, "passage_batch",
-                        lambda tok, chosen, *a, **k: batches.append([c[1] for c in chosen]) or real(tok, chosen, *a, **k))
+    monkeypatch.setattr(task_batches, "passage_batch", lambda tok, chosen, *a, **k:
+                        batches.append([c[1] for c in chosen]) or real(tok, chosen, *a, **k))
     runs = {}
     for name, seed in (("seed-run", None), ("seed-42", 42), ("seed-7", 7)):
         batches.clear()

@@ -157,7 +157,8 @@ class PostTrained:
     stream: Stream
 
 
-def _trainee(learner: Learner, cfg: config.CptConfig, seed: int | None = None) -> tuple[Learner, dict[str, torch.Tensor]]:
+def _trainee(learner: Learner, cfg: config.CptConfig,
+             seed: int | None = None) -> tuple[Learner, dict[str, torch.Tensor]]:
     """A learner whose ``model`` + ``phi`` are the weights CPT trains, and those trainable tensors by name."""
     if cfg.weights == "full":
         base = drift.base_parameters(learner.model)
@@ -260,7 +261,8 @@ def start_row(general: drift.GeneralSet, point: str, trained_norm: float) -> dic
     from_base = measured["delta_from_base"]
     return {"chunk": 0, "questions": 0, **empty, **{k: v for k, v in measured.items() if k != "delta_from_base"},
             "delta_norm": 0.0, "delta_rel": 0.0, "delta_rel_trained": 0.0, "delta_from_base": from_base,
-            "delta_from_base_rel": from_base / general.theta_norm, "delta_from_base_rel_trained": from_base / trained_norm,
+            "delta_from_base_rel": from_base / general.theta_norm,
+            "delta_from_base_rel_trained": from_base / trained_norm,
             "start": point}
 
 
@@ -268,6 +270,8 @@ def _adds_nothing(phi: dict[str, torch.Tensor]) -> bool:
     return all(not bool(t.detach().any()) for n, t in phi.items() if n.endswith("lora_B"))
 
 
+# long: a stream's whole resumable run in one place: its settings checked, start or resume, each chunk trained
+# (with its replayed examples), measured or not, checkpointed, then the drift file
 def post_train(run: str, dataset: str, learner: Learner, items: Sequence[task_batches.Task], *, cfg: config.CptConfig,
                general: drift.GeneralSet, split: str = "dev", topk: int = 3, limit: int | None = None,
                evaluation: str | None = None, overwrite: bool = False, measure_at: str = "every") -> PostTrained:
@@ -286,7 +290,8 @@ def post_train(run: str, dataset: str, learner: Learner, items: Sequence[task_ba
     replay = Replay(replay_tasks(run), sum(steps_of), not learner.preset.learner.blind_context) \
         if cfg.objective == "replay" else None
     settings = {"dataset": dataset, "split": split, "topk": topk, "limit": limit,
-                "cpt": answer_settings(cfg, learner.preset.train.seed), "model": learner.preset.learner.model_name_or_path,
+                "cpt": answer_settings(cfg, learner.preset.train.seed),
+                "model": learner.preset.learner.model_name_or_path,
                 "meta_hash": learner.meta_hash() if cfg.weights == "phi" else None,
                 "learner": dataclasses.asdict(learner.preset.learner),
                 "generation": dataclasses.asdict(learner.preset.generation),

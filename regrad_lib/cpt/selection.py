@@ -38,7 +38,7 @@ class Ceiling:
     answer: float
 
     @classmethod
-    def of_regrad(cls, base: dict, meta: dict) -> "Ceiling":
+    def of_regrad(cls, base: dict, meta: dict) -> Ceiling:
         """ReGrad's persistent weights' change from the base model (general-set points ``base`` and ``meta``:
         ``general_text_nll``, ``general_nll``), each floored at 0."""
         return cls(max(meta["general_text_nll"] - base["general_text_nll"], 0.0),

@@ -239,8 +239,9 @@ def verdict(run: str, table: FrontierTable | Missing) -> str:
     for m in found:
         c = decided[(m.regrad.dataset, m.regrad.method)]
         e, r, k = c.effect, m.regrad, m.cpt
-        numbers = (f"acc {e.acc.em_a:.1f} vs {e.acc.em_b:.1f} (McNemar p = {format_p(e.acc.p)}, Holm {format_p(c.acc_p)}), "
-                   f"answer NLL {e.nll.mean:+.3g} ± {e.nll.se:.2g} nats (Holm p = {format_p(c.nll_p)}), n = {e.nll.n}")
+        numbers = (f"acc {e.acc.em_a:.1f} vs {e.acc.em_b:.1f} (McNemar p = {format_p(e.acc.p)}, "
+                   f"Holm {format_p(c.acc_p)}), answer NLL {e.nll.mean:+.3g} ± {e.nll.se:.2g} nats "
+                   f"(Holm p = {format_p(c.nll_p)}), n = {e.nll.n}")
         drift = (f"ReGrad's drift from base: text {r.text.mean:+.4f} ± {r.text.se:.4f}, answer "
                  f"{_diff(r.answer, 3)}; {k.label}: text {k.text.mean:+.4f} ± {k.text.se:.4f}, answer "
                  f"{_diff(k.answer, 3)}")

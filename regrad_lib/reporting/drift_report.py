@@ -227,7 +227,8 @@ def _only(a: Sequence, b: Sequence) -> tuple[int, int]:
     return sum(1 for x, y in zip(a, b) if x and not y), sum(1 for x, y in zip(a, b) if y and not x)
 
 
-def general_change(a: DriftRow, b: DriftRow, kind: str, label: str, articles: Sequence[str] | None = None) -> GeneralChange:
+def general_change(a: DriftRow, b: DriftRow, kind: str, label: str,
+                   articles: Sequence[str] | None = None) -> GeneralChange:
     ta, tb = a.values["general_text_nlls"], b.values["general_text_nlls"]
     clusters = list(articles) if articles and len(articles) == len(ta) else list(range(len(ta)))
     text = clustered_difference(ta, tb, clusters, a.dataset, label, "")
@@ -323,9 +324,10 @@ def verdict(paired_effects: EffectTable | Missing, table: DriftTable | Missing,
                 said_meta = True       # the meta-trained weights are the same for every dataset
                 call = calls[id(by_kind["meta"])]
                 checked = regrad[0].persistent.startswith("unchanged")
-                parts.append(f"ReGrad's persistent weights (the meta-trained LoRA; "
-                             f"{'verified unchanged, bit for bit, after its whole evaluation' if checked else 'not checked'}) "
-                             f"carry meta-training's drift from the base model: ‖Δθ‖/‖θ‖ = {regrad[0].from_base_rel:.3g} "
+                verified = "verified unchanged, bit for bit, after its whole evaluation" if checked else "not checked"
+                parts.append(f"ReGrad's persistent weights (the meta-trained LoRA; {verified}) "
+                             f"carry meta-training's drift from the base model: "
+                             f"‖Δθ‖/‖θ‖ = {regrad[0].from_base_rel:.3g} "
                              f"({_sci(regrad[0].from_base_rel_trained)} of the adapted modules' weights); general "
                              f"ability {call.direction} ({describe_change(by_kind['meta'], call)}).")
             last = table.rows_of(dataset, "cpt")[-1]

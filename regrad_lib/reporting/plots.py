@@ -271,7 +271,7 @@ def cpt_frontier(table) -> Figure:
         mine = [p for p in table if p.dataset == dataset]
         regrad = next((p for p in mine if p.method == "regrad"), None)
         for ax, (drift, know, xlabel, ylabel) in zip(row, panels):
-            def x_of(p):
+            def x_of(p, drift=drift):
                 d = getattr(p, drift)
                 return (num(d.mean), num(d.se)) if d is not None else (math.nan, math.nan)
             for setting in settings:
