@@ -129,9 +129,7 @@ MUTATIONS = (
              "scale = _bf16_round_up(groups.abs().amax(dim=-1) / self.qmax)",
              "scale = (groups.abs().amax(dim=-1) / self.qmax).to(SCALE_DTYPE)", ("tests/test_schemes.py",)),
     Mutation("general_direction_loss_read_as_gain", "regrad_lib/reporting/drift_report.py",
-             'return {1: worse, -1: better, 0: "showed no significant change"}[direction]',
-             'return {1: worse, -1: worse, 0: "showed no significant change"}[direction]',
-             ("tests/test_forgetting.py",)),
+             'return "improved"', 'return "degraded"', ("tests/test_forgetting.py",)),
     # The reference compare: a changed result is one a reader would call changed (constructed cases), and
     # BENCHMARKS' sweep tables come from sweeps.csv
     Mutation("compare_mcnemar_only", "regrad_lib/reporting/reference_compare.py",
