@@ -31,7 +31,9 @@ def data(tiny_model_dir):
     """Two small augmented training files (`train_all`) and one with four tasks repeated (`train_rep`)."""
     artifacts.write_json(paths.augmented_file("popqa", "train_all"), _records(CITIES[:6]))
     artifacts.write_json(paths.augmented_file("hotpotqa", "train_all"), _records(CITIES[6:], offset=6))
-    artifacts.write_json(paths.augmented_file("popqa", "train_rep"), _records(CITIES[:4]) * 3)
+    # the four tasks three times, each copy its own test_id (task_batches.load refuses one given twice)
+    artifacts.write_json(paths.augmented_file("popqa", "train_rep"),
+                         [{**r, "test_id": r["test_id"] + 4 * k} for k in range(3) for r in _records(CITIES[:4])])
     return ["popqa", "hotpotqa"]
 
 
