@@ -1,5 +1,5 @@
 """Updates that bind facts to the entity asked: the demo preset meta-trained with distractor passages, measured on
-the binding probe's dev families (never trained on) beside the probe, PopQA and the transfer split.
+the binding probe's dev families (never trained on) beside the probe and PopQA.
 
 Variants (each the demo preset with the changes named; ``--seed`` gives a second seed):
 
