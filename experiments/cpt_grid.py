@@ -288,6 +288,11 @@ def markdown(grid: Grid, run: str, people: int, items: int | None) -> str:
                          f"{_spread([r['answer_drift'] for r in seeds])} (mean ± SD); under the ceiling at "
                          f"{under}"
                          f" of {len(seeds)} seeds")
+    measured = {r["label"] for r in grid.rows}
+    missing = [p["label"] for p in points() if p["label"] not in measured]
+    if missing:
+        parts += ["", f"Not measured ({len(missing)} of the grid's {len(points())} points; chosen among the measured "
+                  f"only): {', '.join(missing)}."]
     total = sum(r["seconds"] or 0 for r in grid.rows)
     parts += ["", f"Compute: {total:.0f} s of streams on this CPU (one thread; the general set's base and meta "
               "measures not included)."]

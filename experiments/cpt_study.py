@@ -10,8 +10,9 @@ one general set; the frontier and its verdict.
 What runs (05_evaluate's code, :func:`regrad_lib.evaluation.evaluate.evaluate`):
 
 - the named evaluation ``cpt``: every method above with CPT's main arm (a fresh LoRA with the replayed answer format,
-  the grid's choice, seed 42), its drift measured after every chunk on the general set (256 held-out passages of
-  distinct articles, 200 general questions); rag_sft's and sft's weights are measured on the same general set;
+  the grid's choice, seed 42), its drift measured after the stream on the general set (64 held-out passages of
+  distinct articles, 64 general questions, as the grid's; ``--measure every`` after every chunk); rag_sft's weights
+  are measured on the same general set;
 - the arms, each an evaluation ``cpt-<arm>`` beside it on the same general set (copied), cpt and cpt_rag only, drift
   measured after the stream's last chunk: the main arm with seeds 43 and 44, the raw objective, the meta-trained LoRA
   (both objectives), full fine-tuning (both objectives) and the main arm in one chunk (all documents at once: the
@@ -39,7 +40,11 @@ RUN, EVALUATION = "demo", "cpt"
 DATASETS = ["probe", "popqa"]
 METHODS = ["closed_book", "rag", "rag_sft", "regrad", "regrad_icl", "shift", "no_update", "cpt", "cpt_rag"]
 FIXED_FIRST = ["closed_book", "rag", "rag_sft"]      # answered before CPT's settings are chosen
-GENERAL = {"general_passages": 256, "general_questions": 200}
+# the grid's general set (its first 64 held-out passages and 64 general questions: the selection is in file order)
+# measured once, after the stream: on a 2-core CPU a measurement of 256 passages and 200 questions after every chunk
+# cost more than the rest of the study; --general-passages/--general-questions/--measure every restore it on a GPU
+GENERAL = {"general_passages": 64, "general_questions": 64}
+MEASURE = "end"
 GENERAL_CORPUS, GENERAL_DATASETS = "data/sample/psgs_w100.tsv", ["popqa", "hotpotqa"]
 CHOSEN = Path("reference/experiments/cpt_grid/chosen.json")
 REFERENCE = Path("reference/experiments")
@@ -49,12 +54,12 @@ STEP_KEYS = ("learning_rate", "epochs_per_chunk", "chunks", "batch_size", "weigh
 TIMING = "timing.json"       # beside a stream's checkpoint: the seconds this study's evaluation of it took
 
 
-def arms(chosen: dict, datasets: list[str]) -> list[dict]:
+def arms(chosen: dict, datasets: list[str], general: dict | None = None, measure: str = MEASURE) -> list[dict]:
     """Every CPT setting the study reports: (evaluation, cpt overrides, datasets). The main arm is the evaluation
     ``cpt`` itself."""
     def settings(arm: str, **extra) -> dict:
-        return {**{k: chosen[arm][k] for k in STEP_KEYS}, **GENERAL, **extra}
-    out = [{"evaluation": EVALUATION, "cpt": settings(MAIN, seed=None), "datasets": datasets, "measure": "every"}]
+        return {**{k: chosen[arm][k] for k in STEP_KEYS}, **(general or GENERAL), **extra}
+    out = [{"evaluation": EVALUATION, "cpt": settings(MAIN, seed=None), "datasets": datasets, "measure": measure}]
     out += [{"evaluation": f"{EVALUATION}-{MAIN}-s{s}", "cpt": settings(MAIN, seed=s), "datasets": datasets,
              "measure": "end"} for s in SEEDS]
     out.append({"evaluation": f"{EVALUATION}-{MAIN}-c1", "cpt": settings(MAIN, seed=None, chunks=1),
@@ -98,6 +103,10 @@ def _evaluate(*args, **kwargs) -> dict:
             time.sleep(120)
 
 
+def _general(a) -> dict:
+    return {"general_passages": a.general_passages, "general_questions": a.general_questions}
+
+
 def _fixed(a, learner) -> None:
     """What the CPT arms do not depend on: the general set of evaluation ``cpt`` (with the base and meta-trained
     weights' measures), the methods that never update the weights per question (ReGrad's are answered with cpt, whose
@@ -106,7 +115,7 @@ def _fixed(a, learner) -> None:
     from regrad_lib.cpt import drift
     from regrad_lib.training import sft
 
-    cfg = config.CptConfig(**{**dataclasses.asdict(learner.preset.cpt), **GENERAL})
+    cfg = config.CptConfig(**{**dataclasses.asdict(learner.preset.cpt), **_general(a)})
     measured = dataclasses.replace(learner, preset=dataclasses.replace(learner.preset, cpt=cfg))
     general = drift.general_set(a.run, measured, corpus_path=GENERAL_CORPUS, datasets=GENERAL_DATASETS,
                                 evaluation=EVALUATION)
@@ -131,7 +140,7 @@ def _run(a) -> None:
     if a.fixed_only:
         return
     datasets = a.datasets.split(",")
-    plan = arms(chosen_settings(), datasets)
+    plan = arms(chosen_settings(), datasets, _general(a), a.measure)
     if a.only:
         plan = [p for p in plan if p["evaluation"] in a.only.split(",")]
     for arm in plan:
@@ -232,7 +241,7 @@ def markdown(run: str, datasets: list[str], plan: list[dict]) -> tuple[str, obje
     parts += [f"| {r.dataset} | {r.method} | {r.acc:.1f} | {r.em:.1f} | {r.f1:.1f} | {r.nll:.2f} | {r.n} |"
               for r in sorted(rows, key=lambda r: (r.dataset, order.get(r.method, 99)))]
     table = drift_report.drift_table(run, datasets, EVALUATION)
-    parts += ["", "Drift of the persistent weights (the main arm chunk by chunk):", "", _md(table)]
+    parts += ["", "Drift of the persistent weights (the main arm: before the stream and after it, or after every chunk with --measure every):", "", _md(table)]
     frontier = cpt_frontier.frontier(run, datasets, EVALUATION)
     parts += ["", "The frontier: knowledge injected against drift from the base model, every reported setting:", "",
               _md(frontier), "", "At equal drift (the frontier's verdict):", "",
@@ -258,7 +267,7 @@ def _report(a) -> None:
     from regrad_lib.reporting import analysis, figure_style, plots
 
     datasets = a.datasets.split(",")
-    plan = arms(chosen_settings(), datasets)
+    plan = arms(chosen_settings(), datasets, _general(a), a.measure)
     text, frontier = markdown(a.run, datasets, plan)
     out = paths.resolve(str(REFERENCE))
     out.mkdir(parents=True, exist_ok=True)
@@ -286,6 +295,10 @@ def main() -> None:
         s.add_argument("--datasets", default=",".join(DATASETS))
         s.add_argument("--threads", type=int, default=1)
         s.add_argument("--device", default="cpu")
+        s.add_argument("--general-passages", type=int, default=GENERAL["general_passages"])
+        s.add_argument("--general-questions", type=int, default=GENERAL["general_questions"])
+        s.add_argument("--measure", choices=("end", "every"), default=MEASURE,
+                       help="the main arm's drift after the stream only, or after every chunk")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     {"run": _run, "report": _report}[a.command](a)

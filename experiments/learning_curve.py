@@ -127,11 +127,18 @@ def learner_summary(point: str) -> dict:
 def _cost(a) -> None:
     import torch
 
+    import dataclasses
+
+    from regrad_lib import config
     from regrad_lib.core.learner import Learner
     from regrad_lib.cpt import drift
 
     torch.set_num_threads(a.threads)
     learner = Learner.from_run(a.point, a.device)
+    # the CPT grid's general set (the first 64 held-out passages and 64 general questions, in file order)
+    cfg = config.CptConfig(**{**dataclasses.asdict(learner.preset.cpt), "general_passages": a.general_passages,
+                              "general_questions": a.general_questions})
+    learner = dataclasses.replace(learner, preset=dataclasses.replace(learner.preset, cpt=cfg))
     general = drift.general_set(a.point, learner, corpus_path="data/sample/psgs_w100.tsv",
                                 datasets=["popqa", "hotpotqa"])
     print(json.dumps({"point": a.point, "points": {k: {m: v for m, v in p.items() if not isinstance(v, list)}
@@ -169,6 +176,9 @@ def main() -> None:
     for name in ("eval", "cost"):
         e = sub.add_parser(name)
         e.add_argument("--point", required=True)
+        if name == "cost":
+            e.add_argument("--general-passages", type=int, default=64)
+            e.add_argument("--general-questions", type=int, default=64)
         if name == "eval":
             e.add_argument("--sft-up-to", type=int, default=SFT_UP_TO,
                            help="train rag_sft at the points of at most this many meta-training steps")

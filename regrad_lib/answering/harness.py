@@ -102,7 +102,7 @@ def run_method(method: str, learner: Learner, items: Sequence[task_batches.Task]
     """
     spec = SPECS[check_methods([method])[0]]
     gamma = learner.preset.learner.gamma if gamma is None else gamma
-    if spec.context and not spec.base and learner.preset.learner.blind_context:
+    if spec.context and not spec.base and not spec.trained_apart and learner.preset.learner.blind_context:
         log.warning("%s on a learner meta-trained with blind_context=true: it never saw passages in "
                     "its prompt during meta-training", method)
     return answer(spec, learner, items, bank=bank, gamma=gamma if spec.adapts else 0.0, topk=topk,

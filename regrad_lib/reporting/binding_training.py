@@ -1,7 +1,7 @@
 """The report of meta-training with distractor passages (``python -m experiments.binding_training``): for each run,
 whose value its answers carry on the binding probe's dev families (position-free passage order), whether the name
-changes what its update predicts, regrad against shift and no_update there, and regrad on the probe, PopQA and the
-transfer split paired with the reference run's regrad (a gain in binding that costs injection elsewhere shows).
+changes what its update predicts, regrad against shift and no_update there, and regrad on the probe and PopQA
+paired with the reference run's regrad (a gain in binding that costs injection elsewhere shows).
 
 The target: regrad's asked-person share at least twice its distractor share on the dev families. No model loaded.
 """
