@@ -241,7 +241,8 @@ def markdown(run: str, datasets: list[str], plan: list[dict]) -> tuple[str, obje
     parts += [f"| {r.dataset} | {r.method} | {r.acc:.1f} | {r.em:.1f} | {r.f1:.1f} | {r.nll:.2f} | {r.n} |"
               for r in sorted(rows, key=lambda r: (r.dataset, order.get(r.method, 99)))]
     table = drift_report.drift_table(run, datasets, EVALUATION)
-    parts += ["", "Drift of the persistent weights (the main arm: before the stream and after it, or after every chunk with --measure every):", "", _md(table)]
+    parts += ["", "Drift of the persistent weights (the main arm: before the stream and after it, or after every "
+              "chunk with --measure every):", "", _md(table)]
     frontier = cpt_frontier.frontier(run, datasets, EVALUATION)
     parts += ["", "The frontier: knowledge injected against drift from the base model, every reported setting:", "",
               _md(frontier), "", "At equal drift (the frontier's verdict):", "",

@@ -125,9 +125,9 @@ def learner_summary(point: str) -> dict:
 
 
 def _cost(a) -> None:
-    import torch
-
     import dataclasses
+
+    import torch
 
     from regrad_lib import config
     from regrad_lib.core.learner import Learner
