@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 
 RUN, PRESET = "curve", "smollm2-135m-curve"
 TRAIN_DATASETS = ["popqa", "hotpotqa", "probe"]
@@ -108,7 +109,9 @@ def _eval(a) -> None:
     torch.set_num_threads(a.threads)
     learner = Learner.from_run(a.point, a.device)
     parent = learner_summary(a.point)["kept_step_of"]
-    first = a.point == kept_steps.point_name(parent, kept_steps.kept_steps(parent)[0])
+    # the base model's answers once per curve: at the main run's first point, not again for another seed's
+    first = a.point == kept_steps.point_name(parent, kept_steps.kept_steps(parent)[0]) and \
+        not re.search(r"-s\d+$", parent)
     for dataset, split, _, _ in SPLITS:
         encode.encode(a.point, dataset, split, learner=learner)
         step = next(k for k in kept_steps.kept_steps(parent) if kept_steps.point_name(parent, k) == a.point)
