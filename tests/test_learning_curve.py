@@ -1,6 +1,7 @@
 """The learning curve's report (reporting/learning_curve): points read back as runs, paired gaps and their trend,
 checked against hand computations."""
 
+import dataclasses
 import math
 
 import pytest
@@ -53,5 +54,9 @@ def test_points_scores_and_gaps_are_read_back_and_paired_with_the_base_point(tmp
     assert gap[120].acc == pytest.approx(75.0)
     [t] = curve.trends
     assert (t.a, t.b) == ("regrad", "rag") and t.slope > 0
+    # rag answers 25 % at the last point: regrad − rag lies within −25 … +75, whatever a line predicts
+    assert t.possible == (-25.0, 75.0)
+    assert t.at[100000][0] > 75.0 and "beyond the possible -25.0 … +75.0" in learning_curve._predicted(t, 100000)
+    assert "beyond" not in learning_curve._predicted(dataclasses.replace(t, possible=(-1e9, 1e9)), 100000)
     text = learning_curve.markdown(curve)
     assert "probe (dev, n = 4)" in text and "regrad − rag" in text and "points per tenfold tasks" in text

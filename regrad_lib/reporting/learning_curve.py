@@ -14,7 +14,7 @@ import io
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from regrad_lib.data import metrics
 from regrad_lib.io import artifacts, paths, result_files
@@ -78,6 +78,7 @@ class Trend:
     slope: float
     slope_se: float
     at: dict
+    possible: tuple[float, float] = (-100.0, 100.0)   # the gap's range given b's accuracy at the last point
 
 
 @dataclass
@@ -214,7 +215,10 @@ def collect(runs: Sequence[str], splits: Sequence[tuple], validation: tuple[str,
                              (dataset, split, a, b)), key=lambda g: g.tasks)
             found = trend(series)
             if found is not None:
-                curve.trends.append(found)
+                last = series[-1]
+                b_acc = next(s.acc for s in curve.scores if (s.point, s.dataset, s.split, s.method) ==
+                             (last.point, dataset, split, b))
+                curve.trends.append(replace(found, possible=(-b_acc, 100.0 - b_acc)))
     return curve
 
 
@@ -222,6 +226,14 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:"
                                                                     for i in range(len(header))) + "|"]
                      + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _predicted(t: Trend, tasks: int) -> str:
+    """The line's value at ``tasks`` ± its SE, marked where accuracy cannot follow a straight line that far."""
+    value, se = t.at[tasks]
+    low, high = t.possible
+    beyond = "" if low <= value <= high else f" (beyond the possible {low:+.1f} … {high:+.1f}: the line cannot hold)"
+    return f"{value:+.1f} ± {se:.1f}{beyond}"
 
 
 def markdown(curve: Curve) -> str:
@@ -249,8 +261,8 @@ def markdown(curve: Curve) -> str:
         parts += ["Trends of the accuracy gap against log10(meta-training tasks) (weighted least squares over the "
                   "main run's points; ± SE of the line):", ""]
         parts += [f"- {t.dataset} ({t.split}), {t.a} − {t.b}: {t.slope:+.1f} ± {t.slope_se:.1f} points per tenfold "
-                  f"tasks; predicted at 10^4 tasks {t.at[10000][0]:+.1f} ± {t.at[10000][1]:.1f}, at 10^5 "
-                  f"{t.at[100000][0]:+.1f} ± {t.at[100000][1]:.1f}" for t in curve.trends]
+                  f"tasks; predicted at 10^4 tasks {_predicted(t, 10000)}, at 10^5 {_predicted(t, 100000)}"
+                  for t in curve.trends]
         parts.append("")
     if curve.costs:
         keys = [k for k in ("meta_general_text_nll", "meta_general_acc", "meta_general_nll", "base_general_text_nll",
