@@ -30,9 +30,9 @@ def _preset():
                                                  "metric_for_best_model": "loss"}})
 
 
-@pytest.fixture(scope="module")
-def stopped(tiny_model_dir):
-    """A run whose third step had a non-finite loss (NonFiniteError): meta_state and a checkpoint, no summary."""
+def _stop(run: str) -> str:
+    """Train ``run`` until its third step has a non-finite loss (NonFiniteError): meta_state and a checkpoint, no
+    summary."""
     artifacts.write_json(paths.augmented_file(DATASET, "train_all"), _records())
     real, calls = regrad.meta_losses, []
 
@@ -46,9 +46,17 @@ def stopped(tiny_model_dir):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(regrad, "meta_losses", nan_on_third)
         with pytest.raises(train.NonFiniteError):
-            train.train(RUN, _preset(), [DATASET])
-    assert (paths.output_dir(RUN) / "meta_state.safetensors").is_file()
-    return RUN
+            train.train(run, _preset(), [DATASET])
+    assert (paths.output_dir(run) / "meta_state.safetensors").is_file()
+    assert not paths.train_summary_file(run).exists()
+    return run
+
+
+@pytest.fixture(scope="module")
+def stopped(tiny_model_dir):
+    """The module's unfinished run, never finished nor evaluated by a test (a test that finishes a run stops one
+    of its own: in another order it would leave this one finished)."""
+    return _stop(RUN)
 
 
 def test_an_unfinished_run_is_refused_everywhere_with_how_to_resume(stopped):
@@ -71,25 +79,26 @@ def test_an_unfinished_run_is_refused_everywhere_with_how_to_resume(stopped):
     assert not paths.results_dir(RUN).exists() and not paths.bank_split_dir(3, RUN, DATASET, "train_all").exists()
 
 
-def test_allow_unfinished_is_recorded_and_finishing_the_run_invalidates_the_results(stopped):
-    settings = encode.EncodeSettings(run=RUN, datasets=[DATASET], split="train_all", allow_unfinished=True)
+def test_allow_unfinished_is_recorded_and_finishing_the_run_invalidates_the_results(tiny_model_dir):
+    run = _stop("stopped-then-finished")          # its own: this test finishes it and writes results
+    settings = encode.EncodeSettings(run=run, datasets=[DATASET], split="train_all", allow_unfinished=True)
     banks = encode.encode_all(settings)
     with reader.GradientBank.open(banks[DATASET][reader.DEFAULT_SCHEME]) as b:
         assert b.manifest["source"]["run_finished"] is False
-    evaluate.EvaluateSettings(run=RUN, datasets=[DATASET], methods=["no_update"], split="train_all",
+    evaluate.EvaluateSettings(run=run, datasets=[DATASET], methods=["no_update"], split="train_all",
                               allow_unfinished=True)
-    evaluate.evaluate(RUN, DATASET, ["no_update", "closed_book"], split="train_all", allow_unfinished=True)
-    metrics = artifacts.read_json(results.method_files(RUN, DATASET, "no_update")[1])
+    evaluate.evaluate(run, DATASET, ["no_update", "closed_book"], split="train_all", allow_unfinished=True)
+    metrics = artifacts.read_json(results.method_files(run, DATASET, "no_update")[1])
     assert metrics["run_finished"] is False
-    assert artifacts.read_json(results.method_files(RUN, DATASET, "closed_book")[1])["run_finished"] is None
+    assert artifacts.read_json(results.method_files(run, DATASET, "closed_book")[1])["run_finished"] is None
 
-    assert train.train(RUN, _preset(), [DATASET])["steps"] == 4          # resumed and finished
-    assert Learner.from_run(RUN).run_finished is True
-    kept = evaluate.evaluate(RUN, DATASET, ["closed_book"], split="train_all")   # the base model: still valid
+    assert train.train(run, _preset(), [DATASET])["steps"] == 4          # resumed and finished
+    assert Learner.from_run(run).run_finished is True
+    kept = evaluate.evaluate(run, DATASET, ["closed_book"], split="train_all")   # the base model: still valid
     assert kept["closed_book"]["status"] == "kept"
     with pytest.raises(FileExistsError, match=r"'run_finished': False\}, not .*'run_finished': True\}"):
-        evaluate.evaluate(RUN, DATASET, ["no_update"], split="train_all")
-    redone = evaluate.evaluate(RUN, DATASET, ["no_update"], split="train_all", overwrite=True)
+        evaluate.evaluate(run, DATASET, ["no_update"], split="train_all")
+    redone = evaluate.evaluate(run, DATASET, ["no_update"], split="train_all", overwrite=True)
     assert redone["no_update"]["status"] == "computed" and redone["no_update"]["run_finished"] is True
 
 
