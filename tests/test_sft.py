@@ -61,6 +61,15 @@ def learner(run):
     return Learner.from_run(run["name"])
 
 
+@pytest.fixture()
+def own_baselines(request, monkeypatch):
+    """This test's own baseline folders (``outputs/<run>/baselines-<test>/<method>/``): the module's tests train
+    the sft baseline of one run, and one that counts what is trained, or changes the grid, must not find another
+    test's baseline there (kept, nothing trained) in another order."""
+    name = request.node.name
+    monkeypatch.setattr(paths, "baseline_dir", lambda r, m: paths.output_dir(r) / f"baselines-{name}" / m)
+
+
 def _recorded_training(monkeypatch):
     seen = []
     original = sft.answer_losses
@@ -74,7 +83,7 @@ def _recorded_training(monkeypatch):
     return seen
 
 
-def test_each_baseline_trains_on_exactly_the_tasks_meta_training_stepped_on(run, learner, monkeypatch):
+def test_each_baseline_trains_on_exactly_the_tasks_meta_training_stepped_on(run, learner, monkeypatch, own_baselines):
     seen = _recorded_training(monkeypatch)
     selected = sft.train(run["name"], "sft", learner)
     assert selected["steps"] == 4 and selected["selection"] == "best"
@@ -158,7 +167,7 @@ def test_a_killed_training_resumes_to_the_same_weights(learner, tmp_path, monkey
                                                                                           sft.RESULT)
 
 
-def test_another_grid_is_refused_unless_overwritten(run, learner):
+def test_another_grid_is_refused_unless_overwritten(run, learner, own_baselines):
     sft.train(run["name"], "sft", learner)
     other = dataclasses.replace(learner, preset=learner.preset.replace(baselines={"learning_rates": [1e-3]}))
     with pytest.raises(FileExistsError, match="other settings .*learning_rates"):
@@ -211,7 +220,7 @@ def test_kept_steps_become_runs_whose_baselines_share_one_training(run, monkeypa
         sft.train(names[0], "sft", Learner.from_run(names[0]))
 
 
-def test_a_grid_that_gains_rates_keeps_the_rates_already_trained(run, learner, monkeypatch):
+def test_a_grid_that_gains_rates_keeps_the_rates_already_trained(run, learner, monkeypatch, own_baselines):
     sft.train(run["name"], "sft", learner)                             # the grid 1e-3, 1e-2
     seen = _recorded_training(monkeypatch)
     wider = dataclasses.replace(learner, preset=learner.preset.replace(
