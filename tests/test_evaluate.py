@@ -164,12 +164,13 @@ def test_errors(run):
         evaluate.load_tasks("hotpotqa", "dev")
 
 
-def test_evaluate_writes_resumes_and_overwrites(run):
-    learner, items, _ = run
+def test_evaluate_writes_resumes_and_overwrites(tiny_model_dir):
+    run = "evaltest-resume"                    # its own: the module's run holds other tests' results in any order
+    learner, items, _ = make_run(run, DATASET)
     methods = ["closed_book", "regrad", "shift", "no_update"]
-    out = evaluate.evaluate(RUN, DATASET, methods, limit=5, learner=learner)
+    out = evaluate.evaluate(run, DATASET, methods, limit=5, learner=learner)
     assert {m: r["status"] for m, r in out.items()} == dict.fromkeys(methods, "computed")
-    predictions, metrics_file = results.method_files(RUN, DATASET, "regrad")
+    predictions, metrics_file = results.method_files(run, DATASET, "regrad")
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert len(rows) == 5 and set(rows[0]) >= {"test_id", "question", "answers", "prediction", "passage_ids",
                                                 "answer_nll"}
@@ -177,18 +178,18 @@ def test_evaluate_writes_resumes_and_overwrites(run):
     assert saved["n"] == 5 and saved["gamma"] == 1.0 and saved["topk"] == 3
     assert saved["provenance"]["config"]["preset"]["name"] == "tiny"
     assert saved["nll"] == pytest.approx(sum(r["answer_nll"] for r in rows) / 5)
-    summary_file = paths.results_dir(RUN) / "summary.csv"
+    summary_file = paths.results_dir(run) / "summary.csv"
     lines = summary_file.read_text().splitlines()
     assert lines[0] == "dataset,method,em,acc,f1,precision,recall,nll,n" and len(lines) == 5
 
     before = metrics_file.stat().st_mtime_ns
-    again = evaluate.evaluate(RUN, DATASET, ["regrad", "rag"], limit=5, learner=lambda: learner)
+    again = evaluate.evaluate(run, DATASET, ["regrad", "rag"], limit=5, learner=lambda: learner)
     assert again["regrad"]["status"] == "kept" and again["rag"]["status"] == "computed"
     assert metrics_file.stat().st_mtime_ns == before
-    assert {r["method"] for r in result_files.summary_rows(RUN)} == {*methods, "rag"}
+    assert {r["method"] for r in result_files.summary_rows(run)} == {*methods, "rag"}
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        evaluate.evaluate(RUN, DATASET, ["regrad"], limit=5, gamma=2.0, learner=learner)
-    redone = evaluate.evaluate(RUN, DATASET, ["regrad"], limit=5, gamma=2.0, learner=learner, overwrite=True)
+        evaluate.evaluate(run, DATASET, ["regrad"], limit=5, gamma=2.0, learner=learner)
+    redone = evaluate.evaluate(run, DATASET, ["regrad"], limit=5, gamma=2.0, learner=learner, overwrite=True)
     assert redone["regrad"]["status"] == "computed" and artifacts.read_json(metrics_file)["gamma"] == 2.0
     assert len(summary_file.read_text().splitlines()) == 6   # updated in place, not appended
 

@@ -19,28 +19,29 @@ def run(tiny_model_dir):
     return make_run(RUN, DATASET)
 
 
-def test_evaluate_schemes_writes_resumes_and_reads_back(run):
-    learner, items, _ = run
-    assert isinstance(frontier_report.read_frontier(RUN, [DATASET]), analysis.Missing)
-    rows = frontier.evaluate_all(RUN, [DATASET], SCHEMES, limit=5, learner=learner)
+def test_evaluate_schemes_writes_resumes_and_reads_back(tiny_model_dir):
+    run = f"{RUN}-fresh"                 # its own: the module's run holds other tests' scheme results in any order
+    learner, items, _ = make_run(run, DATASET)
+    assert isinstance(frontier_report.read_frontier(run, [DATASET]), analysis.Missing)
+    rows = frontier.evaluate_all(run, [DATASET], SCHEMES, limit=5, learner=learner)
     assert [(r["scheme"], r["n"]) for r in rows] == [(s, 5) for s in SCHEMES]
     assert rows[0]["bytes_per_passage"] > rows[1]["bytes_per_passage"] > rows[2]["bytes_per_passage"]
-    predictions = paths.scheme_predictions_file(RUN, DATASET, "int4")
-    metrics = paths.scheme_metrics_file(RUN, DATASET, "int4")
+    predictions = paths.scheme_predictions_file(run, DATASET, "int4")
+    metrics = paths.scheme_metrics_file(run, DATASET, "int4")
     assert len(predictions.read_text().splitlines()) == 5
     assert json.loads(metrics.read_text())["scheme"] == "int4"
     # same settings: kept (no learner needed); other settings: recomputed
-    again = frontier.evaluate_all(RUN, [DATASET], SCHEMES, limit=5, learner=lambda: pytest.fail("reloaded"))
+    again = frontier.evaluate_all(run, [DATASET], SCHEMES, limit=5, learner=lambda: pytest.fail("reloaded"))
     assert again == rows
-    assert frontier.evaluate_all(RUN, [DATASET], [], learner=lambda: pytest.fail("loaded")) == []
+    assert frontier.evaluate_all(run, [DATASET], [], learner=lambda: pytest.fail("loaded")) == []
     # the run's own regrad - no_update effect, for the ratio column
-    evaluate.evaluate(RUN, DATASET, ["regrad", "no_update"], limit=5, learner=learner, scheme="fp32", overwrite=True)
-    table = frontier_report.read_frontier(RUN, [DATASET])
+    evaluate.evaluate(run, DATASET, ["regrad", "no_update"], limit=5, learner=learner, scheme="fp32", overwrite=True)
+    table = frontier_report.read_frontier(run, [DATASET])
     points = {p.scheme: p for p in table}
     assert [p.scheme for p in table] == SCHEMES                     # largest first
     assert points["fp32"].delta.mean == 0 and points["fp32"].mean_abs_delta == 0
     assert points["int4"].mean_abs_delta > points["int8"].mean_abs_delta > 0
-    effect = effects.paired_nll_differences(RUN, DATASET, "regrad", "no_update")
+    effect = effects.paired_nll_differences(run, DATASET, "regrad", "no_update")
     assert points["int4"].delta.n == 5 and points["int4"].effect == effect
     assert points["int4"].ratio == pytest.approx(points["int4"].mean_abs_delta / abs(effect.mean))
     assert points["int8"].em == rows[1]["em"]
