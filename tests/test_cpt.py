@@ -41,8 +41,22 @@ def _records(n: int) -> list[dict]:
              "titles": [f"City {i}", f"River {i}", "Rivers"], "scores": [3.0, 2.0, 1.0]} for i in range(n)]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def work(tmp_path_factory, tiny_model_dir):
+    """A work root of this module's own, with the tiny model linked in. The general set's held-out passages are the
+    corpus passages no augmented file under the work root retrieves (drift.augmented_passage_ids, every dataset):
+    in a shared root, another module's augmented file of sample-corpus passages (tests/test_distributed.py's
+    dist-c) would leave this module's corpus none."""
+    root = tmp_path_factory.mktemp("cpt")
+    (root / "models").mkdir()
+    (root / "models" / tiny_model_dir.name).symlink_to(tiny_model_dir)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REGRAD_WORK", str(root))
+        yield root
+
+
 @pytest.fixture(scope="module")
-def study(tiny_model_dir):
+def study(work):
     """A saved tiny run with CFG, a 6-question dev set with its bank, a corpus, and general-question candidates of
     which the base model answers every other one exactly (their gold set to its own closed-book answer)."""
     preset = config.load_preset("tiny", {"cpt": CFG, "learner": LEARNER})
@@ -453,7 +467,7 @@ def test_cpt_seed_sets_the_fresh_lora_and_the_shuffle_and_is_recorded(study, mon
 
 
 def test_measuring_at_the_end_only_keeps_the_training_and_the_last_measures(study):
-    every, _, general = _post(study, "order")
+    every, _, general = _post(study, "every")     # its own stream: "order" is counted as it trains in its test
     end, _, _ = _post(study, "end-only", measure_at="end")
     assert [r["chunk"] for r in end.drift] == [0, 1, 2, 3]
     assert [r.get("measured", True) for r in end.drift] == [True, False, False, True]
