@@ -53,27 +53,30 @@ experiments-fair: model
 	$(BIN)/python -m regrad_lib.reporting.reference render
 
 # How far meta-training carries (README "The learning curve"): the demo preset meta-trained 240 steps with its weights
-# kept after 30, 60, 120 and 240 steps (a second seed to 60), each kept step evaluated as a run of its own, then the
-# report. Hours on a 2-core CPU; every step resumes. On a GPU: CURVE_PRESET=llama-3.2-1b-curve DEVICE=cuda.
+# kept after 30, 60, 120 and 240 steps (a second seed to 60), each kept step evaluated as a run of its own (rag_sft
+# trained up to 60 steps, the second seed's up to 30), the meta-trained LoRA's general cost at the main run's points,
+# then the report. Hours on a 2-core CPU; every step resumes. On a GPU: CURVE_PRESET=llama-3.2-1b-curve DEVICE=cuda.
 CURVE := $(BIN)/python -m experiments.learning_curve
 CURVE_PRESET ?= smollm2-135m-curve
 CURVE_RUN ?= curve
 DEVICE ?= cpu
+CURVE_POINTS = $$(ls -d outputs/$(CURVE_RUN)-[0-9]* 2>/dev/null | xargs -n1 basename)
+CURVE_SEED_POINTS = $$(ls -d outputs/$(CURVE_RUN)-s43-[0-9]* 2>/dev/null | xargs -n1 basename)
 experiments-curve: model
 	$(CURVE) prepare
 	$(CURVE) train --preset $(CURVE_PRESET) --run $(CURVE_RUN) --device $(DEVICE)
 	$(CURVE) train --preset $(CURVE_PRESET) --run $(CURVE_RUN) --device $(DEVICE) --seed 43 --stop-after 60
 	$(CURVE) points --run $(CURVE_RUN)
 	$(CURVE) points --run $(CURVE_RUN)-s43
-	for p in $$(ls -d outputs/$(CURVE_RUN)-[0-9]* outputs/$(CURVE_RUN)-s43-[0-9]* 2>/dev/null | xargs -n1 basename); do \
-		$(CURVE) eval --point $$p --device $(DEVICE) && $(CURVE) cost --point $$p --device $(DEVICE) || exit 1; done
+	for p in $(CURVE_POINTS); do $(CURVE) eval --point $$p --device $(DEVICE) && \
+		$(CURVE) cost --point $$p --device $(DEVICE) || exit 1; done
+	for p in $(CURVE_SEED_POINTS); do $(CURVE) eval --point $$p --device $(DEVICE) --sft-up-to 30 || exit 1; done
 	mkdir -p reference/experiments
 	$(CURVE) report --runs $(CURVE_RUN),$(CURVE_RUN)-s43 --figure reference/experiments/learning_curve.png \
 		--csv reference/experiments/learning_curve.csv > reference/experiments/learning_curve.md.tmp
 	mv reference/experiments/learning_curve.md.tmp reference/experiments/learning_curve.md
-	$(REFERENCE) save-report learning_curve $$(for p in $$(ls -d outputs/$(CURVE_RUN)-[0-9]* outputs/$(CURVE_RUN)-s43-[0-9]* \
-		2>/dev/null | xargs -n1 basename); do printf -- '--source %s --source %s:dev-position-free --source %s:validation-all ' \
-		$$p $$p $$p; done)
+	$(REFERENCE) save-report learning_curve $$(for p in $(CURVE_POINTS) $(CURVE_SEED_POINTS); do \
+		printf -- '--source %s --source %s:validation-all ' $$p $$p; done)
 
 # Updates that bind the value to the entity asked: the demo preset meta-trained with the binding probe's training
 # families and distractor passages (variants of experiments/binding_training.py), measured on the dev families
